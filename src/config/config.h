@@ -1,0 +1,130 @@
+/*
+ * config: the JSON configuration file, parsed with cJSON, validated and
+ * turned into a plain immutable snapshot. It is its own module (not part of
+ * main.c) so the loader can be unit-tested and fuzzed without a process.
+ * Uses only core.
+ *
+ * Ownership: ob_config_load/ob_config_parse return a snapshot the caller owns
+ * and frees with ob_config_destroy. Snapshots are reference counted so an
+ * exchange can keep the snapshot it started under across a reload
+ * (ob_config_acquire / ob_config_release; destroy == release of the last
+ * reference). Every string in a snapshot is owned by it and NUL-terminated.
+ * No cJSON tree outlives the parse.
+ */
+#ifndef OB_CONFIG_H
+#define OB_CONFIG_H
+
+#include "core.h"
+
+typedef enum { OB_PROTO_HTTP1, OB_PROTO_H2C, OB_PROTO_H2 } ob_upstream_proto_t;
+
+typedef struct ob_config_listener {
+  char *address;   /* "HOST:PORT" as written; host may be an IPv6 literal in brackets */
+  char *host;      /* host part without brackets, e.g. "127.0.0.1" or "::1" */
+  uint16_t port;   /* 0 = ephemeral */
+  bool tls;
+  char *tls_cert;  /* absolute or config-relative path already resolved; NULL without tls */
+  char *tls_key;
+} ob_config_listener_t;
+
+typedef struct ob_config_endpoint {
+  char *url;       /* as written */
+  bool tls;        /* https:// */
+  char *host;      /* host without brackets */
+  uint16_t port;   /* explicit or 80/443 */
+  char *authority; /* "host:port" as it should appear in Host / :authority */
+  char *base_path; /* path prefix of the URL without trailing '/', "" when none */
+} ob_config_endpoint_t;
+
+typedef struct ob_config_upstream {
+  char *name;
+  ob_config_endpoint_t *endpoints;
+  size_t num_endpoints;
+  ob_upstream_proto_t protocol;  /* default: http1 for http://, h2 for https:// */
+  uint32_t max_inflight;         /* 0 = unlimited */
+  bool tls_verify;               /* "tls_verify", default true; false for self-signed test upstreams */
+  char *tls_ca;                  /* "tls_ca": CA bundle path, NULL = system default */
+} ob_config_upstream_t;
+
+typedef struct ob_config_route {
+  char *prefix;    /* must start with '/' */
+  char *class_name;/* "inference", "passthrough", later "grpc", "mcp" */
+  char *upstream;  /* upstream name or NULL */
+  char *rewrite;   /* replacement for the matched prefix, NULL = keep */
+} ob_config_route_t;
+
+typedef struct ob_config_model {
+  char *name;
+  char *upstream;        /* upstream name, required */
+  char *upstream_model;  /* NULL = send the name unchanged */
+} ob_config_model_t;
+
+typedef struct ob_config_limits {
+  uint64_t max_body_bytes;        /* "max_body_bytes", default 16 MiB */
+  uint32_t max_header_bytes;      /* "max_header_bytes", default 64 KiB */
+  uint32_t max_connections;       /* "max_connections", default 10000 */
+  uint32_t max_concurrent_streams;/* "max_concurrent_streams" (h2 SETTINGS), default 128 */
+  uint32_t stream_window_bytes;   /* "stream_window_bytes": response bytes buffered per stream before the upstream is paused, default 256 KiB */
+} ob_config_limits_t;
+
+typedef struct ob_config_timeouts {
+  uint32_t connect_ms;      /* "connect_ms", default 5000: upstream TCP+TLS connect */
+  uint32_t first_byte_ms;   /* "first_byte_ms", default 300000: request sent -> first response byte */
+  uint32_t idle_ms;         /* "idle_ms", default 60000: no progress on an open stream/connection */
+  uint32_t client_header_ms;/* "client_header_ms", default 10000: a client's request head must arrive within */
+  uint32_t keepalive_ms;    /* "keepalive_ms", default 75000: idle client keep-alive connection */
+  uint32_t upstream_keepalive_ms; /* "upstream_keepalive_ms", default 30000: idle pooled upstream connection */
+  uint32_t backoff_ms;      /* "backoff_ms", default 2000: endpoint skipped after a refused connection */
+  uint32_t grace_ms;        /* "grace_ms", default 30000: graceful shutdown */
+} ob_config_timeouts_t;
+
+typedef struct ob_config {
+  int refs;                 /* private */
+  char *path;               /* file it came from, NULL for ob_config_parse */
+  char *dir;                /* folder relative paths resolve against */
+  ob_config_listener_t *listeners;
+  size_t num_listeners;
+  ob_config_upstream_t *upstreams;
+  size_t num_upstreams;
+  ob_config_route_t *routes;
+  size_t num_routes;
+  ob_config_model_t *models;
+  size_t num_models;
+  ob_config_limits_t limits;
+  ob_config_timeouts_t timeouts;
+  char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */
+} ob_config_t;
+
+/* Problems found while validating. Each entry is one line
+ * "json.path: message", e.g. "upstreams[0].endpoints[1]: not an http:// or
+ * https:// URL". Owned by the list; freed by ob_config_errors_dispose. */
+typedef struct ob_config_errors {
+  char **items;
+  size_t len;
+} ob_config_errors_t;
+
+void ob_config_errors_dispose(ob_config_errors_t *e);
+
+/*
+ * Parse and validate JSON text. base_dir: folder relative paths resolve
+ * against (borrowed for the call; NULL = current directory). Returns a new
+ * snapshot with refs == 1, or NULL with every problem appended to *errs
+ * (never stops at the first). Unknown keys are errors. Cross references are
+ * checked: a route or model naming an upstream that does not exist, duplicate
+ * upstream names, duplicate route prefixes, duplicate model names, an unknown
+ * route class.
+ */
+ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir, ob_config_errors_t *errs);
+
+/* Read the file at path and ob_config_parse it with its folder as base_dir.
+ * An unreadable file is reported as one error "<path>: <strerror>". */
+ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs);
+
+ob_config_t *ob_config_acquire(ob_config_t *c);
+void ob_config_release(ob_config_t *c);
+static inline void ob_config_destroy(ob_config_t *c) { ob_config_release(c); }
+
+/* Find an upstream by name; borrowed from the snapshot, NULL when absent. */
+const ob_config_upstream_t *ob_config_find_upstream(const ob_config_t *c, const char *name);
+
+#endif /* OB_CONFIG_H */

@@ -1,0 +1,236 @@
+/*
+ * core.c: implementations behind core.h that have no state of their own:
+ * error names, allocation, slices, buffers, the arena and the clock.
+ * Logging lives in core_log.c because it is the only part with global state.
+ */
+#include "core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+const char *ob_err_name(ob_err_t e) {
+  switch (e) {
+  case OB_OK: return "ok";
+  case OB_ERR_INCOMPLETE: return "incomplete";
+  case OB_ERR_BAD_REQUEST: return "bad request";
+  case OB_ERR_TOO_LARGE: return "body too large";
+  case OB_ERR_HEADERS_TOO_LARGE: return "header block too large";
+  case OB_ERR_BAD_RESPONSE: return "bad upstream response";
+  case OB_ERR_NOT_IMPLEMENTED: return "not implemented";
+  case OB_ERR_CONN: return "connection error";
+  case OB_ERR_PROTOCOL: return "protocol error";
+  case OB_ERR_CONFIG: return "configuration error";
+  case OB_ERR_SYSTEM: return "system error";
+  default: return "unknown error";
+  }
+}
+
+static void oom(size_t n) {
+  fprintf(stderr, "obleth: out of memory allocating %zu bytes\n", n);
+  abort();
+}
+
+void *ob_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) oom(n);
+  return p;
+}
+
+void *ob_xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) oom(n * size);
+  return p;
+}
+
+void *ob_xrealloc(void *p, size_t n) {
+  void *q = realloc(p, n ? n : 1);
+  if (!q) oom(n);
+  return q;
+}
+
+char *ob_xstrdup(const char *s) { return ob_xstrndup(s, strlen(s)); }
+
+char *ob_xstrndup(const char *s, size_t n) {
+  char *p = ob_xmalloc(n + 1);
+  memcpy(p, s, n);
+  p[n] = '\0';
+  return p;
+}
+
+/* ---------------------------------------------------------------- slices */
+
+static inline unsigned char lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c; }
+
+bool ob_iov_eq(ob_iov_t a, ob_iov_t b) { return a.len == b.len && (a.len == 0 || memcmp(a.base, b.base, a.len) == 0); }
+
+bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b) {
+  if (a.len != b.len) return false;
+  for (size_t i = 0; i < a.len; i++)
+    if (lower((unsigned char)a.base[i]) != lower((unsigned char)b.base[i])) return false;
+  return true;
+}
+
+bool ob_iov_eq_str_nocase(ob_iov_t a, const char *s) { return ob_iov_eq_nocase(a, ob_iov_str(s)); }
+
+bool ob_iov_starts_with(ob_iov_t a, ob_iov_t prefix) {
+  return a.len >= prefix.len && (prefix.len == 0 || memcmp(a.base, prefix.base, prefix.len) == 0);
+}
+
+ob_iov_t ob_iov_trim(ob_iov_t a) {
+  while (a.len && (a.base[0] == ' ' || a.base[0] == '\t')) a.base++, a.len--;
+  while (a.len && (a.base[a.len - 1] == ' ' || a.base[a.len - 1] == '\t')) a.len--;
+  return a;
+}
+
+bool ob_iov_to_u64(ob_iov_t a, uint64_t *out) {
+  if (a.len == 0) return false;
+  uint64_t v = 0;
+  for (size_t i = 0; i < a.len; i++) {
+    unsigned char c = (unsigned char)a.base[i];
+    if (c < '0' || c > '9') return false;
+    if (v > (UINT64_MAX - (c - '0')) / 10) return false;
+    v = v * 10 + (c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+void ob_buf_init(ob_buf_t *b) { b->base = NULL, b->len = 0, b->cap = 0; }
+
+void ob_buf_dispose(ob_buf_t *b) {
+  free(b->base);
+  ob_buf_init(b);
+}
+
+char *ob_buf_reserve(ob_buf_t *b, size_t n) {
+  if (b->cap - b->len < n) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < n) cap *= 2;
+    b->base = ob_xrealloc(b->base, cap);
+    b->cap = cap;
+  }
+  return b->base + b->len;
+}
+
+void ob_buf_append(ob_buf_t *b, const void *p, size_t n) {
+  if (n == 0) return;
+  memcpy(ob_buf_reserve(b, n), p, n);
+  b->len += n;
+}
+
+void ob_buf_printf(ob_buf_t *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char tmp[256];
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n < sizeof tmp) {
+    ob_buf_append(b, tmp, (size_t)n);
+    return;
+  }
+  char *dst = ob_buf_reserve(b, (size_t)n + 1);
+  va_start(ap, fmt);
+  vsnprintf(dst, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+void ob_buf_consume(ob_buf_t *b, size_t n) {
+  if (n >= b->len) {
+    b->len = 0;
+    return;
+  }
+  memmove(b->base, b->base + n, b->len - n);
+  b->len -= n;
+}
+
+void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s) {
+  static const char hex[] = "0123456789abcdef";
+  ob_buf_append(b, "\"", 1);
+  size_t run = 0;
+  for (size_t i = 0; i < s.len; i++) {
+    unsigned char c = (unsigned char)s.base[i];
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    ob_buf_append(b, s.base + run, i - run);
+    run = i + 1;
+    switch (c) {
+    case '"': ob_buf_append(b, "\\\"", 2); break;
+    case '\\': ob_buf_append(b, "\\\\", 2); break;
+    case '\n': ob_buf_append(b, "\\n", 2); break;
+    case '\r': ob_buf_append(b, "\\r", 2); break;
+    case '\t': ob_buf_append(b, "\\t", 2); break;
+    default: {
+      char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      ob_buf_append(b, esc, 6);
+    }
+    }
+  }
+  ob_buf_append(b, s.base + run, s.len - run);
+  ob_buf_append(b, "\"", 1);
+}
+
+/* ---------------------------------------------------------------- arena */
+
+struct ob_arena_block {
+  ob_arena_block_t *next;
+  size_t used, cap;
+  _Alignas(16) char data[];
+};
+
+void ob_arena_init(ob_arena_t *a, size_t block_size) {
+  a->head = NULL;
+  a->block_size = block_size ? block_size : 4096;
+}
+
+void ob_arena_dispose(ob_arena_t *a) {
+  ob_arena_block_t *b = a->head;
+  while (b) {
+    ob_arena_block_t *next = b->next;
+    free(b);
+    b = next;
+  }
+  a->head = NULL;
+}
+
+void *ob_arena_alloc(ob_arena_t *a, size_t n) {
+  n = (n + 15) & ~(size_t)15;
+  ob_arena_block_t *b = a->head;
+  if (!b || b->cap - b->used < n) {
+    size_t cap = n > a->block_size ? n : a->block_size;
+    b = ob_xmalloc(sizeof *b + cap);
+    b->used = 0, b->cap = cap;
+    /* An oversized block goes behind the head so the head's free space is
+     * not abandoned for the next small allocation. */
+    if (a->head && n > a->block_size) {
+      b->next = a->head->next;
+      a->head->next = b;
+    } else {
+      b->next = a->head;
+      a->head = b;
+    }
+  }
+  void *p = b->data + b->used;
+  b->used += n;
+  return p;
+}
+
+ob_iov_t ob_arena_dup(ob_arena_t *a, ob_iov_t v) {
+  char *p = ob_arena_alloc(a, v.len + 1);
+  if (v.len) memcpy(p, v.base, v.len);
+  p[v.len] = '\0';
+  return (ob_iov_t){p, v.len};
+}
+
+char *ob_arena_strdup(ob_arena_t *a, const char *s) { return (char *)ob_arena_dup(a, ob_iov_str(s)).base; }
+
+/* ---------------------------------------------------------------- clock */
+
+uint64_t ob_clock_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}

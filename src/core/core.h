@@ -1,0 +1,148 @@
+/*
+ * core: the pieces every other module stands on: byte slices, growable
+ * buffers, the per-exchange arena, error codes, logging and the clock.
+ * Nothing here knows about sockets, libevent or any protocol.
+ *
+ * Ownership: an ob_iov_t never owns what it points at; it is a borrowed view
+ * whose lifetime is whatever the producer documents. An ob_buf_t owns its
+ * bytes until ob_buf_dispose(). An ob_arena_t owns every block it handed out
+ * until ob_arena_dispose().
+ */
+#ifndef OB_CORE_H
+#define OB_CORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- errors */
+
+/*
+ * 0 is success; errors are negative. The ranges say how far an error
+ * reaches: a stream-level error resets one request, a connection-level error
+ * closes the connection, a fatal error stops the process (config, start-up).
+ */
+typedef int ob_err_t;
+
+enum {
+  OB_OK = 0,
+  /* -1 .. -99: stream level */
+  OB_ERR_INCOMPLETE = -1,      /* need more input; not a failure */
+  OB_ERR_BAD_REQUEST = -2,     /* malformed message, answer 400 */
+  OB_ERR_TOO_LARGE = -3,       /* body above the limit, answer 413 */
+  OB_ERR_HEADERS_TOO_LARGE = -4, /* header block above the limit, answer 431 */
+  OB_ERR_BAD_RESPONSE = -5,    /* malformed upstream response, answer 502 */
+  OB_ERR_NOT_IMPLEMENTED = -6, /* e.g. unknown transfer coding, answer 501 */
+  /* -100 .. -199: connection level */
+  OB_ERR_CONN = -100,          /* the connection cannot continue */
+  OB_ERR_PROTOCOL = -101,      /* framing broken beyond recovery */
+  /* -200 .. : fatal */
+  OB_ERR_CONFIG = -200,
+  OB_ERR_SYSTEM = -201,
+};
+
+static inline bool ob_err_is_stream(ob_err_t e) { return e < 0 && e > -100; }
+static inline bool ob_err_is_conn(ob_err_t e) { return e <= -100 && e > -200; }
+
+/* A short static name for an error code ("bad request"); never NULL. */
+const char *ob_err_name(ob_err_t e);
+
+/* ---------------------------------------------------------------- memory */
+
+/* Allocation that cannot fail: out of memory aborts the process, because
+ * every unbounded input is capped by a limit long before memory runs out. */
+void *ob_xmalloc(size_t n);
+void *ob_xcalloc(size_t n, size_t size);
+void *ob_xrealloc(void *p, size_t n);
+char *ob_xstrdup(const char *s);
+char *ob_xstrndup(const char *s, size_t n);
+
+/* ---------------------------------------------------------------- slices */
+
+/* A borrowed byte range; never assumed NUL-terminated. */
+typedef struct ob_iov {
+  const char *base;
+  size_t len;
+} ob_iov_t;
+
+#define OB_IOV_LIT(s) ((ob_iov_t){(s), sizeof(s) - 1})
+static inline ob_iov_t ob_iov(const char *base, size_t len) { return (ob_iov_t){base, len}; }
+static inline ob_iov_t ob_iov_str(const char *s) { return (ob_iov_t){s, s ? strlen(s) : 0}; }
+
+bool ob_iov_eq(ob_iov_t a, ob_iov_t b);
+/* ASCII case-insensitive comparison (header names, tokens). */
+bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b);
+bool ob_iov_eq_str_nocase(ob_iov_t a, const char *s);
+bool ob_iov_starts_with(ob_iov_t a, ob_iov_t prefix);
+/* Trim optional white space (SP / HTAB) at both ends. */
+ob_iov_t ob_iov_trim(ob_iov_t a);
+/* Parse a non-negative decimal made only of digits; false on anything else or
+ * on overflow past UINT64_MAX. */
+bool ob_iov_to_u64(ob_iov_t a, uint64_t *out);
+
+/* ---------------------------------------------------------------- buffers */
+
+/* A growable contiguous byte buffer. Owns base; zero-initialised is empty. */
+typedef struct ob_buf {
+  char *base;
+  size_t len;
+  size_t cap;
+} ob_buf_t;
+
+void ob_buf_init(ob_buf_t *b);
+void ob_buf_dispose(ob_buf_t *b);
+/* Make room for at least n more bytes; returns a pointer to the free space. */
+char *ob_buf_reserve(ob_buf_t *b, size_t n);
+void ob_buf_append(ob_buf_t *b, const void *p, size_t n);
+static inline void ob_buf_append_iov(ob_buf_t *b, ob_iov_t v) { ob_buf_append(b, v.base, v.len); }
+static inline void ob_buf_append_str(ob_buf_t *b, const char *s) { ob_buf_append(b, s, strlen(s)); }
+void ob_buf_printf(ob_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drop the first n bytes, keeping the rest. */
+void ob_buf_consume(ob_buf_t *b, size_t n);
+static inline void ob_buf_reset(ob_buf_t *b) { b->len = 0; }
+static inline ob_iov_t ob_buf_iov(const ob_buf_t *b) { return (ob_iov_t){b->base, b->len}; }
+/* Append a JSON string literal (with quotes) escaping as RFC 8259 requires. */
+void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s);
+
+/* ---------------------------------------------------------------- arena */
+
+/*
+ * A bump allocator for memory that lives exactly as long as one exchange or
+ * one parse. Blocks handed out stay valid until ob_arena_dispose(); they are
+ * never freed one by one.
+ */
+typedef struct ob_arena_block ob_arena_block_t;
+typedef struct ob_arena {
+  ob_arena_block_t *head;
+  size_t block_size;
+} ob_arena_t;
+
+void ob_arena_init(ob_arena_t *a, size_t block_size);
+void ob_arena_dispose(ob_arena_t *a);
+void *ob_arena_alloc(ob_arena_t *a, size_t n);
+/* Copy v into the arena (NUL-terminated for convenience; len excludes it). */
+ob_iov_t ob_arena_dup(ob_arena_t *a, ob_iov_t v);
+char *ob_arena_strdup(ob_arena_t *a, const char *s);
+
+/* ---------------------------------------------------------------- clock */
+
+/* Monotonic time. Pure modules take time as a parameter instead. */
+uint64_t ob_clock_us(void);
+static inline uint64_t ob_clock_ms(void) { return ob_clock_us() / 1000; }
+
+/* ---------------------------------------------------------------- logging */
+
+typedef enum { OB_LOG_DEBUG, OB_LOG_INFO, OB_LOG_WARN, OB_LOG_ERROR } ob_log_level_t;
+
+/* Messages below this level are dropped; default INFO. */
+void ob_log_set_level(ob_log_level_t lvl);
+/* One line to stderr, prefixed with an ISO-8601 UTC time and the level. */
+void ob_log(ob_log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define ob_log_debug(...) ob_log(OB_LOG_DEBUG, __VA_ARGS__)
+#define ob_log_info(...) ob_log(OB_LOG_INFO, __VA_ARGS__)
+#define ob_log_warn(...) ob_log(OB_LOG_WARN, __VA_ARGS__)
+#define ob_log_error(...) ob_log(OB_LOG_ERROR, __VA_ARGS__)
+
+#endif /* OB_CORE_H */

@@ -1,0 +1,145 @@
+/*
+ * http: the protocol-neutral message model and the HTTP/1.1 codec
+ * (RFC 9110 / RFC 9112). No sockets, no libevent: bytes in, parsed views out.
+ *
+ * Ownership: every ob_iov_t a parser produces points into the caller's input
+ * buffer and is valid only while that buffer is unchanged. Callers that keep
+ * a message beyond that copy it (ob_http_msg_copy into an arena).
+ */
+#ifndef OB_HTTP_H
+#define OB_HTTP_H
+
+#include "core.h"
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct ob_http_header {
+  ob_iov_t name;  /* as received for h1 (case kept); lower case for h2 */
+  ob_iov_t value; /* leading/trailing OWS removed */
+} ob_http_header_t;
+
+/* Upper bound on header fields in one message; more is answered 431. */
+#define OB_HTTP_MAX_HEADERS 128
+
+/* Body framing of an HTTP/1.1 message, as decided by the parser. */
+typedef enum {
+  OB_H1_BODY_NONE,       /* no body */
+  OB_H1_BODY_LENGTH,     /* content_length bytes follow */
+  OB_H1_BODY_CHUNKED,    /* chunked transfer coding */
+  OB_H1_BODY_UNTIL_CLOSE /* responses only: body ends when the connection closes */
+} ob_h1_body_t;
+
+/* A parsed HTTP/1.1 request head. */
+typedef struct ob_h1_request {
+  ob_iov_t method;
+  ob_iov_t target;     /* request-target as sent (origin-form or absolute-form) */
+  int minor_version;   /* 0 or 1 */
+  ob_http_header_t *headers; /* caller's array, filled by the parser */
+  size_t num_headers;
+  /* Semantics the parser derives (so every caller applies the same rules): */
+  ob_h1_body_t body;
+  uint64_t content_length;  /* valid when body == OB_H1_BODY_LENGTH */
+  bool keep_alive;          /* after this exchange, per version + Connection */
+  bool expect_continue;     /* Expect: 100-continue */
+  bool upgrade_h2c;         /* Upgrade: h2c was offered (we ignore it, see RFC 9113 3.1) */
+  ob_iov_t host;            /* Host header value, empty when absent */
+} ob_h1_request_t;
+
+/* A parsed HTTP/1.1 response head. */
+typedef struct ob_h1_response {
+  int status;
+  int minor_version;
+  ob_iov_t reason;
+  ob_http_header_t *headers;
+  size_t num_headers;
+  ob_h1_body_t body;
+  uint64_t content_length;
+  bool keep_alive;
+} ob_h1_response_t;
+
+/* ---------------------------------------------------------------- parsing */
+
+/*
+ * Parse one request head from buf[0..len).
+ *
+ * headers: caller's array of max_headers entries, filled in (borrowed for the
+ * call; entries then point into buf).
+ * max_head_bytes: limit on the whole head (request line + fields + CRLF).
+ *
+ * Returns the number of bytes the head occupies (> 0) on success;
+ * OB_ERR_INCOMPLETE when buf holds no complete head yet (and the limit is not
+ * exceeded); OB_ERR_HEADERS_TOO_LARGE (answer 431) when the head is longer
+ * than max_head_bytes or has more than max_headers fields;
+ * OB_ERR_BAD_REQUEST (answer 400 and close) for anything malformed, including
+ * every request-smuggling shape: Content-Length together with
+ * Transfer-Encoding, differing duplicate Content-Length, obs-fold, bare CR or
+ * LF, invalid token characters in method or field names, control characters
+ * in values, whitespace before the colon, missing Host on HTTP/1.1;
+ * OB_ERR_NOT_IMPLEMENTED (answer 501 and close) for a Transfer-Encoding other
+ * than one final "chunked". *why receives a static explanation on error.
+ */
+int ob_h1_parse_request(const char *buf, size_t len, ob_h1_request_t *req, ob_http_header_t *headers,
+                        size_t max_headers, size_t max_head_bytes, const char **why);
+
+/*
+ * Parse one response head. request_was_head: the request was HEAD, so no body
+ * follows whatever the headers say. 1xx, 204 and 304 have no body. A response
+ * with neither Content-Length nor chunked is OB_H1_BODY_UNTIL_CLOSE.
+ * Returns as ob_h1_parse_request, with OB_ERR_BAD_RESPONSE for malformed input
+ * (including Content-Length + Transfer-Encoding and differing Content-Length).
+ */
+int ob_h1_parse_response(const char *buf, size_t len, ob_h1_response_t *resp, ob_http_header_t *headers,
+                         size_t max_headers, size_t max_head_bytes, bool request_was_head, const char **why);
+
+/*
+ * Incremental decoder for the chunked transfer coding. Framing is consumed,
+ * data is reported in place so callers can move it without copying.
+ * Chunk extensions are skipped; trailer fields are validated and discarded.
+ */
+typedef struct ob_h1_chunked {
+  int state;          /* private */
+  uint64_t remaining; /* private: bytes left in the current chunk */
+  size_t line_bytes;  /* private: bytes of the current size/trailer line */
+  bool done;          /* set once the last chunk and trailers were consumed */
+} ob_h1_chunked_t;
+
+void ob_h1_chunked_init(ob_h1_chunked_t *d);
+
+/*
+ * Advance over in[0..len). Returns the number of bytes consumed (>= 0, may be
+ * 0 only when len == 0 or done) or a negative error (OB_ERR_BAD_REQUEST /
+ * OB_ERR_BAD_RESPONSE are both reported as OB_ERR_PROTOCOL here; *why says
+ * why). *data_len is set to how many of the consumed bytes, starting at in[0],
+ * are body data; when *data_len > 0 the whole return value is data (data and
+ * framing are never mixed in one call). Call again with the rest until done or
+ * the input is exhausted. A size line or trailer line above 4096 bytes, or a
+ * chunk size that does not fit in 63 bits, is an error.
+ */
+int ob_h1_chunked_step(ob_h1_chunked_t *d, const char *in, size_t len, size_t *data_len, const char **why);
+
+/* ---------------------------------------------------------------- serializing */
+
+/* True for hop-by-hop fields a proxy must not forward (RFC 9110 7.6.1):
+ * Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding, Upgrade,
+ * Trailer, Proxy-Authenticate, Proxy-Authorization; plus every field named in
+ * the message's own Connection header (conn_tokens, may be empty). */
+bool ob_http_is_hop_by_hop(ob_iov_t name, ob_iov_t conn_tokens);
+
+/* Append "METHOD target HTTP/1.1\r\n" to out. Headers are appended with
+ * ob_h1_append_header, the head is closed with ob_buf_append(out, "\r\n", 2). */
+void ob_h1_append_request_line(ob_buf_t *out, ob_iov_t method, ob_iov_t target);
+/* Append "HTTP/1.1 status reason\r\n"; reason from ob_http_reason(). */
+void ob_h1_append_status_line(ob_buf_t *out, int status);
+void ob_h1_append_header(ob_buf_t *out, ob_iov_t name, ob_iov_t value);
+
+/* The standard reason phrase ("Not Found"), or "Unknown". */
+const char *ob_http_reason(int status);
+
+/* ---------------------------------------------------------------- checks */
+
+/* RFC 9110 token characters (field names, methods). */
+bool ob_http_is_token(ob_iov_t v);
+/* A field value free of CR, LF, NUL and other control characters except HTAB. */
+bool ob_http_is_valid_value(ob_iov_t v);
+
+#endif /* OB_HTTP_H */

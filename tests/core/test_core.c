@@ -1,0 +1,55 @@
+/* Unit tests for src/core: slices, buffers, JSON string escaping, arena. */
+#include "core.h"
+#include "tap.h"
+
+#include <stdlib.h>
+
+static void test_iov(void) {
+  TAP_CHECK(ob_iov_eq_nocase(OB_IOV_LIT("Content-Length"), OB_IOV_LIT("content-length")), "nocase equal");
+  TAP_CHECK(!ob_iov_eq_nocase(OB_IOV_LIT("abc"), OB_IOV_LIT("abd")), "nocase differs");
+  ob_iov_t t = ob_iov_trim(OB_IOV_LIT(" \t x y \t"));
+  TAP_CHECK(ob_iov_eq(t, OB_IOV_LIT("x y")), "trim OWS");
+  uint64_t v = 0;
+  TAP_CHECK(ob_iov_to_u64(OB_IOV_LIT("18446744073709551615"), &v) && v == UINT64_MAX, "u64 max");
+  TAP_CHECK(!ob_iov_to_u64(OB_IOV_LIT("18446744073709551616"), &v), "u64 overflow rejected");
+  TAP_CHECK(!ob_iov_to_u64(OB_IOV_LIT("+1"), &v), "sign rejected");
+  TAP_CHECK(!ob_iov_to_u64(OB_IOV_LIT(""), &v), "empty rejected");
+  TAP_CHECK(ob_iov_starts_with(OB_IOV_LIT("/v1/chat"), OB_IOV_LIT("/v1/")), "prefix");
+}
+
+static void test_buf(void) {
+  ob_buf_t b;
+  ob_buf_init(&b);
+  for (int i = 0; i < 1000; i++) ob_buf_printf(&b, "%d,", i);
+  TAP_CHECK(b.len == 3890, "printf appends (%zu)", b.len);
+  ob_buf_consume(&b, 2);
+  TAP_CHECK(memcmp(b.base, "1,2,", 4) == 0, "consume keeps the rest");
+  ob_buf_reset(&b);
+  ob_buf_append_json_str(&b, OB_IOV_LIT("a\"b\\c\n\x01"));
+  TAP_CHECK(b.len == 17 && memcmp(b.base, "\"a\\\"b\\\\c\\n\\u0001\"", 17) == 0, "json escaping");
+  ob_buf_reset(&b);
+  char big[600];
+  memset(big, 'x', sizeof big);
+  ob_buf_printf(&b, "%.*s", (int)sizeof big, big);
+  TAP_CHECK(b.len == sizeof big, "printf longer than the scratch buffer");
+  ob_buf_dispose(&b);
+}
+
+static void test_arena(void) {
+  ob_arena_t a;
+  ob_arena_init(&a, 64);
+  char *s = ob_arena_strdup(&a, "hello");
+  void *big = ob_arena_alloc(&a, 1000);
+  memset(big, 1, 1000);
+  char *t = ob_arena_strdup(&a, "world");
+  TAP_CHECK(strcmp(s, "hello") == 0 && strcmp(t, "world") == 0, "arena strings survive later allocations");
+  TAP_CHECK(((uintptr_t)big & 15) == 0, "arena alignment");
+  ob_arena_dispose(&a);
+}
+
+int main(void) {
+  test_iov();
+  test_buf();
+  test_arena();
+  return tap_done();
+}

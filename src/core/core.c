@@ -173,6 +173,26 @@ void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s) {
   ob_buf_append(b, "\"", 1);
 }
 
+/* ---------------------------------------------------------------- counted buffers */
+
+ob_rcbuf_t *ob_rcbuf_create(void) {
+  ob_rcbuf_t *r = ob_xmalloc(sizeof *r);
+  r->refs = 1;
+  ob_buf_init(&r->buf);
+  return r;
+}
+
+ob_rcbuf_t *ob_rcbuf_acquire(ob_rcbuf_t *r) {
+  r->refs++;
+  return r;
+}
+
+void ob_rcbuf_release(ob_rcbuf_t *r) {
+  if (!r || --r->refs > 0) return;
+  ob_buf_dispose(&r->buf);
+  free(r);
+}
+
 /* ---------------------------------------------------------------- arena */
 
 struct ob_arena_block {

@@ -106,6 +106,23 @@ static inline ob_iov_t ob_buf_iov(const ob_buf_t *b) { return (ob_iov_t){b->base
 /* Append a JSON string literal (with quotes) escaping as RFC 8259 requires. */
 void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s);
 
+/* ---------------------------------------------------------------- counted buffers */
+
+/*
+ * A reference-counted ob_buf_t, for bytes that several owners must keep
+ * alive without copying (a request body referenced by an upstream's output
+ * queue while the client side may already be gone). Counted within one
+ * thread only. Created with refs == 1; the last release frees it.
+ */
+typedef struct ob_rcbuf {
+  int refs;
+  ob_buf_t buf;
+} ob_rcbuf_t;
+
+ob_rcbuf_t *ob_rcbuf_create(void);
+ob_rcbuf_t *ob_rcbuf_acquire(ob_rcbuf_t *r);
+void ob_rcbuf_release(ob_rcbuf_t *r); /* NULL is a no-op */
+
 /* ---------------------------------------------------------------- arena */
 
 /*

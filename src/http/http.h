@@ -135,6 +135,17 @@ void ob_h1_append_header(ob_buf_t *out, ob_iov_t name, ob_iov_t value);
 /* The standard reason phrase ("Not Found"), or "Unknown". */
 const char *ob_http_reason(int status);
 
+/* ---------------------------------------------------------------- errors */
+
+/*
+ * Append the body of an error the gateway itself produces, in OpenAI's shape:
+ * {"error":{"message":...,"type":...,"param":null,"code":...}}.
+ * type and code default from the status when NULL (e.g. 404 ->
+ * "not_found_error" / "not_found", 429 -> "rate_limit_error" /
+ * "rate_limit_exceeded"). All strings borrowed for the call.
+ */
+void ob_http_error_json(ob_buf_t *out, int status, const char *message, const char *type, const char *code);
+
 /* ---------------------------------------------------------------- checks */
 
 /* RFC 9110 token characters (field names, methods). */

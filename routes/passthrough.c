@@ -1,0 +1,15 @@
+/*
+ * passthrough.c: the passthrough route class. The request goes to the
+ * route's upstream unchanged (apart from the prefix rewrite the proxy already
+ * applied); nothing in the body is read.
+ */
+#include "routes_int.h"
+
+static ob_err_t prepare(ob_exchange_t *x, void *data) {
+  (void)data;
+  /* The proxy already chose the route's upstream; config validation
+   * guarantees a passthrough route has one. */
+  return x->upstream ? OB_OK : OB_ERR_CONFIG;
+}
+
+const ob_route_class_t ob_routes_passthrough_class = {"passthrough", prepare};

@@ -1,0 +1,71 @@
+/*
+ * route_table.c: compiles a snapshot's routes into a table sorted by prefix
+ * length (longest first, so the first match is the longest prefix) and binds
+ * each to its route class. Knows the class list; each class's behaviour lives
+ * in its own file.
+ */
+#include "routes_int.h"
+
+#include <stdlib.h>
+
+typedef struct {
+  const char *name;
+  const ob_route_class_t *cls;
+} class_entry_t;
+
+/* The config validator keeps its own list of names; adding a class means a
+ * line here and there. */
+static const class_entry_t classes[] = {
+    {"inference", &ob_routes_inference_class},
+    {"passthrough", &ob_routes_passthrough_class},
+};
+
+static int by_prefix_len_desc(const void *a, const void *b) {
+  const ob_route_t *x = a, *y = b;
+  return x->prefix.len < y->prefix.len ? 1 : x->prefix.len > y->prefix.len ? -1 : 0;
+}
+
+ob_routes_t *ob_routes_create(ob_config_t *cfg) {
+  ob_routes_t *t = ob_xcalloc(1, sizeof *t);
+  t->cfg = ob_config_acquire(cfg);
+  t->started = (long long)time(NULL);
+  t->num = cfg->num_routes;
+  t->routes = ob_xcalloc(t->num ? t->num : 1, sizeof *t->routes);
+  size_t k = 0;
+  for (size_t i = 0; i < cfg->num_routes; i++) {
+    const ob_config_route_t *r = &cfg->routes[i];
+    const ob_route_class_t *cls = NULL;
+    for (size_t j = 0; j < sizeof classes / sizeof classes[0]; j++)
+      if (strcmp(classes[j].name, r->class_name) == 0) cls = classes[j].cls;
+    if (!cls) {
+      ob_log_warn("routes[%zu]: class \"%s\" is not available; route skipped", i, r->class_name);
+      continue;
+    }
+    ob_route_t *o = &t->routes[k++];
+    o->prefix = ob_iov_str(r->prefix);
+    o->rewrite = r->rewrite ? ob_iov_str(r->rewrite) : (ob_iov_t){NULL, 0};
+    o->upstream = r->upstream;
+    o->cls = cls;
+    o->class_data = t;
+  }
+  t->num = k;
+  qsort(t->routes, t->num, sizeof *t->routes, by_prefix_len_desc);
+  return t;
+}
+
+void ob_routes_destroy(ob_routes_t *t) {
+  if (!t) return;
+  ob_config_release(t->cfg);
+  free(t->routes);
+  free(t);
+}
+
+const ob_route_t *ob_routes_find(void *table, ob_iov_t path) {
+  ob_routes_t *t = table;
+  /* Match on the path without its query. */
+  const char *q = memchr(path.base, '?', path.len);
+  if (q) path.len = (size_t)(q - path.base);
+  for (size_t i = 0; i < t->num; i++)
+    if (ob_iov_starts_with(path, t->routes[i].prefix)) return &t->routes[i];
+  return NULL;
+}

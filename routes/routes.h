@@ -1,0 +1,48 @@
+/*
+ * routes: the route table compiled from a config snapshot, and the route
+ * classes that implement the proxy's ob_route_class_t:
+ *   inference   OpenAI-compatible APIs: model-based upstream choice, model
+ *               name rewriting patched into the body in place, GET /v1/models
+ *               answered from the configured list
+ *   passthrough any HTTP API forwarded to its route's upstream
+ *
+ * Ownership: a table owns everything it compiled and keeps its snapshot
+ * (counted) alive; it is immutable after ob_routes_create and is freed when
+ * the last user drops it (one table per snapshot).
+ */
+#ifndef OB_ROUTES_H
+#define OB_ROUTES_H
+
+#include "config.h"
+#include "core.h"
+#include "proxy.h"
+
+typedef struct ob_routes ob_routes_t;
+
+/* Compile cfg's routes and models (cfg acquired). Never fails for a
+ * validated snapshot. */
+ob_routes_t *ob_routes_create(ob_config_t *cfg);
+void ob_routes_destroy(ob_routes_t *t);
+
+/* Longest-prefix match; matches ob_route_find_cb with table = the ob_routes_t. */
+const ob_route_t *ob_routes_find(void *table, ob_iov_t path);
+
+/*
+ * A top-level member of a JSON object, located in the raw text so it can be
+ * read or replaced without re-serializing (key and value spans point into the
+ * input; the value span of a string includes its quotes).
+ */
+typedef struct ob_json_member {
+  ob_iov_t key;    /* raw key bytes between the quotes, escapes not decoded */
+  ob_iov_t value;  /* raw value text */
+} ob_json_member_t;
+
+/*
+ * Find the top-level member whose raw key equals key in the JSON object
+ * text. Returns 1 and fills *out when found once, 0 when absent, -1 when the
+ * text is not a JSON object or the key occurs more than once (an ambiguous
+ * document: parsers disagree on which duplicate wins).
+ */
+int ob_json_find_member(ob_iov_t json, ob_iov_t key, ob_json_member_t *out);
+
+#endif /* OB_ROUTES_H */

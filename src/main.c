@@ -1,0 +1,126 @@
+/*
+ * main.c: the process. Parses the command line, loads the config, wires
+ * net -> proxy -> routes on one event loop, and turns SIGTERM / SIGINT into
+ * a graceful shutdown (stop accepting, GOAWAY, let streams finish within the
+ * grace period, exit 0).
+ */
+#include "config.h"
+#include "core.h"
+#include "net.h"
+#include "proxy.h"
+#include "routes.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: obleth --config FILE        run the gateway\n"
+          "       obleth --check-config FILE  validate FILE; exit 0, or 1 printing every problem\n"
+          "       obleth --version\n");
+}
+
+static int check_config(const char *path) {
+  ob_config_errors_t errs = {0};
+  ob_config_t *c = ob_config_load(path, &errs);
+  if (!c) {
+    for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "%s\n", errs.items[i]);
+    fprintf(stderr, "%s: %zu problem%s\n", path, errs.len, errs.len == 1 ? "" : "s");
+    ob_config_errors_dispose(&errs);
+    return 1;
+  }
+  printf("%s: ok\n", path);
+  ob_config_release(c);
+  return 0;
+}
+
+typedef struct {
+  struct event_base *base;
+  ob_net_t *net;
+  bool stopping;
+} app_t;
+
+static void on_drained(void *arg) {
+  app_t *a = arg;
+  ob_log_info("all connections closed; exiting");
+  event_base_loopexit(a->base, NULL);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)what;
+  app_t *a = arg;
+  if (a->stopping) {
+    ob_log_warn("second signal %d: exiting now", (int)sig);
+    event_base_loopexit(a->base, NULL);
+    return;
+  }
+  a->stopping = true;
+  ob_log_info("signal %d: graceful shutdown", (int)sig);
+  ob_net_shutdown(a->net, on_drained, a);
+}
+
+static ob_log_level_t level_of(const char *s) {
+  if (!s) return OB_LOG_INFO;
+  if (strcmp(s, "debug") == 0) return OB_LOG_DEBUG;
+  if (strcmp(s, "warn") == 0) return OB_LOG_WARN;
+  if (strcmp(s, "error") == 0) return OB_LOG_ERROR;
+  return OB_LOG_INFO;
+}
+
+static int run(const char *path) {
+  ob_config_errors_t errs = {0};
+  ob_config_t *cfg = ob_config_load(path, &errs);
+  if (!cfg) {
+    for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "%s\n", errs.items[i]);
+    ob_config_errors_dispose(&errs);
+    return 1;
+  }
+  ob_log_set_level(level_of(cfg->log_level));
+  signal(SIGPIPE, SIG_IGN);
+  app_t app = {0};
+  app.base = event_base_new();
+  ob_routes_t *routes = ob_routes_create(cfg);
+  ob_proxy_t *proxy = ob_proxy_create(cfg, ob_routes_find, routes);
+  app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
+  int rc = 0;
+  if (!app.net) {
+    rc = 1;
+    goto out;
+  }
+  ob_proxy_attach(proxy, app.net);
+  for (size_t i = 0; i < cfg->num_listeners; i++)
+    ob_log_info("listening on %s (%s)", ob_net_listener_address(app.net, i),
+                cfg->listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
+  struct event *sigterm = evsignal_new(app.base, SIGTERM, on_signal, &app);
+  struct event *sigint = evsignal_new(app.base, SIGINT, on_signal, &app);
+  event_add(sigterm, NULL);
+  event_add(sigint, NULL);
+  event_base_dispatch(app.base);
+  event_free(sigterm);
+  event_free(sigint);
+out:
+  ob_net_destroy(app.net);
+  ob_proxy_destroy(proxy);
+  ob_routes_destroy(routes);
+  event_base_free(app.base);
+  ob_config_release(cfg);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+    printf("obleth %s\n", OB_VERSION);
+    return 0;
+  }
+  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    usage(stdout);
+    return 0;
+  }
+  if (argc == 3 && strcmp(argv[1], "--check-config") == 0) return check_config(argv[2]);
+  if (argc == 3 && strcmp(argv[1], "--config") == 0) return run(argv[2]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,521 @@
+/*
+ * client_h2.c: HTTP/2 client connections (h2 over TLS and h2c with prior
+ * knowledge) on nghttp2 server sessions. Each stream becomes an sreq once
+ * its headers and body are in. Response bodies are queued per stream in an
+ * evbuffer and handed to nghttp2 without copying (NGHTTP2_DATA_FLAG_NO_COPY:
+ * the DATA payload is moved from the stream's evbuffer straight into the
+ * socket's output).
+ *
+ * nghttp2_session_send/recv are only called from this file's event
+ * handlers, never from nghttp2 callbacks or from inside an ob_sreq_* call:
+ * those schedule the connection's `flush` event instead.
+ */
+#include "net_int.h"
+
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Stop producing frames while this much is queued for the socket. */
+#define OUT_HIGH (64 * 1024)
+
+typedef struct h2_conn h2_conn_t;
+
+typedef struct h2_req {
+  ob_sreq_t s; /* first */
+  h2_conn_t *h;
+  int32_t id;
+  struct h2_req *next_ready;  /* dispatch list after a recv */
+  struct h2_req *prev, *next; /* every open stream of the connection */
+  struct evbuffer *out;       /* response body queued for DATA frames */
+  ob_http_header_t *trailers; /* pending trailers, arena memory */
+  size_t num_trailers;
+  size_t headers_cap;
+  size_t header_bytes;
+  bool bad;                   /* request already answered with an error */
+  bool dispatched;
+  bool head_sent;
+  bool end_queued;            /* the handler ended the body */
+  bool reset;
+  bool above_window;
+  bool has_body;              /* request declared a body */
+  bool head_only;
+} h2_req_t;
+
+struct h2_conn {
+  ob_client_conn_t *c;
+  nghttp2_session *session;
+  struct event *flush;
+  struct event *idle;
+  h2_req_t *ready_head, *ready_tail;
+  h2_req_t *streams;          /* nghttp2_session_del does not report open streams, so we keep them */
+  size_t num_streams;
+  bool goaway_sent;
+  bool in_recv;
+};
+
+static const ob_sreq_ops_t h2_ops;
+
+static ob_config_t *cfg_of(h2_conn_t *h) { return h->c->net->cfg; }
+static void schedule_flush(h2_conn_t *h) { event_active(h->flush, EV_TIMEOUT, 0); }
+
+static void arm_idle(h2_conn_t *h) {
+  uint32_t ms = cfg_of(h)->timeouts.keepalive_ms;
+  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+  evtimer_add(h->idle, &tv);
+}
+
+static void req_free(h2_req_t *r) {
+  if (r->out) evbuffer_free(r->out);
+  ob_net_sreq_dispose(&r->s);
+  free(r);
+}
+
+/* Tell the handler the stream is over (once) and free it. */
+static void req_finish(h2_conn_t *h, h2_req_t *r, bool completed) {
+  if (r->prev) r->prev->next = r->next;
+  else h->streams = r->next;
+  if (r->next) r->next->prev = r->prev;
+  h->num_streams--;
+  if (r->dispatched) h->c->net->handler->on_close(&r->s, completed, h->c->net->ctx);
+  req_free(r);
+}
+
+static void h2_destroy(h2_conn_t *h) {
+  ob_client_conn_t *c = h->c;
+  /* Streams still on the ready list were never handed to the handler. */
+  for (h2_req_t *r = h->ready_head; r; r = r->next_ready) r->dispatched = false;
+  h->ready_head = h->ready_tail = NULL;
+  while (h->streams) req_finish(h, h->streams, false);
+  nghttp2_session_del(h->session);
+  event_free(h->flush);
+  event_free(h->idle);
+  free(h);
+  c->proto_state = NULL;
+  ob_net_client_release(c);
+}
+
+void ob_net_h2_free(ob_client_conn_t *c) { h2_destroy(c->proto_state); }
+
+/* Answer an error for a stream the handler never saw. */
+static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why);
+
+/* ---------------------------------------------------------------- nghttp2 callbacks */
+
+static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *arg) {
+  (void)s, (void)flags;
+  h2_conn_t *h = arg;
+  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  if (evbuffer_get_length(out) >= OUT_HIGH) return NGHTTP2_ERR_WOULDBLOCK;
+  evbuffer_add(out, data, len);
+  return (ssize_t)len;
+}
+
+static int send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                        nghttp2_data_source *src, void *arg) {
+  (void)s;
+  h2_conn_t *h = arg;
+  h2_req_t *r = src->ptr;
+  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  evbuffer_add(out, framehd, 9);
+  if (frame->data.padlen > 0) {
+    uint8_t pad = (uint8_t)(frame->data.padlen - 1);
+    evbuffer_add(out, &pad, 1);
+  }
+  evbuffer_remove_buffer(r->out, out, length);
+  if (frame->data.padlen > 1) {
+    static const uint8_t zeros[256];
+    evbuffer_add(out, zeros, frame->data.padlen - 1);
+  }
+  return 0;
+}
+
+static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                       nghttp2_data_source *src, void *arg) {
+  (void)s, (void)id, (void)buf, (void)arg;
+  h2_req_t *r = src->ptr;
+  size_t avail = evbuffer_get_length(r->out);
+  size_t n = avail < len ? avail : len;
+  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (n == avail && r->end_queued) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (r->num_trailers) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      nghttp2_nv *nv = ob_arena_alloc(&r->s.arena, r->num_trailers * sizeof *nv);
+      for (size_t i = 0; i < r->num_trailers; i++)
+        nv[i] = (nghttp2_nv){(uint8_t *)r->trailers[i].name.base, (uint8_t *)r->trailers[i].value.base,
+                             r->trailers[i].name.len, r->trailers[i].value.len, NGHTTP2_NV_FLAG_NONE};
+      nghttp2_submit_trailer(s, id, nv, r->num_trailers);
+    }
+  } else if (n == 0) {
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  return (ssize_t)n;
+}
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *arg) {
+  h2_conn_t *h = arg;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  h2_req_t *r = ob_xcalloc(1, sizeof *r);
+  r->h = h;
+  r->id = frame->hd.stream_id;
+  ob_net_sreq_init(&r->s, h->c, &h2_ops, 20);
+  r->out = evbuffer_new();
+  nghttp2_session_set_stream_user_data(s, r->id, r);
+  r->next = h->streams;
+  if (h->streams) h->streams->prev = r;
+  h->streams = r;
+  h->num_streams++;
+  evtimer_del(h->idle);
+  return 0;
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *arg) {
+  (void)flags, (void)arg;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+  if (!r || r->bad) return 0;
+  ob_iov_t n = ob_iov((const char *)name, namelen), v = ob_iov((const char *)value, valuelen);
+  r->header_bytes += namelen + valuelen + 32;
+  if (r->header_bytes > cfg_of(r->h)->limits.max_header_bytes || r->s.num_headers >= OB_HTTP_MAX_HEADERS) {
+    r->bad = true;
+    return 0; /* answered with 431 once the header block ends */
+  }
+  ob_arena_t *a = &r->s.arena;
+  if (namelen && name[0] == ':') {
+    if (ob_iov_eq(n, OB_IOV_LIT(":method"))) r->s.method = ob_arena_dup(a, v);
+    else if (ob_iov_eq(n, OB_IOV_LIT(":path"))) r->s.path = ob_arena_dup(a, v);
+    else if (ob_iov_eq(n, OB_IOV_LIT(":authority"))) r->s.authority = ob_arena_dup(a, v);
+    else if (ob_iov_eq(n, OB_IOV_LIT(":scheme"))) r->s.scheme = ob_arena_dup(a, v);
+    return 0;
+  }
+  if (ob_iov_eq(n, OB_IOV_LIT("host"))) {
+    if (!r->s.authority.len) r->s.authority = ob_arena_dup(a, v);
+    return 0;
+  }
+  if (ob_iov_eq(n, OB_IOV_LIT("content-length"))) {
+    r->has_body = !(v.len == 1 && v.base[0] == '0');
+    return 0;
+  }
+  if (r->s.num_headers == r->headers_cap) {
+    size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+    ob_http_header_t *nh = ob_arena_alloc(a, cap * sizeof *nh);
+    if (r->s.num_headers) memcpy(nh, r->s.headers, r->s.num_headers * sizeof *nh);
+    r->s.headers = nh;
+    r->headers_cap = cap;
+  }
+  r->s.headers[r->s.num_headers].name = ob_arena_dup(a, n);
+  r->s.headers[r->s.num_headers].value = ob_arena_dup(a, v);
+  r->s.num_headers++;
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *arg) {
+  (void)flags, (void)arg;
+  h2_req_t *r = nghttp2_session_get_stream_user_data(s, id);
+  if (!r || r->bad || r->dispatched) return 0;
+  ob_buf_t *body = &r->s.body->buf;
+  if (body->len + len > cfg_of(r->h)->limits.max_body_bytes) {
+    reply_error(r->h, r, 413, "request body is larger than the limit");
+    return 0;
+  }
+  ob_buf_append(body, data, len);
+  return 0;
+}
+
+static void enqueue_ready(h2_conn_t *h, h2_req_t *r) {
+  r->next_ready = NULL;
+  if (h->ready_tail) h->ready_tail->next_ready = r;
+  else h->ready_head = r;
+  h->ready_tail = r;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *arg) {
+  h2_conn_t *h = arg;
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+  if (!r) return 0;
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    if (r->bad) {
+      reply_error(h, r, 431, "request header block is larger than the limit");
+      return 0;
+    }
+    if (!r->s.method.len || !r->s.path.len || ob_iov_eq(r->s.method, OB_IOV_LIT("CONNECT"))) {
+      reply_error(h, r, r->s.method.len && r->s.path.len ? 501 : 400, "unsupported or incomplete request");
+      return 0;
+    }
+    r->head_only = ob_iov_eq(r->s.method, OB_IOV_LIT("HEAD"));
+  }
+  if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !r->bad && !r->dispatched) {
+    r->dispatched = true;
+    enqueue_ready(h, r);
+  }
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error_code, void *arg) {
+  (void)error_code;
+  h2_conn_t *h = arg;
+  h2_req_t *r = nghttp2_session_get_stream_user_data(s, id);
+  if (!r) return 0;
+  nghttp2_session_set_stream_user_data(s, id, NULL);
+  /* A stream still on the ready list was never handed over. */
+  for (h2_req_t **p = &h->ready_head, *prev = NULL; *p; prev = *p, p = &(*p)->next_ready) {
+    if (*p == r) {
+      *p = r->next_ready;
+      if (h->ready_tail == r) h->ready_tail = prev;
+      r->dispatched = false;
+      break;
+    }
+  }
+  bool completed = r->end_queued && !r->reset && evbuffer_get_length(r->out) == 0 && error_code == NGHTTP2_NO_ERROR;
+  req_finish(h, r, completed);
+  if (h->num_streams == 0 && h->idle) arm_idle(h);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why) {
+  r->bad = true;
+  r->head_sent = true;
+  ob_buf_t body;
+  ob_buf_init(&body);
+  ob_http_error_json(&body, status, why, NULL, NULL);
+  evbuffer_add(r->out, body.base, body.len);
+  char st[4], cl[24];
+  snprintf(st, sizeof st, "%d", status);
+  snprintf(cl, sizeof cl, "%zu", body.len);
+  ob_buf_dispose(&body);
+  nghttp2_nv nv[] = {
+      {(uint8_t *)":status", (uint8_t *)st, 7, strlen(st), NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"content-type", (uint8_t *)"application/json", 12, 16, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"content-length", (uint8_t *)cl, 14, strlen(cl), NGHTTP2_NV_FLAG_NONE},
+  };
+  r->end_queued = true;
+  nghttp2_data_provider dp = {.source.ptr = r, .read_callback = read_cb};
+  nghttp2_submit_response(h->session, r->id, nv, 3, &dp);
+  ob_log_info("%s - \"%.*s %.*s\" %d %s", h->c->peer, (int)r->s.method.len, r->s.method.base, (int)r->s.path.len,
+              r->s.path.base, status, why);
+  schedule_flush(h);
+}
+
+/* Write frames until nghttp2 has nothing more or the socket is full; then
+ * hand completed requests to the handler and report drained streams. */
+static void flush_session(h2_conn_t *h) {
+  int rv = nghttp2_session_send(h->session);
+  if (rv != 0 && rv != NGHTTP2_ERR_WOULDBLOCK) {
+    ob_log_debug("h2 send to %s failed: %s", h->c->peer, nghttp2_strerror(rv));
+    h2_destroy(h);
+    return;
+  }
+  while (h->ready_head) {
+    h2_req_t *r = h->ready_head;
+    h->ready_head = r->next_ready;
+    if (!h->ready_head) h->ready_tail = NULL;
+    h->c->net->handler->on_request(&r->s, h->c->net->ctx);
+  }
+  if (!nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session) &&
+      evbuffer_get_length(bufferevent_get_output(h->c->bev)) == 0) {
+    h2_destroy(h);
+  }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  flush_session(arg);
+}
+
+static void on_read(struct bufferevent *bev, void *arg) {
+  h2_conn_t *h = arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  while (evbuffer_get_length(in) > 0) {
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
+    ssize_t rv = nghttp2_session_mem_recv(h->session, v.iov_base, v.iov_len);
+    if (rv < 0) {
+      ob_log_debug("h2 from %s: %s", h->c->peer, nghttp2_strerror((int)rv));
+      /* nghttp2 queued a GOAWAY for protocol errors; try to send it. */
+      evbuffer_drain(in, evbuffer_get_length(in));
+      nghttp2_session_send(h->session);
+      bufferevent_disable(bev, EV_READ);
+      h2_destroy(h);
+      return;
+    }
+    evbuffer_drain(in, (size_t)rv);
+  }
+  flush_session(h);
+}
+
+static void on_write(struct bufferevent *bev, void *arg) {
+  h2_conn_t *h = arg;
+  if (evbuffer_get_length(bufferevent_get_output(bev)) < OUT_HIGH) flush_session(h);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+  (void)bev;
+  if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) h2_destroy(arg);
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  h2_conn_t *h = arg;
+  if (h->num_streams) return;
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->session),
+                        NGHTTP2_NO_ERROR, NULL, 0);
+  nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
+  schedule_flush(h);
+}
+
+/* ---------------------------------------------------------------- sreq ops */
+
+static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *hdr, size_t n, int64_t cl, bool end) {
+  h2_req_t *r = (h2_req_t *)s;
+  if (r->reset || r->head_sent) return OB_ERR_CONN;
+  r->head_sent = true;
+  s->status = status;
+  nghttp2_nv *nv = ob_arena_alloc(&s->arena, (n + 2) * sizeof *nv);
+  char *st = ob_arena_alloc(&s->arena, 4);
+  snprintf(st, 4, "%d", status);
+  size_t k = 0;
+  nv[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
+  for (size_t i = 0; i < n; i++) {
+    /* HTTP/2 field names are lower case (RFC 9113 8.2.1). */
+    char *name = ob_arena_alloc(&s->arena, hdr[i].name.len + 1);
+    for (size_t j = 0; j < hdr[i].name.len; j++) {
+      char ch = hdr[i].name.base[j];
+      name[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    nv[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)hdr[i].value.base, hdr[i].name.len, hdr[i].value.len,
+                           NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+  }
+  if (cl >= 0) {
+    char *v = ob_arena_alloc(&s->arena, 24);
+    int len = snprintf(v, 24, "%lld", (long long)cl);
+    nv[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)v, 14, (size_t)len, NGHTTP2_NV_FLAG_NONE};
+  }
+  int rv;
+  if (end || r->head_only) {
+    r->end_queued = true;
+    rv = nghttp2_submit_response(r->h->session, r->id, nv, k, NULL);
+  } else {
+    nghttp2_data_provider dp = {.source.ptr = r, .read_callback = read_cb};
+    rv = nghttp2_submit_response(r->h->session, r->id, nv, k, &dp);
+  }
+  schedule_flush(r->h);
+  return rv == 0 ? OB_OK : OB_ERR_CONN;
+}
+
+static void h2_send_data(ob_sreq_t *s, struct evbuffer *data, bool end) {
+  h2_req_t *r = (h2_req_t *)s;
+  size_t len = evbuffer_get_length(data);
+  if (r->reset || r->end_queued || r->head_only) {
+    evbuffer_drain(data, len);
+    return;
+  }
+  s->bytes_out += len;
+  evbuffer_add_buffer(r->out, data);
+  if (evbuffer_get_length(r->out) > cfg_of(r->h)->limits.stream_window_bytes) r->above_window = true;
+  if (end) r->end_queued = true;
+  nghttp2_session_resume_data(r->h->session, r->id);
+  schedule_flush(r->h);
+}
+
+static void h2_send_trailers(ob_sreq_t *s, const ob_http_header_t *t, size_t n) {
+  h2_req_t *r = (h2_req_t *)s;
+  if (r->reset || r->end_queued) return;
+  r->trailers = ob_arena_alloc(&s->arena, (n ? n : 1) * sizeof *r->trailers);
+  for (size_t i = 0; i < n; i++) {
+    r->trailers[i].name = ob_arena_dup(&s->arena, t[i].name);
+    r->trailers[i].value = ob_arena_dup(&s->arena, t[i].value);
+  }
+  r->num_trailers = n;
+  r->end_queued = true;
+  nghttp2_session_resume_data(r->h->session, r->id);
+  schedule_flush(r->h);
+}
+
+static void h2_reset(ob_sreq_t *s) {
+  h2_req_t *r = (h2_req_t *)s;
+  if (r->reset) return;
+  r->reset = true;
+  nghttp2_submit_rst_stream(r->h->session, NGHTTP2_FLAG_NONE, r->id, NGHTTP2_INTERNAL_ERROR);
+  schedule_flush(r->h);
+}
+
+static size_t h2_pending(const ob_sreq_t *s) { return evbuffer_get_length(((const h2_req_t *)s)->out); }
+
+static const ob_sreq_ops_t h2_ops = {
+    .send_head = h2_send_head,
+    .send_data = h2_send_data,
+    .send_trailers = h2_send_trailers,
+    .reset = h2_reset,
+    .pending = h2_pending,
+};
+
+/* Streams whose queue drained to half the window after being above it get
+ * on_writable; called after frames were produced. */
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *arg) {
+  h2_conn_t *h = arg;
+  if (frame->hd.type != NGHTTP2_DATA) return 0;
+  h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+  if (r && r->dispatched && r->above_window &&
+      evbuffer_get_length(r->out) <= cfg_of(h)->limits.stream_window_bytes / 2) {
+    r->above_window = false;
+    h->c->net->handler->on_writable(&r->s, h->c->net->ctx);
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+void ob_net_h2_start(ob_client_conn_t *c) {
+  h2_conn_t *h = ob_xcalloc(1, sizeof *h);
+  h->c = c;
+  c->proto_state = h;
+  ob_net_t *n = c->net;
+  nghttp2_session_callbacks *cb;
+  nghttp2_session_callbacks_new(&cb);
+  nghttp2_session_callbacks_set_send_callback(cb, send_cb);
+  nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  nghttp2_option *opt;
+  nghttp2_option_new(&opt);
+  nghttp2_option_set_max_send_header_block_length(opt, n->cfg->limits.max_header_bytes * 2u);
+  nghttp2_session_server_new2(&h->session, cb, h, opt);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cb);
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, n->cfg->limits.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, n->cfg->limits.max_header_bytes},
+  };
+  nghttp2_submit_settings(h->session, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+  h->flush = event_new(n->base, -1, 0, on_flush, h);
+  h->idle = evtimer_new(n->base, on_idle, h);
+  struct timeval wtv = {n->cfg->timeouts.idle_ms / 1000, (n->cfg->timeouts.idle_ms % 1000) * 1000};
+  bufferevent_set_timeouts(c->bev, NULL, &wtv);
+  bufferevent_setwatermark(c->bev, EV_WRITE, OUT_HIGH / 2, 0);
+  bufferevent_setcb(c->bev, on_read, on_write, on_event, h);
+  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  arm_idle(h);
+  if (c->draining) ob_net_h2_drain(c);
+  on_read(c->bev, h);
+}
+
+void ob_net_h2_drain(ob_client_conn_t *c) {
+  h2_conn_t *h = c->proto_state;
+  if (h->goaway_sent) return;
+  h->goaway_sent = true;
+  /* Streams already started finish; no new ones are accepted. */
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->session),
+                        NGHTTP2_NO_ERROR, NULL, 0);
+  if (h->num_streams == 0) nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
+  schedule_flush(h);
+}

@@ -1,0 +1,212 @@
+/*
+ * net: sockets. The libevent loop, listeners, TLS with ALPN, client
+ * connections (HTTP/1.1 and HTTP/2, cleartext and TLS) and upstream
+ * connection pools (HTTP/1.1 keep-alive and multiplexed HTTP/2).
+ *
+ * net turns client connections into request streams (ob_sreq_t) and hands
+ * them to one handler (the proxy), and offers upstream request streams
+ * (ob_ureq_t) on pools (ob_upstream_t). It knows nothing about tenants,
+ * routes or admission. Uses http, config and core.
+ *
+ * Threading: everything here runs on the thread of the event_base it was
+ * created with.
+ */
+#ifndef OB_NET_H
+#define OB_NET_H
+
+#include "config.h"
+#include "core.h"
+#include "http.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+typedef struct ob_net ob_net_t;
+typedef struct ob_sreq ob_sreq_t;
+typedef struct ob_upstream ob_upstream_t;
+typedef struct ob_ureq ob_ureq_t;
+
+/* ================================================================ client side */
+
+/*
+ * One request from a client and the response to it: an HTTP/1.1 exchange on
+ * a connection or one HTTP/2 stream. Owned by its connection. The fields
+ * below are filled before on_request and are read-only for the handler; they
+ * live as long as the sreq.
+ */
+struct ob_sreq {
+  ob_arena_t arena;         /* per-request memory; dies with the sreq */
+  ob_iov_t method;
+  ob_iov_t scheme;          /* "http" or "https" */
+  ob_iov_t authority;       /* Host / :authority */
+  ob_iov_t path;            /* origin-form path with query */
+  ob_http_header_t *headers;/* regular fields only (no pseudo headers), names lower-case for h2 */
+  size_t num_headers;
+  ob_rcbuf_t *body;         /* counted: the complete request body (possibly empty); acquire to keep */
+  int http_version;         /* 10, 11 or 20 */
+  const char *peer_addr;    /* client IP as text */
+  bool tls;
+  uint64_t start_us;        /* when the request head began to arrive */
+  void *handler_data;       /* for the handler's own use */
+  /* Response accounting, maintained by net. */
+  int status;               /* status sent, 0 before the head */
+  uint64_t bytes_out;       /* response body bytes queued */
+  const struct ob_sreq_ops *ops_; /* private to net */
+};
+
+/*
+ * The handler of request streams (the proxy). Each callback gets the sreq
+ * and the ctx given to ob_net_create.
+ *
+ * on_request: head and complete body are in. The handler answers through
+ *   ob_sreq_send_* eventually (now or after any number of loop turns).
+ * on_writable: pending output of the stream dropped to half the stream
+ *   window after having been above it; upstream reading may resume.
+ * on_close: called exactly once for every sreq that reached on_request, when
+ *   the stream is finished: the response was completely handed to the
+ *   connection (completed = true), or the client reset the stream, closed the
+ *   connection, or the stream was reset by ob_sreq_reset (completed = false).
+ *   The sreq is freed right after on_close returns; the handler must drop
+ *   every pointer to it and must not call ob_sreq_* from inside on_close.
+ */
+typedef struct ob_sreq_handler {
+  void (*on_request)(ob_sreq_t *s, void *ctx);
+  void (*on_writable)(ob_sreq_t *s, void *ctx);
+  void (*on_close)(ob_sreq_t *s, bool completed, void *ctx);
+} ob_sreq_handler_t;
+
+/*
+ * Send the response head. headers: borrowed for the call; must not contain
+ * hop-by-hop fields or Content-Length (net adds framing itself).
+ * content_length: body size when known, -1 to stream (h1 uses chunked).
+ * end_stream: no body follows (the response is complete).
+ * Returns OB_OK or OB_ERR_CONN when the stream is already gone.
+ */
+ob_err_t ob_sreq_send_head(ob_sreq_t *s, int status, const ob_http_header_t *headers, size_t n,
+                           int64_t content_length, bool end_stream);
+
+/* Queue body bytes: all of data is moved out (no copy; data is left empty).
+ * end_stream completes the response. */
+void ob_sreq_send_data(ob_sreq_t *s, struct evbuffer *data, bool end_stream);
+
+/* Queue body bytes by copying (small gateway-made bodies). */
+void ob_sreq_send_bytes(ob_sreq_t *s, const void *p, size_t n, bool end_stream);
+
+/* Complete the response with trailer fields (h2; on h1 they are dropped and
+ * the body is simply terminated). trailers: borrowed for the call. */
+void ob_sreq_send_trailers(ob_sreq_t *s, const ob_http_header_t *trailers, size_t n);
+
+/* Abort the response so the client sees a failure, never a falsely complete
+ * response: h2 RST_STREAM(INTERNAL_ERROR); h1 closes the connection without
+ * the final chunk. on_close(completed = false) follows (possibly from within
+ * this call). */
+void ob_sreq_reset(ob_sreq_t *s);
+
+/* Response bytes queued on this stream and not yet written to the socket. */
+size_t ob_sreq_pending(const ob_sreq_t *s);
+
+/* Find a request header by name (case-insensitive); first match or NULL.
+ * Borrowed from the sreq. */
+const ob_http_header_t *ob_sreq_header(const ob_sreq_t *s, const char *name);
+
+/* ================================================================ upstream side */
+
+/*
+ * What to send upstream. Borrowed for the call to ob_upstream_request, except
+ * body_owner, which the ureq acquires: body pieces that lie inside
+ * body_owner's bytes are sent by reference without copying; any other piece
+ * is copied.
+ */
+typedef struct ob_ureq_spec {
+  ob_iov_t method;
+  ob_iov_t path;            /* origin-form, already rewritten; the endpoint's base path is prepended by net */
+  ob_iov_t authority;       /* sent as Host / :authority; empty = the endpoint's authority */
+  const ob_http_header_t *headers; /* end-to-end fields only; no Host, Content-Length, hop-by-hop */
+  size_t num_headers;
+  const ob_iov_t *body;     /* pieces, in order */
+  size_t num_body;
+  ob_rcbuf_t *body_owner;   /* counted, may be NULL */
+  bool expect_trailers;     /* send "te: trailers" (gRPC) */
+} ob_ureq_spec_t;
+
+/*
+ * Callbacks for one upstream request. data is the pointer given to
+ * ob_upstream_request. Exactly one terminal callback (on_end or on_error)
+ * follows unless the handler cancels first; after a terminal callback the
+ * ureq is freed by net and must not be touched.
+ *
+ * on_head: response head (final status; 1xx are swallowed). headers borrowed
+ *   for the call, hop-by-hop fields already removed.
+ * on_data: body bytes in buf; the handler moves what it takes out of buf
+ *   (evbuffer_remove_buffer / ob_sreq_send_data). It is called again only
+ *   with new bytes; what the handler leaves stays buffered by net, bounded
+ *   by flow control once the handler pauses.
+ * on_end: the response is complete. trailers borrowed for the call.
+ * on_error: the request failed. err is OB_ERR_CONN for a connection failure,
+ *   OB_ERR_BAD_RESPONSE for a malformed response; status_hint is the status
+ *   the gateway should answer if no head was sent yet (502, 503 or 504);
+ *   head_seen tells whether on_head was already called (the handler must
+ *   then abort the client stream instead of answering).
+ */
+typedef struct ob_ureq_handler {
+  void (*on_head)(ob_ureq_t *u, void *data, int status, const ob_http_header_t *headers, size_t n);
+  void (*on_data)(ob_ureq_t *u, void *data, struct evbuffer *buf);
+  void (*on_end)(ob_ureq_t *u, void *data, const ob_http_header_t *trailers, size_t n);
+  void (*on_error)(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bool head_seen);
+} ob_ureq_handler_t;
+
+/* Look up a pool by upstream name; borrowed from the net; NULL when absent. */
+ob_upstream_t *ob_net_upstream(ob_net_t *n, const char *name);
+
+/*
+ * Start a request on the endpoint with the fewest requests in flight
+ * (endpoints in back-off after refused connections are skipped while any
+ * other is available). A connection failure before any request byte was
+ * written retries once on another endpoint, transparently. Never calls back
+ * from inside this call: even an immediate failure is reported on a later
+ * loop turn. Returns the ureq (borrowed until its terminal callback or
+ * ob_ureq_cancel).
+ */
+ob_ureq_t *ob_upstream_request(ob_upstream_t *up, const ob_ureq_spec_t *spec, const ob_ureq_handler_t *h,
+                               void *data);
+
+/* Stop / resume delivering body bytes (back-pressure from the client side).
+ * h1: the connection stops reading; h2: the stream's window stops opening. */
+void ob_ureq_pause(ob_ureq_t *u, bool paused);
+
+/* The handler no longer wants this request: no callback follows; an
+ * unfinished h2 stream is reset (CANCEL), an unfinished h1 exchange closes
+ * its connection. The ureq is invalid after the call. */
+void ob_ureq_cancel(ob_ureq_t *u);
+
+/* "host:port" of the endpoint serving the request (borrowed from the pool),
+ * or "-" before one was chosen. */
+const char *ob_ureq_endpoint(const ob_ureq_t *u);
+
+/* ================================================================ the whole */
+
+/*
+ * Create listeners and upstream pools for cfg (acquired: the net keeps a
+ * reference) on base (borrowed; must outlive the net). handler and ctx are
+ * borrowed for the life of the net. Returns NULL and logs why when a listener
+ * cannot be bound or a TLS certificate cannot be loaded.
+ */
+ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx);
+
+/* The address listener i is bound to ("127.0.0.1:43121"), for ephemeral
+ * ports; borrowed from the net. */
+const char *ob_net_listener_address(const ob_net_t *n, size_t i);
+
+/*
+ * Graceful shutdown: close listeners, send GOAWAY on h2 connections, close
+ * idle h1 connections, and let streams in flight finish. done() is called
+ * once every client connection is gone or grace_ms passed (remaining
+ * connections are then closed).
+ */
+void ob_net_shutdown(ob_net_t *n, void (*done)(void *arg), void *arg);
+
+/* Free everything; connections still open are closed without callbacks to
+ * the handler other than on_close. NULL is a no-op. */
+void ob_net_destroy(ob_net_t *n);
+
+#endif /* OB_NET_H */

@@ -1,0 +1,108 @@
+/*
+ * net_int.h: what the files of src/net share. Not for use outside src/net.
+ *
+ * server.c owns struct ob_net, listeners and TLS for the client side;
+ * client_h1.c / client_h2.c own client connections; upstream*.c own pools.
+ */
+#ifndef OB_NET_INT_H
+#define OB_NET_INT_H
+
+#include "net.h"
+
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+
+typedef struct ob_client_conn ob_client_conn_t;
+
+struct ob_net {
+  struct event_base *base;
+  struct evdns_base *dns;         /* asynchronous name resolution for upstream hosts */
+  ob_config_t *cfg;               /* counted */
+  const ob_sreq_handler_t *handler;
+  void *ctx;
+
+  struct evconnlistener **listeners;
+  char **listener_addrs;          /* bound addresses, for ob_net_listener_address */
+  bool *listener_tls;
+  size_t num_listeners;
+  SSL_CTX **listener_ssl;         /* per listener, NULL for cleartext */
+
+  ob_client_conn_t *conns;        /* doubly linked list of live client connections */
+  size_t num_conns;
+
+  ob_upstream_t **upstreams;
+  size_t num_upstreams;
+
+  bool shutting_down;
+  struct event *grace_timer;
+  void (*shutdown_done)(void *arg);
+  void *shutdown_arg;
+};
+
+/* ---- upstream pools (upstream.c) ---- */
+
+/* Create the pool for one configured upstream; cfg borrowed from n->cfg,
+ * which outlives the pool. Returns NULL and logs on failure (bad TLS CA). */
+ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *cfg);
+/* Close every connection of the pool (requests in flight get on_error) and
+ * free it. NULL is a no-op. */
+void ob_net_upstream_destroy(ob_upstream_t *u);
+/* The configured name of the pool; borrowed. */
+const char *ob_net_upstream_name(const ob_upstream_t *u);
+
+/* ---- client connections (server.c, client_h1.c, client_h2.c) ---- */
+
+/* What ob_sreq_* dispatch to: one table per client protocol. */
+typedef struct ob_sreq_ops {
+  ob_err_t (*send_head)(ob_sreq_t *s, int status, const ob_http_header_t *h, size_t n, int64_t cl, bool end);
+  void (*send_data)(ob_sreq_t *s, struct evbuffer *data, bool end);
+  void (*send_trailers)(ob_sreq_t *s, const ob_http_header_t *h, size_t n);
+  void (*reset)(ob_sreq_t *s);
+  size_t (*pending)(const ob_sreq_t *s);
+} ob_sreq_ops_t;
+
+typedef enum { OB_CONN_DETECT, OB_CONN_H1, OB_CONN_H2 } ob_conn_proto_t;
+
+/* One accepted client connection. server.c owns the list and protocol
+ * detection; the protocol file owns proto_state. */
+struct ob_client_conn {
+  ob_client_conn_t *prev, *next;
+  ob_net_t *net;
+  struct bufferevent *bev;
+  bool tls;
+  ob_conn_proto_t proto;
+  bool draining;            /* graceful shutdown started */
+  char peer[64];
+  void *proto_state;
+};
+
+/* Hand a connection whose protocol is known to its protocol file. Any bytes
+ * already read stay in the bufferevent's input. */
+void ob_net_h1_start(ob_client_conn_t *c);
+void ob_net_h2_start(ob_client_conn_t *c);
+void ob_net_h1_drain(ob_client_conn_t *c);
+void ob_net_h2_drain(ob_client_conn_t *c);
+void ob_net_h1_free(ob_client_conn_t *c);
+void ob_net_h2_free(ob_client_conn_t *c);
+
+/* Remove c from the list, free its bufferevent and c itself; called by the
+ * protocol files once their own state is gone. */
+void ob_net_client_release(ob_client_conn_t *c);
+
+/* Fill the common fields of a new sreq. */
+void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *ops, int http_version);
+/* Free what ob_net_sreq_init and the request parsing allocated. */
+void ob_net_sreq_dispose(ob_sreq_t *s);
+
+/* Take over an accepted socket. tls: the listener's SSL_CTX or NULL. */
+void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls);
+/* Start graceful shutdown of one connection (GOAWAY / Connection: close). */
+void ob_net_client_drain(ob_client_conn_t *c);
+/* Close now; streams in flight get on_close(completed = false). */
+void ob_net_client_close(ob_client_conn_t *c);
+/* Called by a connection when it is gone, so shutdown can finish. */
+void ob_net_conn_gone(ob_net_t *n);
+
+#endif /* OB_NET_INT_H */

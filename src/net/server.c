@@ -1,0 +1,373 @@
+/*
+ * server.c: the net object. Owns listeners, the client-side TLS contexts, the
+ * list of client connections and graceful shutdown. A new connection is kept
+ * here until its protocol is known (ALPN for TLS, the HTTP/2 connection
+ * preface for cleartext), then handed to client_h1.c or client_h2.c.
+ * It must not parse HTTP itself.
+ */
+#include "net_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/bufferevent_ssl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+#define H2_PREFACE_LEN (sizeof H2_PREFACE - 1)
+
+/* ---------------------------------------------------------------- sreq dispatch */
+
+ob_err_t ob_sreq_send_head(ob_sreq_t *s, int status, const ob_http_header_t *headers, size_t n,
+                           int64_t content_length, bool end_stream) {
+  return s->ops_->send_head(s, status, headers, n, content_length, end_stream);
+}
+
+void ob_sreq_send_data(ob_sreq_t *s, struct evbuffer *data, bool end_stream) { s->ops_->send_data(s, data, end_stream); }
+
+void ob_sreq_send_bytes(ob_sreq_t *s, const void *p, size_t n, bool end_stream) {
+  struct evbuffer *b = evbuffer_new();
+  if (n) evbuffer_add(b, p, n);
+  s->ops_->send_data(s, b, end_stream);
+  evbuffer_free(b);
+}
+
+void ob_sreq_send_trailers(ob_sreq_t *s, const ob_http_header_t *trailers, size_t n) {
+  s->ops_->send_trailers(s, trailers, n);
+}
+
+void ob_sreq_reset(ob_sreq_t *s) { s->ops_->reset(s); }
+
+size_t ob_sreq_pending(const ob_sreq_t *s) { return s->ops_->pending(s); }
+
+const ob_http_header_t *ob_sreq_header(const ob_sreq_t *s, const char *name) {
+  ob_iov_t want = ob_iov_str(name);
+  for (size_t i = 0; i < s->num_headers; i++)
+    if (ob_iov_eq_nocase(s->headers[i].name, want)) return &s->headers[i];
+  return NULL;
+}
+
+void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *ops, int http_version) {
+  memset(s, 0, sizeof *s);
+  ob_arena_init(&s->arena, 2048);
+  s->ops_ = ops;
+  s->http_version = http_version;
+  s->peer_addr = c->peer;
+  s->tls = c->tls;
+  s->scheme = c->tls ? OB_IOV_LIT("https") : OB_IOV_LIT("http");
+  s->body = ob_rcbuf_create();
+  s->start_us = ob_clock_us();
+}
+
+void ob_net_sreq_dispose(ob_sreq_t *s) {
+  ob_rcbuf_release(s->body);
+  s->body = NULL;
+  ob_arena_dispose(&s->arena);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+void ob_net_client_release(ob_client_conn_t *c) {
+  ob_net_t *n = c->net;
+  if (c->prev) c->prev->next = c->next;
+  else n->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  if (c->bev) bufferevent_free(c->bev);
+  c->bev = NULL;
+  free(c);
+  n->num_conns--;
+  ob_net_conn_gone(n);
+}
+
+void ob_net_client_close(ob_client_conn_t *c) {
+  switch (c->proto) {
+  case OB_CONN_H1: ob_net_h1_free(c); break;
+  case OB_CONN_H2: ob_net_h2_free(c); break;
+  default: ob_net_client_release(c); break;
+  }
+}
+
+void ob_net_client_drain(ob_client_conn_t *c) {
+  c->draining = true;
+  switch (c->proto) {
+  case OB_CONN_H1: ob_net_h1_drain(c); break;
+  case OB_CONN_H2: ob_net_h2_drain(c); break;
+  default: ob_net_client_release(c); break;
+  }
+}
+
+static void start_proto(ob_client_conn_t *c, ob_conn_proto_t p) {
+  c->proto = p;
+  if (p == OB_CONN_H2) ob_net_h2_start(c);
+  else ob_net_h1_start(c);
+}
+
+/* Cleartext: HTTP/2 with prior knowledge starts with the connection preface;
+ * anything else is HTTP/1.1. Decide as soon as the bytes disagree. */
+static void detect_read(struct bufferevent *bev, void *arg) {
+  ob_client_conn_t *c = arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  size_t len = evbuffer_get_length(in);
+  size_t want = len < H2_PREFACE_LEN ? len : H2_PREFACE_LEN;
+  unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)want);
+  if (memcmp(p, H2_PREFACE, want) != 0) {
+    start_proto(c, OB_CONN_H1);
+    return;
+  }
+  if (want == H2_PREFACE_LEN) start_proto(c, OB_CONN_H2);
+}
+
+static void detect_event(struct bufferevent *bev, short what, void *arg) {
+  ob_client_conn_t *c = arg;
+  if (what & BEV_EVENT_CONNECTED) {
+    /* TLS handshake done: ALPN decides. */
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_len = 0;
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (ssl) SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    start_proto(c, alpn_len == 2 && memcmp(alpn, "h2", 2) == 0 ? OB_CONN_H2 : OB_CONN_H1);
+    return;
+  }
+  if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF | BEV_EVENT_TIMEOUT)) {
+    if (c->tls && (what & BEV_EVENT_ERROR)) {
+      unsigned long e = bufferevent_get_openssl_error(bev);
+      if (e) ob_log_debug("tls handshake with %s failed: %s", c->peer, ERR_reason_error_string(e));
+    }
+    ob_net_client_release(c);
+  }
+}
+
+void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls) {
+  (void)salen;
+  if (n->shutting_down || n->num_conns >= n->cfg->limits.max_connections) {
+    evutil_closesocket(fd);
+    return;
+  }
+  ob_client_conn_t *c = ob_xcalloc(1, sizeof *c);
+  c->net = n;
+  c->tls = tls != NULL;
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof c->peer);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof c->peer);
+  else
+    snprintf(c->peer, sizeof c->peer, "unknown");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  evutil_make_socket_nonblocking(fd);
+  if (tls) {
+    SSL *ssl = SSL_new(tls);
+    c->bev = bufferevent_openssl_socket_new(n->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+  } else {
+    c->bev = bufferevent_socket_new(n->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+  }
+  c->next = n->conns;
+  if (n->conns) n->conns->prev = c;
+  n->conns = c;
+  n->num_conns++;
+  /* The handshake and the first bytes must arrive within the header timeout. */
+  struct timeval tv = {n->cfg->timeouts.client_header_ms / 1000, (n->cfg->timeouts.client_header_ms % 1000) * 1000};
+  bufferevent_set_timeouts(c->bev, &tv, NULL);
+  bufferevent_setcb(c->bev, detect_read, NULL, detect_event, c);
+  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
+  ob_net_t *n = arg;
+  SSL_CTX *tls = NULL;
+  for (size_t i = 0; i < n->num_listeners; i++)
+    if (n->listeners[i] == l) tls = n->listener_ssl[i];
+  ob_net_client_accept(n, fd, sa, salen, tls);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg) {
+  (void)l, (void)arg;
+  /* EMFILE and friends: the listener keeps going; say so once per event. */
+  ob_log_warn("accept failed: %s", strerror(errno));
+}
+
+/* ---------------------------------------------------------------- TLS */
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg) {
+  (void)ssl, (void)arg;
+  /* Prefer h2, then http/1.1; a client offering neither gets HTTP/1.1. */
+  static const unsigned char prefs[] = "\x02h2\x08http/1.1";
+  if (SSL_select_next_proto((unsigned char **)out, outlen, prefs, sizeof prefs - 1, in, inlen) ==
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_OK;
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+static SSL_CTX *server_tls(const ob_config_listener_t *l) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) return NULL;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  if (SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) != 1) {
+    ob_log_error("listener %s: cannot load certificate %s: %s", l->address, l->tls_cert,
+                 ERR_reason_error_string(ERR_get_error()));
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+    ob_log_error("listener %s: cannot load key %s: %s", l->address, l->tls_key,
+                 ERR_reason_error_string(ERR_get_error()));
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+  return ctx;
+}
+
+/* ---------------------------------------------------------------- the net */
+
+static bool bind_listener(ob_net_t *n, size_t i, const ob_config_listener_t *l) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  int sslen;
+  if (strchr(l->host, ':')) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(l->port);
+    if (inet_pton(AF_INET6, l->host, &a->sin6_addr) != 1) goto bad_host;
+    sslen = sizeof *a;
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons(l->port);
+    const char *h = strcmp(l->host, "localhost") == 0 ? "127.0.0.1" : l->host;
+    if (strcmp(h, "*") == 0 || h[0] == '\0') h = "0.0.0.0";
+    if (inet_pton(AF_INET, h, &a->sin_addr) != 1) goto bad_host;
+    sslen = sizeof *a;
+  }
+  n->listeners[i] = evconnlistener_new_bind(n->base, on_accept, n,
+                                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+                                            (struct sockaddr *)&ss, sslen);
+  if (!n->listeners[i]) {
+    ob_log_error("listener %s: cannot bind: %s", l->address, strerror(errno));
+    return false;
+  }
+  evconnlistener_set_error_cb(n->listeners[i], on_accept_error);
+  /* Report the real port for ephemeral listeners. */
+  socklen_t blen = sizeof ss;
+  getsockname(evconnlistener_get_fd(n->listeners[i]), (struct sockaddr *)&ss, &blen);
+  char host[INET6_ADDRSTRLEN] = "";
+  char buf[INET6_ADDRSTRLEN + 16];
+  if (ss.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof host);
+    snprintf(buf, sizeof buf, "[%s]:%u", host, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  } else {
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof host);
+    snprintf(buf, sizeof buf, "%s:%u", host, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  }
+  n->listener_addrs[i] = ob_xstrdup(buf);
+  return true;
+bad_host:
+  ob_log_error("listener %s: host must be an IP address", l->address);
+  return false;
+}
+
+ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx) {
+  ob_net_t *n = ob_xcalloc(1, sizeof *n);
+  n->base = base;
+  n->cfg = ob_config_acquire(cfg);
+  n->handler = handler;
+  n->ctx = ctx;
+  n->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+  if (!n->dns) n->dns = evdns_base_new(base, 0); /* no resolv.conf: numeric hosts still work */
+
+  n->num_listeners = cfg->num_listeners;
+  n->listeners = ob_xcalloc(n->num_listeners, sizeof *n->listeners);
+  n->listener_addrs = ob_xcalloc(n->num_listeners, sizeof *n->listener_addrs);
+  n->listener_tls = ob_xcalloc(n->num_listeners, sizeof *n->listener_tls);
+  n->listener_ssl = ob_xcalloc(n->num_listeners, sizeof *n->listener_ssl);
+  for (size_t i = 0; i < cfg->num_listeners; i++) {
+    const ob_config_listener_t *l = &cfg->listeners[i];
+    if (l->tls && !(n->listener_ssl[i] = server_tls(l))) goto fail;
+    n->listener_tls[i] = l->tls;
+    if (!bind_listener(n, i, l)) goto fail;
+  }
+  n->num_upstreams = cfg->num_upstreams;
+  n->upstreams = ob_xcalloc(n->num_upstreams ? n->num_upstreams : 1, sizeof *n->upstreams);
+  for (size_t i = 0; i < cfg->num_upstreams; i++)
+    if (!(n->upstreams[i] = ob_net_upstream_create(n, &cfg->upstreams[i]))) goto fail;
+  return n;
+fail:
+  ob_net_destroy(n);
+  return NULL;
+}
+
+const char *ob_net_listener_address(const ob_net_t *n, size_t i) {
+  return i < n->num_listeners ? n->listener_addrs[i] : NULL;
+}
+
+static void close_listeners(ob_net_t *n) {
+  for (size_t i = 0; i < n->num_listeners; i++) {
+    if (n->listeners[i]) evconnlistener_free(n->listeners[i]);
+    n->listeners[i] = NULL;
+  }
+}
+
+void ob_net_conn_gone(ob_net_t *n) {
+  if (n->shutting_down && n->num_conns == 0 && n->shutdown_done) {
+    void (*done)(void *) = n->shutdown_done;
+    n->shutdown_done = NULL;
+    if (n->grace_timer) event_del(n->grace_timer);
+    done(n->shutdown_arg);
+  }
+}
+
+static void on_grace(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  ob_net_t *n = arg;
+  ob_log_warn("grace period over: closing %zu connection(s) with requests in flight", n->num_conns);
+  while (n->conns) ob_net_client_close(n->conns);
+  ob_net_conn_gone(n);
+}
+
+void ob_net_shutdown(ob_net_t *n, void (*done)(void *arg), void *arg) {
+  if (n->shutting_down) return;
+  n->shutting_down = true;
+  n->shutdown_done = done;
+  n->shutdown_arg = arg;
+  close_listeners(n);
+  n->grace_timer = evtimer_new(n->base, on_grace, n);
+  struct timeval tv = {n->cfg->timeouts.grace_ms / 1000, (n->cfg->timeouts.grace_ms % 1000) * 1000};
+  evtimer_add(n->grace_timer, &tv);
+  /* Draining may free connections, so walk with the next pointer saved. */
+  for (ob_client_conn_t *c = n->conns, *next; c; c = next) {
+    next = c->next;
+    ob_net_client_drain(c);
+  }
+  ob_net_conn_gone(n);
+}
+
+void ob_net_destroy(ob_net_t *n) {
+  if (!n) return;
+  n->shutdown_done = NULL;
+  close_listeners(n);
+  while (n->conns) ob_net_client_close(n->conns);
+  for (size_t i = 0; i < n->num_upstreams; i++) ob_net_upstream_destroy(n->upstreams[i]);
+  free(n->upstreams);
+  for (size_t i = 0; i < n->num_listeners; i++) {
+    free(n->listener_addrs[i]);
+    if (n->listener_ssl[i]) SSL_CTX_free(n->listener_ssl[i]);
+  }
+  free(n->listeners);
+  free(n->listener_addrs);
+  free(n->listener_tls);
+  free(n->listener_ssl);
+  if (n->grace_timer) event_free(n->grace_timer);
+  if (n->dns) evdns_base_free(n->dns, 0);
+  ob_config_release(n->cfg);
+  free(n);
+}

@@ -1,0 +1,272 @@
+/*
+ * exchange.c: the proxy pipeline for one request. It owns the exchange
+ * object, the header rewriting in both directions (hop-by-hop removal,
+ * x-forwarded-for, x-request-id), flow control between the upstream and the
+ * client side, error answers and the per-request log line. It must not know
+ * any route class: those are reached through ob_route_class_t.
+ */
+#include "proxy.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+struct ob_proxy {
+  ob_config_t *cfg;    /* counted */
+  ob_net_t *net;
+  ob_route_find_cb find;
+  void *table;
+  uint64_t rid_seed;
+  uint64_t rid_counter;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static void make_request_id(ob_proxy_t *p, char out[40]) {
+  /* Unique per process run: a random seed plus a counter, mixed so ids do not
+   * look sequential (they end up in client-visible headers). */
+  uint64_t x = p->rid_seed ^ (++p->rid_counter * 0x9E3779B97F4A7C15ull);
+  x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 27;
+  uint64_t y = p->rid_counter ^ (p->rid_seed >> 7);
+  snprintf(out, 40, "%016llx%016llx", (unsigned long long)x, (unsigned long long)y);
+}
+
+static bool is_request_hop(ob_iov_t name, ob_iov_t conn) {
+  /* Host and Content-Length are set by net for the upstream connection. */
+  return ob_http_is_hop_by_hop(name, conn) || ob_iov_eq_str_nocase(name, "host") ||
+         ob_iov_eq_str_nocase(name, "content-length") || ob_iov_eq_str_nocase(name, "x-forwarded-for") ||
+         ob_iov_eq_str_nocase(name, "x-request-id") || ob_iov_eq_str_nocase(name, "http2-settings");
+}
+
+static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
+  uint64_t now = ob_clock_us();
+  double total_ms = (double)(now - s->start_us) / 1000.0;
+  double ttfb_ms = x->ttfb_us ? (double)(x->ttfb_us - s->start_us) / 1000.0 : -1.0;
+  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%.3fms upstream=%s model=%.*s rid=%s%s", s->peer_addr,
+              (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
+              s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
+              (unsigned long long)s->bytes_out, total_ms, ttfb_ms, x->endpoint ? x->endpoint : "-", (int)x->model.len,
+              x->model.len ? x->model.base : "-", x->request_id, completed ? "" : " aborted");
+}
+
+/* ---------------------------------------------------------------- answers */
+
+void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len) {
+  if (!x->req || x->answered) return;
+  x->answered = true;
+  ob_http_header_t h[2] = {
+      {OB_IOV_LIT("content-type"), ob_iov_str(content_type)},
+      {OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)},
+  };
+  if (ob_sreq_send_head(x->req, status, h, 2, (int64_t)len, len == 0) == OB_OK && len)
+    ob_sreq_send_bytes(x->req, body, len, true);
+}
+
+void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, const char *type, const char *code) {
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_http_error_json(&b, status, message, type, code);
+  ob_exchange_reply(x, status, "application/json", b.base, b.len);
+  ob_buf_dispose(&b);
+}
+
+ob_err_t ob_exchange_set_upstream(ob_exchange_t *x, const char *name) {
+  ob_upstream_t *u = name ? ob_net_upstream(x->proxy->net, name) : NULL;
+  if (!u) return OB_ERR_CONFIG;
+  x->upstream = u;
+  x->upstream_name = name;
+  return OB_OK;
+}
+
+void ob_exchange_set_body(ob_exchange_t *x, const ob_iov_t *parts, size_t n) {
+  if (n > 4) n = 4;
+  memcpy(x->body_parts, parts, n * sizeof *parts);
+  x->num_body_parts = n;
+}
+
+/* ---------------------------------------------------------------- upstream callbacks */
+
+static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t *headers, size_t n) {
+  ob_exchange_t *x = data;
+  x->ttfb_us = ob_clock_us();
+  x->endpoint = ob_ureq_endpoint(u);
+  int64_t cl = -1;
+  ob_http_header_t *out = ob_arena_alloc(x->arena, (n + 1) * sizeof *out);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (ob_iov_eq_str_nocase(headers[i].name, "content-length")) {
+      uint64_t v;
+      if (ob_iov_to_u64(headers[i].value, &v)) cl = (int64_t)v;
+      continue;
+    }
+    if (ob_iov_eq_str_nocase(headers[i].name, "x-request-id")) continue;
+    out[k++] = headers[i];
+  }
+  out[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  x->answered = true;
+  ob_sreq_send_head(x->req, status, out, k, cl, false);
+}
+
+static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
+  ob_exchange_t *x = data;
+  ob_sreq_send_data(x->req, buf, false);
+  /* A slow reader pauses the upstream instead of growing our buffers. */
+  if (!x->paused && ob_sreq_pending(x->req) > x->proxy->cfg->limits.stream_window_bytes) {
+    x->paused = true;
+    ob_ureq_pause(u, true);
+  }
+}
+
+static void up_end(ob_ureq_t *u, void *data, const ob_http_header_t *trailers, size_t n) {
+  (void)u;
+  ob_exchange_t *x = data;
+  x->u = NULL;
+  if (n) ob_sreq_send_trailers(x->req, trailers, n);
+  else ob_sreq_send_bytes(x->req, NULL, 0, true);
+}
+
+static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bool head_seen) {
+  ob_exchange_t *x = data;
+  x->u = NULL;
+  if (!x->endpoint) x->endpoint = ob_ureq_endpoint(u);
+  if (head_seen) {
+    /* Mid-response: the client must see a failure, not a short success. */
+    ob_sreq_reset(x->req);
+    return;
+  }
+  const char *msg = status_hint == 504 ? "the upstream did not answer in time"
+                    : err == OB_ERR_BAD_RESPONSE ? "the upstream sent a malformed response"
+                                                 : "the upstream could not be reached";
+  ob_exchange_reply_error(x, status_hint ? status_hint : 502, msg, NULL, NULL);
+}
+
+static const ob_ureq_handler_t up_handler = {up_head, up_data, up_end, up_error};
+
+static void forward(ob_exchange_t *x) {
+  ob_sreq_t *s = x->req;
+  ob_iov_t conn = OB_IOV_LIT("");
+  const ob_http_header_t *ch = ob_sreq_header(s, "connection");
+  if (ch) conn = ch->value;
+  ob_http_header_t *h = ob_arena_alloc(x->arena, (s->num_headers + 4) * sizeof *h);
+  size_t k = 0;
+  ob_iov_t xff = OB_IOV_LIT("");
+  for (size_t i = 0; i < s->num_headers; i++) {
+    ob_iov_t name = s->headers[i].name;
+    if (ob_iov_eq_str_nocase(name, "x-forwarded-for")) xff = s->headers[i].value;
+    if (is_request_hop(name, conn)) continue;
+    h[k++] = s->headers[i];
+  }
+  /* x-forwarded-for: append the client address to what the edge said. */
+  ob_buf_t b;
+  ob_buf_init(&b);
+  if (xff.len) ob_buf_append_iov(&b, xff), ob_buf_append_str(&b, ", ");
+  ob_buf_append_str(&b, s->peer_addr);
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-for"), ob_arena_dup(x->arena, ob_buf_iov(&b))};
+  ob_buf_dispose(&b);
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-proto"), s->scheme};
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  ob_ureq_spec_t spec = {
+      .method = s->method,
+      .path = x->up_path,
+      .authority = OB_IOV_LIT(""),
+      .headers = h,
+      .num_headers = k,
+      .body = x->body_parts,
+      .num_body = x->num_body_parts,
+      .body_owner = s->body,
+  };
+  x->u = ob_upstream_request(x->upstream, &spec, &up_handler, x);
+}
+
+/* ---------------------------------------------------------------- net handler */
+
+static void on_request(ob_sreq_t *s, void *ctx) {
+  ob_proxy_t *p = ctx;
+  ob_exchange_t *x = ob_arena_alloc(&s->arena, sizeof *x);
+  memset(x, 0, sizeof *x);
+  x->proxy = p;
+  x->req = s;
+  x->arena = &s->arena;
+  s->handler_data = x;
+  const ob_http_header_t *rid = ob_sreq_header(s, "x-request-id");
+  if (rid && rid->value.len > 0 && rid->value.len < sizeof x->request_id && ob_http_is_valid_value(rid->value))
+    memcpy(x->request_id, rid->value.base, rid->value.len), x->request_id[rid->value.len] = '\0';
+  else make_request_id(p, x->request_id);
+  x->body_parts[0] = ob_buf_iov(&s->body->buf);
+  x->num_body_parts = s->body->buf.len ? 1 : 0;
+
+  x->route = p->find(p->table, s->path);
+  if (!x->route) {
+    ob_exchange_reply_error(x, 404, "no route for this path", NULL, NULL);
+    return;
+  }
+  x->up_path = s->path;
+  if (x->route->rewrite.base) {
+    ob_buf_t b;
+    ob_buf_init(&b);
+    ob_buf_append_iov(&b, x->route->rewrite);
+    ob_buf_append(&b, s->path.base + x->route->prefix.len, s->path.len - x->route->prefix.len);
+    x->up_path = ob_arena_dup(x->arena, ob_buf_iov(&b));
+    ob_buf_dispose(&b);
+  }
+  if (x->route->upstream) ob_exchange_set_upstream(x, x->route->upstream);
+  ob_err_t rv = x->route->cls->prepare(x, x->route->class_data);
+  if (rv != OB_OK) {
+    ob_exchange_reply_error(x, 500, "the gateway could not prepare this request", NULL, NULL);
+    return;
+  }
+  if (x->answered) return;
+  if (!x->upstream) {
+    ob_exchange_reply_error(x, 404, "no upstream for this request", NULL, NULL);
+    return;
+  }
+  forward(x);
+}
+
+static void on_writable(ob_sreq_t *s, void *ctx) {
+  (void)ctx;
+  ob_exchange_t *x = s->handler_data;
+  if (x && x->paused && x->u) {
+    x->paused = false;
+    ob_ureq_pause(x->u, false);
+  }
+}
+
+static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
+  (void)ctx;
+  ob_exchange_t *x = s->handler_data;
+  if (!x) return;
+  if (x->u) {
+    ob_ureq_cancel(x->u);
+    x->u = NULL;
+  }
+  log_line(x, s, completed);
+  x->req = NULL;
+  s->handler_data = NULL;
+}
+
+static const ob_sreq_handler_t handler = {on_request, on_writable, on_close};
+
+const ob_sreq_handler_t *ob_proxy_handler(void) { return &handler; }
+
+/* ---------------------------------------------------------------- the proxy */
+
+ob_proxy_t *ob_proxy_create(ob_config_t *cfg, ob_route_find_cb find, void *table) {
+  ob_proxy_t *p = ob_xcalloc(1, sizeof *p);
+  p->cfg = ob_config_acquire(cfg);
+  p->find = find;
+  p->table = table;
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || read(fd, &p->rid_seed, sizeof p->rid_seed) != sizeof p->rid_seed) p->rid_seed = ob_clock_us();
+  if (fd >= 0) close(fd);
+  return p;
+}
+
+void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net) { p->net = net; }
+
+void ob_proxy_destroy(ob_proxy_t *p) {
+  if (!p) return;
+  ob_config_release(p->cfg);
+  free(p);
+}

@@ -1,0 +1,97 @@
+/*
+ * proxy: the exchange (one client request and its upstream request, owning
+ * both halves) and its pipeline: route -> prepare (route class) -> forward ->
+ * stream -> release -> record. Route classes (routes/, mcp/) plug in through
+ * ob_route_class_t; the proxy never includes them. Uses net and core.
+ *
+ * Lifetime: an exchange is created when net hands over a complete request
+ * (on_request) and freed when net reports the client stream closed
+ * (on_close). Everything in it is released exactly once there: the upstream
+ * request is cancelled if still running, the config snapshot released, the
+ * log line written.
+ */
+#ifndef OB_PROXY_H
+#define OB_PROXY_H
+
+#include "config.h"
+#include "core.h"
+#include "net.h"
+
+typedef struct ob_proxy ob_proxy_t;
+typedef struct ob_exchange ob_exchange_t;
+typedef struct ob_route ob_route_t;
+
+/*
+ * A route class. prepare() runs once per exchange after the route matched:
+ * it inspects the request (x->req, including the complete body) and either
+ *   - chooses where it goes (ob_exchange_set_upstream) and may change what
+ *     is sent (x->up_path, ob_exchange_set_body) and returns OB_OK, after
+ *     which the proxy forwards; or
+ *   - answers by itself (ob_exchange_reply_error / ob_exchange_reply) and
+ *     returns OB_OK without an upstream; or
+ *   - returns an error, answered with a generic 500.
+ * data: the route's class data (ob_route_t.class_data), borrowed.
+ */
+typedef struct ob_route_class {
+  const char *name;
+  ob_err_t (*prepare)(ob_exchange_t *x, void *data);
+} ob_route_class_t;
+
+/* A compiled route. Owned by the route table that produced it, which
+ * outlives every exchange using it (tables are per config snapshot). */
+struct ob_route {
+  ob_iov_t prefix;
+  ob_iov_t rewrite;           /* replaces prefix in the upstream path; base == NULL: keep */
+  const char *upstream;       /* default upstream name, may be NULL */
+  const ob_route_class_t *cls;
+  void *class_data;
+};
+
+/* Finds the route for a path (longest prefix); NULL when none matches.
+ * The result is borrowed from table. */
+typedef const ob_route_t *(*ob_route_find_cb)(void *table, ob_iov_t path);
+
+struct ob_exchange {
+  ob_proxy_t *proxy;
+  ob_sreq_t *req;             /* client side; borrowed until on_close, NULL after */
+  ob_arena_t *arena;          /* == &req->arena: memory for this exchange */
+  const ob_route_t *route;
+  ob_iov_t up_path;           /* path sent upstream (prefix rewrite already applied) */
+  ob_upstream_t *upstream;    /* chosen pool, borrowed from net */
+  const char *upstream_name;
+  ob_iov_t body_parts[4];     /* what is sent upstream as the body; default: the request body */
+  size_t num_body_parts;
+  ob_iov_t model;             /* requested model, for the log (empty when none) */
+  char request_id[40];
+  /* private */
+  ob_ureq_t *u;
+  const char *endpoint;
+  uint64_t ttfb_us;
+  bool paused;
+  bool answered;
+};
+
+/* Choose the upstream by configured name. Returns OB_ERR_CONFIG when no
+ * such upstream exists (a config error caught at load time normally). */
+ob_err_t ob_exchange_set_upstream(ob_exchange_t *x, const char *name);
+
+/* Replace the upstream body with pieces (borrowed: must live in the
+ * exchange's arena or the request body). At most 4 pieces. */
+void ob_exchange_set_body(ob_exchange_t *x, const ob_iov_t *parts, size_t n);
+
+/* Answer with an error in OpenAI's shape. type / code NULL: defaults for the
+ * status. message borrowed for the call. */
+void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, const char *type, const char *code);
+
+/* Answer with a complete body (copied) and a content type. */
+void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len);
+
+/* The proxy: one per event loop. cfg: acquired. net is attached after
+ * creation because net needs the proxy's handler first. */
+ob_proxy_t *ob_proxy_create(ob_config_t *cfg, ob_route_find_cb find, void *table);
+void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net);
+/* The handler to give ob_net_create, with the proxy as ctx. */
+const ob_sreq_handler_t *ob_proxy_handler(void);
+void ob_proxy_destroy(ob_proxy_t *p);
+
+#endif /* OB_PROXY_H */

@@ -1,0 +1,143 @@
+// Shared harness for the integration tests: starts obleth-sim and obleth on
+// ephemeral loopback ports, runs real clients (curl, nghttp, the OpenAI SDK)
+// against them, and stops everything at the end of a test file.
+//
+// Binaries come from meson through the environment: OBLETH, OBLETH_SIM.
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const OBLETH = process.env.OBLETH;
+export const OBLETH_SIM = process.env.OBLETH_SIM;
+if (!OBLETH || !OBLETH_SIM) throw new Error('OBLETH and OBLETH_SIM must point at the built binaries');
+
+const children = new Set();
+const tmpdirs = new Set();
+process.on('exit', () => {
+  for (const c of children) { try { c.kill('SIGKILL'); } catch {} }
+  for (const d of tmpdirs) { try { rmSync(d, { recursive: true, force: true }); } catch {} }
+});
+
+export function tempDir() {
+  const d = mkdtempSync(join(tmpdir(), 'obleth-test-'));
+  tmpdirs.add(d);
+  return d;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Spawn a process and resolve once a line of its output matches re.
+function startAndWait(cmd, args, re, stream, opts = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    children.add(p);
+    const out = { text: '' };
+    let done = false;
+    const onData = (chunk) => {
+      out.text += chunk.toString();
+      const m = out.text.match(re);
+      if (m && !done) {
+        done = true;
+        resolve({ proc: p, match: m, output: out });
+      }
+    };
+    p.stdout.on('data', stream === 'stdout' ? onData : (c) => { out.text += c.toString(); });
+    p.stderr.on('data', stream === 'stderr' ? onData : (c) => { out.text += c.toString(); });
+    p.on('exit', (code, sig) => {
+      children.delete(p);
+      p.exitInfo = { code, sig };
+      if (!done) { done = true; reject(new Error(`${cmd} exited (${code ?? sig}) before it was ready:\n${out.text}`)); }
+    });
+    setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`${cmd} not ready:\n${out.text}`)); } }, 10000);
+  });
+}
+
+export async function startSim(args = []) {
+  const { proc, match, output } = await startAndWait(OBLETH_SIM, ['--listen', '127.0.0.1:0', ...args],
+    /listening on (\S+):(\d+)/, 'stdout');
+  const port = Number(match[2]);
+  return { proc, port, addr: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}`, output };
+}
+
+// Start obleth on a config object (written to a temporary folder). Listener
+// addresses default to one cleartext loopback listener on an ephemeral port.
+export async function startObleth(config, { files = {} } = {}) {
+  const dir = tempDir();
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  const cfg = { listeners: [{ address: '127.0.0.1:0' }], ...config };
+  const path = join(dir, 'obleth.json');
+  writeFileSync(path, JSON.stringify(cfg, null, 2));
+  const n = cfg.listeners.length;
+  const re = new RegExp(Array(n).fill('listening on (\\S+):(\\d+)[^\\n]*\\n').join('[\\s\\S]*'));
+  const { proc, match, output } = await startAndWait(OBLETH, ['--config', path], re, 'stderr');
+  const ports = [];
+  for (let i = 0; i < n; i++) ports.push(Number(match[2 + i * 2]));
+  return { proc, port: ports[0], ports, url: `http://127.0.0.1:${ports[0]}`, output, dir, configPath: path };
+}
+
+export function stop(p, sig = 'SIGTERM') {
+  return new Promise((resolve) => {
+    if (p.exitInfo) return resolve(p.exitInfo);
+    p.once('exit', (code, s) => resolve({ code, sig: s }));
+    p.kill(sig);
+  });
+}
+
+// Run a command; resolve with {code, stdout, stderr} (never rejects on a
+// non-zero exit, tests assert on it).
+export function run(cmd, args, { input, timeout = 30000, encoding = 'utf8' } = {}) {
+  return new Promise((resolve) => {
+    const p = execFile(cmd, args, { timeout, maxBuffer: 64 << 20, encoding }, (err, stdout, stderr) => {
+      resolve({ code: err ? (err.code ?? 1) : 0, stdout, stderr, err });
+    });
+    if (input !== undefined) { p.stdin.write(input); p.stdin.end(); }
+  });
+}
+
+// curl with -sS and the status code appended after a marker line.
+export async function curl(args, opts) {
+  const r = await run('curl', ['-sS', '-w', '\n__STATUS__%{http_code} %{http_version}', ...args], opts);
+  const i = r.stdout.lastIndexOf('\n__STATUS__');
+  const tail = i >= 0 ? r.stdout.slice(i + 11).trim().split(' ') : ['0', '0'];
+  return { ...r, body: i >= 0 ? r.stdout.slice(0, i) : r.stdout, status: Number(tail[0]), httpVersion: tail[1] };
+}
+
+export async function simStats(sim) {
+  const r = await fetch(`${sim.url}/sim/stats`);
+  return r.json();
+}
+
+// The Node SDKs installed from tests/clients (package-lock.json pins them).
+export function clientRequire(name) {
+  const req = createRequire(join(here, '..', 'clients', 'package.json'));
+  return req(name);
+}
+
+// A throw-away CA and a server certificate for 127.0.0.1 / localhost.
+export async function makeCerts() {
+  const dir = tempDir();
+  const o = (args) => run('openssl', args);
+  const p = (f) => join(dir, f);
+  await o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=obleth test CA',
+    '-keyout', p('ca.key'), '-out', p('ca.pem')]);
+  await o(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', p('server.key'),
+    '-out', p('server.csr')]);
+  writeFileSync(p('ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n');
+  const r = await o(['x509', '-req', '-in', p('server.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'),
+    '-CAcreateserial', '-days', '1', '-extfile', p('ext.cnf'), '-out', p('server.pem')]);
+  if (!existsSync(p('server.pem'))) throw new Error('openssl failed: ' + r.stderr);
+  return { dir, ca: p('ca.pem'), cert: p('server.pem'), key: p('server.key') };
+}
+
+export function chatBody(extra = {}) {
+  return { model: 'sim-model', messages: [{ role: 'user', content: 'Say something about fair queues.' }], max_tokens: 8, ...extra };
+}
+
+// Parse an SSE stream body into data payloads.
+export function sseData(text) {
+  return text.split('\n\n').map((e) => e.trim()).filter((e) => e.startsWith('data: ')).map((e) => e.slice(6));
+}

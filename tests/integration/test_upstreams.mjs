@@ -1,0 +1,94 @@
+// Upstream pools: least-in-flight balancing across endpoints, retry of a
+// connection failure on another endpoint, back-off of a refusing endpoint,
+// timeouts (504), and slow readers pausing the upstream (bounded memory).
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { startSim, startObleth, stop, curl, simStats, chatBody, sseData, sleep } from './lib.mjs';
+
+const json = ['-H', 'content-type: application/json'];
+
+test('requests spread over endpoints by least in flight', async () => {
+  const a = await startSim(['--itl-ms', '50']);
+  const b = await startSim(['--itl-ms', '50']);
+  const gw = await startObleth({
+    upstreams: [{ name: 'pool', endpoints: [a.url, b.url] }],
+    routes: [{ prefix: '/', class: 'inference', upstream: 'pool' }],
+  });
+  const body = JSON.stringify(chatBody({ max_tokens: 10 }));
+  const all = [];
+  for (let i = 0; i < 8; i++) all.push(curl(['--http1.1', ...json, '--data-binary', body, gw.url + '/v1/chat/completions']));
+  await sleep(200);
+  const [sa, sb] = [await simStats(a), await simStats(b)];
+  assert.equal(sa.in_flight + sb.in_flight, 8);
+  assert.equal(sa.in_flight, 4);
+  assert.equal(sb.in_flight, 4);
+  for (const r of await Promise.all(all)) assert.equal(r.status, 200);
+  await stop(gw.proc); await stop(a.proc); await stop(b.proc);
+});
+
+test('a refused endpoint is retried elsewhere and then skipped', async () => {
+  const live = await startSim();
+  const gw = await startObleth({
+    upstreams: [{ name: 'pool', endpoints: ['http://127.0.0.1:1', live.url] }],
+    routes: [{ prefix: '/', class: 'inference', upstream: 'pool' }],
+    timeouts: { backoff_ms: 60000 },
+  });
+  for (let i = 0; i < 6; i++) {
+    const r = await curl(['--http1.1', ...json, '--data-binary', JSON.stringify(chatBody()), gw.url + '/v1/chat/completions']);
+    assert.equal(r.status, 200, `request ${i}: ${r.body}`);
+  }
+  const refusals = (gw.output.text.match(/127\.0\.0\.1:1\b/g) || []).length;
+  assert.ok(refusals >= 1 && refusals <= 2, `refused endpoint tried ${refusals} times during back-off`);
+  await stop(gw.proc); await stop(live.proc);
+});
+
+test('an upstream that accepts and never answers times out with 504', async () => {
+  const silent = net.createServer((s) => { s.on('data', () => {}); s.on('error', () => {}); });
+  await new Promise((r) => silent.listen(0, '127.0.0.1', r));
+  const gw = await startObleth({
+    upstreams: [{ name: 'silent', endpoints: [`http://127.0.0.1:${silent.address().port}`] }],
+    routes: [{ prefix: '/', class: 'passthrough', upstream: 'silent' }],
+    timeouts: { first_byte_ms: 500 },
+  });
+  const t0 = Date.now();
+  const r = await curl(['--http1.1', gw.url + '/anything']);
+  assert.equal(r.status, 504);
+  assert.equal(JSON.parse(r.body).error.code, 'gateway_timeout');
+  assert.ok(Date.now() - t0 < 3000);
+  await stop(gw.proc);
+  silent.close();
+});
+
+test('a client that stops reading pauses the upstream instead of buffering without bound', async () => {
+  const sim = await startSim();
+  const gw = await startObleth({
+    upstreams: [{ name: 'sim', endpoints: [sim.url] }],
+    routes: [{ prefix: '/', class: 'inference', upstream: 'sim' }],
+    limits: { stream_window_bytes: 16384 },
+  });
+  // 20000 tokens at full speed is several MB of SSE; the client reads nothing.
+  const body = JSON.stringify(chatBody({ stream: true, max_tokens: 20000 }));
+  const s = net.connect(gw.port, '127.0.0.1');
+  s.pause();
+  s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+  await sleep(1500);
+  const rss = () => Number((require_fs().readFileSync(`/proc/${gw.proc.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/) || [])[1]);
+  const before = rss();
+  await sleep(1000);
+  const after = rss();
+  const st = await simStats(sim);
+  assert.equal(st.in_flight, 1, 'the upstream stream is still open (paused), not finished into our buffers');
+  assert.ok(after - before < 2048, `RSS grew by ${after - before} KiB while the client was not reading`);
+  // now drain: everything arrives intact
+  let text = '';
+  s.on('data', (d) => { text += d.toString(); });
+  s.resume();
+  for (let i = 0; i < 100 && !text.includes('[DONE]'); i++) await sleep(100);
+  assert.ok(text.includes('data: [DONE]'));
+  s.destroy();
+  await stop(gw.proc); await stop(sim.proc);
+});
+
+import { createRequire } from 'node:module';
+const require_fs = () => createRequire(import.meta.url)('node:fs');

@@ -1,0 +1,62 @@
+/* Unit tests for routes/: longest-prefix matching and the raw JSON member
+ * scanner used to patch the model name in place. */
+#include "routes.h"
+#include "tap.h"
+
+static void test_scan(void) {
+  ob_json_member_t m;
+  const char *j = "{ \"a\": [1, {\"model\": \"inner\"}], \"model\" : \"llama\" , \"z\": {\"k\": \"v\\\"}\"}}";
+  TAP_EQ_INT(ob_json_find_member(ob_iov_str(j), OB_IOV_LIT("model"), &m), 1, "top-level model found");
+  TAP_CHECK(ob_iov_eq(m.value, OB_IOV_LIT("\"llama\"")), "value span includes quotes only");
+  TAP_EQ_INT(ob_json_find_member(ob_iov_str(j), OB_IOV_LIT("k"), &m), 0, "nested keys are not top-level");
+  TAP_EQ_INT(ob_json_find_member(ob_iov_str(j), OB_IOV_LIT("z"), &m), 1, "object value");
+  TAP_CHECK(ob_iov_eq(m.value, OB_IOV_LIT("{\"k\": \"v\\\"}\"}")), "object span with escaped quote and brace");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"model\":\"a\",\"model\":\"b\"}"), OB_IOV_LIT("model"), &m), -1,
+             "duplicate key is ambiguous");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("[1,2]"), OB_IOV_LIT("model"), &m), -1, "array is not an object");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"model\":\"a\""), OB_IOV_LIT("model"), &m), -1, "truncated");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"model\":\"a\"} x"), OB_IOV_LIT("model"), &m), -1, "trailing garbage");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{}"), OB_IOV_LIT("model"), &m), 0, "empty object");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT(" {\"n\": -1.5e3, \"t\": true, \"model\": null}\n"), OB_IOV_LIT("model"), &m), 1,
+             "numbers, literals");
+  TAP_CHECK(ob_iov_eq(m.value, OB_IOV_LIT("null")), "literal span");
+  char deep[600];
+  memset(deep, '[', 300);
+  memset(deep + 300, ']', 300);
+  char doc[700];
+  snprintf(doc, sizeof doc, "{\"a\":%.*s}", 600, deep);
+  TAP_EQ_INT(ob_json_find_member(ob_iov_str(doc), OB_IOV_LIT("model"), &m), -1, "nesting deeper than the bound is refused");
+}
+
+static ob_err_t nop(ob_exchange_t *x, void *d) {
+  (void)x, (void)d;
+  return OB_OK;
+}
+
+static void test_table(void) {
+  const char *json = "{\"listeners\":[{\"address\":\"127.0.0.1:0\"}],"
+                     "\"upstreams\":[{\"name\":\"u\",\"endpoints\":[\"http://127.0.0.1:1\"]}],"
+                     "\"routes\":[{\"prefix\":\"/v1/\",\"class\":\"inference\",\"upstream\":\"u\"},"
+                     "{\"prefix\":\"/v1/embeddings\",\"class\":\"passthrough\",\"upstream\":\"u\"},"
+                     "{\"prefix\":\"/\",\"class\":\"passthrough\",\"upstream\":\"u\",\"rewrite\":\"/x/\"}]}";
+  ob_config_errors_t errs = {0};
+  ob_config_t *cfg = ob_config_parse(json, strlen(json), NULL, &errs);
+  TAP_CHECK(cfg != NULL, "config parses (%zu errors)", errs.len);
+  if (!cfg) return;
+  ob_routes_t *t = ob_routes_create(cfg);
+  const ob_route_t *r = ob_routes_find(t, OB_IOV_LIT("/v1/embeddings"));
+  TAP_CHECK(r && strcmp(r->cls->name, "passthrough") == 0 && r->prefix.len == 14, "longest prefix wins");
+  r = ob_routes_find(t, OB_IOV_LIT("/v1/chat/completions?x=/v1/embeddings"));
+  TAP_CHECK(r && strcmp(r->cls->name, "inference") == 0, "query is not part of the match");
+  r = ob_routes_find(t, OB_IOV_LIT("/health"));
+  TAP_CHECK(r && r->prefix.len == 1 && ob_iov_eq(r->rewrite, OB_IOV_LIT("/x/")), "fallback route with rewrite");
+  ob_routes_destroy(t);
+  ob_config_release(cfg);
+  (void)nop;
+}
+
+int main(void) {
+  test_scan();
+  test_table();
+  return tap_done();
+}

@@ -1,0 +1,498 @@
+/*
+ * Unit tests for src/config: a full valid file, defaults, relative paths,
+ * IPv6, every error form with its exact JSON path, several errors at once,
+ * unknown and repeated keys, cross references, reference counting, lookups
+ * and ob_config_load against real files in a temporary folder.
+ */
+#include "config.h"
+#include "tap.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BASE_DIR "/srv/obleth"
+
+/* Building blocks for small variants of a valid file. */
+#define LISTENERS "\"listeners\": [{\"address\": \"127.0.0.1:8080\"}]"
+#define UPSTREAMS "\"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://127.0.0.1:9000\"]}]"
+#define MINIMAL "{" LISTENERS ", " UPSTREAMS "}"
+
+static ob_config_t *parse(const char *json, ob_config_errors_t *errs) {
+  return ob_config_parse(json, strlen(json), BASE_DIR, errs);
+}
+
+static void dump_errs(const ob_config_errors_t *e) {
+  for (size_t i = 0; i < e->len; i++) printf("#   error[%zu]: %s\n", i, e->items[i]);
+}
+
+/* Parsing json must fail with exactly the lines in want, in that order. */
+static void expect_errs(const char *name, const char *json, const char *const *want, size_t nwant) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(json, &e);
+  bool ok = c == NULL && e.len == nwant;
+  for (size_t i = 0; ok && i < nwant; i++) ok = strcmp(e.items[i], want[i]) == 0;
+  TAP_CHECK(ok, "%s", name);
+  if (!ok) {
+    for (size_t i = 0; i < nwant; i++) printf("#   want[%zu]: %s\n", i, want[i]);
+    dump_errs(&e);
+  }
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+}
+
+#define EXPECT_ERRS(name, json, ...)                                                    \
+  expect_errs(name, json, (const char *const[]){__VA_ARGS__},                           \
+              sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
+/* A config wrapping one extra top-level member after the minimal ones. */
+#define WITH(extra) "{" LISTENERS ", " UPSTREAMS ", " extra "}"
+
+static const char full_config[] =
+    "{\n"
+    "  \"listeners\": [\n"
+    "    {\"address\": \"0.0.0.0:8080\"},\n"
+    "    {\"address\": \"[::1]:8443\", \"tls\": {\"cert\": \"certs/server.pem\", \"key\": \"/etc/ssl/server.key\"}}\n"
+    "  ],\n"
+    "  \"upstreams\": [\n"
+    "    {\"name\": \"vllm-1\", \"endpoints\": [\"http://10.0.0.5:8000/v1/\", \"http://[fd00::7]/\"],\n"
+    "     \"protocol\": \"h2c\", \"max_inflight\": 64, \"tls_verify\": false, \"tls_ca\": \"ca/bundle.pem\"},\n"
+    "    {\"name\": \"openai\", \"endpoints\": [\"https://api.openai.com\"]},\n"
+    "    {\"name\": \"legacy\", \"endpoints\": [\"https://old.example:8443/base/path\"], \"protocol\": \"http1\"}\n"
+    "  ],\n"
+    "  \"routes\": [\n"
+    "    {\"prefix\": \"/v1/\", \"class\": \"inference\"},\n"
+    "    {\"prefix\": \"/openai/\", \"class\": \"inference\", \"upstream\": \"openai\", \"rewrite\": \"/v1/\"},\n"
+    "    {\"prefix\": \"/health\", \"class\": \"passthrough\", \"upstream\": \"vllm-1\"}\n"
+    "  ],\n"
+    "  \"models\": [\n"
+    "    {\"name\": \"llama-3-8b\", \"upstream\": \"vllm-1\", \"upstream_model\": \"meta-llama/Meta-Llama-3-8B\"},\n"
+    "    {\"name\": \"gpt-4o\", \"upstream\": \"openai\"}\n"
+    "  ],\n"
+    "  \"limits\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 32768, \"max_connections\": 500,\n"
+    "             \"max_concurrent_streams\": 100, \"stream_window_bytes\": 65536},\n"
+    "  \"timeouts\": {\"connect_ms\": 1000, \"first_byte_ms\": 2000, \"idle_ms\": 3000, \"client_header_ms\": 4000,\n"
+    "               \"keepalive_ms\": 5000, \"upstream_keepalive_ms\": 6000, \"backoff_ms\": 7000, \"grace_ms\": 8000},\n"
+    "  \"log_level\": \"debug\"\n"
+    "}\n";
+
+static void test_full(void) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(full_config, &e);
+  TAP_CHECK(c != NULL && e.len == 0, "full config parses");
+  if (!c) {
+    dump_errs(&e);
+    ob_config_errors_dispose(&e);
+    return;
+  }
+  TAP_EQ_INT(c->refs, 1, "new snapshot has one reference");
+  TAP_EQ_STR(c->dir, BASE_DIR, "dir is base_dir");
+  TAP_CHECK(c->path == NULL, "parse leaves path NULL");
+
+  TAP_EQ_INT(c->num_listeners, 2, "two listeners");
+  TAP_EQ_STR(c->listeners[0].host, "0.0.0.0", "listener 0 host");
+  TAP_EQ_INT(c->listeners[0].port, 8080, "listener 0 port");
+  TAP_CHECK(!c->listeners[0].tls && !c->listeners[0].tls_cert && !c->listeners[0].tls_key, "listener 0 cleartext");
+  TAP_EQ_STR(c->listeners[1].address, "[::1]:8443", "IPv6 listener address as written");
+  TAP_EQ_STR(c->listeners[1].host, "::1", "IPv6 listener host without brackets");
+  TAP_EQ_INT(c->listeners[1].port, 8443, "IPv6 listener port");
+  TAP_CHECK(c->listeners[1].tls, "listener 1 tls");
+  TAP_EQ_STR(c->listeners[1].tls_cert, BASE_DIR "/certs/server.pem", "relative cert joined to base_dir");
+  TAP_EQ_STR(c->listeners[1].tls_key, "/etc/ssl/server.key", "absolute key kept");
+
+  TAP_EQ_INT(c->num_upstreams, 3, "three upstreams");
+  const ob_config_upstream_t *u = &c->upstreams[0];
+  TAP_EQ_STR(u->name, "vllm-1", "upstream 0 name");
+  TAP_EQ_INT(u->protocol, OB_PROTO_H2C, "explicit h2c");
+  TAP_EQ_INT(u->max_inflight, 64, "max_inflight");
+  TAP_CHECK(!u->tls_verify, "tls_verify false");
+  TAP_EQ_STR(u->tls_ca, BASE_DIR "/ca/bundle.pem", "relative tls_ca joined");
+  TAP_EQ_INT(u->num_endpoints, 2, "two endpoints");
+  TAP_EQ_STR(u->endpoints[0].url, "http://10.0.0.5:8000/v1/", "endpoint url as written");
+  TAP_EQ_STR(u->endpoints[0].host, "10.0.0.5", "endpoint host");
+  TAP_EQ_INT(u->endpoints[0].port, 8000, "endpoint explicit port");
+  TAP_EQ_STR(u->endpoints[0].authority, "10.0.0.5:8000", "endpoint authority");
+  TAP_EQ_STR(u->endpoints[0].base_path, "/v1", "base_path without trailing slash");
+  TAP_CHECK(!u->endpoints[0].tls, "http endpoint is cleartext");
+  TAP_EQ_STR(u->endpoints[1].host, "fd00::7", "IPv6 endpoint host without brackets");
+  TAP_EQ_INT(u->endpoints[1].port, 80, "http default port 80");
+  TAP_EQ_STR(u->endpoints[1].authority, "[fd00::7]:80", "IPv6 authority bracketed");
+  TAP_EQ_STR(u->endpoints[1].base_path, "", "\"/\" path gives empty base_path");
+
+  u = &c->upstreams[1];
+  TAP_EQ_INT(u->protocol, OB_PROTO_H2, "https defaults to h2");
+  TAP_CHECK(u->tls_verify, "tls_verify defaults to true");
+  TAP_CHECK(u->tls_ca == NULL, "tls_ca defaults to NULL");
+  TAP_EQ_INT(u->max_inflight, 0, "max_inflight defaults to 0");
+  TAP_EQ_INT(u->endpoints[0].port, 443, "https default port 443");
+  TAP_EQ_STR(u->endpoints[0].authority, "api.openai.com:443", "authority carries the default port");
+  TAP_CHECK(u->endpoints[0].tls, "https endpoint is tls");
+  u = &c->upstreams[2];
+  TAP_EQ_INT(u->protocol, OB_PROTO_HTTP1, "http1 over https allowed");
+  TAP_EQ_STR(u->endpoints[0].base_path, "/base/path", "multi-segment base_path");
+
+  TAP_EQ_INT(c->num_routes, 3, "three routes");
+  TAP_EQ_STR(c->routes[0].class_name, "inference", "route 0 class");
+  TAP_CHECK(c->routes[0].upstream == NULL && c->routes[0].rewrite == NULL, "inference route without upstream");
+  TAP_EQ_STR(c->routes[1].upstream, "openai", "route 1 upstream");
+  TAP_EQ_STR(c->routes[1].rewrite, "/v1/", "route 1 rewrite");
+  TAP_EQ_STR(c->routes[2].class_name, "passthrough", "route 2 class");
+
+  TAP_EQ_INT(c->num_models, 2, "two models");
+  TAP_EQ_STR(c->models[0].upstream_model, "meta-llama/Meta-Llama-3-8B", "upstream_model");
+  TAP_CHECK(c->models[1].upstream_model == NULL, "upstream_model defaults to NULL");
+
+  TAP_CHECK(c->limits.max_body_bytes == 1048576 && c->limits.max_header_bytes == 32768 &&
+                c->limits.max_connections == 500 && c->limits.max_concurrent_streams == 100 &&
+                c->limits.stream_window_bytes == 65536,
+            "every limit read");
+  const ob_config_timeouts_t *t = &c->timeouts;
+  TAP_CHECK(t->connect_ms == 1000 && t->first_byte_ms == 2000 && t->idle_ms == 3000 && t->client_header_ms == 4000 &&
+                t->keepalive_ms == 5000 && t->upstream_keepalive_ms == 6000 && t->backoff_ms == 7000 &&
+                t->grace_ms == 8000,
+            "every timeout read");
+  TAP_EQ_STR(c->log_level, "debug", "log_level read");
+
+  TAP_CHECK(ob_config_find_upstream(c, "openai") == &c->upstreams[1], "find_upstream finds by name");
+  TAP_CHECK(ob_config_find_upstream(c, "nope") == NULL, "find_upstream NULL when absent");
+  TAP_CHECK(ob_config_find_upstream(c, NULL) == NULL && ob_config_find_upstream(NULL, "a") == NULL,
+            "find_upstream NULL-safe");
+
+  ob_config_t *again = ob_config_acquire(c);
+  TAP_CHECK(again == c && c->refs == 2, "acquire counts");
+  ob_config_release(c);
+  TAP_EQ_INT(c->refs, 1, "release drops one");
+  ob_config_destroy(c); /* last reference: LSan would report anything left */
+  ob_config_release(NULL);
+  ob_config_errors_dispose(&e);
+}
+
+static void test_defaults(void) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(MINIMAL, &e);
+  TAP_CHECK(c && e.len == 0, "minimal config parses");
+  if (!c) return;
+  TAP_CHECK(c->limits.max_body_bytes == 16777216 && c->limits.max_header_bytes == 65536 &&
+                c->limits.max_connections == 10000 && c->limits.max_concurrent_streams == 128 &&
+                c->limits.stream_window_bytes == 262144,
+            "limit defaults");
+  const ob_config_timeouts_t *t = &c->timeouts;
+  TAP_CHECK(t->connect_ms == 5000 && t->first_byte_ms == 300000 && t->idle_ms == 60000 && t->client_header_ms == 10000 &&
+                t->keepalive_ms == 75000 && t->upstream_keepalive_ms == 30000 && t->backoff_ms == 2000 &&
+                t->grace_ms == 30000,
+            "timeout defaults");
+  TAP_EQ_STR(c->log_level, "info", "log_level default");
+  TAP_CHECK(c->num_routes == 0 && c->routes == NULL && c->num_models == 0, "routes and models optional");
+  TAP_EQ_INT(c->upstreams[0].protocol, OB_PROTO_HTTP1, "http:// defaults to http1");
+  ob_config_destroy(c);
+
+  /* Partial objects keep the defaults of the keys they leave out. */
+  c = parse(WITH("\"limits\": {\"max_body_bytes\": 0}, \"timeouts\": {\"grace_ms\": 1}"), &e);
+  TAP_CHECK(c && c->limits.max_body_bytes == 0 && c->limits.max_header_bytes == 65536 && c->timeouts.grace_ms == 1 &&
+                c->timeouts.connect_ms == 5000,
+            "partial limits/timeouts keep other defaults");
+  ob_config_destroy(c);
+
+  /* Integral spellings of integers, the largest values, a BOM, empty routes. */
+  c = parse("\xEF\xBB\xBF{" LISTENERS ", " UPSTREAMS ", \"routes\": [], \"limits\": {\"max_body_bytes\": 9007199254740992, "
+            "\"max_concurrent_streams\": 2147483647, \"max_header_bytes\": 2e3}, \"timeouts\": {\"idle_ms\": 4294967295, "
+            "\"connect_ms\": 5.0}}",
+            &e);
+  TAP_CHECK(c && c->limits.max_body_bytes == 9007199254740992ULL && c->limits.max_concurrent_streams == 2147483647 &&
+                c->timeouts.idle_ms == 4294967295u && c->timeouts.connect_ms == 5,
+            "range edges, 5.0 and a BOM accepted");
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  /* Without a base_dir relative paths stay as written, dir is ".". */
+  const char *json = "{\"listeners\": [{\"address\": \"[::]:0\", \"tls\": {\"cert\": \"a.pem\", \"key\": \"k/b.pem\"}}], "
+                     "\"upstreams\": []}";
+  c = ob_config_parse(json, strlen(json), NULL, &e);
+  TAP_CHECK(c && strcmp(c->listeners[0].tls_cert, "a.pem") == 0 && strcmp(c->dir, ".") == 0, "NULL base_dir");
+  TAP_CHECK(c && c->listeners[0].port == 0 && strcmp(c->listeners[0].host, "::") == 0, "[::]:0 ephemeral");
+  ob_config_destroy(c);
+  c = ob_config_parse(json, strlen(json), "/etc/obleth/", &e);
+  TAP_EQ_STR(c ? c->listeners[0].tls_key : NULL, "/etc/obleth/k/b.pem", "base_dir with trailing slash joins once");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  /* A route may come before the upstreams it names. */
+  c = parse("{\"routes\": [{\"prefix\": \"/p\", \"class\": \"passthrough\", \"upstream\": \"a\"}], " LISTENERS
+            ", " UPSTREAMS "}",
+            &e);
+  TAP_CHECK(c && strcmp(c->routes[0].upstream, "a") == 0, "forward reference to an upstream");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  /* Mixed schemes without "protocol" default to http1. */
+  c = parse("{" LISTENERS ", \"upstreams\": [{\"name\": \"m\", \"endpoints\": [\"https://a\", \"http://b\"]}]}", &e);
+  TAP_CHECK(c && c->upstreams[0].protocol == OB_PROTO_HTTP1, "mixed schemes default to http1");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+}
+
+static void test_json_errors(void) {
+  EXPECT_ERRS("syntax error position", "{\"listeners\": [}", "$: invalid JSON near byte 15");
+  EXPECT_ERRS("empty input", "", "$: invalid JSON near byte 0");
+  EXPECT_ERRS("trailing text", "{}  x", "$: invalid JSON near byte 4");
+  EXPECT_ERRS("top level not an object", "[1, 2]", "$: expected a JSON object");
+  EXPECT_ERRS("raw control character in a string", "{\"a\": \"x\ty\"}", "$: invalid JSON near byte 8");
+  EXPECT_ERRS("\\u0000 escape refused", "{\"a\\u0000b\": 1}", "$: unsupported \\u0000 escape near byte 3");
+
+  ob_config_errors_t e = {0};
+  static const char nul[] = "{\"a\": \"x\0y\"}";
+  ob_config_t *c = ob_config_parse(nul, sizeof nul - 1, BASE_DIR, &e);
+  TAP_CHECK(!c && e.len == 1 && strcmp(e.items[0], "$: invalid JSON near byte 8") == 0, "NUL byte refused");
+  ob_config_errors_dispose(&e);
+
+  /* Errors are appended after what the list already holds. */
+  parse("[]", &e);
+  parse("{}", &e);
+  TAP_CHECK(e.len == 3 && strcmp(e.items[0], "$: expected a JSON object") == 0 &&
+                strcmp(e.items[2], "$: missing required key \"upstreams\"") == 0,
+            "errors appended across calls");
+  ob_config_errors_dispose(&e);
+  TAP_CHECK(e.items == NULL && e.len == 0, "dispose empties the list");
+  TAP_CHECK(parse("{}", NULL) == NULL, "NULL error list tolerated");
+}
+
+static void test_listener_errors(void) {
+  EXPECT_ERRS("listeners missing", "{" UPSTREAMS "}", "$: missing required key \"listeners\"");
+  EXPECT_ERRS("listeners empty", "{\"listeners\": [], " UPSTREAMS "}", "listeners: expected a non-empty array");
+  EXPECT_ERRS("listener not an object", "{\"listeners\": [1], " UPSTREAMS "}", "listeners[0]: expected an object");
+  EXPECT_ERRS("address type", "{\"listeners\": [{\"address\": 8080}], " UPSTREAMS "}",
+              "listeners[0].address: expected a string");
+  EXPECT_ERRS("address missing", "{\"listeners\": [{}], " UPSTREAMS "}",
+              "listeners[0]: missing required key \"address\"");
+  EXPECT_ERRS("address without port", "{\"listeners\": [{\"address\": \"localhost\"}], " UPSTREAMS "}",
+              "listeners[0].address: invalid address \"localhost\" (missing port; expected HOST:PORT)");
+  EXPECT_ERRS("port out of range", "{\"listeners\": [{\"address\": \"a:65536\"}], " UPSTREAMS "}",
+              "listeners[0].address: invalid address \"a:65536\" (port must be 0..65535)");
+  EXPECT_ERRS("bare IPv6", "{\"listeners\": [{\"address\": \"::1:80\"}], " UPSTREAMS "}",
+              "listeners[0].address: invalid address \"::1:80\" (IPv6 addresses need brackets, as in [::1]:8080)");
+  EXPECT_ERRS("bad IPv6 and bad IPv4",
+              "{\"listeners\": [{\"address\": \"[::g]:80\"}, {\"address\": \"300.1.1.1:80\"}], " UPSTREAMS "}",
+              "listeners[0].address: invalid address \"[::g]:80\" (bad IPv6 address)",
+              "listeners[1].address: invalid address \"300.1.1.1:80\" (bad IPv4 address)");
+  EXPECT_ERRS("tls incomplete and unknown key",
+              "{\"listeners\": [{\"address\": \"a:1\", \"tls\": {\"cert\": \"c\", \"crt\": \"x\"}}], " UPSTREAMS "}",
+              "listeners[0].tls.crt: unknown key", "listeners[0].tls: missing required key \"key\"");
+  EXPECT_ERRS("tls not an object / empty path",
+              "{\"listeners\": [{\"address\": \"a:1\", \"tls\": true}, {\"address\": \"a:2\", \"tls\": {\"cert\": \"\", "
+              "\"key\": \"k\"}}], " UPSTREAMS "}",
+              "listeners[0].tls: expected an object", "listeners[1].tls.cert: must not be empty");
+  EXPECT_ERRS("unknown listener key", "{\"listeners\": [{\"address\": \"a:1\", \"port\": 1}], " UPSTREAMS "}",
+              "listeners[0].port: unknown key");
+}
+
+static void test_upstream_errors(void) {
+  EXPECT_ERRS("upstreams missing", "{" LISTENERS "}", "$: missing required key \"upstreams\"");
+  EXPECT_ERRS("upstreams not an array", "{" LISTENERS ", \"upstreams\": {}}", "upstreams: expected an array");
+  EXPECT_ERRS("bad endpoint URLs",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://ok\", \"ftp://x\", "
+              "\"http://u:p@h\", \"http://h/?q\", \"https://h#f\", \"http://h:0\", \"http://\", \"localhost:80\", "
+              "\"http://h/a b\", 5]}]}",
+              "upstreams[0].endpoints[1]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[2]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[3]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[4]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[5]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[6]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[7]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[8]: not an http:// or https:// URL",
+              "upstreams[0].endpoints[9]: expected a string");
+  EXPECT_ERRS("endpoints missing / empty",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\"}, {\"name\": \"b\", \"endpoints\": []}]}",
+              "upstreams[0]: missing required key \"endpoints\"", "upstreams[1].endpoints: expected a non-empty array");
+  EXPECT_ERRS("duplicate and invalid names",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://h\"]}, "
+              "{\"name\": \"a\", \"endpoints\": [\"http://h\"]}, {\"name\": \"a b\", \"endpoints\": [\"http://h\"]}, "
+              "{\"name\": \"\", \"endpoints\": [\"http://h\"]}]}",
+              "upstreams[1].name: duplicate upstream name \"a\"",
+              "upstreams[2].name: invalid name \"a b\" (use letters, digits, \"_\", \".\" and \"-\")",
+              "upstreams[3].name: must not be empty");
+  EXPECT_ERRS("protocol / scheme mismatch",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"protocol\": \"h2\", \"endpoints\": [\"https://h\", "
+              "\"http://h\"]}, {\"name\": \"b\", \"endpoints\": [\"https://h\"], \"protocol\": \"h2c\"}]}",
+              "upstreams[0].endpoints[1]: protocol \"h2\" needs an https:// URL",
+              "upstreams[1].endpoints[0]: protocol \"h2c\" needs an http:// URL");
+  EXPECT_ERRS("bad protocol, tls_verify, max_inflight, tls_ca",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://h\"], \"protocol\": \"h3\", "
+              "\"tls_verify\": \"yes\", \"max_inflight\": -1, \"tls_ca\": 7, \"weight\": 1}]}",
+              "upstreams[0].protocol: expected \"http1\", \"h2c\" or \"h2\"",
+              "upstreams[0].tls_verify: expected true or false",
+              "upstreams[0].max_inflight: expected a non-negative integer", "upstreams[0].tls_ca: expected a string",
+              "upstreams[0].weight: unknown key");
+}
+
+static void test_route_model_errors(void) {
+  EXPECT_ERRS("unknown route class",
+              WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\"}, {\"prefix\": \"/b\", \"class\": "
+                   "\"inference\"}, {\"prefix\": \"/c\", \"class\": \"foo\"}]"),
+              "routes[2].class: unknown route class \"foo\" (expected inference or passthrough)");
+  EXPECT_ERRS("unknown upstream name", WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\", \"upstream\": \"x\"}]"),
+              "routes[0].upstream: no upstream named \"x\"");
+  EXPECT_ERRS("duplicate prefix",
+              WITH("\"routes\": [{\"prefix\": \"/v1\", \"class\": \"inference\"}, {\"prefix\": \"/v1\", \"class\": "
+                   "\"inference\"}]"),
+              "routes[1].prefix: duplicate prefix \"/v1\"");
+  EXPECT_ERRS("prefix/rewrite must start with /, passthrough needs upstream",
+              WITH("\"routes\": [{\"prefix\": \"v1\", \"class\": \"passthrough\", \"rewrite\": \"x\"}]"),
+              "routes[0].prefix: must start with \"/\"", "routes[0].rewrite: must start with \"/\"",
+              "routes[0]: missing required key \"upstream\"");
+  EXPECT_ERRS("route missing keys, unknown key", WITH("\"routes\": [{\"path\": \"/\"}]"), "routes[0].path: unknown key",
+              "routes[0]: missing required key \"prefix\"", "routes[0]: missing required key \"class\"");
+  EXPECT_ERRS("model errors",
+              WITH("\"models\": [{\"name\": \"m\", \"upstream\": \"a\"}, {\"name\": \"m\", \"upstream\": \"nope\", "
+                   "\"upstream_model\": \"\"}, {\"name\": \"n\", \"alias\": 1}]"),
+              "models[1].name: duplicate model name \"m\"", "models[1].upstream: no upstream named \"nope\"",
+              "models[1].upstream_model: must not be empty", "models[2].alias: unknown key",
+              "models[2]: missing required key \"upstream\"");
+}
+
+static void test_scalar_errors(void) {
+  EXPECT_ERRS("max_body_bytes negative", WITH("\"limits\": {\"max_body_bytes\": -1}"),
+              "limits.max_body_bytes: expected a non-negative integer");
+  EXPECT_ERRS("integer kinds",
+              WITH("\"limits\": {\"max_body_bytes\": 1.5, \"max_header_bytes\": 100, \"max_connections\": \"10\", "
+                   "\"max_concurrent_streams\": 2147483648, \"stream_window_bytes\": 1e400, \"extra\": 1}"),
+              "limits.max_body_bytes: expected a non-negative integer",
+              "limits.max_header_bytes: expected an integer >= 1024",
+              "limits.max_connections: expected a positive integer",
+              "limits.max_concurrent_streams: expected a positive integer no larger than 2147483647",
+              "limits.stream_window_bytes: expected an integer >= 16384 no larger than 2147483647",
+              "limits.extra: unknown key");
+  EXPECT_ERRS("max_body_bytes above 2^53", WITH("\"limits\": {\"max_body_bytes\": 9007199254740993e3}"),
+              "limits.max_body_bytes: expected a non-negative integer no larger than 9007199254740992");
+  EXPECT_ERRS("timeouts", WITH("\"timeouts\": {\"connect_ms\": 0, \"idle_ms\": 4294967296, \"read_ms\": 5}"),
+              "timeouts.connect_ms: expected a positive integer",
+              "timeouts.idle_ms: expected a positive integer no larger than 4294967295", "timeouts.read_ms: unknown key");
+  EXPECT_ERRS("limits/timeouts not objects", WITH("\"limits\": [], \"timeouts\": null"), "limits: expected an object",
+              "timeouts: expected an object");
+  EXPECT_ERRS("log_level", WITH("\"log_level\": \"verbose\""),
+              "log_level: expected \"debug\", \"info\", \"warn\" or \"error\"");
+  EXPECT_ERRS("unknown top-level key, odd key quoted", WITH("\"listener\": 1, \"a b\\n\": 2"), "listener: unknown key",
+              "[\"a b\\n\"]: unknown key");
+  EXPECT_ERRS("duplicate key", WITH("\"log_level\": \"info\", \"log_level\": \"warn\""), "log_level: duplicate key");
+}
+
+static void test_many_errors(void) {
+  /* One file, every section wrong once; the errors come back in document
+   * order and the count is exact. */
+  const char *json =
+      "{\"log_level\": 3,\n"
+      " \"listeners\": [{\"address\": \"x\"}, {\"address\": \"h:1\", \"tls\": {}}],\n"
+      " \"upstreams\": [{\"name\": \"u\", \"endpoints\": [\"gopher://h\"]}, {\"endpoints\": [\"http://h\"]}],\n"
+      " \"routes\": [{\"prefix\": \"/\", \"class\": \"mcp\"}, {\"prefix\": \"/\", \"class\": \"passthrough\"}],\n"
+      " \"models\": [{\"name\": \"m\", \"upstream\": \"v\"}],\n"
+      " \"limits\": {\"max_header_bytes\": 10},\n"
+      " \"timeouts\": {\"grace_ms\": -5},\n"
+      " \"bogus\": true}";
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(json, &e);
+  TAP_CHECK(c == NULL, "many errors: no snapshot");
+  TAP_EQ_INT(e.len, 13, "many errors: all reported");
+  static const char *const want[] = {
+    "log_level: expected \"debug\", \"info\", \"warn\" or \"error\"",
+    "listeners[0].address: invalid address \"x\" (missing port; expected HOST:PORT)",
+    "listeners[1].tls: missing required key \"cert\"",
+    "listeners[1].tls: missing required key \"key\"",
+    "upstreams[0].endpoints[0]: not an http:// or https:// URL",
+    "upstreams[1]: missing required key \"name\"",
+    "routes[0].class: unknown route class \"mcp\" (expected inference or passthrough)",
+    "routes[1].prefix: duplicate prefix \"/\"",
+    "routes[1]: missing required key \"upstream\"",
+    "models[0].upstream: no upstream named \"v\"",
+    "limits.max_header_bytes: expected an integer >= 1024",
+    "timeouts.grace_ms: expected a positive integer",
+    "bogus: unknown key",
+  };
+  bool same = e.len == sizeof want / sizeof want[0];
+  for (size_t i = 0; same && i < e.len; i++) same = strcmp(e.items[i], want[i]) == 0;
+  TAP_CHECK(same, "many errors: exact lines in document order");
+  if (!same) dump_errs(&e);
+  ob_config_errors_dispose(&e);
+}
+
+/* ------------------------------------------------------------ files */
+
+static char tmpdir[PATH_MAX];
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+  }
+}
+
+static void test_load(void) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = ob_config_load("/nonexistent/obleth.json", &e);
+  TAP_CHECK(c == NULL && e.len == 1, "missing file: one error");
+  TAP_EQ_STR(e.len ? e.items[0] : NULL, "/nonexistent/obleth.json: No such file or directory", "missing file message");
+  ob_config_errors_dispose(&e);
+
+  char tmpl[] = "/tmp/obleth-test-config-XXXXXX";
+  if (!mkdtemp(tmpl)) {
+    TAP_CHECK(false, "mkdtemp: %s", strerror(errno));
+    return;
+  }
+  if (!realpath(tmpl, tmpdir)) snprintf(tmpdir, sizeof tmpdir, "%s", tmpl);
+
+  c = ob_config_load(tmpl, &e);
+  TAP_CHECK(c == NULL && e.len == 1 && strstr(e.items[0], ": Is a directory"), "directory refused");
+  ob_config_errors_dispose(&e);
+
+  char path[PATH_MAX + 64], want[PATH_MAX + 64];
+  snprintf(path, sizeof path, "%s/obleth.json", tmpl);
+  write_file(path, "{\"listeners\": [{\"address\": \"127.0.0.1:0\", \"tls\": {\"cert\": \"certs/c.pem\", "
+                   "\"key\": \"k.pem\"}}], \"upstreams\": []}");
+  c = ob_config_load(path, &e);
+  TAP_CHECK(c && e.len == 0, "load a real file");
+  if (c) {
+    TAP_EQ_STR(c->path, path, "path as given");
+    TAP_EQ_STR(c->dir, tmpdir, "dir is the file's real folder");
+    snprintf(want, sizeof want, "%s/certs/c.pem", tmpdir);
+    TAP_EQ_STR(c->listeners[0].tls_cert, want, "relative cert resolved against the file's folder");
+  }
+  ob_config_destroy(c);
+
+  write_file(path, "{\"listeners\": 1}");
+  c = ob_config_load(path, &e);
+  TAP_CHECK(c == NULL && e.len == 2 && strcmp(e.items[0], "listeners: expected a non-empty array") == 0,
+            "load reports validation errors by JSON path");
+  ob_config_errors_dispose(&e);
+
+  unlink(path);
+  rmdir(tmpl);
+}
+
+/* Inputs the fuzzer found worth keeping live here as well as in the corpus. */
+static void test_regressions(void) {
+  EXPECT_ERRS("escape at the very end", "{\"a\\", "$: invalid JSON near byte 2");
+  EXPECT_ERRS("non-ASCII byte in an endpoint path",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://h/caf\u00e9\"]}]}",
+              "upstreams[0].endpoints[0]: not an http:// or https:// URL");
+  EXPECT_ERRS("bracket host followed by junk",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://[::1]x\"]}]}",
+              "upstreams[0].endpoints[0]: not an http:// or https:// URL");
+}
+
+int main(void) {
+  test_full();
+  test_defaults();
+  test_json_errors();
+  test_listener_errors();
+  test_upstream_errors();
+  test_route_model_errors();
+  test_scalar_errors();
+  test_many_errors();
+  test_load();
+  test_regressions();
+  return tap_done();
+}

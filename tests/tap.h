@@ -13,8 +13,9 @@ static int tap_n, tap_failed;
 
 #define TAP_CHECK(cond, ...)                                                     \
   do {                                                                           \
+    int tap_ok_c_ = !!(cond); /* evaluated once: conditions may have effects */ \
     ++tap_n;                                                                     \
-    if (cond) {                                                                  \
+    if (tap_ok_c_) {                                                             \
       printf("ok %d - ", tap_n);                                                 \
     } else {                                                                     \
       ++tap_failed;                                                              \
@@ -22,7 +23,7 @@ static int tap_n, tap_failed;
     }                                                                            \
     printf(__VA_ARGS__);                                                         \
     printf("\n");                                                                \
-    if (!(cond)) printf("#   failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+    if (!tap_ok_c_) printf("#   failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
   } while (0)
 
 #define TAP_EQ_INT(a, b, name)                                                   \

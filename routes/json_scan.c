@@ -33,6 +33,16 @@ static bool skip_string(scan_t *s) {
   return false;
 }
 
+/* Inside an object: skip `"key" :` and the white space after it. */
+static bool skip_key(scan_t *s) {
+  if (s->p >= s->end || *s->p != '"' || !skip_string(s)) return false;
+  ws(s);
+  if (s->p >= s->end || *s->p != ':') return false;
+  s->p++;
+  ws(s);
+  return true;
+}
+
 /* Skip one value of any type; only the shape is checked, not every rule. */
 static bool skip_value(scan_t *s) {
   int depth = 0;
@@ -52,6 +62,7 @@ static bool skip_value(scan_t *s) {
         s->p++;
         depth--;
       } else {
+        if (c == '{' && !skip_key(s)) return false;
         continue;
       }
     } else if (c == '-' || (c >= '0' && c <= '9') || c == 't' || c == 'f' || c == 'n') {
@@ -74,13 +85,7 @@ static bool skip_value(scan_t *s) {
       if (*s->p != ',') return false;
       s->p++;
       ws(s);
-      if (stack[depth - 1] == '}') {
-        if (s->p >= s->end || *s->p != '"' || !skip_string(s)) return false;
-        ws(s);
-        if (s->p >= s->end || *s->p != ':') return false;
-        s->p++;
-        ws(s);
-      }
+      if (stack[depth - 1] == '}' && !skip_key(s)) return false;
       break;
     }
   }

@@ -1,0 +1,738 @@
+/*
+ * upstream.c: upstream pools. Owns the pool of each configured upstream, its
+ * endpoints (in-flight counts, back-off after refused connections), the
+ * choice of endpoint, connection set-up (asynchronous DNS, TCP, TLS with
+ * ALPN), connection and request timers, transparent retries, and the life
+ * cycle of a ureq from ob_upstream_request to its one terminal callback.
+ * The protocols themselves live in upstream_h1.c and upstream_h2.c; this file
+ * never parses or frames a message. It must not touch client connections.
+ *
+ * Endpoint choice: the endpoint with the fewest requests in flight among
+ * those not backed off, ties broken round robin; when every endpoint is
+ * backed off, the one whose back-off ends first. A connect failure (refused,
+ * timed out, DNS, TLS) backs its endpoint off for backoff_ms and sends the
+ * queued requests once to another endpoint; with a single endpoint they fail
+ * (502, or 504 for a connect timeout).
+ *
+ * Deferred delivery: on_error always arrives through u->kick on a later loop
+ * turn, so no failure found inside an API call can call back into the
+ * handler; resume after a pause goes through u->kick too.
+ */
+#include "upstream_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+/* ================================================================ helpers */
+
+void ob_net_up_arm(struct event *ev, const struct timeval *tv) {
+  if (tv)
+    event_add(ev, tv);
+  else
+    event_del(ev);
+}
+
+/* The pool's timers share a few durations: libevent's common timeouts keep
+ * them in a queue instead of the heap. own: where to keep a plain copy if
+ * the base has no room for another common timeout. */
+static const struct timeval *common_timeout(struct event_base *base, uint32_t ms, struct timeval *own) {
+  if (ms == 0) return NULL;
+  own->tv_sec = ms / 1000;
+  own->tv_usec = (suseconds_t)(ms % 1000) * 1000;
+  const struct timeval *ct = event_base_init_common_timeout(base, own);
+  return ct ? ct : own;
+}
+
+const char *ob_net_up_conn_name(const ob_uconn_t *c) {
+  static char name[512];
+  snprintf(name, sizeof name, "upstream %s endpoint %s", c->ep->up->cfg->name, c->ep->cfg->authority);
+  return name;
+}
+
+static bool is_ip_literal(const char *host) {
+  unsigned char tmp[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1;
+}
+
+/* ================================================================ ureq life cycle */
+
+static void ureq_free(ob_ureq_t *u) {
+  ob_upstream_t *up = u->up;
+  if (u->prev)
+    u->prev->next = u->next;
+  else
+    up->ureqs = u->next;
+  if (u->next) u->next->prev = u->prev;
+  if (u->ep) u->ep->inflight--;
+  event_free(u->kick);
+  event_free(u->timer);
+  evbuffer_free(u->rbody);
+  ob_rcbuf_release(u->owner);
+  ob_arena_dispose(&u->arena);
+  free(u);
+}
+
+static void cancel_now(ob_ureq_t *u) {
+  if ((u->state == U_QUEUED || u->state == U_ACTIVE) && u->conn) {
+    if (u->up->h2)
+      ob_net_uh2_abort(u);
+    else
+      ob_net_uh1_abort(u);
+  }
+  ureq_free(u);
+}
+
+/* After a handler callback: carry out a cancel made from inside it. */
+static bool after_call(ob_ureq_t *u) {
+  u->busy--;
+  if (u->busy == 0 && u->cancelled) {
+    cancel_now(u);
+    return false;
+  }
+  return true;
+}
+
+bool ob_net_up_call_head(ob_ureq_t *u, int status, const ob_http_header_t *h, size_t n) {
+  u->head_seen = true;
+  u->busy++;
+  if (u->h.on_head) u->h.on_head(u, u->data, status, h, n);
+  return after_call(u);
+}
+
+bool ob_net_up_call_data(ob_ureq_t *u) {
+  u->undelivered = false;
+  if (evbuffer_get_length(u->rbody) == 0) return true;
+  u->busy++;
+  if (u->h.on_data)
+    u->h.on_data(u, u->data, u->rbody);
+  else
+    evbuffer_drain(u->rbody, evbuffer_get_length(u->rbody));
+  return after_call(u);
+}
+
+/* Terminal: on_error, then free. */
+static void deliver_error(ob_ureq_t *u) {
+  u->busy++;
+  if (u->h.on_error) u->h.on_error(u, u->data, u->err, u->status_hint, u->head_seen);
+  ureq_free(u);
+}
+
+/* A complete response: the rest of the body, then on_end, then free. Waits
+ * (returns) while the handler is paused with bytes still buffered. */
+static void deliver_done(ob_ureq_t *u) {
+  if (evbuffer_get_length(u->rbody) > 0) {
+    if (u->paused) return;
+    if (u->undelivered) {
+      if (!ob_net_up_call_data(u)) return;
+      if (u->paused && evbuffer_get_length(u->rbody) > 0) return;
+    }
+  }
+  u->busy++;
+  if (u->h.on_end) u->h.on_end(u, u->data, u->trailers, u->num_trailers);
+  ureq_free(u);
+}
+
+void ob_net_up_complete(ob_ureq_t *u) {
+  u->state = U_DONE;
+  u->conn = NULL;
+  event_del(u->timer);
+  deliver_done(u);
+}
+
+void ob_net_up_fail(ob_ureq_t *u, ob_err_t err, int status_hint) {
+  u->state = U_FAILED;
+  u->conn = NULL;
+  u->err = err;
+  u->status_hint = status_hint;
+  event_del(u->timer);
+  event_active(u->kick, EV_TIMEOUT, 0);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg) {
+  ob_ureq_t *u = arg;
+  switch (u->state) {
+  case U_FAILED:
+    deliver_error(u);
+    break;
+  case U_DONE:
+    deliver_done(u);
+    break;
+  case U_ACTIVE:
+    if (!u->paused) {
+      if (u->up->h2)
+        ob_net_uh2_resume(u);
+      else
+        ob_net_uh1_resume(u);
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+static void ureq_timer_cb(evutil_socket_t fd, short what, void *arg) {
+  ob_ureq_t *u = arg;
+  if (u->state != U_ACTIVE) return;
+  if (u->up->h2)
+    ob_net_uh2_timeout(u);
+  else
+    ob_net_uh1_timeout(u);
+}
+
+/* ================================================================ endpoints */
+
+static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *avoid) {
+  size_t n = up->num_eps;
+  uint64_t now = ob_clock_ms();
+  ob_endpoint_t *best = NULL;
+  size_t best_i = 0;
+  for (size_t k = 0; k < n; k++) {
+    size_t i = (up->rr + k) % n;
+    ob_endpoint_t *ep = &up->eps[i];
+    if (ep == avoid && n > 1) continue;
+    if (ep->backoff_until_ms > now) continue;
+    if (!best || ep->inflight < best->inflight) best = ep, best_i = i;
+  }
+  if (!best) {
+    /* Everything is backed off: the one that comes back first. */
+    for (size_t i = 0; i < n; i++) {
+      ob_endpoint_t *ep = &up->eps[i];
+      if (ep == avoid && n > 1) continue;
+      if (!best || ep->backoff_until_ms < best->backoff_until_ms) best = ep, best_i = i;
+    }
+  }
+  up->rr = (best_i + 1) % n;
+  return best;
+}
+
+/* ================================================================ connections */
+
+static void conn_unlink(ob_uconn_t *c) {
+  ob_endpoint_t *ep = c->ep;
+  if (c->in_idle) {
+    if (c->iprev)
+      c->iprev->inext = c->inext;
+    else
+      ep->idle = c->inext;
+    if (c->inext) c->inext->iprev = c->iprev;
+    c->iprev = c->inext = NULL;
+    c->in_idle = false;
+  }
+  if (c->prev || ep->conns == c) {
+    if (c->prev)
+      c->prev->next = c->next;
+    else
+      ep->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+  }
+}
+
+void ob_net_up_conn_free(ob_uconn_t *c) {
+  conn_unlink(c);
+  c->state = C_DEAD;
+  if (c->h2) ob_net_uh2_dispose(c);
+  bufferevent_free(c->bev);
+  event_free(c->timer);
+  event_free(c->flush_ev);
+  free(c);
+}
+
+void ob_net_up_conn_idle(ob_uconn_t *c) {
+  ob_endpoint_t *ep = c->ep;
+  c->ureq = NULL;
+  c->in_idle = true;
+  c->iprev = NULL;
+  c->inext = ep->idle;
+  if (ep->idle) ep->idle->iprev = c;
+  ep->idle = c;
+  /* Keep reading so a close by the server is noticed while idle. */
+  bufferevent_enable(c->bev, EV_READ);
+  ob_net_up_arm(c->timer, ep->up->tv_keepalive);
+}
+
+void ob_net_up_conn_schedule(ob_uconn_t *c) { event_active(c->flush_ev, EV_TIMEOUT, 0); }
+
+static ob_uconn_t *idle_pop(ob_endpoint_t *ep) {
+  ob_uconn_t *c = ep->idle;
+  if (!c) return NULL;
+  ep->idle = c->inext;
+  if (ep->idle) ep->idle->iprev = NULL;
+  c->inext = c->iprev = NULL;
+  c->in_idle = false;
+  event_del(c->timer);
+  return c;
+}
+
+/* A failed connect: back the endpoint off and send what waited elsewhere. */
+static void conn_connect_failed(ob_uconn_t *c, const char *why, bool timed_out) {
+  ob_endpoint_t *ep = c->ep;
+  ob_upstream_t *up = ep->up;
+  ob_log_warn("%s: connect failed: %s", ob_net_up_conn_name(c), why);
+  if (up->gcfg->timeouts.backoff_ms) ep->backoff_until_ms = ob_clock_ms() + up->gcfg->timeouts.backoff_ms;
+  /* Out of the pool first, so a retry cannot pick this connection again. */
+  conn_unlink(c);
+  int status = timed_out ? 504 : 502;
+  if (c->h2) {
+    ob_ureq_t *u;
+    while ((u = c->pending)) {
+      c->pending = u->snext;
+      u->snext = u->sprev = NULL;
+      u->conn = NULL;
+      c->num_pending--;
+      ob_net_up_retry(u, OB_RETRY_OTHER_ENDPOINT, status);
+    }
+    c->pending_tail = NULL;
+  } else if (c->ureq) {
+    ob_ureq_t *u = c->ureq;
+    c->ureq = NULL;
+    u->conn = NULL;
+    ob_net_up_retry(u, OB_RETRY_OTHER_ENDPOINT, status);
+  }
+  ob_net_up_conn_free(c);
+}
+
+static void conn_connected(ob_uconn_t *c) {
+  ob_endpoint_t *ep = c->ep;
+  evutil_socket_t fd = bufferevent_getfd(c->bev);
+  if (fd >= 0) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  if (ep->cfg->tls && c->h2) {
+    const unsigned char *alpn = NULL;
+    unsigned alpn_len = 0;
+    SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(c->bev), &alpn, &alpn_len);
+    if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
+      conn_connect_failed(c, "server did not select h2 through ALPN", false);
+      return;
+    }
+  }
+  event_del(c->timer);
+  c->state = C_OPEN;
+  ep->backoff_until_ms = 0;
+  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  if (c->h2) {
+    ob_net_uh2_start(c);
+  } else if (c->ureq) {
+    ob_net_uh1_start(c, c->ureq);
+  } else {
+    ob_net_up_conn_idle(c);
+  }
+}
+
+static void describe_failure(ob_uconn_t *c, int sock_err, char *why, size_t len) {
+  int dns_err = bufferevent_socket_get_dns_error(c->bev);
+  if (dns_err) {
+    snprintf(why, len, "cannot resolve %s: %s", c->ep->cfg->host, evutil_gai_strerror(dns_err));
+    return;
+  }
+  if (c->ep->cfg->tls) {
+    unsigned long e = bufferevent_get_openssl_error(c->bev);
+    if (e) {
+      char buf[256];
+      ERR_error_string_n(e, buf, sizeof buf);
+      SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+      long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+      if (vr != X509_V_OK)
+        snprintf(why, len, "TLS: %s (%s)", buf, X509_verify_cert_error_string(vr));
+      else
+        snprintf(why, len, "TLS: %s", buf);
+      return;
+    }
+  }
+  if (sock_err)
+    snprintf(why, len, "%s", evutil_socket_error_to_string(sock_err));
+  else
+    snprintf(why, len, "connection closed");
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg) {
+  ob_uconn_t *c = arg;
+  if (c->h2)
+    ob_net_uh2_on_read(c);
+  else
+    ob_net_uh1_on_read(c);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg) {
+  ob_uconn_t *c = arg;
+  if (c->state != C_OPEN) return;
+  if (c->h2)
+    ob_net_uh2_on_write(c);
+  else
+    ob_net_uh1_on_write(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg) {
+  ob_uconn_t *c = arg;
+  int sock_err = EVUTIL_SOCKET_ERROR();
+  if (c->state == C_CONNECTING) {
+    if (what & BEV_EVENT_CONNECTED) {
+      conn_connected(c);
+      return;
+    }
+    char why[512];
+    describe_failure(c, (what & BEV_EVENT_ERROR) ? sock_err : 0, why, sizeof why);
+    conn_connect_failed(c, why, false);
+    return;
+  }
+  char why[512];
+  if (what & BEV_EVENT_ERROR)
+    describe_failure(c, sock_err, why, sizeof why);
+  else
+    snprintf(why, sizeof why, "closed by the server");
+  if (c->h2) {
+    ob_net_uh2_on_event(c, why);
+    return;
+  }
+  /* upstream_h1.c says at warn what it meant for the exchange (or retries a
+   * stale keep-alive connection quietly); the socket's reason is detail. */
+  if (c->ureq) ob_log_debug("%s: %s", ob_net_up_conn_name(c), why);
+  ob_net_uh1_on_event(c, what);
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+  ob_uconn_t *c = arg;
+  if (c->state == C_CONNECTING) {
+    conn_connect_failed(c, "timed out", true);
+    return;
+  }
+  /* Keep-alive expiry of an unused connection. */
+  if (c->h2) {
+    if (c->num_streams == 0 && c->num_pending == 0) ob_net_up_conn_free(c);
+  } else if (!c->ureq) {
+    ob_net_up_conn_free(c);
+  }
+}
+
+static void conn_flush_cb(evutil_socket_t fd, short what, void *arg) {
+  ob_uconn_t *c = arg;
+  if (c->connect_failed) {
+    conn_connect_failed(c, c->fail_reason, false);
+    return;
+  }
+  if (c->h2) ob_net_uh2_flush(c);
+}
+
+/* Connect without a resolver: numeric hosts only, so nothing blocks. */
+static int connect_numeric(ob_uconn_t *c) {
+  char port[8];
+  snprintf(port, sizeof port, "%u", (unsigned)c->ep->cfg->port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+  struct addrinfo *ai = NULL;
+  if (getaddrinfo(c->ep->cfg->host, port, &hints, &ai) != 0 || !ai) {
+    c->fail_reason = "not a numeric address and no resolver";
+    return -1;
+  }
+  int rv = bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen);
+  freeaddrinfo(ai);
+  return rv;
+}
+
+static ob_uconn_t *conn_new(ob_endpoint_t *ep) {
+  ob_upstream_t *up = ep->up;
+  struct event_base *base = up->net->base;
+  ob_uconn_t *c = ob_xcalloc(1, sizeof *c);
+  c->ep = ep;
+  c->h2 = up->h2;
+  c->state = C_CONNECTING;
+  c->next = ep->conns;
+  if (ep->conns) ep->conns->prev = c;
+  ep->conns = c;
+  c->timer = event_new(base, -1, 0, conn_timer_cb, c);
+  c->flush_ev = event_new(base, -1, 0, conn_flush_cb, c);
+  if (!c->timer || !c->flush_ev) abort();
+
+  if (ep->cfg->tls) {
+    SSL *ssl = SSL_new(up->ssl);
+    if (!ssl) abort();
+    const char *host = ep->cfg->host;
+    bool ip = is_ip_literal(host);
+    if (!ip) SSL_set_tlsext_host_name(ssl, host);
+    if (up->cfg->tls_verify) {
+      if (ip)
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+      else
+        SSL_set1_host(ssl, host);
+    }
+    c->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) abort();
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+  } else {
+    c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) abort();
+  }
+  bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+  if (c->h2) bufferevent_setwatermark(c->bev, EV_WRITE, OB_UP_H2_OUTPUT_HIGH / 4, 0);
+  ob_net_up_arm(c->timer, up->tv_connect);
+
+  int rv;
+  if (up->net->dns)
+    rv = bufferevent_socket_connect_hostname(c->bev, up->net->dns, AF_UNSPEC, ep->cfg->host, ep->cfg->port);
+  else
+    rv = connect_numeric(c);
+  if (rv < 0) {
+    /* Report on the next turn, never from inside the caller. */
+    c->connect_failed = true;
+    if (!c->fail_reason) c->fail_reason = "cannot start connecting";
+    event_active(c->flush_ev, EV_TIMEOUT, 0);
+  }
+  return c;
+}
+
+/* ================================================================ dispatch */
+
+static void dispatch(ob_ureq_t *u, ob_endpoint_t *ep, bool fresh) {
+  u->ep = ep;
+  ep->inflight++;
+  u->state = U_NEW;
+  if (!u->up->h2) {
+    ob_uconn_t *c = fresh ? NULL : idle_pop(ep);
+    if (c) {
+      c->reused = true;
+      ob_net_uh1_start(c, u);
+      return;
+    }
+    /* A connection still connecting for a request that was cancelled. */
+    if (!fresh)
+      for (c = ep->conns; c; c = c->next)
+        if (c->state == C_CONNECTING && !c->ureq && !c->connect_failed) break;
+    if (!c) c = conn_new(ep);
+    c->ureq = u;
+    u->conn = c;
+    u->state = U_QUEUED;
+    return;
+  }
+  ob_uconn_t *c;
+  for (c = ep->conns; c; c = c->next)
+    if (!c->connect_failed && ob_net_uh2_room(c) > 0) break;
+  if (!c) c = conn_new(ep);
+  ob_net_uh2_add(c, u);
+}
+
+void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
+  ob_upstream_t *up = u->up;
+  bool *spent = kind == OB_RETRY_OTHER_ENDPOINT ? &u->retried_connect
+              : kind == OB_RETRY_FRESH_CONN     ? &u->retried_stale
+                                                : &u->retried_refused;
+  u->conn = NULL;
+  if (*spent || up->destroying || (kind == OB_RETRY_OTHER_ENDPOINT && up->num_eps < 2)) {
+    ob_net_up_fail(u, OB_ERR_CONN, status_hint);
+    return;
+  }
+  *spent = true;
+  ob_endpoint_t *failed = u->ep;
+  failed->inflight--;
+  u->ep = NULL;
+  ob_endpoint_t *ep = kind == OB_RETRY_FRESH_CONN ? failed : choose_endpoint(up, failed);
+  ob_log_debug("upstream %s: retrying on %s", up->cfg->name, ep->cfg->authority);
+  dispatch(u, ep, kind == OB_RETRY_FRESH_CONN);
+}
+
+/* ================================================================ public API */
+
+static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
+  ob_arena_t *a = &u->arena;
+  u->method = ob_arena_dup(a, spec->method);
+  u->is_head = ob_iov_eq_str_nocase(spec->method, "HEAD");
+  u->path = spec->path.len ? ob_arena_dup(a, spec->path) : OB_IOV_LIT("/");
+  if (spec->authority.len) u->authority = ob_arena_dup(a, spec->authority);
+  u->expect_trailers = spec->expect_trailers;
+
+  if (spec->num_headers) u->headers = ob_arena_alloc(a, spec->num_headers * sizeof *u->headers);
+  for (size_t i = 0; i < spec->num_headers; i++) {
+    ob_iov_t name = spec->headers[i].name;
+    /* net adds framing, Host and (h2) te itself; pseudo fields never pass. */
+    if (name.len == 0 || name.base[0] == ':' || ob_iov_eq_str_nocase(name, "host") ||
+        ob_iov_eq_str_nocase(name, "content-length") || ob_http_is_hop_by_hop(name, ob_iov(NULL, 0)))
+      continue;
+    char *lower = ob_arena_alloc(a, name.len + 1);
+    for (size_t k = 0; k < name.len; k++) {
+      char ch = name.base[k];
+      lower[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    lower[name.len] = '\0';
+    u->headers[u->num_headers].name = ob_iov(lower, name.len);
+    u->headers[u->num_headers].value = ob_arena_dup(a, spec->headers[i].value);
+    u->num_headers++;
+  }
+
+  if (spec->body_owner) u->owner = ob_rcbuf_acquire(spec->body_owner);
+  if (spec->num_body) u->body = ob_arena_alloc(a, spec->num_body * sizeof *u->body);
+  const char *ob = u->owner ? u->owner->buf.base : NULL;
+  size_t olen = u->owner ? u->owner->buf.len : 0;
+  for (size_t i = 0; i < spec->num_body; i++) {
+    ob_iov_t p = spec->body[i];
+    if (p.len == 0) continue;
+    bool inside = ob && p.base >= ob && p.len <= olen && (size_t)(p.base - ob) <= olen - p.len;
+    u->body[u->num_body++] = inside ? p : ob_arena_dup(a, p);
+    u->body_len += p.len;
+  }
+}
+
+ob_ureq_t *ob_upstream_request(ob_upstream_t *up, const ob_ureq_spec_t *spec, const ob_ureq_handler_t *h,
+                               void *data) {
+  struct event_base *base = up->net->base;
+  ob_ureq_t *u = ob_xcalloc(1, sizeof *u);
+  u->up = up;
+  u->h = *h;
+  u->data = data;
+  u->state = U_NEW;
+  ob_arena_init(&u->arena, 4096);
+  u->kick = event_new(base, -1, 0, kick_cb, u);
+  u->timer = event_new(base, -1, 0, ureq_timer_cb, u);
+  u->rbody = evbuffer_new();
+  if (!u->kick || !u->timer || !u->rbody) abort();
+  copy_spec(u, spec);
+  u->next = up->ureqs;
+  if (up->ureqs) up->ureqs->prev = u;
+  up->ureqs = u;
+
+  if (up->destroying)
+    ob_net_up_fail(u, OB_ERR_CONN, 502);
+  else
+    dispatch(u, choose_endpoint(up, NULL), false);
+  return u;
+}
+
+void ob_ureq_pause(ob_ureq_t *u, bool paused) {
+  if (u->paused == paused) return;
+  u->paused = paused;
+  if (paused) {
+    if (u->state == U_ACTIVE) {
+      event_del(u->timer);
+      if (!u->up->h2 && u->conn) bufferevent_disable(u->conn->bev, EV_READ);
+    }
+    return;
+  }
+  if (evbuffer_get_length(u->rbody) > 0) u->undelivered = true;
+  if (u->state == U_ACTIVE || u->state == U_DONE) event_active(u->kick, EV_TIMEOUT, 0);
+}
+
+void ob_ureq_cancel(ob_ureq_t *u) {
+  if (!u) return;
+  if (u->busy) {
+    u->cancelled = true;
+    return;
+  }
+  cancel_now(u);
+}
+
+const char *ob_ureq_endpoint(const ob_ureq_t *u) { return u->ep ? u->ep->cfg->authority : "-"; }
+
+ob_upstream_t *ob_net_upstream(ob_net_t *n, const char *name) {
+  for (size_t i = 0; i < n->num_upstreams; i++)
+    if (n->upstreams[i] && strcmp(n->upstreams[i]->cfg->name, name) == 0) return n->upstreams[i];
+  return NULL;
+}
+
+/* ================================================================ pools */
+
+static SSL_CTX *tls_client_ctx(const ob_config_upstream_t *cfg, bool h2) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx) {
+    ob_log_error("upstream %s: cannot create a TLS context", cfg->name);
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  if (cfg->tls_verify) {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int ok = cfg->tls_ca ? SSL_CTX_load_verify_locations(ctx, cfg->tls_ca, NULL)
+                         : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+      char buf[256];
+      ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
+      ob_log_error("upstream %s: cannot load CA certificates %s: %s", cfg->name,
+                   cfg->tls_ca ? cfg->tls_ca : "(system default)", buf);
+      SSL_CTX_free(ctx);
+      return NULL;
+    }
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+  }
+  static const unsigned char alpn_h2[] = "\x02h2";
+  static const unsigned char alpn_h1[] = "\x08http/1.1";
+  if (h2)
+    SSL_CTX_set_alpn_protos(ctx, alpn_h2, sizeof alpn_h2 - 1);
+  else
+    SSL_CTX_set_alpn_protos(ctx, alpn_h1, sizeof alpn_h1 - 1);
+  return ctx;
+}
+
+ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *cfg) {
+  ob_upstream_t *up = ob_xcalloc(1, sizeof *up);
+  up->net = n;
+  up->cfg = cfg;
+  up->gcfg = n->cfg;
+  up->h2 = cfg->protocol != OB_PROTO_HTTP1;
+  up->num_eps = cfg->num_endpoints;
+  up->eps = ob_xcalloc(up->num_eps ? up->num_eps : 1, sizeof *up->eps);
+  bool tls = false;
+  for (size_t i = 0; i < up->num_eps; i++) {
+    up->eps[i].up = up;
+    up->eps[i].cfg = &cfg->endpoints[i];
+    tls |= cfg->endpoints[i].tls;
+  }
+  if (up->num_eps == 0) {
+    ob_log_error("upstream %s: no endpoints", cfg->name);
+    goto fail_eps;
+  }
+  if (tls && !(up->ssl = tls_client_ctx(cfg, up->h2))) goto fail_eps;
+  const ob_config_timeouts_t *t = &n->cfg->timeouts;
+  up->tv_connect = common_timeout(n->base, t->connect_ms, &up->tv_own[0]);
+  up->tv_first_byte = common_timeout(n->base, t->first_byte_ms, &up->tv_own[1]);
+  up->tv_idle = common_timeout(n->base, t->idle_ms, &up->tv_own[2]);
+  up->tv_keepalive = common_timeout(n->base, t->upstream_keepalive_ms, &up->tv_own[3]);
+  return up;
+
+fail_eps:
+  free(up->eps);
+  free(up);
+  return NULL;
+}
+
+void ob_net_upstream_destroy(ob_upstream_t *up) {
+  if (!up) return;
+  up->destroying = true;
+  /* Connections first, without callbacks: every attached ureq is detached. */
+  for (size_t i = 0; i < up->num_eps; i++) {
+    ob_endpoint_t *ep = &up->eps[i];
+    ob_uconn_t *c;
+    while ((c = ep->conns)) {
+      if (c->ureq) c->ureq->conn = NULL, c->ureq = NULL;
+      for (ob_ureq_t *u = c->streams; u; u = u->snext) u->conn = NULL;
+      for (ob_ureq_t *u = c->pending; u; u = u->snext) u->conn = NULL;
+      c->streams = c->pending = c->pending_tail = c->touched = c->touched_tail = NULL;
+      c->num_streams = c->num_pending = 0;
+      ob_net_up_conn_free(c);
+    }
+  }
+  /* Then every live request hears about it, directly: there is no later
+   * loop turn for this pool. */
+  ob_ureq_t *u;
+  while ((u = up->ureqs)) {
+    u->conn = NULL;
+    u->err = OB_ERR_CONN;
+    u->status_hint = 502;
+    deliver_error(u);
+  }
+  SSL_CTX_free(up->ssl);
+  free(up->eps);
+  free(up);
+}
+
+const char *ob_net_upstream_name(const ob_upstream_t *u) { return u->cfg->name; }

@@ -1,0 +1,319 @@
+/*
+ * upstream_h1.c: one HTTP/1.1 exchange on an open upstream connection.
+ * Writes the request (body pieces by reference where the body owner allows),
+ * reads the response head with the http codec, skips 1xx, removes hop-by-hop
+ * fields, and moves body bytes (by Content-Length, chunked, or until close)
+ * into the ureq's buffer without copying them. Decides whether the
+ * connection may go back to the idle pool. Connection set-up, pooling and
+ * the ureq life cycle belong to upstream.c; this file must not choose
+ * endpoints or free ureqs itself.
+ *
+ * Reading stops while the handler is paused (EV_READ disabled; what already
+ * arrived stays in the input buffer, unparsed) and restarts from u->kick.
+ */
+#include "upstream_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+
+enum { RS_HEAD, RS_BODY };
+
+static void release_ref(const void *data, size_t len, void *extra) { ob_rcbuf_release(extra); }
+
+static bool method_wants_length(ob_iov_t m) {
+  return ob_iov_eq_str_nocase(m, "POST") || ob_iov_eq_str_nocase(m, "PUT") || ob_iov_eq_str_nocase(m, "PATCH");
+}
+
+void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
+  ob_upstream_t *up = u->up;
+  const ob_config_endpoint_t *ep = c->ep->cfg;
+  c->ureq = u;
+  u->conn = c;
+  u->state = U_ACTIVE;
+  c->rstate = RS_HEAD;
+  c->got_bytes = c->req_written = c->eof = c->keep_alive = false;
+
+  ob_iov_t target = u->path;
+  size_t bl = strlen(ep->base_path);
+  if (bl) {
+    char *t = ob_arena_alloc(&u->arena, bl + u->path.len);
+    memcpy(t, ep->base_path, bl);
+    memcpy(t + bl, u->path.base, u->path.len);
+    target = ob_iov(t, bl + u->path.len);
+  }
+  ob_buf_t head;
+  ob_buf_init(&head);
+  ob_h1_append_request_line(&head, u->method, target);
+  ob_h1_append_header(&head, OB_IOV_LIT("Host"), u->authority.len ? u->authority : ob_iov_str(ep->authority));
+  for (size_t i = 0; i < u->num_headers; i++) ob_h1_append_header(&head, u->headers[i].name, u->headers[i].value);
+  if (u->body_len || method_wants_length(u->method)) {
+    char num[24];
+    int n = snprintf(num, sizeof num, "%" PRIu64, u->body_len);
+    ob_h1_append_header(&head, OB_IOV_LIT("Content-Length"), ob_iov(num, (size_t)n));
+  }
+  ob_buf_append(&head, "\r\n", 2);
+
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  evbuffer_add(out, head.base, head.len);
+  ob_buf_dispose(&head);
+  const char *ob = u->owner ? u->owner->buf.base : NULL;
+  size_t olen = u->owner ? u->owner->buf.len : 0;
+  for (size_t i = 0; i < u->num_body; i++) {
+    ob_iov_t p = u->body[i];
+    bool inside = ob && p.base >= ob && p.len <= olen && (size_t)(p.base - ob) <= olen - p.len;
+    if (inside) {
+      ob_rcbuf_acquire(u->owner);
+      if (evbuffer_add_reference(out, p.base, p.len, release_ref, u->owner) != 0) {
+        ob_rcbuf_release(u->owner);
+        evbuffer_add(out, p.base, p.len);
+      }
+    } else {
+      evbuffer_add(out, p.base, p.len);
+    }
+  }
+  bufferevent_enable(c->bev, u->paused ? EV_WRITE : EV_READ | EV_WRITE);
+  if (u->paused) bufferevent_disable(c->bev, EV_READ);
+  ob_net_up_arm(u->timer, up->tv_first_byte);
+}
+
+/* Detach u and c from each other. */
+static void unpair(ob_uconn_t *c, ob_ureq_t *u) {
+  c->ureq = NULL;
+  u->conn = NULL;
+}
+
+static void fail(ob_uconn_t *c, ob_ureq_t *u, ob_err_t err, const char *why) {
+  ob_log_warn("%s: %s", ob_net_up_conn_name(c), why);
+  unpair(c, u);
+  ob_net_up_conn_free(c);
+  ob_net_up_fail(u, err, 502);
+}
+
+/* The response is complete on the wire. */
+static void finish(ob_uconn_t *c, ob_ureq_t *u) {
+  bool written = c->req_written || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+  bool reuse = c->keep_alive && written && !c->eof && c->framing != OB_H1_BODY_UNTIL_CLOSE &&
+               evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+  unpair(c, u);
+  if (reuse) {
+    c->reused = false;
+    ob_net_up_conn_idle(c);
+  } else {
+    ob_net_up_conn_free(c);
+  }
+  ob_net_up_complete(u);
+}
+
+/* Returns 1 when the final head was handled (or a 1xx skipped), 0 when more
+ * input is needed, -1 when u and c are gone. */
+static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
+  struct evbuffer *in = bufferevent_get_input(c->bev);
+  size_t len = evbuffer_get_length(in);
+  if (len == 0) return 0;
+  size_t max = u->up->gcfg->limits.max_header_bytes ? u->up->gcfg->limits.max_header_bytes : 65536;
+  size_t n = len < max ? len : max;
+  const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+  ob_h1_response_t resp;
+  ob_http_header_t hdrs[OB_HTTP_MAX_HEADERS];
+  const char *why = NULL;
+  int rv = ob_h1_parse_response(p, n, &resp, hdrs, OB_HTTP_MAX_HEADERS, max, u->is_head, &why);
+  if (rv == OB_ERR_INCOMPLETE) {
+    if (n < max) return 0;
+    rv = OB_ERR_HEADERS_TOO_LARGE;
+    why = "response head too large";
+  }
+  if (rv <= 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "bad response: %s", why ? why : ob_err_name(rv));
+    fail(c, u, OB_ERR_BAD_RESPONSE, msg);
+    return -1;
+  }
+  if (resp.status < 200) {
+    if (resp.status == 101) {
+      fail(c, u, OB_ERR_BAD_RESPONSE, "bad response: unexpected 101 Switching Protocols");
+      return -1;
+    }
+    evbuffer_drain(in, (size_t)rv);
+    return 1;
+  }
+  c->framing = resp.body;
+  c->remaining = resp.content_length;
+  c->keep_alive = resp.keep_alive;
+  if (c->framing == OB_H1_BODY_CHUNKED) ob_h1_chunked_init(&c->chunked);
+
+  /* Hop-by-hop fields, including those the Connection fields name. */
+  ob_iov_t conn_tokens[8];
+  size_t nct = 0;
+  for (size_t i = 0; i < resp.num_headers && nct < 8; i++)
+    if (ob_iov_eq_str_nocase(hdrs[i].name, "connection")) conn_tokens[nct++] = hdrs[i].value;
+  size_t k = 0;
+  for (size_t i = 0; i < resp.num_headers; i++) {
+    bool hop = ob_http_is_hop_by_hop(hdrs[i].name, ob_iov(NULL, 0));
+    for (size_t j = 0; j < nct && !hop; j++) hop = ob_http_is_hop_by_hop(hdrs[i].name, conn_tokens[j]);
+    if (!hop) hdrs[k++] = hdrs[i];
+  }
+  c->rstate = RS_BODY;
+  /* The fields point into the input buffer: drain only after on_head. */
+  if (!ob_net_up_call_head(u, resp.status, hdrs, k)) return -1;
+  evbuffer_drain(in, (size_t)rv);
+  return 1;
+}
+
+/* Move what the framing allows into u->rbody. Returns 1 when the body is
+ * complete, 0 when more is to come, -1 when u and c are gone. */
+static int read_body(ob_uconn_t *c, ob_ureq_t *u) {
+  struct evbuffer *in = bufferevent_get_input(c->bev);
+  switch (c->framing) {
+  case OB_H1_BODY_NONE:
+    return 1;
+  case OB_H1_BODY_LENGTH: {
+    size_t avail = evbuffer_get_length(in);
+    size_t n = avail < c->remaining ? avail : (size_t)c->remaining;
+    if (n) {
+      evbuffer_remove_buffer(in, u->rbody, n);
+      c->remaining -= n;
+      u->undelivered = true;
+    }
+    return c->remaining == 0;
+  }
+  case OB_H1_BODY_UNTIL_CLOSE:
+    if (evbuffer_get_length(in)) {
+      evbuffer_remove_buffer(in, u->rbody, evbuffer_get_length(in));
+      u->undelivered = true;
+    }
+    return 0;
+  case OB_H1_BODY_CHUNKED:
+    while (!c->chunked.done && evbuffer_get_length(in) > 0) {
+      struct evbuffer_iovec v;
+      if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) break;
+      size_t data_len = 0;
+      const char *why = NULL;
+      int rv = ob_h1_chunked_step(&c->chunked, v.iov_base, v.iov_len, &data_len, &why);
+      if (rv < 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "bad chunked body: %s", why ? why : ob_err_name(rv));
+        fail(c, u, OB_ERR_BAD_RESPONSE, msg);
+        return -1;
+      }
+      if (data_len > 0) {
+        evbuffer_remove_buffer(in, u->rbody, data_len);
+        u->undelivered = true;
+      } else if (rv > 0) {
+        evbuffer_drain(in, (size_t)rv);
+      } else {
+        break;
+      }
+    }
+    return c->chunked.done;
+  }
+  return 0;
+}
+
+/* The server closed (or the connection broke) and everything readable was
+ * consumed. */
+static void on_eof(ob_uconn_t *c, ob_ureq_t *u) {
+  if (c->rstate == RS_BODY && c->framing == OB_H1_BODY_UNTIL_CLOSE) {
+    unpair(c, u);
+    ob_net_up_conn_free(c);
+    ob_net_up_complete(u);
+    return;
+  }
+  if (c->reused && !c->got_bytes && !u->retried_stale) {
+    /* The keep-alive race: the server closed the idle connection as we
+     * reused it. Nothing was processed; once more on a fresh connection. */
+    ob_log_debug("%s: reused connection was closed, retrying", ob_net_up_conn_name(c));
+    unpair(c, u);
+    ob_net_up_conn_free(c);
+    ob_net_up_retry(u, OB_RETRY_FRESH_CONN, 502);
+    return;
+  }
+  fail(c, u, OB_ERR_CONN,
+       c->rstate == RS_HEAD ? "connection closed before the response head" : "connection closed mid-body");
+}
+
+static void process(ob_uconn_t *c, ob_ureq_t *u) {
+  if (u->paused) return;
+  if (c->got_bytes) ob_net_up_arm(u->timer, u->up->tv_idle);
+  while (c->rstate == RS_HEAD) {
+    int r = read_head(c, u);
+    if (r < 0) return;
+    if (r == 0) break;
+  }
+  if (c->rstate == RS_BODY) {
+    if (u->paused) return;
+    int r = read_body(c, u);
+    if (r < 0) return;
+    if (r == 1) {
+      finish(c, u);
+      return;
+    }
+    if (u->undelivered) {
+      if (!ob_net_up_call_data(u)) return;
+      if (u->paused) return;
+    }
+  }
+  if (c->eof) on_eof(c, u);
+}
+
+void ob_net_uh1_on_read(ob_uconn_t *c) {
+  ob_ureq_t *u = c->ureq;
+  if (!u || u->state != U_ACTIVE) {
+    /* An idle connection has nothing to say: whatever arrives ends it. */
+    ob_net_up_conn_free(c);
+    return;
+  }
+  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) c->got_bytes = true;
+  process(c, u);
+}
+
+void ob_net_uh1_on_write(ob_uconn_t *c) {
+  ob_ureq_t *u = c->ureq;
+  if (!u || u->state != U_ACTIVE || c->req_written) return;
+  if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) return;
+  c->req_written = true;
+  if (!c->got_bytes && !u->paused) ob_net_up_arm(u->timer, u->up->tv_first_byte);
+}
+
+void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
+  ob_ureq_t *u = c->ureq;
+  if (!u || u->state != U_ACTIVE) {
+    ob_net_up_conn_free(c);
+    return;
+  }
+  if ((what & BEV_EVENT_WRITING) && !(what & BEV_EVENT_EOF) && !c->ep->cfg->tls) {
+    /* The server stopped taking the request. It may still be answering
+     * (413 before the body, say); its answer or its close comes on the read
+     * side. Unsent output keeps the connection out of the idle pool. (A TLS
+     * bufferevent stops reading too after any error, so there the error is
+     * final.) */
+    bufferevent_disable(c->bev, EV_WRITE);
+    return;
+  }
+  c->eof = true;
+  process(c, u);
+}
+
+void ob_net_uh1_resume(ob_ureq_t *u) {
+  ob_uconn_t *c = u->conn;
+  if (!c) return;
+  if (!c->eof) bufferevent_enable(c->bev, EV_READ);
+  ob_net_up_arm(u->timer, c->got_bytes ? u->up->tv_idle : u->up->tv_first_byte);
+  process(c, u);
+}
+
+void ob_net_uh1_abort(ob_ureq_t *u) {
+  ob_uconn_t *c = u->conn;
+  if (!c) return;
+  unpair(c, u);
+  /* A connection still connecting stays: it joins the idle pool. */
+  if (u->state == U_ACTIVE) ob_net_up_conn_free(c);
+}
+
+void ob_net_uh1_timeout(ob_ureq_t *u) {
+  ob_uconn_t *c = u->conn;
+  if (!c) return;
+  ob_log_warn("%s: %s timeout", ob_net_up_conn_name(c), c->got_bytes ? "idle" : "first byte");
+  unpair(c, u);
+  ob_net_up_conn_free(c);
+  ob_net_up_fail(u, OB_ERR_CONN, 504);
+}

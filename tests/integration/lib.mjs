@@ -37,11 +37,13 @@ function startAndWait(cmd, args, re, stream, opts = {}) {
     children.add(p);
     const out = { text: '' };
     let done = false;
+    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`${cmd} not ready:\n${out.text}`)); } }, 10000);
     const onData = (chunk) => {
       out.text += chunk.toString();
       const m = out.text.match(re);
       if (m && !done) {
         done = true;
+        clearTimeout(timer);
         resolve({ proc: p, match: m, output: out });
       }
     };
@@ -50,9 +52,8 @@ function startAndWait(cmd, args, re, stream, opts = {}) {
     p.on('exit', (code, sig) => {
       children.delete(p);
       p.exitInfo = { code, sig };
-      if (!done) { done = true; reject(new Error(`${cmd} exited (${code ?? sig}) before it was ready:\n${out.text}`)); }
+      if (!done) { done = true; clearTimeout(timer); reject(new Error(`${cmd} exited (${code ?? sig}) before it was ready:\n${out.text}`)); }
     });
-    setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`${cmd} not ready:\n${out.text}`)); } }, 10000);
   });
 }
 
@@ -60,7 +61,7 @@ export async function startSim(args = []) {
   const { proc, match, output } = await startAndWait(OBLETH_SIM, ['--listen', '127.0.0.1:0', ...args],
     /listening on (\S+):(\d+)/, 'stdout');
   const port = Number(match[2]);
-  return { proc, port, addr: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}`, output };
+  return { proc, port, addr: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}`, output, h2c: args.includes('--h2c') };
 }
 
 // Start obleth on a config object (written to a temporary folder). Listener
@@ -107,6 +108,10 @@ export async function curl(args, opts) {
 }
 
 export async function simStats(sim) {
+  if (sim.h2c) {
+    const r = await run('curl', ['-sS', '--http2-prior-knowledge', `${sim.url}/sim/stats`]);
+    return JSON.parse(r.stdout);
+  }
   const r = await fetch(`${sim.url}/sim/stats`);
   return r.json();
 }

@@ -81,10 +81,10 @@ test('h2: an upstream abort mid-stream resets the client stream with INTERNAL_ER
 
 test('h2: many concurrent streams on one connection', async () => {
   const urls = [];
-  for (let i = 0; i < 20; i++) urls.push(clearUrl('/sim/stats'));
+  for (let i = 0; i < 20; i++) urls.push(clearUrl(`/sim/stats?i=${i}`));
   const r = await run('nghttp', ['-n', '-s', '-m', '1', ...urls]);
   assert.equal(r.code, 0, r.stderr);
-  const n = await run('nghttp', ['-nv', clearUrl('/sim/stats'), clearUrl('/v1/models'), clearUrl('/sim/stats')]);
+  const n = await run('nghttp', ['-nv', clearUrl('/sim/stats?a'), clearUrl('/v1/models'), clearUrl('/sim/stats?b')]);
   assert.equal((n.stdout.match(/recv HEADERS frame/g) || []).length, 3);
 });
 

@@ -1,0 +1,830 @@
+/*
+ * sim_api: the endpoints of obleth-sim, independent of the wire protocol.
+ * It owns an exchange from sim_ex_dispatch() until it calls finish() or
+ * abort(): routing, request validation, the slot, the token timer and the
+ * response bytes. It never touches sockets; sim_h1.c and sim_h2.c do.
+ *
+ * Life of a generation request (chat, completions, embeddings):
+ *   dispatch -> [x-sim-delay-ms timer] -> validate -> (stream: send headers)
+ *   -> acquire a slot (or wait FIFO) -> ttft timer -> one timer per token
+ *   (itl) -> release the slot -> finish / abort.
+ * Streaming headers go out before the slot is taken, as vLLM's
+ * StreamingResponse does: a queued streaming request has a 200 and no bytes.
+ * A non-streaming response is sent whole when its last token is "generated".
+ * One timer per exchange drives every step.
+ *
+ * Determinism: the output tokens depend only on the prompt (chat: roles and
+ * message texts; completions: the prompt; not on "stream", "model" or
+ * max_tokens, so a shorter answer is a prefix of a longer one). "id" is a
+ * hash of the body and a per-process request counter, so it differs between
+ * otherwise identical requests; "created" is the wall clock.
+ * prompt_tokens = ceil(characters / 4) (characters counted as UTF-8 code
+ * points) plus the number of token ids given as integers, at least 1.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "sim.h"
+
+enum { ST_NEW, ST_DELAY, ST_QUEUED, ST_RUN, ST_DONE };
+enum { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS };
+
+typedef struct sim_gen {
+  int kind;
+  bool stream, include_usage, length_limited, role_sent;
+  ob_iov_t model;
+  uint64_t phash;          /* prompt hash: picks the tokens */
+  int64_t n;               /* tokens to generate */
+  int64_t prompt_tokens;
+  int64_t abort_at;        /* abort after this many tokens; -1 never */
+  int64_t sent;            /* tokens emitted so far */
+  long long created;
+  uint64_t t0_us;          /* slot acquired: the token timeline starts */
+  char id[64];
+  ob_iov_t prefix;         /* SSE chunk prefix up to "choices":[ */
+  uint64_t *inputs;        /* embeddings: one hash per input */
+  size_t ninputs;
+} sim_gen_t;
+
+/* ---------------------------------------------------------------- hashing */
+
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+#define FNV_INIT 0xcbf29ce484222325ULL
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+  const unsigned char *s = p;
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+static const char *const words[] = {
+  "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was",
+  "on", "be", "by", "this", "are", "from", "at", "or", "an", "which", "have", "not",
+  "model", "token", "stream", "queue", "slot", "tenant", "share", "fair", "proxy",
+  "request", "response", "upstream", "latency", "budget", "window", "batch", "cache",
+  "prefix", "kernel", "tensor", "vector", "matrix", "signal", "packet", "header",
+  "river", "stone", "cloud", "light", "green", "quiet", "north", "paper", "glass",
+  "sound", "field", "frame", "orbit", "delta", "amber",
+};
+#define N_WORDS (sizeof words / sizeof words[0])
+
+static const char *token_at(uint64_t phash, int64_t i) {
+  return words[mix64(phash + 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1)) % N_WORDS];
+}
+
+/* ---------------------------------------------------------------- JSON out */
+
+/* A JSON string literal; invalid UTF-8 becomes U+FFFD so the output always
+ * parses (echoed bodies may be arbitrary bytes). */
+void sim_json_str(ob_buf_t *b, ob_iov_t s) {
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char *p = (const unsigned char *)s.base;
+  size_t run = 0, i = 0;
+  ob_buf_append(b, "\"", 1);
+  while (i < s.len) {
+    unsigned c = p[i];
+    size_t len = 1;
+    bool bad = false;
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+      i++;
+      continue;
+    }
+    if (c >= 0x80) {
+      unsigned lo = 0x80, hi = 0xbf;
+      if (c >= 0xc2 && c <= 0xdf) len = 2;
+      else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+      } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+      } else bad = true;
+      if (!bad && i + len > s.len) bad = true;
+      for (size_t k = 1; !bad && k < len; k++) {
+        unsigned d = p[i + k];
+        if (k == 1 ? (d < lo || d > hi) : (d < 0x80 || d > 0xbf)) bad = true;
+      }
+      if (!bad) {
+        i += len;
+        continue;
+      }
+    }
+    ob_buf_append(b, s.base + run, i - run);
+    switch (c) {
+    case '"': ob_buf_append(b, "\\\"", 2); break;
+    case '\\': ob_buf_append(b, "\\\\", 2); break;
+    case '\n': ob_buf_append(b, "\\n", 2); break;
+    case '\r': ob_buf_append(b, "\\r", 2); break;
+    case '\t': ob_buf_append(b, "\\t", 2); break;
+    default:
+      if (c >= 0x80) ob_buf_append(b, "\\ufffd", 6);
+      else {
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        ob_buf_append(b, esc, 6);
+      }
+    }
+    i++;
+    run = i;
+  }
+  ob_buf_append(b, s.base + run, s.len - run);
+  ob_buf_append(b, "\"", 1);
+}
+
+const char *sim_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 304: return "Not Modified";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 402: return "Payment Required";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 411: return "Length Required";
+  case 413: return "Payload Too Large";
+  case 415: return "Unsupported Media Type";
+  case 422: return "Unprocessable Entity";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return status < 400 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+  }
+}
+
+void sim_error_json(ob_buf_t *b, int status, const char *msg) {
+  /* vLLM's ErrorResponse; the type is the reason phrase in CamelCase plus
+   * "Error" (404 -> NotFoundError, 400 -> BadRequestError). */
+  char type[64];
+  size_t n = 0;
+  for (const char *r = sim_reason(status); *r && n < sizeof type - 6; r++)
+    if ((*r >= 'A' && *r <= 'Z') || (*r >= 'a' && *r <= 'z')) type[n++] = *r;
+  type[n] = '\0';
+  if (n < 5 || strcmp(type + n - 5, "Error") != 0) memcpy(type + n, "Error", 6);
+  ob_buf_append_str(b, "{\"object\":\"error\",\"message\":");
+  sim_json_str(b, ob_iov_str(msg));
+  ob_buf_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}", type, status);
+}
+
+/* ---------------------------------------------------------------- exchange */
+
+void sim_ex_init(sim_ex_t *ex, sim_worker_t *w, const sim_ex_ops_t *ops, void *proto,
+                 const char *protocol) {
+  memset(ex, 0, sizeof *ex);
+  ex->w = w;
+  ex->ops = ops;
+  ex->proto = proto;
+  ex->protocol = protocol;
+  ob_arena_init(&ex->arena, 2048);
+  ob_buf_init(&ex->body);
+  ex->st = ST_NEW;
+  ex->slot = SIM_SLOT_NONE;
+}
+
+void sim_ex_add_header(sim_ex_t *ex, const char *name, size_t nlen, const char *value,
+                       size_t vlen) {
+  if (ex->nhdrs == ex->hcap) {
+    ex->hcap = ex->hcap ? ex->hcap * 2 : 16;
+    ex->hdrs = ob_xrealloc(ex->hdrs, ex->hcap * sizeof *ex->hdrs);
+  }
+  sim_hdr_t *h = &ex->hdrs[ex->nhdrs++];
+  h->name = ob_arena_dup(&ex->arena, ob_iov(name, nlen));
+  h->value = ob_arena_dup(&ex->arena, ob_iov(value, vlen));
+}
+
+void sim_ex_dispose(sim_ex_t *ex) {
+  if (!ex->ops) return;
+  if (ex->timer) {
+    event_free(ex->timer);
+    ex->timer = NULL;
+  }
+  /* Only QUEUED and RUN can hold a queue place or a slot; checking the api
+   * state (ours alone) avoids reading ex->slot, which other threads write. */
+  if (ex->st == ST_QUEUED || ex->st == ST_RUN) sim_slot_cancel(ex);
+  if (ex->counted && ex->st != ST_DONE) atomic_fetch_add(&sim_stats.client_gone, 1);
+  free(ex->hdrs);
+  ex->hdrs = NULL;
+  ob_buf_dispose(&ex->body);
+  ob_arena_dispose(&ex->arena);
+  ex->ops = NULL;
+}
+
+static const sim_hdr_t *find_header(const sim_ex_t *ex, const char *name) {
+  for (size_t i = 0; i < ex->nhdrs; i++)
+    if (ob_iov_eq_str_nocase(ex->hdrs[i].name, name)) return &ex->hdrs[i];
+  return NULL;
+}
+
+static bool header_u64(const sim_ex_t *ex, const char *name, uint64_t *out) {
+  const sim_hdr_t *h = find_header(ex, name);
+  return h && ob_iov_to_u64(ob_iov_trim(h->value), out);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static void arm_us(sim_ex_t *ex, uint64_t us) {
+  if (!ex->timer) ex->timer = evtimer_new(ex->w->base, on_timer, ex);
+  struct timeval tv = {.tv_sec = (time_t)(us / 1000000), .tv_usec = (suseconds_t)(us % 1000000)};
+  evtimer_add(ex->timer, &tv);
+}
+
+static void arm(sim_ex_t *ex, uint64_t ms) { arm_us(ex, ms * 1000); }
+
+/* Arm for an absolute point on the token timeline, so per-token processing
+ * does not accumulate as drift: token k is due at t0 + ttft + (k-1) * itl. */
+static void arm_token(sim_ex_t *ex, int64_t k) {
+  const sim_gen_t *g = ex->gen;
+  uint64_t due = g->t0_us + (sim_cfg.ttft_ms + (uint64_t)(k - 1) * sim_cfg.itl_ms) * 1000;
+  uint64_t now = ob_clock_us();
+  arm_us(ex, due > now ? due - now : 0);
+}
+
+/* The three ways a response ends; each is the api's last touch of ex. */
+static void end_finish(sim_ex_t *ex) {
+  if (ex->st == ST_RUN) sim_slot_release(ex);
+  ex->st = ST_DONE;
+  if (ex->counted) atomic_fetch_add(&sim_stats.completed, 1);
+  ex->ops->finish(ex);
+}
+
+static void end_abort(sim_ex_t *ex) {
+  if (ex->st == ST_RUN) sim_slot_release(ex);
+  ex->st = ST_DONE;
+  if (ex->counted) atomic_fetch_add(&sim_stats.aborted, 1);
+  ex->ops->abort(ex);
+}
+
+static void reply(sim_ex_t *ex, int status, const char *ctype, const ob_buf_t *b) {
+  bool bodyless = status == 204 || status == 304;
+  ex->ops->head(ex, status, ctype, bodyless ? 0 : (int64_t)b->len);
+  if (!bodyless) ex->ops->body(ex, b->base, b->len);
+  end_finish(ex);
+}
+
+static void reply_error(sim_ex_t *ex, int status, const char *msg) {
+  ob_buf_t *b = &ex->w->scratch;
+  ob_buf_reset(b);
+  sim_error_json(b, status, msg);
+  reply(ex, status, "application/json", b);
+}
+
+/* ---------------------------------------------------------------- /sim/... */
+
+static void sim_echo(sim_ex_t *ex) {
+  ob_buf_t *b = &ex->w->scratch;
+  ob_buf_reset(b);
+  ob_buf_append_str(b, "{\"method\":");
+  sim_json_str(b, ex->method);
+  ob_buf_append_str(b, ",\"path\":");
+  sim_json_str(b, ex->path);
+  ob_buf_append_str(b, ",\"authority\":");
+  sim_json_str(b, ex->authority);
+  ob_buf_append_str(b, ",\"protocol\":");
+  sim_json_str(b, ob_iov_str(ex->protocol));
+  ob_buf_append_str(b, ",\"headers\":[");
+  for (size_t i = 0; i < ex->nhdrs; i++) {
+    ob_buf_append_str(b, i ? ",[" : "[");
+    sim_json_str(b, ex->hdrs[i].name);
+    ob_buf_append_str(b, ",");
+    sim_json_str(b, ex->hdrs[i].value);
+    ob_buf_append_str(b, "]");
+  }
+  ob_buf_append_str(b, "],\"body\":");
+  sim_json_str(b, ob_buf_iov(&ex->body));
+  ob_buf_append_str(b, "}");
+  reply(ex, 200, "application/json", b);
+}
+
+static void sim_stats_reply(sim_ex_t *ex) {
+  int64_t in_flight, queued;
+  sim_slot_counts(&in_flight, &queued);
+  ob_buf_t *b = &ex->w->scratch;
+  ob_buf_reset(b);
+  ob_buf_printf(b,
+                "{\"requests\":%llu,\"in_flight\":%lld,\"queued\":%lld,\"completed\":%llu,"
+                "\"aborted\":%llu,\"client_gone\":%llu,\"slots\":%d,\"threads\":%d,\"by_path\":",
+                (unsigned long long)atomic_load(&sim_stats.requests), (long long)in_flight,
+                (long long)queued, (unsigned long long)atomic_load(&sim_stats.completed),
+                (unsigned long long)atomic_load(&sim_stats.aborted),
+                (unsigned long long)atomic_load(&sim_stats.client_gone), sim_cfg.slots,
+                sim_cfg.threads);
+  sim_stats_by_path_json(b);
+  ob_buf_append_str(b, "}");
+  reply(ex, 200, "application/json", b);
+}
+
+static void handle_sim(sim_ex_t *ex, ob_iov_t path) {
+  if (ex->too_large) {
+    reply_error(ex, 413, "request body too large");
+  } else if (ob_iov_eq(path, OB_IOV_LIT("/sim/echo")) ||
+             ob_iov_starts_with(path, OB_IOV_LIT("/sim/echo/"))) {
+    sim_echo(ex);
+  } else if (ob_iov_eq(path, OB_IOV_LIT("/sim/stats"))) {
+    sim_stats_reply(ex);
+  } else if (ob_iov_eq(path, OB_IOV_LIT("/sim/reset"))) {
+    sim_stats_reset();
+    ob_buf_t *b = &ex->w->scratch;
+    ob_buf_reset(b);
+    ob_buf_append_str(b, "{\"ok\":true}");
+    reply(ex, 200, "application/json", b);
+  } else {
+    reply_error(ex, 404, "no such /sim endpoint");
+  }
+}
+
+/* ---------------------------------------------------------------- requests */
+
+typedef struct prompt_acc {
+  uint64_t h;
+  uint64_t chars;
+  uint64_t ids; /* prompts given as token ids */
+} prompt_acc_t;
+
+static void acc_text(prompt_acc_t *a, const char *s) {
+  size_t n = strlen(s);
+  a->h = fnv1a(a->h, s, n + 1); /* the NUL separates parts */
+  for (size_t i = 0; i < n; i++)
+    if (((unsigned char)s[i] & 0xc0) != 0x80) a->chars++;
+}
+
+static void acc_id(prompt_acc_t *a, double v) {
+  long long id = v > -9e18 && v < 9e18 ? (long long)v : 0;
+  a->h = fnv1a(a->h, &id, sizeof id);
+  a->ids++;
+}
+
+static int64_t acc_tokens(const prompt_acc_t *a) {
+  int64_t t = (int64_t)((a->chars + 3) / 4 + a->ids);
+  return t < 1 ? 1 : t;
+}
+
+/* One prompt in the completions/embeddings forms: a string or an array of
+ * token ids. */
+static bool acc_prompt_item(prompt_acc_t *a, const cJSON *it) {
+  if (cJSON_IsString(it)) {
+    acc_text(a, it->valuestring);
+    return true;
+  }
+  if (!cJSON_IsArray(it)) return false;
+  const cJSON *t;
+  cJSON_ArrayForEach(t, it) {
+    if (!cJSON_IsNumber(t)) return false;
+    acc_id(a, t->valuedouble);
+  }
+  return true;
+}
+
+/* Messages: roles and texts (string content or an array of parts with
+ * "text"); both feed the hash, only the texts count as characters. */
+static const char *acc_messages(prompt_acc_t *a, const cJSON *msgs) {
+  if (!cJSON_IsArray(msgs)) return "'messages' must be an array";
+  const cJSON *m;
+  cJSON_ArrayForEach(m, msgs) {
+    if (!cJSON_IsObject(m)) return "each message must be an object";
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    if (!cJSON_IsString(role)) return "each message needs a string 'role'";
+    a->h = fnv1a(a->h, role->valuestring, strlen(role->valuestring) + 1);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (!c || cJSON_IsNull(c)) continue;
+    if (cJSON_IsString(c)) {
+      acc_text(a, c->valuestring);
+    } else if (cJSON_IsArray(c)) {
+      const cJSON *part;
+      cJSON_ArrayForEach(part, c) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (cJSON_IsString(t)) acc_text(a, t->valuestring);
+      }
+    } else {
+      return "message 'content' must be a string, an array or null";
+    }
+  }
+  return NULL;
+}
+
+/* Validate the body and fill ex->gen; returns an error message (400) or NULL. */
+static const char *parse_gen(sim_ex_t *ex, int kind, char *errbuf, size_t errcap) {
+  cJSON *j = cJSON_ParseWithLength(ex->body.base ? ex->body.base : "", ex->body.len);
+  if (!j) return "request body is not valid JSON";
+  const char *err = NULL;
+  sim_gen_t *g = ob_arena_alloc(&ex->arena, sizeof *g);
+  memset(g, 0, sizeof *g);
+  ex->gen = g;
+  g->kind = kind;
+  g->abort_at = -1;
+  prompt_acc_t a = {.h = FNV_INIT};
+
+  if (!cJSON_IsObject(j)) {
+    err = "request body must be a JSON object";
+    goto out;
+  }
+  const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
+  g->model = ob_arena_dup(&ex->arena, ob_iov_str(cJSON_IsString(model) ? model->valuestring
+                                                                       : sim_cfg.model));
+  if (kind == EP_CHAT) {
+    err = acc_messages(&a, cJSON_GetObjectItemCaseSensitive(j, "messages"));
+    if (err) goto out;
+    g->prompt_tokens = acc_tokens(&a);
+  } else {
+    const char *field = kind == EP_EMBEDDINGS ? "input" : "prompt";
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, field);
+    /* A list of strings or a list of id lists is several prompts; a list of
+     * numbers is one prompt of token ids. */
+    bool many = cJSON_IsArray(p) && p->child && !cJSON_IsNumber(p->child);
+    size_t count = many ? (size_t)cJSON_GetArraySize(p) : 1;
+    if (!p || (cJSON_IsArray(p) && !p->child)) {
+      snprintf(errbuf, errcap, "'%s' must be a non-empty string or array", field);
+      err = errbuf;
+      goto out;
+    }
+    g->inputs = ob_arena_alloc(&ex->arena, count * sizeof *g->inputs);
+    g->ninputs = count;
+    const cJSON *it = many ? p->child : p;
+    for (size_t i = 0; i < count; i++, it = it ? it->next : NULL) {
+      prompt_acc_t one = {.h = FNV_INIT};
+      if (!acc_prompt_item(&one, it)) {
+        snprintf(errbuf, errcap, "'%s' must be a string, a list of strings or token ids",
+                 field);
+        err = errbuf;
+        goto out;
+      }
+      g->inputs[i] = one.h;
+      g->prompt_tokens += acc_tokens(&one);
+      a.h = fnv1a(a.h, &one.h, sizeof one.h);
+    }
+  }
+  g->phash = mix64(a.h);
+
+  if (kind != EP_EMBEDDINGS) {
+    const cJSON *mt = NULL;
+    if (kind == EP_CHAT) mt = cJSON_GetObjectItemCaseSensitive(j, "max_completion_tokens");
+    if (!mt || cJSON_IsNull(mt)) mt = cJSON_GetObjectItemCaseSensitive(j, "max_tokens");
+    if (mt && !cJSON_IsNull(mt)) {
+      double v = cJSON_IsNumber(mt) ? mt->valuedouble : NAN;
+      if (!(v == floor(v)) || v > 1e12 || v < -1e12) {
+        err = "max_tokens must be an integer";
+        goto out;
+      }
+      if (v < 1) {
+        snprintf(errbuf, errcap, "max_tokens must be at least 1, got %lld.", (long long)v);
+        err = errbuf;
+        goto out;
+      }
+      g->n = (int64_t)v;
+      g->length_limited = true;
+    } else {
+      g->n = sim_cfg.max_tokens;
+      if (g->n > sim_cfg.max_model_len - g->prompt_tokens)
+        g->n = sim_cfg.max_model_len - g->prompt_tokens;
+    }
+    if (g->n < 1 || g->prompt_tokens + g->n > sim_cfg.max_model_len) {
+      snprintf(errbuf, errcap,
+               "This model's maximum context length is %lld tokens. However, you requested "
+               "%lld tokens (%lld in the messages, %lld in the completion). Please reduce the "
+               "length of the messages or completion.",
+               (long long)sim_cfg.max_model_len, (long long)(g->prompt_tokens + g->n),
+               (long long)g->prompt_tokens, (long long)g->n);
+      err = errbuf;
+      goto out;
+    }
+    g->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "stream"));
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
+    g->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+  } else if (g->prompt_tokens > sim_cfg.max_model_len) {
+    snprintf(errbuf, errcap,
+             "This model's maximum context length is %lld tokens. However, you requested "
+             "%lld tokens in the input for embedding generation. Please reduce the length of "
+             "the input.",
+             (long long)sim_cfg.max_model_len, (long long)g->prompt_tokens);
+    err = errbuf;
+  }
+out:
+  cJSON_Delete(j);
+  return err;
+}
+
+/* ---------------------------------------------------------------- responses */
+
+static void usage_json(ob_buf_t *b, const sim_gen_t *g, int64_t completion) {
+  ob_buf_printf(b,
+                "\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld,"
+                "\"completion_tokens\":%lld,\"prompt_tokens_details\":null}",
+                (long long)g->prompt_tokens, (long long)(g->prompt_tokens + completion),
+                (long long)completion);
+}
+
+static const char *finish_reason(const sim_gen_t *g) {
+  /* Without a request max_tokens the sim "reaches EOS" after --max-tokens. */
+  return g->length_limited ? "length" : "stop";
+}
+
+static void head_json(ob_buf_t *b, const sim_gen_t *g, const char *object) {
+  ob_buf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", g->id,
+                object, g->created);
+  sim_json_str(b, g->model);
+}
+
+static void build_full(ob_buf_t *b, const sim_gen_t *g) {
+  ob_buf_reset(b);
+  if (g->kind == EP_EMBEDDINGS) {
+    head_json(b, g, "list");
+    ob_buf_append_str(b, ",\"data\":[");
+    for (size_t i = 0; i < g->ninputs; i++) {
+      double v[8], norm = 0;
+      for (int k = 0; k < 8; k++) {
+        uint64_t r = mix64(g->inputs[i] + 0x9e3779b97f4a7c15ULL * (uint64_t)(k + 1));
+        v[k] = (double)(r >> 11) * 0x1p-53 * 2.0 - 1.0;
+        norm += v[k] * v[k];
+      }
+      norm = norm > 0 ? sqrt(norm) : 1;
+      ob_buf_printf(b, "%s{\"index\":%zu,\"object\":\"embedding\",\"embedding\":[", i ? "," : "",
+                    i);
+      for (int k = 0; k < 8; k++) ob_buf_printf(b, "%s%.8f", k ? "," : "", v[k] / norm);
+      ob_buf_append_str(b, "]}");
+    }
+    ob_buf_append_str(b, "],");
+    usage_json(b, g, 0);
+    ob_buf_append_str(b, "}");
+    return;
+  }
+  bool chat = g->kind == EP_CHAT;
+  head_json(b, g, chat ? "chat.completion" : "text_completion");
+  if (chat)
+    ob_buf_append_str(b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                         "\"reasoning_content\":null,\"content\":\"");
+  else
+    ob_buf_append_str(b, ",\"choices\":[{\"index\":0,\"text\":\"");
+  for (int64_t i = 0; i < g->n; i++) { /* words need no escaping */
+    ob_buf_append(b, " ", 1);
+    ob_buf_append_str(b, token_at(g->phash, i));
+  }
+  ob_buf_printf(b, "\"%s,\"logprobs\":null,\"finish_reason\":\"%s\",\"stop_reason\":null%s}],",
+                chat ? ",\"tool_calls\":[]}" : "", finish_reason(g),
+                chat ? "" : ",\"prompt_logprobs\":null");
+  usage_json(b, g, g->n);
+  ob_buf_append_str(b, chat ? ",\"prompt_logprobs\":null}" : "}");
+}
+
+static void send_event(sim_ex_t *ex, const ob_buf_t *b) {
+  ex->ops->body(ex, b->base, b->len);
+}
+
+/* One SSE step per timer firing: the first also carries the role chunk
+ * (chat), the last also the finish chunk, the usage chunk and [DONE]. */
+static void stream_step(sim_ex_t *ex) {
+  sim_gen_t *g = ex->gen;
+  ob_buf_t *b = &ex->w->scratch;
+  bool chat = g->kind == EP_CHAT;
+  if (chat && !g->role_sent) {
+    g->role_sent = true;
+    ob_buf_reset(b);
+    ob_buf_append_iov(b, g->prefix);
+    ob_buf_append_str(b, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+                         "\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+    send_event(ex, b);
+  }
+  if (g->abort_at == g->sent) {
+    end_abort(ex);
+    return;
+  }
+  ob_buf_reset(b);
+  ob_buf_append_iov(b, g->prefix);
+  ob_buf_printf(b,
+                chat ? "{\"index\":0,\"delta\":{\"content\":\" %s\"},\"logprobs\":null,"
+                       "\"finish_reason\":null}]}\n\n"
+                     : "{\"index\":0,\"text\":\" %s\",\"logprobs\":null,"
+                       "\"finish_reason\":null,\"stop_reason\":null}]}\n\n",
+                token_at(g->phash, g->sent));
+  send_event(ex, b);
+  g->sent++;
+  if (g->abort_at == g->sent) {
+    end_abort(ex);
+    return;
+  }
+  if (g->sent < g->n) {
+    arm_token(ex, g->sent + 1);
+    return;
+  }
+  ob_buf_reset(b);
+  ob_buf_append_iov(b, g->prefix);
+  ob_buf_printf(b,
+                chat ? "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"%s\","
+                       "\"stop_reason\":null}]}\n\n"
+                     : "{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"%s\","
+                       "\"stop_reason\":null}]}\n\n",
+                finish_reason(g));
+  send_event(ex, b);
+  if (g->include_usage) {
+    ob_buf_reset(b);
+    ob_buf_append_iov(b, g->prefix);
+    ob_buf_append_str(b, "],");
+    usage_json(b, g, g->n);
+    ob_buf_append_str(b, "}\n\n");
+    send_event(ex, b);
+  }
+  ob_buf_reset(b);
+  ob_buf_append_str(b, "data: [DONE]\n\n");
+  send_event(ex, b);
+  end_finish(ex);
+}
+
+/* The whole non-streaming response at once; an aborted one announces its
+ * full Content-Length and then sends only half of the body. */
+static void complete_full(sim_ex_t *ex) {
+  sim_gen_t *g = ex->gen;
+  ob_buf_t *b = &ex->w->scratch;
+  build_full(b, g);
+  ex->ops->head(ex, 200, "application/json", (int64_t)b->len);
+  if (g->abort_at >= 0) {
+    ex->ops->body(ex, b->base, b->len / 2);
+    end_abort(ex);
+    return;
+  }
+  ex->ops->body(ex, b->base, b->len);
+  end_finish(ex);
+}
+
+static void gen_start(sim_ex_t *ex) {
+  sim_gen_t *g = ex->gen;
+  ex->st = ST_RUN;
+  if (g->stream) {
+    g->t0_us = ob_clock_us();
+    arm_token(ex, 1);
+    return;
+  }
+  /* Non-streaming: one timer for prefill plus all decode steps (or up to the
+   * abort point). */
+  uint64_t steps = 0;
+  if (g->kind != EP_EMBEDDINGS) {
+    int64_t upto = g->abort_at >= 0 ? g->abort_at : g->n;
+    steps = upto > 1 ? (uint64_t)(upto - 1) : 0;
+  }
+  uint64_t ms = sim_cfg.ttft_ms + steps * sim_cfg.itl_ms;
+  if (ms == 0) complete_full(ex);
+  else arm(ex, ms);
+}
+
+void sim_ex_on_grant(sim_ex_t *ex) {
+  if (ex->st != ST_QUEUED) { /* cannot happen; give the slot back */
+    sim_slot_release(ex);
+    return;
+  }
+  gen_start(ex);
+}
+
+static void gen_begin(sim_ex_t *ex, int kind) {
+  char errbuf[512];
+  const char *err = parse_gen(ex, kind, errbuf, sizeof errbuf);
+  if (err) {
+    reply_error(ex, 400, err);
+    return;
+  }
+  sim_gen_t *g = ex->gen;
+  uint64_t seq = atomic_fetch_add(&sim_stats.seq, 1);
+  uint64_t bh = fnv1a(FNV_INIT, ex->body.base, ex->body.len);
+  uint64_t idh = mix64(bh ^ mix64(seq + 1));
+  snprintf(g->id, sizeof g->id, "%s%016llx%016llx",
+           kind == EP_CHAT ? "chatcmpl-" : kind == EP_COMPLETIONS ? "cmpl-" : "embd-",
+           (unsigned long long)idh, (unsigned long long)mix64(idh));
+  g->created = (long long)time(NULL);
+
+  int64_t limit = kind == EP_EMBEDDINGS ? 0 : g->n;
+  uint64_t abort_after;
+  if (header_u64(ex, "x-sim-abort-after", &abort_after)) {
+    g->abort_at = abort_after < (uint64_t)limit ? (int64_t)abort_after : limit;
+  } else if (sim_cfg.fail_rate > 0 && kind != EP_EMBEDDINGS) {
+    uint64_t r = mix64(bh ^ mix64(sim_cfg.seed ^ 0x5eed5eed5eed5eedULL) ^ mix64(~seq));
+    if ((double)(r >> 11) * 0x1p-53 < sim_cfg.fail_rate)
+      g->abort_at = (int64_t)(mix64(r) % (uint64_t)g->n);
+  }
+
+  if (g->stream) {
+    ob_buf_t *b = &ex->w->scratch;
+    ob_buf_reset(b);
+    ob_buf_append_str(b, "data: ");
+    head_json(b, g, kind == EP_CHAT ? "chat.completion.chunk" : "text_completion");
+    ob_buf_append_str(b, ",\"choices\":[");
+    g->prefix = ob_arena_dup(&ex->arena, ob_buf_iov(b));
+    ex->ops->head(ex, 200, "text/event-stream; charset=utf-8", -1);
+  }
+  if (sim_slot_acquire(ex)) gen_start(ex);
+  else ex->st = ST_QUEUED;
+}
+
+static void reply_models(sim_ex_t *ex) {
+  ob_buf_t *b = &ex->w->scratch;
+  ob_buf_reset(b);
+  long long now = (long long)time(NULL);
+  ob_iov_t m = ob_iov_str(sim_cfg.model);
+  ob_buf_append_str(b, "{\"object\":\"list\",\"data\":[{\"id\":");
+  sim_json_str(b, m);
+  ob_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"vllm\",\"root\":", now);
+  sim_json_str(b, m);
+  ob_buf_printf(b,
+                ",\"parent\":null,\"max_model_len\":%lld,\"permission\":[{\"id\":"
+                "\"modelperm-%016llx\",\"object\":\"model_permission\",\"created\":%lld,"
+                "\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,"
+                "\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,"
+                "\"organization\":\"*\",\"group\":null,\"is_blocking\":false}]}]}",
+                (long long)sim_cfg.max_model_len,
+                (unsigned long long)mix64(fnv1a(FNV_INIT, m.base, m.len)), now);
+  reply(ex, 200, "application/json", b);
+}
+
+static void route(sim_ex_t *ex) {
+  uint64_t status;
+  if (header_u64(ex, "x-sim-status", &status) && status >= 200 && status <= 599) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "simulated error (x-sim-status: %d)", (int)status);
+    reply_error(ex, (int)status, msg);
+    return;
+  }
+  if (ex->too_large) {
+    reply_error(ex, 413, "request body too large");
+    return;
+  }
+  ob_iov_t path = ex->path;
+  const char *q = memchr(path.base, '?', path.len);
+  if (q) path.len = (size_t)(q - path.base);
+  bool post = ob_iov_eq(ex->method, OB_IOV_LIT("POST"));
+  bool get = ob_iov_eq(ex->method, OB_IOV_LIT("GET"));
+  int kind = -1;
+  if (ob_iov_eq(path, OB_IOV_LIT("/v1/chat/completions"))) kind = EP_CHAT;
+  else if (ob_iov_eq(path, OB_IOV_LIT("/v1/completions"))) kind = EP_COMPLETIONS;
+  else if (ob_iov_eq(path, OB_IOV_LIT("/v1/embeddings"))) kind = EP_EMBEDDINGS;
+  if (kind >= 0) {
+    if (!post) reply_error(ex, 405, "Method Not Allowed");
+    else gen_begin(ex, kind);
+  } else if (ob_iov_eq(path, OB_IOV_LIT("/v1/models"))) {
+    if (!get) reply_error(ex, 405, "Method Not Allowed");
+    else reply_models(ex);
+  } else {
+    char msg[300];
+    snprintf(msg, sizeof msg, "The path %.*s was not found.", (int)(path.len > 256 ? 256 : path.len),
+             path.base);
+    reply_error(ex, 404, msg);
+  }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  sim_ex_t *ex = arg;
+  switch (ex->st) {
+  case ST_DELAY:
+    ex->st = ST_NEW;
+    route(ex);
+    break;
+  case ST_RUN:
+    if (ex->gen->stream) stream_step(ex);
+    else complete_full(ex);
+    break;
+  default:
+    break;
+  }
+}
+
+void sim_ex_dispatch(sim_ex_t *ex) {
+  ob_iov_t path = ex->path;
+  const char *q = memchr(path.base, '?', path.len);
+  if (q) path.len = (size_t)(q - path.base);
+  if (ob_iov_eq(path, OB_IOV_LIT("/sim")) || ob_iov_starts_with(path, OB_IOV_LIT("/sim/"))) {
+    handle_sim(ex, path);
+    return;
+  }
+  ex->counted = true;
+  atomic_fetch_add(&sim_stats.requests, 1);
+  sim_stats_count_path(path);
+  uint64_t delay;
+  if (header_u64(ex, "x-sim-delay-ms", &delay) && delay > 0) {
+    ex->st = ST_DELAY;
+    arm(ex, delay > 86400000 ? 86400000 : delay);
+    return;
+  }
+  route(ex);
+}

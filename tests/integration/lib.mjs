@@ -36,6 +36,8 @@ function startAndWait(cmd, args, re, stream, opts = {}) {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
     children.add(p);
     const out = { text: '' };
+    p.output = out;
+    p.isObleth = cmd === OBLETH;
     let done = false;
     const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`${cmd} not ready:\n${out.text}`)); } }, 10000);
     const onData = (chunk) => {
@@ -80,12 +82,22 @@ export async function startObleth(config, { files = {} } = {}) {
   return { proc, port: ports[0], ports, url: `http://127.0.0.1:${ports[0]}`, output, dir, configPath: path };
 }
 
-export function stop(p, sig = 'SIGTERM') {
-  return new Promise((resolve) => {
+// Stop a child. A sanitizer report in its output, or obleth not exiting 0
+// on SIGTERM, fails the calling test: memory errors in the gateway must
+// never pass unnoticed just because the client saw the right bytes.
+export async function stop(p, sig = 'SIGTERM') {
+  const info = await new Promise((resolve) => {
     if (p.exitInfo) return resolve(p.exitInfo);
     p.once('exit', (code, s) => resolve({ code, sig: s }));
     p.kill(sig);
   });
+  await new Promise((r) => setImmediate(r));
+  const text = p.output ? p.output.text : '';
+  const m = text.match(/(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:)[\s\S]{0,3000}/);
+  if (m) throw new Error(`sanitizer report from ${p.spawnfile}:\n${m[0]}`);
+  if (p.isObleth && sig === 'SIGTERM' && info.code !== 0)
+    throw new Error(`obleth exited ${info.code ?? info.sig} on SIGTERM:\n${text.slice(-3000)}`);
+  return info;
 }
 
 // Run a command; resolve with {code, stdout, stderr} (never rejects on a

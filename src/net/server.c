@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/bufferevent_ssl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -231,24 +232,23 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
 /* ---------------------------------------------------------------- the net */
 
 static bool bind_listener(ob_net_t *n, size_t i, const ob_config_listener_t *l) {
+  /* Resolved once at start-up (blocking is fine here: nothing is being
+   * served yet). The first address of the name is used. */
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
-  int sslen;
-  if (strchr(l->host, ':')) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(l->port);
-    if (inet_pton(AF_INET6, l->host, &a->sin6_addr) != 1) goto bad_host;
-    sslen = sizeof *a;
-  } else {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    a->sin_family = AF_INET;
-    a->sin_port = htons(l->port);
-    const char *h = strcmp(l->host, "localhost") == 0 ? "127.0.0.1" : l->host;
-    if (strcmp(h, "*") == 0 || h[0] == '\0') h = "0.0.0.0";
-    if (inet_pton(AF_INET, h, &a->sin_addr) != 1) goto bad_host;
-    sslen = sizeof *a;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
+  char port[8];
+  snprintf(port, sizeof port, "%u", l->port);
+  const char *node = (l->host[0] == 0 || strcmp(l->host, "*") == 0) ? NULL : l->host;
+  int gai = getaddrinfo(node, port, &hints, &res);
+  if (gai != 0 || !res) {
+    ob_log_error("listener %s: cannot resolve host: %s", l->address, gai_strerror(gai));
+    if (res) freeaddrinfo(res);
+    return false;
   }
+  int sslen = (int)res->ai_addrlen;
+  memcpy(&ss, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
   n->listeners[i] = evconnlistener_new_bind(n->base, on_accept, n,
                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
                                             (struct sockaddr *)&ss, sslen);
@@ -271,9 +271,6 @@ static bool bind_listener(ob_net_t *n, size_t i, const ob_config_listener_t *l) 
   }
   n->listener_addrs[i] = ob_xstrdup(buf);
   return true;
-bad_host:
-  ob_log_error("listener %s: host must be an IP address", l->address);
-  return false;
 }
 
 ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx) {

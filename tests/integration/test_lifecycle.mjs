@@ -60,3 +60,19 @@ test('a listener that cannot bind makes start-up fail with a message', async () 
   await stop(gw.proc);
   await stop(sim.proc);
 });
+
+test('listeners take host names and bracketed IPv6 addresses', async () => {
+  const sim = await startSim();
+  const gw = await startObleth({
+    listeners: [{ address: 'localhost:0' }, { address: '[::1]:0' }],
+    upstreams: [{ name: 'sim', endpoints: [sim.url] }],
+    routes: [{ prefix: '/', class: 'passthrough', upstream: 'sim' }],
+  });
+  const v4 = await curl(['--http1.1', `http://localhost:${gw.ports[0]}/sim/stats`]);
+  assert.equal(v4.status, 200);
+  const v6 = await curl(['--http2-prior-knowledge', `http://[::1]:${gw.ports[1]}/sim/stats`]);
+  assert.equal(v6.status, 200);
+  assert.equal(v6.httpVersion, '2');
+  await stop(gw.proc);
+  await stop(sim.proc);
+});

@@ -41,13 +41,14 @@ static bool is_request_hop(ob_iov_t name, ob_iov_t conn) {
 
 static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
   uint64_t now = ob_clock_us();
-  double total_ms = (double)(now - s->start_us) / 1000.0;
-  double ttfb_ms = x->ttfb_us ? (double)(x->ttfb_us - s->start_us) / 1000.0 : -1.0;
-  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%.3fms upstream=%s model=%.*s rid=%s%s", s->peer_addr,
+  char ttfb[32] = "-";
+  if (x->ttfb_us) snprintf(ttfb, sizeof ttfb, "%.3fms", (double)(x->ttfb_us - s->start_us) / 1000.0);
+  ob_iov_t model = x->model.len ? x->model : OB_IOV_LIT("-");
+  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s rid=%s%s", s->peer_addr,
               (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
               s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
-              (unsigned long long)s->bytes_out, total_ms, ttfb_ms, x->endpoint ? x->endpoint : "-", (int)x->model.len,
-              x->model.len ? x->model.base : "-", x->request_id, completed ? "" : " aborted");
+              (unsigned long long)s->bytes_out, (double)(now - s->start_us) / 1000.0, ttfb,
+              x->endpoint ? x->endpoint : "-", (int)model.len, model.base, x->request_id, completed ? "" : " aborted");
 }
 
 /* ---------------------------------------------------------------- answers */

@@ -99,5 +99,38 @@ test('a client that stops reading pauses the upstream instead of buffering witho
   }
 });
 
+test('an HTTP/2 client that stops reading pauses the upstream too', async () => {
+  const http2 = await import('node:http2');
+  const sim = await startSim();
+  const gw = await startObleth({
+    upstreams: [{ name: 'sim', endpoints: [sim.url] }],
+    routes: [{ prefix: '/', class: 'inference', upstream: 'sim' }],
+    limits: { stream_window_bytes: 16384 },
+  });
+  const session = http2.connect(gw.url);
+  try {
+    const req = session.request({ ':method': 'POST', ':path': '/v1/chat/completions', 'content-type': 'application/json' });
+    req.end(JSON.stringify(chatBody({ stream: true, max_tokens: 130000 })));
+    req.pause(); // no reading: node stops opening the stream's flow-control window
+    await sleep(1500);
+    const rchar = () => Number(require_fs().readFileSync(`/proc/${gw.proc.pid}/io`, 'utf8').match(/rchar:\s+(\d+)/)[1]);
+    const before = rchar();
+    await sleep(1000);
+    const after = rchar();
+    assert.ok(after - before < 256 * 1024, `read ${after - before} bytes in 1 s while the h2 client was not reading`);
+    assert.ok(after < 10 * 1024 * 1024, `read ${after} bytes in all, far less than the 20 MB stream`);
+    let tail = '';
+    req.on('data', (d) => { tail = (tail + d.toString('latin1')).slice(-64); });
+    const ended = new Promise((r) => req.on('end', r));
+    req.resume();
+    await ended;
+    assert.ok(tail.includes('data: [DONE]'), 'stream completed after the client resumed');
+  } finally {
+    session.destroy();
+    await stop(gw.proc);
+    await stop(sim.proc);
+  }
+});
+
 import { createRequire } from 'node:module';
 const require_fs = () => createRequire(import.meta.url)('node:fs');

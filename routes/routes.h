@@ -45,4 +45,32 @@ typedef struct ob_json_member {
  */
 int ob_json_find_member(ob_iov_t json, ob_iov_t key, ob_json_member_t *out);
 
+/*
+ * Streaming scanner for the token usage of an OpenAI-style response (JSON
+ * body or SSE stream), fed the body span by span as it passes; no bytes are
+ * kept. Caller storage; ob_usage_init before the first feed.
+ */
+typedef struct ob_usage {
+  bool found;                /* a complete usage object was seen */
+  uint64_t prompt_tokens;    /* from the last complete usage object */
+  uint64_t completion_tokens;
+  uint64_t events;           /* SSE events seen (blank-line terminators) */
+  /* private */
+  int state;
+  size_t match;
+  char key[24];
+  size_t key_len;
+  bool key_overflow;
+  int key_id;
+  int64_t num;
+  int num_digits;
+  int64_t cur_prompt, cur_completion;
+  int depth;
+  bool in_str, esc, last_nl;
+} ob_usage_t;
+
+void ob_usage_init(ob_usage_t *u);
+/* Feed the next bytes of the body (borrowed for the call). */
+void ob_usage_feed(ob_usage_t *u, const char *p, size_t n);
+
 #endif /* OB_ROUTES_H */

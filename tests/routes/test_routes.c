@@ -55,7 +55,41 @@ static void test_table(void) {
   (void)nop;
 }
 
+static ob_usage_t feed_split(const char *text, size_t step) {
+  ob_usage_t u;
+  ob_usage_init(&u);
+  size_t n = strlen(text);
+  for (size_t i = 0; i < n; i += step) ob_usage_feed(&u, text + i, i + step <= n ? step : n - i);
+  return u;
+}
+
+static void test_usage(void) {
+  const char *body = "{\"id\":\"x\",\"choices\":[{\"message\":{\"content\":\"the \\\"usage\\\": {} word\"}}],"
+                     "\"usage\": {\"prompt_tokens\": 12, \"total_tokens\": 19, \"completion_tokens\": 7,"
+                     "\"prompt_tokens_details\": {\"cached_tokens\": 3}}}";
+  for (size_t step = 1; step <= 9; step += 4) {
+    ob_usage_t u = feed_split(body, step);
+    TAP_CHECK(u.found && u.prompt_tokens == 12 && u.completion_tokens == 7, "JSON body usage, split %zu (%llu/%llu)", step,
+              (unsigned long long)u.prompt_tokens, (unsigned long long)u.completion_tokens);
+  }
+  const char *sse = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n"
+                    "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":null}\n\n"
+                    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n"
+                    "data: [DONE]\n\n";
+  ob_usage_t u = feed_split(sse, 3);
+  TAP_CHECK(u.found && u.prompt_tokens == 5 && u.completion_tokens == 2, "SSE final usage chunk; usage:null skipped");
+  TAP_EQ_INT(u.events, 4, "SSE events counted");
+  u = feed_split("data: {\"x\":1}\r\n\r\ndata: {\"x\":2}\n\n", 1);
+  TAP_CHECK(!u.found, "no usage");
+  TAP_EQ_INT(u.events, 2, "CRLF event terminators counted");
+  u = feed_split("{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}} {\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":40}}", 5);
+  TAP_CHECK(u.found && u.prompt_tokens == 30 && u.completion_tokens == 40, "the last usage object wins");
+  u = feed_split("{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":", 2);
+  TAP_CHECK(!u.found, "a truncated usage object is not used");
+}
+
 int main(void) {
+  test_usage();
   test_scan();
   test_table();
   return tap_done();

@@ -14,10 +14,20 @@
  * per-object callback and finally reports missing required keys. A JSON
  * path (`a.b[3].c`) is kept in one buffer that grows and shrinks as the walk
  * descends, so every error carries its exact location. Cross references
- * (route/model -> upstream) are checked against the upstream names gathered
- * by a pre-pass, so a route written before the upstreams still gets its
- * error in document order. A snapshot is only returned when no error at all
- * was found; otherwise the half-built one is freed.
+ * (route/model -> upstream, tenant -> group) are checked against the names
+ * gathered by a pre-pass, so a route written before the upstreams still gets
+ * its error in document order. Names and keys that may number in the
+ * thousands (tenants, key ids, key digests) are checked for repeats through
+ * small hash sets rather than by rescanning. A snapshot is only returned
+ * when no error at all was found; otherwise the half-built one is freed.
+ *
+ * Secrets: a key given as plain "secret" is hashed with SHA-256 (OpenSSL)
+ * as soon as it is read and only the digest is kept. Its text is wiped from
+ * cJSON's node right away, and before the tree is freed every string value
+ * left in it and the NUL-terminated copy of the input are wiped as well, so
+ * no plaintext key or upstream credential survives in freed memory of ours.
+ * (The caller's own buffer is the caller's to wipe; ob_config_load wipes
+ * the one it reads the file into.)
  */
 #include "config.h"
 
@@ -26,6 +36,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -60,6 +72,71 @@ static const struct route_class {
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 
+/* The group a tenant without "group" belongs to; it exists implicitly (weight
+ * 1) unless the file declares it. */
+#define DEFAULT_GROUP "default"
+
+/* ---------------------------------------------------------------- seen sets */
+
+/*
+ * A set of byte strings for repeat detection during one parse: open
+ * addressing, linear probing, FNV-1a. Keys are borrowed (they point into the
+ * snapshot, which outlives the set); a and b remember where an entry came
+ * from (tenant index, key index) so a repeat can name its first occurrence.
+ */
+typedef struct seen_entry {
+  const void *key; /* NULL = empty slot */
+  size_t len;
+  uint64_t hash;
+  size_t a, b;
+} seen_entry_t;
+
+typedef struct seen_set {
+  seen_entry_t *slots;
+  size_t cap, len; /* cap is 0 or a power of two */
+} seen_set_t;
+
+static uint64_t fnv1a(const void *p, size_t n) {
+  const unsigned char *s = p;
+  uint64_t h = 14695981039346656037ULL;
+  for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+  return h;
+}
+
+static void seen_put(seen_set_t *s, seen_entry_t e) {
+  size_t i = (size_t)e.hash & (s->cap - 1);
+  while (s->slots[i].key) i = (i + 1) & (s->cap - 1);
+  s->slots[i] = e;
+  s->len++;
+}
+
+/* Add key unless an equal one is there; returns that earlier entry, or NULL
+ * after adding. */
+static const seen_entry_t *seen_add(seen_set_t *s, const void *key, size_t len, size_t a, size_t b) {
+  uint64_t h = fnv1a(key, len);
+  if (s->cap) {
+    for (size_t i = (size_t)h & (s->cap - 1); s->slots[i].key; i = (i + 1) & (s->cap - 1)) {
+      const seen_entry_t *e = &s->slots[i];
+      if (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0) return e;
+    }
+  }
+  if ((s->len + 1) * 2 > s->cap) { /* keep the load at or under one half */
+    seen_set_t bigger = {.cap = s->cap ? s->cap * 2 : 16};
+    bigger.slots = ob_xcalloc(bigger.cap, sizeof *bigger.slots);
+    for (size_t i = 0; i < s->cap; i++)
+      if (s->slots[i].key) seen_put(&bigger, s->slots[i]);
+    free(s->slots);
+    *s = bigger;
+  }
+  seen_put(s, (seen_entry_t){.key = key, .len = len, .hash = h, .a = a, .b = b});
+  return NULL;
+}
+
+static void seen_dispose(seen_set_t *s) {
+  free(s->slots);
+  *s = (seen_set_t){0};
+}
+
 /* ---------------------------------------------------------------- parse context */
 
 typedef struct ctx {
@@ -70,6 +147,11 @@ typedef struct ctx {
   ob_config_t *c;       /* the snapshot being built */
   const char **up_names;/* upstream names from the pre-pass, borrowed from the cJSON tree */
   size_t num_up_names;
+  const char **group_names; /* group names from the pre-pass, likewise */
+  size_t num_group_names;
+  seen_set_t tenant_names;  /* strings owned by the snapshot */
+  seen_set_t key_ids;       /* a = tenant index, b = key index */
+  seen_set_t key_digests;   /* 32-byte digests in the snapshot; a, b as above */
 } ctx_t;
 
 static void path_terminate(ctx_t *cx) {
@@ -256,10 +338,14 @@ static char *want_file(ctx_t *cx, const cJSON *v) {
   return b.base;
 }
 
-static bool upstream_known(ctx_t *cx, const char *name) {
-  for (size_t i = 0; i < cx->num_up_names; i++)
-    if (strcmp(cx->up_names[i], name) == 0) return true;
+static bool name_in(const char *const *names, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(names[i], name) == 0) return true;
   return false;
+}
+
+static bool upstream_known(ctx_t *cx, const char *name) {
+  return name_in(cx->up_names, cx->num_up_names, name);
 }
 
 /* A reference to an upstream by name: must be one the file defines. */
@@ -537,7 +623,7 @@ typedef struct upstream_state {
   bool has_protocol; /* "protocol" present and valid */
 } upstream_state_t;
 
-enum { U_NAME, U_ENDPOINTS, U_PROTOCOL, U_MAX_INFLIGHT, U_TLS_VERIFY, U_TLS_CA };
+enum { U_NAME, U_ENDPOINTS, U_PROTOCOL, U_MAX_INFLIGHT, U_TLS_VERIFY, U_TLS_CA, U_CREDENTIAL };
 static const field_t upstream_fields[] = {
   [U_NAME] = {.key = "name", .required = true},
   [U_ENDPOINTS] = {.key = "endpoints", .required = true},
@@ -545,7 +631,64 @@ static const field_t upstream_fields[] = {
   [U_MAX_INFLIGHT] = {.key = "max_inflight"},
   [U_TLS_VERIFY] = {.key = "tls_verify"},
   [U_TLS_CA] = {.key = "tls_ca"},
+  [U_CREDENTIAL] = {.key = "credential"},
 };
+
+/* RFC 9110 tchar: what a header field name is made of. */
+static bool is_tchar(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/*
+ * Header names a credential may not use: they frame the message or belong
+ * to the hop, and obleth writes them itself. Letting a credential replace
+ * one would corrupt the request rather than authenticate it.
+ */
+static const char *const reserved_headers[] = {
+  "host", "content-length", "transfer-encoding", "connection", "keep-alive",
+  "proxy-connection", "te", "trailer", "upgrade",
+};
+
+enum { CRED_HEADER, CRED_VALUE };
+static const field_t credential_fields[] = {
+  [CRED_HEADER] = {.key = "header", .required = true},
+  [CRED_VALUE] = {.key = "value", .required = true},
+};
+
+static void on_credential_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_upstream_t *u = target;
+  const char *s = want_string(cx, v, true);
+  if (!s) return;
+  if (idx == CRED_HEADER) {
+    for (const char *p = s; *p; p++) {
+      if (!is_tchar((unsigned char)*p)) {
+        char *q = quote(s);
+        errf(cx, "invalid header name %s", q);
+        free(q);
+        return;
+      }
+    }
+    char *lower = ob_xstrdup(s);
+    for (char *p = lower; *p; p++)
+      if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+    for (size_t k = 0; k < sizeof reserved_headers / sizeof reserved_headers[0]; k++) {
+      if (strcmp(lower, reserved_headers[k]) == 0) {
+        errf(cx, "header \"%s\" cannot carry a credential", lower);
+        free(lower);
+        return;
+      }
+    }
+    u->credential_header = lower;
+  } else {
+    /* The value is a secret: never echoed in a message. */
+    if (strpbrk(s, "\r\n")) {
+      errf(cx, "must not contain CR or LF");
+      return;
+    }
+    u->credential_value = ob_xstrdup(s);
+  }
+}
 
 static const char *proto_name(ob_upstream_proto_t p) {
   return p == OB_PROTO_H2 ? "h2" : p == OB_PROTO_H2C ? "h2c" : "http1";
@@ -615,6 +758,14 @@ static void on_upstream_field(ctx_t *cx, size_t idx, const cJSON *v, void *targe
   case U_TLS_CA:
     u->tls_ca = want_file(cx, v);
     break;
+  case U_CREDENTIAL:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    walk_object(cx, v, credential_fields, sizeof credential_fields / sizeof credential_fields[0], on_credential_field,
+                u);
+    break;
   }
 }
 
@@ -653,12 +804,13 @@ typedef struct route_state {
   bool has_upstream;             /* key present, valid or not */
 } route_state_t;
 
-enum { R_PREFIX, R_CLASS, R_UPSTREAM, R_REWRITE };
+enum { R_PREFIX, R_CLASS, R_UPSTREAM, R_REWRITE, R_COST };
 static const field_t route_fields[] = {
   [R_PREFIX] = {.key = "prefix", .required = true},
   [R_CLASS] = {.key = "class", .required = true},
   [R_UPSTREAM] = {.key = "upstream"},
   [R_REWRITE] = {.key = "rewrite"},
+  [R_COST] = {.key = "cost"},
 };
 
 static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
@@ -708,6 +860,14 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
   case R_REWRITE: {
     const char *s = want_abs_path(cx, v);
     if (s) st->r->rewrite = ob_xstrdup(s);
+    break;
+  }
+  case R_COST: {
+    const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
+    if (s && (strcmp(s, "requests") == 0 || strcmp(s, "tokens") == 0))
+      st->r->cost = ob_xstrdup(s);
+    else
+      errf(cx, "expected \"requests\" or \"tokens\"");
     break;
   }
   }
@@ -790,8 +950,10 @@ static void set_int(void *base, const field_t *f, uint64_t v) {
   }
 }
 
+/* Fields with max == 0 are not integers (tables that mix kinds). */
 static void apply_defaults(void *base, const field_t *fields, size_t n) {
-  for (size_t i = 0; i < n; i++) set_int(base, &fields[i], fields[i].def);
+  for (size_t i = 0; i < n; i++)
+    if (fields[i].max) set_int(base, &fields[i], fields[i].def);
 }
 
 /* The struct an integer table fills, and the table. */
@@ -807,14 +969,334 @@ static void on_int_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   if (want_uint(cx, v, f->min, f->max, &n)) set_int(t->base, f, n);
 }
 
+/* ---------------------------------------------------------------- groups */
+
+/* Integer fields of groups and tenants are table driven like "limits":
+ * fields with max == 0 are not integers and are handled by hand. */
+#define INT_FIELD(type, k, w, lo, hi, d) \
+  {.key = #k, .off = offsetof(type, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
+
+enum { G_NAME, G_WEIGHT };
+static const field_t group_fields[] = {
+  [G_NAME] = {.key = "name", .required = true},
+  [G_WEIGHT] = INT_FIELD(ob_config_group_t, weight, false, 1, UINT32_MAX, 1),
+};
+
+typedef struct group_state {
+  size_t index;
+  ob_config_group_t *g;
+} group_state_t;
+
+static void on_group_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  group_state_t *st = target;
+  if (idx != G_NAME) {
+    on_int_field(cx, idx, v, &(int_target_t){st->g, group_fields});
+    return;
+  }
+  const char *s = want_string(cx, v, true);
+  if (!s) return;
+  for (size_t k = 0; k < st->index; k++) {
+    if (cx->c->groups[k].name && strcmp(cx->c->groups[k].name, s) == 0) {
+      char *q = quote(s);
+      errf(cx, "duplicate group name %s", q);
+      free(q);
+      return;
+    }
+  }
+  st->g->name = ob_xstrdup(s);
+}
+
+static void on_group(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
+  group_state_t st = {.index = i, .g = &cx->c->groups[i]};
+  apply_defaults(st.g, group_fields, sizeof group_fields / sizeof group_fields[0]);
+  walk_object(cx, obj, group_fields, sizeof group_fields / sizeof group_fields[0], on_group_field, &st);
+}
+
+/*
+ * Tenants without a declared group share DEFAULT_GROUP. Unless the file
+ * declares it, it is appended to the snapshot's groups (weight 1) so that
+ * every tenant's group can be found by name there.
+ */
+static void add_default_group(ob_config_t *c) {
+  bool used = false;
+  for (size_t i = 0; i < c->num_tenants && !used; i++)
+    used = c->tenants[i].group && strcmp(c->tenants[i].group, DEFAULT_GROUP) == 0;
+  if (!used) return;
+  for (size_t i = 0; i < c->num_groups; i++)
+    if (c->groups[i].name && strcmp(c->groups[i].name, DEFAULT_GROUP) == 0) return;
+  c->groups = ob_xrealloc(c->groups, (c->num_groups + 1) * sizeof *c->groups);
+  c->groups[c->num_groups++] = (ob_config_group_t){.name = ob_xstrdup(DEFAULT_GROUP), .weight = 1};
+}
+
+/* ---------------------------------------------------------------- tenants, keys */
+
+typedef struct tenant_state {
+  size_t index;
+  ob_config_tenant_t *t;
+} tenant_state_t;
+
+typedef struct key_state {
+  size_t tenant, index;
+  ob_config_key_t *k;
+  bool has_digest; /* k->sha256 was filled from a valid "sha256" or "secret" */
+} key_state_t;
+
+enum { K_ID, K_SHA256, K_SECRET, K_DISABLED };
+static const field_t key_fields[] = {
+  [K_ID] = {.key = "id", .required = true},
+  [K_SHA256] = {.key = "sha256"},
+  [K_SECRET] = {.key = "secret"},
+  [K_DISABLED] = {.key = "disabled"},
+};
+
+static bool is_blank(char ch) {
+  return ch == ' ' || ch == '\t';
+}
+
+static int hex_value(unsigned char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+static void on_key_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  key_state_t *st = target;
+  ob_config_key_t *k = st->k;
+  switch (idx) {
+  case K_ID: {
+    const char *s = want_string(cx, v, true);
+    if (!s) return;
+    k->id = ob_xstrdup(s);
+    if (seen_add(&cx->key_ids, k->id, strlen(k->id), st->tenant, st->index)) {
+      char *q = quote(s);
+      errf(cx, "duplicate key id %s", q);
+      free(q);
+      free(k->id);
+      k->id = NULL;
+    }
+    break;
+  }
+  case K_SHA256: {
+    const char *s = want_string(cx, v, false);
+    if (!s) return;
+    bool ok = strlen(s) == 64;
+    for (size_t i = 0; ok && i < 32; i++) {
+      int hi = hex_value((unsigned char)s[2 * i]), lo = hex_value((unsigned char)s[2 * i + 1]);
+      ok = hi >= 0 && lo >= 0;
+      if (ok) k->sha256[i] = (uint8_t)(hi << 4 | lo);
+    }
+    if (!ok) {
+      errf(cx, "expected 64 hex digits (the SHA-256 of the key, see obleth hash-key)");
+      return;
+    }
+    st->has_digest = true;
+    break;
+  }
+  case K_SECRET: {
+    const char *s = want_string(cx, v, true);
+    if (!s) return;
+    /* cJSON's node is ours for the length of the parse: hash the text in
+     * place, then wipe it (the cast drops a const this file added). */
+    char *plain = ((cJSON *)v)->valuestring;
+    size_t n = strlen(plain);
+    /* A key a request could never present (header values carry no control
+     * characters, and the token is trimmed) is a mistake, not a key. The
+     * message never shows the text. */
+    bool usable = !is_blank(plain[0]) && !is_blank(plain[n - 1]);
+    for (size_t i = 0; usable && i < n; i++) usable = (unsigned char)plain[i] >= 0x20 && plain[i] != 0x7f;
+    if (!usable) {
+      OPENSSL_cleanse(plain, n);
+      errf(cx, "must not contain control characters or start or end with white space");
+      return;
+    }
+    unsigned int mdlen = 0;
+    if (EVP_Digest(plain, n, k->sha256, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
+      fprintf(stderr, "obleth: SHA-256 unavailable\n");
+      abort();
+    }
+    OPENSSL_cleanse(plain, n);
+    k->from_secret = true;
+    st->has_digest = true;
+    break;
+  }
+  case K_DISABLED:
+    want_bool(cx, v, &k->disabled);
+    break;
+  }
+}
+
+static void on_key(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
+  const tenant_state_t *ts = target;
+  key_state_t st = {.tenant = ts->index, .index = i, .k = &ts->t->keys[i]};
+  uint32_t seen = walk_object(cx, obj, key_fields, sizeof key_fields / sizeof key_fields[0], on_key_field, &st);
+  bool has_sha = seen & (1u << K_SHA256), has_secret = seen & (1u << K_SECRET);
+  if (has_sha && has_secret) {
+    errf(cx, "give \"sha256\" or \"secret\", not both");
+  } else if (!has_sha && !has_secret) {
+    errf(cx, "missing required key \"sha256\" (or \"secret\")");
+  } else if (st.has_digest) {
+    /* Two entries with the same digest are the same key: identification
+     * could not tell which one a request meant. */
+    const seen_entry_t *prev = seen_add(&cx->key_digests, st.k->sha256, sizeof st.k->sha256, st.tenant, i);
+    if (prev) errf(cx, "same key as tenants[%zu].keys[%zu]", prev->a, prev->b);
+  }
+}
+
+enum { TN_NAME, TN_GROUP, TN_MODELS, TN_DISABLED, TN_KEYS };
+static const field_t tenant_fields[] = {
+  [TN_NAME] = {.key = "name", .required = true},
+  [TN_GROUP] = {.key = "group"},
+  [TN_MODELS] = {.key = "models"},
+  [TN_DISABLED] = {.key = "disabled"},
+  [TN_KEYS] = {.key = "keys", .required = true},
+  INT_FIELD(ob_config_tenant_t, weight, false, 1, UINT32_MAX, 1),
+  INT_FIELD(ob_config_tenant_t, max_inflight, false, 0, UINT32_MAX, 0),
+  INT_FIELD(ob_config_tenant_t, max_queue, false, 0, UINT32_MAX, 0),
+  INT_FIELD(ob_config_tenant_t, rpm, true, 0, MAX_EXACT_INT, 0),
+  INT_FIELD(ob_config_tenant_t, tpm, true, 0, MAX_EXACT_INT, 0),
+};
+
+static bool group_known(ctx_t *cx, const char *name) {
+  return strcmp(name, DEFAULT_GROUP) == 0 || name_in(cx->group_names, cx->num_group_names, name);
+}
+
+static void on_tenant_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  tenant_state_t *st = target;
+  ob_config_tenant_t *t = st->t;
+  switch (idx) {
+  case TN_NAME: {
+    const char *s = want_string(cx, v, true);
+    if (!s) return;
+    t->name = ob_xstrdup(s);
+    if (seen_add(&cx->tenant_names, t->name, strlen(t->name), st->index, 0)) {
+      char *q = quote(s);
+      errf(cx, "duplicate tenant name %s", q);
+      free(q);
+      free(t->name);
+      t->name = NULL;
+    }
+    break;
+  }
+  case TN_GROUP: {
+    const char *s = want_string(cx, v, true);
+    if (!s) return;
+    if (!group_known(cx, s)) {
+      char *q = quote(s);
+      errf(cx, "no group named %s", q);
+      free(q);
+      return;
+    }
+    t->group = ob_xstrdup(s);
+    break;
+  }
+  case TN_MODELS: {
+    size_t n;
+    if (!cJSON_IsArray(v)) {
+      errf(cx, "expected an array");
+      return;
+    }
+    n = array_len(v);
+    t->num_models = n;
+    t->models = n ? ob_xcalloc(n, sizeof *t->models) : NULL;
+    size_t j = 0;
+    for (const cJSON *it = v->child; it; it = it->next, j++) {
+      size_t mark = path_index(cx, j);
+      const char *s = want_string(cx, it, true);
+      if (s) {
+        t->models[j] = ob_xstrdup(s);
+        if (strcmp(s, "*") == 0) t->all_models = true;
+      }
+      path_pop(cx, mark);
+    }
+    break;
+  }
+  case TN_DISABLED:
+    want_bool(cx, v, &t->disabled);
+    break;
+  case TN_KEYS: {
+    if (!cJSON_IsArray(v) || !v->child) {
+      errf(cx, "expected a non-empty array");
+      return;
+    }
+    t->num_keys = array_len(v);
+    t->keys = ob_xcalloc(t->num_keys, sizeof *t->keys);
+    walk_array(cx, v, on_key, st);
+    break;
+  }
+  default:
+    on_int_field(cx, idx, v, &(int_target_t){t, tenant_fields});
+    break;
+  }
+}
+
+static void on_tenant(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
+  tenant_state_t st = {.index = i, .t = &cx->c->tenants[i]};
+  apply_defaults(st.t, tenant_fields, sizeof tenant_fields / sizeof tenant_fields[0]);
+  uint32_t seen = walk_object(cx, obj, tenant_fields, sizeof tenant_fields / sizeof tenant_fields[0], on_tenant_field,
+                              &st);
+  if (!(seen & (1u << TN_GROUP))) st.t->group = ob_xstrdup(DEFAULT_GROUP);
+  if (!(seen & (1u << TN_MODELS))) { /* absent = ["*"] */
+    st.t->models = ob_xcalloc(1, sizeof *st.t->models);
+    st.t->models[0] = ob_xstrdup("*");
+    st.t->num_models = 1;
+    st.t->all_models = true;
+  }
+}
+
+#undef INT_FIELD
+
+/* ---------------------------------------------------------------- admission */
+
+enum { A_MODE, A_COST };
+#define ADM(k, w, lo, hi, d) \
+  {.key = #k, .off = offsetof(ob_config_admission_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
+static const field_t admission_fields[] = {
+  [A_MODE] = {.key = "mode"},
+  [A_COST] = {.key = "cost"},
+  ADM(max_inflight, false, 0, UINT32_MAX, 0),
+  ADM(max_queue, false, 0, UINT32_MAX, 10000),
+  ADM(queue_timeout_ms, false, 1, UINT32_MAX, 30000),
+  ADM(default_max_tokens, false, 1, UINT32_MAX, 1024),
+  ADM(quantum, true, 0, MAX_EXACT_INT, 0),
+};
+#undef ADM
+
+static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_admission_t *a = ((int_target_t *)target)->base;
+  const char *s = cJSON_IsString(v) ? v->valuestring : "";
+  if (idx == A_MODE) {
+    if (strcmp(s, "hierarchical") == 0)
+      a->mode = OB_ADMIT_HIERARCHICAL;
+    else if (strcmp(s, "weighted") == 0)
+      a->mode = OB_ADMIT_WEIGHTED;
+    else if (strcmp(s, "fifo") == 0)
+      a->mode = OB_ADMIT_FIFO;
+    else
+      errf(cx, "expected \"hierarchical\", \"weighted\" or \"fifo\"");
+  } else if (idx == A_COST) {
+    if (strcmp(s, "tokens") == 0)
+      a->cost = OB_COST_TOKENS;
+    else if (strcmp(s, "requests") == 0)
+      a->cost = OB_COST_REQUESTS;
+    else
+      errf(cx, "expected \"tokens\" or \"requests\"");
+  } else {
+    on_int_field(cx, idx, v, target);
+  }
+}
+
 /* ---------------------------------------------------------------- top level */
 
-enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL };
+enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
   [T_ROUTES] = {.key = "routes"},
   [T_MODELS] = {.key = "models"},
+  [T_GROUPS] = {.key = "groups"},
+  [T_TENANTS] = {.key = "tenants"},
+  [T_ADMISSION] = {.key = "admission"},
   [T_LIMITS] = {.key = "limits"},
   [T_TIMEOUTS] = {.key = "timeouts"},
   [T_LOG_LEVEL] = {.key = "log_level"},
@@ -822,7 +1304,8 @@ static const field_t top_fields[] = {
 
 #define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
-_Static_assert(NFIELDS(upstream_fields) <= 32 && NFIELDS(timeout_fields) <= 32 && NFIELDS(top_fields) <= 32,
+_Static_assert(NFIELDS(upstream_fields) <= 32 && NFIELDS(timeout_fields) <= 32 && NFIELDS(top_fields) <= 32 &&
+                   NFIELDS(tenant_fields) <= 32 && NFIELDS(admission_fields) <= 32,
                "walk_object tracks keys in a 32-bit set");
 
 /* Check that arr is an array (non-empty when asked) and return its length
@@ -862,13 +1345,27 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     ALLOC_ITEMS(c->models, c->num_models, n);
     walk_array(cx, v, on_model, NULL);
     break;
+  case T_GROUPS:
+    if (!want_list(cx, v, false, &n)) return;
+    ALLOC_ITEMS(c->groups, c->num_groups, n);
+    walk_array(cx, v, on_group, NULL);
+    break;
+  case T_TENANTS:
+    if (!want_list(cx, v, false, &n)) return;
+    ALLOC_ITEMS(c->tenants, c->num_tenants, n);
+    walk_array(cx, v, on_tenant, NULL);
+    break;
+  case T_ADMISSION:
   case T_LIMITS:
   case T_TIMEOUTS:
     if (!cJSON_IsObject(v)) {
       errf(cx, "expected an object");
       return;
     }
-    if (idx == T_LIMITS)
+    if (idx == T_ADMISSION)
+      walk_object(cx, v, admission_fields, NFIELDS(admission_fields), on_admission_field,
+                  &(int_target_t){&c->admission, admission_fields});
+    else if (idx == T_LIMITS)
       walk_object(cx, v, limit_fields, NFIELDS(limit_fields), on_int_field,
                   &(int_target_t){&c->limits, limit_fields});
     else
@@ -890,17 +1387,30 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   }
 }
 
-/* Upstream names as written (first "upstreams" key, first "name" key of each
- * element), so routes and models can be checked wherever they appear. */
-static void collect_upstream_names(ctx_t *cx, const cJSON *root) {
-  const cJSON *ups = cJSON_GetObjectItemCaseSensitive(root, "upstreams");
-  if (!cJSON_IsArray(ups)) return;
-  size_t n = array_len(ups);
-  if (!n) return;
-  cx->up_names = ob_xcalloc(n, sizeof *cx->up_names);
-  for (const cJSON *it = ups->child; it; it = it->next) {
+/* Names as written in the list under key (first such key, first "name" key
+ * of each element), so references can be checked wherever they appear:
+ * upstreams for routes and models, groups for tenants. The names are
+ * borrowed from the tree; the array is the caller's to free. */
+static const char **collect_names(const cJSON *root, const char *key, size_t *num) {
+  const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
+  *num = 0;
+  if (!cJSON_IsArray(list) || !list->child) return NULL;
+  const char **names = ob_xcalloc(array_len(list), sizeof *names);
+  for (const cJSON *it = list->child; it; it = it->next) {
     const cJSON *name = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "name") : NULL;
-    if (cJSON_IsString(name) && name->valuestring) cx->up_names[cx->num_up_names++] = name->valuestring;
+    if (cJSON_IsString(name) && name->valuestring) names[(*num)++] = name->valuestring;
+  }
+  return names;
+}
+
+/* Wipe every string value of the tree before it is freed: key secrets are
+ * already wiped where they were hashed, but a repeated "secret" key, an
+ * upstream credential or a secret in a misplaced object would otherwise stay
+ * readable in freed memory. Depth is bounded by cJSON's nesting limit. */
+static void wipe_strings(cJSON *node) {
+  for (; node; node = node->next) {
+    if (cJSON_IsString(node) && node->valuestring) OPENSSL_cleanse(node->valuestring, strlen(node->valuestring));
+    wipe_strings(node->child);
   }
 }
 
@@ -948,11 +1458,13 @@ static void free_config(ob_config_t *c) {
       free(ep->url), free(ep->host), free(ep->authority), free(ep->base_path);
     }
     free(u->endpoints), free(u->name), free(u->tls_ca);
+    if (u->credential_value) OPENSSL_cleanse(u->credential_value, strlen(u->credential_value));
+    free(u->credential_header), free(u->credential_value);
   }
   free(c->upstreams);
   for (size_t i = 0; i < c->num_routes; i++) {
     ob_config_route_t *r = &c->routes[i];
-    free(r->prefix), free(r->class_name), free(r->upstream), free(r->rewrite);
+    free(r->prefix), free(r->class_name), free(r->upstream), free(r->rewrite), free(r->cost);
   }
   free(c->routes);
   for (size_t i = 0; i < c->num_models; i++) {
@@ -960,6 +1472,15 @@ static void free_config(ob_config_t *c) {
     free(m->name), free(m->upstream), free(m->upstream_model);
   }
   free(c->models);
+  for (size_t i = 0; i < c->num_groups; i++) free(c->groups[i].name);
+  free(c->groups);
+  for (size_t i = 0; i < c->num_tenants; i++) {
+    ob_config_tenant_t *t = &c->tenants[i];
+    for (size_t j = 0; j < t->num_models; j++) free(t->models[j]);
+    for (size_t j = 0; j < t->num_keys; j++) free(t->keys[j].id);
+    free(t->models), free(t->keys), free(t->name), free(t->group);
+  }
+  free(c->tenants);
   free(c->log_level), free(c->path), free(c->dir);
   free(c);
 }
@@ -1011,15 +1532,26 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   c->log_level = ob_xstrdup("info");
   apply_defaults(&c->limits, limit_fields, NFIELDS(limit_fields));
   apply_defaults(&c->timeouts, timeout_fields, NFIELDS(timeout_fields));
+  c->admission.mode = OB_ADMIT_HIERARCHICAL;
+  c->admission.cost = OB_COST_TOKENS;
+  apply_defaults(&c->admission, admission_fields, NFIELDS(admission_fields));
   cx.c = c;
 
-  collect_upstream_names(&cx, root);
+  cx.up_names = collect_names(root, "upstreams", &cx.num_up_names);
+  cx.group_names = collect_names(root, "groups", &cx.num_group_names);
   walk_object(&cx, root, top_fields, NFIELDS(top_fields), on_top_field, NULL);
+  add_default_group(c);
 
 done:
+  wipe_strings(root);
   cJSON_Delete(root);
+  if (text) OPENSSL_cleanse(text, n);
   free(text);
   free(cx.up_names);
+  free(cx.group_names);
+  seen_dispose(&cx.tenant_names);
+  seen_dispose(&cx.key_ids);
+  seen_dispose(&cx.key_digests);
   ob_buf_dispose(&cx.path);
   if (cx.num_errs && c) {
     free_config(c);
@@ -1073,9 +1605,13 @@ ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
   }
   ob_buf_t b;
   ob_buf_init(&b);
+  /* Room for the whole file at once, so no reallocation leaves a copy of
+   * its secrets behind in freed memory; the buffer is wiped at the end. */
+  if (S_ISREG(st.st_mode) && (uint64_t)st.st_size <= MAX_FILE_BYTES) ob_buf_reserve(&b, (size_t)st.st_size + 65536);
   for (;;) {
     if (b.len > MAX_FILE_BYTES) {
       close(fd);
+      OPENSSL_cleanse(b.base, b.len);
       ob_buf_dispose(&b);
       file_error(errs, path, "file too large (limit 16 MiB)");
       return NULL;
@@ -1086,6 +1622,7 @@ ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
     if (r < 0) {
       int e = errno;
       close(fd);
+      if (b.base) OPENSSL_cleanse(b.base, b.len);
       ob_buf_dispose(&b);
       file_error(errs, path, strerror(e));
       return NULL;
@@ -1098,6 +1635,7 @@ ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
   char *dir = folder_of(path);
   ob_config_t *c = ob_config_parse(b.base ? b.base : "", b.len, dir, errs);
   free(dir);
+  if (b.base) OPENSSL_cleanse(b.base, b.len);
   ob_buf_dispose(&b);
   if (c) c->path = ob_xstrdup(path);
   return c;

@@ -4,6 +4,9 @@
  * main.c) so the loader can be unit-tested and fuzzed without a process.
  * Uses only core.
  *
+ * Exception to "uses only core": libcrypto for the SHA-256 of plain key
+ * secrets, which are hashed and wiped during the parse.
+ *
  * Ownership: ob_config_load/ob_config_parse return a snapshot the caller owns
  * and frees with ob_config_destroy. Snapshots are reference counted so an
  * exchange can keep the snapshot it started under across a reload
@@ -44,6 +47,10 @@ typedef struct ob_config_upstream {
   uint32_t max_inflight;         /* 0 = unlimited */
   bool tls_verify;               /* "tls_verify", default true; false for self-signed test upstreams */
   char *tls_ca;                  /* "tls_ca": CA bundle path, NULL = system default */
+  /* "credential": {"header": NAME, "value": VALUE}: sent upstream in place of
+   * the client's key. NULL when absent: the client's key is stripped. */
+  char *credential_header;       /* lower-cased */
+  char *credential_value;
 } ob_config_upstream_t;
 
 typedef struct ob_config_route {
@@ -51,6 +58,8 @@ typedef struct ob_config_route {
   char *class_name;/* "inference", "passthrough", later "grpc", "mcp" */
   char *upstream;  /* upstream name or NULL */
   char *rewrite;   /* replacement for the matched prefix, NULL = keep */
+  char *cost;      /* "cost": "requests" | "tokens"; NULL = the class default
+                      (admission.cost for inference, requests otherwise) */
 } ob_config_route_t;
 
 typedef struct ob_config_model {
@@ -58,6 +67,49 @@ typedef struct ob_config_model {
   char *upstream;        /* upstream name, required */
   char *upstream_model;  /* NULL = send the name unchanged */
 } ob_config_model_t;
+
+/* An API key. Only its SHA-256 is kept: a plain "secret" in the file is
+ * hashed at load and the text is wiped from the parser's memory. */
+typedef struct ob_config_key {
+  char *id;                 /* "id", required, unique across all tenants */
+  uint8_t sha256[32];       /* from "sha256" (64 hex digits) or "secret" */
+  bool from_secret;         /* given as "secret" (start-up warns) */
+  bool disabled;            /* "disabled", default false */
+} ob_config_key_t;
+
+typedef struct ob_config_group {
+  char *name;               /* unique */
+  uint32_t weight;          /* "weight", default 1, >= 1 */
+} ob_config_group_t;
+
+typedef struct ob_config_tenant {
+  char *name;               /* unique */
+  char *group;              /* "group": a group name; default "default" (created implicitly, weight 1) */
+  uint32_t weight;          /* default 1, >= 1 */
+  uint32_t max_inflight;    /* 0 = unlimited */
+  uint32_t max_queue;       /* 0 = unlimited */
+  uint64_t rpm;             /* requests per minute, 0 = unlimited */
+  uint64_t tpm;             /* tokens per minute, 0 = unlimited */
+  char **models;            /* allow-list; absent = ["*"] */
+  size_t num_models;
+  bool all_models;          /* "*" in the list (or the list absent) */
+  bool disabled;
+  ob_config_key_t *keys;
+  size_t num_keys;
+} ob_config_tenant_t;
+
+typedef enum { OB_ADMIT_HIERARCHICAL, OB_ADMIT_WEIGHTED, OB_ADMIT_FIFO } ob_admission_mode_t;
+typedef enum { OB_COST_TOKENS, OB_COST_REQUESTS } ob_cost_kind_t;
+
+typedef struct ob_config_admission {
+  ob_admission_mode_t mode;     /* "mode": "hierarchical" (default) | "weighted" | "fifo" */
+  uint32_t max_inflight;        /* all pools together; 0 = unlimited (default) */
+  uint32_t max_queue;           /* queued requests overall; default 10000 */
+  uint32_t queue_timeout_ms;    /* default 30000 */
+  ob_cost_kind_t cost;          /* "cost": "tokens" (default) | "requests", for inference routes */
+  uint32_t default_max_tokens;  /* estimate of output tokens when a request has no max_tokens; default 1024 */
+  uint64_t quantum;             /* DRR quantum per unit of weight; 0 = automatic (default) */
+} ob_config_admission_t;
 
 typedef struct ob_config_limits {
   uint64_t max_body_bytes;        /* "max_body_bytes", default 16 MiB */
@@ -90,6 +142,11 @@ typedef struct ob_config {
   size_t num_routes;
   ob_config_model_t *models;
   size_t num_models;
+  ob_config_group_t *groups;
+  size_t num_groups;
+  ob_config_tenant_t *tenants;  /* empty: no authentication (anonymous access) */
+  size_t num_tenants;
+  ob_config_admission_t admission;
   ob_config_limits_t limits;
   ob_config_timeouts_t timeouts;
   char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */

@@ -146,6 +146,15 @@ const char *ob_http_reason(int status);
  */
 void ob_http_error_json(ob_buf_t *out, int status, const char *message, const char *type, const char *code);
 
+/* ---------------------------------------------------------------- gRPC */
+
+/*
+ * Parse a grpc-timeout value (gRPC over HTTP/2: 1 to 8 ASCII digits and a
+ * unit H, M, S, m, u or n) into microseconds (nanoseconds round up to 1 µs).
+ * Returns false for anything else.
+ */
+bool ob_http_parse_grpc_timeout(ob_iov_t v, uint64_t *us);
+
 /* ---------------------------------------------------------------- checks */
 
 /* RFC 9110 token characters (field names, methods). */

@@ -2,7 +2,9 @@
  * Unit tests for src/config: a full valid file, defaults, relative paths,
  * IPv6, every error form with its exact JSON path, several errors at once,
  * unknown and repeated keys, cross references, reference counting, lookups
- * and ob_config_load against real files in a temporary folder.
+ * and ob_config_load against real files in a temporary folder. Groups,
+ * tenants and their keys (digests and plain secrets), admission, upstream
+ * credentials and route cost have their own sections.
  */
 #include "config.h"
 #include "tap.h"
@@ -472,6 +474,262 @@ static void test_load(void) {
   rmdir(tmpl);
 }
 
+/* ------------------------------------------------------------ tenants */
+
+/* sha256("abc"), in upper case to show hex digits are case-insensitive. */
+#define ABC_HEX_UPPER "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+static const uint8_t abc_digest[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+                                       0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
+                                       0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+/* sha256("") */
+static const uint8_t empty_digest[32] = {0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4,
+                                         0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b,
+                                         0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+
+/* A tenant with one key given by digest; for the error tests. */
+#define KEY_A "{\"id\": \"ka\", \"sha256\": \"" ABC_HEX_UPPER "\"}"
+#define TENANT_A "{\"name\": \"a\", \"keys\": [" KEY_A "]}"
+
+static void test_tenants(void) {
+  const char *json =
+      "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://127.0.0.1:9000\"], "
+      "\"credential\": {\"header\": \"X-API-Key\", \"value\": \"sk-upstream 1\"}}, "
+      "{\"name\": \"b\", \"endpoints\": [\"http://h\"]}],\n"
+      " \"routes\": [{\"prefix\": \"/v1/\", \"class\": \"inference\", \"cost\": \"requests\"}, "
+      "{\"prefix\": \"/x\", \"class\": \"passthrough\", \"upstream\": \"b\", \"cost\": \"tokens\"}, "
+      "{\"prefix\": \"/y\", \"class\": \"inference\"}],\n"
+      " \"tenants\": [\n"
+      "  {\"name\": \"acme\", \"group\": \"prod\", \"weight\": 4, \"max_inflight\": 8, \"max_queue\": 100, \"rpm\": 600,\n"
+      "   \"tpm\": 9007199254740992, \"models\": [\"llama\", \"gpt-4o\"],\n"
+      "   \"keys\": [{\"id\": \"acme-1\", \"sha256\": \"" ABC_HEX_UPPER "\"}, {\"id\": \"acme-2\", \"secret\": \"\\u0061bc-2\", "
+      "\"disabled\": true}]},\n"
+      "  {\"name\": \"solo\", \"disabled\": true, \"models\": [\"*\", \"x\"], \"keys\": [{\"id\": \"s\", \"secret\": \"a b\"}]},\n"
+      "  {\"name\": \"anon\", \"group\": \"default\", \"keys\": [{\"id\": \"n\", \"sha256\": "
+      "\"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"}]}\n"
+      " ],\n"
+      " \"groups\": [{\"name\": \"prod\", \"weight\": 3}, {\"name\": \"batch\"}],\n"
+      " \"admission\": {\"mode\": \"weighted\", \"max_inflight\": 32, \"max_queue\": 0, \"queue_timeout_ms\": 1500,\n"
+      "   \"cost\": \"requests\", \"default_max_tokens\": 256, \"quantum\": 4096}}";
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(json, &e);
+  TAP_CHECK(c != NULL && e.len == 0, "tenants config parses (groups after the tenants naming them)");
+  if (!c) {
+    dump_errs(&e);
+    ob_config_errors_dispose(&e);
+    return;
+  }
+  TAP_EQ_INT(c->num_groups, 3, "declared groups plus the implicit default");
+  TAP_CHECK(strcmp(c->groups[0].name, "prod") == 0 && c->groups[0].weight == 3, "group weight read");
+  TAP_CHECK(strcmp(c->groups[1].name, "batch") == 0 && c->groups[1].weight == 1, "group weight defaults to 1");
+  TAP_CHECK(strcmp(c->groups[2].name, "default") == 0 && c->groups[2].weight == 1, "implicit default group appended");
+
+  TAP_EQ_INT(c->num_tenants, 3, "three tenants");
+  const ob_config_tenant_t *t = &c->tenants[0];
+  TAP_EQ_STR(t->name, "acme", "tenant name");
+  TAP_EQ_STR(t->group, "prod", "tenant group");
+  TAP_CHECK(t->weight == 4 && t->max_inflight == 8 && t->max_queue == 100 && t->rpm == 600 &&
+                t->tpm == 9007199254740992ULL,
+            "tenant integers read");
+  TAP_CHECK(t->num_models == 2 && strcmp(t->models[0], "llama") == 0 && strcmp(t->models[1], "gpt-4o") == 0 &&
+                !t->all_models,
+            "tenant allow-list read");
+  TAP_CHECK(!t->disabled && t->num_keys == 2, "tenant enabled, two keys");
+  TAP_CHECK(strcmp(t->keys[0].id, "acme-1") == 0 && memcmp(t->keys[0].sha256, abc_digest, 32) == 0 &&
+                !t->keys[0].from_secret && !t->keys[0].disabled,
+            "upper-case sha256 decoded");
+  TAP_CHECK(t->keys[1].from_secret && t->keys[1].disabled, "secret key: from_secret and disabled");
+  TAP_CHECK(memcmp(t->keys[1].sha256, abc_digest, 32) != 0, "secret \"abc-2\" hashed (escape decoded first)");
+
+  t = &c->tenants[1];
+  TAP_CHECK(t->disabled && t->all_models && t->num_models == 2, "\"*\" in the list admits all; disabled read");
+  TAP_EQ_STR(t->group, "default", "group defaults to \"default\"");
+  TAP_CHECK(t->weight == 1 && t->max_inflight == 0 && t->max_queue == 0 && t->rpm == 0 && t->tpm == 0,
+            "tenant integer defaults");
+  TAP_CHECK(t->keys[0].from_secret && memcmp(t->keys[0].sha256, empty_digest, 32) != 0,
+            "a secret with an inner space is a key like any other");
+  t = &c->tenants[2];
+  TAP_CHECK(memcmp(t->keys[0].sha256, empty_digest, 32) == 0 && strcmp(t->group, "default") == 0,
+            "lower-case sha256; explicit \"default\" group");
+
+  const ob_config_admission_t *a = &c->admission;
+  TAP_CHECK(a->mode == OB_ADMIT_WEIGHTED && a->max_inflight == 32 && a->max_queue == 0 && a->queue_timeout_ms == 1500 &&
+                a->cost == OB_COST_REQUESTS && a->default_max_tokens == 256 && a->quantum == 4096,
+            "every admission key read");
+  TAP_EQ_STR(c->upstreams[0].credential_header, "x-api-key", "credential header lower-cased");
+  TAP_EQ_STR(c->upstreams[0].credential_value, "sk-upstream 1", "credential value kept");
+  TAP_CHECK(!c->upstreams[1].credential_header && !c->upstreams[1].credential_value, "no credential: NULL");
+  TAP_EQ_STR(c->routes[0].cost, "requests", "route cost requests");
+  TAP_EQ_STR(c->routes[1].cost, "tokens", "route cost tokens");
+  TAP_CHECK(c->routes[2].cost == NULL, "route cost defaults to NULL");
+  ob_config_destroy(c);
+
+  /* Defaults, and the implicit group only when a tenant needs it. */
+  c = parse(MINIMAL, &e);
+  TAP_CHECK(c && c->num_tenants == 0 && c->tenants == NULL && c->num_groups == 0 && c->groups == NULL,
+            "no tenants, no groups: anonymous");
+  if (c) {
+    a = &c->admission;
+    TAP_CHECK(a->mode == OB_ADMIT_HIERARCHICAL && a->max_inflight == 0 && a->max_queue == 10000 &&
+                  a->queue_timeout_ms == 30000 && a->cost == OB_COST_TOKENS && a->default_max_tokens == 1024 &&
+                  a->quantum == 0,
+              "admission defaults");
+  }
+  ob_config_destroy(c);
+  c = parse(WITH("\"groups\": [{\"name\": \"default\", \"weight\": 5}], \"tenants\": [" TENANT_A "], "
+                 "\"admission\": {\"mode\": \"fifo\"}"),
+            &e);
+  TAP_CHECK(c && c->num_groups == 1 && c->groups[0].weight == 5, "a declared default group is not added twice");
+  TAP_CHECK(c && c->tenants[0].num_models == 1 && strcmp(c->tenants[0].models[0], "*") == 0 &&
+                c->tenants[0].all_models,
+            "models absent = [\"*\"]");
+  TAP_CHECK(c && c->admission.mode == OB_ADMIT_FIFO && c->admission.max_queue == 10000, "fifo; other admission defaults");
+  ob_config_destroy(c);
+  c = parse(WITH("\"groups\": [{\"name\": \"g\"}], \"tenants\": [], \"admission\": {\"mode\": \"hierarchical\", "
+                 "\"cost\": \"tokens\"}"),
+            &e);
+  TAP_CHECK(c && c->num_groups == 1 && c->num_tenants == 0 && c->admission.cost == OB_COST_TOKENS,
+            "unused groups kept, no default added, empty tenants");
+  ob_config_destroy(c);
+  if (e.len) dump_errs(&e);
+  ob_config_errors_dispose(&e);
+}
+
+static void test_tenant_errors(void) {
+  EXPECT_ERRS("groups: type, element, name, weight, unknown",
+              WITH("\"groups\": [1, {\"weight\": 0}, {\"name\": \"\"}, {\"name\": \"g\", \"weight\": 1.5, \"w\": 1}, "
+                   "{\"name\": \"g\"}]"),
+              "groups[0]: expected an object", "groups[1].weight: expected a positive integer",
+              "groups[1]: missing required key \"name\"", "groups[2].name: must not be empty",
+              "groups[3].weight: expected a positive integer", "groups[3].w: unknown key",
+              "groups[4].name: duplicate group name \"g\"");
+  EXPECT_ERRS("groups / tenants not arrays", WITH("\"groups\": {}, \"tenants\": \"t\""), "groups: expected an array",
+              "tenants: expected an array");
+  EXPECT_ERRS("tenant: unknown group", WITH("\"tenants\": [{\"name\": \"t\", \"group\": \"x\", \"keys\": [" KEY_A "]}]"),
+              "tenants[0].group: no group named \"x\"");
+  EXPECT_ERRS("tenant: missing name and keys, unknown key", WITH("\"tenants\": [{\"nmae\": \"t\"}]"),
+              "tenants[0].nmae: unknown key", "tenants[0]: missing required key \"name\"",
+              "tenants[0]: missing required key \"keys\"");
+  EXPECT_ERRS("tenant: duplicate name",
+              WITH("\"tenants\": [" TENANT_A ", {\"name\": \"a\", \"keys\": [{\"id\": \"kb\", \"secret\": \"b\"}]}]"),
+              "tenants[1].name: duplicate tenant name \"a\"");
+  EXPECT_ERRS("tenant: integers",
+              WITH("\"tenants\": [{\"name\": \"t\", \"weight\": 0, \"max_inflight\": -1, \"max_queue\": 4294967296, "
+                   "\"rpm\": 1.5, \"tpm\": 9007199254740993e3, \"keys\": [" KEY_A "]}]"),
+              "tenants[0].weight: expected a positive integer",
+              "tenants[0].max_inflight: expected a non-negative integer",
+              "tenants[0].max_queue: expected a non-negative integer no larger than 4294967295",
+              "tenants[0].rpm: expected a non-negative integer",
+              "tenants[0].tpm: expected a non-negative integer no larger than 9007199254740992");
+  EXPECT_ERRS("tenant: models, disabled, group types",
+              WITH("\"tenants\": [{\"name\": \"t\", \"models\": [\"m\", \"\", 3], \"disabled\": 1, \"group\": \"\", "
+                   "\"keys\": [" KEY_A "]}, {\"name\": \"u\", \"models\": \"*\", \"keys\": [{\"id\": \"k2\", "
+                   "\"secret\": \"x\"}]}]"),
+              "tenants[0].models[1]: must not be empty", "tenants[0].models[2]: expected a string",
+              "tenants[0].disabled: expected true or false", "tenants[0].group: must not be empty",
+              "tenants[1].models: expected an array");
+  EXPECT_ERRS("tenant: keys empty / not an array",
+              WITH("\"tenants\": [{\"name\": \"t\", \"keys\": []}, {\"name\": \"u\", \"keys\": {}}]"),
+              "tenants[0].keys: expected a non-empty array", "tenants[1].keys: expected a non-empty array");
+  EXPECT_ERRS("key: both forms, neither, missing id",
+              WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k1\", \"sha256\": \"" ABC_HEX_UPPER "\", "
+                   "\"secret\": \"abc\"}, {\"id\": \"k2\"}, {\"secret\": \"zz\"}, 7]}]"),
+              "tenants[0].keys[0]: give \"sha256\" or \"secret\", not both",
+              "tenants[0].keys[1]: missing required key \"sha256\" (or \"secret\")",
+              "tenants[0].keys[2]: missing required key \"id\"", "tenants[0].keys[3]: expected an object");
+  EXPECT_ERRS("key: bad sha256",
+              WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k1\", \"sha256\": \"abc\"}, {\"id\": \"k2\", "
+                   "\"sha256\": \"g" ABC_HEX_UPPER "\"}, {\"id\": \"k3\", \"sha256\": "
+                   "\"zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"}, {\"id\": \"k4\", "
+                   "\"sha256\": 5}]}]"),
+              "tenants[0].keys[0].sha256: expected 64 hex digits (the SHA-256 of the key, see obleth hash-key)",
+              "tenants[0].keys[1].sha256: expected 64 hex digits (the SHA-256 of the key, see obleth hash-key)",
+              "tenants[0].keys[2].sha256: expected 64 hex digits (the SHA-256 of the key, see obleth hash-key)",
+              "tenants[0].keys[3].sha256: expected a string");
+  EXPECT_ERRS("key: bad secret, id, disabled, unknown key",
+              WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"\", \"secret\": \"\"}, {\"id\": 1, "
+                   "\"secret\": true, \"disabled\": \"no\", \"key\": \"x\"}]}]"),
+              "tenants[0].keys[0].id: must not be empty", "tenants[0].keys[0].secret: must not be empty",
+              "tenants[0].keys[1].id: expected a string",
+              "tenants[0].keys[1].secret: expected a string", "tenants[0].keys[1].disabled: expected true or false",
+              "tenants[0].keys[1].key: unknown key");
+  EXPECT_ERRS("key: secrets no request could present",
+              WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k1\", \"secret\": \" sk\"}, {\"id\": \"k2\", "
+                   "\"secret\": \"sk\\t\"}, {\"id\": \"k3\", \"secret\": \"s\\r\\nk\"}, {\"id\": \"k4\", "
+                   "\"secret\": \"s\\u007fk\"}]}]"),
+              "tenants[0].keys[0].secret: must not contain control characters or start or end with white space",
+              "tenants[0].keys[1].secret: must not contain control characters or start or end with white space",
+              "tenants[0].keys[2].secret: must not contain control characters or start or end with white space",
+              "tenants[0].keys[3].secret: must not contain control characters or start or end with white space");
+  EXPECT_ERRS("key: duplicate id across tenants",
+              WITH("\"tenants\": [" TENANT_A ", {\"name\": \"b\", \"keys\": [{\"id\": \"kb\", \"secret\": \"b\"}, "
+                   "{\"id\": \"ka\", \"secret\": \"c\"}]}]"),
+              "tenants[1].keys[1].id: duplicate key id \"ka\"");
+  EXPECT_ERRS("key: the same key twice (digest and secret forms)",
+              WITH("\"tenants\": [" TENANT_A ", {\"name\": \"b\", \"keys\": [{\"id\": \"kb\", \"secret\": \"abc\"}, "
+                   "{\"id\": \"kc\", \"secret\": \"q\"}, {\"id\": \"kd\", \"secret\": \"q\"}]}]"),
+              "tenants[1].keys[0]: same key as tenants[0].keys[0]", "tenants[1].keys[2]: same key as tenants[1].keys[1]");
+
+  /* A secret never appears in an error line, whatever else is wrong. */
+  ob_config_errors_t e = {0};
+  ob_config_t *c =
+      parse(WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"hunter2\", \"sha256\": \"x\"}, "
+                 "{\"id\": \"k\", \"secret\": \"hunter2\"}]}], \"log_level\": 1"),
+            &e);
+  bool clean = c == NULL && e.len == 4;
+  for (size_t i = 0; i < e.len; i++)
+    if (strstr(e.items[i], "hunter2")) clean = false;
+  TAP_CHECK(clean, "secret values are never echoed in errors");
+  if (!clean) dump_errs(&e);
+  ob_config_errors_dispose(&e);
+
+  /* The caller's text is left as it was (only our copies are wiped). */
+  char text[] = "{" LISTENERS ", " UPSTREAMS ", \"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", "
+                "\"secret\": \"hunter2\"}]}]}";
+  c = ob_config_parse(text, strlen(text), BASE_DIR, &e);
+  TAP_CHECK(c && strstr(text, "\"hunter2\"") && c->tenants[0].keys[0].from_secret, "caller's buffer untouched");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+}
+
+static void test_admission_credential_errors(void) {
+  EXPECT_ERRS("admission: enums and integers",
+              WITH("\"admission\": {\"mode\": \"drr\", \"cost\": 1, \"max_inflight\": -1, \"max_queue\": 0.5, "
+                   "\"queue_timeout_ms\": 0, \"default_max_tokens\": 0, \"quantum\": 1e16, \"slots\": 4}"),
+              "admission.mode: expected \"hierarchical\", \"weighted\" or \"fifo\"",
+              "admission.cost: expected \"tokens\" or \"requests\"",
+              "admission.max_inflight: expected a non-negative integer",
+              "admission.max_queue: expected a non-negative integer",
+              "admission.queue_timeout_ms: expected a positive integer",
+              "admission.default_max_tokens: expected a positive integer",
+              "admission.quantum: expected a non-negative integer no larger than 9007199254740992",
+              "admission.slots: unknown key");
+  EXPECT_ERRS("admission not an object, repeated", WITH("\"admission\": [], \"admission\": {}"),
+              "admission: expected an object", "admission: duplicate key");
+  EXPECT_ERRS("credential: type, missing, unknown",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://h\"], \"credential\": "
+              "\"Bearer x\"}, {\"name\": \"b\", \"endpoints\": [\"http://h\"], \"credential\": {\"header\": "
+              "\"authorization\", \"token\": \"t\"}}]}",
+              "upstreams[0].credential: expected an object", "upstreams[1].credential.token: unknown key",
+              "upstreams[1].credential: missing required key \"value\"");
+  EXPECT_ERRS("credential: bad header names and values",
+              "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"http://h\"], \"credential\": "
+              "{\"header\": \"x api key\", \"value\": \"v\\r\\nx-evil: 1\"}}, {\"name\": \"b\", \"endpoints\": "
+              "[\"http://h\"], \"credential\": {\"header\": \"Host\", \"value\": \"\"}}, {\"name\": \"c\", \"endpoints\": "
+              "[\"http://h\"], \"credential\": {\"header\": \":authority\", \"value\": \"v\\n\"}}, {\"name\": \"d\", "
+              "\"endpoints\": [\"http://h\"], \"credential\": {\"header\": \"\", \"value\": 1}}]}",
+              "upstreams[0].credential.header: invalid header name \"x api key\"",
+              "upstreams[0].credential.value: must not contain CR or LF",
+              "upstreams[1].credential.header: header \"host\" cannot carry a credential",
+              "upstreams[1].credential.value: must not be empty",
+              "upstreams[2].credential.header: invalid header name \":authority\"",
+              "upstreams[2].credential.value: must not contain CR or LF",
+              "upstreams[3].credential.header: must not be empty", "upstreams[3].credential.value: expected a string");
+  EXPECT_ERRS("route cost",
+              WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\", \"cost\": \"bytes\"}, {\"prefix\": "
+                   "\"/b\", \"class\": \"inference\", \"cost\": null}]"),
+              "routes[0].cost: expected \"requests\" or \"tokens\"", "routes[1].cost: expected \"requests\" or \"tokens\"");
+}
+
 /* Inputs the fuzzer found worth keeping live here as well as in the corpus. */
 static void test_regressions(void) {
   EXPECT_ERRS("escape at the very end", "{\"a\\", "$: invalid JSON near byte 2");
@@ -492,6 +750,9 @@ int main(void) {
   test_route_model_errors();
   test_scalar_errors();
   test_many_errors();
+  test_tenants();
+  test_tenant_errors();
+  test_admission_credential_errors();
   test_load();
   test_regressions();
   return tap_done();

@@ -609,7 +609,22 @@ static void test_checks(void) {
   TAP_CHECK(!ob_http_is_hop_by_hop(OB_IOV_LIT(""), conn), "empty name never matches an empty list element");
 }
 
+static void test_grpc_timeout(void) {
+  uint64_t us = 0;
+  TAP_CHECK(ob_http_parse_grpc_timeout(OB_IOV_LIT("1H"), &us) && us == 3600000000ull, "grpc-timeout hours");
+  TAP_CHECK(ob_http_parse_grpc_timeout(OB_IOV_LIT("2M"), &us) && us == 120000000ull, "grpc-timeout minutes");
+  TAP_CHECK(ob_http_parse_grpc_timeout(OB_IOV_LIT("3S"), &us) && us == 3000000ull, "grpc-timeout seconds");
+  TAP_CHECK(ob_http_parse_grpc_timeout(OB_IOV_LIT("250m"), &us) && us == 250000ull, "grpc-timeout millis");
+  TAP_CHECK(ob_http_parse_grpc_timeout(OB_IOV_LIT("99999999u"), &us) && us == 99999999ull, "grpc-timeout micros, 8 digits");
+  TAP_CHECK(ob_http_parse_grpc_timeout(OB_IOV_LIT("1n"), &us) && us == 1, "grpc-timeout nanos round up");
+  TAP_CHECK(!ob_http_parse_grpc_timeout(OB_IOV_LIT("123456789S"), &us), "grpc-timeout more than 8 digits");
+  TAP_CHECK(!ob_http_parse_grpc_timeout(OB_IOV_LIT("S"), &us), "grpc-timeout no digits");
+  TAP_CHECK(!ob_http_parse_grpc_timeout(OB_IOV_LIT("10s"), &us), "grpc-timeout unknown unit");
+  TAP_CHECK(!ob_http_parse_grpc_timeout(OB_IOV_LIT("1 S"), &us), "grpc-timeout space");
+}
+
 int main(void) {
+  test_grpc_timeout();
   test_valid_requests();
   test_incomplete();
   test_smuggling();

@@ -1,0 +1,146 @@
+/*
+ * tenant.c: the key directory. Indexes every key of a config snapshot by its
+ * SHA-256 and resolves the API key a request carries (Authorization: Bearer
+ * or x-api-key) to a tenant and key. It owns only the index; tenants, keys
+ * and their digests belong to the snapshot, which the directory borrows. It
+ * must not touch sockets, the clock, or anything outside the snapshot, and
+ * it never copies a presented key: the key is hashed where it lies in the
+ * caller's header slice.
+ *
+ * The index is an open-addressing table with linear probing, keyed by the
+ * first 8 bytes of each digest. SHA-256 output is uniform, so those bytes
+ * need no further mixing; the table is at most half full, so a lookup is
+ * one or two probes. A probe whose 8 bytes match is confirmed by comparing
+ * all 32 bytes with CRYPTO_memcmp (constant time). Which slot a lookup
+ * visits depends only on the digest of what the client sent, which tells
+ * the client nothing it could not compute itself.
+ */
+#include "tenant.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct slot {
+  const ob_config_key_t *key; /* NULL = empty */
+  uint64_t h;                 /* first 8 bytes of key->sha256 */
+  size_t tenant;              /* index in cfg->tenants */
+} slot_t;
+
+struct ob_tenants {
+  const ob_config_t *cfg; /* borrowed */
+  slot_t *slots;
+  size_t mask; /* capacity - 1; capacity is a power of two */
+};
+
+static uint64_t digest_head(const uint8_t d[32]) {
+  uint64_t h;
+  memcpy(&h, d, sizeof h);
+  return h;
+}
+
+static void sha256(ob_iov_t in, uint8_t out[32]) {
+  unsigned int n = 0;
+  /* EVP_Digest only fails when the library cannot provide SHA-256 at all,
+   * in which case no key could ever be checked. */
+  if (EVP_Digest(in.len ? in.base : "", in.len, out, &n, EVP_sha256(), NULL) != 1 || n != 32) {
+    fprintf(stderr, "obleth: SHA-256 unavailable\n");
+    abort();
+  }
+}
+
+ob_tenants_t *ob_tenants_create(const ob_config_t *cfg) {
+  ob_tenants_t *t = ob_xcalloc(1, sizeof *t);
+  t->cfg = cfg;
+  size_t nkeys = 0;
+  for (size_t i = 0; cfg && i < cfg->num_tenants; i++) nkeys += cfg->tenants[i].num_keys;
+  size_t cap = 8;
+  while (cap < nkeys * 2) cap *= 2;
+  t->slots = ob_xcalloc(cap, sizeof *t->slots);
+  t->mask = cap - 1;
+  for (size_t i = 0; cfg && i < cfg->num_tenants; i++) {
+    const ob_config_tenant_t *tn = &cfg->tenants[i];
+    for (size_t j = 0; j < tn->num_keys; j++) {
+      /* The config refuses two keys with one digest, so every key gets
+       * its own slot and a lookup can stop at the first full match. */
+      uint64_t h = digest_head(tn->keys[j].sha256);
+      size_t k = (size_t)h & t->mask;
+      while (t->slots[k].key) k = (k + 1) & t->mask;
+      t->slots[k] = (slot_t){.key = &tn->keys[j], .h = h, .tenant = i};
+    }
+  }
+  return t;
+}
+
+void ob_tenants_destroy(ob_tenants_t *t) {
+  if (!t) return;
+  free(t->slots);
+  t->slots = NULL;
+  free(t);
+}
+
+bool ob_tenants_required(const ob_tenants_t *t) {
+  return t && t->cfg && t->cfg->num_tenants > 0;
+}
+
+static bool is_ows(char c) {
+  return c == ' ' || c == '\t';
+}
+
+/*
+ * The token of "Bearer <token>": scheme matched without regard to case,
+ * then one or more spaces (or tabs), then the token with white space trimmed
+ * at both ends. An empty slice for any other scheme or an empty token.
+ */
+static ob_iov_t bearer_token(ob_iov_t auth) {
+  static const char scheme[] = "bearer";
+  const size_t slen = sizeof scheme - 1;
+  auth = ob_iov_trim(auth);
+  if (auth.len <= slen || !ob_iov_eq_str_nocase(ob_iov(auth.base, slen), scheme) || !is_ows(auth.base[slen]))
+    return ob_iov(NULL, 0);
+  return ob_iov_trim(ob_iov(auth.base + slen, auth.len - slen));
+}
+
+ob_auth_t ob_tenants_identify(const ob_tenants_t *t, ob_iov_t authorization, ob_iov_t x_api_key, ob_identity_t *out) {
+  ob_iov_t key = bearer_token(authorization);
+  if (!key.len) key = ob_iov_trim(x_api_key);
+  if (!key.len) return OB_AUTH_MISSING;
+  if (!t) return OB_AUTH_UNKNOWN;
+
+  uint8_t d[32];
+  sha256(key, d);
+  uint64_t h = digest_head(d);
+  const slot_t *hit = NULL;
+  for (size_t k = (size_t)h & t->mask; t->slots[k].key; k = (k + 1) & t->mask) {
+    const slot_t *s = &t->slots[k];
+    if (s->h == h && CRYPTO_memcmp(s->key->sha256, d, sizeof d) == 0) {
+      hit = s;
+      break;
+    }
+  }
+  if (!hit) return OB_AUTH_UNKNOWN;
+
+  const ob_config_tenant_t *tn = &t->cfg->tenants[hit->tenant];
+  if (out) *out = (ob_identity_t){.tenant = tn, .key = hit->key, .tenant_index = hit->tenant};
+  return hit->key->disabled || tn->disabled ? OB_AUTH_DISABLED : OB_AUTH_OK;
+}
+
+bool ob_tenant_allows_model(const ob_config_tenant_t *t, ob_iov_t model) {
+  if (!t) return false;
+  if (t->all_models) return true;
+  for (size_t i = 0; i < t->num_models; i++)
+    if (t->models[i] && ob_iov_eq(ob_iov_str(t->models[i]), model)) return true;
+  return false;
+}
+
+void ob_tenant_hash_key(ob_iov_t secret, char out[65]) {
+  static const char hex[] = "0123456789abcdef";
+  uint8_t d[32];
+  sha256(secret, d);
+  for (size_t i = 0; i < sizeof d; i++) {
+    out[2 * i] = hex[d[i] >> 4];
+    out[2 * i + 1] = hex[d[i] & 15];
+  }
+  out[64] = '\0';
+}

@@ -1,0 +1,176 @@
+/*
+ * Unit tests for src/tenant: the key directory built from a parsed config
+ * snapshot. Lookup by Authorization: Bearer, by x-api-key and with both;
+ * scheme case and spacing; missing, unknown and disabled keys and tenants;
+ * the model allow-list; the hash_key test vector; an anonymous snapshot;
+ * and 1000 tenants with 3 keys each all found.
+ */
+#include "config.h"
+#include "tap.h"
+#include "tenant.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define HEAD "\"listeners\": [{\"address\": \"127.0.0.1:0\"}], \"upstreams\": []"
+
+/* sha256("abc") and sha256("key-b") as `obleth hash-key` prints them. */
+#define ABC_HEX "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+static ob_config_t *parse(const char *json) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = ob_config_parse(json, strlen(json), NULL, &e);
+  for (size_t i = 0; i < e.len; i++) printf("#   config error: %s\n", e.items[i]);
+  ob_config_errors_dispose(&e);
+  return c;
+}
+
+static ob_auth_t ident(const ob_tenants_t *t, const char *auth, const char *xkey, ob_identity_t *out) {
+  *out = (ob_identity_t){0};
+  return ob_tenants_identify(t, ob_iov_str(auth), ob_iov_str(xkey), out);
+}
+
+static void test_hash_key(void) {
+  char hex[65];
+  ob_tenant_hash_key(OB_IOV_LIT("abc"), hex);
+  TAP_EQ_STR(hex, ABC_HEX, "hash_key(\"abc\") is the FIPS 180-2 vector, lower-case");
+  ob_tenant_hash_key(ob_iov(NULL, 0), hex);
+  TAP_EQ_STR(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "hash_key of empty input");
+  TAP_EQ_INT(strlen(hex), 64, "64 digits and a NUL");
+}
+
+static void test_lookup(void) {
+  char bhex[65];
+  ob_tenant_hash_key(OB_IOV_LIT("key-b"), bhex);
+  char json[4096];
+  snprintf(json, sizeof json,
+           "{" HEAD ", \"groups\": [{\"name\": \"prod\", \"weight\": 3}], \"tenants\": ["
+           "{\"name\": \"alpha\", \"group\": \"prod\", \"models\": [\"llama\", \"gpt-4o\"],"
+           " \"keys\": [{\"id\": \"a1\", \"sha256\": \"%s\"}, {\"id\": \"a2\", \"secret\": \"key-a2\", \"disabled\": true}]},"
+           "{\"name\": \"beta\", \"keys\": [{\"id\": \"b1\", \"sha256\": \"%s\"}]},"
+           "{\"name\": \"gamma\", \"disabled\": true, \"models\": [], \"keys\": [{\"id\": \"c1\", \"secret\": \"key-c\"}]}"
+           "]}",
+           ABC_HEX, bhex);
+  ob_config_t *c = parse(json);
+  TAP_CHECK(c != NULL, "tenant config parses");
+  if (!c) return;
+  ob_tenants_t *t = ob_tenants_create(c);
+  TAP_CHECK(ob_tenants_required(t), "tenants present: a key is required");
+  ob_identity_t id;
+
+  TAP_CHECK(ident(t, "Bearer abc", "", &id) == OB_AUTH_OK && id.tenant == &c->tenants[0] && id.tenant_index == 0 &&
+                id.key == &c->tenants[0].keys[0],
+            "Bearer finds tenant and key");
+  TAP_CHECK(ident(t, "", "key-b", &id) == OB_AUTH_OK && id.tenant_index == 1 && strcmp(id.key->id, "b1") == 0,
+            "x-api-key finds the key");
+  TAP_CHECK(ident(t, "", "  key-b\t", &id) == OB_AUTH_OK && id.tenant_index == 1, "x-api-key is trimmed");
+  TAP_CHECK(ident(t, "Bearer abc", "key-b", &id) == OB_AUTH_OK && id.tenant_index == 0,
+            "Authorization wins over x-api-key");
+  TAP_CHECK(ident(t, "Bearer nope", "key-b", &id) == OB_AUTH_UNKNOWN,
+            "a Bearer token is used even when unknown (no fallback)");
+  TAP_CHECK(ident(t, "bEARER abc", "", &id) == OB_AUTH_OK && id.tenant_index == 0, "scheme is case-insensitive");
+  TAP_CHECK(ident(t, "  Bearer   \t abc  ", "", &id) == OB_AUTH_OK && id.tenant_index == 0,
+            "several spaces and outer white space");
+  TAP_CHECK(ident(t, "Bearerabc", "", &id) == OB_AUTH_MISSING, "no space after the scheme: not a Bearer token");
+  TAP_CHECK(ident(t, "Basic YWJjOmRlZg==", "", &id) == OB_AUTH_MISSING, "other scheme alone: missing");
+  TAP_CHECK(ident(t, "Basic YWJjOmRlZg==", "key-b", &id) == OB_AUTH_OK && id.tenant_index == 1,
+            "other scheme falls back to x-api-key");
+  TAP_CHECK(ident(t, "Bearer ", "", &id) == OB_AUTH_MISSING, "empty Bearer token: missing");
+  TAP_CHECK(ident(t, "Bearer  ", "abc", &id) == OB_AUTH_OK && id.tenant_index == 0,
+            "empty Bearer token falls back to x-api-key");
+  TAP_CHECK(ident(t, "", "", &id) == OB_AUTH_MISSING, "no headers: missing");
+  TAP_CHECK(ident(t, "", "   ", &id) == OB_AUTH_MISSING, "blank x-api-key: missing");
+  TAP_CHECK(ident(t, "Bearer abd", "", &id) == OB_AUTH_UNKNOWN && id.tenant == NULL, "unknown key");
+  TAP_CHECK(ident(t, "Bearer ABC", "", &id) == OB_AUTH_UNKNOWN, "keys are case-sensitive");
+  TAP_CHECK(ident(t, "", ABC_HEX, &id) == OB_AUTH_UNKNOWN, "the digest itself is not a key");
+  TAP_CHECK(ident(t, "Bearer key-a2", "", &id) == OB_AUTH_DISABLED && id.tenant_index == 0 &&
+                strcmp(id.key->id, "a2") == 0,
+            "disabled key: DISABLED with identity filled");
+  TAP_CHECK(ident(t, "", "key-c", &id) == OB_AUTH_DISABLED && id.tenant_index == 2 && id.tenant->disabled,
+            "disabled tenant: DISABLED with identity filled");
+  TAP_CHECK(ob_tenants_identify(t, OB_IOV_LIT("Bearer abc"), ob_iov(NULL, 0), NULL) == OB_AUTH_OK,
+            "out may be NULL");
+
+  const ob_config_tenant_t *alpha = &c->tenants[0], *beta = &c->tenants[1], *gamma = &c->tenants[2];
+  TAP_CHECK(ob_tenant_allows_model(alpha, OB_IOV_LIT("llama")) && ob_tenant_allows_model(alpha, OB_IOV_LIT("gpt-4o")),
+            "allow-list admits listed models");
+  TAP_CHECK(!ob_tenant_allows_model(alpha, OB_IOV_LIT("llam")) && !ob_tenant_allows_model(alpha, OB_IOV_LIT("LLAMA")) &&
+                !ob_tenant_allows_model(alpha, OB_IOV_LIT("llama-2")),
+            "allow-list match is exact");
+  TAP_CHECK(ob_tenant_allows_model(beta, OB_IOV_LIT("anything")), "no list: every model");
+  TAP_CHECK(!ob_tenant_allows_model(gamma, OB_IOV_LIT("llama")), "empty list: no model");
+
+  ob_tenants_destroy(t);
+  ob_tenants_destroy(NULL);
+  ob_config_destroy(c);
+
+  /* "*" anywhere in the list admits everything. */
+  c = parse("{" HEAD ", \"tenants\": [{\"name\": \"s\", \"models\": [\"x\", \"*\"], \"keys\": [{\"id\": \"k\", "
+            "\"secret\": \"s\"}]}]}");
+  TAP_CHECK(c && ob_tenant_allows_model(&c->tenants[0], OB_IOV_LIT("y")), "\"*\" admits all");
+  ob_config_destroy(c);
+}
+
+static void test_anonymous(void) {
+  ob_config_t *c = parse("{" HEAD "}");
+  ob_tenants_t *t = c ? ob_tenants_create(c) : NULL;
+  TAP_CHECK(t && !ob_tenants_required(t), "no tenants: no key required");
+  ob_identity_t id;
+  TAP_CHECK(t && ident(t, "Bearer abc", "", &id) == OB_AUTH_UNKNOWN, "no tenants: any key is unknown");
+  TAP_CHECK(t && ident(t, "", "", &id) == OB_AUTH_MISSING, "no tenants: no key is missing");
+  ob_tenants_destroy(t);
+  ob_config_destroy(c);
+}
+
+static void test_many(void) {
+  enum { TENANTS = 1000, KEYS = 3 };
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_buf_append_str(&b, "{" HEAD ", \"tenants\": [");
+  for (int i = 0; i < TENANTS; i++) {
+    ob_buf_printf(&b, "%s{\"name\": \"t%d\", \"keys\": [", i ? ", " : "", i);
+    for (int j = 0; j < KEYS; j++) {
+      char secret[64], hex[65];
+      snprintf(secret, sizeof secret, "sk-%d-%d", i, j);
+      if (j == 1) { /* a mix of both forms */
+        ob_buf_printf(&b, "%s{\"id\": \"k%d.%d\", \"secret\": \"%s\"}", j ? ", " : "", i, j, secret);
+      } else {
+        ob_tenant_hash_key(ob_iov_str(secret), hex);
+        ob_buf_printf(&b, "%s{\"id\": \"k%d.%d\", \"sha256\": \"%s\"}", j ? ", " : "", i, j, hex);
+      }
+    }
+    ob_buf_append_str(&b, "]}");
+  }
+  ob_buf_append_str(&b, "]}");
+  *ob_buf_reserve(&b, 1) = '\0';
+  ob_config_t *c = parse(b.base);
+  ob_buf_dispose(&b);
+  TAP_CHECK(c && c->num_tenants == TENANTS, "1000 tenants parse");
+  if (!c) return;
+  ob_tenants_t *t = ob_tenants_create(c);
+  int found = 0, right = 0;
+  for (int i = 0; i < TENANTS; i++) {
+    for (int j = 0; j < KEYS; j++) {
+      char auth[80];
+      snprintf(auth, sizeof auth, j == 2 ? "sk-%d-%d" : "Bearer sk-%d-%d", i, j);
+      ob_identity_t id;
+      ob_auth_t r = j == 2 ? ident(t, "", auth, &id) : ident(t, auth, "", &id);
+      if (r == OB_AUTH_OK) found++;
+      if (r == OB_AUTH_OK && id.tenant_index == (size_t)i && id.key == &c->tenants[i].keys[j]) right++;
+    }
+  }
+  TAP_EQ_INT(found, TENANTS * KEYS, "all 3000 keys found");
+  TAP_EQ_INT(right, TENANTS * KEYS, "each resolves to its own tenant and key");
+  ob_identity_t id;
+  TAP_CHECK(ident(t, "Bearer sk-1000-0", "", &id) == OB_AUTH_UNKNOWN, "a near miss is unknown");
+  ob_tenants_destroy(t);
+  ob_config_destroy(c);
+}
+
+int main(void) {
+  test_hash_key();
+  test_lookup();
+  test_anonymous();
+  test_many();
+  return tap_done();
+}

@@ -8,6 +8,12 @@
  *    splicing: the body goes out as three pieces (before, new value, after),
  *    so every other byte is exactly what the client sent and nothing is
  *    re-serialized or copied.
+ *  - The admission cost estimate: prompt tokens (~4 characters a token of
+ *    the message contents, prompt or input) plus max_tokens (or
+ *    admission.default_max_tokens when absent); the actual usage, read from
+ *    the response as it streams past (ob_usage_t), replaces it at release.
+ *    An aborted stream is charged its prompt plus one token per SSE event
+ *    delivered.
  * The cJSON tree lives only inside prepare().
  */
 #include "routes_int.h"
@@ -51,6 +57,53 @@ static void model_not_found(ob_exchange_t *x, const char *model) {
   ob_exchange_reply_error(x, 404, msg, "invalid_request_error", "model_not_found");
 }
 
+/* Characters of text the model reads: strings in content / prompt / input,
+ * including arrays of strings and arrays of {"text": ...} parts. */
+static uint64_t text_chars(const cJSON *v, int depth) {
+  if (!v || depth > 8) return 0;
+  if (cJSON_IsString(v)) return strlen(v->valuestring);
+  uint64_t n = 0;
+  if (cJSON_IsArray(v)) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) n += text_chars(e, depth + 1);
+  } else if (cJSON_IsObject(v)) {
+    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "content"), depth + 1);
+    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "text"), depth + 1);
+  }
+  return n;
+}
+
+static void estimate(ob_exchange_t *x, const cJSON *root) {
+  uint64_t chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
+                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
+                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
+  x->prompt_tokens_est = (chars + 3) / 4;
+  if (x->prompt_tokens_est == 0) x->prompt_tokens_est = 1;
+  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+  if (!cJSON_IsNumber(mt)) mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
+  uint64_t dflt = ob_exchange_admission(x)->default_max_tokens;
+  x->max_tokens = cJSON_IsNumber(mt) && mt->valuedouble >= 0 && mt->valuedouble < 1e9 ? (uint64_t)mt->valuedouble : dflt;
+  /* Embeddings produce no tokens. */
+  if (cJSON_GetObjectItemCaseSensitive(root, "input") && !cJSON_GetObjectItemCaseSensitive(root, "messages") &&
+      !cJSON_GetObjectItemCaseSensitive(root, "prompt"))
+    x->max_tokens = 0;
+  ob_usage_t *u = ob_arena_alloc(x->arena, sizeof *u);
+  ob_usage_init(u);
+  x->class_state = u;
+}
+
+static void on_response_data(ob_exchange_t *x, const char *p, size_t n) {
+  if (x->class_state) ob_usage_feed(x->class_state, p, n);
+}
+
+static uint64_t actual_tokens(ob_exchange_t *x, bool completed) {
+  ob_usage_t *u = x->class_state;
+  if (!u) return x->prompt_tokens_est + x->max_tokens;
+  if (u->found) return u->prompt_tokens + u->completion_tokens;
+  if (!completed) return x->prompt_tokens_est + u->events;
+  return x->prompt_tokens_est + x->max_tokens;
+}
+
 static ob_err_t prepare(ob_exchange_t *x, void *data) {
   ob_routes_t *t = data;
   ob_sreq_t *s = x->req;
@@ -73,6 +126,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   }
   const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
   if (!m) {
+    estimate(x, root);
     cJSON_Delete(root);
     if (!x->upstream) model_not_found(x, NULL);
     return OB_OK;
@@ -85,6 +139,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
     return OB_OK;
   }
   x->model = ob_arena_dup(x->arena, ob_iov_str(m->valuestring));
+  estimate(x, root);
   const ob_config_model_t *cm = find_model(t->cfg, m->valuestring);
   if (!cm) {
     if (!x->upstream) model_not_found(x, m->valuestring);
@@ -108,4 +163,11 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   return OB_OK;
 }
 
-const ob_route_class_t ob_routes_inference_class = {"inference", prepare};
+const ob_route_class_t ob_routes_inference_class = {
+    .name = "inference",
+    .prepare = prepare,
+    .admitted = true,
+    .cost_tokens_default = true,
+    .on_response_data = on_response_data,
+    .actual_tokens = actual_tokens,
+};

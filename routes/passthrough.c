@@ -12,4 +12,6 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   return x->upstream ? OB_OK : OB_ERR_CONFIG;
 }
 
-const ob_route_class_t ob_routes_passthrough_class = {"passthrough", prepare};
+/* Authenticated but never queued; no body inspection. */
+const ob_route_class_t ob_routes_passthrough_class = {
+    .name = "passthrough", .prepare = prepare, .admitted = false};

@@ -47,6 +47,7 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg) {
     o->upstream = r->upstream;
     o->cls = cls;
     o->class_data = t;
+    o->cost = !r->cost ? -1 : strcmp(r->cost, "tokens") == 0 ? OB_COST_TOKENS : OB_COST_REQUESTS;
   }
   t->num = k;
   qsort(t->routes, t->num, sizeof *t->routes, by_prefix_len_desc);

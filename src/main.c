@@ -9,6 +9,7 @@
 #include "net.h"
 #include "proxy.h"
 #include "routes.h"
+#include "tenant.h"
 
 #include <event2/event.h>
 #include <signal.h>
@@ -20,6 +21,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: obleth --config FILE        run the gateway\n"
           "       obleth --check-config FILE  validate FILE; exit 0, or 1 printing every problem\n"
+          "       obleth hash-key [SECRET]      print the SHA-256 of an API key (read from stdin without SECRET)\n"
           "       obleth --version\n");
 }
 
@@ -34,6 +36,30 @@ static int check_config(const char *path) {
   }
   printf("%s: ok\n", path);
   ob_config_release(c);
+  return 0;
+}
+
+/* Print the hex SHA-256 of a key, for a tenant key's "sha256". Reading it
+ * from stdin keeps the secret out of shell history and process lists. */
+static int hash_key(const char *arg) {
+  char line[4096];
+  size_t n;
+  if (arg) {
+    n = strlen(arg);
+    if (n >= sizeof line) n = sizeof line - 1;
+    memcpy(line, arg, n);
+  } else {
+    n = fread(line, 1, sizeof line - 1, stdin);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+  }
+  if (n == 0) {
+    fprintf(stderr, "hash-key: empty key\n");
+    return 1;
+  }
+  char hex[65];
+  ob_tenant_hash_key(ob_iov(line, n), hex);
+  memset(line, 0, sizeof line);
+  printf("%s\n", hex);
   return 0;
 }
 
@@ -82,15 +108,23 @@ static int run(const char *path) {
   signal(SIGPIPE, SIG_IGN);
   app_t app = {0};
   app.base = event_base_new();
+  for (size_t i = 0; i < cfg->num_tenants; i++)
+    for (size_t j = 0; j < cfg->tenants[i].num_keys; j++)
+      if (cfg->tenants[i].keys[j].from_secret)
+        ob_log_warn("tenants[%zu].keys[%zu] (%s) is a plain \"secret\": fine for a demo, use \"sha256\" "
+                    "(obleth hash-key) in production",
+                    i, j, cfg->tenants[i].keys[j].id);
+  if (cfg->num_tenants == 0) ob_log_warn("no tenants configured: requests are not authenticated");
+  ob_tenants_t *tenants = ob_tenants_create(cfg);
   ob_routes_t *routes = ob_routes_create(cfg);
-  ob_proxy_t *proxy = ob_proxy_create(cfg, ob_routes_find, routes);
+  ob_proxy_t *proxy = ob_proxy_create(cfg, tenants, ob_routes_find, routes);
   app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
   int rc = 0;
   if (!app.net) {
     rc = 1;
     goto out;
   }
-  ob_proxy_attach(proxy, app.net);
+  ob_proxy_attach(proxy, app.net, app.base);
   for (size_t i = 0; i < cfg->num_listeners; i++)
     ob_log_info("listening on %s (%s)", ob_net_listener_address(app.net, i),
                 cfg->listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
@@ -105,6 +139,7 @@ out:
   ob_net_destroy(app.net);
   ob_proxy_destroy(proxy);
   ob_routes_destroy(routes);
+  ob_tenants_destroy(tenants);
   event_base_free(app.base);
   ob_config_release(cfg);
   return rc;
@@ -120,6 +155,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (argc == 3 && strcmp(argv[1], "--check-config") == 0) return check_config(argv[2]);
+  if ((argc == 2 || argc == 3) && strcmp(argv[1], "hash-key") == 0) return hash_key(argc == 3 ? argv[2] : NULL);
   if (argc == 3 && strcmp(argv[1], "--config") == 0) return run(argv[2]);
   usage(stderr);
   return 2;

@@ -5,21 +5,12 @@
  * client side, error answers and the per-request log line. It must not know
  * any route class: those are reached through ob_route_class_t.
  */
-#include "proxy.h"
+#include "proxy_int.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
-
-struct ob_proxy {
-  ob_config_t *cfg;    /* counted */
-  ob_net_t *net;
-  ob_route_find_cb find;
-  void *table;
-  uint64_t rid_seed;
-  uint64_t rid_counter;
-};
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -39,6 +30,11 @@ static bool is_request_hop(ob_iov_t name, ob_iov_t conn) {
          ob_iov_eq_str_nocase(name, "x-request-id") || ob_iov_eq_str_nocase(name, "http2-settings");
 }
 
+/* The caller's key never travels upstream once it identified a tenant. */
+static bool is_client_credential(ob_iov_t name) {
+  return ob_iov_eq_str_nocase(name, "authorization") || ob_iov_eq_str_nocase(name, "x-api-key");
+}
+
 static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
   uint64_t now = ob_clock_us();
   char ttfb[32] = "-";
@@ -53,24 +49,39 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
 
 /* ---------------------------------------------------------------- answers */
 
-void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len) {
+/* Answer with a complete body; extra headers (borrowed) go first. */
+static void reply_h(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len,
+                    const ob_http_header_t *extra, size_t n_extra) {
   if (!x->req || x->answered) return;
   x->answered = true;
-  ob_http_header_t h[2] = {
-      {OB_IOV_LIT("content-type"), ob_iov_str(content_type)},
-      {OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)},
-  };
-  if (ob_sreq_send_head(x->req, status, h, 2, (int64_t)len, len == 0) == OB_OK && len)
+  ob_http_header_t h[2 + 2 * OB_PROXY_ADMISSION_HEADERS];
+  size_t k = 0;
+  for (size_t i = 0; i < n_extra && k < OB_PROXY_ADMISSION_HEADERS; i++) h[k++] = extra[i];
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("content-type"), ob_iov_str(content_type)};
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  k += ob_proxy_admission_headers(x, h + k);
+  if (ob_sreq_send_head(x->req, status, h, k, (int64_t)len, len == 0) == OB_OK && len)
     ob_sreq_send_bytes(x->req, body, len, true);
 }
 
-void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, const char *type, const char *code) {
+void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len) {
+  reply_h(x, status, content_type, body, len, NULL, 0);
+}
+
+void ob_proxy_reply_error_h(ob_exchange_t *x, int status, const char *message, const char *type, const char *code,
+                            const ob_http_header_t *extra, size_t n_extra) {
   ob_buf_t b;
   ob_buf_init(&b);
   ob_http_error_json(&b, status, message, type, code);
-  ob_exchange_reply(x, status, "application/json", b.base, b.len);
+  reply_h(x, status, "application/json", b.base, b.len, extra, n_extra);
   ob_buf_dispose(&b);
 }
+
+void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, const char *type, const char *code) {
+  ob_proxy_reply_error_h(x, status, message, type, code, NULL, 0);
+}
+
+const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x) { return &x->proxy->cfg->admission; }
 
 ob_err_t ob_exchange_set_upstream(ob_exchange_t *x, const char *name) {
   ob_upstream_t *u = name ? ob_net_upstream(x->proxy->net, name) : NULL;
@@ -93,7 +104,7 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
   x->ttfb_us = ob_clock_us();
   x->endpoint = ob_ureq_endpoint(u);
   int64_t cl = -1;
-  ob_http_header_t *out = ob_arena_alloc(x->arena, (n + 1) * sizeof *out);
+  ob_http_header_t *out = ob_arena_alloc(x->arena, (n + 1 + OB_PROXY_ADMISSION_HEADERS) * sizeof *out);
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     if (ob_iov_eq_str_nocase(headers[i].name, "content-length")) {
@@ -105,12 +116,27 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
     out[k++] = headers[i];
   }
   out[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  k += ob_proxy_admission_headers(x, out + k);
   x->answered = true;
   ob_sreq_send_head(x->req, status, out, k, cl, false);
 }
 
 static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
   ob_exchange_t *x = data;
+  void (*look)(ob_exchange_t *, const char *, size_t) = x->route->cls->on_response_data;
+  if (look) {
+    /* Let the route class read the spans in place (usage accounting). */
+    struct evbuffer_iovec v[16];
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(buf, &pos, 0, EVBUFFER_PTR_SET);
+    for (;;) {
+      int nv = evbuffer_peek(buf, -1, &pos, v, 16);
+      int used = nv < 16 ? nv : 16;
+      size_t seen = 0;
+      for (int i = 0; i < used; i++) look(x, v[i].iov_base, v[i].iov_len), seen += v[i].iov_len;
+      if (nv <= 16 || evbuffer_ptr_set(buf, &pos, seen, EVBUFFER_PTR_ADD) != 0) break;
+    }
+  }
   ob_sreq_send_data(x->req, buf, false);
   /* A slow reader pauses the upstream instead of growing our buffers. */
   if (!x->paused && ob_sreq_pending(x->req) > x->proxy->cfg->limits.stream_window_bytes) {
@@ -144,20 +170,27 @@ static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bo
 
 static const ob_ureq_handler_t up_handler = {up_head, up_data, up_end, up_error};
 
-static void forward(ob_exchange_t *x) {
+void ob_proxy_forward(ob_exchange_t *x) {
   ob_sreq_t *s = x->req;
+  const ob_config_upstream_t *ucfg = NULL;
+  for (size_t i = 0; i < x->proxy->cfg->num_upstreams; i++)
+    if (strcmp(x->proxy->cfg->upstreams[i].name, x->upstream_name) == 0) ucfg = &x->proxy->cfg->upstreams[i];
+  bool strip_key = ob_tenants_required(x->proxy->tenants) || (ucfg && ucfg->credential_header);
   ob_iov_t conn = OB_IOV_LIT("");
   const ob_http_header_t *ch = ob_sreq_header(s, "connection");
   if (ch) conn = ch->value;
-  ob_http_header_t *h = ob_arena_alloc(x->arena, (s->num_headers + 4) * sizeof *h);
+  ob_http_header_t *h = ob_arena_alloc(x->arena, (s->num_headers + 5) * sizeof *h);
   size_t k = 0;
   ob_iov_t xff = OB_IOV_LIT("");
   for (size_t i = 0; i < s->num_headers; i++) {
     ob_iov_t name = s->headers[i].name;
     if (ob_iov_eq_str_nocase(name, "x-forwarded-for")) xff = s->headers[i].value;
-    if (is_request_hop(name, conn)) continue;
+    if (is_request_hop(name, conn) || (strip_key && is_client_credential(name))) continue;
+    if (ucfg && ucfg->credential_header && ob_iov_eq_str_nocase(name, ucfg->credential_header)) continue;
     h[k++] = s->headers[i];
   }
+  if (ucfg && ucfg->credential_header)
+    h[k++] = (ob_http_header_t){ob_iov_str(ucfg->credential_header), ob_iov_str(ucfg->credential_value)};
   /* x-forwarded-for: append the client address to what the edge said. */
   ob_buf_t b;
   ob_buf_init(&b);
@@ -211,6 +244,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
     x->up_path = ob_arena_dup(x->arena, ob_buf_iov(&b));
     ob_buf_dispose(&b);
   }
+  if (!ob_proxy_identify(x)) return;
   if (x->route->upstream) ob_exchange_set_upstream(x, x->route->upstream);
   ob_err_t rv = x->route->cls->prepare(x, x->route->class_data);
   if (rv != OB_OK) {
@@ -222,7 +256,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
     ob_exchange_reply_error(x, 404, "no upstream for this request", NULL, NULL);
     return;
   }
-  forward(x);
+  ob_proxy_admit(x);
 }
 
 static void on_writable(ob_sreq_t *s, void *ctx) {
@@ -242,6 +276,7 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
     ob_ureq_cancel(x->u);
     x->u = NULL;
   }
+  ob_proxy_release(x, completed);
   log_line(x, s, completed);
   x->req = NULL;
   s->handler_data = NULL;
@@ -253,9 +288,10 @@ const ob_sreq_handler_t *ob_proxy_handler(void) { return &handler; }
 
 /* ---------------------------------------------------------------- the proxy */
 
-ob_proxy_t *ob_proxy_create(ob_config_t *cfg, ob_route_find_cb find, void *table) {
+ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_route_find_cb find, void *table) {
   ob_proxy_t *p = ob_xcalloc(1, sizeof *p);
   p->cfg = ob_config_acquire(cfg);
+  p->tenants = tenants;
   p->find = find;
   p->table = table;
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -264,10 +300,14 @@ ob_proxy_t *ob_proxy_create(ob_config_t *cfg, ob_route_find_cb find, void *table
   return p;
 }
 
-void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net) { p->net = net; }
+void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
+  p->net = net;
+  ob_proxy_admission_init(p, base);
+}
 
 void ob_proxy_destroy(ob_proxy_t *p) {
   if (!p) return;
+  if (p->fs) ob_proxy_admission_dispose(p);
   ob_config_release(p->cfg);
   free(p);
 }

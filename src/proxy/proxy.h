@@ -1,8 +1,9 @@
 /*
  * proxy: the exchange (one client request and its upstream request, owning
- * both halves) and its pipeline: route -> prepare (route class) -> forward ->
- * stream -> release -> record. Route classes (routes/, mcp/) plug in through
- * ob_route_class_t; the proxy never includes them. Uses net and core.
+ * both halves) and its pipeline: route -> identify (tenant) -> prepare
+ * (route class) -> admit (fairshare) -> forward -> stream -> release ->
+ * record. Route classes (routes/, mcp/) plug in through ob_route_class_t;
+ * the proxy never includes them. Uses net, tenant, fairshare and core.
  *
  * Lifetime: an exchange is created when net hands over a complete request
  * (on_request) and freed when net reports the client stream closed
@@ -15,7 +16,9 @@
 
 #include "config.h"
 #include "core.h"
+#include "fairshare.h"
 #include "net.h"
+#include "tenant.h"
 
 typedef struct ob_proxy ob_proxy_t;
 typedef struct ob_exchange ob_exchange_t;
@@ -35,6 +38,19 @@ typedef struct ob_route ob_route_t;
 typedef struct ob_route_class {
   const char *name;
   ob_err_t (*prepare)(ob_exchange_t *x, void *data);
+  /* Requests of this class go through fairshare admission (passthrough
+   * does not: authenticated, never queued). */
+  bool admitted;
+  /* Default cost kind when the route does not configure one; inference
+   * uses admission.cost. */
+  bool cost_tokens_default;
+  /* Optional: sees every response body span before it is forwarded
+   * (borrowed for the call; must not consume it). */
+  void (*on_response_data)(ob_exchange_t *x, const char *p, size_t n);
+  /* Optional: the actual cost of a finished exchange in tokens (completed:
+   * the response was complete). Called once, at release. Without it the
+   * estimate stands. */
+  uint64_t (*actual_tokens)(ob_exchange_t *x, bool completed);
 } ob_route_class_t;
 
 /* A compiled route. Owned by the route table that produced it, which
@@ -45,6 +61,7 @@ struct ob_route {
   const char *upstream;       /* default upstream name, may be NULL */
   const ob_route_class_t *cls;
   void *class_data;
+  int cost;                   /* -1: class default; else an ob_cost_kind_t */
 };
 
 /* Finds the route for a path (longest prefix); NULL when none matches.
@@ -63,7 +80,18 @@ struct ob_exchange {
   size_t num_body_parts;
   ob_iov_t model;             /* requested model, for the log (empty when none) */
   char request_id[40];
+  ob_identity_t who;          /* tenant and key; who.tenant NULL when anonymous */
+  uint64_t prompt_tokens_est; /* set by prepare (inference): estimated prompt tokens */
+  uint64_t max_tokens;        /* set by prepare: requested output tokens (or the default) */
+  void *class_state;          /* the route class's per-exchange state (arena) */
   /* private */
+  ob_fs_req_t fsr;
+  int fs_state;
+  bool cost_tokens;
+  uint64_t cost;
+  uint64_t tpm_taken;
+  uint64_t queue_start_us, queue_us;
+  const char *admission;      /* "fast", "queued", "rejected", NULL = not admitted */
   ob_ureq_t *u;
   const char *endpoint;
   uint64_t ttfb_us;
@@ -86,10 +114,15 @@ void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, 
 /* Answer with a complete body (copied) and a content type. */
 void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len);
 
-/* The proxy: one per event loop. cfg: acquired. net is attached after
- * creation because net needs the proxy's handler first. */
-ob_proxy_t *ob_proxy_create(ob_config_t *cfg, ob_route_find_cb find, void *table);
-void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net);
+/* The admission config of the proxy, for route classes (borrowed). */
+const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x);
+
+/* The proxy: one per event loop. cfg: acquired. tenants: borrowed, built
+ * from cfg, must outlive the proxy. net is attached after creation because
+ * net needs the proxy's handler first; attaching also creates the
+ * scheduler's pools (one per upstream) and its timer on base. */
+ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_route_find_cb find, void *table);
+void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base);
 /* The handler to give ob_net_create, with the proxy as ctx. */
 const ob_sreq_handler_t *ob_proxy_handler(void);
 void ob_proxy_destroy(ob_proxy_t *p);

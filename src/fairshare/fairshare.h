@@ -1,0 +1,207 @@
+/*
+ * fairshare: the admission scheduler. Pure: no I/O, no clock of its own
+ * (every call that needs time takes `now_us`), no allocation per decision
+ * beyond what a tenant or pool needs once. Uses only core.
+ *
+ * Vocabulary (docs/fairshare.md):
+ *   pool    a set of `max_inflight` slots (one per upstream); a request holds
+ *           one slot of its pool from grant until release.
+ *   group   tenants sharing a weight at the top level (production, batch ...).
+ *   tenant  a caller with a weight inside its group, its own caps and a FIFO
+ *           queue per pool.
+ *   cost    what a request is charged: 1 (cost = requests) or an estimate of
+ *           its tokens, corrected to the actual usage at release.
+ *   service cost actually charged to a tenant or group so far.
+ *   deficit the DRR credit a tenant or group has left in the current round.
+ *
+ * Modes:
+ *   OB_FS_HIERARCHICAL  deficit round robin across the groups backlogged in a
+ *                       pool (by group weight); inside the chosen group, DRR
+ *                       across its backlogged tenants (by tenant weight);
+ *                       FIFO inside a tenant.
+ *   OB_FS_WEIGHTED      one DRR across all tenants by tenant weight.
+ *   OB_FS_FIFO          one first-come queue per pool (the baseline).
+ *
+ * Each decision costs O(1) amortised (DRR with a quantum scaled so that one
+ * visit to a backlogged tenant can always pay for its head request) plus
+ * O(log n) for the deadline heap; no call scans all tenants.
+ *
+ * Ownership: the scheduler owns tenants, groups and pools it creates; a
+ * request (ob_fs_req_t) is caller storage that the scheduler links into its
+ * queues between ob_fs_submit and the request's grant, cancel or expiry, and
+ * counts in flight between grant and ob_fs_release. Caller storage must stay
+ * valid (and must not move) for that whole time.
+ */
+#ifndef OB_FAIRSHARE_H
+#define OB_FAIRSHARE_H
+
+#include "core.h"
+
+typedef struct ob_fs ob_fs_t;
+
+typedef enum { OB_FS_HIERARCHICAL, OB_FS_WEIGHTED, OB_FS_FIFO } ob_fs_mode_t;
+
+/* Identifiers handed out by the scheduler; stable for its lifetime. */
+typedef uint32_t ob_fs_pool_id;
+typedef uint32_t ob_fs_group_id;
+typedef uint32_t ob_fs_tenant_id;
+
+typedef struct ob_fs_params {
+  ob_fs_mode_t mode;
+  uint32_t max_inflight;     /* all pools together; 0 = unlimited */
+  uint32_t max_queue;        /* queued requests in all pools together; 0 = unlimited */
+  uint64_t quantum;          /* DRR quantum per unit of weight; 0 = automatic (the
+                                largest cost seen so far, so one visit pays for any head) */
+} ob_fs_params_t;
+
+typedef struct ob_fs_tenant_params {
+  ob_fs_group_id group;
+  uint32_t weight;           /* >= 1 */
+  uint32_t max_inflight;     /* across pools; 0 = unlimited */
+  uint32_t max_queue;        /* across pools; 0 = unlimited */
+} ob_fs_tenant_params_t;
+
+/* A request as the scheduler sees it. Caller storage; fields marked `in`
+ * are set by the caller before ob_fs_submit, the rest are private. */
+typedef struct ob_fs_req {
+  /* in */
+  ob_fs_pool_id pool;
+  ob_fs_tenant_id tenant;
+  uint64_t cost;             /* estimate, >= 1 */
+  uint64_t deadline_us;      /* absolute; 0 = none. Queued past it -> expired */
+  void *user;                /* caller's back pointer (the exchange) */
+  /* private */
+  struct ob_fs_req *next, *prev; /* tenant FIFO links (or the FIFO-mode queue) */
+  uint64_t enqueued_us;
+  size_t heap_index;         /* position in the deadline heap, SIZE_MAX when absent */
+  int state;
+} ob_fs_req_t;
+
+/* ---------------------------------------------------------------- setup */
+
+ob_fs_t *ob_fs_create(const ob_fs_params_t *p);
+/* Free the scheduler. Requests still linked are simply forgotten. NULL ok. */
+void ob_fs_destroy(ob_fs_t *fs);
+/* Change mode/caps/quantum at run time; queued requests keep their place.
+ * Changing the mode with requests queued is allowed: they are re-queued in
+ * arrival order. */
+void ob_fs_set_params(ob_fs_t *fs, const ob_fs_params_t *p);
+
+/* Pools, groups and tenants. name: borrowed for the call (copied, used in
+ * stats). max_inflight 0 = unlimited; weight >= 1. */
+ob_fs_pool_id ob_fs_pool_add(ob_fs_t *fs, const char *name, uint32_t max_inflight);
+void ob_fs_pool_set(ob_fs_t *fs, ob_fs_pool_id pool, uint32_t max_inflight);
+ob_fs_group_id ob_fs_group_add(ob_fs_t *fs, const char *name, uint32_t weight);
+void ob_fs_group_set(ob_fs_t *fs, ob_fs_group_id g, uint32_t weight);
+ob_fs_tenant_id ob_fs_tenant_add(ob_fs_t *fs, const char *name, const ob_fs_tenant_params_t *p);
+/* New weight / caps / group apply at once; queued requests keep their place. */
+void ob_fs_tenant_set(ob_fs_t *fs, ob_fs_tenant_id t, const ob_fs_tenant_params_t *p);
+
+/* ---------------------------------------------------------------- decisions */
+
+typedef enum {
+  OB_FS_GRANTED,          /* fast path: holds a slot now */
+  OB_FS_QUEUED,           /* waits; comes out of ob_fs_next_grant or ob_fs_next_expired */
+  OB_FS_TENANT_QUEUE_FULL,/* tenant's max_queue reached (answer 429) */
+  OB_FS_QUEUE_FULL        /* global max_queue reached (answer 429) */
+} ob_fs_verdict_t;
+
+/* Submit a request. Granted at once when the pool has no request queued
+ * that could use the slot, a pool slot and a global slot are free, and the
+ * tenant is under its max_inflight; otherwise queued (or refused). */
+ob_fs_verdict_t ob_fs_submit(ob_fs_t *fs, ob_fs_req_t *r, uint64_t now_us);
+
+/* The next queued request that may run now, already counted in flight (its
+ * slot is held), or NULL. Call in a loop after every release, cancel, expiry
+ * or change of parameters, until NULL. */
+ob_fs_req_t *ob_fs_next_grant(ob_fs_t *fs, uint64_t now_us);
+
+/* Give back a granted request's slot. actual_cost: what it really cost (the
+ * difference to the estimate is charged or credited to its tenant and group);
+ * pass r->cost when unknown. r is unlinked and free for reuse afterwards. */
+void ob_fs_release(ob_fs_t *fs, ob_fs_req_t *r, uint64_t actual_cost, uint64_t now_us);
+
+/* Take a queued request out (the client went away). No-op when r is not
+ * queued. */
+void ob_fs_cancel(ob_fs_t *fs, ob_fs_req_t *r);
+
+/* Earliest deadline among queued requests, or 0 when none. */
+uint64_t ob_fs_next_deadline(const ob_fs_t *fs);
+/* A queued request whose deadline is <= now, removed from the queue, or NULL.
+ * Call in a loop. */
+ob_fs_req_t *ob_fs_next_expired(ob_fs_t *fs, uint64_t now_us);
+
+/*
+ * Suggested Retry-After in milliseconds for a request of tenant t that was
+ * refused (or expired) in pool: the tenant's place in line divided by the
+ * pool's recent drain rate (an exponentially weighted rate of releases),
+ * scaled by the tenant's share of the backlogged weight. At least 1000, at
+ * most 60000.
+ */
+uint64_t ob_fs_retry_after_ms(const ob_fs_t *fs, ob_fs_pool_id pool, ob_fs_tenant_id t, uint64_t now_us);
+
+/* ---------------------------------------------------------------- observing */
+
+typedef struct ob_fs_tenant_stats {
+  const char *name;          /* borrowed from the scheduler */
+  ob_fs_group_id group;
+  uint32_t weight;
+  uint32_t inflight;
+  uint32_t queued;
+  uint64_t service;          /* total cost charged (actual where known) */
+  int64_t deficit;           /* summed over pools */
+} ob_fs_tenant_stats_t;
+
+typedef struct ob_fs_group_stats {
+  const char *name;
+  uint32_t weight;
+  uint32_t inflight;
+  uint32_t queued;
+  uint64_t service;
+  int64_t deficit;
+} ob_fs_group_stats_t;
+
+typedef struct ob_fs_pool_stats {
+  const char *name;
+  uint32_t max_inflight;
+  uint32_t inflight;
+  uint32_t queued;
+} ob_fs_pool_stats_t;
+
+size_t ob_fs_num_tenants(const ob_fs_t *fs);
+size_t ob_fs_num_groups(const ob_fs_t *fs);
+size_t ob_fs_num_pools(const ob_fs_t *fs);
+void ob_fs_tenant_stats(const ob_fs_t *fs, ob_fs_tenant_id t, ob_fs_tenant_stats_t *out);
+void ob_fs_group_stats(const ob_fs_t *fs, ob_fs_group_id g, ob_fs_group_stats_t *out);
+void ob_fs_pool_stats(const ob_fs_t *fs, ob_fs_pool_id p, ob_fs_pool_stats_t *out);
+uint32_t ob_fs_inflight(const ob_fs_t *fs); /* all pools */
+uint32_t ob_fs_queued(const ob_fs_t *fs);
+
+/* ---------------------------------------------------------------- rate limits */
+
+/*
+ * A token bucket refilled continuously: `per_minute` tokens per minute,
+ * holding at most `per_minute`. Used for rpm (1 per request) and tpm
+ * (estimated tokens at admission, corrected with the actual usage later:
+ * the bucket may go negative, which delays later requests).
+ * per_minute == 0 means unlimited (every take succeeds).
+ */
+typedef struct ob_fs_bucket {
+  uint64_t per_minute;
+  double level;              /* private */
+  uint64_t updated_us;       /* private */
+} ob_fs_bucket_t;
+
+void ob_fs_bucket_init(ob_fs_bucket_t *b, uint64_t per_minute, uint64_t now_us);
+/* Take n if available; returns true and takes, or false and takes nothing. */
+bool ob_fs_bucket_take(ob_fs_bucket_t *b, uint64_t n, uint64_t now_us);
+/* Add back (negative: take more) without checking, e.g. usage corrections. */
+void ob_fs_bucket_adjust(ob_fs_bucket_t *b, int64_t delta, uint64_t now_us);
+/* Whole tokens available now (0 when negative). */
+uint64_t ob_fs_bucket_remaining(ob_fs_bucket_t *b, uint64_t now_us);
+/* Milliseconds until n tokens are available (0 when they are now). */
+uint64_t ob_fs_bucket_wait_ms(ob_fs_bucket_t *b, uint64_t n, uint64_t now_us);
+/* Milliseconds until the bucket is full again. */
+uint64_t ob_fs_bucket_full_ms(ob_fs_bucket_t *b, uint64_t now_us);
+
+#endif /* OB_FAIRSHARE_H */

@@ -1,0 +1,316 @@
+/*
+ * admission.c: the identify and admit stages of the pipeline, and the
+ * release that ends every admitted exchange exactly once. It turns the
+ * config snapshot into scheduler pools (one per upstream), groups and
+ * tenants, keeps the per-tenant rpm / tpm buckets, drives the scheduler's
+ * grant and expiry loops, and answers 401 / 403 / 429 / 503 in OpenAI's
+ * shape. The scheduling itself is src/fairshare's.
+ */
+#include "proxy_int.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---------------------------------------------------------------- setup */
+
+static ob_fs_mode_t fs_mode(ob_admission_mode_t m) {
+  return m == OB_ADMIT_FIFO ? OB_FS_FIFO : m == OB_ADMIT_WEIGHTED ? OB_FS_WEIGHTED : OB_FS_HIERARCHICAL;
+}
+
+static void arm_expiry(ob_proxy_t *p) {
+  uint64_t d = ob_fs_next_deadline(p->fs);
+  if (!d) {
+    evtimer_del(p->expiry);
+    return;
+  }
+  uint64_t now = ob_clock_us();
+  uint64_t in = d > now ? d - now : 0;
+  struct timeval tv = {(time_t)(in / 1000000), (suseconds_t)(in % 1000000)};
+  evtimer_add(p->expiry, &tv);
+}
+
+/* Forward every request the scheduler can grant now. */
+static void pump(ob_proxy_t *p) {
+  ob_fs_req_t *r;
+  uint64_t now = ob_clock_us();
+  while ((r = ob_fs_next_grant(p->fs, now))) {
+    ob_exchange_t *x = r->user;
+    x->fs_state = FS_GRANTED;
+    x->queue_us = now - x->queue_start_us;
+    x->admission = "queued";
+    ob_proxy_forward(x);
+  }
+  arm_expiry(p);
+}
+
+static void retry_after_header(ob_exchange_t *x, uint64_t ms, ob_http_header_t *h, size_t *k) {
+  char *v = ob_arena_alloc(x->arena, 24);
+  snprintf(v, 24, "%llu", (unsigned long long)((ms + 999) / 1000));
+  h[(*k)++] = (ob_http_header_t){OB_IOV_LIT("retry-after"), ob_iov_str(v)};
+}
+
+static void on_expiry(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  ob_proxy_t *p = arg;
+  uint64_t now = ob_clock_us();
+  ob_fs_req_t *r;
+  while ((r = ob_fs_next_expired(p->fs, now))) {
+    ob_exchange_t *x = r->user;
+    x->fs_state = FS_DONE;
+    x->queue_us = now - x->queue_start_us;
+    x->admission = "queued";
+    ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
+    size_t k = 0;
+    retry_after_header(x, ob_fs_retry_after_ms(p->fs, r->pool, r->tenant, now), h, &k);
+    ob_proxy_reply_error_h(x, 503, "The request waited too long for capacity; retry later.", "server_error",
+                           "queue_timeout", h, k);
+  }
+  pump(p);
+}
+
+void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
+  const ob_config_t *c = p->cfg;
+  const ob_config_admission_t *a = &c->admission;
+  ob_fs_params_t fp = {fs_mode(a->mode), a->max_inflight, a->max_queue, a->quantum};
+  p->fs = ob_fs_create(&fp);
+  p->pool_of = ob_xcalloc(c->num_upstreams ? c->num_upstreams : 1, sizeof *p->pool_of);
+  for (size_t i = 0; i < c->num_upstreams; i++)
+    p->pool_of[i] = ob_fs_pool_add(p->fs, c->upstreams[i].name, c->upstreams[i].max_inflight);
+  ob_fs_group_id *gid = ob_xcalloc(c->num_groups ? c->num_groups : 1, sizeof *gid);
+  for (size_t i = 0; i < c->num_groups; i++) gid[i] = ob_fs_group_add(p->fs, c->groups[i].name, c->groups[i].weight);
+  p->tenant_of = ob_xcalloc(c->num_tenants ? c->num_tenants : 1, sizeof *p->tenant_of);
+  p->rpm = ob_xcalloc(c->num_tenants ? c->num_tenants : 1, sizeof *p->rpm);
+  p->tpm = ob_xcalloc(c->num_tenants ? c->num_tenants : 1, sizeof *p->tpm);
+  uint64_t now = ob_clock_us();
+  for (size_t i = 0; i < c->num_tenants; i++) {
+    const ob_config_tenant_t *t = &c->tenants[i];
+    ob_fs_group_id g = 0;
+    bool found = false;
+    for (size_t j = 0; j < c->num_groups; j++)
+      if (strcmp(c->groups[j].name, t->group) == 0) g = gid[j], found = true;
+    if (!found) g = ob_fs_group_add(p->fs, t->group, 1); /* validated config always declares it */
+    ob_fs_tenant_params_t tp = {g, t->weight ? t->weight : 1, t->max_inflight, t->max_queue};
+    p->tenant_of[i] = ob_fs_tenant_add(p->fs, t->name, &tp);
+    ob_fs_bucket_init(&p->rpm[i], t->rpm, now);
+    ob_fs_bucket_init(&p->tpm[i], t->tpm, now);
+  }
+  if (c->num_tenants == 0) {
+    ob_fs_group_id g = ob_fs_group_add(p->fs, "default", 1);
+    ob_fs_tenant_params_t tp = {g, 1, 0, 0};
+    p->anonymous = ob_fs_tenant_add(p->fs, "anonymous", &tp);
+  }
+  free(gid);
+  p->expiry = evtimer_new(base, on_expiry, p);
+}
+
+void ob_proxy_admission_dispose(ob_proxy_t *p) {
+  if (p->expiry) event_free(p->expiry);
+  ob_fs_destroy(p->fs);
+  free(p->pool_of);
+  free(p->tenant_of);
+  free(p->rpm);
+  free(p->tpm);
+}
+
+/* ---------------------------------------------------------------- identify */
+
+bool ob_proxy_identify(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  if (!ob_tenants_required(p->tenants)) return true;
+  const ob_http_header_t *auth = ob_sreq_header(x->req, "authorization");
+  const ob_http_header_t *xkey = ob_sreq_header(x->req, "x-api-key");
+  ob_auth_t a = ob_tenants_identify(p->tenants, auth ? auth->value : OB_IOV_LIT(""),
+                                    xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
+  switch (a) {
+  case OB_AUTH_OK: return true;
+  case OB_AUTH_MISSING:
+    ob_exchange_reply_error(x, 401,
+                            "You didn't provide an API key. Provide it in the Authorization header (Bearer) or in x-api-key.",
+                            "invalid_request_error", "missing_api_key");
+    return false;
+  case OB_AUTH_UNKNOWN:
+    ob_exchange_reply_error(x, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key");
+    return false;
+  case OB_AUTH_DISABLED:
+    ob_exchange_reply_error(x, 403, "This API key or its tenant is disabled.", "permission_error", "tenant_disabled");
+    return false;
+  }
+  return false;
+}
+
+/* ---------------------------------------------------------------- admit */
+
+static size_t pool_index(ob_proxy_t *p, const char *upstream) {
+  for (size_t i = 0; i < p->cfg->num_upstreams; i++)
+    if (strcmp(p->cfg->upstreams[i].name, upstream) == 0) return i;
+  return 0;
+}
+
+/* "1s", "6m0s", "20ms": the duration format of OpenAI's x-ratelimit-reset-*. */
+static const char *reset_text(ob_exchange_t *x, uint64_t ms) {
+  char *v = ob_arena_alloc(x->arena, 32);
+  if (ms < 1000) snprintf(v, 32, "%llums", (unsigned long long)ms);
+  else if (ms < 60000) snprintf(v, 32, "%.3gs", (double)ms / 1000.0);
+  else snprintf(v, 32, "%llum%llus", (unsigned long long)(ms / 60000), (unsigned long long)((ms % 60000) / 1000));
+  return v;
+}
+
+static const char *num_text(ob_exchange_t *x, uint64_t n) {
+  char *v = ob_arena_alloc(x->arena, 24);
+  snprintf(v, 24, "%llu", (unsigned long long)n);
+  return v;
+}
+
+/* Rate-limit headers of a tenant that has limits; up to 6 entries. */
+static size_t ratelimit_headers(ob_exchange_t *x, ob_http_header_t *h) {
+  ob_proxy_t *p = x->proxy;
+  if (!x->who.tenant) return 0;
+  size_t i = x->who.tenant_index, k = 0;
+  uint64_t now = ob_clock_us();
+  if (p->rpm[i].per_minute) {
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-requests"), ob_iov_str(num_text(x, p->rpm[i].per_minute))};
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-remaining-requests"),
+                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(&p->rpm[i], now)))};
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-reset-requests"),
+                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(&p->rpm[i], now)))};
+  }
+  if (p->tpm[i].per_minute) {
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-tokens"), ob_iov_str(num_text(x, p->tpm[i].per_minute))};
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-remaining-tokens"),
+                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(&p->tpm[i], now)))};
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-reset-tokens"),
+                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(&p->tpm[i], now)))};
+  }
+  return k;
+}
+
+size_t ob_proxy_admission_headers(ob_exchange_t *x, ob_http_header_t *h) {
+  size_t k = 0;
+  if (x->admission) {
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-obleth-admission"), ob_iov_str(x->admission)};
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-obleth-queue-ms"), ob_iov_str(num_text(x, x->queue_us / 1000))};
+  }
+  return k + ratelimit_headers(x, h + k);
+}
+
+static void reject_rate(ob_exchange_t *x, uint64_t wait_ms, const char *what) {
+  ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
+  size_t k = 0;
+  retry_after_header(x, wait_ms, h, &k);
+  char msg[160];
+  snprintf(msg, sizeof msg, "Rate limit reached for %s per minute; retry after %llu ms.", what,
+           (unsigned long long)wait_ms);
+  x->admission = "rejected";
+  ob_proxy_reply_error_h(x, 429, msg, "rate_limit_error", "rate_limit_exceeded", h, k);
+}
+
+/* The client's own deadline, from x-request-timeout-ms or grpc-timeout;
+ * 0 when none. It can only shorten the wait. */
+static uint64_t client_deadline_us(ob_exchange_t *x) {
+  const ob_http_header_t *h = ob_sreq_header(x->req, "x-request-timeout-ms");
+  uint64_t v;
+  if (h && ob_iov_to_u64(ob_iov_trim(h->value), &v) && v < UINT64_MAX / 1000) return x->req->start_us + v * 1000;
+  h = ob_sreq_header(x->req, "grpc-timeout");
+  if (h && ob_http_parse_grpc_timeout(h->value, &v)) return x->req->start_us + v;
+  return 0;
+}
+
+void ob_proxy_admit(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  const ob_config_admission_t *a = &p->cfg->admission;
+  const ob_route_class_t *cls = x->route->cls;
+  if (x->who.tenant && x->model.len && !ob_tenant_allows_model(x->who.tenant, x->model)) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "This key may not use the model `%.*s`.", (int)(x->model.len > 200 ? 200 : x->model.len),
+             x->model.base);
+    ob_exchange_reply_error(x, 403, msg, "permission_error", "model_not_allowed");
+    return;
+  }
+  if (!cls->admitted) {
+    /* Authenticated but never queued. */
+    x->admission = "fast";
+    ob_proxy_forward(x);
+    return;
+  }
+  int kind = x->route->cost >= 0 ? x->route->cost : (cls->cost_tokens_default ? (int)a->cost : OB_COST_REQUESTS);
+  x->cost_tokens = kind == OB_COST_TOKENS;
+  x->cost = x->cost_tokens ? x->prompt_tokens_est + x->max_tokens : 1;
+  if (x->cost == 0) x->cost = 1;
+  uint64_t now = ob_clock_us();
+  if (x->who.tenant) {
+    size_t i = x->who.tenant_index;
+    if (!ob_fs_bucket_take(&p->rpm[i], 1, now)) {
+      reject_rate(x, ob_fs_bucket_wait_ms(&p->rpm[i], 1, now), "requests");
+      return;
+    }
+    if (x->cost_tokens && p->tpm[i].per_minute) {
+      uint64_t want = x->cost < p->tpm[i].per_minute ? x->cost : p->tpm[i].per_minute;
+      if (!ob_fs_bucket_take(&p->tpm[i], want, now)) {
+        ob_fs_bucket_adjust(&p->rpm[i], 1, now); /* the request did not happen */
+        reject_rate(x, ob_fs_bucket_wait_ms(&p->tpm[i], want, now), "tokens");
+        return;
+      }
+      x->tpm_taken = want;
+    }
+  }
+  x->fsr.pool = p->pool_of[pool_index(p, x->upstream_name)];
+  x->fsr.tenant = x->who.tenant ? p->tenant_of[x->who.tenant_index] : p->anonymous;
+  x->fsr.cost = x->cost;
+  x->fsr.user = x;
+  uint64_t deadline = x->req->start_us + (uint64_t)a->queue_timeout_ms * 1000;
+  uint64_t client = client_deadline_us(x);
+  if (client && client < deadline) deadline = client;
+  x->fsr.deadline_us = deadline;
+  x->queue_start_us = now;
+  switch (ob_fs_submit(p->fs, &x->fsr, now)) {
+  case OB_FS_GRANTED:
+    x->fs_state = FS_GRANTED;
+    x->admission = "fast";
+    ob_proxy_forward(x);
+    return;
+  case OB_FS_QUEUED:
+    x->fs_state = FS_QUEUED;
+    arm_expiry(p);
+    return;
+  case OB_FS_TENANT_QUEUE_FULL:
+  case OB_FS_QUEUE_FULL: {
+    ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
+    size_t k = 0;
+    retry_after_header(x, ob_fs_retry_after_ms(p->fs, x->fsr.pool, x->fsr.tenant, now), h, &k);
+    x->admission = "rejected";
+    if (x->who.tenant) {
+      ob_fs_bucket_adjust(&p->rpm[x->who.tenant_index], 1, now);
+      ob_fs_bucket_adjust(&p->tpm[x->who.tenant_index], (int64_t)x->tpm_taken, now);
+    }
+    ob_proxy_reply_error_h(x, 429, "Too many requests are waiting for capacity; retry later.", "rate_limit_error",
+                           "queue_full", h, k);
+    return;
+  }
+  }
+}
+
+/* ---------------------------------------------------------------- release */
+
+void ob_proxy_release(ob_exchange_t *x, bool completed) {
+  ob_proxy_t *p = x->proxy;
+  int st = x->fs_state;
+  x->fs_state = FS_DONE;
+  if (st == FS_QUEUED) {
+    /* The client went away while waiting: leave the queue at once. */
+    ob_fs_cancel(p->fs, &x->fsr);
+    pump(p);
+    return;
+  }
+  if (st != FS_GRANTED) return;
+  uint64_t actual = x->cost;
+  if (x->cost_tokens && x->route->cls->actual_tokens) {
+    actual = x->route->cls->actual_tokens(x, completed);
+    if (actual == 0) actual = 1;
+  }
+  uint64_t now = ob_clock_us();
+  if (x->who.tenant && x->cost_tokens)
+    ob_fs_bucket_adjust(&p->tpm[x->who.tenant_index], (int64_t)x->tpm_taken - (int64_t)actual, now);
+  ob_fs_release(p->fs, &x->fsr, actual, now);
+  pump(p);
+}

@@ -1,0 +1,45 @@
+/* proxy_int.h: shared by the files of src/proxy only. */
+#ifndef OB_PROXY_INT_H
+#define OB_PROXY_INT_H
+
+#include "proxy.h"
+
+enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE };
+
+struct ob_proxy {
+  ob_config_t *cfg;            /* counted */
+  const ob_tenants_t *tenants; /* borrowed */
+  ob_net_t *net;
+  ob_route_find_cb find;
+  void *table;
+  uint64_t rid_seed;
+  uint64_t rid_counter;
+  /* admission */
+  ob_fs_t *fs;
+  ob_fs_pool_id *pool_of;      /* per cfg->upstreams index */
+  ob_fs_tenant_id *tenant_of;  /* per cfg->tenants index */
+  ob_fs_tenant_id anonymous;   /* when no tenants are configured */
+  ob_fs_bucket_t *rpm, *tpm;   /* per cfg->tenants index */
+  struct event *expiry;
+};
+
+/* admission.c */
+void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base);
+void ob_proxy_admission_dispose(ob_proxy_t *p);
+/* Identify the caller; false when an error was answered. */
+bool ob_proxy_identify(ob_exchange_t *x);
+/* After prepare: forward now, queue, or answer 429/403. */
+void ob_proxy_admit(ob_exchange_t *x);
+/* The exchange is over: give back its slot or leave the queue, exactly once. */
+void ob_proxy_release(ob_exchange_t *x, bool completed);
+/* Append admission and rate-limit headers for a response (into h, which has
+ * room for OB_PROXY_ADMISSION_HEADERS more entries; strings in the arena). */
+#define OB_PROXY_ADMISSION_HEADERS 8
+size_t ob_proxy_admission_headers(ob_exchange_t *x, ob_http_header_t *h);
+
+/* exchange.c */
+void ob_proxy_forward(ob_exchange_t *x);
+void ob_proxy_reply_error_h(ob_exchange_t *x, int status, const char *message, const char *type, const char *code,
+                            const ob_http_header_t *extra, size_t n_extra);
+
+#endif

@@ -3,7 +3,8 @@
  * The first four bytes choose the parameters (mode, global max_inflight,
  * max_queue, quantum); every following op is one byte plus its arguments:
  * add a pool / group / tenant, submit, grant, release with an actual cost,
- * cancel, advance time and expire, change params / tenant / group / pool.
+ * cancel, advance time and expire, change params / tenant / group / pool,
+ * and token-bucket ops (take / adjust / time) on a bucket of its own.
  * Requests come from a fixed array of structs whose state the driver tracks
  * itself. After every op the driver checks that the scheduler agrees with
  * it (in-flight and queued counts per tenant, per pool and in all), that no
@@ -30,6 +31,8 @@ typedef struct drv {
   uint32_t np, ng, nt;
   uint32_t global_cap, tenant_cap[MAXT];
   uint64_t now;
+  ob_fs_bucket_t bucket; /* token bucket ops run on their own clock */
+  uint64_t bucket_now;
 } drv_t;
 
 static uint8_t byte(drv_t *v) { return v->at < v->n ? v->d[v->at++] : 0; }
@@ -132,8 +135,41 @@ static void grant_all(drv_t *v) {
   }
 }
 
+/* Token bucket: take agrees with wait_ms, and waiting wait_ms is enough. */
+static void bucket_op(drv_t *v) {
+  ob_fs_bucket_t *b = &v->bucket;
+  uint8_t k = byte(v);
+  switch (k % 4) {
+  case 0:
+    ob_fs_bucket_init(b, k & 4 ? u16(v) : (uint64_t)u16(v) << 16, v->bucket_now);
+    break;
+  case 1: {
+    uint64_t n = b->per_minute ? u16(v) % (b->per_minute + 2) : u16(v);
+    uint64_t w = ob_fs_bucket_wait_ms(b, n, v->bucket_now);
+    ob_fs_bucket_t copy = *b;
+    bool ok = ob_fs_bucket_take(b, n, v->bucket_now);
+    if (ok != (w == 0) && n <= b->per_minute) fail("bucket take disagrees with wait_ms");
+    if (!ok && n <= copy.per_minute) {
+      if (!ob_fs_bucket_take(&copy, n, v->bucket_now + w * 1000)) fail("bucket: waiting wait_ms was not enough");
+    }
+    break;
+  }
+  case 2:
+    ob_fs_bucket_adjust(b, (int16_t)u16(v), v->bucket_now);
+    break;
+  case 3:
+    v->bucket_now += (uint64_t)u16(v) * 1000 + byte(v);
+    if (b->per_minute && ob_fs_bucket_remaining(b, v->bucket_now) > b->per_minute) fail("bucket above capacity");
+    ob_fs_bucket_t copy = *b; /* looking ahead must not move b's clock */
+    uint64_t full = ob_fs_bucket_full_ms(b, v->bucket_now);
+    if (full > 0 && ob_fs_bucket_remaining(&copy, v->bucket_now + full * 1000) != b->per_minute)
+      fail("bucket not full after full_ms");
+    break;
+  }
+}
+
 static void op(drv_t *v, uint8_t code) {
-  switch (code % 13) {
+  switch (code % 14) {
   case 0:
     if (v->np < MAXP) ob_fs_pool_add(v->fs, "p", byte(v) % 5), v->np++;
     break;
@@ -222,6 +258,9 @@ static void op(drv_t *v, uint8_t code) {
     if (r) granted(v, r);
     break;
   }
+  case 13:
+    bucket_op(v);
+    break;
   }
 }
 

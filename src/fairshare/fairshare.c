@@ -82,10 +82,8 @@ static fs_gpool_t *gpool_of(const ob_fs_t *fs, const fs_tenant_t *t, ob_fs_pool_
   return fs->groups[t->group]->gp[pool];
 }
 
-static int64_t clamp_debt(int64_t v, int64_t floor) {
-  if (v < -floor) return -floor;
-  return v;
-}
+/* v, but never a debt of more than one round. */
+static int64_t clamp_debt(int64_t v, int64_t round) { return v < -round ? -round : v; }
 
 /* Grow *arr (of elem-size items, *cap of them) to hold at least need. */
 static void *grow(void *arr, uint32_t *cap, uint32_t need, size_t elem) {
@@ -721,8 +719,11 @@ void ob_fs_release(ob_fs_t *fs, ob_fs_req_t *r, uint64_t actual_cost, uint64_t n
       fs_node_t *n = nodes[i];
       if (!n) continue;
       if (n->queued) {
+        /* A charge stops at one round of debt; a deficit already below
+         * that (the weight or quantum shrank) is left where it is. */
         int64_t d = n->deficit - delta;
-        n->deficit = delta > 0 && d < -rounds[i] ? (n->deficit < -rounds[i] ? n->deficit : -rounds[i]) : d;
+        if (delta > 0 && d < -rounds[i]) d = n->deficit < -rounds[i] ? n->deficit : -rounds[i];
+        n->deficit = d;
       } else {
         int64_t cv = n->carry - delta;
         n->carry = cv > 0 ? 0 : clamp_debt(cv, rounds[i]);

@@ -705,6 +705,20 @@ static void test_buckets(void) {
   ob_fs_bucket_adjust(&t, -10000, 0);
   TAP_EQ_INT(ob_fs_bucket_wait_ms(&t, 3000, 0), 8667, "tpm: (10000 + 3000) / 1.5 per ms, rounded up");
   TAP_EQ_INT(ob_fs_bucket_remaining(&t, 10000000), 5000, "10 s later: 15000 - 10000");
+  /* An awkward rate (7 per minute): waiting wait_ms is always enough, and
+   * one millisecond less is not. */
+  int enough = 0, tight = 0;
+  for (uint64_t n = 1; n <= 7; n++) {
+    ob_fs_bucket_t k;
+    ob_fs_bucket_init(&k, 7, 123);
+    ob_fs_bucket_adjust(&k, -7 - (int64_t)n, 123);
+    uint64_t w = ob_fs_bucket_wait_ms(&k, n, 5000);
+    ob_fs_bucket_t early = k;
+    enough += ob_fs_bucket_take(&k, n, 5000 + w * 1000);
+    tight += !ob_fs_bucket_take(&early, n, 5000 + (w - 1) * 1000);
+  }
+  TAP_EQ_INT(enough, 7, "after wait_ms the take succeeds");
+  TAP_EQ_INT(tight, 7, "and wait_ms is not longer than needed");
 }
 
 /* ---------------------------------------------------------------- properties */

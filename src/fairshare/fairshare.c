@@ -226,6 +226,15 @@ static void backlog_end(fs_node_t *n, int64_t round) {
   n->deficit = 0;
 }
 
+/* Drop a node's queue membership when everything is re-queued; its credit
+ * follows the same rule as a backlog that ends. */
+static void node_forget(fs_node_t *n, int64_t round) {
+  if (n->queued) backlog_end(n, round);
+  n->queued = 0;
+  n->in_ring = false;
+  n->next = n->prev = NULL;
+}
+
 /* The tenant crossed its max_inflight one way or the other: its queued
  * requests become runnable (or stop being) in every pool. O(pools). */
 static void tenant_set_runnable(ob_fs_t *fs, fs_tenant_t *t, bool runnable) {
@@ -498,10 +507,7 @@ static void requeue_all(ob_fs_t *fs, ob_fs_mode_t mode) {
     t->queued = 0;
     for (uint32_t i = 0; i < fs->npools; i++) {
       fs_tpool_t *tp = t->tp[i];
-      if (tp->node.queued) backlog_end(&tp->node, qw(fs, t->weight));
-      tp->node.queued = 0;
-      tp->node.in_ring = false;
-      tp->node.next = tp->node.prev = NULL;
+      node_forget(&tp->node, qw(fs, t->weight));
       tp->head = tp->tail = NULL;
     }
   }
@@ -510,10 +516,7 @@ static void requeue_all(ob_fs_t *fs, ob_fs_mode_t mode) {
     g->queued = 0;
     for (uint32_t i = 0; i < fs->npools; i++) {
       fs_gpool_t *gp = g->gp[i];
-      if (gp->node.queued) backlog_end(&gp->node, qw(fs, g->weight));
-      gp->node.queued = 0;
-      gp->node.in_ring = false;
-      gp->node.next = gp->node.prev = NULL;
+      node_forget(&gp->node, qw(fs, g->weight));
       gp->ring = (fs_ring_t){0};
       gp->bl_weight = 0;
     }

@@ -34,11 +34,13 @@
  * when its first request is queued there: its deficit starts at its carried
  * debt (0 or negative). When its last queued request leaves, any debt is
  * carried (clamped to one round) and the deficit drops to 0: idle members
- * bank no credit. A member joining a non-empty ring goes behind the current
- * one and is credited when the turn reaches it; joining an empty ring it
- * takes the turn and is credited at once. Leaving a ring ends the member's
- * turn: its credit is forfeited (debt stays) and the turn passes to, and
- * credits, the next member. A tenant reaching its max_inflight leaves its
+ * bank no credit. A member joining a non-empty ring after sitting out a
+ * full round is next in line after the current member; one back sooner goes
+ * behind all the others; either is credited when the turn reaches it (see
+ * ring_insert). Joining an empty ring
+ * it takes the turn and is credited at once. Leaving a ring ends the
+ * member's turn: its credit is forfeited (debt stays) and the turn passes
+ * to, and credits, the next member. A tenant reaching its max_inflight leaves its
  * rings that way while staying backlogged, and rejoins when a release
  * brings it under the cap; a group leaves its pool's ring when none of its
  * tenants can run there.
@@ -100,39 +102,60 @@ static int64_t node_weight_qw(const ob_fs_t *fs, const fs_node_t *n, bool groups
   return groups ? qw(fs, ((const fs_gpool_t *)n)->g->weight) : qw(fs, ((const fs_tpool_t *)n)->t->weight);
 }
 
-/* Join behind the current member, to be credited when the turn reaches it;
- * into an empty ring as the current member, credited at once (its turn
- * starts now). */
+/* Pass the turn to n, which begins a new turn, credited. The count of
+ * turns begun is the ring's round clock (see ring_insert). */
+static void turn_to(const ob_fs_t *fs, fs_ring_t *rg, fs_node_t *n, bool groups) {
+  rg->cur = n;
+  if (rg->fresh_tail == n) rg->fresh_tail = NULL;
+  n->deficit += node_weight_qw(fs, n, groups);
+  rg->turns++;
+}
+
+/* Join the ring. A member that sat out at least a full round (every other
+ * member began a turn since it left), or was never in it, is next in line:
+ * it goes right after the current member, whose turn is not cut short, and
+ * after those that joined next in line before it (arrival order holds).
+ * This is no more than DRR owes it (one turn per round), and it keeps a
+ * light tenant's wait independent of how many members the ring holds and how
+ * much the heavy ones keep queued. A member back sooner goes behind all the
+ * others, as in plain DRR, so leaving and rejoining never jumps the ring.
+ * Either way it is credited when the turn reaches it. Into an empty ring it
+ * takes the turn, credited at once. */
 static void ring_insert(const ob_fs_t *fs, fs_ring_t *rg, fs_node_t *n, bool groups) {
-  if (!rg->cur) {
+  fs_node_t *c = rg->cur;
+  rg->n++;
+  n->in_ring = true;
+  if (!c) {
     n->next = n->prev = n;
     rg->cur = n;
     n->deficit += node_weight_qw(fs, n, groups);
-  } else {
-    fs_node_t *c = rg->cur;
-    n->prev = c->prev;
-    n->next = c;
-    c->prev->next = n;
-    c->prev = n;
+    return;
   }
-  rg->n++;
-  n->in_ring = true;
+  fs_node_t *before = c->prev;
+  if (rg->turns >= n->fresh_at) {
+    before = rg->fresh_tail ? rg->fresh_tail : c;
+    rg->fresh_tail = n;
+  }
+  n->prev = before;
+  n->next = before->next;
+  before->next->prev = n;
+  before->next = n;
 }
 
 /* Leave the ring. Leaving ends the member's turn: credit is forfeited, debt
- * stays. When n had the turn, the turn passes to (and credits) the next. */
+ * stays. When n had the turn, the turn passes to the next. It may go first
+ * again once the others have each begun a turn. */
 static void ring_remove(const ob_fs_t *fs, fs_ring_t *rg, fs_node_t *n, bool groups) {
+  if (rg->fresh_tail == n) rg->fresh_tail = n->prev == rg->cur ? NULL : n->prev;
   if (n->next == n) {
     rg->cur = NULL;
   } else {
     n->prev->next = n->next;
     n->next->prev = n->prev;
-    if (rg->cur == n) {
-      rg->cur = n->next;
-      rg->cur->deficit += node_weight_qw(fs, rg->cur, groups);
-    }
+    if (rg->cur == n) turn_to(fs, rg, n->next, groups);
   }
   rg->n--;
+  n->fresh_at = rg->turns + rg->n;
   n->in_ring = false;
   n->next = n->prev = NULL;
   if (n->deficit > 0) n->deficit = 0;
@@ -187,8 +210,8 @@ static fs_node_t *ring_pick(ob_fs_t *fs, fs_ring_t *rg, bool groups) {
       fast_forward(fs, rg, groups);
       advances = 0;
     }
-    n = rg->cur = n->next;
-    n->deficit += node_weight_qw(fs, n, groups);
+    turn_to(fs, rg, n->next, groups);
+    n = rg->cur;
     advances++;
   }
 }
@@ -232,6 +255,7 @@ static void node_forget(fs_node_t *n, int64_t round) {
   if (n->queued) backlog_end(n, round);
   n->queued = 0;
   n->in_ring = false;
+  n->fresh_at = 0; /* the rings restart, and their round clocks with them */
   n->next = n->prev = NULL;
 }
 

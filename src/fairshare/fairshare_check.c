@@ -21,13 +21,17 @@ static bool ring_ok(const fs_ring_t *rg, const char **why) {
   }
   const fs_node_t *n = rg->cur;
   uint32_t k = 0;
+  bool fresh_seen = !rg->fresh_tail;
+  if (rg->fresh_tail == rg->cur) FAIL("next-in-line joiner already has the turn");
   do {
+    if (n == rg->fresh_tail) fresh_seen = true;
     if (!n->in_ring) FAIL("ring member not marked in_ring");
     if (!n->next || !n->prev || n->next->prev != n || n->prev->next != n) FAIL("ring links broken");
     if (++k > rg->n) FAIL("ring longer than its count");
     n = n->next;
   } while (n != rg->cur);
   if (k != rg->n) FAIL("ring shorter than its count");
+  if (!fresh_seen) FAIL("next-in-line joiner not in the ring");
   return true;
 }
 

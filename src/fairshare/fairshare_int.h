@@ -44,6 +44,7 @@ typedef struct fs_node {
   struct fs_node *next, *prev; /* ring links while in_ring, else NULL */
   int64_t deficit;             /* DRR credit while backlogged; 0 when not */
   int64_t carry;               /* debt kept while not backlogged: [-quantum*weight, 0] */
+  uint64_t fresh_at;           /* ring turn count from which a join goes first */
   uint32_t queued;             /* requests queued in this pool */
   bool in_ring;
 } fs_node_t;
@@ -51,6 +52,10 @@ typedef struct fs_node {
 typedef struct fs_ring {
   fs_node_t *cur; /* whose turn it is; NULL when empty */
   uint32_t n;
+  uint64_t turns; /* credited turns begun so far: the ring's round clock */
+  /* The last member that joined next in line and whose turn has not come
+   * yet (it follows cur, after any earlier such joiners), or NULL. */
+  struct fs_node *fresh_tail;
 } fs_ring_t;
 
 struct fs_tenant;

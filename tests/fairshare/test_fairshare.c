@@ -446,6 +446,49 @@ static void test_idle_no_credit(void) {
   ob_fs_destroy(fs);
 }
 
+/* A light tenant that sat out a round is next in line after the current
+ * turn, ahead of members that were waiting: its wait does not grow with the
+ * heavy tenants' backlog. Re-arriving at once to jump the ring does not work:
+ * back within the round, it queues behind everyone, as in plain DRR. */
+static void test_light_tenant_next_in_line(void) {
+  ob_fs_t *fs = mk(OB_FS_WEIGHTED, 0, 0, 0);
+  ob_fs_pool_id p = ob_fs_pool_add(fs, "gpu", 1);
+  ob_fs_group_id g = ob_fs_group_add(fs, "g", 1);
+  ob_fs_tenant_id h = tenant(fs, "H", g, 3, 0, 0), m = tenant(fs, "M", g, 1, 0, 0);
+  ob_fs_tenant_id l = tenant(fs, "L", g, 1, 0, 0), z = tenant(fs, "Z", g, 1, 0, 0);
+  static ob_fs_req_t blk, rh[200], rm[200], rl[200];
+  submit(fs, &blk, p, z, 1, 0, 0);
+  for (int i = 0; i < 200; i++) {
+    submit(fs, &rh[i], p, h, 1, 0, 0);
+    submit(fs, &rm[i], p, m, 1, 0, 0);
+  }
+  char seq[256];
+  sequence(fs, &blk, 4, NULL, seq);
+  TAP_EQ_STR(seq, "HHHM", "weights 3:1: H's turn, then M's");
+  ob_fs_req_t *held = ob_fs_next_grant(fs, 0);
+  TAP_CHECK(held && letter(fs, held) == 'H', "H's turn again");
+  submit(fs, &rl[0], p, l, 1, 0, 0);
+  TAP_CHECK(consistent(fs), "consistent with a joiner next in line");
+  sequence(fs, held, 6, NULL, seq);
+  TAP_EQ_STR(seq, "HHLMHH", "L arriving in H's turn goes right after it, before M");
+
+  /* L re-submits the moment each request is granted: it is never idle for
+   * a round, so it gets its weight's share (1 of 5), not every other turn. */
+  int nl = 0, next = 1;
+  submit(fs, &rl[next++], p, l, 1, 0, 0);
+  ob_fs_req_t *r = ob_fs_next_grant(fs, 0);
+  if (r && r->tenant == l) submit(fs, &rl[next++], p, l, 1, 0, 0);
+  for (int i = 0; i < 100 && r; i++) {
+    if (r->tenant == l) nl++;
+    ob_fs_release(fs, r, 1, 0);
+    r = ob_fs_next_grant(fs, 0);
+    if (r && r->tenant == l && next < 200) submit(fs, &rl[next++], p, l, 1, 0, 0);
+  }
+  TAP_CHECK(nl >= 19 && nl <= 21, "re-arriving at once, L gets its 1/5 share: %d of 100", nl);
+  TAP_CHECK(consistent(fs), "consistent after the re-arrival loop");
+  ob_fs_destroy(fs);
+}
+
 /* ---------------------------------------------------------------- modes and run-time changes */
 
 static void test_fifo_mode(void) {
@@ -1028,6 +1071,7 @@ int main(void) {
   test_expiry();
   test_cost_correction();
   test_idle_no_credit();
+  test_light_tenant_next_in_line();
   test_fifo_mode();
   test_weighted_ignores_groups();
   test_weight_change();

@@ -18,6 +18,7 @@ typedef struct {
 static const class_entry_t classes[] = {
     {"inference", &ob_routes_inference_class},
     {"passthrough", &ob_routes_passthrough_class},
+    {"grpc", &ob_routes_grpc_class},
 };
 
 static int by_prefix_len_desc(const void *a, const void *b) {
@@ -30,8 +31,11 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg) {
   t->cfg = ob_config_acquire(cfg);
   t->started = (long long)time(NULL);
   t->num = cfg->num_routes;
-  t->routes = ob_xcalloc(t->num ? t->num : 1, sizeof *t->routes);
+  t->routes = ob_xcalloc(t->num + 1, sizeof *t->routes);
+  size_t nt = cfg->num_tenants;
+  t->allowed = ob_xcalloc(cfg->num_routes * nt + 1, sizeof *t->allowed);
   size_t k = 0;
+  bool health_routed = false;
   for (size_t i = 0; i < cfg->num_routes; i++) {
     const ob_config_route_t *r = &cfg->routes[i];
     const ob_route_class_t *cls = NULL;
@@ -48,6 +52,24 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg) {
     o->cls = cls;
     o->class_data = t;
     o->cost = !r->cost ? -1 : strcmp(r->cost, "tokens") == 0 ? OB_COST_TOKENS : OB_COST_REQUESTS;
+    if (r->has_tenants) {
+      /* By tenant index, so the check per request is one load. */
+      bool *allow = t->allowed + i * nt;
+      for (size_t j = 0; j < r->num_tenants; j++)
+        for (size_t n = 0; n < nt; n++)
+          if (strcmp(cfg->tenants[n].name, r->tenants[j]) == 0) allow[n] = true;
+      o->tenant_allowed = allow;
+    }
+    if (strcmp(r->prefix, OB_ROUTES_HEALTH_PREFIX) == 0) health_routed = true;
+  }
+  /* grpc.health: the gateway's own health service, unless the operator
+   * routes that prefix somewhere explicitly. */
+  if (cfg->grpc_health && !health_routed) {
+    ob_route_t *o = &t->routes[k++];
+    o->prefix = OB_IOV_LIT(OB_ROUTES_HEALTH_PREFIX);
+    o->cls = &ob_routes_grpc_health_class;
+    o->class_data = t;
+    o->cost = -1;
   }
   t->num = k;
   qsort(t->routes, t->num, sizeof *t->routes, by_prefix_len_desc);
@@ -58,6 +80,7 @@ void ob_routes_destroy(ob_routes_t *t) {
   if (!t) return;
   ob_config_release(t->cfg);
   free(t->routes);
+  free(t->allowed);
   free(t);
 }
 

@@ -66,6 +66,7 @@ static const struct route_class {
 } route_classes[] = {
   {"inference", false},
   {"passthrough", true},
+  {"grpc", true},
 };
 
 #define NUM_ROUTE_CLASSES (sizeof route_classes / sizeof route_classes[0])
@@ -149,6 +150,8 @@ typedef struct ctx {
   size_t num_up_names;
   const char **group_names; /* group names from the pre-pass, likewise */
   size_t num_group_names;
+  const char **tenant_names_pre; /* tenant names from the pre-pass, likewise */
+  size_t num_tenant_names_pre;
   seen_set_t tenant_names;  /* strings owned by the snapshot */
   seen_set_t key_ids;       /* a = tenant index, b = key index */
   seen_set_t key_digests;   /* 32-byte digests in the snapshot; a, b as above */
@@ -804,13 +807,14 @@ typedef struct route_state {
   bool has_upstream;             /* key present, valid or not */
 } route_state_t;
 
-enum { R_PREFIX, R_CLASS, R_UPSTREAM, R_REWRITE, R_COST };
+enum { R_PREFIX, R_CLASS, R_UPSTREAM, R_REWRITE, R_COST, R_TENANTS };
 static const field_t route_fields[] = {
   [R_PREFIX] = {.key = "prefix", .required = true},
   [R_CLASS] = {.key = "class", .required = true},
   [R_UPSTREAM] = {.key = "upstream"},
   [R_REWRITE] = {.key = "rewrite"},
   [R_COST] = {.key = "cost"},
+  [R_TENANTS] = {.key = "tenants"},
 };
 
 static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
@@ -868,6 +872,28 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
       st->r->cost = ob_xstrdup(s);
     else
       errf(cx, "expected \"requests\" or \"tokens\"");
+    break;
+  }
+  case R_TENANTS: {
+    if (!cJSON_IsArray(v)) {
+      errf(cx, "expected an array of tenant names");
+      return;
+    }
+    size_t n = array_len(v), j = 0;
+    st->r->tenants = ob_xcalloc(n ? n : 1, sizeof *st->r->tenants);
+    st->r->has_tenants = true;
+    for (const cJSON *it = v->child; it; it = it->next, j++) {
+      size_t mark = path_index(cx, j);
+      const char *s = want_string(cx, it, true);
+      if (s && !name_in(cx->tenant_names_pre, cx->num_tenant_names_pre, s)) {
+        char *q = quote(s);
+        errf(cx, "no tenant named %s", q);
+        free(q);
+      } else if (s) {
+        st->r->tenants[st->r->num_tenants++] = ob_xstrdup(s);
+      }
+      path_pop(cx, mark);
+    }
     break;
   }
   }
@@ -1017,6 +1043,28 @@ static void on_group(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
  * declares it, it is appended to the snapshot's groups (weight 1) so that
  * every tenant's group can be found by name there.
  */
+/* gRPC needs HTTP/2 end to end (trailers, streamed bodies both ways), so a
+ * grpc route's upstream must speak it. Checked once every upstream is
+ * known, whatever order the file lists them in. */
+static void check_grpc_routes(ctx_t *cx) {
+  ob_config_t *c = cx->c;
+  for (size_t i = 0; i < c->num_routes; i++) {
+    const ob_config_route_t *r = &c->routes[i];
+    if (!r->class_name || strcmp(r->class_name, "grpc") != 0 || !r->upstream) continue;
+    for (size_t k = 0; k < c->num_upstreams; k++) {
+      const ob_config_upstream_t *u = &c->upstreams[k];
+      if (!u->name || strcmp(u->name, r->upstream) != 0 || u->protocol != OB_PROTO_HTTP1) continue;
+      size_t mark = path_key(cx, "routes");
+      path_index(cx, i);
+      path_key(cx, "upstream");
+      char *q = quote(r->upstream);
+      errf(cx, "a grpc route needs an h2c or h2 upstream; %s speaks http1", q);
+      free(q);
+      path_pop(cx, mark);
+    }
+  }
+}
+
 static void add_default_group(ob_config_t *c) {
   bool used = false;
   for (size_t i = 0; i < c->num_tenants && !used; i++)
@@ -1288,7 +1336,8 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 
 /* ---------------------------------------------------------------- top level */
 
-enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL };
+enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
+       T_GRPC };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1300,7 +1349,18 @@ static const field_t top_fields[] = {
   [T_LIMITS] = {.key = "limits"},
   [T_TIMEOUTS] = {.key = "timeouts"},
   [T_LOG_LEVEL] = {.key = "log_level"},
+  [T_GRPC] = {.key = "grpc"},
 };
+
+enum { G_HEALTH };
+static const field_t grpc_fields[] = {
+  [G_HEALTH] = {.key = "health"},
+};
+
+static void on_grpc_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_t *c = target;
+  if (idx == G_HEALTH) want_bool(cx, v, &c->grpc_health);
+}
 
 #define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -1371,6 +1431,13 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     else
       walk_object(cx, v, timeout_fields, NFIELDS(timeout_fields), on_int_field,
                   &(int_target_t){&c->timeouts, timeout_fields});
+    break;
+  case T_GRPC:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    walk_object(cx, v, grpc_fields, NFIELDS(grpc_fields), on_grpc_field, c);
     break;
   case T_LOG_LEVEL: {
     const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
@@ -1465,6 +1532,8 @@ static void free_config(ob_config_t *c) {
   for (size_t i = 0; i < c->num_routes; i++) {
     ob_config_route_t *r = &c->routes[i];
     free(r->prefix), free(r->class_name), free(r->upstream), free(r->rewrite), free(r->cost);
+    for (size_t j = 0; j < r->num_tenants; j++) free(r->tenants[j]);
+    free(r->tenants);
   }
   free(c->routes);
   for (size_t i = 0; i < c->num_models; i++) {
@@ -1539,8 +1608,10 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
 
   cx.up_names = collect_names(root, "upstreams", &cx.num_up_names);
   cx.group_names = collect_names(root, "groups", &cx.num_group_names);
+  cx.tenant_names_pre = collect_names(root, "tenants", &cx.num_tenant_names_pre);
   walk_object(&cx, root, top_fields, NFIELDS(top_fields), on_top_field, NULL);
   add_default_group(c);
+  check_grpc_routes(&cx);
 
 done:
   wipe_strings(root);
@@ -1549,6 +1620,7 @@ done:
   free(text);
   free(cx.up_names);
   free(cx.group_names);
+  free(cx.tenant_names_pre);
   seen_dispose(&cx.tenant_names);
   seen_dispose(&cx.key_ids);
   seen_dispose(&cx.key_digests);

@@ -55,11 +55,14 @@ typedef struct ob_config_upstream {
 
 typedef struct ob_config_route {
   char *prefix;    /* must start with '/' */
-  char *class_name;/* "inference", "passthrough", later "grpc", "mcp" */
+  char *class_name;/* "inference", "passthrough", "grpc" */
   char *upstream;  /* upstream name or NULL */
   char *rewrite;   /* replacement for the matched prefix, NULL = keep */
   char *cost;      /* "cost": "requests" | "tokens"; NULL = the class default
                       (admission.cost for inference, requests otherwise) */
+  char **tenants;  /* "tenants": the only tenants allowed on this route */
+  size_t num_tenants;
+  bool has_tenants;/* the list was given (an empty list allows nobody) */
 } ob_config_route_t;
 
 typedef struct ob_config_model {
@@ -150,6 +153,7 @@ typedef struct ob_config {
   ob_config_limits_t limits;
   ob_config_timeouts_t timeouts;
   char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */
+  bool grpc_health;         /* "grpc": {"health": true}: answer grpc.health.v1.Health/Check */
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -155,6 +155,48 @@ void ob_http_error_json(ob_buf_t *out, int status, const char *message, const ch
  */
 bool ob_http_parse_grpc_timeout(ob_iov_t v, uint64_t *us);
 
+/* Format a remaining time as a grpc-timeout value (at most 8 digits, the
+ * finest unit that fits, rounded up); returns its length. */
+size_t ob_grpc_format_timeout(uint64_t us, char out[16]);
+
+/* Append msg percent-encoded for grpc-message: bytes outside 0x20..0x7E and
+ * '%' become %XX (so UTF-8 survives). */
+void ob_grpc_percent_encode(ob_buf_t *out, ob_iov_t msg);
+
+/*
+ * Incremental reader of gRPC length-prefixed messages (1-byte compressed
+ * flag, 4-byte big-endian length, payload), fed a stream span by span as it
+ * passes; keeps no payload bytes. Caller storage.
+ */
+typedef struct ob_grpc_scan {
+  uint64_t messages;      /* complete messages seen */
+  uint64_t compressed;    /* of which flagged compressed */
+  uint64_t payload_bytes; /* payload bytes seen (prefixes excluded) */
+  bool bad;               /* a flag other than 0/1, or a length above max_message; nothing more is read */
+  /* private */
+  uint32_t max_message;
+  uint8_t hdr[5];
+  uint8_t hdr_len;
+  uint64_t remaining;
+} ob_grpc_scan_t;
+
+/* max_message: the largest payload accepted; 0 = any (up to 2^32 - 1). */
+void ob_grpc_scan_init(ob_grpc_scan_t *s, uint32_t max_message);
+void ob_grpc_scan_feed(ob_grpc_scan_t *s, const char *p, size_t n);
+/* True when the stream so far ends exactly after a complete message. */
+bool ob_grpc_scan_at_boundary(const ob_grpc_scan_t *s);
+
+/* A unary body: exactly one message. 1 and *msg (pointing into body) when it
+ * is one uncompressed message, 0 when it is compressed, -1 when malformed. */
+int ob_grpc_single_message(ob_iov_t body, ob_iov_t *msg);
+/* Append msg as one uncompressed length-prefixed message. */
+void ob_grpc_append_frame(ob_buf_t *out, ob_iov_t msg);
+
+/* The length-delimited field `field` of a protobuf message (last occurrence
+ * wins): 1 and *out (pointing into msg) when present, 0 when absent, -1 when
+ * the message is malformed. Unknown fields of every wire type are skipped. */
+int ob_pb_find_bytes(ob_iov_t msg, uint32_t field, ob_iov_t *out);
+
 /* ---------------------------------------------------------------- checks */
 
 /* RFC 9110 token characters (field names, methods). */

@@ -40,6 +40,7 @@ typedef struct h2_req {
   bool above_window;
   bool has_body;              /* request declared a body */
   bool head_only;
+  bool remote_ended;          /* the client's END_STREAM arrived */
 } h2_req_t;
 
 struct h2_conn {
@@ -211,9 +212,20 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
   return 0;
 }
 
+/* Automatic WINDOW_UPDATE is off so that a streamed body is paced by the
+ * upstream: the connection window is given back at once, a stream's window
+ * at once for buffered bodies (bounded by max_body_bytes) and, for streamed
+ * ones, only as the bytes are sent upstream (h2_body_consumed). */
 static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *arg) {
   (void)flags, (void)arg;
+  nghttp2_session_consume_connection(s, len);
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, id);
+  if (r && r->s.body_streaming && !r->end_queued && !r->reset) {
+    evbuffer_add(r->s.body_in_, data, len);
+    ob_net_sreq_body_arrived(&r->s);
+    return 0;
+  }
+  nghttp2_session_consume_stream(s, id, len);
   if (!r || r->bad || r->dispatched) return 0;
   ob_buf_t *body = &r->s.body->buf;
   if (body->len + len > cfg_of(r->h)->limits.max_body_bytes) {
@@ -246,10 +258,23 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
       return 0;
     }
     r->head_only = ob_iov_eq(r->s.method, OB_IOV_LIT("HEAD"));
+    const ob_sreq_handler_t *hd = h->c->net->handler;
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && hd->stream_body && hd->stream_body(&r->s, h->c->net->ctx)) {
+      r->s.body_streaming = true;
+      r->s.body_in_ = evbuffer_new();
+      r->dispatched = true;
+      enqueue_ready(h, r);
+    }
   }
-  if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !r->bad && !r->dispatched) {
-    r->dispatched = true;
-    enqueue_ready(h, r);
+  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+    r->remote_ended = true;
+    if (r->s.body_streaming) {
+      r->s.body_ended_ = true;
+      ob_net_sreq_body_arrived(&r->s);
+    } else if (!r->bad && !r->dispatched) {
+      r->dispatched = true;
+      enqueue_ready(h, r);
+    }
   }
   return 0;
 }
@@ -449,20 +474,39 @@ static void h2_reset(ob_sreq_t *s) {
 
 static size_t h2_pending(const ob_sreq_t *s) { return evbuffer_get_length(((const h2_req_t *)s)->out); }
 
+static void h2_body_consumed(ob_sreq_t *s, size_t n) {
+  h2_req_t *r = (h2_req_t *)s;
+  if (r->reset) return;
+  nghttp2_session_consume_stream(r->h->session, r->id, n);
+  schedule_flush(r->h);
+}
+
 static const ob_sreq_ops_t h2_ops = {
     .send_head = h2_send_head,
     .send_data = h2_send_data,
     .send_trailers = h2_send_trailers,
     .reset = h2_reset,
     .pending = h2_pending,
+    .body_consumed = h2_body_consumed,
 };
 
 /* Streams whose queue drained to half the window after being above it get
  * on_writable; called after frames were produced. */
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *arg) {
   h2_conn_t *h = arg;
-  if (frame->hd.type != NGHTTP2_DATA) return 0;
+  if (frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) return 0;
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+  if (r && r->s.body_streaming && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !r->remote_ended && !r->reset) {
+    /* The response is complete while the client is still streaming (a gRPC
+     * status before the client's stream ended): ask it to stop without
+     * error (RFC 9113 8.1), which also closes the stream and so ends the
+     * exchange. Buffered requests are not reset this way: some clients
+     * (curl 7.88) report such a reset as a failure, so their remaining body
+     * is read and dropped instead. */
+    nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, r->id, NGHTTP2_NO_ERROR);
+    return 0;
+  }
+  if (frame->hd.type != NGHTTP2_DATA) return 0;
   if (r && r->dispatched && r->above_window &&
       evbuffer_get_length(r->out) <= cfg_of(h)->limits.stream_window_bytes / 2) {
     r->above_window = false;
@@ -491,6 +535,7 @@ void ob_net_h2_start(ob_client_conn_t *c) {
   nghttp2_option *opt;
   nghttp2_option_new(&opt);
   nghttp2_option_set_max_send_header_block_length(opt, n->cfg->limits.max_header_bytes * 2u);
+  nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_session_server_new2(&h->session, cb, h, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);

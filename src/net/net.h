@@ -48,10 +48,18 @@ struct ob_sreq {
   bool tls;
   uint64_t start_us;        /* when the request head began to arrive */
   void *handler_data;       /* for the handler's own use */
+  /* Streamed request body (HTTP/2 only, when the handler's stream_body said
+   * so): on_request comes as soon as the head is in, s->body stays empty,
+   * and the body is read by an upstream request given this sreq as its
+   * body_stream. */
+  bool body_streaming;
   /* Response accounting, maintained by net. */
   int status;               /* status sent, 0 before the head */
   uint64_t bytes_out;       /* response body bytes queued */
   const struct ob_sreq_ops *ops_; /* private to net */
+  struct evbuffer *body_in_;      /* private: streamed body bytes not yet sent upstream */
+  bool body_ended_;               /* private: the client ended the request body */
+  struct ob_ureq *sink_;          /* private: the ureq reading body_in_, or NULL */
 };
 
 /*
@@ -70,6 +78,11 @@ struct ob_sreq {
  *   every pointer to it and must not call ob_sreq_* from inside on_close.
  */
 typedef struct ob_sreq_handler {
+  /* Optional. Asked when an HTTP/2 request head arrives with a body to
+   * follow: true makes the body streamed (see ob_sreq.body_streaming) and
+   * on_request come at once; false (or no callback) buffers the body up to
+   * limits.max_body_bytes first. Must only look at s (no I/O, no calls). */
+  bool (*stream_body)(const ob_sreq_t *s, void *ctx);
   void (*on_request)(ob_sreq_t *s, void *ctx);
   void (*on_writable)(ob_sreq_t *s, void *ctx);
   void (*on_close)(ob_sreq_t *s, bool completed, void *ctx);
@@ -126,6 +139,12 @@ typedef struct ob_ureq_spec {
   const ob_iov_t *body;     /* pieces, in order */
   size_t num_body;
   ob_rcbuf_t *body_owner;   /* counted, may be NULL */
+  /* Instead of body pieces: send this sreq's streamed body as it arrives
+   * (HTTP/2 upstreams only; an HTTP/1.1 pool fails the request with 502).
+   * Its client window is given back only as bytes are sent upstream, so a
+   * slow upstream slows the client instead of growing buffers. Borrowed:
+   * the handler cancels the ureq before the sreq goes away. */
+  ob_sreq_t *body_stream;
   bool expect_trailers;     /* send "te: trailers" (gRPC) */
 } ob_ureq_spec_t;
 
@@ -158,6 +177,10 @@ typedef struct ob_ureq_handler {
 /* Look up a pool by upstream name; borrowed from the net; NULL when absent. */
 ob_upstream_t *ob_net_upstream(ob_net_t *n, const char *name);
 
+/* True when some endpoint of the pool is not in back-off after refused or
+ * failed connections. */
+bool ob_upstream_available(const ob_upstream_t *up);
+
 /*
  * Start a request on the endpoint with the fewest requests in flight
  * (endpoints in back-off after refused connections are skipped while any
@@ -178,6 +201,11 @@ void ob_ureq_pause(ob_ureq_t *u, bool paused);
  * unfinished h2 stream is reset (CANCEL), an unfinished h1 exchange closes
  * its connection. The ureq is invalid after the call. */
 void ob_ureq_cancel(ob_ureq_t *u);
+
+/* True inside on_head when the response ended with its head (an HTTP/2
+ * HEADERS frame carrying END_STREAM, e.g. a gRPC Trailers-Only answer): no
+ * body or trailers follow, only on_end. */
+bool ob_ureq_head_ends(const ob_ureq_t *u);
 
 /* "host:port" of the endpoint serving the request (borrowed from the pool),
  * or "-" before one was chosen. */

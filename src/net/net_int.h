@@ -61,6 +61,9 @@ typedef struct ob_sreq_ops {
   void (*send_trailers)(ob_sreq_t *s, const ob_http_header_t *h, size_t n);
   void (*reset)(ob_sreq_t *s);
   size_t (*pending)(const ob_sreq_t *s);
+  /* n bytes of a streamed body were sent upstream: reopen the client's
+   * window by that much. */
+  void (*body_consumed)(ob_sreq_t *s, size_t n);
 } ob_sreq_ops_t;
 
 typedef enum { OB_CONN_DETECT, OB_CONN_H1, OB_CONN_H2 } ob_conn_proto_t;
@@ -95,6 +98,13 @@ void ob_net_client_release(ob_client_conn_t *c);
 void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *ops, int http_version);
 /* Free what ob_net_sreq_init and the request parsing allocated. */
 void ob_net_sreq_dispose(ob_sreq_t *s);
+
+/* Streamed request bodies: the client side got body bytes or the end of
+ * the body for s; wake the ureq reading it (client_h2.c -> upstream.c). */
+void ob_net_sreq_body_arrived(ob_sreq_t *s);
+/* Link / unlink the ureq reading a streamed body (upstream.c). */
+void ob_net_up_body_ready(struct ob_ureq *u);
+void ob_net_up_body_unlink(struct ob_ureq *u);
 
 /* Take over an accepted socket. tls: the listener's SSL_CTX or NULL. */
 void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls);

@@ -53,6 +53,10 @@ const ob_http_header_t *ob_sreq_header(const ob_sreq_t *s, const char *name) {
   return NULL;
 }
 
+void ob_net_sreq_body_arrived(ob_sreq_t *s) {
+  if (s->sink_) ob_net_up_body_ready(s->sink_);
+}
+
 void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *ops, int http_version) {
   memset(s, 0, sizeof *s);
   ob_arena_init(&s->arena, 2048);
@@ -66,6 +70,11 @@ void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *op
 }
 
 void ob_net_sreq_dispose(ob_sreq_t *s) {
+  /* The handler cancels a ureq reading this body before the sreq goes;
+   * should one still be linked, it must not read freed memory. */
+  if (s->sink_) ob_net_up_body_unlink(s->sink_);
+  if (s->body_in_) evbuffer_free(s->body_in_);
+  s->body_in_ = NULL;
   ob_rcbuf_release(s->body);
   s->body = NULL;
   ob_arena_dispose(&s->arena);

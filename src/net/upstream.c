@@ -74,6 +74,7 @@ static void ureq_free(ob_ureq_t *u) {
     up->ureqs = u->next;
   if (u->next) u->next->prev = u->prev;
   if (u->ep) u->ep->inflight--;
+  ob_net_up_body_unlink(u);
   event_free(u->kick);
   event_free(u->timer);
   evbuffer_free(u->rbody);
@@ -528,7 +529,8 @@ void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
               : kind == OB_RETRY_FRESH_CONN     ? &u->retried_stale
                                                 : &u->retried_refused;
   u->conn = NULL;
-  if (*spent || up->destroying || (kind == OB_RETRY_OTHER_ENDPOINT && up->num_eps < 2)) {
+  /* A streamed body cannot be sent twice once bytes of it left. */
+  if (*spent || up->destroying || u->src_taken || (kind == OB_RETRY_OTHER_ENDPOINT && up->num_eps < 2)) {
     ob_net_up_fail(u, OB_ERR_CONN, status_hint);
     return;
   }
@@ -569,6 +571,12 @@ static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
     u->num_headers++;
   }
 
+  if (spec->body_stream) {
+    u->streamed = true;
+    u->src = spec->body_stream;
+    u->src->sink_ = u;
+    return;
+  }
   if (spec->body_owner) u->owner = ob_rcbuf_acquire(spec->body_owner);
   if (spec->num_body) u->body = ob_arena_alloc(a, spec->num_body * sizeof *u->body);
   const char *ob = u->owner ? u->owner->buf.base : NULL;
@@ -600,9 +608,12 @@ ob_ureq_t *ob_upstream_request(ob_upstream_t *up, const ob_ureq_spec_t *spec, co
   if (up->ureqs) up->ureqs->prev = u;
   up->ureqs = u;
 
-  if (up->destroying)
+  if (up->destroying) {
     ob_net_up_fail(u, OB_ERR_CONN, 502);
-  else
+  } else if (u->streamed && !up->h2) {
+    ob_log_warn("upstream %s: a streamed request body needs an HTTP/2 upstream", up->cfg->name);
+    ob_net_up_fail(u, OB_ERR_CONN, 502);
+  } else
     dispatch(u, choose_endpoint(up, NULL), false);
   return u;
 }
@@ -628,6 +639,29 @@ void ob_ureq_cancel(ob_ureq_t *u) {
     return;
   }
   cancel_now(u);
+}
+
+bool ob_upstream_available(const ob_upstream_t *up) {
+  uint64_t now = ob_clock_ms();
+  for (size_t i = 0; i < up->num_eps; i++)
+    if (up->eps[i].backoff_until_ms <= now) return true;
+  return false;
+}
+
+bool ob_ureq_head_ends(const ob_ureq_t *u) {
+  return u->up->h2 && u->remote_ended && evbuffer_get_length(u->rbody) == 0;
+}
+
+void ob_net_up_body_ready(ob_ureq_t *u) {
+  if (u->up->h2 && u->state == U_ACTIVE && u->conn && u->conn->session) {
+    nghttp2_session_resume_data(u->conn->session, u->stream_id);
+    ob_net_up_conn_schedule(u->conn);
+  }
+}
+
+void ob_net_up_body_unlink(ob_ureq_t *u) {
+  if (u->src) u->src->sink_ = NULL;
+  u->src = NULL;
 }
 
 const char *ob_ureq_endpoint(const ob_ureq_t *u) { return u->ep ? u->ep->cfg->authority : "-"; }

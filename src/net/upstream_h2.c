@@ -82,6 +82,19 @@ static ssize_t read_body_cb(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
   ob_uconn_t *c = user_data;
   ob_ureq_t *u = find_stream(c, stream_id);
   if (!u) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  if (u->streamed) {
+    ob_sreq_t *cs = u->src;
+    if (!cs) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the client went away */
+    int got = evbuffer_remove(cs->body_in_, buf, length);
+    size_t taken = got > 0 ? (size_t)got : 0;
+    if (taken) {
+      u->src_taken = true;
+      cs->ops_->body_consumed(cs, taken);
+    }
+    if (cs->body_ended_ && evbuffer_get_length(cs->body_in_) == 0) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    else if (!taken) return NGHTTP2_ERR_DEFERRED;
+    return (ssize_t)taken;
+  }
   size_t n = 0;
   while (n < length && u->body_i < u->num_body) {
     ob_iov_t p = u->body[u->body_i];
@@ -316,7 +329,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   if (u->expect_trailers) NV(OB_IOV_LIT("te"), OB_IOV_LIT("trailers"));
   bool wants_len = ob_iov_eq_str_nocase(u->method, "POST") || ob_iov_eq_str_nocase(u->method, "PUT") ||
                    ob_iov_eq_str_nocase(u->method, "PATCH");
-  if (u->body_len || wants_len) {
+  if (!u->streamed && (u->body_len || wants_len)) {
     char *num = ob_arena_alloc(a, 24);
     int len = snprintf(num, 24, "%" PRIu64, u->body_len);
     NV(OB_IOV_LIT("content-length"), ob_iov(num, (size_t)len));
@@ -332,7 +345,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   u->unconsumed = 0;
 
   nghttp2_data_provider prd = {.source.ptr = NULL, .read_callback = read_body_cb};
-  int32_t id = nghttp2_submit_request(c->session, NULL, nva, n, u->num_body ? &prd : NULL, NULL);
+  int32_t id = nghttp2_submit_request(c->session, NULL, nva, n, u->num_body || u->streamed ? &prd : NULL, NULL);
   if (id < 0) {
     ob_log_warn("%s: cannot submit request: %s", ob_net_up_conn_name(c), nghttp2_strerror(id));
     c->goaway = true; /* take no more streams here */

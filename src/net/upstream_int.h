@@ -72,6 +72,9 @@ struct ob_ureq {
   ob_rcbuf_t *owner;              /* counted */
   bool expect_trailers;
   bool is_head;                   /* HEAD: the response has no body */
+  bool streamed;                  /* the body is read from src as it arrives */
+  ob_sreq_t *src;                 /* streamed: the client stream, NULL once it is gone */
+  bool src_taken;                 /* streamed: bytes were taken, so no resend */
 
   /* Retries already spent. */
   bool retried_connect;           /* connection failed before any byte was sent */

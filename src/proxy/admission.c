@@ -62,6 +62,12 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg) {
     x->admission = "queued";
     ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
     size_t k = 0;
+    if (x->grpc && x->deadline_us && now >= x->deadline_us) {
+      /* The client's own deadline ran out, not the gateway's patience. */
+      ob_proxy_reply_error_h(x, 504, "Deadline Exceeded while waiting for capacity", "server_error",
+                             "deadline_exceeded", NULL, 0);
+      continue;
+    }
     retry_after_header(x, ob_fs_retry_after_ms(p->fs, r->pool, r->tenant, now), h, &k);
     ob_proxy_reply_error_h(x, 503, "The request waited too long for capacity; retry later.", "server_error",
                            "queue_timeout", h, k);

@@ -40,11 +40,17 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
   char ttfb[32] = "-";
   if (x->ttfb_us) snprintf(ttfb, sizeof ttfb, "%.3fms", (double)(x->ttfb_us - s->start_us) / 1000.0);
   ob_iov_t model = x->model.len ? x->model : OB_IOV_LIT("-");
-  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s rid=%s%s", s->peer_addr,
+  char grpc[24] = "";
+  if (x->grpc) {
+    if (x->grpc_status >= 0) snprintf(grpc, sizeof grpc, " grpc-status=%d", x->grpc_status);
+    else snprintf(grpc, sizeof grpc, " grpc-status=-");
+  }
+  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s rid=%s%s%s", s->peer_addr,
               (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
               s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
               (unsigned long long)s->bytes_out, (double)(now - s->start_us) / 1000.0, ttfb,
-              x->endpoint ? x->endpoint : "-", (int)model.len, model.base, x->request_id, completed ? "" : " aborted");
+              x->endpoint ? x->endpoint : "-", (int)model.len, model.base, x->request_id, grpc,
+              completed ? "" : " aborted");
 }
 
 /* ---------------------------------------------------------------- answers */
@@ -68,8 +74,114 @@ void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, c
   reply_h(x, status, content_type, body, len, NULL, 0);
 }
 
+/* ---------------------------------------------------------------- gRPC answers */
+
+int ob_proxy_grpc_code(int status, const char *code) {
+  if (code && strcmp(code, "deadline_exceeded") == 0) return 4;
+  switch (status) {
+  case 401: return 16; /* UNAUTHENTICATED */
+  case 403: return 7;  /* PERMISSION_DENIED */
+  case 404: return 12; /* UNIMPLEMENTED: no route, no such method */
+  case 413:
+  case 429: return 8;  /* RESOURCE_EXHAUSTED */
+  case 400:
+  case 500: return 13; /* INTERNAL */
+  case 502:
+  case 503:
+  case 504: return 14; /* UNAVAILABLE */
+  default: return 2;   /* UNKNOWN */
+  }
+}
+
+static bool is_grpc_content_type(const ob_sreq_t *s) {
+  const ob_http_header_t *ct = ob_sreq_header(s, "content-type");
+  if (!ct) return false;
+  ob_iov_t v = ob_iov_trim(ct->value);
+  if (v.len < 16 || !ob_iov_eq_str_nocase(ob_iov(v.base, 16), "application/grpc")) return false;
+  return v.len == 16 || v.base[16] == '+' || v.base[16] == ';';
+}
+
+static ob_http_header_t grpc_status_header(ob_exchange_t *x, int code) {
+  char *v = ob_arena_alloc(x->arena, 12);
+  snprintf(v, 12, "%d", code);
+  return (ob_http_header_t){OB_IOV_LIT("grpc-status"), ob_iov_str(v)};
+}
+
+static ob_http_header_t grpc_message_header(ob_exchange_t *x, const char *message) {
+  ob_buf_t m;
+  ob_buf_init(&m);
+  ob_grpc_percent_encode(&m, ob_iov_str(message ? message : ""));
+  ob_iov_t v = ob_arena_dup(x->arena, ob_buf_iov(&m));
+  ob_buf_dispose(&m);
+  return (ob_http_header_t){OB_IOV_LIT("grpc-message"), v};
+}
+
+/* End a gRPC call with a status the gateway chose: Trailers-Only when no
+ * head went out yet, else trailers after what the upstream sent. extra
+ * (borrowed) goes into the same block; a retry-after in it is repeated as
+ * grpc-retry-pushback-ms, which gRPC's own retry policy reads. */
+static void grpc_end(ob_exchange_t *x, int code, const char *message, const ob_http_header_t *extra, size_t n_extra) {
+  if (!x->req) return;
+  ob_http_header_t h[4 + 3 * OB_PROXY_ADMISSION_HEADERS]; /* 3 + 2 per extra + request id + admission */
+  size_t k = 0;
+  bool trailers_only = !x->answered;
+  x->answered = true;
+  x->grpc_status = code;
+  if (trailers_only) h[k++] = (ob_http_header_t){OB_IOV_LIT("content-type"), OB_IOV_LIT("application/grpc")};
+  h[k++] = grpc_status_header(x, code);
+  h[k++] = grpc_message_header(x, message);
+  for (size_t i = 0; i < n_extra && i < OB_PROXY_ADMISSION_HEADERS; i++) {
+    h[k++] = extra[i];
+    uint64_t secs;
+    if (ob_iov_eq_str_nocase(extra[i].name, "retry-after") && ob_iov_to_u64(extra[i].value, &secs)) {
+      char *v = ob_arena_alloc(x->arena, 24);
+      snprintf(v, 24, "%llu", (unsigned long long)secs * 1000);
+      h[k++] = (ob_http_header_t){OB_IOV_LIT("grpc-retry-pushback-ms"), ob_iov_str(v)};
+    }
+  }
+  if (!trailers_only) {
+    ob_sreq_send_trailers(x->req, h, k);
+    return;
+  }
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  k += ob_proxy_admission_headers(x, h + k);
+  ob_sreq_send_head(x->req, 200, h, k, -1, true);
+}
+
+void ob_exchange_reply_grpc(ob_exchange_t *x, int code, const char *message, const void *msg, size_t len) {
+  if (!x->req || x->answered) return;
+  if (code != 0) {
+    grpc_end(x, code, message, NULL, 0);
+    return;
+  }
+  x->answered = true;
+  x->grpc_status = 0;
+  ob_http_header_t h[2 + OB_PROXY_ADMISSION_HEADERS];
+  size_t k = 0;
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("content-type"), OB_IOV_LIT("application/grpc")};
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  k += ob_proxy_admission_headers(x, h + k);
+  if (ob_sreq_send_head(x->req, 200, h, k, -1, false) != OB_OK) return;
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_grpc_append_frame(&b, ob_iov(msg, len));
+  ob_sreq_send_bytes(x->req, b.base, b.len, false);
+  ob_buf_dispose(&b);
+  ob_http_header_t t = grpc_status_header(x, 0);
+  ob_sreq_send_trailers(x->req, &t, 1);
+}
+
+bool ob_exchange_upstream_available(const ob_exchange_t *x, const char *name) {
+  ob_upstream_t *u = name ? ob_net_upstream(x->proxy->net, name) : NULL;
+  return u && ob_upstream_available(u);
+}
+
 void ob_proxy_reply_error_h(ob_exchange_t *x, int status, const char *message, const char *type, const char *code,
                             const ob_http_header_t *extra, size_t n_extra) {
+  if (x->grpc) {
+    if (!x->answered) grpc_end(x, ob_proxy_grpc_code(status, code), message, extra, n_extra);
+    return;
+  }
   ob_buf_t b;
   ob_buf_init(&b);
   ob_http_error_json(&b, status, message, type, code);
@@ -99,6 +211,14 @@ void ob_exchange_set_body(ob_exchange_t *x, const ob_iov_t *parts, size_t n) {
 
 /* ---------------------------------------------------------------- upstream callbacks */
 
+static void note_grpc_status(ob_exchange_t *x, const ob_http_header_t *h, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint64_t v;
+    if (ob_iov_eq_str_nocase(h[i].name, "grpc-status") && ob_iov_to_u64(h[i].value, &v) && v < 100)
+      x->grpc_status = (int)v;
+  }
+}
+
 static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t *headers, size_t n) {
   ob_exchange_t *x = data;
   x->ttfb_us = ob_clock_us();
@@ -118,7 +238,11 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
   out[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
   k += ob_proxy_admission_headers(x, out + k);
   x->answered = true;
-  ob_sreq_send_head(x->req, status, out, k, cl, false);
+  /* A head that ends the response (gRPC Trailers-Only) must stay one
+   * HEADERS frame with END_STREAM: clients read its grpc-status only there. */
+  bool ends = x->req->http_version == 20 && ob_ureq_head_ends(u);
+  if (x->grpc) note_grpc_status(x, headers, n);
+  ob_sreq_send_head(x->req, status, out, k, cl, ends);
 }
 
 static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
@@ -149,6 +273,7 @@ static void up_end(ob_ureq_t *u, void *data, const ob_http_header_t *trailers, s
   (void)u;
   ob_exchange_t *x = data;
   x->u = NULL;
+  if (x->grpc) note_grpc_status(x, trailers, n);
   if (n) ob_sreq_send_trailers(x->req, trailers, n);
   else ob_sreq_send_bytes(x->req, NULL, 0, true);
 }
@@ -157,6 +282,11 @@ static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bo
   ob_exchange_t *x = data;
   x->u = NULL;
   if (!x->endpoint) x->endpoint = ob_ureq_endpoint(u);
+  if (head_seen && x->grpc) {
+    /* gRPC can still say what happened: a status in the trailers. */
+    grpc_end(x, 14, "the upstream failed during the call", NULL, 0);
+    return;
+  }
   if (head_seen) {
     /* Mid-response: the client must see a failure, not a short success. */
     ob_sreq_reset(x->req);
@@ -169,6 +299,38 @@ static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bo
 }
 
 static const ob_ureq_handler_t up_handler = {up_head, up_data, up_end, up_error};
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  ob_exchange_t *x = arg;
+  if (!x->req) return;
+  if (x->u) {
+    ob_ureq_cancel(x->u);
+    x->u = NULL;
+  }
+  grpc_end(x, 4, "Deadline Exceeded", NULL, 0);
+}
+
+/* The call is about to go upstream: what is left of the client's deadline
+ * replaces its grpc-timeout (in h[0..k), where the client's value was
+ * copied), and a timer ends the call at the deadline should the upstream
+ * not. False when nothing is left (the call was answered). */
+static bool grpc_deadline(ob_exchange_t *x, ob_http_header_t *h, size_t k) {
+  uint64_t now = ob_clock_us();
+  if (now >= x->deadline_us) {
+    grpc_end(x, 4, "Deadline Exceeded", NULL, 0);
+    return false;
+  }
+  uint64_t left = x->deadline_us - now;
+  char *v = ob_arena_alloc(x->arena, 16);
+  size_t len = ob_grpc_format_timeout(left, v);
+  for (size_t i = 0; i < k; i++)
+    if (ob_iov_eq_str_nocase(h[i].name, "grpc-timeout")) h[i].value = ob_iov(v, len);
+  if (!x->deadline_ev) x->deadline_ev = evtimer_new(x->proxy->base, on_deadline, x);
+  struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+  evtimer_add(x->deadline_ev, &tv);
+  return true;
+}
 
 void ob_proxy_forward(ob_exchange_t *x) {
   ob_sreq_t *s = x->req;
@@ -200,6 +362,7 @@ void ob_proxy_forward(ob_exchange_t *x) {
   ob_buf_dispose(&b);
   h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-proto"), s->scheme};
   h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  if (x->grpc && x->deadline_us && !grpc_deadline(x, h, k)) return;
   ob_ureq_spec_t spec = {
       .method = s->method,
       .path = x->up_path,
@@ -209,6 +372,8 @@ void ob_proxy_forward(ob_exchange_t *x) {
       .body = x->body_parts,
       .num_body = x->num_body_parts,
       .body_owner = s->body,
+      .body_stream = s->body_streaming ? s : NULL,
+      .expect_trailers = x->grpc,
   };
   x->u = ob_upstream_request(x->upstream, &spec, &up_handler, x);
 }
@@ -229,6 +394,20 @@ static void on_request(ob_sreq_t *s, void *ctx) {
   else make_request_id(p, x->request_id);
   x->body_parts[0] = ob_buf_iov(&s->body->buf);
   x->num_body_parts = s->body->buf.len ? 1 : 0;
+  x->grpc_status = -1;
+  if (is_grpc_content_type(s)) {
+    if (s->http_version != 20) {
+      ob_exchange_reply_error(x, 505,
+                              "gRPC needs HTTP/2 (h2 over TLS, or h2c with prior knowledge); this request came over "
+                              "HTTP/1.x.",
+                              "invalid_request_error", "grpc_needs_http2");
+      return;
+    }
+    x->grpc = true;
+    const ob_http_header_t *gt = ob_sreq_header(s, "grpc-timeout");
+    uint64_t us;
+    if (gt && ob_http_parse_grpc_timeout(ob_iov_trim(gt->value), &us)) x->deadline_us = s->start_us + us;
+  }
 
   x->route = p->find(p->table, s->path);
   if (!x->route) {
@@ -244,7 +423,12 @@ static void on_request(ob_sreq_t *s, void *ctx) {
     x->up_path = ob_arena_dup(x->arena, ob_buf_iov(&b));
     ob_buf_dispose(&b);
   }
-  if (!ob_proxy_identify(x)) return;
+  if (!x->route->cls->no_auth && !ob_proxy_identify(x)) return;
+  if (x->route->tenant_allowed && (!x->who.tenant || !x->route->tenant_allowed[x->who.tenant_index])) {
+    ob_exchange_reply_error(x, 403, "This key's tenant may not use this route.", "permission_error",
+                            "route_not_allowed");
+    return;
+  }
   if (x->route->upstream) ob_exchange_set_upstream(x, x->route->upstream);
   ob_err_t rv = x->route->cls->prepare(x, x->route->class_data);
   if (rv != OB_OK) {
@@ -272,6 +456,8 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   (void)ctx;
   ob_exchange_t *x = s->handler_data;
   if (!x) return;
+  if (x->deadline_ev) event_free(x->deadline_ev);
+  x->deadline_ev = NULL;
   if (x->u) {
     ob_ureq_cancel(x->u);
     x->u = NULL;
@@ -282,7 +468,16 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   s->handler_data = NULL;
 }
 
-static const ob_sreq_handler_t handler = {on_request, on_writable, on_close};
+/* gRPC calls on route classes that stream get on_request before the body;
+ * anything else (say, a JSON request sent to a grpc route by mistake) is
+ * buffered and answered like any other request. */
+static bool stream_body(const ob_sreq_t *s, void *ctx) {
+  ob_proxy_t *p = ctx;
+  const ob_route_t *r = p->find(p->table, s->path);
+  return r && r->cls->stream_body && is_grpc_content_type(s);
+}
+
+static const ob_sreq_handler_t handler = {stream_body, on_request, on_writable, on_close};
 
 const ob_sreq_handler_t *ob_proxy_handler(void) { return &handler; }
 
@@ -302,6 +497,7 @@ ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_ro
 
 void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
   p->net = net;
+  p->base = base;
   ob_proxy_admission_init(p, base);
 }
 

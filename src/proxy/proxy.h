@@ -51,6 +51,13 @@ typedef struct ob_route_class {
    * the response was complete). Called once, at release. Without it the
    * estimate stands. */
   uint64_t (*actual_tokens)(ob_exchange_t *x, bool completed);
+  /* For gRPC calls (HTTP/2, content-type application/grpc*) the request
+   * body is not buffered: prepare runs as soon as the head is in
+   * (x->req->body stays empty) and the body streams to the upstream as the
+   * client sends it. Other requests on the route are buffered as usual. */
+  bool stream_body;
+  /* No API key is asked for (the gateway's own health service). */
+  bool no_auth;
 } ob_route_class_t;
 
 /* A compiled route. Owned by the route table that produced it, which
@@ -62,6 +69,7 @@ struct ob_route {
   const ob_route_class_t *cls;
   void *class_data;
   int cost;                   /* -1: class default; else an ob_cost_kind_t */
+  const bool *tenant_allowed; /* by cfg->tenants index; NULL: every tenant may use the route */
 };
 
 /* Finds the route for a path (longest prefix); NULL when none matches.
@@ -84,7 +92,11 @@ struct ob_exchange {
   uint64_t prompt_tokens_est; /* set by prepare (inference): estimated prompt tokens */
   uint64_t max_tokens;        /* set by prepare: requested output tokens (or the default) */
   void *class_state;          /* the route class's per-exchange state (arena) */
+  bool grpc;                  /* a gRPC call (HTTP/2, content-type application/grpc*): errors as gRPC statuses */
   /* private */
+  uint64_t deadline_us;       /* gRPC: the client's grpc-timeout as a clock time, 0 = none */
+  struct event *deadline_ev;  /* gRPC: ends the call at deadline_us once forwarded */
+  int grpc_status;            /* gRPC: the status the call ended with, -1 = not seen */
   ob_fs_req_t fsr;
   int fs_state;
   bool cost_tokens;
@@ -113,6 +125,15 @@ void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, 
 
 /* Answer with a complete body (copied) and a content type. */
 void ob_exchange_reply(ob_exchange_t *x, int status, const char *content_type, const void *body, size_t len);
+
+/* Answer a gRPC call. code 0 (OK): one message (msg, len: the serialized
+ * protobuf, framed here) then trailers grpc-status 0. Any other code: a
+ * Trailers-Only response carrying code and message (percent-encoded). */
+void ob_exchange_reply_grpc(ob_exchange_t *x, int code, const char *message, const void *msg, size_t len);
+
+/* Whether the named upstream has an endpoint that is not in connection
+ * back-off (false for an unknown name). */
+bool ob_exchange_upstream_available(const ob_exchange_t *x, const char *name);
 
 /* The admission config of the proxy, for route classes (borrowed). */
 const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x);

@@ -21,6 +21,7 @@ struct ob_proxy {
   ob_fs_tenant_id anonymous;   /* when no tenants are configured */
   ob_fs_bucket_t *rpm, *tpm;   /* per cfg->tenants index */
   struct event *expiry;
+  struct event_base *base;
 };
 
 /* admission.c */
@@ -38,6 +39,9 @@ void ob_proxy_release(ob_exchange_t *x, bool completed);
 size_t ob_proxy_admission_headers(ob_exchange_t *x, ob_http_header_t *h);
 
 /* exchange.c */
+/* gRPC status for an error the gateway answers with an HTTP status and
+ * OpenAI error code (see docs/grpc.md for the table). */
+int ob_proxy_grpc_code(int status, const char *code);
 void ob_proxy_forward(ob_exchange_t *x);
 void ob_proxy_reply_error_h(ob_exchange_t *x, int status, const char *message, const char *type, const char *code,
                             const ob_http_header_t *extra, size_t n_extra);

@@ -335,7 +335,7 @@ static void test_route_model_errors(void) {
   EXPECT_ERRS("unknown route class",
               WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\"}, {\"prefix\": \"/b\", \"class\": "
                    "\"inference\"}, {\"prefix\": \"/c\", \"class\": \"foo\"}]"),
-              "routes[2].class: unknown route class \"foo\" (expected inference or passthrough)");
+              "routes[2].class: unknown route class \"foo\" (expected inference, passthrough or grpc)");
   EXPECT_ERRS("unknown upstream name", WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\", \"upstream\": \"x\"}]"),
               "routes[0].upstream: no upstream named \"x\"");
   EXPECT_ERRS("duplicate prefix",
@@ -405,7 +405,7 @@ static void test_many_errors(void) {
     "listeners[1].tls: missing required key \"key\"",
     "upstreams[0].endpoints[0]: not an http:// or https:// URL",
     "upstreams[1]: missing required key \"name\"",
-    "routes[0].class: unknown route class \"mcp\" (expected inference or passthrough)",
+    "routes[0].class: unknown route class \"mcp\" (expected inference, passthrough or grpc)",
     "routes[1].prefix: duplicate prefix \"/\"",
     "routes[1]: missing required key \"upstream\"",
     "models[0].upstream: no upstream named \"v\"",

@@ -623,8 +623,48 @@ static void test_grpc_timeout(void) {
   TAP_CHECK(!ob_http_parse_grpc_timeout(OB_IOV_LIT("1 S"), &us), "grpc-timeout space");
 }
 
+static void test_grpc_wire(void) {
+  char t[16];
+  ob_grpc_format_timeout(250000, t);
+  TAP_EQ_STR(t, "250000u", "format: 250 ms in micros");
+  ob_grpc_format_timeout(100000000, t);
+  TAP_EQ_STR(t, "100000m", "format: 100 s does not fit 8 micro digits, so millis");
+  ob_grpc_format_timeout(100000000001ull, t);
+  TAP_EQ_STR(t, "100001S", "format: rounds up, never gives more time than left");
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_grpc_percent_encode(&b, OB_IOV_LIT("caf\xc3\xa9 100% ok"));
+  ob_buf_append(&b, "", 1);
+  TAP_EQ_STR(b.base, "caf%C3%A9 100%25 ok", "grpc-message percent-encoding");
+  ob_buf_reset(&b);
+  ob_grpc_append_frame(&b, OB_IOV_LIT("hi"));
+  ob_grpc_append_frame(&b, OB_IOV_LIT(""));
+  TAP_EQ_INT(b.len, 12, "two frames: 5 + 2 + 5 bytes");
+  ob_grpc_scan_t sc;
+  ob_grpc_scan_init(&sc, 0);
+  ob_grpc_scan_feed(&sc, b.base, 3);
+  TAP_CHECK(sc.messages == 0 && !ob_grpc_scan_at_boundary(&sc), "scan: mid-prefix is not a boundary");
+  ob_grpc_scan_feed(&sc, b.base + 3, b.len - 3);
+  TAP_CHECK(sc.messages == 2 && sc.payload_bytes == 2 && ob_grpc_scan_at_boundary(&sc), "scan: two messages");
+  ob_grpc_scan_init(&sc, 1);
+  ob_grpc_scan_feed(&sc, b.base, b.len);
+  TAP_CHECK(sc.bad, "scan: a message above max_message is bad");
+  ob_iov_t m;
+  TAP_EQ_INT(ob_grpc_single_message(ob_iov(b.base, 7), &m), 1, "unary body: one message");
+  TAP_CHECK(m.len == 2 && memcmp(m.base, "hi", 2) == 0, "unary body: its payload");
+  TAP_EQ_INT(ob_grpc_single_message(ob_buf_iov(&b), &m), -1, "unary body: two messages are malformed");
+  /* HealthCheckRequest{service: "svc"} with an unknown varint field 2 first. */
+  ob_iov_t f;
+  TAP_EQ_INT(ob_pb_find_bytes(OB_IOV_LIT("\x10\x96\x01\x0a\x03svc"), 1, &f), 1, "protobuf: field 1 found");
+  TAP_CHECK(f.len == 3 && memcmp(f.base, "svc", 3) == 0, "protobuf: field 1 value");
+  TAP_EQ_INT(ob_pb_find_bytes(OB_IOV_LIT(""), 1, &f), 0, "protobuf: empty message, field absent");
+  TAP_EQ_INT(ob_pb_find_bytes(OB_IOV_LIT("\x0a\x09svc"), 1, &f), -1, "protobuf: length past the end");
+  ob_buf_dispose(&b);
+}
+
 int main(void) {
   test_grpc_timeout();
+  test_grpc_wire();
   test_valid_requests();
   test_incomplete();
   test_smuggling();

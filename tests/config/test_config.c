@@ -331,6 +331,34 @@ static void test_upstream_errors(void) {
               "upstreams[0].weight: unknown key");
 }
 
+static void test_grpc_keys(void) {
+  EXPECT_ERRS("grpc route on an http1 upstream",
+              WITH("\"routes\": [{\"prefix\": \"/p.S/\", \"class\": \"grpc\", \"upstream\": \"a\"}]"),
+              "routes[0].upstream: a grpc route needs an h2c or h2 upstream; \"a\" speaks http1");
+  EXPECT_ERRS("grpc route without upstream", WITH("\"routes\": [{\"prefix\": \"/p.S/\", \"class\": \"grpc\"}]"),
+              "routes[0]: missing required key \"upstream\"");
+  EXPECT_ERRS("route tenants: unknown name and wrong type",
+              WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\"}]}], "
+                   "\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\", \"tenants\": [\"t\", \"u\", 3]}, "
+                   "{\"prefix\": \"/b\", \"class\": \"inference\", \"tenants\": \"t\"}]"),
+              "routes[0].tenants[1]: no tenant named \"u\"", "routes[0].tenants[2]: expected a string",
+              "routes[1].tenants: expected an array of tenant names");
+  EXPECT_ERRS("grpc object", WITH("\"grpc\": {\"health\": 1, \"other\": true}"), "grpc.health: expected true or false",
+              "grpc.other: unknown key");
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse("{" LISTENERS ", \"upstreams\": [{\"name\": \"g\", \"endpoints\": [\"http://127.0.0.1:9\"], "
+                         "\"protocol\": \"h2c\"}], \"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", "
+                         "\"secret\": \"s\"}]}], \"routes\": [{\"prefix\": \"/p.S/\", \"class\": \"grpc\", \"upstream\": "
+                         "\"g\", \"tenants\": [\"t\"]}], \"grpc\": {\"health\": true}}",
+                         &e);
+  TAP_CHECK(c && c->grpc_health && c->routes[0].has_tenants && c->routes[0].num_tenants == 1 &&
+                strcmp(c->routes[0].tenants[0], "t") == 0,
+            "grpc route, route tenants and grpc.health parsed");
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+}
+
 static void test_route_model_errors(void) {
   EXPECT_ERRS("unknown route class",
               WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\"}, {\"prefix\": \"/b\", \"class\": "
@@ -748,6 +776,7 @@ int main(void) {
   test_listener_errors();
   test_upstream_errors();
   test_route_model_errors();
+  test_grpc_keys();
   test_scalar_errors();
   test_many_errors();
   test_tenants();

@@ -649,7 +649,7 @@ bool ob_upstream_available(const ob_upstream_t *up) {
 }
 
 bool ob_ureq_head_ends(const ob_ureq_t *u) {
-  return u->up->h2 && u->remote_ended && evbuffer_get_length(u->rbody) == 0;
+  return u->up->h2 && u->head_ended;
 }
 
 void ob_net_up_body_ready(ob_ureq_t *u) {

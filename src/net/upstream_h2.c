@@ -169,6 +169,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
     if (!u->head_ready) {
       if (u->status >= 200) {
         u->head_ready = true;
+        /* END_STREAM on the head itself (not on later trailers). */
+        u->head_ended = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
       } else {
         /* 1xx: not the response; forget it. */
         u->num_hdrs = 0;
@@ -339,6 +341,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   /* Fresh stream state for this attempt. */
   u->body_i = u->body_off = 0;
   u->sent_any = u->req_done = u->resp_any = u->head_ready = u->closed = u->remote_ended = u->bad = false;
+  u->head_ended = false;
   u->close_code = 0;
   u->status = 0;
   u->num_hdrs = u->num_trailers = 0;

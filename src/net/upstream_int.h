@@ -105,6 +105,7 @@ struct ob_ureq {
   bool head_ready;                /* final response HEADERS complete */
   bool closed;                    /* stream closed */
   bool remote_ended;              /* END_STREAM received */
+  bool head_ended;                /* ... on the response head itself (Trailers-Only) */
   bool bad;                       /* response rejected by us */
   uint32_t close_code;
   int status;

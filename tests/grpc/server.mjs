@@ -17,21 +17,13 @@ const clientsRequire = createRequire(join(here, '..', 'clients', 'package.json')
 const grpc = clientsRequire('@grpc/grpc-js');
 const protoLoader = clientsRequire('@grpc/proto-loader');
 
-export const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true };
+const Echo = grpc.loadPackageDefinition(protoLoader.loadSync(join(here, 'echo.proto'),
+  { keepCase: true, longs: Number, enums: String, defaults: true })).obleth.test.Echo;
 
-export function loadEcho() {
-  const def = protoLoader.loadSync(join(here, 'echo.proto'), LOADER_OPTIONS);
-  return grpc.loadPackageDefinition(def).obleth.test.Echo;
-}
-
-export function loadHealth() {
-  const def = protoLoader.loadSync(join(here, 'health.proto'), LOADER_OPTIONS);
-  return grpc.loadPackageDefinition(def).grpc.health.v1.Health;
-}
-
-// Counters for Stats (calls: Echo calls other than Stats). grpc-js emits 'cancelled' on a server call also
-// after the handler itself ended it, so a call counts as cancelled only
-// when it ended before the handler finished.
+// Counters for Stats: Echo calls other than Stats, and those cancelled.
+// grpc-js emits 'cancelled' on a server call also after the handler itself
+// ended it, so a call counts as cancelled only when it ended before the
+// handler finished.
 const stats = { calls: 0, cancelled: 0 };
 
 function track(call) {
@@ -158,7 +150,7 @@ async function main() {
     else { console.error(`unknown argument ${argv[i]}`); process.exit(2); }
   }
   const server = new grpc.Server();
-  server.addService(loadEcho().service, handlers);
+  server.addService(Echo.service, handlers);
   const creds = tls
     ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(tls.cert), private_key: readFileSync(tls.key) }], false)
     : grpc.ServerCredentials.createInsecure();
@@ -172,4 +164,4 @@ async function main() {
   process.on('SIGINT', quit);
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) main();
+main();

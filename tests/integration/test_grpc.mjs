@@ -82,6 +82,24 @@ async function closedPort() {
   return port;
 }
 
+// Everything a test starts, stopped in reverse order at its end (also when
+// starting something failed half-way). A sanitizer report or an unclean
+// exit seen by stop() fails the test.
+function rig() {
+  const procs = [], clients = [];
+  return {
+    async echo(args) { const e = await startEcho(args); procs.push(e.proc); return e; },
+    async gateway(echo, opts) { const g = await gateway(echo, opts); procs.push(g.proc); return g; },
+    client(c) { clients.push(c); return c; },
+    async close() {
+      for (const c of clients) c.close();
+      let first = null;
+      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
+      if (first) throw first;
+    },
+  };
+}
+
 // ---- client helpers ----
 
 const target = (port) => `127.0.0.1:${port}`;
@@ -167,31 +185,32 @@ function frame(msg) {
 
 // ---- tests ----
 
-test('sanity: the grpc-js client and echo server work directly, without obleth', async () => {
-  const echo = await startEcho();
-  const client = echoClient(echo.port);
+test('sanity: the grpc-js client and echo server work directly, without obleth', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const client = env.client(echoClient(echo.port));
     const r = await unary(client, { text: 'hi' }, md({ 'x-echo-a': 'b' }), deadline(5000));
     assert.ifError(r.err);
     assert.equal(r.res.text, 'hi');
     assert.deepEqual(r.res.metadata, ['x-echo-a: b']);
     assert.ok(r.res.deadline_ms > 4000 && r.res.deadline_ms <= 5000, String(r.res.deadline_ms));
-    const s = await readStream(client.ServerStream({ text: 's', count: 3 }));
+    const s = await readStream(client.ServerStream({ text: 's', count: 3 }, md(), deadline(5000)));
     assert.deepEqual(s.msgs.map((m) => m.text), ['s 0', 's 1', 's 2']);
-    const f = await unary(client, { fail_code: 5, fail_message: 'ñ' });
+    const f = await unary(client, { fail_code: 5, fail_message: 'ñ' }, md(), deadline(5000));
     assertCode(f, 5, 'direct failure');
     assert.equal(f.err.details, 'ñ');
   } finally {
-    client.close();
-    await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('the four RPC kinds stream through obleth: unary, server stream, client stream, bidi ping-pong', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo, { upstream: { max_inflight: 4 } });
-  const client = echoClient(gw.port);
+test('the four RPC kinds stream through obleth: unary, server stream, client stream, bidi ping-pong', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo, { upstream: { max_inflight: 4 } });
+    const client = env.client(echoClient(gw.port));
     const u = await unary(client, { text: 'hello gRPC' }, withKey('sk-alice'), deadline(5000));
     assert.ifError(u.err);
     assert.equal(u.res.text, 'hello gRPC');
@@ -231,17 +250,17 @@ test('the four RPC kinds stream through obleth: unary, server stream, client str
     assert.deepEqual(replies.map((m) => m.text), ['echo ping 0', 'echo ping 1', 'echo ping 2', 'echo ping 3', 'echo ping 4']);
     assert.deepEqual(replies.map((m) => m.count), [1, 2, 3, 4, 5]);
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('request metadata, response metadata and trailers (binary too) arrive intact; the API key does not reach the upstream', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const client = echoClient(gw.port);
-  const bin = Buffer.from([0x00, 0x01, 0x02, 0xff, 0xfe, 0x0a, 0x0d, 0x3a, 0x2c, 0x20]);
+test('request metadata, response metadata and trailers (binary too) arrive intact; the API key does not reach the upstream', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
+    const bin = Buffer.from([0x00, 0x01, 0x02, 0xff, 0xfe, 0x0a, 0x0d, 0x3a, 0x2c, 0x20]);
     for (const keyHeader of ['authorization', 'x-api-key']) {
       const meta = keyHeader === 'authorization' ? withKey('sk-alice') : md({ 'x-api-key': 'sk-alice' });
       meta.add('x-echo-text', 'hello, metadata');
@@ -257,18 +276,18 @@ test('request metadata, response metadata and trailers (binary too) arrive intac
       assert.deepEqual(r.trailers.get('x-echo-bin-bin'), [bin], 'binary trailing metadata');
     }
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('an upstream error status, non-ASCII message and binary trailers are preserved exactly', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const client = echoClient(gw.port);
-  const message = 'nicht gefunden: ünïcødé ✓ 100% "quoted" / 日本語';
-  const detail = Buffer.from([0x00, 0xff, 0x10, 0x80, 0x7f, 0x0a]);
+test('an upstream error status, non-ASCII message and binary trailers are preserved exactly', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
+    const message = 'nicht gefunden: ünïcødé ✓ 100% "quoted" / 日本語';
+    const detail = Buffer.from([0x00, 0xff, 0x10, 0x80, 0x7f, 0x0a]);
     // Trailers-Only from the upstream
     let r = await unary(client, { fail_code: Code.NOT_FOUND, fail_message: message }, withKey('sk-alice'), deadline(5000));
     assertCode(r, Code.NOT_FOUND, 'trailers-only upstream error');
@@ -289,18 +308,47 @@ test('an upstream error status, non-ASCII message and binary trailers are preser
     assert.equal(s.status.details, message);
     assert.deepEqual(s.status.metadata.get('x-detail-bin'), [detail]);
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('identity: missing or unknown key is UNAUTHENTICATED; disabled tenant or a route excluding it is PERMISSION_DENIED', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo, {
-    routes: [{ prefix: '/obleth.test.Private/', class: 'grpc', upstream: 'echo', tenants: ['alice'] }],
-  });
-  const client = echoClient(gw.port);
+// Response headers and trailers with no message between them arrive from
+// the upstream back to back, often in one read: an error after headers, an
+// empty server stream. The trailers (and their grpc-status) must still be
+// forwarded. Repeated, since how the frames fall into reads varies.
+test('headers followed directly by trailers (no message) keep their trailers', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
+    for (let i = 0; i < 20; i++) {
+      const r = await unary(client, { fail_code: Code.FAILED_PRECONDITION, fail_message: `fail ${i}` }, withKey('sk-alice', { 'x-echo-k': `v${i}` }), deadline(5000));
+      assertCode(r, Code.FAILED_PRECONDITION, `error after headers, try ${i}`);
+      assert.equal(r.err.details, `fail ${i}`);
+      assert.deepEqual(r.headers.get('x-echo-k'), [`v${i}`]);
+      assert.deepEqual(r.err.metadata.get('x-echo-k'), [`v${i}`]);
+    }
+    for (let i = 0; i < 20; i++) {
+      const s = await readStream(client.ServerStream({ text: 'none', count: 0 }, withKey('sk-alice', { 'x-echo-k': `e${i}` }), deadline(5000)));
+      assert.equal(s.status.code, Code.OK, `empty stream, try ${i}: ${s.status.code} ${s.status.details}`);
+      assert.equal(s.msgs.length, 0);
+      assert.deepEqual(s.headers.get('x-echo-k'), [`e${i}`]);
+      assert.deepEqual(s.status.metadata.get('x-echo-k'), [`e${i}`]);
+    }
+  } finally {
+    await env.close();
+  }
+});
+
+test('identity: missing or unknown key is UNAUTHENTICATED; disabled tenant or a route excluding it is PERMISSION_DENIED', { timeout: 20000 }, async () => {
+  const env = rig();
+  try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo, {
+      routes: [{ prefix: '/obleth.test.Private/', class: 'grpc', upstream: 'echo', tenants: ['alice'] }],
+    });
+    const client = env.client(echoClient(gw.port));
     assertCode(await unary(client, { text: 'x' }, md(), deadline(5000)), Code.UNAUTHENTICATED, 'no key');
     assertCode(await unary(client, { text: 'x' }, withKey('sk-nobody'), deadline(5000)), Code.UNAUTHENTICATED, 'unknown key');
     assertCode(await unary(client, { text: 'x' }, md({ 'x-api-key': 'sk-nobody' }), deadline(5000)), Code.UNAUTHENTICATED, 'unknown x-api-key');
@@ -314,26 +362,27 @@ test('identity: missing or unknown key is UNAUTHENTICATED; disabled tenant or a 
     const calls = await unary(client, {}, withKey('sk-bob'), deadline(5000), 'Stats');
     assert.equal(calls.res.seq, 1, 'of the Echo calls, only bob\'s admitted Unary reached the upstream');
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('no route for the path is UNIMPLEMENTED', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
+test('no route for the path is UNIMPLEMENTED', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
     assertCode(await rawUnary(gw.port, '/obleth.test.Nowhere/Unary', { text: 'x' }, withKey('sk-alice'), deadline(5000)), Code.UNIMPLEMENTED, 'no route');
   } finally {
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('a full tenant queue and the rpm limit are RESOURCE_EXHAUSTED with retry-after and grpc-retry-pushback-ms', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const client = echoClient(gw.port);
+test('a full tenant queue and the rpm limit are RESOURCE_EXHAUSTED with retry-after and grpc-retry-pushback-ms', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
     const holder = unary(client, { text: 'hold', delay_ms: 1000 }, withKey('sk-alice'), deadline(5000));
     await sleep(150);
     const waiter = unary(client, { text: 'wait' }, withKey('sk-dave'), deadline(5000));
@@ -356,16 +405,16 @@ test('a full tenant queue and the rpm limit are RESOURCE_EXHAUSTED with retry-af
     assert.ok(Number(limited.err.metadata.get('retry-after')[0]) >= 1, 'retry-after on the rate limit');
     assert.match(String(limited.err.metadata.get('grpc-retry-pushback-ms')[0]), /^\d+$/);
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Only from the gateway', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const client = echoClient(gw.port);
+test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Only from the gateway', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
     const holder = unary(client, { text: 'hold', delay_ms: 1500 }, withKey('sk-alice'), deadline(5000));
     await sleep(150);
     // raw h2: grpc-js would give up on its own at the deadline, so read the
@@ -387,21 +436,21 @@ test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Onl
     const st = await unary(client, {}, withKey('sk-alice'), deadline(5000), 'Stats');
     assert.equal(st.res.seq, 1, 'the expired calls never reached the upstream, only the holder did');
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('UNAVAILABLE when the queue wait passes queue_timeout_ms and when the upstream refuses connections', async () => {
-  const echo = await startEcho();
-  const dead = await closedPort();
-  const gw = await gateway(echo, {
-    admission: { queue_timeout_ms: 300 },
-    upstreams: [{ name: 'dead', endpoints: [`http://127.0.0.1:${dead}`], protocol: 'h2c' }],
-    routes: [{ prefix: '/obleth.test.Dead/', class: 'grpc', upstream: 'dead' }],
-  });
-  const client = echoClient(gw.port);
+test('UNAVAILABLE when the queue wait passes queue_timeout_ms and when the upstream refuses connections', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const dead = await closedPort();
+    const gw = await env.gateway(echo, {
+      admission: { queue_timeout_ms: 300 },
+      upstreams: [{ name: 'dead', endpoints: [`http://127.0.0.1:${dead}`], protocol: 'h2c' }],
+      routes: [{ prefix: '/obleth.test.Dead/', class: 'grpc', upstream: 'dead' }],
+    });
+    const client = env.client(echoClient(gw.port));
     const holder = unary(client, { text: 'hold', delay_ms: 1200 }, withKey('sk-alice'), deadline(5000));
     await sleep(150);
     const q = await unary(client, { text: 'queued' }, withKey('sk-bob'), deadline(5000));
@@ -411,16 +460,16 @@ test('UNAVAILABLE when the queue wait passes queue_timeout_ms and when the upstr
     const r = await rawUnary(gw.port, '/obleth.test.Dead/Unary', { text: 'x' }, withKey('sk-alice'), deadline(5000));
     assertCode(r, Code.UNAVAILABLE, 'connection refused');
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('deadlines propagate: the upstream sees the client deadline less the time spent queued in the gateway', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const client = echoClient(gw.port);
+test('deadlines propagate: the upstream sees the client deadline less the time spent queued in the gateway', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
     const fast = await unary(client, { text: 'd' }, withKey('sk-alice'), deadline(5000));
     assert.ifError(fast.err);
     assert.ok(fast.res.deadline_ms > 4000 && fast.res.deadline_ms < 5000, `upstream deadline ${fast.res.deadline_ms} ms of 5000`);
@@ -435,19 +484,19 @@ test('deadlines propagate: the upstream sees the client deadline less the time s
       `upstream deadline ${queued.res.deadline_ms} ms after waiting ${waited} ms of 5000`);
     assert.ifError((await holder).err);
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('a cancelled call releases its slot and cancels the upstream call', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const client = echoClient(gw.port);
+test('a cancelled call releases its slot and cancels the upstream call', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const client = env.client(echoClient(gw.port));
     const before = await unary(client, {}, withKey('sk-alice'), deadline(5000), 'Stats');
     assert.ifError(before.err);
-    const call = client.ServerStream({ text: 'forever', count: -1, delay_ms: 20 }, withKey('sk-alice'));
+    const call = client.ServerStream({ text: 'forever', count: -1, delay_ms: 20 }, withKey('sk-alice'), deadline(5000));
     const seen = await new Promise((resolve, reject) => {
       const got = [];
       call.on('data', (m) => { got.push(m); if (got.length === 3) resolve(got); });
@@ -470,38 +519,38 @@ test('a cancelled call releases its slot and cancels the upstream call', async (
     }
     assert.equal(after.res.count, before.res.count + 1, 'the upstream saw its call cancelled');
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('an h2 upstream over TLS carries a unary call', async () => {
-  const certs = await makeCerts();
-  const echo = await startEcho(['--tls', certs.cert, certs.key]);
-  const gw = await gateway(echo, { upstream: { protocol: 'h2', endpoints: [`https://127.0.0.1:${echo.port}`], tls_verify: false } });
-  const client = echoClient(gw.port);
+test('an h2 upstream over TLS carries a unary call', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const certs = await makeCerts();
+    const echo = await env.echo(['--tls', certs.cert, certs.key]);
+    const gw = await env.gateway(echo, { upstream: { protocol: 'h2', endpoints: [`https://127.0.0.1:${echo.port}`], tls_verify: false } });
+    const client = env.client(echoClient(gw.port));
     const r = await unary(client, { text: 'over tls' }, withKey('sk-alice', { 'x-echo-t': 'tls' }), deadline(5000));
     assert.ifError(r.err);
     assert.equal(r.res.text, 'over tls');
     assert.deepEqual(r.trailers.get('x-echo-t'), ['tls']);
   } finally {
-    client.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('the gateway answers grpc.health.v1.Health/Check without an API key', async () => {
-  const echo = await startEcho();
-  const dead = await closedPort();
-  const gw = await gateway(echo, {
-    upstreams: [{ name: 'dead', endpoints: [`http://127.0.0.1:${dead}`], protocol: 'h2c' }],
-    routes: [{ prefix: '/obleth.test.Dead/', class: 'grpc', upstream: 'dead' }],
-    extra: { timeouts: { backoff_ms: 10000 } },
-  });
-  const health = new Health(target(gw.port), insecure());
-  const check = (service) => unary(health, { service }, md(), deadline(5000), 'Check');
+test('the gateway answers grpc.health.v1.Health/Check without an API key', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const dead = await closedPort();
+    const gw = await env.gateway(echo, {
+      upstreams: [{ name: 'dead', endpoints: [`http://127.0.0.1:${dead}`], protocol: 'h2c' }],
+      routes: [{ prefix: '/obleth.test.Dead/', class: 'grpc', upstream: 'dead' }],
+      extra: { timeouts: { backoff_ms: 10000 } },
+    });
+    const health = env.client(new Health(target(gw.port), insecure()));
+    const check = (service) => unary(health, { service }, md(), deadline(5000), 'Check');
     let r = await check('');
     assert.ifError(r.err);
     assert.equal(r.res.status, 'SERVING');
@@ -516,17 +565,17 @@ test('the gateway answers grpc.health.v1.Health/Check without an API key', async
     assert.ifError(r.err);
     assert.equal(r.res.status, 'NOT_SERVING');
   } finally {
-    health.close();
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
   }
 });
 
-test('application/grpc over HTTP/1.1 is 505; a non-gRPC content-type on a grpc route over h2 is 415', async () => {
-  const echo = await startEcho();
-  const gw = await gateway(echo);
-  const url = `${gw.url}/obleth.test.Echo/Unary`;
-  const key = ['-H', 'authorization: Bearer sk-alice'];
+test('application/grpc over HTTP/1.1 is 505; a non-gRPC content-type on a grpc route over h2 is 415', { timeout: 20000 }, async () => {
+  const env = rig();
   try {
+    const echo = await env.echo();
+    const gw = await env.gateway(echo);
+    const url = `${gw.url}/obleth.test.Echo/Unary`;
+    const key = ['-H', 'authorization: Bearer sk-alice'];
     let r = await curl(['--http1.1', ...key, '-H', 'content-type: application/grpc', '-H', 'te: trailers', '--data-binary', '@-', url], { input: frame({ text: 'x' }) });
     assert.equal(r.status, 505, r.body);
     assert.match(JSON.parse(r.body).error.message, /HTTP\/2/);
@@ -536,6 +585,44 @@ test('application/grpc over HTTP/1.1 is 505; a non-gRPC content-type on a grpc r
     assert.equal(r.status, 415, r.body);
     assert.equal(r.httpVersion, '2');
   } finally {
-    await stop(gw.proc); await stop(echo.proc);
+    await env.close();
+  }
+});
+
+// An upstream that ignores grpc-timeout (answers nothing until cancelled):
+// the gateway itself ends the call at the client's deadline and cancels the
+// upstream stream.
+test('the gateway ends a call at its deadline when the upstream ignores grpc-timeout, and cancels upstream', { timeout: 20000 }, async () => {
+  const seen = [];
+  const up = http2.createServer();
+  up.on('stream', (stream, headers) => {
+    const rec = { timeout: headers['grpc-timeout'], te: headers.te, closedBy: null };
+    seen.push(rec);
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
+    stream.on('close', () => { rec.closedBy = stream.rstCode; });
+  });
+  await new Promise((r) => up.listen(0, '127.0.0.1', r));
+  const env = rig();
+  try {
+    const gw = await env.gateway({ port: up.address().port });
+    const r = await rawGrpc(gw.port, '/obleth.test.Echo/Unary', { 'grpc-timeout': '400m', authorization: 'Bearer sk-alice' }, frame({ text: 'x' }));
+    assert.ok(r.headers, `a response (${r.error})`);
+    assert.equal(r.headers[':status'], 200);
+    assert.equal(r.endStreamOnHeaders, false, 'the upstream head was passed on first');
+    assert.ok(r.trailers, 'the call ended with trailers');
+    assert.equal(r.trailers['grpc-status'], '4', JSON.stringify(r.trailers));
+    assert.ok(r.ms >= 350 && r.ms < 1500, `ended at the deadline (${r.ms} ms)`);
+    assert.equal(seen.length, 1);
+    assert.match(seen[0].timeout, /^\d{1,8}[umS]$/, 'grpc-timeout forwarded');
+    assert.equal(seen[0].te, 'trailers');
+    for (let i = 0; i < 50 && seen[0].closedBy === null; i++) await sleep(20);
+    assert.equal(seen[0].closedBy, http2.constants.NGHTTP2_CANCEL, 'the upstream stream was cancelled');
+    // the slot (max_inflight 1) is free again
+    const again = await rawGrpc(gw.port, '/obleth.test.Echo/Unary', { 'grpc-timeout': '200m', authorization: 'Bearer sk-alice' }, frame({ text: 'y' }));
+    assert.equal(again.trailers?.['grpc-status'], '4');
+    assert.notEqual(again.headers['x-obleth-admission'], 'queued');
+  } finally {
+    await env.close();
+    await new Promise((r) => up.close(r));
   }
 });

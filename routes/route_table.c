@@ -26,7 +26,7 @@ static int by_prefix_len_desc(const void *a, const void *b) {
   return x->prefix.len < y->prefix.len ? 1 : x->prefix.len > y->prefix.len ? -1 : 0;
 }
 
-ob_routes_t *ob_routes_create(ob_config_t *cfg) {
+ob_routes_t *ob_routes_create(ob_config_t *cfg, const ob_route_binding_t *extra, size_t n_extra) {
   ob_routes_t *t = ob_xcalloc(1, sizeof *t);
   t->cfg = ob_config_acquire(cfg);
   t->started = (long long)time(NULL);
@@ -39,8 +39,11 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg) {
   for (size_t i = 0; i < cfg->num_routes; i++) {
     const ob_config_route_t *r = &cfg->routes[i];
     const ob_route_class_t *cls = NULL;
+    void *data = t;
     for (size_t j = 0; j < sizeof classes / sizeof classes[0]; j++)
       if (strcmp(classes[j].name, r->class_name) == 0) cls = classes[j].cls;
+    for (size_t j = 0; j < n_extra; j++)
+      if (strcmp(extra[j].cls->name, r->class_name) == 0) cls = extra[j].cls, data = extra[j].data;
     if (!cls) {
       ob_log_warn("routes[%zu]: class \"%s\" is not available; route skipped", i, r->class_name);
       continue;
@@ -50,7 +53,7 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg) {
     o->rewrite = r->rewrite ? ob_iov_str(r->rewrite) : (ob_iov_t){NULL, 0};
     o->upstream = r->upstream;
     o->cls = cls;
-    o->class_data = t;
+    o->class_data = data;
     o->cost = !r->cost ? -1 : strcmp(r->cost, "tokens") == 0 ? OB_COST_TOKENS : OB_COST_REQUESTS;
     if (r->has_tenants) {
       /* By tenant index, so the check per request is one load. */

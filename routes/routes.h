@@ -19,9 +19,17 @@
 
 typedef struct ob_routes ob_routes_t;
 
-/* Compile cfg's routes and models (cfg acquired). Never fails for a
- * validated snapshot. */
-ob_routes_t *ob_routes_create(ob_config_t *cfg);
+/* A route class implemented outside routes/ (mcp/), bound by main with its
+ * class data (borrowed; must outlive the table). */
+typedef struct ob_route_binding {
+  const ob_route_class_t *cls; /* cls->name is the config's class name */
+  void *data;
+} ob_route_binding_t;
+
+/* Compile cfg's routes and models (cfg acquired), with the built-in classes
+ * plus extra[0..n) (borrowed for the call). Never fails for a validated
+ * snapshot; a route whose class is not available is skipped with a warning. */
+ob_routes_t *ob_routes_create(ob_config_t *cfg, const ob_route_binding_t *extra, size_t n);
 void ob_routes_destroy(ob_routes_t *t);
 
 /* Longest-prefix match; matches ob_route_find_cb with table = the ob_routes_t. */

@@ -8,6 +8,7 @@
 #include "core.h"
 #include "net.h"
 #include "proxy.h"
+#include "mcp.h"
 #include "routes.h"
 #include "tenant.h"
 
@@ -116,7 +117,9 @@ static int run(const char *path) {
                     i, j, cfg->tenants[i].keys[j].id);
   if (cfg->num_tenants == 0) ob_log_warn("no tenants configured: requests are not authenticated");
   ob_tenants_t *tenants = ob_tenants_create(cfg);
-  ob_routes_t *routes = ob_routes_create(cfg);
+  ob_mcp_t *mcp = ob_mcp_create(cfg);
+  const ob_route_binding_t bindings[] = {{&ob_mcp_class, mcp}};
+  ob_routes_t *routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);
   ob_proxy_t *proxy = ob_proxy_create(cfg, tenants, ob_routes_find, routes);
   app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
   int rc = 0;
@@ -139,6 +142,7 @@ out:
   ob_net_destroy(app.net);
   ob_proxy_destroy(proxy);
   ob_routes_destroy(routes);
+  ob_mcp_destroy(mcp);
   ob_tenants_destroy(tenants);
   event_base_free(app.base);
   ob_config_release(cfg);

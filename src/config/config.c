@@ -67,6 +67,7 @@ static const struct route_class {
   {"inference", false},
   {"passthrough", true},
   {"grpc", true},
+  {"mcp", true},
 };
 
 #define NUM_ROUTE_CLASSES (sizeof route_classes / sizeof route_classes[0])
@@ -1191,13 +1192,15 @@ static void on_key(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   }
 }
 
-enum { TN_NAME, TN_GROUP, TN_MODELS, TN_DISABLED, TN_KEYS };
+enum { TN_NAME, TN_GROUP, TN_MODELS, TN_DISABLED, TN_KEYS, TN_MCP_TOOLS };
 static const field_t tenant_fields[] = {
   [TN_NAME] = {.key = "name", .required = true},
   [TN_GROUP] = {.key = "group"},
   [TN_MODELS] = {.key = "models"},
   [TN_DISABLED] = {.key = "disabled"},
   [TN_KEYS] = {.key = "keys", .required = true},
+  [TN_MCP_TOOLS] = {.key = "mcp_tools"},
+  INT_FIELD(ob_config_tenant_t, max_streams, false, 0, UINT32_MAX, 0),
   INT_FIELD(ob_config_tenant_t, weight, false, 1, UINT32_MAX, 1),
   INT_FIELD(ob_config_tenant_t, max_inflight, false, 0, UINT32_MAX, 0),
   INT_FIELD(ob_config_tenant_t, max_queue, false, 0, UINT32_MAX, 0),
@@ -1262,6 +1265,39 @@ static void on_tenant_field(ctx_t *cx, size_t idx, const cJSON *v, void *target)
   case TN_DISABLED:
     want_bool(cx, v, &t->disabled);
     break;
+  case TN_MCP_TOOLS: {
+    /* {"<upstream>": ["tool", ...]}: one allow-list per MCP upstream. */
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object mapping upstream names to lists of tool names");
+      return;
+    }
+    size_t n = array_len(v), j = 0;
+    t->mcp_tools = ob_xcalloc(n ? n : 1, sizeof *t->mcp_tools);
+    for (const cJSON *it = v->child; it; it = it->next) {
+      size_t mark = path_key(cx, it->string);
+      if (!upstream_known(cx, it->string)) {
+        char *q = quote(it->string);
+        errf(cx, "no upstream named %s", q);
+        free(q);
+      } else if (!cJSON_IsArray(it)) {
+        errf(cx, "expected an array of tool names");
+      } else {
+        ob_config_mcp_tools_t *mt = &t->mcp_tools[j++];
+        mt->upstream = ob_xstrdup(it->string);
+        mt->tools = ob_xcalloc(array_len(it) + 1, sizeof *mt->tools);
+        size_t k = 0;
+        for (const cJSON *tool = it->child; tool; tool = tool->next, k++) {
+          size_t m2 = path_index(cx, k);
+          const char *name = want_string(cx, tool, true);
+          if (name) mt->tools[mt->num_tools++] = ob_xstrdup(name);
+          path_pop(cx, m2);
+        }
+      }
+      path_pop(cx, mark);
+    }
+    t->num_mcp_tools = j;
+    break;
+  }
   case TN_KEYS: {
     if (!cJSON_IsArray(v) || !v->child) {
       errf(cx, "expected a non-empty array");
@@ -1337,7 +1373,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC };
+       T_GRPC, T_MCP };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1350,7 +1386,23 @@ static const field_t top_fields[] = {
   [T_TIMEOUTS] = {.key = "timeouts"},
   [T_LOG_LEVEL] = {.key = "log_level"},
   [T_GRPC] = {.key = "grpc"},
+  [T_MCP] = {.key = "mcp"},
 };
+
+enum { MC_SESSION_SECRET };
+static const field_t mcp_fields[] = {
+  [MC_SESSION_SECRET] = {.key = "session_secret"},
+};
+
+static void on_mcp_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_t *c = target;
+  if (idx != MC_SESSION_SECRET) return;
+  const char *s = want_string(cx, v, true);
+  if (s) {
+    free(c->mcp_session_secret);
+    c->mcp_session_secret = ob_xstrdup(s);
+  }
+}
 
 enum { G_HEALTH };
 static const field_t grpc_fields[] = {
@@ -1438,6 +1490,13 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
       return;
     }
     walk_object(cx, v, grpc_fields, NFIELDS(grpc_fields), on_grpc_field, c);
+    break;
+  case T_MCP:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
     break;
   case T_LOG_LEVEL: {
     const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
@@ -1548,8 +1607,15 @@ static void free_config(ob_config_t *c) {
     for (size_t j = 0; j < t->num_models; j++) free(t->models[j]);
     for (size_t j = 0; j < t->num_keys; j++) free(t->keys[j].id);
     free(t->models), free(t->keys), free(t->name), free(t->group);
+    for (size_t j = 0; j < t->num_mcp_tools; j++) {
+      for (size_t k = 0; k < t->mcp_tools[j].num_tools; k++) free(t->mcp_tools[j].tools[k]);
+      free(t->mcp_tools[j].tools), free(t->mcp_tools[j].upstream);
+    }
+    free(t->mcp_tools);
   }
   free(c->tenants);
+  if (c->mcp_session_secret) OPENSSL_cleanse(c->mcp_session_secret, strlen(c->mcp_session_secret));
+  free(c->mcp_session_secret);
   free(c->log_level), free(c->path), free(c->dir);
   free(c);
 }

@@ -55,7 +55,7 @@ typedef struct ob_config_upstream {
 
 typedef struct ob_config_route {
   char *prefix;    /* must start with '/' */
-  char *class_name;/* "inference", "passthrough", "grpc" */
+  char *class_name;/* "inference", "passthrough", "grpc", "mcp" */
   char *upstream;  /* upstream name or NULL */
   char *rewrite;   /* replacement for the matched prefix, NULL = keep */
   char *cost;      /* "cost": "requests" | "tokens"; NULL = the class default
@@ -85,6 +85,14 @@ typedef struct ob_config_group {
   uint32_t weight;          /* "weight", default 1, >= 1 */
 } ob_config_group_t;
 
+/* "mcp_tools": {"<upstream>": [...]}: the tools a tenant may see and call
+ * on one MCP upstream. */
+typedef struct ob_config_mcp_tools {
+  char *upstream;
+  char **tools;
+  size_t num_tools;
+} ob_config_mcp_tools_t;
+
 typedef struct ob_config_tenant {
   char *name;               /* unique */
   char *group;              /* "group": a group name; default "default" (created implicitly, weight 1) */
@@ -99,6 +107,9 @@ typedef struct ob_config_tenant {
   bool disabled;
   ob_config_key_t *keys;
   size_t num_keys;
+  uint32_t max_streams;     /* open MCP GET event streams at once; 0 = unlimited */
+  ob_config_mcp_tools_t *mcp_tools; /* absent for an upstream: every tool allowed */
+  size_t num_mcp_tools;
 } ob_config_tenant_t;
 
 typedef enum { OB_ADMIT_HIERARCHICAL, OB_ADMIT_WEIGHTED, OB_ADMIT_FIFO } ob_admission_mode_t;
@@ -154,6 +165,7 @@ typedef struct ob_config {
   ob_config_timeouts_t timeouts;
   char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */
   bool grpc_health;         /* "grpc": {"health": true}: answer grpc.health.v1.Health/Check */
+  char *mcp_session_secret; /* "mcp": {"session_secret"}: keys the MCP session id wrapper; NULL = random per process */
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -146,6 +146,10 @@ typedef struct ob_ureq_spec {
    * the handler cancels the ureq before the sreq goes away. */
   ob_sreq_t *body_stream;
   bool expect_trailers;     /* send "te: trailers" (gRPC) */
+  /* 1 + the index of the endpoint that must serve the request (session
+   * affinity): no other endpoint is tried; 0 = the pool chooses. */
+  size_t endpoint;
+  bool long_lived;          /* an event stream: no idle timeout once the response started */
 } ob_ureq_spec_t;
 
 /*
@@ -206,6 +210,11 @@ void ob_ureq_cancel(ob_ureq_t *u);
  * HEADERS frame carrying END_STREAM, e.g. a gRPC Trailers-Only answer): no
  * body or trailers follow, only on_end. */
 bool ob_ureq_head_ends(const ob_ureq_t *u);
+
+/* Index (in the upstream's configured endpoints) of the endpoint serving
+ * the request; 0 before one was chosen. */
+size_t ob_ureq_endpoint_index(const ob_ureq_t *u);
+size_t ob_upstream_num_endpoints(const ob_upstream_t *up);
 
 /* "host:port" of the endpoint serving the request (borrowed from the pool),
  * or "-" before one was chosen. */

@@ -530,7 +530,8 @@ void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
                                                 : &u->retried_refused;
   u->conn = NULL;
   /* A streamed body cannot be sent twice once bytes of it left. */
-  if (*spent || up->destroying || u->src_taken || (kind == OB_RETRY_OTHER_ENDPOINT && up->num_eps < 2)) {
+  if (*spent || up->destroying || u->src_taken ||
+      (kind == OB_RETRY_OTHER_ENDPOINT && (up->num_eps < 2 || u->pinned))) {
     ob_net_up_fail(u, OB_ERR_CONN, status_hint);
     return;
   }
@@ -538,7 +539,7 @@ void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
   ob_endpoint_t *failed = u->ep;
   failed->inflight--;
   u->ep = NULL;
-  ob_endpoint_t *ep = kind == OB_RETRY_FRESH_CONN ? failed : choose_endpoint(up, failed);
+  ob_endpoint_t *ep = kind == OB_RETRY_FRESH_CONN || u->pinned ? failed : choose_endpoint(up, failed);
   ob_log_debug("upstream %s: retrying on %s", up->cfg->name, ep->cfg->authority);
   dispatch(u, ep, kind == OB_RETRY_FRESH_CONN);
 }
@@ -552,6 +553,7 @@ static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
   u->path = spec->path.len ? ob_arena_dup(a, spec->path) : OB_IOV_LIT("/");
   if (spec->authority.len) u->authority = ob_arena_dup(a, spec->authority);
   u->expect_trailers = spec->expect_trailers;
+  u->long_lived = spec->long_lived;
 
   if (spec->num_headers) u->headers = ob_arena_alloc(a, spec->num_headers * sizeof *u->headers);
   for (size_t i = 0; i < spec->num_headers; i++) {
@@ -613,6 +615,12 @@ ob_ureq_t *ob_upstream_request(ob_upstream_t *up, const ob_ureq_spec_t *spec, co
   } else if (u->streamed && !up->h2) {
     ob_log_warn("upstream %s: a streamed request body needs an HTTP/2 upstream", up->cfg->name);
     ob_net_up_fail(u, OB_ERR_CONN, 502);
+  } else if (spec->endpoint) {
+    u->pinned = true;
+    if (spec->endpoint <= up->num_eps)
+      dispatch(u, &up->eps[spec->endpoint - 1], false);
+    else
+      ob_net_up_fail(u, OB_ERR_CONN, 502);
   } else
     dispatch(u, choose_endpoint(up, NULL), false);
   return u;
@@ -663,6 +671,10 @@ void ob_net_up_body_unlink(ob_ureq_t *u) {
   if (u->src) u->src->sink_ = NULL;
   u->src = NULL;
 }
+
+size_t ob_ureq_endpoint_index(const ob_ureq_t *u) { return u->ep ? (size_t)(u->ep - u->up->eps) : 0; }
+
+size_t ob_upstream_num_endpoints(const ob_upstream_t *up) { return up->num_eps; }
 
 const char *ob_ureq_endpoint(const ob_ureq_t *u) { return u->ep ? u->ep->cfg->authority : "-"; }
 

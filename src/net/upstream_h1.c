@@ -233,7 +233,7 @@ static void on_eof(ob_uconn_t *c, ob_ureq_t *u) {
 
 static void process(ob_uconn_t *c, ob_ureq_t *u) {
   if (u->paused) return;
-  if (c->got_bytes) ob_net_up_arm(u->timer, u->up->tv_idle);
+  if (c->got_bytes) ob_net_up_arm(u->timer, ob_net_up_idle_tv(u));
   while (c->rstate == RS_HEAD) {
     int r = read_head(c, u);
     if (r < 0) return;
@@ -297,7 +297,7 @@ void ob_net_uh1_resume(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   if (!c->eof) bufferevent_enable(c->bev, EV_READ);
-  ob_net_up_arm(u->timer, c->got_bytes ? u->up->tv_idle : u->up->tv_first_byte);
+  ob_net_up_arm(u->timer, c->got_bytes ? ob_net_up_idle_tv(u) : u->up->tv_first_byte);
   process(c, u);
 }
 

@@ -288,7 +288,7 @@ static void deliver(ob_ureq_t *u) {
     nghttp2_session_consume_stream(c->session, u->stream_id, u->unconsumed);
     u->unconsumed = 0;
   }
-  if (u->resp_any) ob_net_up_arm(u->timer, u->up->tv_idle);
+  if (u->resp_any) ob_net_up_arm(u->timer, ob_net_up_idle_tv(u));
 }
 
 static void deliver_touched(ob_uconn_t *c) {

@@ -72,6 +72,8 @@ struct ob_ureq {
   ob_rcbuf_t *owner;              /* counted */
   bool expect_trailers;
   bool is_head;                   /* HEAD: the response has no body */
+  bool long_lived;                /* no idle timeout once the response started (event streams) */
+  bool pinned;                    /* must be served by the endpoint chosen first */
   bool streamed;                  /* the body is read from src as it arrives */
   ob_sreq_t *src;                 /* streamed: the client stream, NULL once it is gone */
   bool src_taken;                 /* streamed: bytes were taken, so no resend */
@@ -177,6 +179,11 @@ struct ob_upstream {
 };
 
 /* ---- upstream.c: shared machinery ---- */
+
+/* The idle timeout of an open response: none for long-lived streams. */
+static inline const struct timeval *ob_net_up_idle_tv(const ob_ureq_t *u) {
+  return u->long_lived ? NULL : u->up->tv_idle;
+}
 
 /* Arm a timer with one of the pool's durations (NULL = disabled). */
 void ob_net_up_arm(struct event *ev, const struct timeval *tv);

@@ -233,7 +233,7 @@ void ob_proxy_admit(ob_exchange_t *x) {
     ob_exchange_reply_error(x, 403, msg, "permission_error", "model_not_allowed");
     return;
   }
-  if (!cls->admitted) {
+  if (!cls->admitted || x->not_admitted) {
     /* Authenticated but never queued. */
     x->admission = "fast";
     ob_proxy_forward(x);

@@ -45,12 +45,12 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
     if (x->grpc_status >= 0) snprintf(grpc, sizeof grpc, " grpc-status=%d", x->grpc_status);
     else snprintf(grpc, sizeof grpc, " grpc-status=-");
   }
-  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s rid=%s%s%s", s->peer_addr,
+  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s rid=%s%s%s%s%s", s->peer_addr,
               (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
               s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
               (unsigned long long)s->bytes_out, (double)(now - s->start_us) / 1000.0, ttfb,
               x->endpoint ? x->endpoint : "-", (int)model.len, model.base, x->request_id, grpc,
-              completed ? "" : " aborted");
+              x->note ? " " : "", x->note ? x->note : "", completed ? "" : " aborted");
 }
 
 /* ---------------------------------------------------------------- answers */
@@ -203,6 +203,10 @@ ob_err_t ob_exchange_set_upstream(ob_exchange_t *x, const char *name) {
   return OB_OK;
 }
 
+void ob_exchange_replace_header(ob_exchange_t *x, const char *name, ob_iov_t value) {
+  if (x->num_replace < 2) x->replace[x->num_replace++] = (ob_http_header_t){ob_iov_str(name), value};
+}
+
 void ob_exchange_set_body(ob_exchange_t *x, const ob_iov_t *parts, size_t n) {
   if (n > 4) n = 4;
   memcpy(x->body_parts, parts, n * sizeof *parts);
@@ -229,11 +233,15 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
   for (size_t i = 0; i < n; i++) {
     if (ob_iov_eq_str_nocase(headers[i].name, "content-length")) {
       uint64_t v;
-      if (ob_iov_to_u64(headers[i].value, &v)) cl = (int64_t)v;
+      if (!x->response_filter && ob_iov_to_u64(headers[i].value, &v)) cl = (int64_t)v;
       continue;
     }
     if (ob_iov_eq_str_nocase(headers[i].name, "x-request-id")) continue;
     out[k++] = headers[i];
+  }
+  if (x->route->cls->on_response_head) {
+    x->endpoint_index = ob_ureq_endpoint_index(u);
+    x->route->cls->on_response_head(x, status, out, k);
   }
   out[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
   k += ob_proxy_admission_headers(x, out + k);
@@ -261,7 +269,13 @@ static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
       if (nv <= 16 || evbuffer_ptr_set(buf, &pos, seen, EVBUFFER_PTR_ADD) != 0) break;
     }
   }
-  ob_sreq_send_data(x->req, buf, false);
+  if (x->response_filter) {
+    if (!x->filtered) x->filtered = evbuffer_new();
+    x->response_filter(x, buf, x->filtered, false);
+    ob_sreq_send_data(x->req, x->filtered, false);
+  } else {
+    ob_sreq_send_data(x->req, buf, false);
+  }
   /* A slow reader pauses the upstream instead of growing our buffers. */
   if (!x->paused && ob_sreq_pending(x->req) > x->proxy->cfg->limits.stream_window_bytes) {
     x->paused = true;
@@ -274,6 +288,15 @@ static void up_end(ob_ureq_t *u, void *data, const ob_http_header_t *trailers, s
   ob_exchange_t *x = data;
   x->u = NULL;
   if (x->grpc) note_grpc_status(x, trailers, n);
+  if (x->response_filter) {
+    /* What the filter held back (a partial event, a body it rewrites
+     * whole) goes out now. */
+    struct evbuffer *rest = evbuffer_new();
+    if (!x->filtered) x->filtered = evbuffer_new();
+    x->response_filter(x, rest, x->filtered, true);
+    ob_sreq_send_data(x->req, x->filtered, false);
+    evbuffer_free(rest);
+  }
   if (n) ob_sreq_send_trailers(x->req, trailers, n);
   else ob_sreq_send_bytes(x->req, NULL, 0, true);
 }
@@ -290,6 +313,13 @@ static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bo
   if (head_seen) {
     /* Mid-response: the client must see a failure, not a short success. */
     ob_sreq_reset(x->req);
+    return;
+  }
+  if (x->gone_status && err == OB_ERR_CONN) {
+    /* The endpoint holding this request's session is gone (MCP: 404 makes
+     * the client start a new session). */
+    ob_exchange_reply_error(x, x->gone_status, "the session's upstream endpoint is gone; start a new session",
+                            NULL, "session_not_found");
     return;
   }
   const char *msg = status_hint == 504 ? "the upstream did not answer in time"
@@ -349,7 +379,10 @@ void ob_proxy_forward(ob_exchange_t *x) {
     if (ob_iov_eq_str_nocase(name, "x-forwarded-for")) xff = s->headers[i].value;
     if (is_request_hop(name, conn) || (strip_key && is_client_credential(name))) continue;
     if (ucfg && ucfg->credential_header && ob_iov_eq_str_nocase(name, ucfg->credential_header)) continue;
-    h[k++] = s->headers[i];
+    h[k] = s->headers[i];
+    for (size_t r = 0; r < x->num_replace; r++)
+      if (ob_iov_eq_nocase(name, x->replace[r].name)) h[k].value = x->replace[r].value;
+    k++;
   }
   if (ucfg && ucfg->credential_header)
     h[k++] = (ob_http_header_t){ob_iov_str(ucfg->credential_header), ob_iov_str(ucfg->credential_value)};
@@ -374,6 +407,8 @@ void ob_proxy_forward(ob_exchange_t *x) {
       .body_owner = s->body,
       .body_stream = s->body_streaming ? s : NULL,
       .expect_trailers = x->grpc,
+      .endpoint = x->pin_endpoint,
+      .long_lived = x->long_lived,
   };
   x->u = ob_upstream_request(x->upstream, &spec, &up_handler, x);
 }
@@ -430,6 +465,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
     return;
   }
   if (x->route->upstream) ob_exchange_set_upstream(x, x->route->upstream);
+  x->prepared = true;
   ob_err_t rv = x->route->cls->prepare(x, x->route->class_data);
   if (rv != OB_OK) {
     ob_exchange_reply_error(x, 500, "the gateway could not prepare this request", NULL, NULL);
@@ -463,6 +499,9 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
     x->u = NULL;
   }
   ob_proxy_release(x, completed);
+  if (x->prepared && x->route->cls->on_finish) x->route->cls->on_finish(x, completed);
+  if (x->filtered) evbuffer_free(x->filtered);
+  x->filtered = NULL;
   log_line(x, s, completed);
   x->req = NULL;
   s->handler_data = NULL;

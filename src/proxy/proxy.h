@@ -58,7 +58,19 @@ typedef struct ob_route_class {
   bool stream_body;
   /* No API key is asked for (the gateway's own health service). */
   bool no_auth;
+  /* Optional: the upstream's response head is about to go to the client;
+   * the class may replace header values (new values in x->arena).
+   * x->endpoint_index says which endpoint answered. */
+  void (*on_response_head)(ob_exchange_t *x, int status, ob_http_header_t *h, size_t n);
+  /* Optional: the exchange is over (after its slot was released); called
+   * once for every exchange that reached prepare. */
+  void (*on_finish)(ob_exchange_t *x, bool completed);
 } ob_route_class_t;
+
+/* A response body rewriter: moves what it can from in to out (bytes it
+ * keeps for later stay in in); end: the upstream body is complete, flush
+ * everything. */
+typedef void (*ob_response_filter_t)(ob_exchange_t *x, struct evbuffer *in, struct evbuffer *out, bool end);
 
 /* A compiled route. Owned by the route table that produced it, which
  * outlives every exchange using it (tables are per config snapshot). */
@@ -93,6 +105,14 @@ struct ob_exchange {
   uint64_t max_tokens;        /* set by prepare: requested output tokens (or the default) */
   void *class_state;          /* the route class's per-exchange state (arena) */
   bool grpc;                  /* a gRPC call (HTTP/2, content-type application/grpc*): errors as gRPC statuses */
+  /* Set by prepare, all optional: */
+  ob_response_filter_t response_filter; /* rewrites the body (Content-Length is then dropped) */
+  size_t pin_endpoint;        /* 1 + index of the endpoint that must serve the request; 0 = any */
+  int gone_status;            /* answer this (not 502/503) when the pinned endpoint cannot be reached */
+  bool long_lived;            /* an event stream: no upstream idle timeout */
+  bool not_admitted;          /* skips admission although the class is admitted (not counted as work) */
+  const char *note;           /* appended to the log line, e.g. "mcp=tools/call:echo" (arena) */
+  size_t endpoint_index;      /* in on_response_head: the endpoint that answered */
   /* private */
   uint64_t deadline_us;       /* gRPC: the client's grpc-timeout as a clock time, 0 = none */
   struct event *deadline_ev;  /* gRPC: ends the call at deadline_us once forwarded */
@@ -109,6 +129,10 @@ struct ob_exchange {
   uint64_t ttfb_us;
   bool paused;
   bool answered;
+  bool prepared;              /* prepare ran: on_finish is owed */
+  ob_http_header_t replace[2];
+  size_t num_replace;
+  struct evbuffer *filtered;  /* response_filter output */
 };
 
 /* Choose the upstream by configured name. Returns OB_ERR_CONFIG when no
@@ -134,6 +158,10 @@ void ob_exchange_reply_grpc(ob_exchange_t *x, int code, const char *message, con
 /* Whether the named upstream has an endpoint that is not in connection
  * back-off (false for an unknown name). */
 bool ob_exchange_upstream_available(const ob_exchange_t *x, const char *name);
+
+/* Send name upstream with value instead of the client's value (value
+ * borrowed: arena or request memory). At most 2 per exchange. */
+void ob_exchange_replace_header(ob_exchange_t *x, const char *name, ob_iov_t value);
 
 /* The admission config of the proxy, for route classes (borrowed). */
 const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x);

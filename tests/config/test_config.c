@@ -363,7 +363,7 @@ static void test_route_model_errors(void) {
   EXPECT_ERRS("unknown route class",
               WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\"}, {\"prefix\": \"/b\", \"class\": "
                    "\"inference\"}, {\"prefix\": \"/c\", \"class\": \"foo\"}]"),
-              "routes[2].class: unknown route class \"foo\" (expected inference, passthrough or grpc)");
+              "routes[2].class: unknown route class \"foo\" (expected inference, passthrough, grpc or mcp)");
   EXPECT_ERRS("unknown upstream name", WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\", \"upstream\": \"x\"}]"),
               "routes[0].upstream: no upstream named \"x\"");
   EXPECT_ERRS("duplicate prefix",
@@ -417,7 +417,7 @@ static void test_many_errors(void) {
       "{\"log_level\": 3,\n"
       " \"listeners\": [{\"address\": \"x\"}, {\"address\": \"h:1\", \"tls\": {}}],\n"
       " \"upstreams\": [{\"name\": \"u\", \"endpoints\": [\"gopher://h\"]}, {\"endpoints\": [\"http://h\"]}],\n"
-      " \"routes\": [{\"prefix\": \"/\", \"class\": \"mcp\"}, {\"prefix\": \"/\", \"class\": \"passthrough\"}],\n"
+      " \"routes\": [{\"prefix\": \"/\", \"class\": \"smtp\"}, {\"prefix\": \"/\", \"class\": \"passthrough\"}],\n"
       " \"models\": [{\"name\": \"m\", \"upstream\": \"v\"}],\n"
       " \"limits\": {\"max_header_bytes\": 10},\n"
       " \"timeouts\": {\"grace_ms\": -5},\n"
@@ -433,7 +433,7 @@ static void test_many_errors(void) {
     "listeners[1].tls: missing required key \"key\"",
     "upstreams[0].endpoints[0]: not an http:// or https:// URL",
     "upstreams[1]: missing required key \"name\"",
-    "routes[0].class: unknown route class \"mcp\" (expected inference, passthrough or grpc)",
+    "routes[0].class: unknown route class \"smtp\" (expected inference, passthrough, grpc or mcp)",
     "routes[1].prefix: duplicate prefix \"/\"",
     "routes[1]: missing required key \"upstream\"",
     "models[0].upstream: no upstream named \"v\"",

@@ -43,7 +43,7 @@ static void test_table(void) {
   ob_config_t *cfg = ob_config_parse(json, strlen(json), NULL, &errs);
   TAP_CHECK(cfg != NULL, "config parses (%zu errors)", errs.len);
   if (!cfg) return;
-  ob_routes_t *t = ob_routes_create(cfg);
+  ob_routes_t *t = ob_routes_create(cfg, NULL, 0);
   const ob_route_t *r = ob_routes_find(t, OB_IOV_LIT("/v1/embeddings"));
   TAP_CHECK(r && strcmp(r->cls->name, "passthrough") == 0 && r->prefix.len == 14, "longest prefix wins");
   r = ob_routes_find(t, OB_IOV_LIT("/v1/chat/completions?x=/v1/embeddings"));

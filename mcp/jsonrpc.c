@@ -143,7 +143,7 @@ void ob_mcp_sse_dispose(ob_mcp_sse_t *s) { ob_buf_dispose(&s->event); }
  * its data lines joined are a JSON-RPC text; when the filter rewrites it
  * the event goes out with its other fields as they were and one data line;
  * otherwise the original bytes go out unchanged. */
-static void emit_event(const ob_mcp_filter_t *f, ob_iov_t ev, ob_buf_t *out) {
+static bool emit_event(const ob_mcp_filter_t *f, ob_iov_t ev, ob_buf_t *out) {
   ob_buf_t data, other, rewritten;
   ob_buf_init(&data), ob_buf_init(&other), ob_buf_init(&rewritten);
   size_t i = 0, ndata = 0;
@@ -163,7 +163,8 @@ static void emit_event(const ob_mcp_filter_t *f, ob_iov_t ev, ob_buf_t *out) {
     }
     i = j;
   }
-  if (ndata && ob_mcp_filter_json(f, data.base, data.len, &rewritten)) {
+  bool changed = ndata && ob_mcp_filter_json(f, data.base, data.len, &rewritten);
+  if (changed) {
     ob_buf_append_iov(out, ob_buf_iov(&other));
     ob_buf_append_str(out, "data: ");
     ob_buf_append_iov(out, ob_buf_iov(&rewritten));
@@ -172,12 +173,25 @@ static void emit_event(const ob_mcp_filter_t *f, ob_iov_t ev, ob_buf_t *out) {
     ob_buf_append_iov(out, ev);
   }
   ob_buf_dispose(&data), ob_buf_dispose(&other), ob_buf_dispose(&rewritten);
+  return changed;
 }
 
 void ob_mcp_sse_feed(ob_mcp_sse_t *s, const ob_mcp_filter_t *f, const char *p, size_t n, ob_buf_t *out) {
-  if (s->overflow) return;
+  if (s->overflow || n == 0) return;
   size_t start = 0; /* bytes of p not yet in s->event */
-  for (size_t i = 0; i < n; i++) {
+  size_t i = 0;
+  if (s->end_pending) {
+    /* The last span ended an event with a CR, and the event went out at
+     * once (streams stay live). The LF of that CRLF, if it comes now, goes
+     * out after it as received, unless the event was rewritten (which
+     * wrote its own line ends). */
+    if (p[0] == '\n') {
+      if (!s->last_rewritten) ob_buf_append(out, "\n", 1);
+      start = i = 1;
+    }
+    s->end_pending = s->after_cr = false;
+  }
+  for (; i < n; i++) {
     char c = p[i];
     bool eol = false;
     if (c == '\n' && s->after_cr) {
@@ -197,11 +211,13 @@ void ob_mcp_sse_feed(ob_mcp_sse_t *s, const ob_mcp_filter_t *f, const char *p, s
     /* A blank line: the event ends here (a CRLF's LF may follow; it is
      * taken along when it is in this span). */
     size_t end = i + 1;
-    if (c == '\r' && end < n && p[end] == '\n') end++, s->after_cr = false, i++;
+    bool took_lf = c == '\r' && end < n && p[end] == '\n';
+    if (took_lf) end++, s->after_cr = false, i++;
     ob_buf_append(&s->event, p + start, end - start);
     start = end;
-    emit_event(f, ob_buf_iov(&s->event), out);
+    s->last_rewritten = emit_event(f, ob_buf_iov(&s->event), out);
     ob_buf_reset(&s->event);
+    if (c == '\r' && !took_lf && end == n) s->end_pending = true;
   }
   ob_buf_append(&s->event, p + start, n - start);
   if (s->event.len > s->max_event) {
@@ -214,4 +230,5 @@ void ob_mcp_sse_feed(ob_mcp_sse_t *s, const ob_mcp_filter_t *f, const char *p, s
 void ob_mcp_sse_finish(ob_mcp_sse_t *s, const ob_mcp_filter_t *f, ob_buf_t *out) {
   if (!s->overflow && s->event.len) emit_event(f, ob_buf_iov(&s->event), out);
   ob_buf_reset(&s->event);
+  s->end_pending = false;
 }

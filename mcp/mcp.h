@@ -77,6 +77,8 @@ typedef struct ob_mcp_sse {
   ob_buf_t event;     /* bytes of the event in progress */
   size_t line_len;    /* length of the current line so far */
   bool after_cr;      /* the last byte ended a line with CR (a LF may follow) */
+  bool end_pending;   /* an event ended with that CR (and went out): its LF may come next */
+  bool last_rewritten;/* the last event went out rewritten */
   bool overflow;      /* an event grew past max_event: the stream is cut */
   size_t max_event;
 } ob_mcp_sse_t;

@@ -1,0 +1,88 @@
+/*
+ * cache: the exact-match response cache. Canonical JSON request bodies and
+ * their XXH3-128 keys (pure), the entry format, and the LMDB store: reads
+ * on the caller's thread (one short read transaction, copied out), writes
+ * on the store's own writer thread, so the event loop never waits for a
+ * disk write. Uses core, LMDB and xxHash only.
+ *
+ * Ownership: ob_cache_store_t is created by main and closed at exit (the
+ * writer finishes what was queued). Buffers passed in are copied; buffers
+ * filled are the caller's.
+ */
+#ifndef OB_CACHE_H
+#define OB_CACHE_H
+
+#include "core.h"
+
+/* ---------------------------------------------------------------- keys */
+
+/* The canonical form of a JSON text appended to out (see canon.c): keys
+ * sorted, no white space, numbers and strings as written, top-level members
+ * named in skip left out. False (out unchanged) when the text is not JSON,
+ * has a duplicate key or nests deeper than 64. */
+bool ob_cache_canonical(ob_iov_t json, const char *const *skip, size_t nskip, ob_buf_t *out);
+
+typedef struct ob_cache_key {
+  uint8_t b[16];
+} ob_cache_key_t;
+
+/* XXH3-128 over scope, route, upstream and the canonical body, each
+ * length-prefixed so no two different tuples collide by concatenation. */
+ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical);
+
+/* Request Cache-Control: no-store skips lookup and store; no-cache skips
+ * the lookup only. */
+typedef struct ob_cache_directives {
+  bool no_store, no_cache;
+} ob_cache_directives_t;
+ob_cache_directives_t ob_cache_directives(ob_iov_t cache_control);
+
+/* ---------------------------------------------------------------- entries */
+
+/* A stored response: what a hit needs to answer exactly as the original. */
+typedef struct ob_cache_entry {
+  uint64_t expires_ms;       /* unix ms */
+  uint16_t status;
+  bool streamed;             /* an SSE stream, replayed byte-identical */
+  uint64_t prompt_tokens;    /* from the stored usage (0 when unknown) */
+  uint64_t completion_tokens;
+  ob_iov_t scope;            /* who may read it ("t:acme", "g:prod", "*"); for purges */
+  ob_iov_t content_type;
+  ob_iov_t body;
+} ob_cache_entry_t;
+
+/* Serialize e into out (appended). */
+void ob_cache_entry_encode(const ob_cache_entry_t *e, ob_buf_t *out);
+/* Parse v (entry views point into v). False for anything malformed. */
+bool ob_cache_entry_decode(ob_iov_t v, ob_cache_entry_t *e);
+
+/* ---------------------------------------------------------------- store */
+
+typedef struct ob_cache_store ob_cache_store_t;
+
+typedef struct ob_cache_stats {
+  uint64_t entries, bytes_used, map_bytes, evicted, expired, write_errors;
+} ob_cache_stats_t;
+
+/* Open (creating when missing) the LMDB file at path with a map of
+ * max_bytes. NULL, with *why (static text or strerror) set, when the file
+ * cannot be used: the caller logs it and serves uncached. */
+ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, const char **why);
+/* Finish the queued writes, stop the writer, close. NULL is a no-op. */
+void ob_cache_store_close(ob_cache_store_t *s);
+
+/* Look key up at now_ms: 1 and the raw entry appended to out on a hit; 0
+ * on a miss (an expired entry is a miss, and is deleted by the writer). */
+int ob_cache_store_get(ob_cache_store_t *s, const ob_cache_key_t *key, uint64_t now_ms, ob_buf_t *out);
+/* Queue a write of an encoded entry (copied). Never blocks on the disk;
+ * when the queue is over its bound the write is dropped and counted. */
+void ob_cache_store_put(ob_cache_store_t *s, const ob_cache_key_t *key, const void *entry, size_t len,
+                        uint64_t expires_ms);
+/* Queue the deletion of every entry (scope NULL) or of those whose scope
+ * is exactly scope. */
+void ob_cache_store_purge(ob_cache_store_t *s, const char *scope);
+/* Wait until everything queued so far is on disk (tests, shutdown, CLI). */
+void ob_cache_store_sync(ob_cache_store_t *s);
+void ob_cache_store_stats(ob_cache_store_t *s, ob_cache_stats_t *out);
+
+#endif /* OB_CACHE_H */

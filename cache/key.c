@@ -1,0 +1,102 @@
+/*
+ * key.c: cache keys, request directives and the entry format.
+ *
+ * Entry layout (little-endian): "OBC1", expires_ms u64, status u16,
+ * flags u8 (1 = streamed), prompt u64, completion u64, then three
+ * length-prefixed (u32) byte strings: scope, content type, body.
+ */
+#include "cache.h"
+
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack: no allocation per key */
+#include <xxhash.h>
+
+static void put_len(XXH3_state_t *st, ob_iov_t v) {
+  uint64_t n = v.len;
+  XXH3_128bits_update(st, &n, sizeof n);
+  if (v.len) XXH3_128bits_update(st, v.base, v.len);
+}
+
+ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical) {
+  XXH3_state_t st;
+  XXH3_128bits_reset(&st);
+  put_len(&st, scope);
+  put_len(&st, route);
+  put_len(&st, upstream);
+  put_len(&st, canonical);
+  XXH128_hash_t h = XXH3_128bits_digest(&st);
+  XXH128_canonical_t c;
+  XXH128_canonicalFromHash(&c, h);
+  ob_cache_key_t k;
+  memcpy(k.b, c.digest, 16);
+  return k;
+}
+
+ob_cache_directives_t ob_cache_directives(ob_iov_t v) {
+  ob_cache_directives_t d = {false, false};
+  size_t i = 0;
+  while (i < v.len) {
+    size_t j = i;
+    while (j < v.len && v.base[j] != ',') j++;
+    ob_iov_t tok = ob_iov_trim(ob_iov(v.base + i, j - i));
+    const char *eq = memchr(tok.base, '=', tok.len);
+    if (eq) tok.len = (size_t)(eq - tok.base);
+    tok = ob_iov_trim(tok);
+    if (ob_iov_eq_str_nocase(tok, "no-store")) d.no_store = true;
+    if (ob_iov_eq_str_nocase(tok, "no-cache")) d.no_cache = true;
+    i = j + 1;
+  }
+  return d;
+}
+
+static void put64(ob_buf_t *b, uint64_t v) {
+  uint8_t x[8];
+  for (int i = 0; i < 8; i++) x[i] = (uint8_t)(v >> (8 * i));
+  ob_buf_append(b, x, 8);
+}
+
+static void put32(ob_buf_t *b, uint32_t v) {
+  uint8_t x[4];
+  for (int i = 0; i < 4; i++) x[i] = (uint8_t)(v >> (8 * i));
+  ob_buf_append(b, x, 4);
+}
+
+void ob_cache_entry_encode(const ob_cache_entry_t *e, ob_buf_t *out) {
+  ob_buf_append(out, "OBC1", 4);
+  put64(out, e->expires_ms);
+  uint8_t st[3] = {(uint8_t)e->status, (uint8_t)(e->status >> 8), e->streamed ? 1 : 0};
+  ob_buf_append(out, st, 3);
+  put64(out, e->prompt_tokens);
+  put64(out, e->completion_tokens);
+  const ob_iov_t parts[3] = {e->scope, e->content_type, e->body};
+  for (int i = 0; i < 3; i++) {
+    put32(out, (uint32_t)parts[i].len);
+    ob_buf_append_iov(out, parts[i]);
+  }
+}
+
+static uint64_t get(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+bool ob_cache_entry_decode(ob_iov_t v, ob_cache_entry_t *e) {
+  const uint8_t *p = (const uint8_t *)v.base;
+  size_t n = v.len, off = 31;
+  if (n < off || memcmp(p, "OBC1", 4) != 0) return false;
+  e->expires_ms = get(p + 4, 8);
+  e->status = (uint16_t)get(p + 12, 2);
+  e->streamed = p[14] & 1;
+  e->prompt_tokens = get(p + 15, 8);
+  e->completion_tokens = get(p + 23, 8);
+  ob_iov_t *parts[3] = {&e->scope, &e->content_type, &e->body};
+  for (int i = 0; i < 3; i++) {
+    if (n - off < 4) return false;
+    uint64_t len = get(p + off, 4);
+    off += 4;
+    if (len > n - off) return false;
+    *parts[i] = ob_iov(v.base + off, (size_t)len);
+    off += (size_t)len;
+  }
+  return off == n;
+}

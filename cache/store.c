@@ -1,0 +1,370 @@
+/*
+ * store.c: the LMDB store. Two databases in one file: "entries" (16-byte
+ * key -> encoded entry) and "expiry" (8-byte big-endian expiry ms + key ->
+ * nothing), the latter ordered so that expired entries and, when the map
+ * fills, the entries closest to expiry (the oldest, for one TTL) are found
+ * from its start. Reads run on the caller's thread in a short read-only
+ * transaction; every change goes through a queue to one writer thread,
+ * which batches it into write transactions, evicts before the map is full
+ * and sweeps expired entries twice a minute.
+ */
+#include "cache.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* Queued bytes above which new writes are dropped (the disk is behind). */
+#define QUEUE_MAX_BYTES (64u << 20)
+/* Evict down to this fraction of the map once above HIGH. */
+#define FILL_HIGH 0.85
+#define FILL_LOW 0.70
+#define SWEEP_S 30
+
+enum { OP_PUT, OP_DEL_EXPIRED, OP_PURGE, OP_SYNC };
+
+typedef struct op {
+  struct op *next;
+  int kind;
+  ob_cache_key_t key;
+  uint64_t expires_ms;
+  char *scope;   /* OP_PURGE: NULL = all */
+  size_t len;
+  uint8_t data[]; /* OP_PUT: the encoded entry */
+} op_t;
+
+struct ob_cache_store {
+  MDB_env *env;
+  MDB_dbi entries, expiry;
+  uint64_t map_bytes;
+  pthread_t writer;
+  pthread_mutex_t mu;
+  pthread_cond_t wake, synced;
+  op_t *head, *tail;
+  size_t queued_bytes;
+  uint64_t enq_syncs, done_syncs;
+  bool stop;
+  ob_cache_stats_t stats; /* under mu */
+};
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void expiry_key(uint8_t out[24], uint64_t exp, const ob_cache_key_t *k) {
+  for (int i = 0; i < 8; i++) out[i] = (uint8_t)(exp >> (56 - 8 * i));
+  memcpy(out + 8, k->b, 16);
+}
+
+static uint64_t expiry_of(const MDB_val *v) {
+  ob_cache_entry_t e;
+  return ob_cache_entry_decode(ob_iov(v->mv_data, v->mv_size), &e) ? e.expires_ms : 0;
+}
+
+/* Delete the entry under key and its expiry index row. */
+static void del_entry(ob_cache_store_t *s, MDB_txn *txn, const ob_cache_key_t *key) {
+  MDB_val k = {16, (void *)key->b}, v;
+  if (mdb_get(txn, s->entries, &k, &v) != 0) return;
+  uint8_t ek[24];
+  expiry_key(ek, expiry_of(&v), key);
+  MDB_val e = {24, ek};
+  mdb_del(txn, s->expiry, &e, NULL);
+  mdb_del(txn, s->entries, &k, NULL);
+}
+
+/* Delete up to n rows from the start of the expiry index (only expired
+ * ones when until_ms is set). Returns how many went. */
+static size_t drop_oldest(ob_cache_store_t *s, MDB_txn *txn, size_t n, uint64_t until_ms) {
+  MDB_cursor *c;
+  if (mdb_cursor_open(txn, s->expiry, &c) != 0) return 0;
+  size_t done = 0;
+  MDB_val k, v;
+  while (done < n && mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && k.mv_size == 24) {
+    const uint8_t *p = k.mv_data;
+    uint64_t exp = 0;
+    for (int i = 0; i < 8; i++) exp = exp << 8 | p[i];
+    if (until_ms && exp > until_ms) break;
+    MDB_val ek = {16, (void *)(p + 8)};
+    mdb_del(txn, s->entries, &ek, NULL);
+    mdb_cursor_del(c, 0);
+    done++;
+  }
+  mdb_cursor_close(c);
+  return done;
+}
+
+static uint64_t used_bytes(ob_cache_store_t *s, MDB_txn *txn, uint64_t *entries) {
+  MDB_stat a, b;
+  MDB_envinfo info;
+  mdb_stat(txn, s->entries, &a);
+  mdb_stat(txn, s->expiry, &b);
+  mdb_env_info(s->env, &info);
+  (void)info;
+  *entries = a.ms_entries;
+  return (uint64_t)(a.ms_branch_pages + a.ms_leaf_pages + a.ms_overflow_pages + b.ms_branch_pages + b.ms_leaf_pages +
+                    b.ms_overflow_pages) *
+         a.ms_psize;
+}
+
+static int apply_put(ob_cache_store_t *s, MDB_txn *txn, op_t *o) {
+  del_entry(s, txn, &o->key);
+  MDB_val k = {16, o->key.b}, v = {o->len, o->data};
+  int rc = mdb_put(txn, s->entries, &k, &v, 0);
+  if (rc) return rc;
+  uint8_t ek[24];
+  expiry_key(ek, o->expires_ms, &o->key);
+  MDB_val e = {24, ek}, empty = {0, NULL};
+  return mdb_put(txn, s->expiry, &e, &empty, 0);
+}
+
+static void apply_purge(ob_cache_store_t *s, MDB_txn *txn, const char *scope) {
+  if (!scope) {
+    mdb_drop(txn, s->entries, 0);
+    mdb_drop(txn, s->expiry, 0);
+    return;
+  }
+  /* Collect first, delete after: no cursor juggling across deletions. */
+  MDB_cursor *c;
+  if (mdb_cursor_open(txn, s->entries, &c) != 0) return;
+  ob_cache_key_t *keys = NULL;
+  size_t n = 0, cap = 0, sl = strlen(scope);
+  MDB_val k, v;
+  for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    ob_cache_entry_t e;
+    if (k.mv_size != 16 || !ob_cache_entry_decode(ob_iov(v.mv_data, v.mv_size), &e) || e.scope.len != sl ||
+        memcmp(e.scope.base, scope, sl) != 0)
+      continue;
+    if (n == cap) cap = cap ? cap * 2 : 64, keys = ob_xrealloc(keys, cap * sizeof *keys);
+    memcpy(keys[n++].b, k.mv_data, 16);
+  }
+  mdb_cursor_close(c);
+  for (size_t i = 0; i < n; i++) del_entry(s, txn, &keys[i]);
+  free(keys);
+}
+
+/* Apply a batch in one transaction; on MAP_FULL evict and try again. */
+static void apply_batch(ob_cache_store_t *s, op_t *ops) {
+  uint64_t now = now_ms();
+  uint64_t evicted = 0, expired = 0, errors = 0;
+  for (int attempt = 0; attempt < 4; attempt++) {
+    MDB_txn *txn;
+    if (mdb_txn_begin(s->env, NULL, 0, &txn) != 0) {
+      errors++;
+      break;
+    }
+    int rc = 0;
+    for (op_t *o = ops; o && rc == 0; o = o->next) {
+      if (o->kind == OP_PUT) {
+        rc = apply_put(s, txn, o);
+      } else if (o->kind == OP_DEL_EXPIRED) {
+        MDB_val k = {16, o->key.b}, v;
+        if (mdb_get(txn, s->entries, &k, &v) == 0 && expiry_of(&v) <= now) del_entry(s, txn, &o->key), expired++;
+      } else if (o->kind == OP_PURGE) {
+        apply_purge(s, txn, o->scope);
+      }
+    }
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+      /* Pages freed in a transaction are reused only after it commits:
+       * evict a quarter (oldest first) in a transaction of its own, then
+       * try the batch again. */
+      mdb_txn_abort(txn);
+      if (mdb_txn_begin(s->env, NULL, 0, &txn) != 0) break;
+      uint64_t n;
+      used_bytes(s, txn, &n);
+      size_t went = drop_oldest(s, txn, (size_t)(n / 4) + 1, 0);
+      if (mdb_txn_commit(txn) != 0 || went == 0) {
+        errors++;
+        break;
+      }
+      evicted += went;
+      continue;
+    }
+    if (rc != 0) {
+      mdb_txn_abort(txn);
+      errors++;
+      break;
+    }
+    /* Keep room so that the next batch does not hit MAP_FULL. */
+    uint64_t n, used = used_bytes(s, txn, &n);
+    if ((double)used > FILL_HIGH * (double)s->map_bytes && n > 0) {
+      size_t drop = (size_t)((double)n * (1.0 - FILL_LOW / FILL_HIGH)) + 1;
+      evicted += drop_oldest(s, txn, drop, 0);
+    }
+    expired += drop_oldest(s, txn, SIZE_MAX, now);
+    if (mdb_txn_commit(txn) != 0) errors++;
+    break;
+  }
+  MDB_txn *txn;
+  uint64_t n = 0, used = 0;
+  if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
+    used = used_bytes(s, txn, &n);
+    mdb_txn_abort(txn);
+  }
+  pthread_mutex_lock(&s->mu);
+  s->stats.evicted += evicted;
+  s->stats.expired += expired;
+  s->stats.write_errors += errors;
+  s->stats.entries = n;
+  s->stats.bytes_used = used;
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void *writer_main(void *arg) {
+  ob_cache_store_t *s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->head && !s->stop) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_sec += SWEEP_S;
+      if (pthread_cond_timedwait(&s->wake, &s->mu, &ts) == ETIMEDOUT) break;
+    }
+    op_t *ops = s->head;
+    s->head = s->tail = NULL;
+    s->queued_bytes = 0;
+    bool stop = s->stop;
+    pthread_mutex_unlock(&s->mu);
+    apply_batch(s, ops); /* also the periodic sweep when ops is NULL */
+    uint64_t syncs = 0;
+    while (ops) {
+      op_t *next = ops->next;
+      if (ops->kind == OP_SYNC) syncs++;
+      free(ops->scope);
+      free(ops);
+      ops = next;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->done_syncs += syncs;
+    pthread_cond_broadcast(&s->synced);
+    if (stop && !s->head) break;
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+static void enqueue(ob_cache_store_t *s, op_t *o) {
+  pthread_mutex_lock(&s->mu);
+  if (o->kind == OP_PUT && s->queued_bytes + o->len > QUEUE_MAX_BYTES) {
+    s->stats.write_errors++;
+    pthread_mutex_unlock(&s->mu);
+    free(o);
+    return;
+  }
+  o->next = NULL;
+  if (s->tail) s->tail->next = o;
+  else s->head = o;
+  s->tail = o;
+  s->queued_bytes += o->len;
+  if (o->kind == OP_SYNC) s->enq_syncs++;
+  pthread_cond_signal(&s->wake);
+  pthread_mutex_unlock(&s->mu);
+}
+
+ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, const char **why) {
+  ob_cache_store_t *s = ob_xcalloc(1, sizeof *s);
+  s->map_bytes = max_bytes;
+  int rc = mdb_env_create(&s->env);
+  if (rc == 0) rc = mdb_env_set_mapsize(s->env, (size_t)max_bytes);
+  if (rc == 0) rc = mdb_env_set_maxdbs(s->env, 2);
+  if (rc == 0) rc = mdb_env_open(s->env, path, MDB_NOSUBDIR | MDB_NOTLS | MDB_NOMETASYNC, 0600);
+  MDB_txn *txn = NULL;
+  if (rc == 0) rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+  if (rc == 0) rc = mdb_dbi_open(txn, "entries", MDB_CREATE, &s->entries);
+  if (rc == 0) rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &s->expiry);
+  if (rc == 0) {
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+  }
+  if (txn) mdb_txn_abort(txn);
+  if (rc != 0) {
+    *why = mdb_strerror(rc);
+    if (s->env) mdb_env_close(s->env);
+    free(s);
+    return NULL;
+  }
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->wake, NULL);
+  pthread_cond_init(&s->synced, NULL);
+  s->stats.map_bytes = max_bytes;
+  if (pthread_create(&s->writer, NULL, writer_main, s) != 0) abort();
+  return s;
+}
+
+void ob_cache_store_close(ob_cache_store_t *s) {
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  s->stop = true;
+  pthread_cond_signal(&s->wake);
+  pthread_mutex_unlock(&s->mu);
+  pthread_join(s->writer, NULL);
+  mdb_env_close(s->env);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->wake);
+  pthread_cond_destroy(&s->synced);
+  free(s);
+}
+
+int ob_cache_store_get(ob_cache_store_t *s, const ob_cache_key_t *key, uint64_t now, ob_buf_t *out) {
+  MDB_txn *txn;
+  if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0) return 0;
+  MDB_val k = {16, (void *)key->b}, v;
+  int hit = 0;
+  uint64_t exp = 0;
+  if (mdb_get(txn, s->entries, &k, &v) == 0) {
+    exp = expiry_of(&v);
+    if (exp > now) {
+      ob_buf_append(out, v.mv_data, v.mv_size);
+      hit = 1;
+    }
+  }
+  mdb_txn_abort(txn);
+  if (!hit && exp) {
+    /* Expired (or unreadable): lazily deleted by the writer. */
+    op_t *o = ob_xcalloc(1, sizeof *o);
+    o->kind = OP_DEL_EXPIRED;
+    o->key = *key;
+    enqueue(s, o);
+  }
+  return hit;
+}
+
+void ob_cache_store_put(ob_cache_store_t *s, const ob_cache_key_t *key, const void *entry, size_t len,
+                        uint64_t expires_ms) {
+  op_t *o = ob_xmalloc(sizeof *o + len);
+  memset(o, 0, sizeof *o);
+  o->kind = OP_PUT;
+  o->key = *key;
+  o->expires_ms = expires_ms;
+  o->len = len;
+  memcpy(o->data, entry, len);
+  enqueue(s, o);
+}
+
+void ob_cache_store_purge(ob_cache_store_t *s, const char *scope) {
+  op_t *o = ob_xcalloc(1, sizeof *o);
+  o->kind = OP_PURGE;
+  o->scope = scope ? ob_xstrdup(scope) : NULL;
+  enqueue(s, o);
+}
+
+void ob_cache_store_sync(ob_cache_store_t *s) {
+  op_t *o = ob_xcalloc(1, sizeof *o);
+  o->kind = OP_SYNC;
+  pthread_mutex_lock(&s->mu);
+  uint64_t want = s->enq_syncs + 1;
+  pthread_mutex_unlock(&s->mu);
+  enqueue(s, o);
+  pthread_mutex_lock(&s->mu);
+  while (s->done_syncs < want) pthread_cond_wait(&s->synced, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+}
+
+void ob_cache_store_stats(ob_cache_store_t *s, ob_cache_stats_t *out) {
+  pthread_mutex_lock(&s->mu);
+  *out = s->stats;
+  pthread_mutex_unlock(&s->mu);
+}

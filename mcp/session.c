@@ -1,14 +1,15 @@
 /*
  * session.c: the MCP session id wrapper. The gateway hands clients
  * "obm1." + base64url(nonce | AES-256-GCM(endpoint index, upstream session
- * id) | tag) instead of the upstream's id, so any gateway holding the key
+ * id) | tag) instead of the upstream's id (the same token for the same
+ * session every time), so any gateway holding the key
  * can route the session back to its endpoint with no shared store, and a
  * client can neither read nor forge which endpoint it lands on.
  */
 #include "mcp.h"
 
 #include <openssl/evp.h>
-#include <openssl/rand.h>
+#include <openssl/hmac.h>
 
 #define PREFIX "obm1."
 #define NONCE 12
@@ -61,7 +62,14 @@ bool ob_mcp_session_wrap(const uint8_t key[32], uint16_t endpoint, ob_iov_t sid,
   plain[0] = (uint8_t)(endpoint >> 8), plain[1] = (uint8_t)endpoint;
   memcpy(plain + 2, sid.base, sid.len);
   size_t plen = 2 + sid.len;
-  if (RAND_bytes(buf, NONCE) != 1) return false;
+  /* The nonce is derived from the plaintext (SIV style): servers repeat
+   * their session id on every answer, and the client must see one stable
+   * token, not a new one per answer. Equal plaintexts are the only nonce
+   * reuse, which reveals nothing but their equality. */
+  uint8_t mac[32];
+  unsigned int maclen = 0;
+  if (!HMAC(EVP_sha256(), key, 32, plain, plen, mac, &maclen)) return false;
+  memcpy(buf, mac, NONCE);
   EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
   int len = 0, fin = 0;
   bool ok = c && EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, buf) == 1 &&

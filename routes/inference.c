@@ -73,6 +73,23 @@ static uint64_t text_chars(const cJSON *v, int depth) {
   return n;
 }
 
+/* Per exchange: the usage scanner and the cache state. */
+typedef struct infer_x {
+  ob_usage_t usage;
+  bool counting; /* usage is being scanned (a JSON request was estimated) */
+  cache_x_t *cache;
+} infer_x_t;
+
+static infer_x_t *state(ob_exchange_t *x) {
+  if (!x->class_state) {
+    infer_x_t *ix = ob_arena_alloc(x->arena, sizeof *ix);
+    memset(ix, 0, sizeof *ix);
+    ob_usage_init(&ix->usage);
+    x->class_state = ix;
+  }
+  return x->class_state;
+}
+
 static void estimate(ob_exchange_t *x, const cJSON *root) {
   uint64_t chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
                    text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
@@ -87,21 +104,55 @@ static void estimate(ob_exchange_t *x, const cJSON *root) {
   if (cJSON_GetObjectItemCaseSensitive(root, "input") && !cJSON_GetObjectItemCaseSensitive(root, "messages") &&
       !cJSON_GetObjectItemCaseSensitive(root, "prompt"))
     x->max_tokens = 0;
-  ob_usage_t *u = ob_arena_alloc(x->arena, sizeof *u);
-  ob_usage_init(u);
-  x->class_state = u;
+  infer_x_t *ix = state(x);
+  ix->counting = true;
+}
+
+static void on_response_head(ob_exchange_t *x, int status, ob_http_header_t *h, size_t n) {
+  infer_x_t *ix = x->class_state;
+  if (ix) ob_routes_cache_head(x, ix->cache, status, h, n);
 }
 
 static void on_response_data(ob_exchange_t *x, const char *p, size_t n) {
-  if (x->class_state) ob_usage_feed(x->class_state, p, n);
+  infer_x_t *ix = x->class_state;
+  if (!ix) return;
+  if (ix->counting) ob_usage_feed(&ix->usage, p, n);
+  ob_routes_cache_data(x, ix->cache, p, n);
+}
+
+static void on_response_end(ob_exchange_t *x) {
+  infer_x_t *ix = x->class_state;
+  if (ix) ob_routes_cache_end(x, ix->cache, ix->counting ? &ix->usage : NULL);
+}
+
+static void on_response_error(ob_exchange_t *x, int status, bool head_seen) {
+  infer_x_t *ix = x->class_state;
+  if (ix) ob_routes_cache_error(x, ix->cache, status, head_seen);
+}
+
+static void on_finish(ob_exchange_t *x, bool completed) {
+  (void)completed;
+  infer_x_t *ix = x->class_state;
+  if (ix) ob_routes_cache_finish(x, ix->cache);
 }
 
 static uint64_t actual_tokens(ob_exchange_t *x, bool completed) {
-  ob_usage_t *u = x->class_state;
-  if (!u) return x->prompt_tokens_est + x->max_tokens;
+  infer_x_t *ix = x->class_state;
+  if (!ix || !ix->counting) return x->prompt_tokens_est + x->max_tokens;
+  ob_usage_t *u = &ix->usage;
   if (u->found) return u->prompt_tokens + u->completion_tokens;
   if (!completed) return x->prompt_tokens_est + u->events;
   return x->prompt_tokens_est + x->max_tokens;
+}
+
+/* The cache step, once the upstream is known (it is part of the key). True
+ * when the request was answered from the cache or follows a twin. */
+static bool cache_step(ob_exchange_t *x, ob_routes_t *t, const cJSON *root, ob_iov_t body) {
+  const ob_config_route_t *rc = x->route->cfg;
+  if (!t->cfg->cache.enabled || (rc && rc->cache == 0) || !ob_iov_eq(x->req->method, OB_IOV_LIT("POST")) ||
+      !x->upstream_name)
+    return false;
+  return ob_routes_cache_prepare(x, t, rc, root, body, &state(x)->cache);
 }
 
 static ob_err_t prepare(ob_exchange_t *x, void *data) {
@@ -127,8 +178,9 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
   if (!m) {
     estimate(x, root);
-    cJSON_Delete(root);
     if (!x->upstream) model_not_found(x, NULL);
+    else cache_step(x, t, root, body);
+    cJSON_Delete(root);
     return OB_OK;
   }
   ob_json_member_t mem;
@@ -143,11 +195,17 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   const ob_config_model_t *cm = find_model(t->cfg, m->valuestring);
   if (!cm) {
     if (!x->upstream) model_not_found(x, m->valuestring);
+    else cache_step(x, t, root, body);
     cJSON_Delete(root);
     return OB_OK;
   }
+  if (ob_exchange_set_upstream(x, cm->upstream) != OB_OK) {
+    cJSON_Delete(root);
+    return OB_ERR_CONFIG;
+  }
+  bool done = cache_step(x, t, root, body);
   cJSON_Delete(root);
-  if (ob_exchange_set_upstream(x, cm->upstream) != OB_OK) return OB_ERR_CONFIG;
+  if (done) return OB_OK;
   if (cm->upstream_model) {
     ob_buf_t v;
     ob_buf_init(&v);
@@ -170,4 +228,8 @@ const ob_route_class_t ob_routes_inference_class = {
     .cost_tokens_default = true,
     .on_response_data = on_response_data,
     .actual_tokens = actual_tokens,
+    .on_response_head = on_response_head,
+    .on_finish = on_finish,
+    .on_response_end = on_response_end,
+    .on_response_error = on_response_error,
 };

@@ -54,6 +54,7 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg, const ob_route_binding_t *extra,
     o->upstream = r->upstream;
     o->cls = cls;
     o->class_data = data;
+    o->cfg = r;
     o->cost = !r->cost ? -1 : strcmp(r->cost, "tokens") == 0 ? OB_COST_TOKENS : OB_COST_REQUESTS;
     if (r->has_tenants) {
       /* By tenant index, so the check per request is one load. */
@@ -78,6 +79,8 @@ ob_routes_t *ob_routes_create(ob_config_t *cfg, const ob_route_binding_t *extra,
   qsort(t->routes, t->num, sizeof *t->routes, by_prefix_len_desc);
   return t;
 }
+
+void ob_routes_set_cache(ob_routes_t *t, ob_cache_store_t *store) { t->store = store; }
 
 void ob_routes_destroy(ob_routes_t *t) {
   if (!t) return;

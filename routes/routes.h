@@ -13,6 +13,7 @@
 #ifndef OB_ROUTES_H
 #define OB_ROUTES_H
 
+#include "cache.h"
 #include "config.h"
 #include "core.h"
 #include "proxy.h"
@@ -31,6 +32,11 @@ typedef struct ob_route_binding {
  * snapshot; a route whose class is not available is skipped with a warning. */
 ob_routes_t *ob_routes_create(ob_config_t *cfg, const ob_route_binding_t *extra, size_t n);
 void ob_routes_destroy(ob_routes_t *t);
+
+/* Give inference routes the response cache (borrowed; outlives the table).
+ * Without it (no cache configured, or the file could not be opened) cache
+ * lookups miss and nothing is stored, but x-obleth-cache still says so. */
+void ob_routes_set_cache(ob_routes_t *t, ob_cache_store_t *store);
 
 /* Longest-prefix match; matches ob_route_find_cb with table = the ob_routes_t. */
 const ob_route_t *ob_routes_find(void *table, ob_iov_t path);

@@ -23,6 +23,8 @@ static void usage(FILE *f) {
           "usage: obleth --config FILE        run the gateway\n"
           "       obleth --check-config FILE  validate FILE; exit 0, or 1 printing every problem\n"
           "       obleth hash-key [SECRET]      print the SHA-256 of an API key (read from stdin without SECRET)\n"
+          "       obleth cache-purge --config FILE [--tenant NAME]\n"
+          "                                     delete every cached response, or one tenant's\n"
           "       obleth --version\n");
 }
 
@@ -97,6 +99,8 @@ static ob_log_level_t level_of(const char *s) {
   return OB_LOG_INFO;
 }
 
+static ob_cache_store_t *open_cache(const ob_config_t *cfg);
+
 static int run(const char *path) {
   ob_config_errors_t errs = {0};
   ob_config_t *cfg = ob_config_load(path, &errs);
@@ -117,9 +121,11 @@ static int run(const char *path) {
                     i, j, cfg->tenants[i].keys[j].id);
   if (cfg->num_tenants == 0) ob_log_warn("no tenants configured: requests are not authenticated");
   ob_tenants_t *tenants = ob_tenants_create(cfg);
+  ob_cache_store_t *cache = open_cache(cfg);
   ob_mcp_t *mcp = ob_mcp_create(cfg);
   const ob_route_binding_t bindings[] = {{&ob_mcp_class, mcp}};
   ob_routes_t *routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);
+  ob_routes_set_cache(routes, cache);
   ob_proxy_t *proxy = ob_proxy_create(cfg, tenants, ob_routes_find, routes);
   app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
   int rc = 0;
@@ -142,11 +148,57 @@ out:
   ob_net_destroy(app.net);
   ob_proxy_destroy(proxy);
   ob_routes_destroy(routes);
+  ob_cache_store_close(cache); /* the writer finishes what was queued */
   ob_mcp_destroy(mcp);
   ob_tenants_destroy(tenants);
   event_base_free(app.base);
   ob_config_release(cfg);
   return rc;
+}
+
+/* The response cache. A file that cannot be used is logged and the
+ * gateway serves uncached: the cache never stops it from starting. */
+static ob_cache_store_t *open_cache(const ob_config_t *cfg) {
+  if (!cfg->cache.enabled) return NULL;
+  const char *why = NULL;
+  ob_cache_store_t *s = ob_cache_store_open(cfg->cache.path, cfg->cache.max_bytes, &why);
+  if (!s) ob_log_warn("cache %s: %s; serving without a cache", cfg->cache.path, why ? why : "cannot open");
+  else ob_log_info("cache %s (max %llu bytes)", cfg->cache.path, (unsigned long long)cfg->cache.max_bytes);
+  return s;
+}
+
+/* obleth cache-purge --config FILE [--tenant NAME]: works while the gateway
+ * runs (LMDB allows several processes on one file). */
+static int cache_purge(const char *path, const char *tenant) {
+  ob_config_errors_t errs = {0};
+  ob_config_t *cfg = ob_config_load(path, &errs);
+  if (!cfg) {
+    for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "%s\n", errs.items[i]);
+    ob_config_errors_dispose(&errs);
+    return 1;
+  }
+  if (!cfg->cache.enabled) {
+    fprintf(stderr, "cache-purge: %s configures no cache\n", path);
+    ob_config_release(cfg);
+    return 1;
+  }
+  const char *why = NULL;
+  ob_cache_store_t *s = ob_cache_store_open(cfg->cache.path, cfg->cache.max_bytes, &why);
+  if (!s) {
+    fprintf(stderr, "cache-purge: %s: %s\n", cfg->cache.path, why ? why : "cannot open");
+    ob_config_release(cfg);
+    return 1;
+  }
+  char scope[300];
+  if (tenant) snprintf(scope, sizeof scope, "t:%s", tenant);
+  ob_cache_store_purge(s, tenant ? scope : NULL);
+  ob_cache_store_sync(s);
+  ob_cache_stats_t st;
+  ob_cache_store_stats(s, &st);
+  ob_cache_store_close(s);
+  printf("purged %s; %llu entries left\n", tenant ? scope : "all entries", (unsigned long long)st.entries);
+  ob_config_release(cfg);
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -161,6 +213,9 @@ int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--check-config") == 0) return check_config(argv[2]);
   if ((argc == 2 || argc == 3) && strcmp(argv[1], "hash-key") == 0) return hash_key(argc == 3 ? argv[2] : NULL);
   if (argc == 3 && strcmp(argv[1], "--config") == 0) return run(argv[2]);
+  if ((argc == 4 || argc == 6) && strcmp(argv[1], "cache-purge") == 0 && strcmp(argv[2], "--config") == 0 &&
+      (argc == 4 || strcmp(argv[4], "--tenant") == 0))
+    return cache_purge(argv[3], argc == 6 ? argv[5] : NULL);
   usage(stderr);
   return 2;
 }

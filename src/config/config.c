@@ -53,6 +53,7 @@
 /* 2^53: every integer up to here is exact in the double cJSON stores, so the
  * 64-bit fields stop there rather than silently rounding. */
 #define MAX_EXACT_INT ((uint64_t)1 << 53)
+#define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---------------------------------------------------------------- route classes */
 
@@ -808,7 +809,7 @@ typedef struct route_state {
   bool has_upstream;             /* key present, valid or not */
 } route_state_t;
 
-enum { R_PREFIX, R_CLASS, R_UPSTREAM, R_REWRITE, R_COST, R_TENANTS };
+enum { R_PREFIX, R_CLASS, R_UPSTREAM, R_REWRITE, R_COST, R_TENANTS, R_CACHE };
 static const field_t route_fields[] = {
   [R_PREFIX] = {.key = "prefix", .required = true},
   [R_CLASS] = {.key = "class", .required = true},
@@ -816,7 +817,28 @@ static const field_t route_fields[] = {
   [R_REWRITE] = {.key = "rewrite"},
   [R_COST] = {.key = "cost"},
   [R_TENANTS] = {.key = "tenants"},
+  [R_CACHE] = {.key = "cache"},
 };
+
+enum { RC_TTL, RC_SCOPE };
+static const field_t route_cache_fields[] = {
+  [RC_TTL] = {.key = "ttl_s"},
+  [RC_SCOPE] = {.key = "scope"},
+};
+
+static void on_route_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_route_t *r = target;
+  uint64_t n;
+  if (idx == RC_TTL) {
+    if (want_uint(cx, v, 1, UINT32_MAX, &n)) r->cache_ttl_s = (uint32_t)n;
+  } else {
+    const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
+    if (s && (strcmp(s, "tenant") == 0 || strcmp(s, "group") == 0 || strcmp(s, "global") == 0))
+      r->cache_scope = ob_xstrdup(s);
+    else
+      errf(cx, "expected \"tenant\", \"group\" or \"global\"");
+  }
+}
 
 static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   route_state_t *st = target;
@@ -875,6 +897,16 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
       errf(cx, "expected \"requests\" or \"tokens\"");
     break;
   }
+  case R_CACHE:
+    if (cJSON_IsBool(v)) {
+      st->r->cache = cJSON_IsTrue(v) ? 1 : 0;
+    } else if (cJSON_IsObject(v)) {
+      st->r->cache = 1;
+      walk_object(cx, v, route_cache_fields, NFIELDS(route_cache_fields), on_route_cache_field, st->r);
+    } else {
+      errf(cx, "expected true, false or an object");
+    }
+    break;
   case R_TENANTS: {
     if (!cJSON_IsArray(v)) {
       errf(cx, "expected an array of tenant names");
@@ -902,6 +934,7 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
 
 static void on_route(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   route_state_t st = {.index = i, .r = &cx->c->routes[i]};
+  st.r->cache = -1;
   walk_object(cx, obj, route_fields, sizeof route_fields / sizeof route_fields[0], on_route_field, &st);
   if (st.cls && st.cls->needs_upstream && !st.has_upstream) errf(cx, "missing required key \"upstream\"");
 }
@@ -1373,7 +1406,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC, T_MCP };
+       T_GRPC, T_MCP, T_CACHE };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1387,7 +1420,48 @@ static const field_t top_fields[] = {
   [T_LOG_LEVEL] = {.key = "log_level"},
   [T_GRPC] = {.key = "grpc"},
   [T_MCP] = {.key = "mcp"},
+  [T_CACHE] = {.key = "cache"},
 };
+
+enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
+#define CAF(k, w, lo, hi, d) {.key = #k, .off = offsetof(ob_config_cache_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
+static const field_t cache_fields[] = {
+  [CA_PATH] = {.key = "path"},
+  [CA_DETERMINISTIC] = {.key = "deterministic_only"},
+  [CA_EXCLUDE] = {.key = "exclude_fields"},
+  [CA_MAX_BYTES] = CAF(max_bytes, true, 1u << 20, MAX_EXACT_INT, 1u << 30),
+  [CA_MAX_ENTRY] = CAF(max_entry_bytes, true, 1, MAX_EXACT_INT, 8u << 20),
+  [CA_TTL] = CAF(ttl_s, false, 1, UINT32_MAX, 3600),
+};
+#undef CAF
+
+static void on_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_cache_t *c = target;
+  switch (idx) {
+  case CA_PATH: {
+    char *p = want_file(cx, v);
+    if (p) free(c->path), c->path = p;
+    break;
+  }
+  case CA_DETERMINISTIC: want_bool(cx, v, &c->deterministic_only); break;
+  case CA_EXCLUDE: {
+    if (!cJSON_IsArray(v)) {
+      errf(cx, "expected an array of field names");
+      return;
+    }
+    c->exclude_fields = ob_xcalloc(array_len(v) + 1, sizeof *c->exclude_fields);
+    size_t j = 0;
+    for (const cJSON *it = v->child; it; it = it->next, j++) {
+      size_t mark = path_index(cx, j);
+      const char *s = want_string(cx, it, true);
+      if (s) c->exclude_fields[c->num_exclude_fields++] = ob_xstrdup(s);
+      path_pop(cx, mark);
+    }
+    break;
+  }
+  default: on_int_field(cx, idx, v, &(int_target_t){c, cache_fields}); break;
+  }
+}
 
 enum { MC_SESSION_SECRET };
 static const field_t mcp_fields[] = {
@@ -1414,7 +1488,6 @@ static void on_grpc_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   if (idx == G_HEALTH) want_bool(cx, v, &c->grpc_health);
 }
 
-#define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
 _Static_assert(NFIELDS(upstream_fields) <= 32 && NFIELDS(timeout_fields) <= 32 && NFIELDS(top_fields) <= 32 &&
                    NFIELDS(tenant_fields) <= 32 && NFIELDS(admission_fields) <= 32,
@@ -1497,6 +1570,19 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
       return;
     }
     walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
+    break;
+  case T_CACHE:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    c->cache.enabled = true;
+    apply_defaults(&c->cache, cache_fields, NFIELDS(cache_fields));
+    walk_object(cx, v, cache_fields, NFIELDS(cache_fields), on_cache_field, &c->cache);
+    if (!c->cache.path) {
+      cJSON def = {.type = cJSON_String, .valuestring = "obleth-cache.mdb"};
+      c->cache.path = want_file(cx, &def);
+    }
     break;
   case T_LOG_LEVEL: {
     const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
@@ -1593,6 +1679,7 @@ static void free_config(ob_config_t *c) {
     free(r->prefix), free(r->class_name), free(r->upstream), free(r->rewrite), free(r->cost);
     for (size_t j = 0; j < r->num_tenants; j++) free(r->tenants[j]);
     free(r->tenants);
+    free(r->cache_scope);
   }
   free(c->routes);
   for (size_t i = 0; i < c->num_models; i++) {
@@ -1614,6 +1701,9 @@ static void free_config(ob_config_t *c) {
     free(t->mcp_tools);
   }
   free(c->tenants);
+  free(c->cache.path);
+  for (size_t i = 0; i < c->cache.num_exclude_fields; i++) free(c->cache.exclude_fields[i]);
+  free(c->cache.exclude_fields);
   if (c->mcp_session_secret) OPENSSL_cleanse(c->mcp_session_secret, strlen(c->mcp_session_secret));
   free(c->mcp_session_secret);
   free(c->log_level), free(c->path), free(c->dir);

@@ -60,6 +60,9 @@ typedef struct ob_config_route {
   char *rewrite;   /* replacement for the matched prefix, NULL = keep */
   char *cost;      /* "cost": "requests" | "tokens"; NULL = the class default
                       (admission.cost for inference, requests otherwise) */
+  int cache;       /* "cache": -1 absent (on for inference routes when the cache is configured), 0 off, 1 on */
+  uint32_t cache_ttl_s;  /* "cache": {"ttl_s"}; 0 = cache.ttl_s */
+  char *cache_scope;     /* "cache": {"scope"}: "tenant" (default), "group" or "global" */
   char **tenants;  /* "tenants": the only tenants allowed on this route */
   size_t num_tenants;
   bool has_tenants;/* the list was given (an empty list allows nobody) */
@@ -144,6 +147,18 @@ typedef struct ob_config_timeouts {
   uint32_t grace_ms;        /* "grace_ms", default 30000: graceful shutdown */
 } ob_config_timeouts_t;
 
+/* "cache": the response cache; absent = no cache. */
+typedef struct ob_config_cache {
+  bool enabled;               /* the key is present */
+  char *path;                 /* "path": the LMDB file, resolved; default "obleth-cache.mdb" next to the config */
+  uint64_t max_bytes;         /* "max_bytes": map size, default 1 GiB */
+  uint64_t max_entry_bytes;   /* "max_entry_bytes": largest stored response body, default 8 MiB */
+  uint32_t ttl_s;             /* "ttl_s": default 3600 */
+  bool deterministic_only;    /* "deterministic_only": only temperature 0 or a seed */
+  char **exclude_fields;      /* "exclude_fields": top-level request fields left out of the key, besides user and stream_options */
+  size_t num_exclude_fields;
+} ob_config_cache_t;
+
 typedef struct ob_config {
   int refs;                 /* private */
   char *path;               /* file it came from, NULL for ob_config_parse */
@@ -166,6 +181,7 @@ typedef struct ob_config {
   char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */
   bool grpc_health;         /* "grpc": {"health": true}: answer grpc.health.v1.Health/Check */
   char *mcp_session_secret; /* "mcp": {"session_secret"}: keys the MCP session id wrapper; NULL = random per process */
+  ob_config_cache_t cache;
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -60,12 +60,11 @@ static void reply_h(ob_exchange_t *x, int status, const char *content_type, cons
                     const ob_http_header_t *extra, size_t n_extra) {
   if (!x->req || x->answered) return;
   x->answered = true;
-  ob_http_header_t h[2 + 2 * OB_PROXY_ADMISSION_HEADERS];
+  ob_http_header_t h[1 + OB_PROXY_ADMISSION_HEADERS + OB_EXCHANGE_HEAD_EXTRA];
   size_t k = 0;
   for (size_t i = 0; i < n_extra && k < OB_PROXY_ADMISSION_HEADERS; i++) h[k++] = extra[i];
   h[k++] = (ob_http_header_t){OB_IOV_LIT("content-type"), ob_iov_str(content_type)};
-  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
-  k += ob_proxy_admission_headers(x, h + k);
+  k += ob_exchange_head_headers(x, h + k);
   if (ob_sreq_send_head(x->req, status, h, k, (int64_t)len, len == 0) == OB_OK && len)
     ob_sreq_send_bytes(x->req, body, len, true);
 }
@@ -203,6 +202,17 @@ ob_err_t ob_exchange_set_upstream(ob_exchange_t *x, const char *name) {
   return OB_OK;
 }
 
+void ob_exchange_add_response_header(ob_exchange_t *x, const char *name, ob_iov_t value) {
+  if (x->num_resp_extra < 2) x->resp_extra[x->num_resp_extra++] = (ob_http_header_t){ob_iov_str(name), value};
+}
+
+size_t ob_exchange_head_headers(ob_exchange_t *x, ob_http_header_t *h) {
+  size_t k = 0;
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
+  for (size_t i = 0; i < x->num_resp_extra; i++) h[k++] = x->resp_extra[i];
+  return k + ob_proxy_admission_headers(x, h + k);
+}
+
 void ob_exchange_replace_header(ob_exchange_t *x, const char *name, ob_iov_t value) {
   if (x->num_replace < 2) x->replace[x->num_replace++] = (ob_http_header_t){ob_iov_str(name), value};
 }
@@ -228,7 +238,7 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
   x->ttfb_us = ob_clock_us();
   x->endpoint = ob_ureq_endpoint(u);
   int64_t cl = -1;
-  ob_http_header_t *out = ob_arena_alloc(x->arena, (n + 1 + OB_PROXY_ADMISSION_HEADERS) * sizeof *out);
+  ob_http_header_t *out = ob_arena_alloc(x->arena, (n + OB_EXCHANGE_HEAD_EXTRA) * sizeof *out);
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     if (ob_iov_eq_str_nocase(headers[i].name, "content-length")) {
@@ -243,8 +253,8 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
     x->endpoint_index = ob_ureq_endpoint_index(u);
     x->route->cls->on_response_head(x, status, out, k);
   }
-  out[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
-  k += ob_proxy_admission_headers(x, out + k);
+  if (x->response_filter) cl = -1; /* the class rewrites the body: its length is not known */
+  k += ob_exchange_head_headers(x, out + k);
   x->answered = true;
   /* A head that ends the response (gRPC Trailers-Only) must stay one
    * HEADERS frame with END_STREAM: clients read its grpc-status only there. */
@@ -288,6 +298,7 @@ static void up_end(ob_ureq_t *u, void *data, const ob_http_header_t *trailers, s
   ob_exchange_t *x = data;
   x->u = NULL;
   if (x->grpc) note_grpc_status(x, trailers, n);
+  if (x->route->cls->on_response_end) x->route->cls->on_response_end(x);
   if (x->response_filter) {
     /* What the filter held back (a partial event, a body it rewrites
      * whole) goes out now. */
@@ -305,6 +316,11 @@ static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bo
   ob_exchange_t *x = data;
   x->u = NULL;
   if (!x->endpoint) x->endpoint = ob_ureq_endpoint(u);
+  if (x->route->cls->on_response_error)
+    x->route->cls->on_response_error(x, x->gone_status && err == OB_ERR_CONN ? x->gone_status
+                                        : status_hint                       ? status_hint
+                                                                            : 502,
+                                     head_seen);
   if (head_seen && x->grpc) {
     /* gRPC can still say what happened: a status in the trailers. */
     grpc_end(x, 14, "the upstream failed during the call", NULL, 0);
@@ -471,7 +487,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
     ob_exchange_reply_error(x, 500, "the gateway could not prepare this request", NULL, NULL);
     return;
   }
-  if (x->answered) return;
+  if (x->answered || x->parked) return;
   if (!x->upstream) {
     ob_exchange_reply_error(x, 404, "no upstream for this request", NULL, NULL);
     return;

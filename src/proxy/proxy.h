@@ -65,6 +65,12 @@ typedef struct ob_route_class {
   /* Optional: the exchange is over (after its slot was released); called
    * once for every exchange that reached prepare. */
   void (*on_finish)(ob_exchange_t *x, bool completed);
+  /* Optional: the upstream response is complete (before its end goes to
+   * the client). */
+  void (*on_response_end)(ob_exchange_t *x);
+  /* Optional: the upstream request failed; status: what the client is
+   * answered when no head went out yet (else the client stream is reset). */
+  void (*on_response_error)(ob_exchange_t *x, int status, bool head_seen);
 } ob_route_class_t;
 
 /* A response body rewriter: moves what it can from in to out (bytes it
@@ -82,6 +88,7 @@ struct ob_route {
   void *class_data;
   int cost;                   /* -1: class default; else an ob_cost_kind_t */
   const bool *tenant_allowed; /* by cfg->tenants index; NULL: every tenant may use the route */
+  const ob_config_route_t *cfg; /* what it was compiled from; NULL for routes the gateway adds */
 };
 
 /* Finds the route for a path (longest prefix); NULL when none matches.
@@ -105,12 +112,14 @@ struct ob_exchange {
   uint64_t max_tokens;        /* set by prepare: requested output tokens (or the default) */
   void *class_state;          /* the route class's per-exchange state (arena) */
   bool grpc;                  /* a gRPC call (HTTP/2, content-type application/grpc*): errors as gRPC statuses */
+  uint64_t cache_tokens_saved;/* a cache hit: the tokens the stored response cost */
   /* Set by prepare, all optional: */
   ob_response_filter_t response_filter; /* rewrites the body (Content-Length is then dropped) */
   size_t pin_endpoint;        /* 1 + index of the endpoint that must serve the request; 0 = any */
   int gone_status;            /* answer this (not 502/503) when the pinned endpoint cannot be reached */
   bool long_lived;            /* an event stream: no upstream idle timeout */
   bool not_admitted;          /* skips admission although the class is admitted (not counted as work) */
+  bool parked;                /* the class answers later by itself (a coalesced cache follower): no upstream */
   const char *note;           /* appended to the log line, e.g. "mcp=tools/call:echo" (arena) */
   size_t endpoint_index;      /* in on_response_head: the endpoint that answered */
   /* private */
@@ -132,6 +141,8 @@ struct ob_exchange {
   bool prepared;              /* prepare ran: on_finish is owed */
   ob_http_header_t replace[2];
   size_t num_replace;
+  ob_http_header_t resp_extra[2]; /* added to the response head */
+  size_t num_resp_extra;
   struct evbuffer *filtered;  /* response_filter output */
 };
 
@@ -162,6 +173,18 @@ bool ob_exchange_upstream_available(const ob_exchange_t *x, const char *name);
 /* Send name upstream with value instead of the client's value (value
  * borrowed: arena or request memory). At most 2 per exchange. */
 void ob_exchange_replace_header(ob_exchange_t *x, const char *name, ob_iov_t value);
+
+/* Add a header to this exchange's response head, whoever makes it (the
+ * upstream or the gateway). name and value borrowed (static or arena). At
+ * most 2. */
+void ob_exchange_add_response_header(ob_exchange_t *x, const char *name, ob_iov_t value);
+
+/* The response headers the gateway adds to a head it sends for x (request
+ * id, admission, rate limits, those added above); h has room for
+ * OB_EXCHANGE_HEAD_EXTRA entries. Returns how many were written. For route
+ * classes that answer on another exchange's behalf (cache followers). */
+#define OB_EXCHANGE_HEAD_EXTRA 12
+size_t ob_exchange_head_headers(ob_exchange_t *x, ob_http_header_t *h);
 
 /* The admission config of the proxy, for route classes (borrowed). */
 const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x);

@@ -125,7 +125,10 @@ static void test_session(void) {
   ob_buf_t w2;
   ob_buf_init(&w2);
   ob_mcp_session_wrap(key, 3, OB_IOV_LIT("abc-123"), &w2);
-  TAP_CHECK(w2.len == w.len && memcmp(w2.base, w.base, w.len) != 0, "fresh nonce: the same session wraps differently");
+  TAP_CHECK(w2.len == w.len && memcmp(w2.base, w.base, w.len) == 0, "stable: the same session wraps to the same token");
+  ob_buf_reset(&w2);
+  ob_mcp_session_wrap(key, 4, OB_IOV_LIT("abc-123"), &w2);
+  TAP_CHECK(w2.len != w.len || memcmp(w2.base, w.base, w.len) != 0, "another endpoint, another token");
   ob_buf_dispose(&w), ob_buf_dispose(&sid), ob_buf_dispose(&bad), ob_buf_dispose(&w2);
 }
 

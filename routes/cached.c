@@ -1,0 +1,258 @@
+/*
+ * cached.c: the response cache on inference routes. Before admission a
+ * request is looked up (a hit is answered here and holds no slot); a miss
+ * whose twin is already in flight follows that leader's response as it
+ * streams (coalesced) instead of going upstream; a leader collects its
+ * complete 200 response and hands it to the store's writer thread. The
+ * store and the canonical keys are cache/'s; this file is the glue.
+ */
+#include "routes_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct cache_x {
+  ob_routes_t *t;
+  ob_exchange_t *x;
+  ob_cache_key_t key;
+  const char *scope;
+  uint32_t ttl_s;
+  /* leader */
+  bool leader;
+  cache_x_t *next;            /* in the in-flight bucket */
+  cache_x_t *followers;       /* linked through fnext */
+  int status;
+  ob_iov_t ctype;             /* arena */
+  ob_buf_t body;              /* collected while it fits max_entry_bytes */
+  bool overflow;              /* too large to store or to replay to late followers */
+  bool head_seen, done;
+  /* follower */
+  cache_x_t *lead;            /* NULL once detached */
+  cache_x_t *fnext;
+};
+
+static uint64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static cache_x_t **bucket(ob_routes_t *t, const ob_cache_key_t *k) { return &t->flight[k->b[0]]; }
+
+static void unregister(cache_x_t *c) {
+  for (cache_x_t **p = bucket(c->t, &c->key); *p; p = &(*p)->next)
+    if (*p == c) {
+      *p = c->next;
+      break;
+    }
+  c->next = NULL;
+}
+
+static const char *mark(ob_exchange_t *x, const char *outcome) {
+  ob_exchange_add_response_header(x, "x-obleth-cache", ob_iov_str(outcome));
+  return outcome;
+}
+
+/* Whether the request asks for a reproducible answer (cache.deterministic_only). */
+static bool deterministic(const cJSON *root) {
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "temperature");
+  const cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
+  return (cJSON_IsNumber(t) && t->valuedouble == 0) || (seed && !cJSON_IsNull(seed));
+}
+
+static const char *scope_of(ob_exchange_t *x, const ob_config_route_t *rc) {
+  const char *kind = rc && rc->cache_scope ? rc->cache_scope : "tenant";
+  char *s = ob_arena_alloc(x->arena, 256);
+  if (strcmp(kind, "global") == 0) snprintf(s, 256, "*");
+  else if (strcmp(kind, "group") == 0) snprintf(s, 256, "g:%.200s", x->who.tenant ? x->who.tenant->group : "");
+  else snprintf(s, 256, "t:%.200s", x->who.tenant ? x->who.tenant->name : "");
+  return s;
+}
+
+/* Send the stored answer. */
+static void answer_hit(ob_exchange_t *x, ob_iov_t raw) {
+  ob_cache_entry_t e;
+  if (!ob_cache_entry_decode(raw, &e)) return;
+  char ct[128];
+  snprintf(ct, sizeof ct, "%.*s", (int)(e.content_type.len < 127 ? e.content_type.len : 127), e.content_type.base);
+  char *note = ob_arena_alloc(x->arena, 64);
+  snprintf(note, 64, "cache=hit tokens_saved=%llu", (unsigned long long)(e.prompt_tokens + e.completion_tokens));
+  x->note = note;
+  x->cache_tokens_saved = e.prompt_tokens + e.completion_tokens;
+  ob_exchange_reply(x, e.status, ct[0] ? ct : "application/json", e.body.base, e.body.len);
+}
+
+/* A follower's head, from its leader's response so far. */
+static void follower_head(cache_x_t *f, cache_x_t *lead) {
+  ob_exchange_t *x = f->x;
+  ob_http_header_t h[1 + OB_EXCHANGE_HEAD_EXTRA];
+  size_t k = 0;
+  if (lead->ctype.len) h[k++] = (ob_http_header_t){OB_IOV_LIT("content-type"), lead->ctype};
+  k += ob_exchange_head_headers(x, h + k);
+  ob_sreq_send_head(x->req, lead->status, h, k, -1, false);
+  x->answered = true;
+  if (lead->body.len) ob_sreq_send_bytes(x->req, lead->body.base, lead->body.len, false);
+}
+
+bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_route_t *rc, const cJSON *root,
+                             ob_iov_t body, cache_x_t **out) {
+  *out = NULL;
+  const ob_config_cache_t *cfg = &t->cfg->cache;
+  const ob_http_header_t *cc = ob_sreq_header(x->req, "cache-control");
+  ob_cache_directives_t d = ob_cache_directives(cc ? cc->value : OB_IOV_LIT(""));
+  if (d.no_store || (cfg->deterministic_only && !deterministic(root))) {
+    mark(x, "bypass");
+    return false;
+  }
+  const char *skip[64] = {"user", "stream_options"};
+  size_t nskip = 2;
+  for (size_t i = 0; i < cfg->num_exclude_fields && nskip < 64; i++) skip[nskip++] = cfg->exclude_fields[i];
+  ob_buf_t canon;
+  ob_buf_init(&canon);
+  if (!ob_cache_canonical(body, skip, nskip, &canon)) {
+    ob_buf_dispose(&canon);
+    mark(x, "bypass");
+    return false;
+  }
+  cache_x_t *c = ob_arena_alloc(x->arena, sizeof *c);
+  memset(c, 0, sizeof *c);
+  c->t = t;
+  c->x = x;
+  c->scope = scope_of(x, rc);
+  c->ttl_s = rc && rc->cache_ttl_s ? rc->cache_ttl_s : cfg->ttl_s;
+  c->key = ob_cache_key(ob_iov_str(c->scope), x->route->prefix, ob_iov_str(x->upstream_name), ob_buf_iov(&canon));
+  ob_buf_dispose(&canon);
+  ob_buf_init(&c->body);
+  *out = c;
+
+  if (!d.no_cache) {
+    ob_buf_t raw;
+    ob_buf_init(&raw);
+    if (t->store && ob_cache_store_get(t->store, &c->key, wall_ms(), &raw) == 1) {
+      mark(x, "hit");
+      answer_hit(x, ob_buf_iov(&raw));
+      ob_buf_dispose(&raw);
+      return true;
+    }
+    ob_buf_dispose(&raw);
+    for (cache_x_t *l = *bucket(t, &c->key); l; l = l->next) {
+      if (memcmp(l->key.b, c->key.b, 16) != 0 || l->overflow || l->done) continue;
+      /* Follow the leader: no upstream, no slot. */
+      mark(x, "coalesced");
+      c->lead = l;
+      c->fnext = l->followers;
+      l->followers = c;
+      x->parked = true;
+      x->note = "cache=coalesced";
+      if (l->head_seen) follower_head(c, l);
+      return true;
+    }
+  }
+  mark(x, "miss");
+  c->leader = true;
+  c->next = *bucket(t, &c->key);
+  *bucket(t, &c->key) = c;
+  return false;
+}
+
+void ob_routes_cache_head(ob_exchange_t *x, cache_x_t *c, int status, const ob_http_header_t *h, size_t n) {
+  if (!c || !c->leader) return;
+  c->status = status;
+  c->head_seen = true;
+  for (size_t i = 0; i < n; i++)
+    if (ob_iov_eq_str_nocase(h[i].name, "content-type")) c->ctype = ob_arena_dup(x->arena, h[i].value);
+  if (status != 200) c->overflow = true; /* only 200s are stored; followers still get this answer */
+  for (cache_x_t *f = c->followers; f; f = f->fnext) follower_head(f, c);
+}
+
+void ob_routes_cache_data(ob_exchange_t *x, cache_x_t *c, const char *p, size_t n) {
+  if (!c || !c->leader) return;
+  for (cache_x_t *f = c->followers; f; f = f->fnext) ob_sreq_send_bytes(f->x->req, p, n, false);
+  if (c->overflow) return;
+  if (c->body.len + n > c->t->cfg->cache.max_entry_bytes) {
+    c->overflow = true; /* too large: not stored, and late twins go upstream */
+    ob_buf_dispose(&c->body);
+    ob_buf_init(&c->body);
+    return;
+  }
+  ob_buf_append(&c->body, p, n);
+  (void)x;
+}
+
+static void release_followers(cache_x_t *c, bool ok, int status) {
+  cache_x_t *f = c->followers;
+  c->followers = NULL;
+  while (f) {
+    cache_x_t *next = f->fnext;
+    f->lead = NULL;
+    f->fnext = NULL;
+    if (!f->x->req) {
+      /* gone already */
+    } else if (ok) {
+      ob_sreq_send_bytes(f->x->req, NULL, 0, true);
+    } else if (f->x->answered) {
+      ob_sreq_reset(f->x->req);
+    } else {
+      /* The same error the leader got, not a hang. */
+      ob_exchange_reply_error(f->x, status, "the upstream request this one was coalesced with failed", NULL, NULL);
+    }
+    f = next;
+  }
+}
+
+void ob_routes_cache_end(ob_exchange_t *x, cache_x_t *c, const ob_usage_t *u) {
+  if (!c || !c->leader || c->done) return;
+  c->done = true;
+  unregister(c);
+  release_followers(c, true, 0);
+  if (c->overflow || c->status != 200 || !c->t->store) return;
+  ob_cache_entry_t e = {
+      .expires_ms = wall_ms() + (uint64_t)c->ttl_s * 1000,
+      .status = 200,
+      .streamed = c->ctype.len >= 17 && ob_iov_eq_str_nocase(ob_iov(c->ctype.base, 17), "text/event-stream"),
+      .prompt_tokens = u && u->found ? u->prompt_tokens : 0,
+      .completion_tokens = u && u->found ? u->completion_tokens : 0,
+      .scope = ob_iov_str(c->scope),
+      .content_type = c->ctype,
+      .body = ob_buf_iov(&c->body),
+  };
+  ob_buf_t enc;
+  ob_buf_init(&enc);
+  ob_cache_entry_encode(&e, &enc);
+  ob_cache_store_put(c->t->store, &c->key, enc.base, enc.len, e.expires_ms);
+  ob_buf_dispose(&enc);
+  (void)x;
+}
+
+void ob_routes_cache_error(ob_exchange_t *x, cache_x_t *c, int status, bool head_seen) {
+  (void)x, (void)head_seen;
+  if (!c || !c->leader || c->done) return;
+  c->done = true;
+  unregister(c);
+  release_followers(c, false, status);
+}
+
+void ob_routes_cache_finish(ob_exchange_t *x, cache_x_t *c) {
+  (void)x;
+  if (!c) return;
+  if (c->leader) {
+    if (!c->done) {
+      /* The leader's client went away before the upstream finished: its
+       * request was cancelled, so its followers fail too. */
+      c->done = true;
+      unregister(c);
+      release_followers(c, false, 502);
+    }
+    ob_buf_dispose(&c->body);
+    return;
+  }
+  if (c->lead) {
+    for (cache_x_t **p = &c->lead->followers; *p; p = &(*p)->fnext)
+      if (*p == c) {
+        *p = c->fnext;
+        break;
+      }
+    c->lead = NULL;
+  }
+}

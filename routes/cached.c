@@ -234,15 +234,17 @@ void ob_routes_cache_error(ob_exchange_t *x, cache_x_t *c, int status, bool head
 }
 
 void ob_routes_cache_finish(ob_exchange_t *x, cache_x_t *c) {
-  (void)x;
   if (!c) return;
   if (c->leader) {
     if (!c->done) {
-      /* The leader's client went away before the upstream finished: its
-       * request was cancelled, so its followers fail too. */
+      /* The leader ended without an upstream answer: answered by the
+       * gateway (queue full or timed out: its followers get the same
+       * status), or its client went away and the upstream request was
+       * cancelled (they fail too). */
+      int st = x->req && x->req->status >= 400 ? x->req->status : 502;
       c->done = true;
       unregister(c);
-      release_followers(c, false, 502);
+      release_followers(c, false, st);
     }
     ob_buf_dispose(&c->body);
     return;

@@ -359,6 +359,30 @@ static void test_grpc_keys(void) {
   ob_config_errors_dispose(&e);
 }
 
+static void test_cache_keys(void) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(WITH("\"cache\": {\"path\": \"c.mdb\", \"ttl_s\": 60, \"exclude_fields\": [\"trace\"]}, "
+                              "\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\", \"cache\": {\"scope\": \"group\", "
+                              "\"ttl_s\": 5}}, {\"prefix\": \"/b\", \"class\": \"inference\", \"cache\": false}, "
+                              "{\"prefix\": \"/c\", \"class\": \"inference\"}]"),
+                         &e);
+  TAP_CHECK(c && c->cache.enabled && c->cache.ttl_s == 60 && c->cache.max_bytes == (1u << 30) &&
+                c->cache.max_entry_bytes == (8u << 20) && strcmp(c->cache.path, BASE_DIR "/c.mdb") == 0 &&
+                c->cache.num_exclude_fields == 1 && c->routes[0].cache == 1 && c->routes[0].cache_ttl_s == 5 &&
+                strcmp(c->routes[0].cache_scope, "group") == 0 && c->routes[1].cache == 0 && c->routes[2].cache == -1,
+            "cache block with defaults, path resolved, route cache object / false / absent");
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+  EXPECT_ERRS("cache errors",
+              WITH("\"cache\": {\"max_bytes\": 10, \"deterministic_only\": 1, \"size\": 3}, \"routes\": [{\"prefix\": \"/a\", "
+                   "\"class\": \"inference\", \"cache\": {\"scope\": \"world\"}}, {\"prefix\": \"/b\", \"class\": "
+                   "\"inference\", \"cache\": 1}]"),
+              "cache.max_bytes: expected an integer >= 1048576", "cache.deterministic_only: expected true or false",
+              "cache.size: unknown key", "routes[0].cache.scope: expected \"tenant\", \"group\" or \"global\"",
+              "routes[1].cache: expected true, false or an object");
+}
+
 static void test_route_model_errors(void) {
   EXPECT_ERRS("unknown route class",
               WITH("\"routes\": [{\"prefix\": \"/a\", \"class\": \"inference\"}, {\"prefix\": \"/b\", \"class\": "
@@ -777,6 +801,7 @@ int main(void) {
   test_upstream_errors();
   test_route_model_errors();
   test_grpc_keys();
+  test_cache_keys();
   test_scalar_errors();
   test_many_errors();
   test_tenants();

@@ -51,6 +51,7 @@ static void unregister(cache_x_t *c) {
 
 static const char *mark(ob_exchange_t *x, const char *outcome) {
   ob_exchange_add_response_header(x, "x-obleth-cache", ob_iov_str(outcome));
+  x->cache_outcome = outcome;
   return outcome;
 }
 

@@ -122,7 +122,12 @@ static void on_response_data(ob_exchange_t *x, const char *p, size_t n) {
 
 static void on_response_end(ob_exchange_t *x) {
   infer_x_t *ix = x->class_state;
-  if (ix) ob_routes_cache_end(x, ix->cache, ix->counting ? &ix->usage : NULL);
+  if (!ix) return;
+  if (ix->counting && ix->usage.found) {
+    x->usage_prompt = ix->usage.prompt_tokens;
+    x->usage_completion = ix->usage.completion_tokens;
+  }
+  ob_routes_cache_end(x, ix->cache, ix->counting ? &ix->usage : NULL);
 }
 
 static void on_response_error(ob_exchange_t *x, int status, bool head_seen) {

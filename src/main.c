@@ -8,6 +8,7 @@
 #include "core.h"
 #include "net.h"
 #include "proxy.h"
+#include "admin.h"
 #include "mcp.h"
 #include "routes.h"
 #include "tenant.h"
@@ -122,6 +123,7 @@ static int run(const char *path) {
   if (cfg->num_tenants == 0) ob_log_warn("no tenants configured: requests are not authenticated");
   ob_tenants_t *tenants = ob_tenants_create(cfg);
   ob_cache_store_t *cache = open_cache(cfg);
+  ob_admin_t *admin = NULL;
   ob_mcp_t *mcp = ob_mcp_create(cfg);
   const ob_route_binding_t bindings[] = {{&ob_mcp_class, mcp}};
   ob_routes_t *routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);
@@ -134,6 +136,10 @@ static int run(const char *path) {
     goto out;
   }
   ob_proxy_attach(proxy, app.net, app.base);
+  if (cfg->admin.enabled && !(admin = ob_admin_create(app.base, cfg, proxy, cache))) {
+    rc = 1;
+    goto out;
+  }
   for (size_t i = 0; i < cfg->num_listeners; i++)
     ob_log_info("listening on %s (%s)", ob_net_listener_address(app.net, i),
                 cfg->listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
@@ -145,6 +151,7 @@ static int run(const char *path) {
   event_free(sigterm);
   event_free(sigint);
 out:
+  ob_admin_destroy(admin);
   ob_net_destroy(app.net);
   ob_proxy_destroy(proxy);
   ob_routes_destroy(routes);

@@ -1406,7 +1406,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC, T_MCP, T_CACHE };
+       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1421,6 +1421,8 @@ static const field_t top_fields[] = {
   [T_GRPC] = {.key = "grpc"},
   [T_MCP] = {.key = "mcp"},
   [T_CACHE] = {.key = "cache"},
+  [T_ADMIN] = {.key = "admin"},
+  [T_METRICS] = {.key = "metrics"},
 };
 
 enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
@@ -1461,6 +1463,56 @@ static void on_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
   }
   default: on_int_field(cx, idx, v, &(int_target_t){c, cache_fields}); break;
   }
+}
+
+enum { AD_ADDRESS, AD_TOKEN };
+static const field_t admin_fields[] = {
+  [AD_ADDRESS] = {.key = "address"},
+  [AD_TOKEN] = {.key = "token"},
+};
+
+static bool is_loopback(const char *host) {
+  return strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 || strncmp(host, "127.", 4) == 0;
+}
+
+static void on_admin_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_admin_t *a = target;
+  const char *s = want_string(cx, v, true);
+  if (!s) return;
+  if (idx == AD_TOKEN) {
+    free(a->token);
+    a->token = ob_xstrdup(s);
+    return;
+  }
+  char *host = NULL;
+  long port;
+  const char *why = split_host_port(s, strlen(s), &host, &port);
+  if (!why && port < 0) why = "missing port; expected HOST:PORT";
+  if (why) {
+    free(host);
+    char *q = quote(s);
+    errf(cx, "invalid address %s (%s)", q, why);
+    free(q);
+    return;
+  }
+  free(a->address), free(a->host);
+  a->address = ob_xstrdup(s);
+  a->host = host;
+  a->port = (uint16_t)port;
+  a->loopback = is_loopback(host);
+}
+
+enum { ME_PER_TENANT, ME_MAX_TENANTS };
+static const field_t metrics_fields[] = {
+  [ME_PER_TENANT] = {.key = "per_tenant"},
+  [ME_MAX_TENANTS] = {.key = "max_tenants", .off = offsetof(ob_config_metrics_t, max_tenants), .min = 0,
+                      .max = UINT32_MAX, .def = 100},
+};
+
+static void on_metrics_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_metrics_t *m = target;
+  if (idx == ME_PER_TENANT) want_bool(cx, v, &m->per_tenant);
+  else on_int_field(cx, idx, v, &(int_target_t){m, metrics_fields});
 }
 
 enum { MC_SESSION_SECRET };
@@ -1570,6 +1622,21 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
       return;
     }
     walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
+    break;
+  case T_ADMIN:
+  case T_METRICS:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    if (idx == T_METRICS) {
+      walk_object(cx, v, metrics_fields, NFIELDS(metrics_fields), on_metrics_field, &c->metrics);
+      break;
+    }
+    c->admin.enabled = true;
+    walk_object(cx, v, admin_fields, NFIELDS(admin_fields), on_admin_field, &c->admin);
+    if (!c->admin.loopback && !c->admin.token)
+      errf(cx, "a non-loopback admin address (%s) needs a \"token\"", c->admin.address ? c->admin.address : "?");
     break;
   case T_CACHE:
     if (!cJSON_IsObject(v)) {
@@ -1701,6 +1768,9 @@ static void free_config(ob_config_t *c) {
     free(t->mcp_tools);
   }
   free(c->tenants);
+  free(c->admin.address), free(c->admin.host);
+  if (c->admin.token) OPENSSL_cleanse(c->admin.token, strlen(c->admin.token));
+  free(c->admin.token);
   free(c->cache.path);
   for (size_t i = 0; i < c->cache.num_exclude_fields; i++) free(c->cache.exclude_fields[i]);
   free(c->cache.exclude_fields);
@@ -1760,6 +1830,11 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   c->admission.mode = OB_ADMIT_HIERARCHICAL;
   c->admission.cost = OB_COST_TOKENS;
   apply_defaults(&c->admission, admission_fields, NFIELDS(admission_fields));
+  apply_defaults(&c->metrics, metrics_fields, NFIELDS(metrics_fields));
+  c->admin.address = ob_xstrdup("127.0.0.1:9901");
+  c->admin.host = ob_xstrdup("127.0.0.1");
+  c->admin.port = 9901;
+  c->admin.loopback = true;
   cx.c = c;
 
   cx.up_names = collect_names(root, "upstreams", &cx.num_up_names);

@@ -159,6 +159,22 @@ typedef struct ob_config_cache {
   size_t num_exclude_fields;
 } ob_config_cache_t;
 
+/* "metrics": what /metrics exposes beyond the fixed series. */
+typedef struct ob_config_metrics {
+  bool per_tenant;      /* "per_tenant": series labelled by tenant, default false */
+  uint32_t max_tenants; /* "max_tenants": at most this many tenants get series, default 100 */
+} ob_config_metrics_t;
+
+/* "admin": the admin listener. */
+typedef struct ob_config_admin {
+  bool enabled;         /* the key is present */
+  char *address;        /* "address": default "127.0.0.1:9901" */
+  char *host;
+  uint16_t port;
+  bool loopback;        /* the host is a loopback address */
+  char *token;          /* "token": Bearer token for everything but /healthz and /readyz; NULL = none */
+} ob_config_admin_t;
+
 typedef struct ob_config {
   int refs;                 /* private */
   char *path;               /* file it came from, NULL for ob_config_parse */
@@ -182,6 +198,8 @@ typedef struct ob_config {
   bool grpc_health;         /* "grpc": {"health": true}: answer grpc.health.v1.Health/Check */
   char *mcp_session_secret; /* "mcp": {"session_secret"}: keys the MCP session id wrapper; NULL = random per process */
   ob_config_cache_t cache;
+  ob_config_metrics_t metrics;
+  ob_config_admin_t admin;
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -220,6 +220,32 @@ size_t ob_upstream_num_endpoints(const ob_upstream_t *up);
  * or "-" before one was chosen. */
 const char *ob_ureq_endpoint(const ob_ureq_t *u);
 
+/* ================================================================ statistics */
+
+/* Client connections: [0] HTTP/1.x, [1] HTTP/2 (h2 and h2c). */
+typedef struct ob_net_conn_stats {
+  uint64_t accepted[2]; /* since start */
+  uint64_t open[2];     /* now */
+  uint64_t tls_accepted;
+} ob_net_conn_stats_t;
+
+void ob_net_conn_stats(const ob_net_t *n, ob_net_conn_stats_t *out);
+
+/* One endpoint of a pool: requests started on it and how many failed
+ * (connection refused or broken, reset, timed out, malformed answer). */
+typedef struct ob_endpoint_stats {
+  const char *authority; /* borrowed from the pool */
+  uint64_t attempts, failures;
+  uint32_t inflight;
+  bool backoff;          /* skipped right now after failed connections */
+} ob_endpoint_stats_t;
+
+void ob_upstream_endpoint_stats(const ob_upstream_t *up, size_t i, ob_endpoint_stats_t *out);
+size_t ob_net_num_upstreams(const ob_net_t *n);
+/* Pool i (configuration order) and its name; borrowed. */
+ob_upstream_t *ob_net_upstream_at(ob_net_t *n, size_t i);
+const char *ob_upstream_name(const ob_upstream_t *up);
+
 /* ================================================================ the whole */
 
 /*

@@ -31,6 +31,7 @@ struct ob_net {
 
   ob_client_conn_t *conns;        /* doubly linked list of live client connections */
   size_t num_conns;
+  ob_net_conn_stats_t conn_stats; /* by protocol, for metrics */
 
   ob_upstream_t **upstreams;
   size_t num_upstreams;

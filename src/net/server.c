@@ -82,8 +82,11 @@ void ob_net_sreq_dispose(ob_sreq_t *s) {
 
 /* ---------------------------------------------------------------- connections */
 
+void ob_net_conn_stats(const ob_net_t *n, ob_net_conn_stats_t *out) { *out = n->conn_stats; }
+
 void ob_net_client_release(ob_client_conn_t *c) {
   ob_net_t *n = c->net;
+  if (c->proto == OB_CONN_H1 || c->proto == OB_CONN_H2) n->conn_stats.open[c->proto == OB_CONN_H2 ? 1 : 0]--;
   if (c->prev) c->prev->next = c->next;
   else n->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -113,6 +116,10 @@ void ob_net_client_drain(ob_client_conn_t *c) {
 
 static void start_proto(ob_client_conn_t *c, ob_conn_proto_t p) {
   c->proto = p;
+  int k = p == OB_CONN_H2 ? 1 : 0;
+  c->net->conn_stats.accepted[k]++;
+  c->net->conn_stats.open[k]++;
+  if (c->tls) c->net->conn_stats.tls_accepted++;
   if (p == OB_CONN_H2) ob_net_h2_start(c);
   else ob_net_h1_start(c);
 }

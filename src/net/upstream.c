@@ -151,6 +151,7 @@ void ob_net_up_complete(ob_ureq_t *u) {
 }
 
 void ob_net_up_fail(ob_ureq_t *u, ob_err_t err, int status_hint) {
+  if (u->ep) u->ep->failures++;
   u->state = U_FAILED;
   u->conn = NULL;
   u->err = err;
@@ -498,6 +499,7 @@ static ob_uconn_t *conn_new(ob_endpoint_t *ep) {
 static void dispatch(ob_ureq_t *u, ob_endpoint_t *ep, bool fresh) {
   u->ep = ep;
   ep->inflight++;
+  ep->attempts++;
   u->state = U_NEW;
   if (!u->up->h2) {
     ob_uconn_t *c = fresh ? NULL : idle_pop(ep);
@@ -537,6 +539,7 @@ void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
   }
   *spent = true;
   ob_endpoint_t *failed = u->ep;
+  if (kind != OB_RETRY_FRESH_CONN) failed->failures++;
   failed->inflight--;
   u->ep = NULL;
   ob_endpoint_t *ep = kind == OB_RETRY_FRESH_CONN || u->pinned ? failed : choose_endpoint(up, failed);
@@ -648,6 +651,19 @@ void ob_ureq_cancel(ob_ureq_t *u) {
   }
   cancel_now(u);
 }
+
+void ob_upstream_endpoint_stats(const ob_upstream_t *up, size_t i, ob_endpoint_stats_t *out) {
+  const ob_endpoint_t *ep = &up->eps[i];
+  out->authority = ep->cfg->authority;
+  out->attempts = ep->attempts;
+  out->failures = ep->failures;
+  out->inflight = ep->inflight;
+  out->backoff = ep->backoff_until_ms > ob_clock_ms();
+}
+
+size_t ob_net_num_upstreams(const ob_net_t *n) { return n->num_upstreams; }
+ob_upstream_t *ob_net_upstream_at(ob_net_t *n, size_t i) { return i < n->num_upstreams ? n->upstreams[i] : NULL; }
+const char *ob_upstream_name(const ob_upstream_t *up) { return up->cfg->name; }
 
 bool ob_upstream_available(const ob_upstream_t *up) {
   uint64_t now = ob_clock_ms();

@@ -158,6 +158,7 @@ struct ob_endpoint {
   ob_upstream_t *up;
   const ob_config_endpoint_t *cfg;
   uint32_t inflight;
+  uint64_t attempts, failures;    /* for metrics */
   uint64_t backoff_until_ms;      /* 0 = not backed off */
   ob_uconn_t *conns;              /* every connection */
   ob_uconn_t *idle;               /* h1 idle connections, LIFO */

@@ -128,6 +128,7 @@ bool ob_proxy_identify(ob_exchange_t *x) {
   const ob_http_header_t *xkey = ob_sreq_header(x->req, "x-api-key");
   ob_auth_t a = ob_tenants_identify(p->tenants, auth ? auth->value : OB_IOV_LIT(""),
                                     xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
+  if (a == OB_AUTH_OK && p->tenant_disabled[x->who.tenant_index]) a = OB_AUTH_DISABLED; /* set by the admin API */
   switch (a) {
   case OB_AUTH_OK: return true;
   case OB_AUTH_MISSING:

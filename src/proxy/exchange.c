@@ -518,6 +518,7 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   if (x->prepared && x->route->cls->on_finish) x->route->cls->on_finish(x, completed);
   if (x->filtered) evbuffer_free(x->filtered);
   x->filtered = NULL;
+  ob_proxy_metrics_record(x->proxy, x, s, ob_clock_us());
   log_line(x, s, completed);
   x->req = NULL;
   s->handler_data = NULL;
@@ -544,6 +545,7 @@ ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_ro
   p->tenants = tenants;
   p->find = find;
   p->table = table;
+  p->tenant_disabled = ob_xcalloc(cfg->num_tenants + 1, sizeof *p->tenant_disabled);
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
   if (fd < 0 || read(fd, &p->rid_seed, sizeof p->rid_seed) != sizeof p->rid_seed) p->rid_seed = ob_clock_us();
   if (fd >= 0) close(fd);
@@ -558,6 +560,7 @@ void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
 
 void ob_proxy_destroy(ob_proxy_t *p) {
   if (!p) return;
+  free(p->tenant_disabled);
   if (p->fs) ob_proxy_admission_dispose(p);
   ob_config_release(p->cfg);
   free(p);

@@ -113,6 +113,8 @@ struct ob_exchange {
   void *class_state;          /* the route class's per-exchange state (arena) */
   bool grpc;                  /* a gRPC call (HTTP/2, content-type application/grpc*): errors as gRPC statuses */
   uint64_t cache_tokens_saved;/* a cache hit: the tokens the stored response cost */
+  const char *cache_outcome;  /* "hit", "miss", "bypass", "coalesced"; NULL: not cacheable */
+  uint64_t usage_prompt, usage_completion; /* tokens the upstream reported (0 when not known) */
   /* Set by prepare, all optional: */
   ob_response_filter_t response_filter; /* rewrites the body (Content-Length is then dropped) */
   size_t pin_endpoint;        /* 1 + index of the endpoint that must serve the request; 0 = any */
@@ -198,5 +200,22 @@ void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base);
 /* The handler to give ob_net_create, with the proxy as ctx. */
 const ob_sreq_handler_t *ob_proxy_handler(void);
 void ob_proxy_destroy(ob_proxy_t *p);
+
+/* ---- for the admin interface (same thread as the proxy) ---- */
+
+/* Append the Prometheus text exposition of the proxy's metrics. */
+void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *out);
+/* Append JSON of every pool: slots in use, per group and per tenant in
+ * flight, queued, service received, weight, deficit. */
+void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *out);
+/* Append JSON of one tenant; false when there is no such tenant. */
+bool ob_proxy_write_tenant(ob_proxy_t *p, const char *name, ob_buf_t *out);
+/* Live changes, applied to the running scheduler at once (queued requests
+ * keep their place). False when there is no such tenant or group. */
+bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight);
+bool ob_proxy_set_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled);
+bool ob_proxy_set_group_weight(ob_proxy_t *p, const char *name, uint32_t weight);
+/* Whether some upstream endpoint is not in connection back-off. */
+bool ob_proxy_ready(ob_proxy_t *p);
 
 #endif /* OB_PROXY_H */

@@ -6,6 +6,24 @@
 
 enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE };
 
+/* metrics.c: counters of finished exchanges. */
+#define OB_METRIC_CLASSES 6 /* inference, passthrough, grpc, mcp, grpc_health, none (no route) */
+#define OB_METRIC_BUCKETS 16
+
+typedef struct ob_histogram {
+  uint64_t counts[OB_METRIC_BUCKETS]; /* cumulative, as exposed */
+  uint64_t count;
+  double sum;
+} ob_histogram_t;
+
+typedef struct ob_metrics {
+  uint64_t requests[OB_METRIC_CLASSES][500][4]; /* class, status - 100, admission */
+  ob_histogram_t queue_wait[OB_METRIC_CLASSES], ttfb[OB_METRIC_CLASSES], total[OB_METRIC_CLASSES];
+  uint64_t prompt_tokens[OB_METRIC_CLASSES], completion_tokens[OB_METRIC_CLASSES], bytes_out[OB_METRIC_CLASSES];
+  uint64_t cache[4]; /* hit, miss, bypass, coalesced */
+  uint64_t cache_hit_bytes, cache_tokens_saved;
+} ob_metrics_t;
+
 struct ob_proxy {
   ob_config_t *cfg;            /* counted */
   const ob_tenants_t *tenants; /* borrowed */
@@ -22,7 +40,11 @@ struct ob_proxy {
   ob_fs_bucket_t *rpm, *tpm;   /* per cfg->tenants index */
   struct event *expiry;
   struct event_base *base;
+  bool *tenant_disabled;       /* per cfg->tenants index: set at run time by the admin API */
+  ob_metrics_t metrics;
 };
+
+void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us);
 
 /* admission.c */
 void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base);

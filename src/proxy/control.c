@@ -1,0 +1,116 @@
+/*
+ * control.c: what the admin interface reads and changes in the running
+ * proxy: the scheduler's state as JSON, live weight and disabled changes
+ * (applied to the scheduler at once; queued requests keep their place),
+ * and readiness. Runs on the proxy's own event loop.
+ */
+#include "proxy_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static long tenant_index(const ob_proxy_t *p, const char *name) {
+  for (size_t i = 0; i < p->cfg->num_tenants; i++)
+    if (strcmp(p->cfg->tenants[i].name, name) == 0) return (long)i;
+  return -1;
+}
+
+static void json_str(ob_buf_t *b, const char *s) { ob_buf_append_json_str(b, ob_iov_str(s)); }
+
+static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b) {
+  ob_fs_tenant_stats_t ts;
+  ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+  const ob_config_tenant_t *t = &p->cfg->tenants[i];
+  ob_buf_append_str(b, "{\"name\":");
+  json_str(b, t->name);
+  ob_buf_append_str(b, ",\"group\":");
+  json_str(b, t->group);
+  ob_buf_printf(b,
+                ",\"weight\":%u,\"disabled\":%s,\"inflight\":%u,\"queued\":%u,\"service\":%llu,\"deficit\":%lld,"
+                "\"max_inflight\":%u,\"max_queue\":%u,\"rpm\":%llu,\"tpm\":%llu}",
+                ts.weight, p->tenant_disabled[i] ? "true" : "false", ts.inflight, ts.queued,
+                (unsigned long long)ts.service, (long long)ts.deficit, t->max_inflight, t->max_queue,
+                (unsigned long long)t->rpm, (unsigned long long)t->tpm);
+}
+
+void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
+  const ob_config_t *c = p->cfg;
+  ob_buf_printf(b, "{\"mode\":\"%s\",\"max_inflight\":%u,\"inflight\":%u,\"queued\":%u,\"pools\":[",
+                c->admission.mode == OB_ADMIT_FIFO ? "fifo" : c->admission.mode == OB_ADMIT_WEIGHTED ? "weighted"
+                                                                                                     : "hierarchical",
+                c->admission.max_inflight, ob_fs_inflight(p->fs), ob_fs_queued(p->fs));
+  for (size_t i = 0; i < c->num_upstreams; i++) {
+    ob_fs_pool_stats_t ps;
+    ob_fs_pool_stats(p->fs, p->pool_of[i], &ps);
+    if (i) ob_buf_append(b, ",", 1);
+    ob_buf_append_str(b, "{\"name\":");
+    json_str(b, c->upstreams[i].name);
+    ob_buf_printf(b, ",\"slots\":%u,\"inflight\":%u,\"queued\":%u}", ps.max_inflight, ps.inflight, ps.queued);
+  }
+  ob_buf_append_str(b, "],\"groups\":[");
+  for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
+    ob_fs_group_stats_t gs;
+    ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
+    if (g) ob_buf_append(b, ",", 1);
+    ob_buf_append_str(b, "{\"name\":");
+    json_str(b, gs.name);
+    ob_buf_printf(b, ",\"weight\":%u,\"inflight\":%u,\"queued\":%u,\"service\":%llu,\"deficit\":%lld}", gs.weight,
+                  gs.inflight, gs.queued, (unsigned long long)gs.service, (long long)gs.deficit);
+  }
+  ob_buf_append_str(b, "],\"tenants\":[");
+  for (size_t i = 0; i < c->num_tenants; i++) {
+    if (i) ob_buf_append(b, ",", 1);
+    tenant_json(p, i, b);
+  }
+  ob_buf_append_str(b, "]}");
+}
+
+bool ob_proxy_write_tenant(ob_proxy_t *p, const char *name, ob_buf_t *out) {
+  long i = tenant_index(p, name);
+  if (i < 0) return false;
+  tenant_json(p, (size_t)i, out);
+  return true;
+}
+
+bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight) {
+  long i = tenant_index(p, name);
+  if (i < 0 || weight == 0) return false;
+  ob_fs_tenant_stats_t ts;
+  ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+  const ob_config_tenant_t *t = &p->cfg->tenants[i];
+  ob_fs_tenant_params_t tp = {ts.group, weight, t->max_inflight, t->max_queue};
+  ob_fs_tenant_set(p->fs, p->tenant_of[i], &tp);
+  ob_log_info("admin: tenant %s weight %u", name, weight);
+  return true;
+}
+
+bool ob_proxy_set_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled) {
+  long i = tenant_index(p, name);
+  if (i < 0) return false;
+  p->tenant_disabled[i] = disabled;
+  ob_log_info("admin: tenant %s %s", name, disabled ? "disabled" : "enabled");
+  return true;
+}
+
+bool ob_proxy_set_group_weight(ob_proxy_t *p, const char *name, uint32_t weight) {
+  if (weight == 0) return false;
+  for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
+    ob_fs_group_stats_t gs;
+    ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
+    if (strcmp(gs.name, name) == 0) {
+      ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
+      ob_log_info("admin: group %s weight %u", name, weight);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool ob_proxy_ready(ob_proxy_t *p) {
+  if (!p->net) return false;
+  for (size_t i = 0; i < ob_net_num_upstreams(p->net); i++) {
+    ob_upstream_t *up = ob_net_upstream_at(p->net, i);
+    if (up && ob_upstream_available(up)) return true;
+  }
+  return ob_net_num_upstreams(p->net) == 0;
+}

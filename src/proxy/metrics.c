@@ -1,0 +1,208 @@
+/*
+ * metrics.c: the proxy's counters and their Prometheus text exposition
+ * (version 0.0.4). Counters are plain integers updated on the event loop
+ * when an exchange ends; the exposition reads them on the same loop, so no
+ * locking. Series are bounded by construction: route classes, status codes,
+ * admission outcomes, configured pools and endpoints, and per-tenant series
+ * only when metrics.per_tenant is on, for at most metrics.max_tenants
+ * tenants.
+ */
+#include "proxy_int.h"
+
+#include <stdio.h>
+
+static const char *const class_names[OB_METRIC_CLASSES] = {"inference", "passthrough", "grpc", "mcp", "grpc_health", "none"};
+static const char *const adm_names[4] = {"fast", "queued", "rejected", "none"};
+static const char *const cache_names[4] = {"hit", "miss", "bypass", "coalesced"};
+static const double buckets[OB_METRIC_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                  0.25,   0.5,   1,      2.5,   5,    10,    30,    60};
+
+static int class_index(const ob_exchange_t *x) {
+  if (!x->route) return OB_METRIC_CLASSES - 1;
+  for (int i = 0; i < OB_METRIC_CLASSES - 1; i++)
+    if (strcmp(x->route->cls->name, class_names[i]) == 0) return i;
+  return OB_METRIC_CLASSES - 1;
+}
+
+static void observe(ob_histogram_t *h, double v) {
+  for (int i = 0; i < OB_METRIC_BUCKETS; i++)
+    if (v <= buckets[i]) h->counts[i]++;
+  h->count++;
+  h->sum += v;
+}
+
+void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us) {
+  ob_metrics_t *m = &p->metrics;
+  int c = class_index(x);
+  int code = s->status >= 100 && s->status <= 599 ? s->status : 599;
+  int adm = !x->admission ? 3 : strcmp(x->admission, "fast") == 0 ? 0 : strcmp(x->admission, "queued") == 0 ? 1 : 2;
+  m->requests[c][code - 100][adm]++;
+  observe(&m->total[c], (double)(now_us - s->start_us) / 1e6);
+  if (x->ttfb_us) observe(&m->ttfb[c], (double)(x->ttfb_us - s->start_us) / 1e6);
+  if (x->admission && adm != 2) observe(&m->queue_wait[c], (double)x->queue_us / 1e6);
+  m->prompt_tokens[c] += x->usage_prompt;
+  m->completion_tokens[c] += x->usage_completion;
+  m->bytes_out[c] += s->bytes_out;
+  if (x->cache_outcome) {
+    for (int i = 0; i < 4; i++)
+      if (strcmp(x->cache_outcome, cache_names[i]) == 0) m->cache[i]++;
+    if (strcmp(x->cache_outcome, "hit") == 0) {
+      m->cache_hit_bytes += s->bytes_out;
+      m->cache_tokens_saved += x->cache_tokens_saved;
+    }
+  }
+}
+
+/* A label value, escaped as the text format wants (\\, \", \n). */
+static void label(ob_buf_t *b, const char *v) {
+  for (; *v; v++) {
+    if (*v == '\\' || *v == '"') ob_buf_append(b, "\\", 1), ob_buf_append(b, v, 1);
+    else if (*v == '\n') ob_buf_append_str(b, "\\n");
+    else ob_buf_append(b, v, 1);
+  }
+}
+
+static void head(ob_buf_t *b, const char *name, const char *type, const char *help) {
+  ob_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void histogram(ob_buf_t *b, const char *name, const ob_histogram_t *h, const char *cls) {
+  for (int i = 0; i < OB_METRIC_BUCKETS; i++)
+    ob_buf_printf(b, "%s_bucket{class=\"%s\",le=\"%g\"} %llu\n", name, cls, buckets[i], (unsigned long long)h->counts[i]);
+  ob_buf_printf(b, "%s_bucket{class=\"%s\",le=\"+Inf\"} %llu\n", name, cls, (unsigned long long)h->count);
+  ob_buf_printf(b, "%s_sum{class=\"%s\"} %.6f\n%s_count{class=\"%s\"} %llu\n", name, cls, h->sum, name, cls,
+                (unsigned long long)h->count);
+}
+
+void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
+  ob_metrics_t *m = &p->metrics;
+  head(b, "obleth_requests_total", "counter", "Finished requests by route class, status and admission outcome.");
+  for (int c = 0; c < OB_METRIC_CLASSES; c++)
+    for (int code = 0; code < 500; code++)
+      for (int a = 0; a < 4; a++)
+        if (m->requests[c][code][a])
+          ob_buf_printf(b, "obleth_requests_total{class=\"%s\",code=\"%d\",admission=\"%s\"} %llu\n", class_names[c],
+                        code + 100, adm_names[a], (unsigned long long)m->requests[c][code][a]);
+  const struct {
+    const char *name, *help;
+    ob_histogram_t *h;
+  } hs[] = {
+      {"obleth_queue_wait_seconds", "Time admitted requests waited for a slot.", m->queue_wait},
+      {"obleth_time_to_first_byte_seconds", "From the request head to the upstream's response head.", m->ttfb},
+      {"obleth_request_duration_seconds", "From the request head to the end of the exchange.", m->total},
+  };
+  for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
+    head(b, hs[i].name, "histogram", hs[i].help);
+    for (int c = 0; c < OB_METRIC_CLASSES; c++)
+      if (hs[i].h[c].count) histogram(b, hs[i].name, &hs[i].h[c], class_names[c]);
+  }
+  head(b, "obleth_prompt_tokens_total", "counter", "Prompt tokens reported by upstreams.");
+  for (int c = 0; c < OB_METRIC_CLASSES; c++)
+    ob_buf_printf(b, "obleth_prompt_tokens_total{class=\"%s\"} %llu\n", class_names[c], (unsigned long long)m->prompt_tokens[c]);
+  head(b, "obleth_completion_tokens_total", "counter", "Completion tokens reported by upstreams.");
+  for (int c = 0; c < OB_METRIC_CLASSES; c++)
+    ob_buf_printf(b, "obleth_completion_tokens_total{class=\"%s\"} %llu\n", class_names[c],
+                  (unsigned long long)m->completion_tokens[c]);
+  head(b, "obleth_response_bytes_total", "counter", "Response body bytes sent to clients.");
+  for (int c = 0; c < OB_METRIC_CLASSES; c++)
+    ob_buf_printf(b, "obleth_response_bytes_total{class=\"%s\"} %llu\n", class_names[c], (unsigned long long)m->bytes_out[c]);
+  head(b, "obleth_cache_requests_total", "counter", "Cacheable requests by cache outcome.");
+  for (int i = 0; i < 4; i++)
+    ob_buf_printf(b, "obleth_cache_requests_total{outcome=\"%s\"} %llu\n", cache_names[i], (unsigned long long)m->cache[i]);
+  head(b, "obleth_cache_hit_bytes_total", "counter", "Response bytes answered from the cache.");
+  ob_buf_printf(b, "obleth_cache_hit_bytes_total %llu\n", (unsigned long long)m->cache_hit_bytes);
+  head(b, "obleth_cache_tokens_saved_total", "counter", "Tokens the cached answers cost when they were made.");
+  ob_buf_printf(b, "obleth_cache_tokens_saved_total %llu\n", (unsigned long long)m->cache_tokens_saved);
+
+  /* Pools: the scheduler's view. */
+  head(b, "obleth_pool_inflight", "gauge", "Admitted requests holding a slot, per upstream pool.");
+  size_t np = p->cfg->num_upstreams;
+  for (size_t i = 0; i < np; i++) {
+    ob_fs_pool_stats_t ps;
+    ob_fs_pool_stats(p->fs, p->pool_of[i], &ps);
+    ob_buf_printf(b, "obleth_pool_inflight{pool=\"");
+    label(b, p->cfg->upstreams[i].name);
+    ob_buf_printf(b, "\"} %u\n", ps.inflight);
+  }
+  head(b, "obleth_pool_queued", "gauge", "Requests waiting for a slot, per upstream pool.");
+  for (size_t i = 0; i < np; i++) {
+    ob_fs_pool_stats_t ps;
+    ob_fs_pool_stats(p->fs, p->pool_of[i], &ps);
+    ob_buf_printf(b, "obleth_pool_queued{pool=\"");
+    label(b, p->cfg->upstreams[i].name);
+    ob_buf_printf(b, "\"} %u\n", ps.queued);
+  }
+  head(b, "obleth_pool_slots", "gauge", "Configured max_inflight per upstream pool (0 = unlimited).");
+  for (size_t i = 0; i < np; i++) {
+    ob_buf_printf(b, "obleth_pool_slots{pool=\"");
+    label(b, p->cfg->upstreams[i].name);
+    ob_buf_printf(b, "\"} %u\n", p->cfg->upstreams[i].max_inflight);
+  }
+
+  /* Upstream endpoints and client connections: net's counters. */
+  if (p->net) {
+    const char *names[3] = {"obleth_upstream_attempts_total", "obleth_upstream_failures_total", "obleth_upstream_inflight"};
+    const char *helps[3] = {"Requests started on an upstream endpoint.", "Requests that failed on an upstream endpoint.",
+                            "Requests in flight on an upstream endpoint."};
+    for (int k = 0; k < 3; k++) {
+      head(b, names[k], k == 2 ? "gauge" : "counter", helps[k]);
+      for (size_t i = 0; i < ob_net_num_upstreams(p->net); i++) {
+        ob_upstream_t *up = ob_net_upstream_at(p->net, i);
+        if (!up) continue;
+        for (size_t e = 0; e < ob_upstream_num_endpoints(up); e++) {
+          ob_endpoint_stats_t es;
+          ob_upstream_endpoint_stats(up, e, &es);
+          ob_buf_printf(b, "%s{upstream=\"", names[k]);
+          label(b, ob_upstream_name(up));
+          ob_buf_append_str(b, "\",endpoint=\"");
+          label(b, es.authority);
+          ob_buf_printf(b, "\"} %llu\n",
+                        (unsigned long long)(k == 0 ? es.attempts : k == 1 ? es.failures : es.inflight));
+        }
+      }
+    }
+    ob_net_conn_stats_t cs;
+    ob_net_conn_stats(p->net, &cs);
+    static const char *const protos[2] = {"http1", "http2"};
+    head(b, "obleth_connections_total", "counter", "Client connections accepted, by protocol.");
+    for (int i = 0; i < 2; i++)
+      ob_buf_printf(b, "obleth_connections_total{protocol=\"%s\"} %llu\n", protos[i], (unsigned long long)cs.accepted[i]);
+    head(b, "obleth_connections_open", "gauge", "Client connections open, by protocol.");
+    for (int i = 0; i < 2; i++)
+      ob_buf_printf(b, "obleth_connections_open{protocol=\"%s\"} %llu\n", protos[i], (unsigned long long)cs.open[i]);
+  }
+
+  /* Per tenant, only when asked for and capped: tenants are unbounded. */
+  if (p->cfg->metrics.per_tenant && p->cfg->num_tenants) {
+    size_t nt = p->cfg->num_tenants;
+    if (nt > p->cfg->metrics.max_tenants) nt = p->cfg->metrics.max_tenants;
+    uint64_t total_service = 0, total_weight = 0;
+    for (size_t i = 0; i < p->cfg->num_tenants; i++) {
+      ob_fs_tenant_stats_t ts;
+      ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+      total_service += ts.service;
+      total_weight += ts.weight;
+    }
+    const char *tn[5] = {"obleth_tenant_inflight", "obleth_tenant_queued", "obleth_tenant_service_total",
+                         "obleth_tenant_service_share", "obleth_tenant_weight_share"};
+    const char *th[5] = {"Requests of the tenant holding a slot.", "Requests of the tenant waiting for a slot.",
+                         "Cost charged to the tenant by the scheduler (tokens or requests).",
+                         "The tenant's part of all service so far (0..1).",
+                         "The tenant's weight over all tenants' weights: its share when everyone is backlogged (0..1)."};
+    for (int k = 0; k < 5; k++) {
+      head(b, tn[k], k == 2 ? "counter" : "gauge", th[k]);
+      for (size_t i = 0; i < nt; i++) {
+        ob_fs_tenant_stats_t ts;
+        ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+        ob_buf_printf(b, "%s{tenant=\"", tn[k]);
+        label(b, p->cfg->tenants[i].name);
+        ob_buf_append_str(b, "\"} ");
+        if (k == 0) ob_buf_printf(b, "%u\n", ts.inflight);
+        else if (k == 1) ob_buf_printf(b, "%u\n", ts.queued);
+        else if (k == 2) ob_buf_printf(b, "%llu\n", (unsigned long long)ts.service);
+        else if (k == 3) ob_buf_printf(b, "%.6f\n", total_service ? (double)ts.service / (double)total_service : 0.0);
+        else ob_buf_printf(b, "%.6f\n", total_weight ? (double)ts.weight / (double)total_weight : 0.0);
+      }
+    }
+  }
+}

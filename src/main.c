@@ -129,6 +129,8 @@ static int run(const char *path) {
   ob_routes_t *routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);
   ob_routes_set_cache(routes, cache);
   ob_proxy_t *proxy = ob_proxy_create(cfg, tenants, ob_routes_find, routes);
+  ob_ledger_t *ledger = cfg->ledger.enabled ? ob_ledger_open(&cfg->ledger) : NULL;
+  ob_proxy_set_ledger(proxy, ledger);
   app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
   int rc = 0;
   if (!app.net) {
@@ -154,6 +156,7 @@ out:
   ob_admin_destroy(admin);
   ob_net_destroy(app.net);
   ob_proxy_destroy(proxy);
+  ob_ledger_close(ledger); /* every line of the run reaches the file */
   ob_routes_destroy(routes);
   ob_cache_store_close(cache); /* the writer finishes what was queued */
   ob_mcp_destroy(mcp);

@@ -1406,7 +1406,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS };
+       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1423,6 +1423,7 @@ static const field_t top_fields[] = {
   [T_CACHE] = {.key = "cache"},
   [T_ADMIN] = {.key = "admin"},
   [T_METRICS] = {.key = "metrics"},
+  [T_LEDGER] = {.key = "ledger"},
 };
 
 enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
@@ -1462,6 +1463,26 @@ static void on_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
     break;
   }
   default: on_int_field(cx, idx, v, &(int_target_t){c, cache_fields}); break;
+  }
+}
+
+enum { LG_PATH, LG_MAX_BYTES, LG_MAX_FILES, LG_BUFFER };
+#define LGF(k, w, lo, hi, d) {.key = #k, .off = offsetof(ob_config_ledger_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
+static const field_t ledger_fields[] = {
+  [LG_PATH] = {.key = "path", .required = true},
+  [LG_MAX_BYTES] = LGF(max_bytes, true, 0, MAX_EXACT_INT, 100u << 20),
+  [LG_MAX_FILES] = LGF(max_files, false, 1, 1000, 5),
+  [LG_BUFFER] = LGF(buffer_bytes, true, 4096, MAX_EXACT_INT, 8u << 20),
+};
+#undef LGF
+
+static void on_ledger_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_ledger_t *l = target;
+  if (idx == LG_PATH) {
+    char *p = want_file(cx, v);
+    if (p) free(l->path), l->path = p;
+  } else {
+    on_int_field(cx, idx, v, &(int_target_t){l, ledger_fields});
   }
 }
 
@@ -1623,6 +1644,15 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     }
     walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
     break;
+  case T_LEDGER:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    c->ledger.enabled = true;
+    apply_defaults(&c->ledger, ledger_fields, NFIELDS(ledger_fields));
+    walk_object(cx, v, ledger_fields, NFIELDS(ledger_fields), on_ledger_field, &c->ledger);
+    break;
   case T_ADMIN:
   case T_METRICS:
     if (!cJSON_IsObject(v)) {
@@ -1768,6 +1798,7 @@ static void free_config(ob_config_t *c) {
     free(t->mcp_tools);
   }
   free(c->tenants);
+  free(c->ledger.path);
   free(c->admin.address), free(c->admin.host);
   if (c->admin.token) OPENSSL_cleanse(c->admin.token, strlen(c->admin.token));
   free(c->admin.token);

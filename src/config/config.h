@@ -165,6 +165,15 @@ typedef struct ob_config_metrics {
   uint32_t max_tenants; /* "max_tenants": at most this many tenants get series, default 100 */
 } ob_config_metrics_t;
 
+/* "ledger": the usage ledger file. */
+typedef struct ob_config_ledger {
+  bool enabled;          /* the key is present */
+  char *path;            /* "path", required: resolved against the config's folder */
+  uint64_t max_bytes;    /* "max_bytes": rotate above this size, default 100 MiB; 0 = never */
+  uint32_t max_files;    /* "max_files": rotated files kept (path.1 ... path.N), default 5 */
+  uint64_t buffer_bytes; /* "buffer_bytes": lines waiting for the disk before new ones are dropped, default 8 MiB */
+} ob_config_ledger_t;
+
 /* "admin": the admin listener. */
 typedef struct ob_config_admin {
   bool enabled;         /* the key is present */
@@ -200,6 +209,7 @@ typedef struct ob_config {
   ob_config_cache_t cache;
   ob_config_metrics_t metrics;
   ob_config_admin_t admin;
+  ob_config_ledger_t ledger;
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -518,7 +518,9 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   if (x->prepared && x->route->cls->on_finish) x->route->cls->on_finish(x, completed);
   if (x->filtered) evbuffer_free(x->filtered);
   x->filtered = NULL;
-  ob_proxy_metrics_record(x->proxy, x, s, ob_clock_us());
+  uint64_t now = ob_clock_us();
+  ob_proxy_metrics_record(x->proxy, x, s, now);
+  if (x->proxy->ledger) ob_ledger_record(x->proxy->ledger, x, s, now, completed);
   log_line(x, s, completed);
   x->req = NULL;
   s->handler_data = NULL;
@@ -551,6 +553,8 @@ ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_ro
   if (fd >= 0) close(fd);
   return p;
 }
+
+void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l) { p->ledger = l; }
 
 void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
   p->net = net;

@@ -172,6 +172,17 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
       ob_buf_printf(b, "obleth_connections_open{protocol=\"%s\"} %llu\n", protos[i], (unsigned long long)cs.open[i]);
   }
 
+  if (p->ledger) {
+    uint64_t lines, dropped, errors;
+    ob_ledger_counts(p->ledger, &lines, &dropped, &errors);
+    head(b, "obleth_ledger_lines_total", "counter", "Ledger lines queued for the ledger file.");
+    ob_buf_printf(b, "obleth_ledger_lines_total %llu\n", (unsigned long long)lines);
+    head(b, "obleth_ledger_dropped_total", "counter", "Ledger lines dropped because the disk was behind.");
+    ob_buf_printf(b, "obleth_ledger_dropped_total %llu\n", (unsigned long long)dropped);
+    head(b, "obleth_ledger_write_errors_total", "counter", "Failed writes to the ledger file.");
+    ob_buf_printf(b, "obleth_ledger_write_errors_total %llu\n", (unsigned long long)errors);
+  }
+
   /* Per tenant, only when asked for and capped: tenants are unbounded. */
   if (p->cfg->metrics.per_tenant && p->cfg->num_tenants) {
     size_t nt = p->cfg->num_tenants;

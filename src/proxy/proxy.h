@@ -21,6 +21,7 @@
 #include "tenant.h"
 
 typedef struct ob_proxy ob_proxy_t;
+typedef struct ob_ledger ob_ledger_t;
 typedef struct ob_exchange ob_exchange_t;
 typedef struct ob_route ob_route_t;
 
@@ -200,6 +201,14 @@ void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base);
 /* The handler to give ob_net_create, with the proxy as ctx. */
 const ob_sreq_handler_t *ob_proxy_handler(void);
 void ob_proxy_destroy(ob_proxy_t *p);
+
+/* The usage ledger (ledger.c): opened by main, given to the proxy, closed
+ * after the proxy is gone (closing writes out every buffered line). NULL
+ * (logged) when the file cannot be opened. */
+ob_ledger_t *ob_ledger_open(const ob_config_ledger_t *cfg);
+void ob_ledger_close(ob_ledger_t *l);
+void ob_ledger_counts(ob_ledger_t *l, uint64_t *lines, uint64_t *dropped, uint64_t *write_errors);
+void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l);
 
 /* ---- for the admin interface (same thread as the proxy) ---- */
 

@@ -41,10 +41,14 @@ struct ob_proxy {
   struct event *expiry;
   struct event_base *base;
   bool *tenant_disabled;       /* per cfg->tenants index: set at run time by the admin API */
+  ob_ledger_t *ledger;         /* NULL without ledger.path */
   ob_metrics_t metrics;
 };
 
 void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us);
+
+/* ledger.c */
+void ob_ledger_record(ob_ledger_t *l, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us, bool completed);
 
 /* admission.c */
 void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base);

@@ -1,0 +1,730 @@
+// The response cache on inference routes through real clients (curl over
+// HTTP/1.1 and h2c, node:http, node:http2, the OpenAI Node SDK): hits that
+// never reach the upstream and repeat the original bytes (streamed too),
+// canonical keys, tenant / group / global scopes, Cache-Control, coalescing
+// of identical requests in flight (and their leader's failures), aborted
+// streams never stored, persistence across restarts, a corrupt or unusable
+// file, the cache-purge CLI, bodies that are not JSON, deterministic_only,
+// route switches and TTLs, and hits answered without an admission slot.
+//
+// The simulator's content is deterministic but every response carries a
+// fresh `id` (and `created`), so a byte-identical hit also proves that the
+// bytes came from the cache and not from a new generation.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import http2 from 'node:http2';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync, existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { startSim, startObleth, stop, curl, run, simStats, chatBody, sseData, sleep, tempDir, clientRequire, OBLETH } from './lib.mjs';
+
+const OpenAI = clientRequire('openai').default ?? clientRequire('openai');
+
+// ---- set-up ----
+
+const TENANTS = [
+  { name: 'alice', group: 'prod', keys: [{ id: 'alice-1', secret: 'sk-alice' }] },
+  { name: 'bob', group: 'prod', keys: [{ id: 'bob-1', secret: 'sk-bob' }] },
+  { name: 'carol', group: 'batch', keys: [{ id: 'carol-1', secret: 'sk-carol' }] },
+];
+
+function config(sim, { path, cache = {}, routes, upstream = {}, extra = {} } = {}) {
+  return {
+    upstreams: [{ name: 'sim', endpoints: [sim.url], ...upstream }],
+    routes: routes ?? [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
+    groups: [{ name: 'prod', weight: 1 }, { name: 'batch', weight: 1 }],
+    tenants: TENANTS,
+    cache: { path: path ?? join(tempDir(), 'cache.mdb'), ...cache },
+    ...extra,
+  };
+}
+
+// Everything a test starts, stopped in reverse order at its end (also when
+// starting something failed half-way). A sanitizer report or an unclean
+// exit seen by stop() fails the test.
+function rig() {
+  const procs = [];
+  return {
+    async sim(args) { const s = await startSim(args); procs.push(s.proc); return s; },
+    async gateway(cfg) { const g = await startObleth(cfg); procs.push(g.proc); return g; },
+    async close() {
+      let first = null;
+      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
+      if (first) throw first;
+    },
+  };
+}
+
+// ---- clients ----
+
+const hdr = (raw, name) => (raw.match(new RegExp(`^${name}: *(.*?)\\r?$`, 'im')) || [])[1];
+const text = (b) => (typeof b === 'string' ? b : JSON.stringify(b));
+
+// POST a body (an object, or a string sent as is) with curl -i. proto:
+// 'h1' (--http1.1) or 'h2' (h2c with prior knowledge).
+async function post(gw, body, { proto = 'h1', key = 'sk-alice', headers = [], path = '/v1/chat/completions' } = {}) {
+  const args = [proto === 'h2' ? '--http2-prior-knowledge' : '--http1.1', '-i', '-N',
+    '-H', 'content-type: application/json', '-H', 'expect:'];
+  if (key) args.push('-H', `authorization: Bearer ${key}`);
+  for (const h of headers) args.push('-H', h);
+  args.push('--data-binary', text(body), gw.url + path);
+  const r = await curl(args);
+  const i = r.body.indexOf('\r\n\r\n');
+  const head = i >= 0 ? r.body.slice(0, i) : r.body;
+  return { ...r, head, payload: i >= 0 ? r.body.slice(i + 4) : '', cache: hdr(head, 'x-obleth-cache') };
+}
+
+const requests = async (sim) => (await simStats(sim)).requests;
+
+// Repeat send() until it answers a hit (the store's writer thread may need
+// a few ms after the first response completed); returns that hit and how
+// many requests the simulator saw while it was served.
+async function untilHit(sim, send, ms = 1500) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const before = await requests(sim);
+    const r = await send();
+    const seen = (await requests(sim)) - before;
+    if (r.cache === 'hit' || Date.now() > end) return { r, seen };
+    await sleep(20);
+  }
+}
+
+// Long enough for a store the gateway should NOT have made to have landed
+// (the positive controls in each test show stores land well within it).
+const settle = () => sleep(400);
+
+// A raw node:http POST on its own connection: {status, headers, body: Buffer}.
+function h1post(gw, body, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${gw.url}/v1/chat/completions`, {
+      method: 'POST', agent: false,
+      headers: { 'content-type': 'application/json', authorization: 'Bearer sk-alice', ...headers },
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), complete: res.complete }));
+      res.on('error', (e) => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), error: e }));
+      res.on('aborted', () => {});
+    });
+    req.on('error', (e) => resolve({ status: 0, error: e, body: Buffer.alloc(0), headers: {} }));
+    req.end(text(body));
+    void reject;
+  });
+}
+
+// A POST as one stream of an h2 session.
+function h2post(session, body, headers = {}) {
+  return new Promise((resolve) => {
+    const s = session.request({ ':method': 'POST', ':path': '/v1/chat/completions', 'content-type': 'application/json',
+      authorization: 'Bearer sk-alice', ...headers });
+    const chunks = [];
+    let head = {};
+    s.on('response', (h) => { head = h; });
+    s.on('data', (c) => chunks.push(c));
+    s.on('end', () => resolve({ status: head[':status'], headers: head, body: Buffer.concat(chunks), rst: s.rstCode }));
+    s.on('error', (e) => resolve({ status: head[':status'], headers: head, body: Buffer.concat(chunks), error: e }));
+    s.end(text(body));
+  });
+}
+
+const content = (payload) => JSON.parse(payload).choices[0].message.content;
+const streamText = (payload) => sseData(payload).filter((d) => d !== '[DONE]')
+  .map((d) => JSON.parse(d).choices[0]?.delta?.content ?? '').join('');
+
+// ---- tests ----
+
+test('a repeated request is a hit over HTTP/1.1 and h2, with the same body, and never reaches the upstream', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim));
+    const direct = await (await fetch(`${sim.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify(chatBody()) })).json();
+
+    for (const proto of ['h1', 'h2']) {
+      const body = chatBody({ messages: [{ role: 'user', content: `first over ${proto}` }] });
+      const before = await requests(sim);
+      const miss = await post(gw, body, { proto });
+      assert.equal(miss.status, 200, miss.stderr);
+      assert.equal(miss.httpVersion, proto === 'h2' ? '2' : '1.1');
+      assert.equal(miss.cache, 'miss');
+      assert.equal(await requests(sim), before + 1, 'the miss reached the upstream');
+      const { r: hit, seen } = await untilHit(sim, () => post(gw, body, { proto }));
+      assert.equal(hit.status, 200);
+      assert.equal(hit.cache, 'hit', `${proto}: the repeated request is answered from the cache`);
+      assert.equal(seen, 0, `${proto}: the simulator did not see the hit`);
+      assert.equal(hit.payload, miss.payload, `${proto}: the hit repeats the original body byte for byte`);
+      assert.match(hdr(hit.head, 'content-type'), /^application\/json/);
+      // The other protocol reads the same entry.
+      const other = await post(gw, body, { proto: proto === 'h2' ? 'h1' : 'h2' });
+      assert.equal(other.cache, 'hit', 'h1 and h2 share entries');
+      assert.equal(other.payload, miss.payload);
+    }
+    // The content is what the upstream generates for that prompt.
+    const r = await post(gw, chatBody());
+    assert.equal(r.cache, 'miss');
+    assert.equal(content(r.payload), direct.choices[0].message.content);
+
+    // The log line of a hit says what it saved: prompt + completion tokens.
+    const usage = JSON.parse(r.payload).usage;
+    const { r: h } = await untilHit(sim, () => post(gw, chatBody()));
+    assert.equal(h.cache, 'hit');
+    await sleep(50);
+    const lines = gw.output.text.split('\n').filter((l) => /cache=hit/.test(l));
+    assert.ok(lines.length >= 5, `every hit is logged:\n${gw.output.text.slice(-2000)}`);
+    assert.match(lines.at(-1), new RegExp(`cache=hit tokens_saved=${usage.prompt_tokens + usage.completion_tokens}\\b`));
+  } finally {
+    await r$.close();
+  }
+});
+
+test('a streamed hit repeats the original SSE bytes (curl h1 and h2, the OpenAI SDK)', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim(['--itl-ms', '2']);
+    const gw = await r$.gateway(config(sim));
+    for (const proto of ['h1', 'h2']) {
+      const body = chatBody({ stream: true, max_tokens: 12, messages: [{ role: 'user', content: `stream over ${proto}` }] });
+      const miss = await post(gw, body, { proto });
+      assert.equal(miss.status, 200, miss.stderr);
+      assert.equal(miss.cache, 'miss');
+      assert.match(hdr(miss.head, 'content-type'), /^text\/event-stream/);
+      assert.equal(sseData(miss.payload).at(-1), '[DONE]');
+      const { r: hit, seen } = await untilHit(sim, () => post(gw, body, { proto }));
+      assert.equal(hit.cache, 'hit', `${proto}: streamed hit`);
+      assert.equal(seen, 0);
+      assert.match(hdr(hit.head, 'content-type'), /^text\/event-stream/);
+      assert.equal(hit.payload, miss.payload, `${proto}: the replayed stream is byte-identical`);
+      assert.deepEqual(sseData(hit.payload), sseData(miss.payload), 'the same SSE events');
+      assert.equal(sseData(hit.payload).length, 12 + 3, 'role chunk, 12 tokens, finish chunk, [DONE]');
+    }
+
+    // The OpenAI SDK reads a streamed hit like any stream.
+    const client = new OpenAI({ apiKey: 'sk-alice', baseURL: `${gw.url}/v1`, maxRetries: 0 });
+    const req = { model: 'sim-model', messages: [{ role: 'user', content: 'stream through the SDK' }], max_tokens: 10, stream: true };
+    const read = async () => {
+      const { data, response } = await client.chat.completions.create(req).withResponse();
+      const chunks = [];
+      for await (const c of data) chunks.push(c);
+      return { chunks, cache: response.headers.get('x-obleth-cache') };
+    };
+    const first = await read();
+    assert.equal(first.cache, 'miss');
+    const { r: second, seen } = await untilHit(sim, read);
+    assert.equal(second.cache, 'hit', 'the SDK got a hit');
+    assert.equal(seen, 0);
+    assert.deepEqual(second.chunks, first.chunks, 'the SDK parsed the same chunks (ids included)');
+    assert.equal(second.chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('').length > 0, true);
+    assert.equal(second.chunks.at(-1).choices[0].finish_reason, 'length');
+  } finally {
+    await r$.close();
+  }
+});
+
+test('canonical keys: key order, white space, user, stream_options and exclude_fields do not matter; stream and model do', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, { cache: { exclude_fields: ['metadata'] } }));
+    const base = { model: 'sim-model', messages: [{ role: 'user', content: 'canonical keys' }], max_tokens: 6, temperature: 0.5, user: 'u-1', metadata: { run: 1 } };
+    const first = await post(gw, base);
+    assert.equal(first.cache, 'miss');
+    const { r: hit } = await untilHit(sim, () => post(gw, base));
+    assert.equal(hit.cache, 'hit', 'the control: the same text is a hit');
+
+    const variants = {
+      'keys reordered (nested too)': JSON.stringify({ user: 'u-1', metadata: { run: 1 }, temperature: 0.5, max_tokens: 6, messages: [{ content: 'canonical keys', role: 'user' }], model: 'sim-model' }),
+      'white space': '{\n  "model" : "sim-model",\t"messages": [ { "role" : "user", "content" : "canonical keys" } ] ,\r\n "max_tokens": 6, "temperature": 0.5, "user": "u-1", "metadata": {"run": 1}\n}\n',
+      'a different user': { ...base, user: 'someone-else' },
+      'no user': (({ user, ...rest }) => rest)(base),
+      'stream_options added': { ...base, stream_options: { include_usage: true } },
+      'a different excluded field': { ...base, metadata: { run: 2 } },
+    };
+    for (const [what, body] of Object.entries(variants)) {
+      const before = await requests(sim);
+      const r = await post(gw, body);
+      assert.equal(r.status, 200, `${what}: ${r.payload}`);
+      assert.equal(r.cache, 'hit', `${what} is the same key`);
+      assert.equal(await requests(sim), before, `${what}: not sent upstream`);
+      assert.equal(r.payload, first.payload);
+    }
+
+    const misses = {
+      'stream: true': { ...base, stream: true },
+      'stream: false written out': { ...base, stream: false },
+      'another model': { ...base, model: 'other-model' },
+      'another prompt': { ...base, messages: [{ role: 'user', content: 'canonical keys!' }] },
+      'a number written differently': JSON.stringify(base).replace('"temperature":0.5', '"temperature":0.50'),
+    };
+    for (const [what, body] of Object.entries(misses)) {
+      const before = await requests(sim);
+      const r = await post(gw, body);
+      assert.equal(r.status, 200, `${what}: ${r.payload}`);
+      assert.equal(r.cache, 'miss', `${what} is another key`);
+      assert.equal(await requests(sim), before + 1, `${what}: sent upstream`);
+    }
+  } finally {
+    await r$.close();
+  }
+});
+
+test('scopes: a tenant entry is never served to another tenant; group and global scopes share', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, {
+      routes: [
+        { prefix: '/v1/', class: 'inference', upstream: 'sim' },
+        { prefix: '/grp/', class: 'inference', upstream: 'sim', rewrite: '/', cache: { scope: 'group' } },
+        { prefix: '/all/', class: 'inference', upstream: 'sim', rewrite: '/', cache: { scope: 'global' } },
+      ],
+    }));
+    const body = chatBody({ messages: [{ role: 'user', content: 'whose entry is this' }] });
+    const as = (key, prefix = '') => post(gw, body, { key, path: `${prefix}/v1/chat/completions` });
+
+    // Tenant scope (the default).
+    assert.equal((await as('sk-alice')).cache, 'miss');
+    assert.equal((await untilHit(sim, () => as('sk-alice'))).r.cache, 'hit');
+    let before = await requests(sim);
+    const bob = await as('sk-bob');
+    assert.equal(bob.status, 200);
+    assert.equal(bob.cache, 'miss', "alice's entry is not served to bob (same group)");
+    assert.equal(await requests(sim), before + 1, "bob's request went upstream");
+    const carol = await as('sk-carol');
+    assert.equal(carol.cache, 'miss', "alice's entry is not served to carol");
+    assert.equal((await untilHit(sim, () => as('sk-bob'))).r.cache, 'hit', 'bob has his own entry now');
+
+    // Group scope: alice and bob (prod) share, carol (batch) does not.
+    assert.equal((await as('sk-alice', '/grp')).cache, 'miss', 'a route scope makes another key');
+    const { r: bobGrp, seen } = await untilHit(sim, () => as('sk-bob', '/grp'));
+    assert.equal(bobGrp.cache, 'hit', "bob reads alice's group entry");
+    assert.equal(seen, 0);
+    assert.equal((await as('sk-carol', '/grp')).cache, 'miss', 'another group does not');
+
+    // Global scope: everyone shares.
+    const a = await as('sk-alice', '/all');
+    assert.equal(a.cache, 'miss');
+    const { r: c } = await untilHit(sim, () => as('sk-carol', '/all'));
+    assert.equal(c.cache, 'hit', 'carol reads the global entry');
+    assert.equal(c.payload, a.payload);
+    before = await requests(sim);
+    assert.equal((await as('sk-bob', '/all')).cache, 'hit');
+    assert.equal(await requests(sim), before);
+  } finally {
+    await r$.close();
+  }
+});
+
+test('Cache-Control: no-store bypasses lookup and store; no-cache skips the lookup but stores', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim));
+    const b1 = chatBody({ messages: [{ role: 'user', content: 'no-store' }] });
+    let before = await requests(sim);
+    let r = await post(gw, b1, { headers: ['cache-control: no-store'] });
+    assert.equal(r.status, 200);
+    assert.equal(r.cache, 'bypass');
+    await settle();
+    r = await post(gw, b1, { headers: ['cache-control: no-store'] });
+    assert.equal(r.cache, 'bypass');
+    r = await post(gw, b1);
+    assert.equal(r.cache, 'miss', 'nothing was stored by the no-store requests');
+    assert.equal(await requests(sim), before + 3);
+    // An existing entry is not looked up either.
+    assert.equal((await untilHit(sim, () => post(gw, b1))).r.cache, 'hit', 'control: a plain request stores');
+    before = await requests(sim);
+    r = await post(gw, b1, { headers: ['Cache-Control: no-store'] });
+    assert.equal(r.cache, 'bypass');
+    assert.equal(await requests(sim), before + 1, 'no-store goes upstream even with an entry');
+
+    const b2 = chatBody({ messages: [{ role: 'user', content: 'no-cache' }] });
+    before = await requests(sim);
+    r = await post(gw, b2, { headers: ['cache-control: no-cache'] });
+    assert.equal(r.cache, 'miss');
+    const { r: hit, seen } = await untilHit(sim, () => post(gw, b2));
+    assert.equal(hit.cache, 'hit', 'the no-cache answer was stored');
+    assert.equal(seen, 0);
+    assert.equal(hit.payload, r.payload);
+    assert.equal(await requests(sim), before + 1);
+    r = await post(gw, b2, { headers: ['cache-control: max-age=0, no-cache'] });
+    assert.equal(r.cache, 'miss', 'no-cache skips the lookup of an existing entry');
+    assert.equal(await requests(sim), before + 2);
+    assert.notEqual(r.payload, hit.payload, 'a fresh generation (new id)');
+    const { r: again } = await untilHit(sim, () => post(gw, b2));
+    assert.equal(again.payload, r.payload, 'the no-cache answer replaced the entry');
+  } finally {
+    await r$.close();
+  }
+});
+
+test('coalescing: 20 identical streams in flight reach the upstream once and get the same bytes', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim(['--ttft-ms', '300', '--itl-ms', '20']);
+    const gw = await r$.gateway(config(sim));
+    const body = chatBody({ stream: true, max_tokens: 10, messages: [{ role: 'user', content: 'twenty at once' }] });
+    let before = await requests(sim);
+    const rs = await Promise.all(Array.from({ length: 20 }, () => h1post(gw, body)));
+    assert.equal(await requests(sim), before + 1, 'one request reached the simulator');
+    for (const r of rs) {
+      assert.equal(r.status, 200, String(r.error));
+      assert.ok(!r.error && r.complete, 'a complete response');
+      assert.match(r.headers['content-type'], /^text\/event-stream/);
+    }
+    const bodies = new Set(rs.map((r) => r.body.toString('latin1')));
+    assert.equal(bodies.size, 1, 'all 20 got the same bytes');
+    const events = sseData(rs[0].body.toString());
+    assert.equal(events.at(-1), '[DONE]');
+    assert.equal(events.length, 10 + 3);
+    const outcomes = rs.map((r) => r.headers['x-obleth-cache']);
+    assert.equal(outcomes.filter((o) => o === 'miss').length, 1, `one leader: ${outcomes}`);
+    assert.equal(outcomes.filter((o) => o === 'coalesced' || o === 'hit').length, 19, `19 followers: ${outcomes}`);
+    assert.ok(outcomes.filter((o) => o === 'coalesced').length >= 1, 'at least one followed in flight');
+    // The leader's answer was stored as well.
+    const { r: hit, seen } = await untilHit(sim, () => post(gw, body));
+    assert.equal(hit.cache, 'hit');
+    assert.equal(seen, 0);
+    assert.equal(hit.payload, rs[0].body.toString(), 'the hit repeats the coalesced bytes');
+
+    // The same over h2: 10 streams on one connection.
+    const session = http2.connect(gw.url);
+    try {
+      const b2 = { ...body, messages: [{ role: 'user', content: 'ten streams on one connection' }] };
+      before = await requests(sim);
+      const hs = await Promise.all(Array.from({ length: 10 }, () => h2post(session, b2)));
+      assert.equal(await requests(sim), before + 1, 'h2: one request reached the simulator');
+      for (const r of hs) assert.equal(r.status, 200, String(r.error));
+      assert.equal(new Set(hs.map((r) => r.body.toString('latin1'))).size, 1, 'h2: all 10 got the same bytes');
+      assert.equal(sseData(hs[0].body.toString()).at(-1), '[DONE]');
+      const o2 = hs.map((r) => r.headers['x-obleth-cache']);
+      assert.equal(o2.filter((o) => o === 'miss').length, 1, `h2: ${o2}`);
+      assert.equal(o2.filter((o) => o === 'coalesced' || o === 'hit').length, 9, `h2: ${o2}`);
+    } finally {
+      session.close();
+    }
+  } finally {
+    await r$.close();
+  }
+});
+
+test("coalesced followers share their leader's failure, and a failed leader stores nothing", { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim(['--ttft-ms', '200', '--itl-ms', '40']);
+    const gw = await r$.gateway(config(sim));
+
+    // The leader gets a 503 (headers are not part of the key): its twins get the same 503.
+    const b1 = chatBody({ messages: [{ role: 'user', content: 'a failing leader' }] });
+    let before = await requests(sim);
+    const lead = h1post(gw, b1, { 'x-sim-status': '503', 'x-sim-delay-ms': '400' });
+    await sleep(100);
+    const followers = await Promise.all(Array.from({ length: 4 }, () => h1post(gw, b1)));
+    const l = await lead;
+    assert.equal(l.status, 503);
+    assert.equal(l.headers['x-obleth-cache'], 'miss');
+    for (const f of followers) {
+      assert.equal(f.headers['x-obleth-cache'], 'coalesced');
+      assert.equal(f.status, 503, 'the same error as the leader');
+      assert.equal(f.body.toString(), l.body.toString());
+    }
+    assert.equal(await requests(sim), before + 1);
+    await settle();
+    let r = await post(gw, b1);
+    assert.equal(r.status, 200);
+    assert.equal(r.cache, 'miss', 'the 503 was not stored');
+
+    // The leader's stream is cut after 2 events: its followers' streams are cut too.
+    const b2 = chatBody({ stream: true, max_tokens: 10, messages: [{ role: 'user', content: 'an aborted leader' }] });
+    before = await requests(sim);
+    const lead2 = h1post(gw, b2, { 'x-sim-abort-after': '2' });
+    await sleep(100);
+    const f2 = await Promise.all(Array.from({ length: 4 }, () => h1post(gw, b2)));
+    const l2 = await lead2;
+    assert.ok(l2.error || !l2.complete, 'the leader saw an incomplete stream');
+    for (const f of f2) {
+      assert.equal(f.headers['x-obleth-cache'], 'coalesced');
+      assert.ok(f.error || !f.complete || f.status !== 200, 'a follower of an aborted stream does not see a complete one');
+      assert.notEqual(sseData(f.body.toString()).at(-1), '[DONE]');
+    }
+    assert.equal(await requests(sim), before + 1);
+    await settle();
+    r = await post(gw, b2);
+    assert.equal(r.cache, 'miss', 'the aborted stream was not stored');
+    assert.equal(sseData(r.payload).at(-1), '[DONE]');
+  } finally {
+    await r$.close();
+  }
+});
+
+test('an aborted upstream stream is never stored', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim(['--itl-ms', '5']);
+    const gw = await r$.gateway(config(sim));
+    const body = chatBody({ stream: true, max_tokens: 10, messages: [{ role: 'user', content: 'cut short' }] });
+    for (const proto of ['h1', 'h2']) {
+      const cut = await post(gw, body, { proto, headers: ['x-sim-abort-after: 2'] });
+      assert.notEqual(cut.code, 0, `${proto}: curl saw the stream end early`);
+      assert.equal(cut.cache, 'miss');
+      assert.notEqual(sseData(cut.payload).at(-1), '[DONE]');
+      await settle();
+      const before = await requests(sim);
+      const r = await post(gw, body, { proto });
+      assert.equal(r.status, 200);
+      assert.equal(r.cache, 'miss', `${proto}: the truncated stream was not stored`);
+      assert.equal(await requests(sim), before + 1, 'it reached the simulator');
+      assert.equal(sseData(r.payload).at(-1), '[DONE]');
+      // Control: the complete stream is stored. Then evict it with a new body for the next round.
+      const { r: hit } = await untilHit(sim, () => post(gw, body, { proto }));
+      assert.equal(hit.cache, 'hit');
+      assert.equal(hit.payload, r.payload);
+      body.messages = [{ role: 'user', content: 'cut short again' }];
+    }
+    // A non-streamed response cut by the upstream is not stored either.
+    const nb = chatBody({ max_tokens: 10, messages: [{ role: 'user', content: 'cut short, not streamed' }] });
+    const cut = await post(gw, nb, { headers: ['x-sim-abort-after: 2'] });
+    await settle();
+    const r = await post(gw, nb);
+    assert.equal(r.status, 200);
+    assert.equal(r.cache, 'miss', `the cut response (status ${cut.status}, curl ${cut.code}) was not stored`);
+  } finally {
+    await r$.close();
+  }
+});
+
+test('persistence: entries survive a restart; a corrupt or unusable file is logged and served uncached', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const path = join(tempDir(), 'persist.mdb');
+    const body = chatBody({ messages: [{ role: 'user', content: 'remember me' }] });
+
+    const gw1 = await startObleth(config(sim, { path }));
+    let first;
+    try {
+      first = await post(gw1, body);
+      assert.equal(first.cache, 'miss');
+      assert.equal((await untilHit(sim, () => post(gw1, body))).r.cache, 'hit');
+    } finally {
+      await stop(gw1.proc);
+    }
+    assert.ok(existsSync(path), 'the missing file was created');
+
+    const gw2 = await startObleth(config(sim, { path }));
+    try {
+      const before = await requests(sim);
+      const r = await post(gw2, body);
+      assert.equal(r.cache, 'hit', 'a hit after the restart');
+      assert.equal(r.payload, first.payload);
+      assert.equal(await requests(sim), before);
+    } finally {
+      await stop(gw2.proc);
+    }
+
+    // Garbage over the file.
+    writeFileSync(path, randomBytes(Math.max(statSync(path).size, 65536)));
+    const gw3 = await startObleth(config(sim, { path }));
+    try {
+      const before = await requests(sim);
+      const r = await post(gw3, body);
+      assert.equal(r.status, 200, 'a corrupt file does not break serving');
+      assert.equal(r.cache, 'miss');
+      assert.equal(content(r.payload), content(first.payload), 'the answer is correct');
+      assert.equal(await requests(sim), before + 1);
+      assert.ok(gw3.output.text.includes(path), `the corrupt file is logged:\n${gw3.output.text}`);
+      const again = await post(gw3, body);
+      assert.equal(again.status, 200);
+      assert.ok(['miss', 'hit'].includes(again.cache));
+    } finally {
+      await stop(gw3.proc);
+    }
+
+    // A path that cannot be created.
+    const bad = join(tempDir(), 'no-such-dir', 'cache.mdb');
+    const gw4 = await startObleth(config(sim, { path: bad }));
+    try {
+      const r = await post(gw4, body);
+      assert.equal(r.status, 200);
+      assert.equal(r.cache, 'miss');
+      await settle();
+      assert.equal((await post(gw4, body)).cache, 'miss', 'nothing can be stored');
+      assert.ok(gw4.output.text.includes(bad), `the unusable path is logged:\n${gw4.output.text}`);
+    } finally {
+      await stop(gw4.proc);
+    }
+  } finally {
+    await r$.close();
+  }
+});
+
+test('cache-purge while the gateway runs: one tenant, then everything', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim));
+    const body = chatBody({ messages: [{ role: 'user', content: 'purge me' }] });
+    for (const key of ['sk-alice', 'sk-bob']) {
+      assert.equal((await post(gw, body, { key })).cache, 'miss');
+      assert.equal((await untilHit(sim, () => post(gw, body, { key }))).r.cache, 'hit');
+    }
+
+    let p = await run(OBLETH, ['cache-purge', '--config', gw.configPath, '--tenant', 'alice']);
+    assert.equal(p.code, 0, p.stderr);
+    let m = p.stdout.match(/^purged .*alice.*; (\d+) entries left$/m);
+    assert.ok(m, `output: ${p.stdout}`);
+    assert.equal(Number(m[1]), 1, "bob's entry is left");
+    let before = await requests(sim);
+    assert.equal((await post(gw, body, { key: 'sk-alice' })).cache, 'miss', "alice's entry is gone");
+    assert.equal((await post(gw, body, { key: 'sk-bob' })).cache, 'hit', "bob's is not");
+    assert.equal(await requests(sim), before + 1);
+    assert.equal((await untilHit(sim, () => post(gw, body, { key: 'sk-alice' }))).r.cache, 'hit');
+
+    p = await run(OBLETH, ['cache-purge', '--config', gw.configPath]);
+    assert.equal(p.code, 0, p.stderr);
+    m = p.stdout.match(/^purged .*; (\d+) entries left$/m);
+    assert.ok(m, `output: ${p.stdout}`);
+    assert.equal(Number(m[1]), 0);
+    before = await requests(sim);
+    assert.equal((await post(gw, body, { key: 'sk-alice' })).cache, 'miss');
+    assert.equal((await post(gw, body, { key: 'sk-bob' })).cache, 'miss');
+    assert.equal(await requests(sim), before + 2);
+  } finally {
+    await r$.close();
+  }
+});
+
+test('a body that is not valid JSON is never cached', { timeout: 20000 }, async (t) => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim));
+    const good = JSON.stringify(chatBody({ messages: [{ role: 'user', content: 'not json' }] }));
+    const bodies = {
+      'plain text': 'this is not JSON',
+      'truncated JSON': good.slice(0, -3),
+      'trailing bytes after the object': good + ' trailing',
+      'two objects': good + good,
+    };
+    for (const [what, body] of Object.entries(bodies)) {
+      const before = await requests(sim);
+      const rs = [await post(gw, body)];
+      await settle();
+      rs.push(await post(gw, body));
+      const seen = (await requests(sim)) - before;
+      for (const r of rs) {
+        assert.notEqual(r.cache, 'hit', `${what}: never a hit`);
+        if (r.status === 400) {
+          assert.equal(JSON.parse(r.payload).error.type, 'invalid_request_error', `${what}: an OpenAI error`);
+        } else {
+          assert.equal(r.cache, 'bypass', `${what}: status ${r.status}, cache ${r.cache}`);
+        }
+      }
+      if (rs[0].status === 400) assert.equal(seen, 0, `${what}: the gateway's 400 does not reach the upstream`);
+      else assert.equal(seen, 2, `${what}: both bypasses went upstream`);
+      t.diagnostic(`${what}: status ${rs[0].status}, x-obleth-cache ${rs[0].cache ?? '(none)'}`);
+    }
+  } finally {
+    await r$.close();
+  }
+});
+
+test('deterministic_only: only temperature 0 or a seed is cached', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, { cache: { deterministic_only: true } }));
+    for (const [what, extra] of [['temperature 0.7', { temperature: 0.7 }], ['no temperature', {}]]) {
+      const body = chatBody({ ...extra, messages: [{ role: 'user', content: `deterministic ${what}` }] });
+      const before = await requests(sim);
+      const r1 = await post(gw, body);
+      assert.equal(r1.status, 200);
+      assert.equal(r1.cache, 'bypass', what);
+      await settle();
+      const r2 = await post(gw, body);
+      assert.equal(r2.cache, 'bypass', `${what}: not stored`);
+      assert.equal(await requests(sim), before + 2);
+    }
+    for (const [what, extra] of [['temperature 0', { temperature: 0 }], ['a seed', { seed: 7, temperature: 0.7 }]]) {
+      const body = chatBody({ ...extra, messages: [{ role: 'user', content: `deterministic ${what}` }] });
+      const r1 = await post(gw, body);
+      assert.equal(r1.cache, 'miss', what);
+      const { r: r2, seen } = await untilHit(sim, () => post(gw, body));
+      assert.equal(r2.cache, 'hit', `${what} is cached`);
+      assert.equal(seen, 0);
+      assert.equal(r2.payload, r1.payload);
+    }
+  } finally {
+    await r$.close();
+  }
+});
+
+test('route switches: cache false, a route TTL, GET not cached', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, {
+      routes: [
+        { prefix: '/v1/', class: 'inference', upstream: 'sim' },
+        { prefix: '/off/', class: 'inference', upstream: 'sim', rewrite: '/', cache: false },
+        { prefix: '/short/', class: 'inference', upstream: 'sim', rewrite: '/', cache: { ttl_s: 1 } },
+      ],
+    }));
+    const body = chatBody({ messages: [{ role: 'user', content: 'route switches' }] });
+    let before = await requests(sim);
+    for (let i = 0; i < 3; i++) {
+      const r = await post(gw, body, { path: '/off/v1/chat/completions' });
+      assert.equal(r.status, 200);
+      assert.notEqual(r.cache, 'hit');
+      assert.notEqual(r.cache, 'miss', `cache: false does not look up (x-obleth-cache: ${r.cache})`);
+      if (i === 0) await settle();
+    }
+    assert.equal(await requests(sim), before + 3, 'cache: false: every request goes upstream');
+
+    const short = (o) => post(gw, body, { path: '/short/v1/chat/completions', ...o });
+    assert.equal((await short()).cache, 'miss');
+    assert.equal((await untilHit(sim, short)).r.cache, 'hit');
+    await sleep(1300);
+    before = await requests(sim);
+    assert.equal((await short()).cache, 'miss', 'expired after ttl_s: 1');
+    assert.equal(await requests(sim), before + 1);
+
+    before = await requests(sim);
+    for (let i = 0; i < 2; i++) {
+      const r = await curl(['--http1.1', '-i', '-H', 'authorization: Bearer sk-alice', gw.url + '/v1/models']);
+      assert.equal(r.status, 200);
+      assert.doesNotMatch(r.body, /^x-obleth-cache: *hit/im, 'GET is not cached');
+    }
+    assert.equal(await requests(sim), before + 2);
+  } finally {
+    await r$.close();
+  }
+});
+
+test('a hit is answered before admission: it needs no free slot', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, { upstream: { max_inflight: 1 }, extra: { admission: { queue_timeout_ms: 10000 } } }));
+    const body = chatBody({ messages: [{ role: 'user', content: 'no slot needed' }] });
+    assert.equal((await post(gw, body)).cache, 'miss');
+    assert.equal((await untilHit(sim, () => post(gw, body))).r.cache, 'hit');
+
+    // The only slot is held for 1.5 s by another request.
+    const slow = post(gw, chatBody({ messages: [{ role: 'user', content: 'hold the slot' }] }), { headers: ['x-sim-delay-ms: 1500'] });
+    await sleep(200);
+    const t0 = Date.now();
+    const r = await post(gw, body);
+    const ms = Date.now() - t0;
+    assert.equal(r.status, 200);
+    assert.equal(r.cache, 'hit');
+    assert.ok(ms < 500, `the hit waited ${ms} ms for a slot`);
+    assert.notEqual(hdr(r.head, 'x-obleth-admission'), 'queued');
+    const s = await slow;
+    assert.equal(s.status, 200);
+    assert.equal(s.cache, 'miss');
+  } finally {
+    await r$.close();
+  }
+});

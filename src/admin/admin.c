@@ -9,6 +9,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,12 +225,21 @@ ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_
   evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_PUT | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
   evhttp_set_max_body_size(a->http, 65536);
   evhttp_set_gencb(a->http, handle, a);
-  if (!evhttp_bind_socket_with_handle(a->http, cfg->admin.host, cfg->admin.port)) {
+  struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(a->http, cfg->admin.host, cfg->admin.port);
+  if (!bound) {
     ob_log_error("admin: cannot listen on %s", cfg->admin.address);
     ob_admin_destroy(a);
     return NULL;
   }
-  ob_log_info("admin listening on %s%s", cfg->admin.address, cfg->admin.token ? " (token required)" : "");
+  /* The bound port, not the configured one: port 0 picks a free port, and
+     the operator (or a test) reads it from this line. Worded unlike the
+     client listeners' "listening on" lines so the two are never confused. */
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  unsigned port = cfg->admin.port;
+  if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &sl) == 0)
+    port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+  ob_log_info("admin API on %s:%u%s", cfg->admin.host, port, cfg->admin.token ? " (token required)" : "");
   return a;
 }
 

@@ -999,7 +999,10 @@ static const field_t timeout_fields[] = {
 };
 #undef TMO
 
-static void set_int(void *base, const field_t *f, uint64_t v) {
+/* noinline: inlined into apply_defaults(&c->ledger, ...) GCC (with ASan,
+   -O2) tracks p as the struct's first member and reports a false
+   -Wstringop-overflow; the offset always comes from offsetof. */
+__attribute__((noinline)) static void set_int(void *base, const field_t *f, uint64_t v) {
   char *p = (char *)base + f->off;
   if (f->wide) {
     uint64_t w = v;

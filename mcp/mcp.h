@@ -28,6 +28,11 @@ extern const ob_route_class_t ob_mcp_class;
  * mcp.session_secret, else random per process) and the open event streams
  * per tenant. */
 ob_mcp_t *ob_mcp_create(ob_config_t *cfg);
+/* For a reload: like ob_mcp_create, but without mcp.session_secret the
+ * session key of prev (borrowed) is kept, so sessions made before the
+ * reload stay valid. Open event streams are counted per instance: streams
+ * opened before the reload count against the old instance only. */
+ob_mcp_t *ob_mcp_create_after(ob_config_t *cfg, const ob_mcp_t *prev);
 void ob_mcp_destroy(ob_mcp_t *m);
 
 /* ---------------------------------------------------------------- JSON-RPC */

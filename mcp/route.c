@@ -39,11 +39,15 @@ typedef struct mcp_x {
 /* Largest SSE event or JSON body the tools/list filter holds. */
 #define FILTER_MAX (8u << 20)
 
-ob_mcp_t *ob_mcp_create(ob_config_t *cfg) {
+ob_mcp_t *ob_mcp_create(ob_config_t *cfg) { return ob_mcp_create_after(cfg, NULL); }
+
+ob_mcp_t *ob_mcp_create_after(ob_config_t *cfg, const ob_mcp_t *prev) {
   ob_mcp_t *m = ob_xcalloc(1, sizeof *m);
   m->cfg = ob_config_acquire(cfg);
   if (cfg->mcp_session_secret)
     SHA256((const unsigned char *)cfg->mcp_session_secret, strlen(cfg->mcp_session_secret), m->key);
+  else if (prev)
+    memcpy(m->key, prev->key, sizeof m->key);
   else if (RAND_bytes(m->key, sizeof m->key) != 1)
     abort();
   m->streams = ob_xcalloc(cfg->num_tenants + 1, sizeof *m->streams);

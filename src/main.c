@@ -67,9 +67,57 @@ static int hash_key(const char *arg) {
   return 0;
 }
 
+/* What one config snapshot is compiled into besides the proxy's own
+ * state: the key directory, the MCP state and the route table. Freed by
+ * the proxy (parts_dispose) when the last request using it is over. */
+typedef struct parts {
+  ob_tenants_t *tenants;
+  ob_mcp_t *mcp;
+  ob_routes_t *routes;
+} parts_t;
+
+static void parts_dispose(void *arg) {
+  parts_t *g = arg;
+  ob_routes_destroy(g->routes);
+  ob_mcp_destroy(g->mcp);
+  ob_tenants_destroy(g->tenants);
+  free(g);
+}
+
+static void warn_keys(const ob_config_t *cfg) {
+  for (size_t i = 0; i < cfg->num_tenants; i++)
+    for (size_t j = 0; j < cfg->tenants[i].num_keys; j++)
+      if (cfg->tenants[i].keys[j].from_secret)
+        ob_log_warn("tenants[%zu].keys[%zu] (%s) is a plain \"secret\": fine for a demo, use \"sha256\" "
+                    "(obleth hash-key) in production",
+                    i, j, cfg->tenants[i].keys[j].id);
+  if (cfg->num_tenants == 0) ob_log_warn("no tenants configured: requests are not authenticated");
+}
+
+/* prev_mcp: the running generation's MCP state (its session key is kept
+ * when the config names no secret), NULL at start-up. */
+static parts_t *parts_build(ob_config_t *cfg, ob_cache_store_t *cache, const ob_mcp_t *prev_mcp,
+                            ob_proxy_gen_spec_t *spec) {
+  parts_t *g = ob_xcalloc(1, sizeof *g);
+  g->tenants = ob_tenants_create(cfg);
+  g->mcp = ob_mcp_create_after(cfg, prev_mcp);
+  const ob_route_binding_t bindings[] = {{&ob_mcp_class, g->mcp}};
+  g->routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);
+  ob_routes_set_cache(g->routes, cache);
+  *spec = (ob_proxy_gen_spec_t){cfg, g->tenants, ob_routes_find, g->routes, parts_dispose, g};
+  return g;
+}
+
 typedef struct {
+  const char *path;
   struct event_base *base;
+  ob_config_t *cfg;         /* counted: the config in force */
   ob_net_t *net;
+  ob_proxy_t *proxy;
+  ob_admin_t *admin;
+  ob_cache_store_t *cache;
+  ob_ledger_t *ledger;
+  const ob_mcp_t *mcp;      /* the current generation's, owned by it */
   bool stopping;
 } app_t;
 
@@ -100,6 +148,80 @@ static ob_log_level_t level_of(const char *s) {
   return OB_LOG_INFO;
 }
 
+static bool same(const char *x, const char *y) { return x == y || (x && y && strcmp(x, y) == 0); }
+
+/* What a reload cannot change in a running process: said, and kept. */
+static void warn_fixed(const ob_config_t *o, const ob_config_t *n) {
+  if (o->admin.enabled != n->admin.enabled || !same(o->admin.address, n->admin.address))
+    ob_log_warn("reload: the admin listener stays as it was (admin.address changes need a restart)");
+  if (o->cache.enabled != n->cache.enabled || !same(o->cache.path, n->cache.path) ||
+      o->cache.max_bytes != n->cache.max_bytes)
+    ob_log_warn("reload: the cache file stays as it was (cache.path and cache.max_bytes need a restart)");
+  if (o->ledger.enabled != n->ledger.enabled || !same(o->ledger.path, n->ledger.path) ||
+      o->ledger.max_bytes != n->ledger.max_bytes || o->ledger.max_files != n->ledger.max_files ||
+      o->ledger.buffer_bytes != n->ledger.buffer_bytes)
+    ob_log_warn("reload: the ledger stays as it was (ledger changes need a restart)");
+}
+
+static void log_listeners(const app_t *a, const ob_config_t *cfg) {
+  for (size_t i = 0; i < cfg->num_listeners; i++)
+    ob_log_info("listening on %s (%s)", ob_net_listener_address(a->net, i),
+                cfg->listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
+}
+
+/* Parse and validate the file completely, then swap it in; an invalid file
+ * or a listener / upstream that cannot be set up changes nothing. */
+static bool reload(void *arg, ob_buf_t *why) {
+  app_t *a = arg;
+  if (a->stopping) {
+    ob_buf_append_str(why, "the gateway is shutting down\n");
+    return false;
+  }
+  ob_config_errors_t errs = {0};
+  ob_config_t *cfg = ob_config_load(a->path, &errs);
+  if (!cfg) {
+    for (size_t i = 0; i < errs.len; i++) {
+      ob_log_error("reload: %s", errs.items[i]);
+      ob_buf_printf(why, "%s\n", errs.items[i]);
+    }
+    ob_log_error("reload of %s refused (%zu problem%s); the running configuration is unchanged", a->path, errs.len,
+                 errs.len == 1 ? "" : "s");
+    ob_config_errors_dispose(&errs);
+    return false;
+  }
+  ob_proxy_gen_spec_t spec;
+  parts_t *parts = parts_build(cfg, a->cache, a->mcp, &spec);
+  if (!ob_net_reload(a->net, cfg)) {
+    ob_log_error("reload of %s refused: a listener or upstream could not be set up (see above); the running "
+                 "configuration is unchanged", a->path);
+    ob_buf_append_str(why, "a listener or upstream could not be set up; see the gateway's log\n");
+    parts_dispose(parts);
+    ob_config_release(cfg);
+    return false;
+  }
+  warn_fixed(a->cfg, cfg);
+  warn_keys(cfg);
+  ob_log_set_level(level_of(cfg->log_level));
+  ob_proxy_reload(a->proxy, &spec);
+  a->mcp = parts->mcp;
+  if (a->admin) ob_admin_set_config(a->admin, cfg);
+  ob_config_release(a->cfg);
+  a->cfg = cfg; /* our load reference */
+  log_listeners(a, cfg);
+  ob_log_info("reloaded %s: %zu listener(s), %zu upstream(s), %zu route(s), %zu tenant(s)", a->path,
+              cfg->num_listeners, cfg->num_upstreams, cfg->num_routes, cfg->num_tenants);
+  return true;
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg) {
+  (void)sig, (void)what;
+  ob_buf_t why;
+  ob_buf_init(&why);
+  ob_log_info("SIGHUP: reloading");
+  reload(arg, &why);
+  ob_buf_dispose(&why);
+}
+
 static ob_cache_store_t *open_cache(const ob_config_t *cfg);
 
 static int run(const char *path) {
@@ -112,57 +234,44 @@ static int run(const char *path) {
   }
   ob_log_set_level(level_of(cfg->log_level));
   signal(SIGPIPE, SIG_IGN);
-  app_t app = {0};
+  app_t app = {.path = path, .cfg = cfg};
   app.base = event_base_new();
-  for (size_t i = 0; i < cfg->num_tenants; i++)
-    for (size_t j = 0; j < cfg->tenants[i].num_keys; j++)
-      if (cfg->tenants[i].keys[j].from_secret)
-        ob_log_warn("tenants[%zu].keys[%zu] (%s) is a plain \"secret\": fine for a demo, use \"sha256\" "
-                    "(obleth hash-key) in production",
-                    i, j, cfg->tenants[i].keys[j].id);
-  if (cfg->num_tenants == 0) ob_log_warn("no tenants configured: requests are not authenticated");
-  ob_tenants_t *tenants = ob_tenants_create(cfg);
-  ob_cache_store_t *cache = open_cache(cfg);
-  ob_admin_t *admin = NULL;
-  ob_mcp_t *mcp = ob_mcp_create(cfg);
-  const ob_route_binding_t bindings[] = {{&ob_mcp_class, mcp}};
-  ob_routes_t *routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);
-  ob_routes_set_cache(routes, cache);
-  ob_proxy_t *proxy = ob_proxy_create(cfg, tenants, ob_routes_find, routes);
-  ob_ledger_t *ledger = cfg->ledger.enabled ? ob_ledger_open(&cfg->ledger) : NULL;
-  ob_proxy_set_ledger(proxy, ledger);
-  app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
+  warn_keys(cfg);
+  app.cache = open_cache(cfg);
+  ob_proxy_gen_spec_t spec;
+  parts_t *parts = parts_build(cfg, app.cache, NULL, &spec);
+  app.mcp = parts->mcp;
+  app.proxy = ob_proxy_create(&spec); /* owns parts from here on */
+  app.ledger = cfg->ledger.enabled ? ob_ledger_open(&cfg->ledger) : NULL;
+  ob_proxy_set_ledger(app.proxy, app.ledger);
+  app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), app.proxy);
   int rc = 0;
+  struct event *sigs[3] = {NULL, NULL, NULL};
   if (!app.net) {
     rc = 1;
     goto out;
   }
-  ob_proxy_attach(proxy, app.net, app.base);
-  if (cfg->admin.enabled && !(admin = ob_admin_create(app.base, cfg, proxy, cache))) {
+  ob_proxy_attach(app.proxy, app.net, app.base);
+  if (cfg->admin.enabled && !(app.admin = ob_admin_create(app.base, cfg, app.proxy, app.cache, reload, &app))) {
     rc = 1;
     goto out;
   }
-  for (size_t i = 0; i < cfg->num_listeners; i++)
-    ob_log_info("listening on %s (%s)", ob_net_listener_address(app.net, i),
-                cfg->listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
-  struct event *sigterm = evsignal_new(app.base, SIGTERM, on_signal, &app);
-  struct event *sigint = evsignal_new(app.base, SIGINT, on_signal, &app);
-  event_add(sigterm, NULL);
-  event_add(sigint, NULL);
+  log_listeners(&app, cfg);
+  sigs[0] = evsignal_new(app.base, SIGTERM, on_signal, &app);
+  sigs[1] = evsignal_new(app.base, SIGINT, on_signal, &app);
+  sigs[2] = evsignal_new(app.base, SIGHUP, on_sighup, &app);
+  for (int i = 0; i < 3; i++) event_add(sigs[i], NULL);
   event_base_dispatch(app.base);
-  event_free(sigterm);
-  event_free(sigint);
 out:
-  ob_admin_destroy(admin);
+  for (int i = 0; i < 3; i++)
+    if (sigs[i]) event_free(sigs[i]);
+  ob_admin_destroy(app.admin);
   ob_net_destroy(app.net);
-  ob_proxy_destroy(proxy);
-  ob_ledger_close(ledger); /* every line of the run reaches the file */
-  ob_routes_destroy(routes);
-  ob_cache_store_close(cache); /* the writer finishes what was queued */
-  ob_mcp_destroy(mcp);
-  ob_tenants_destroy(tenants);
+  ob_proxy_destroy(app.proxy); /* and with it the last generation's parts */
+  ob_ledger_close(app.ledger); /* every line of the run reaches the file */
+  ob_cache_store_close(app.cache); /* the writer finishes what was queued */
   event_base_free(app.base);
-  ob_config_release(cfg);
+  ob_config_release(app.cfg);
   return rc;
 }
 

@@ -20,6 +20,8 @@ struct ob_admin {
   ob_proxy_t *proxy;
   ob_cache_store_t *cache;
   struct evhttp *http;
+  ob_admin_reload_fn reload;
+  void *reload_arg;
 };
 
 static void reply(struct evhttp_request *req, int code, const char *ctype, const char *body, size_t len) {
@@ -144,6 +146,24 @@ static void purge(ob_admin_t *a, struct evhttp_request *req, const char *query) 
   reply(req, 200, "application/json", body, (size_t)n);
 }
 
+/* 200 {"reloaded":true}, or 400 with every reason (an invalid file changes
+ * nothing). The reload itself runs here, on the loop, like SIGHUP's. */
+static void do_reload(ob_admin_t *a, struct evhttp_request *req) {
+  ob_buf_t why, b;
+  ob_buf_init(&why);
+  ob_buf_init(&b);
+  if (a->reload && a->reload(a->reload_arg, &why)) {
+    reply(req, 200, "application/json", "{\"reloaded\":true}\n", 18);
+  } else {
+    ob_buf_append_str(&b, "reload refused; the running configuration is unchanged:\n");
+    ob_buf_append(&b, why.base, why.len);
+    ob_buf_append(&b, "", 1);
+    reply_error(req, 400, b.base);
+  }
+  ob_buf_dispose(&why);
+  ob_buf_dispose(&b);
+}
+
 static void handle(struct evhttp_request *req, void *arg) {
   ob_admin_t *a = arg;
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -207,6 +227,9 @@ static void handle(struct evhttp_request *req, void *arg) {
   } else if (strncmp(path, "/admin/groups/", 14) == 0 && path[14]) {
     if (m == EVHTTP_REQ_PUT) put_group(a, req, path + 14);
     else reply_error(req, 405, "use PUT");
+  } else if (strcmp(path, "/admin/reload") == 0) {
+    if (m == EVHTTP_REQ_POST) do_reload(a, req);
+    else reply_error(req, 405, "use POST");
   } else if (strcmp(path, "/admin/cache/purge") == 0) {
     if (m == EVHTTP_REQ_POST) purge(a, req, query);
     else reply_error(req, 405, "use POST");
@@ -216,8 +239,11 @@ static void handle(struct evhttp_request *req, void *arg) {
   free(path);
 }
 
-ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_t *proxy, ob_cache_store_t *cache) {
+ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_t *proxy, ob_cache_store_t *cache,
+                            ob_admin_reload_fn reload, void *arg) {
   ob_admin_t *a = ob_xcalloc(1, sizeof *a);
+  a->reload = reload;
+  a->reload_arg = arg;
   a->cfg = ob_config_acquire(cfg);
   a->proxy = proxy;
   a->cache = cache;
@@ -241,6 +267,12 @@ ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_
     port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
   ob_log_info("admin API on %s:%u%s", cfg->admin.host, port, cfg->admin.token ? " (token required)" : "");
   return a;
+}
+
+void ob_admin_set_config(ob_admin_t *a, ob_config_t *cfg) {
+  ob_config_t *old = a->cfg;
+  a->cfg = ob_config_acquire(cfg);
+  ob_config_release(old);
 }
 
 void ob_admin_destroy(ob_admin_t *a) {

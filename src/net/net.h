@@ -261,6 +261,22 @@ ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq
 const char *ob_net_listener_address(const ob_net_t *n, size_t i);
 
 /*
+ * Reload: make listeners and upstream pools match cfg (acquired on
+ * success). Listeners are matched by their address as written: a kept one
+ * keeps its socket (a TLS one gets its certificate and key loaded again),
+ * a new one is bound, a removed one stops accepting while its connections
+ * go on. Pools are matched by name: one whose endpoints, protocol, TLS
+ * settings, timeouts and limits are unchanged is kept with its
+ * connections; any other is replaced by a new pool, and the old one
+ * serves the requests it has until they finish, then is freed. Client
+ * connections read limits and timeouts from the new snapshot from now on.
+ * Everything that can fail (binding, certificates, CA bundles) is done
+ * first: on failure nothing changes, the reason is logged and false is
+ * returned. Not during shutdown.
+ */
+bool ob_net_reload(ob_net_t *n, ob_config_t *cfg);
+
+/*
  * Graceful shutdown: close listeners, send GOAWAY on h2 connections, close
  * idle h1 connections, and let streams in flight finish. done() is called
  * once every client connection is gone or grace_ms passed (remaining

@@ -35,6 +35,8 @@ struct ob_net {
 
   ob_upstream_t **upstreams;
   size_t num_upstreams;
+  ob_upstream_t *retired;         /* pools a reload replaced, freed once no request uses them */
+  struct event *retire_timer;
 
   bool shutting_down;
   struct event *grace_timer;
@@ -50,6 +52,14 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *c
 /* Close every connection of the pool (requests in flight get on_error) and
  * free it. NULL is a no-op. */
 void ob_net_upstream_destroy(ob_upstream_t *u);
+/* Pool reuse across a reload: same endpoints, protocol, TLS settings,
+ * timeouts and limits (credentials and max_inflight are not the pool's). */
+bool ob_net_upstream_same(const ob_upstream_t *u, const ob_config_upstream_t *cfg, const ob_config_t *gcfg);
+/* A reload replaced u: free it now when no request uses it, else when the
+ * last one is done (checked by a timer). Its connections stay until then. */
+void ob_net_upstream_retire(ob_net_t *n, ob_upstream_t *u);
+/* Free every retired pool (ob_net_destroy). */
+void ob_net_upstream_free_retired(ob_net_t *n);
 /* The configured name of the pool; borrowed. */
 const char *ob_net_upstream_name(const ob_upstream_t *u);
 

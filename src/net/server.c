@@ -247,7 +247,8 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
 
 /* ---------------------------------------------------------------- the net */
 
-static bool bind_listener(ob_net_t *n, size_t i, const ob_config_listener_t *l) {
+/* Bind l; on success *out and *addr (the bound address, owned) are set. */
+static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, struct evconnlistener **out, char **addr) {
   /* Resolved once at start-up (blocking is fine here: nothing is being
    * served yet). The first address of the name is used. */
   struct sockaddr_storage ss;
@@ -265,17 +266,17 @@ static bool bind_listener(ob_net_t *n, size_t i, const ob_config_listener_t *l) 
   int sslen = (int)res->ai_addrlen;
   memcpy(&ss, res->ai_addr, res->ai_addrlen);
   freeaddrinfo(res);
-  n->listeners[i] = evconnlistener_new_bind(n->base, on_accept, n,
-                                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
-                                            (struct sockaddr *)&ss, sslen);
-  if (!n->listeners[i]) {
+  struct evconnlistener *lis = evconnlistener_new_bind(
+      n->base, on_accept, n, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+      (struct sockaddr *)&ss, sslen);
+  if (!lis) {
     ob_log_error("listener %s: cannot bind: %s", l->address, strerror(errno));
     return false;
   }
-  evconnlistener_set_error_cb(n->listeners[i], on_accept_error);
+  evconnlistener_set_error_cb(lis, on_accept_error);
   /* Report the real port for ephemeral listeners. */
   socklen_t blen = sizeof ss;
-  getsockname(evconnlistener_get_fd(n->listeners[i]), (struct sockaddr *)&ss, &blen);
+  getsockname(evconnlistener_get_fd(lis), (struct sockaddr *)&ss, &blen);
   char host[INET6_ADDRSTRLEN] = "";
   char buf[INET6_ADDRSTRLEN + 16];
   if (ss.ss_family == AF_INET6) {
@@ -285,7 +286,8 @@ static bool bind_listener(ob_net_t *n, size_t i, const ob_config_listener_t *l) 
     inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof host);
     snprintf(buf, sizeof buf, "%s:%u", host, ntohs(((struct sockaddr_in *)&ss)->sin_port));
   }
-  n->listener_addrs[i] = ob_xstrdup(buf);
+  *out = lis;
+  *addr = ob_xstrdup(buf);
   return true;
 }
 
@@ -307,7 +309,7 @@ ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq
     const ob_config_listener_t *l = &cfg->listeners[i];
     if (l->tls && !(n->listener_ssl[i] = server_tls(l))) goto fail;
     n->listener_tls[i] = l->tls;
-    if (!bind_listener(n, i, l)) goto fail;
+    if (!bind_listener(n, l, &n->listeners[i], &n->listener_addrs[i])) goto fail;
   }
   n->num_upstreams = cfg->num_upstreams;
   n->upstreams = ob_xcalloc(n->num_upstreams ? n->num_upstreams : 1, sizeof *n->upstreams);
@@ -317,6 +319,100 @@ ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq
 fail:
   ob_net_destroy(n);
   return NULL;
+}
+
+/* ---------------------------------------------------------------- reload */
+
+typedef struct listener_set {
+  struct evconnlistener **l;
+  char **addr;
+  bool *tls;
+  SSL_CTX **ssl;
+  size_t n;
+} listener_set_t;
+
+static void listener_set_alloc(listener_set_t *s, size_t n) {
+  s->n = n;
+  s->l = ob_xcalloc(n ? n : 1, sizeof *s->l);
+  s->addr = ob_xcalloc(n ? n : 1, sizeof *s->addr);
+  s->tls = ob_xcalloc(n ? n : 1, sizeof *s->tls);
+  s->ssl = ob_xcalloc(n ? n : 1, sizeof *s->ssl);
+}
+
+/* Free what is left in s (entries moved elsewhere are NULL). */
+static void listener_set_free(listener_set_t *s) {
+  for (size_t i = 0; i < s->n; i++) {
+    if (s->l[i]) evconnlistener_free(s->l[i]);
+    free(s->addr[i]);
+    if (s->ssl[i]) SSL_CTX_free(s->ssl[i]);
+  }
+  free(s->l), free(s->addr), free(s->tls), free(s->ssl);
+}
+
+bool ob_net_reload(ob_net_t *n, ob_config_t *cfg) {
+  if (n->shutting_down) return false;
+  ob_config_t *old = n->cfg;
+  /* Listeners: kept ones are found by address; new ones bound. */
+  listener_set_t next, prev = {n->listeners, n->listener_addrs, n->listener_tls, n->listener_ssl, n->num_listeners};
+  listener_set_alloc(&next, cfg->num_listeners);
+  size_t *from = ob_xcalloc(cfg->num_listeners + 1, sizeof *from); /* 1 + old index, 0 = new */
+  bool ok = true;
+  for (size_t j = 0; ok && j < cfg->num_listeners; j++) {
+    const ob_config_listener_t *l = &cfg->listeners[j];
+    for (size_t i = 0; i < old->num_listeners && !from[j]; i++) {
+      bool taken = false;
+      for (size_t k = 0; k < j; k++) taken |= from[k] == i + 1;
+      if (!taken && prev.l[i] && strcmp(old->listeners[i].address, l->address) == 0) from[j] = i + 1;
+    }
+    next.tls[j] = l->tls;
+    /* Certificates are read again even for a kept listener: rotating them
+     * is what a reload is often for. */
+    if (l->tls && !(next.ssl[j] = server_tls(l))) ok = false;
+    else if (!from[j] && !bind_listener(n, l, &next.l[j], &next.addr[j])) ok = false;
+  }
+  /* Pools: kept when nothing they were made from changed. */
+  ob_upstream_t **ups = ob_xcalloc(cfg->num_upstreams ? cfg->num_upstreams : 1, sizeof *ups);
+  bool *kept = ob_xcalloc(n->num_upstreams + 1, sizeof *kept);
+  for (size_t j = 0; ok && j < cfg->num_upstreams; j++) {
+    for (size_t i = 0; i < n->num_upstreams && !ups[j]; i++)
+      if (!kept[i] && ob_net_upstream_same(n->upstreams[i], &cfg->upstreams[j], cfg)) ups[j] = n->upstreams[i], kept[i] = true;
+    if (!ups[j]) {
+      ob_config_t *cur = n->cfg;
+      n->cfg = cfg; /* ob_net_upstream_create takes timeouts and limits from n->cfg */
+      ups[j] = ob_net_upstream_create(n, &cfg->upstreams[j]);
+      n->cfg = cur;
+      if (!ups[j]) ok = false;
+    }
+  }
+  if (!ok) {
+    for (size_t j = 0; j < cfg->num_upstreams; j++) {
+      bool reused = false;
+      for (size_t i = 0; i < n->num_upstreams; i++) reused |= ups[j] == n->upstreams[i];
+      if (ups[j] && !reused) ob_net_upstream_destroy(ups[j]);
+    }
+    free(ups), free(kept), free(from);
+    listener_set_free(&next);
+    return false;
+  }
+  /* Commit: nothing below fails. */
+  for (size_t j = 0; j < cfg->num_listeners; j++) {
+    if (!from[j]) continue;
+    size_t i = from[j] - 1;
+    next.l[j] = prev.l[i], next.addr[j] = prev.addr[i];
+    prev.l[i] = NULL, prev.addr[i] = NULL;
+  }
+  listener_set_free(&prev); /* removed listeners stop accepting; their connections go on */
+  n->listeners = next.l, n->listener_addrs = next.addr, n->listener_tls = next.tls, n->listener_ssl = next.ssl;
+  n->num_listeners = next.n;
+  for (size_t i = 0; i < n->num_upstreams; i++)
+    if (!kept[i]) ob_net_upstream_retire(n, n->upstreams[i]);
+  free(n->upstreams);
+  n->upstreams = ups;
+  n->num_upstreams = cfg->num_upstreams;
+  n->cfg = ob_config_acquire(cfg);
+  ob_config_release(old);
+  free(kept), free(from);
+  return true;
 }
 
 const char *ob_net_listener_address(const ob_net_t *n, size_t i) {
@@ -371,6 +467,7 @@ void ob_net_destroy(ob_net_t *n) {
   while (n->conns) ob_net_client_close(n->conns);
   for (size_t i = 0; i < n->num_upstreams; i++) ob_net_upstream_destroy(n->upstreams[i]);
   free(n->upstreams);
+  ob_net_upstream_free_retired(n);
   for (size_t i = 0; i < n->num_listeners; i++) {
     free(n->listener_addrs[i]);
     if (n->listener_ssl[i]) SSL_CTX_free(n->listener_ssl[i]);

@@ -739,7 +739,7 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *c
   ob_upstream_t *up = ob_xcalloc(1, sizeof *up);
   up->net = n;
   up->cfg = cfg;
-  up->gcfg = n->cfg;
+  up->gcfg = ob_config_acquire(n->cfg); /* the pool may outlive n->cfg across a reload */
   up->h2 = cfg->protocol != OB_PROTO_HTTP1;
   up->num_eps = cfg->num_endpoints;
   up->eps = ob_xcalloc(up->num_eps ? up->num_eps : 1, sizeof *up->eps);
@@ -763,6 +763,7 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *c
 
 fail_eps:
   free(up->eps);
+  ob_config_release(up->gcfg);
   free(up);
   return NULL;
 }
@@ -794,7 +795,65 @@ void ob_net_upstream_destroy(ob_upstream_t *up) {
   }
   SSL_CTX_free(up->ssl);
   free(up->eps);
+  ob_config_release(up->gcfg);
   free(up);
+}
+
+static bool same_str(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
+bool ob_net_upstream_same(const ob_upstream_t *up, const ob_config_upstream_t *cfg, const ob_config_t *gcfg) {
+  const ob_config_upstream_t *o = up->cfg;
+  if (strcmp(o->name, cfg->name) != 0 || o->protocol != cfg->protocol || o->num_endpoints != cfg->num_endpoints ||
+      o->tls_verify != cfg->tls_verify || !same_str(o->tls_ca, cfg->tls_ca))
+    return false;
+  for (size_t i = 0; i < cfg->num_endpoints; i++)
+    if (strcmp(o->endpoints[i].url, cfg->endpoints[i].url) != 0) return false;
+  /* Timers and window sizes are fixed when the pool is made. */
+  return memcmp(&up->gcfg->timeouts, &gcfg->timeouts, sizeof gcfg->timeouts) == 0 &&
+         memcmp(&up->gcfg->limits, &gcfg->limits, sizeof gcfg->limits) == 0;
+}
+
+static void sweep_retired(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  ob_net_t *n = arg;
+  for (ob_upstream_t **pp = &n->retired; *pp;) {
+    ob_upstream_t *u = *pp;
+    if (u->ureqs) {
+      pp = &u->retired_next;
+      continue;
+    }
+    *pp = u->retired_next;
+    ob_log_info("upstream %s: replaced by a reload; its last request is done", u->cfg->name);
+    ob_net_upstream_destroy(u);
+  }
+  if (n->retired) {
+    /* Polled rather than hooked into every request's end: reloads are rare
+     * and the hot path stays free of the check. */
+    struct timeval tv = {1, 0};
+    evtimer_add(n->retire_timer, &tv);
+  }
+}
+
+void ob_net_upstream_retire(ob_net_t *n, ob_upstream_t *u) {
+  if (!u->ureqs) {
+    ob_net_upstream_destroy(u);
+    return;
+  }
+  u->retired_next = n->retired;
+  n->retired = u;
+  if (!n->retire_timer) n->retire_timer = evtimer_new(n->base, sweep_retired, n);
+  struct timeval tv = {1, 0};
+  evtimer_add(n->retire_timer, &tv);
+}
+
+void ob_net_upstream_free_retired(ob_net_t *n) {
+  while (n->retired) {
+    ob_upstream_t *u = n->retired;
+    n->retired = u->retired_next;
+    ob_net_upstream_destroy(u);
+  }
+  if (n->retire_timer) event_free(n->retire_timer);
+  n->retire_timer = NULL;
 }
 
 const char *ob_net_upstream_name(const ob_upstream_t *u) { return u->cfg->name; }

@@ -167,7 +167,8 @@ struct ob_endpoint {
 struct ob_upstream {
   ob_net_t *net;
   const ob_config_upstream_t *cfg;
-  const ob_config_t *gcfg;        /* timeouts and limits */
+  ob_config_t *gcfg;              /* counted: the snapshot cfg lives in; timeouts and limits */
+  ob_upstream_t *retired_next;    /* in ob_net.retired after a reload replaced the pool */
   SSL_CTX *ssl;                   /* NULL when no endpoint uses TLS */
   ob_endpoint_t *eps;
   size_t num_eps;

@@ -75,60 +75,121 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg) {
   pump(p);
 }
 
-void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
-  const ob_config_t *c = p->cfg;
+static ob_fs_params_t fs_params(const ob_config_t *c) {
   const ob_config_admission_t *a = &c->admission;
-  ob_fs_params_t fp = {fs_mode(a->mode), a->max_inflight, a->max_queue, a->quantum};
-  p->fs = ob_fs_create(&fp);
-  p->pool_of = ob_xcalloc(c->num_upstreams ? c->num_upstreams : 1, sizeof *p->pool_of);
-  for (size_t i = 0; i < c->num_upstreams; i++)
-    p->pool_of[i] = ob_fs_pool_add(p->fs, c->upstreams[i].name, c->upstreams[i].max_inflight);
-  ob_fs_group_id *gid = ob_xcalloc(c->num_groups ? c->num_groups : 1, sizeof *gid);
-  for (size_t i = 0; i < c->num_groups; i++) gid[i] = ob_fs_group_add(p->fs, c->groups[i].name, c->groups[i].weight);
-  p->tenant_of = ob_xcalloc(c->num_tenants ? c->num_tenants : 1, sizeof *p->tenant_of);
-  p->rpm = ob_xcalloc(c->num_tenants ? c->num_tenants : 1, sizeof *p->rpm);
-  p->tpm = ob_xcalloc(c->num_tenants ? c->num_tenants : 1, sizeof *p->tpm);
+  return (ob_fs_params_t){fs_mode(a->mode), a->max_inflight, a->max_queue, a->quantum};
+}
+
+static int cmp_tstate_name(const void *a, const void *b) {
+  const ob_tstate_t *const *x = a, *const *y = b;
+  return strcmp((*x)->name, (*y)->name);
+}
+
+static ob_fs_group_id group_of(ob_proxy_t *p, const char *name, uint32_t weight, bool set) {
+  for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
+    ob_fs_group_stats_t gs;
+    ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
+    if (strcmp(gs.name, name) == 0) {
+      if (set) ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
+      return (ob_fs_group_id)g;
+    }
+  }
+  return ob_fs_group_add(p->fs, name, weight);
+}
+
+void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
+  const ob_config_t *c = gen->cfg;
+  for (size_t i = 0; i < c->num_upstreams; i++) {
+    size_t k = 0;
+    while (k < p->num_pools && strcmp(p->pool_names[k], c->upstreams[i].name) != 0) k++;
+    if (k == p->num_pools) {
+      p->pool_names = ob_xrealloc(p->pool_names, (p->num_pools + 1) * sizeof *p->pool_names);
+      p->pool_names[p->num_pools++] = ob_xstrdup(c->upstreams[i].name);
+      gen->pool_of[i] = ob_fs_pool_add(p->fs, c->upstreams[i].name, c->upstreams[i].max_inflight);
+    } else {
+      gen->pool_of[i] = (ob_fs_pool_id)k; /* pools are numbered in the order they were added */
+      ob_fs_pool_set(p->fs, gen->pool_of[i], c->upstreams[i].max_inflight);
+    }
+  }
+  for (size_t i = 0; i < c->num_groups; i++) group_of(p, c->groups[i].name, c->groups[i].weight, true);
+  /* Tenants by name: the known ones sorted once, so a reload of n tenants
+   * is O(n log n); matched before any is added (adding moves the array). */
+  ob_tstate_t **sorted = ob_xcalloc(p->num_tstates + 1, sizeof *sorted);
+  for (size_t i = 0; i < p->num_tstates; i++) sorted[i] = &p->tstates[i];
+  qsort(sorted, p->num_tstates, sizeof *sorted, cmp_tstate_name);
+  for (size_t i = 0; i < c->num_tenants; i++) {
+    ob_tstate_t key = {.name = c->tenants[i].name}, *kp = &key;
+    ob_tstate_t **hit = p->num_tstates ? bsearch(&kp, sorted, p->num_tstates, sizeof *sorted, cmp_tstate_name) : NULL;
+    gen->tstate_of[i] = hit ? (uint32_t)(*hit - p->tstates) : UINT32_MAX;
+  }
+  free(sorted);
   uint64_t now = ob_clock_us();
   for (size_t i = 0; i < c->num_tenants; i++) {
     const ob_config_tenant_t *t = &c->tenants[i];
-    ob_fs_group_id g = 0;
-    bool found = false;
-    for (size_t j = 0; j < c->num_groups; j++)
-      if (strcmp(c->groups[j].name, t->group) == 0) g = gid[j], found = true;
-    if (!found) g = ob_fs_group_add(p->fs, t->group, 1); /* validated config always declares it */
-    ob_fs_tenant_params_t tp = {g, t->weight ? t->weight : 1, t->max_inflight, t->max_queue};
-    p->tenant_of[i] = ob_fs_tenant_add(p->fs, t->name, &tp);
-    ob_fs_bucket_init(&p->rpm[i], t->rpm, now);
-    ob_fs_bucket_init(&p->tpm[i], t->tpm, now);
+    ob_fs_tenant_params_t tp = {group_of(p, t->group, 1, false), t->weight ? t->weight : 1, t->max_inflight,
+                                t->max_queue};
+    if (gen->tstate_of[i] != UINT32_MAX) {
+      ob_tstate_t *ts = &p->tstates[gen->tstate_of[i]];
+      ob_fs_tenant_set(p->fs, ts->fs, &tp);
+      /* A changed limit starts a fresh bucket; an unchanged one keeps what
+       * the tenant has used this minute. */
+      if (ts->rpm.per_minute != t->rpm) ob_fs_bucket_init(&ts->rpm, t->rpm, now);
+      if (ts->tpm.per_minute != t->tpm) ob_fs_bucket_init(&ts->tpm, t->tpm, now);
+      ts->disabled = false; /* the file says whether it is disabled */
+      continue;
+    }
+    if (p->num_tstates == p->cap_tstates) {
+      p->cap_tstates = p->cap_tstates ? p->cap_tstates * 2 : 16;
+      p->tstates = ob_xrealloc(p->tstates, p->cap_tstates * sizeof *p->tstates);
+    }
+    ob_tstate_t *ts = &p->tstates[p->num_tstates];
+    memset(ts, 0, sizeof *ts);
+    ts->name = ob_xstrdup(t->name);
+    ts->fs = ob_fs_tenant_add(p->fs, t->name, &tp);
+    ob_fs_bucket_init(&ts->rpm, t->rpm, now);
+    ob_fs_bucket_init(&ts->tpm, t->tpm, now);
+    gen->tstate_of[i] = (uint32_t)p->num_tstates++;
   }
-  if (c->num_tenants == 0) {
-    ob_fs_group_id g = ob_fs_group_add(p->fs, "default", 1);
-    ob_fs_tenant_params_t tp = {g, 1, 0, 0};
+  if (c->num_tenants == 0 && !p->has_anonymous) {
+    ob_fs_tenant_params_t tp = {group_of(p, "default", 1, false), 1, 0, 0};
     p->anonymous = ob_fs_tenant_add(p->fs, "anonymous", &tp);
+    p->has_anonymous = true;
   }
-  free(gid);
+}
+
+void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
+  ob_fs_params_t fp = fs_params(p->gen->cfg);
+  p->fs = ob_fs_create(&fp);
+  ob_proxy_gen_bind(p, p->gen);
   p->expiry = evtimer_new(base, on_expiry, p);
+}
+
+void ob_proxy_admission_changed(ob_proxy_t *p) {
+  ob_fs_params_t fp = fs_params(p->gen->cfg);
+  ob_fs_set_params(p->fs, &fp);
+  pump(p);
 }
 
 void ob_proxy_admission_dispose(ob_proxy_t *p) {
   if (p->expiry) event_free(p->expiry);
   ob_fs_destroy(p->fs);
-  free(p->pool_of);
-  free(p->tenant_of);
-  free(p->rpm);
-  free(p->tpm);
+  for (size_t i = 0; i < p->num_pools; i++) free(p->pool_names[i]);
+  free(p->pool_names);
+  for (size_t i = 0; i < p->num_tstates; i++) free(p->tstates[i].name);
+  free(p->tstates);
 }
 
 /* ---------------------------------------------------------------- identify */
 
 bool ob_proxy_identify(ob_exchange_t *x) {
   ob_proxy_t *p = x->proxy;
-  if (!ob_tenants_required(p->tenants)) return true;
+  const ob_tenants_t *dir = x->gen->tenants;
+  if (!ob_tenants_required(dir)) return true;
   const ob_http_header_t *auth = ob_sreq_header(x->req, "authorization");
   const ob_http_header_t *xkey = ob_sreq_header(x->req, "x-api-key");
-  ob_auth_t a = ob_tenants_identify(p->tenants, auth ? auth->value : OB_IOV_LIT(""),
+  ob_auth_t a = ob_tenants_identify(dir, auth ? auth->value : OB_IOV_LIT(""),
                                     xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
-  if (a == OB_AUTH_OK && p->tenant_disabled[x->who.tenant_index]) a = OB_AUTH_DISABLED; /* set by the admin API */
+  if (a == OB_AUTH_OK && ob_proxy_tstate(p, x->gen, x->who.tenant_index)->disabled) a = OB_AUTH_DISABLED; /* set by the admin API */
   switch (a) {
   case OB_AUTH_OK: return true;
   case OB_AUTH_MISSING:
@@ -148,9 +209,9 @@ bool ob_proxy_identify(ob_exchange_t *x) {
 
 /* ---------------------------------------------------------------- admit */
 
-static size_t pool_index(ob_proxy_t *p, const char *upstream) {
-  for (size_t i = 0; i < p->cfg->num_upstreams; i++)
-    if (strcmp(p->cfg->upstreams[i].name, upstream) == 0) return i;
+static size_t pool_index(const ob_config_t *c, const char *upstream) {
+  for (size_t i = 0; i < c->num_upstreams; i++)
+    if (strcmp(c->upstreams[i].name, upstream) == 0) return i;
   return 0;
 }
 
@@ -171,23 +232,24 @@ static const char *num_text(ob_exchange_t *x, uint64_t n) {
 
 /* Rate-limit headers of a tenant that has limits; up to 6 entries. */
 static size_t ratelimit_headers(ob_exchange_t *x, ob_http_header_t *h) {
-  ob_proxy_t *p = x->proxy;
   if (!x->who.tenant) return 0;
-  size_t i = x->who.tenant_index, k = 0;
+  ob_tstate_t *ts = ob_proxy_tstate(x->proxy, x->gen, x->who.tenant_index);
+  ob_fs_bucket_t *rpm = &ts->rpm, *tpm = &ts->tpm;
+  size_t k = 0;
   uint64_t now = ob_clock_us();
-  if (p->rpm[i].per_minute) {
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-requests"), ob_iov_str(num_text(x, p->rpm[i].per_minute))};
+  if (rpm->per_minute) {
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-requests"), ob_iov_str(num_text(x, rpm->per_minute))};
     h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-remaining-requests"),
-                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(&p->rpm[i], now)))};
+                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(rpm, now)))};
     h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-reset-requests"),
-                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(&p->rpm[i], now)))};
+                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(rpm, now)))};
   }
-  if (p->tpm[i].per_minute) {
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-tokens"), ob_iov_str(num_text(x, p->tpm[i].per_minute))};
+  if (tpm->per_minute) {
+    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-tokens"), ob_iov_str(num_text(x, tpm->per_minute))};
     h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-remaining-tokens"),
-                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(&p->tpm[i], now)))};
+                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(tpm, now)))};
     h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-reset-tokens"),
-                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(&p->tpm[i], now)))};
+                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(tpm, now)))};
   }
   return k;
 }
@@ -225,7 +287,7 @@ static uint64_t client_deadline_us(ob_exchange_t *x) {
 
 void ob_proxy_admit(ob_exchange_t *x) {
   ob_proxy_t *p = x->proxy;
-  const ob_config_admission_t *a = &p->cfg->admission;
+  const ob_config_admission_t *a = &x->gen->cfg->admission;
   const ob_route_class_t *cls = x->route->cls;
   if (x->who.tenant && x->model.len && !ob_tenant_allows_model(x->who.tenant, x->model)) {
     char msg[256];
@@ -245,24 +307,24 @@ void ob_proxy_admit(ob_exchange_t *x) {
   x->cost = x->cost_tokens ? x->prompt_tokens_est + x->max_tokens : 1;
   if (x->cost == 0) x->cost = 1;
   uint64_t now = ob_clock_us();
-  if (x->who.tenant) {
-    size_t i = x->who.tenant_index;
-    if (!ob_fs_bucket_take(&p->rpm[i], 1, now)) {
-      reject_rate(x, ob_fs_bucket_wait_ms(&p->rpm[i], 1, now), "requests");
+  ob_tstate_t *ts = x->who.tenant ? ob_proxy_tstate(p, x->gen, x->who.tenant_index) : NULL;
+  if (ts) {
+    if (!ob_fs_bucket_take(&ts->rpm, 1, now)) {
+      reject_rate(x, ob_fs_bucket_wait_ms(&ts->rpm, 1, now), "requests");
       return;
     }
-    if (x->cost_tokens && p->tpm[i].per_minute) {
-      uint64_t want = x->cost < p->tpm[i].per_minute ? x->cost : p->tpm[i].per_minute;
-      if (!ob_fs_bucket_take(&p->tpm[i], want, now)) {
-        ob_fs_bucket_adjust(&p->rpm[i], 1, now); /* the request did not happen */
-        reject_rate(x, ob_fs_bucket_wait_ms(&p->tpm[i], want, now), "tokens");
+    if (x->cost_tokens && ts->tpm.per_minute) {
+      uint64_t want = x->cost < ts->tpm.per_minute ? x->cost : ts->tpm.per_minute;
+      if (!ob_fs_bucket_take(&ts->tpm, want, now)) {
+        ob_fs_bucket_adjust(&ts->rpm, 1, now); /* the request did not happen */
+        reject_rate(x, ob_fs_bucket_wait_ms(&ts->tpm, want, now), "tokens");
         return;
       }
       x->tpm_taken = want;
     }
   }
-  x->fsr.pool = p->pool_of[pool_index(p, x->upstream_name)];
-  x->fsr.tenant = x->who.tenant ? p->tenant_of[x->who.tenant_index] : p->anonymous;
+  x->fsr.pool = x->gen->pool_of[pool_index(x->gen->cfg, x->upstream_name)];
+  x->fsr.tenant = ts ? ts->fs : p->anonymous;
   x->fsr.cost = x->cost;
   x->fsr.user = x;
   uint64_t deadline = x->req->start_us + (uint64_t)a->queue_timeout_ms * 1000;
@@ -286,9 +348,9 @@ void ob_proxy_admit(ob_exchange_t *x) {
     size_t k = 0;
     retry_after_header(x, ob_fs_retry_after_ms(p->fs, x->fsr.pool, x->fsr.tenant, now), h, &k);
     x->admission = "rejected";
-    if (x->who.tenant) {
-      ob_fs_bucket_adjust(&p->rpm[x->who.tenant_index], 1, now);
-      ob_fs_bucket_adjust(&p->tpm[x->who.tenant_index], (int64_t)x->tpm_taken, now);
+    if (ts) {
+      ob_fs_bucket_adjust(&ts->rpm, 1, now);
+      ob_fs_bucket_adjust(&ts->tpm, (int64_t)x->tpm_taken, now);
     }
     ob_proxy_reply_error_h(x, 429, "Too many requests are waiting for capacity; retry later.", "rate_limit_error",
                            "queue_full", h, k);
@@ -317,7 +379,8 @@ void ob_proxy_release(ob_exchange_t *x, bool completed) {
   }
   uint64_t now = ob_clock_us();
   if (x->who.tenant && x->cost_tokens)
-    ob_fs_bucket_adjust(&p->tpm[x->who.tenant_index], (int64_t)x->tpm_taken - (int64_t)actual, now);
+    ob_fs_bucket_adjust(&ob_proxy_tstate(p, x->gen, x->who.tenant_index)->tpm, (int64_t)x->tpm_taken - (int64_t)actual,
+                        now);
   ob_fs_release(p->fs, &x->fsr, actual, now);
   pump(p);
 }

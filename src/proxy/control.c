@@ -19,7 +19,8 @@ static void json_str(ob_buf_t *b, const char *s) { ob_buf_append_json_str(b, ob_
 
 static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b) {
   ob_fs_tenant_stats_t ts;
-  ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+  const ob_tstate_t *st = ob_proxy_tstate(p, p->gen, i);
+  ob_fs_tenant_stats(p->fs, st->fs, &ts);
   const ob_config_tenant_t *t = &p->cfg->tenants[i];
   ob_buf_append_str(b, "{\"name\":");
   json_str(b, t->name);
@@ -28,7 +29,7 @@ static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b) {
   ob_buf_printf(b,
                 ",\"weight\":%u,\"disabled\":%s,\"inflight\":%u,\"queued\":%u,\"service\":%llu,\"deficit\":%lld,"
                 "\"max_inflight\":%u,\"max_queue\":%u,\"rpm\":%llu,\"tpm\":%llu}",
-                ts.weight, p->tenant_disabled[i] ? "true" : "false", ts.inflight, ts.queued,
+                ts.weight, st->disabled ? "true" : "false", ts.inflight, ts.queued,
                 (unsigned long long)ts.service, (long long)ts.deficit, t->max_inflight, t->max_queue,
                 (unsigned long long)t->rpm, (unsigned long long)t->tpm);
 }
@@ -41,7 +42,7 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
                 c->admission.max_inflight, ob_fs_inflight(p->fs), ob_fs_queued(p->fs));
   for (size_t i = 0; i < c->num_upstreams; i++) {
     ob_fs_pool_stats_t ps;
-    ob_fs_pool_stats(p->fs, p->pool_of[i], &ps);
+    ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
     if (i) ob_buf_append(b, ",", 1);
     ob_buf_append_str(b, "{\"name\":");
     json_str(b, c->upstreams[i].name);
@@ -76,10 +77,11 @@ bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight
   long i = tenant_index(p, name);
   if (i < 0 || weight == 0) return false;
   ob_fs_tenant_stats_t ts;
-  ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+  ob_fs_tenant_id id = ob_proxy_tstate(p, p->gen, (size_t)i)->fs;
+  ob_fs_tenant_stats(p->fs, id, &ts);
   const ob_config_tenant_t *t = &p->cfg->tenants[i];
   ob_fs_tenant_params_t tp = {ts.group, weight, t->max_inflight, t->max_queue};
-  ob_fs_tenant_set(p->fs, p->tenant_of[i], &tp);
+  ob_fs_tenant_set(p->fs, id, &tp);
   ob_log_info("admin: tenant %s weight %u", name, weight);
   return true;
 }
@@ -87,7 +89,7 @@ bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight
 bool ob_proxy_set_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled) {
   long i = tenant_index(p, name);
   if (i < 0) return false;
-  p->tenant_disabled[i] = disabled;
+  ob_proxy_tstate(p, p->gen, (size_t)i)->disabled = disabled;
   ob_log_info("admin: tenant %s %s", name, disabled ? "disabled" : "enabled");
   return true;
 }

@@ -45,11 +45,15 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
     if (x->grpc_status >= 0) snprintf(grpc, sizeof grpc, " grpc-status=%d", x->grpc_status);
     else snprintf(grpc, sizeof grpc, " grpc-status=-");
   }
-  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s rid=%s%s%s%s%s", s->peer_addr,
-              (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
+  const ob_config_tenant_t *t = x->who.tenant;
+  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s tenant=%s group=%s key=%s "
+              "admission=%s queue=%.3fms rid=%s%s%s%s%s",
+              s->peer_addr, (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
               s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
               (unsigned long long)s->bytes_out, (double)(now - s->start_us) / 1000.0, ttfb,
-              x->endpoint ? x->endpoint : "-", (int)model.len, model.base, x->request_id, grpc,
+              x->endpoint ? x->endpoint : "-", (int)model.len, model.base, t ? t->name : "-", t ? t->group : "-",
+              x->who.key ? x->who.key->id : "-", x->admission ? x->admission : "-", (double)x->queue_us / 1000.0,
+              x->request_id, grpc,
               x->note ? " " : "", x->note ? x->note : "", completed ? "" : " aborted");
 }
 
@@ -192,7 +196,7 @@ void ob_exchange_reply_error(ob_exchange_t *x, int status, const char *message, 
   ob_proxy_reply_error_h(x, status, message, type, code, NULL, 0);
 }
 
-const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x) { return &x->proxy->cfg->admission; }
+const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x) { return &x->gen->cfg->admission; }
 
 ob_err_t ob_exchange_set_upstream(ob_exchange_t *x, const char *name) {
   ob_upstream_t *u = name ? ob_net_upstream(x->proxy->net, name) : NULL;
@@ -287,7 +291,7 @@ static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
     ob_sreq_send_data(x->req, buf, false);
   }
   /* A slow reader pauses the upstream instead of growing our buffers. */
-  if (!x->paused && ob_sreq_pending(x->req) > x->proxy->cfg->limits.stream_window_bytes) {
+  if (!x->paused && ob_sreq_pending(x->req) > x->gen->cfg->limits.stream_window_bytes) {
     x->paused = true;
     ob_ureq_pause(u, true);
   }
@@ -380,10 +384,21 @@ static bool grpc_deadline(ob_exchange_t *x, ob_http_header_t *h, size_t k) {
 
 void ob_proxy_forward(ob_exchange_t *x) {
   ob_sreq_t *s = x->req;
+  if (x->gen != x->proxy->gen) {
+    /* A reload happened while the request waited: its pool may have been
+     * replaced (and freed once idle), so take the one serving the name now. */
+    x->upstream = ob_net_upstream(x->proxy->net, x->upstream_name);
+    if (!x->upstream) {
+      ob_exchange_reply_error(x, 503, "The upstream of this request was removed by a configuration reload.",
+                              "server_error", "upstream_removed");
+      return;
+    }
+  }
   const ob_config_upstream_t *ucfg = NULL;
-  for (size_t i = 0; i < x->proxy->cfg->num_upstreams; i++)
-    if (strcmp(x->proxy->cfg->upstreams[i].name, x->upstream_name) == 0) ucfg = &x->proxy->cfg->upstreams[i];
-  bool strip_key = ob_tenants_required(x->proxy->tenants) || (ucfg && ucfg->credential_header);
+  const ob_config_t *cfg = x->gen->cfg;
+  for (size_t i = 0; i < cfg->num_upstreams; i++)
+    if (strcmp(cfg->upstreams[i].name, x->upstream_name) == 0) ucfg = &cfg->upstreams[i];
+  bool strip_key = ob_tenants_required(x->gen->tenants) || (ucfg && ucfg->credential_header);
   ob_iov_t conn = OB_IOV_LIT("");
   const ob_http_header_t *ch = ob_sreq_header(s, "connection");
   if (ch) conn = ch->value;
@@ -436,6 +451,8 @@ static void on_request(ob_sreq_t *s, void *ctx) {
   ob_exchange_t *x = ob_arena_alloc(&s->arena, sizeof *x);
   memset(x, 0, sizeof *x);
   x->proxy = p;
+  x->gen = p->gen;
+  x->gen->refs++;
   x->req = s;
   x->arena = &s->arena;
   s->handler_data = x;
@@ -460,7 +477,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
     if (gt && ob_http_parse_grpc_timeout(ob_iov_trim(gt->value), &us)) x->deadline_us = s->start_us + us;
   }
 
-  x->route = p->find(p->table, s->path);
+  x->route = x->gen->find(x->gen->table, s->path);
   if (!x->route) {
     ob_exchange_reply_error(x, 404, "no route for this path", NULL, NULL);
     return;
@@ -524,6 +541,8 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   log_line(x, s, completed);
   x->req = NULL;
   s->handler_data = NULL;
+  ob_proxy_gen_release(x->gen);
+  x->gen = NULL;
 }
 
 /* gRPC calls on route classes that stream get on_request before the body;
@@ -531,7 +550,7 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
  * buffered and answered like any other request. */
 static bool stream_body(const ob_sreq_t *s, void *ctx) {
   ob_proxy_t *p = ctx;
-  const ob_route_t *r = p->find(p->table, s->path);
+  const ob_route_t *r = p->gen->find(p->gen->table, s->path);
   return r && r->cls->stream_body && is_grpc_content_type(s);
 }
 
@@ -541,13 +560,33 @@ const ob_sreq_handler_t *ob_proxy_handler(void) { return &handler; }
 
 /* ---------------------------------------------------------------- the proxy */
 
-ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_route_find_cb find, void *table) {
+static ob_proxy_gen_t *gen_new(const ob_proxy_gen_spec_t *g) {
+  ob_proxy_gen_t *gen = ob_xcalloc(1, sizeof *gen);
+  gen->refs = 1;
+  gen->cfg = ob_config_acquire(g->cfg);
+  gen->tenants = g->tenants;
+  gen->find = g->find;
+  gen->table = g->table;
+  gen->dispose = g->dispose;
+  gen->owner = g->owner;
+  gen->pool_of = ob_xcalloc(g->cfg->num_upstreams + 1, sizeof *gen->pool_of);
+  gen->tstate_of = ob_xcalloc(g->cfg->num_tenants + 1, sizeof *gen->tstate_of);
+  return gen;
+}
+
+void ob_proxy_gen_release(ob_proxy_gen_t *g) {
+  if (!g || --g->refs > 0) return;
+  if (g->dispose) g->dispose(g->owner);
+  free(g->pool_of);
+  free(g->tstate_of);
+  ob_config_release(g->cfg);
+  free(g);
+}
+
+ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g) {
   ob_proxy_t *p = ob_xcalloc(1, sizeof *p);
-  p->cfg = ob_config_acquire(cfg);
-  p->tenants = tenants;
-  p->find = find;
-  p->table = table;
-  p->tenant_disabled = ob_xcalloc(cfg->num_tenants + 1, sizeof *p->tenant_disabled);
+  p->gen = gen_new(g);
+  p->cfg = p->gen->cfg;
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
   if (fd < 0 || read(fd, &p->rid_seed, sizeof p->rid_seed) != sizeof p->rid_seed) p->rid_seed = ob_clock_us();
   if (fd >= 0) close(fd);
@@ -562,10 +601,19 @@ void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
   ob_proxy_admission_init(p, base);
 }
 
+void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g) {
+  ob_proxy_gen_t *gen = gen_new(g);
+  ob_proxy_gen_bind(p, gen);
+  ob_proxy_gen_t *old = p->gen;
+  p->gen = gen;
+  p->cfg = gen->cfg;
+  ob_proxy_gen_release(old);
+  ob_proxy_admission_changed(p);
+}
+
 void ob_proxy_destroy(ob_proxy_t *p) {
   if (!p) return;
-  free(p->tenant_disabled);
   if (p->fs) ob_proxy_admission_dispose(p);
-  ob_config_release(p->cfg);
+  ob_proxy_gen_release(p->gen);
   free(p);
 }

@@ -119,7 +119,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   size_t np = p->cfg->num_upstreams;
   for (size_t i = 0; i < np; i++) {
     ob_fs_pool_stats_t ps;
-    ob_fs_pool_stats(p->fs, p->pool_of[i], &ps);
+    ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
     ob_buf_printf(b, "obleth_pool_inflight{pool=\"");
     label(b, p->cfg->upstreams[i].name);
     ob_buf_printf(b, "\"} %u\n", ps.inflight);
@@ -127,7 +127,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   head(b, "obleth_pool_queued", "gauge", "Requests waiting for a slot, per upstream pool.");
   for (size_t i = 0; i < np; i++) {
     ob_fs_pool_stats_t ps;
-    ob_fs_pool_stats(p->fs, p->pool_of[i], &ps);
+    ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
     ob_buf_printf(b, "obleth_pool_queued{pool=\"");
     label(b, p->cfg->upstreams[i].name);
     ob_buf_printf(b, "\"} %u\n", ps.queued);
@@ -190,7 +190,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
     uint64_t total_service = 0, total_weight = 0;
     for (size_t i = 0; i < p->cfg->num_tenants; i++) {
       ob_fs_tenant_stats_t ts;
-      ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+      ob_fs_tenant_stats(p->fs, ob_proxy_tstate(p, p->gen, i)->fs, &ts);
       total_service += ts.service;
       total_weight += ts.weight;
     }
@@ -204,7 +204,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
       head(b, tn[k], k == 2 ? "counter" : "gauge", th[k]);
       for (size_t i = 0; i < nt; i++) {
         ob_fs_tenant_stats_t ts;
-        ob_fs_tenant_stats(p->fs, p->tenant_of[i], &ts);
+        ob_fs_tenant_stats(p->fs, ob_proxy_tstate(p, p->gen, i)->fs, &ts);
         ob_buf_printf(b, "%s{tenant=\"", tn[k]);
         label(b, p->cfg->tenants[i].name);
         ob_buf_append_str(b, "\"} ");

@@ -24,6 +24,7 @@ typedef struct ob_proxy ob_proxy_t;
 typedef struct ob_ledger ob_ledger_t;
 typedef struct ob_exchange ob_exchange_t;
 typedef struct ob_route ob_route_t;
+typedef struct ob_proxy_gen ob_proxy_gen_t;
 
 /*
  * A route class. prepare() runs once per exchange after the route matched:
@@ -98,6 +99,7 @@ typedef const ob_route_t *(*ob_route_find_cb)(void *table, ob_iov_t path);
 
 struct ob_exchange {
   ob_proxy_t *proxy;
+  ob_proxy_gen_t *gen;        /* counted: the config generation the request started under */
   ob_sreq_t *req;             /* client side; borrowed until on_close, NULL after */
   ob_arena_t *arena;          /* == &req->arena: memory for this exchange */
   const ob_route_t *route;
@@ -192,15 +194,44 @@ size_t ob_exchange_head_headers(ob_exchange_t *x, ob_http_header_t *h);
 /* The admission config of the proxy, for route classes (borrowed). */
 const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x);
 
-/* The proxy: one per event loop. cfg: acquired. tenants: borrowed, built
- * from cfg, must outlive the proxy. net is attached after creation because
- * net needs the proxy's handler first; attaching also creates the
- * scheduler's pools (one per upstream) and its timer on base. */
-ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_route_find_cb find, void *table);
+/*
+ * What a config snapshot is compiled into, made by the caller (main), which
+ * knows the route classes. The proxy acquires cfg; tenants and table
+ * belong to owner and are freed by dispose(owner) once neither the proxy
+ * nor any exchange uses the generation any more (after a reload, when the
+ * last request that started under it is over).
+ */
+typedef struct ob_proxy_gen_spec {
+  ob_config_t *cfg;
+  const ob_tenants_t *tenants;
+  ob_route_find_cb find;
+  void *table;
+  void (*dispose)(void *owner);
+  void *owner;
+} ob_proxy_gen_spec_t;
+
+/* The proxy: one per event loop, starting with the generation g. net is
+ * attached after creation because net needs the proxy's handler first;
+ * attaching also creates the scheduler (pools, groups, tenants) and its
+ * timer on base. */
+ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g);
 void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base);
 /* The handler to give ob_net_create, with the proxy as ctx. */
 const ob_sreq_handler_t *ob_proxy_handler(void);
+/* Destroy the proxy after net (no exchange is left); disposes the current
+ * generation. */
 void ob_proxy_destroy(ob_proxy_t *p);
+
+/*
+ * Reload: new requests use generation g from now on; requests in flight
+ * finish under the one they started with. The scheduler is updated in
+ * place: tenants, groups and pools are matched by name (a kept tenant keeps
+ * its queued requests, service and rate-limit buckets; weights and caps
+ * come from the new file, replacing changes made through the admin API),
+ * new ones are added, removed ones get no new requests while their queued
+ * ones are still served. Cannot fail: validate the config first.
+ */
+void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g);
 
 /* The usage ledger (ledger.c): opened by main, given to the proxy, closed
  * after the proxy is gone (closing writes out every buffered line). NULL

@@ -24,26 +24,64 @@ typedef struct ob_metrics {
   uint64_t cache_hit_bytes, cache_tokens_saved;
 } ob_metrics_t;
 
-struct ob_proxy {
+/* Per tenant, by name, across reloads: a tenant that stays in the config
+ * keeps its scheduler entry (and so its queue and service), its rate-limit
+ * buckets and its run-time disabled flag. */
+typedef struct ob_tstate {
+  char *name;
+  ob_fs_tenant_id fs;
+  ob_fs_bucket_t rpm, tpm;
+  bool disabled;               /* set at run time by the admin API */
+} ob_tstate_t;
+
+/* What one config snapshot is compiled into. Counted: the proxy holds the
+ * current one, every exchange holds the one it started under, so a reload
+ * never changes the config, tenants or routes of a request in flight. */
+struct ob_proxy_gen {
+  int refs;
   ob_config_t *cfg;            /* counted */
-  const ob_tenants_t *tenants; /* borrowed */
-  ob_net_t *net;
+  const ob_tenants_t *tenants; /* owned by owner */
   ob_route_find_cb find;
-  void *table;
+  void *table;                 /* owned by owner */
+  void (*dispose)(void *owner);
+  void *owner;
+  ob_fs_pool_id *pool_of;      /* per cfg->upstreams index */
+  uint32_t *tstate_of;         /* per cfg->tenants index: index in proxy.tstates */
+};
+
+struct ob_proxy {
+  ob_proxy_gen_t *gen;         /* counted: the current generation */
+  ob_config_t *cfg;            /* == gen->cfg, for what always follows the current config */
+  ob_net_t *net;
   uint64_t rid_seed;
   uint64_t rid_counter;
   /* admission */
   ob_fs_t *fs;
-  ob_fs_pool_id *pool_of;      /* per cfg->upstreams index */
-  ob_fs_tenant_id *tenant_of;  /* per cfg->tenants index */
+  ob_tstate_t *tstates;        /* every tenant name ever configured */
+  size_t num_tstates, cap_tstates;
+  char **pool_names;           /* scheduler pool i serves the upstream named pool_names[i] */
+  size_t num_pools;
   ob_fs_tenant_id anonymous;   /* when no tenants are configured */
-  ob_fs_bucket_t *rpm, *tpm;   /* per cfg->tenants index */
+  bool has_anonymous;
   struct event *expiry;
   struct event_base *base;
-  bool *tenant_disabled;       /* per cfg->tenants index: set at run time by the admin API */
   ob_ledger_t *ledger;         /* NULL without ledger.path */
   ob_metrics_t metrics;
 };
+
+/* The state of the tenant of cfg->tenants[i] in generation g. */
+static inline ob_tstate_t *ob_proxy_tstate(ob_proxy_t *p, const ob_proxy_gen_t *g, size_t i) {
+  return &p->tstates[g->tstate_of[i]];
+}
+
+/* admission.c: bind a generation to the scheduler (pools, groups, tenants
+ * found by name or added; weights and caps from its config). */
+void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *g);
+/* admission.c: after a reload, apply the admission parameters and grant
+ * what the new capacity allows. */
+void ob_proxy_admission_changed(ob_proxy_t *p);
+/* exchange.c: drop a reference; the last one disposes the generation. */
+void ob_proxy_gen_release(ob_proxy_gen_t *g);
 
 void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us);
 

@@ -62,12 +62,17 @@ static bool deterministic(const cJSON *root) {
   return (cJSON_IsNumber(t) && t->valuedouble == 0) || (seed && !cJSON_IsNull(seed));
 }
 
+/* "t:<tenant>", "g:<group>" or "*": one tenant's entries can never be
+ * another's unless the route says so. */
 static const char *scope_of(ob_exchange_t *x, const ob_config_route_t *rc) {
   const char *kind = rc && rc->cache_scope ? rc->cache_scope : "tenant";
-  char *s = ob_arena_alloc(x->arena, 256);
-  if (strcmp(kind, "global") == 0) snprintf(s, 256, "*");
-  else if (strcmp(kind, "group") == 0) snprintf(s, 256, "g:%.200s", x->who.tenant ? x->who.tenant->group : "");
-  else snprintf(s, 256, "t:%.200s", x->who.tenant ? x->who.tenant->name : "");
+  if (strcmp(kind, "global") == 0) return "*";
+  bool group = strcmp(kind, "group") == 0;
+  const char *name = x->who.tenant ? (group ? x->who.tenant->group : x->who.tenant->name) : "";
+  size_t n = strlen(name);
+  char *s = ob_arena_alloc(x->arena, n + 3);
+  s[0] = group ? 'g' : 't', s[1] = ':';
+  memcpy(s + 2, name, n + 1);
   return s;
 }
 
@@ -75,13 +80,20 @@ static const char *scope_of(ob_exchange_t *x, const ob_config_route_t *rc) {
 static void answer_hit(ob_exchange_t *x, ob_iov_t raw) {
   ob_cache_entry_t e;
   if (!ob_cache_entry_decode(raw, &e)) return;
-  char ct[128];
-  snprintf(ct, sizeof ct, "%.*s", (int)(e.content_type.len < 127 ? e.content_type.len : 127), e.content_type.base);
-  char *note = ob_arena_alloc(x->arena, 64);
-  snprintf(note, 64, "cache=hit tokens_saved=%llu", (unsigned long long)(e.prompt_tokens + e.completion_tokens));
+  const char *ct = "application/json";
+  if (e.content_type.len) {
+    char *c = ob_arena_alloc(x->arena, e.content_type.len + 1);
+    memcpy(c, e.content_type.base, e.content_type.len);
+    c[e.content_type.len] = '\0';
+    ct = c;
+  }
+  static const char prefix[] = "cache=hit tokens_saved=";
+  char *note = ob_arena_alloc(x->arena, sizeof prefix + OB_U64_CHARS);
+  memcpy(note, prefix, sizeof prefix - 1);
+  ob_fmt_u64(note + sizeof prefix - 1, e.prompt_tokens + e.completion_tokens);
   x->note = note;
   x->cache_tokens_saved = e.prompt_tokens + e.completion_tokens;
-  ob_exchange_reply(x, e.status, ct[0] ? ct : "application/json", e.body.base, e.body.len);
+  ob_exchange_reply(x, e.status, ct, e.body.base, e.body.len);
 }
 
 /* A follower's head, from its leader's response so far. */

@@ -150,20 +150,48 @@ static uint64_t actual_tokens(ob_exchange_t *x, bool completed) {
   return x->prompt_tokens_est + x->max_tokens;
 }
 
+
+/* Whether the cache may answer this request on this route at all. */
+static bool cache_applies(ob_exchange_t *x, ob_routes_t *t) {
+  const ob_config_route_t *rc = x->route->cfg;
+  return t->cfg->cache.enabled && !(rc && rc->cache == 0) && ob_iov_eq(x->req->method, OB_IOV_LIT("POST"));
+}
+
 /* The cache step, once the upstream is known (it is part of the key). True
  * when the request was answered from the cache or follows a twin. */
 static bool cache_step(ob_exchange_t *x, ob_routes_t *t, const cJSON *root, ob_iov_t body) {
-  const ob_config_route_t *rc = x->route->cfg;
-  if (!t->cfg->cache.enabled || (rc && rc->cache == 0) || !ob_iov_eq(x->req->method, OB_IOV_LIT("POST")) ||
-      !x->upstream_name)
+  if (!cache_applies(x, t) || !x->upstream_name) return false;
+  return ob_routes_cache_prepare(x, t, x->route->cfg, root, body, &state(x)->cache);
+}
+
+/*
+ * The cache step before any tree is built: a hit (or a twin to follow) is
+ * answered from the model name and the canonical key alone, so repeats do
+ * not pay for parsing the body into a tree they never use. Only for the
+ * common shape: a plain model string (no escapes) and no
+ * deterministic_only (which reads the tree). *done: the cache step ran
+ * (answered or not); prepare then goes on without repeating it.
+ */
+static bool cache_first(ob_exchange_t *x, ob_routes_t *t, ob_iov_t body, bool *done) {
+  *done = false;
+  if (!cache_applies(x, t) || t->cfg->cache.deterministic_only) return false;
+  ob_json_member_t mem;
+  if (ob_json_find_member(body, OB_IOV_LIT("model"), &mem) != 1 || mem.value.len < 2 || mem.value.base[0] != '"' ||
+      memchr(mem.value.base, '\\', mem.value.len))
     return false;
-  return ob_routes_cache_prepare(x, t, rc, root, body, &state(x)->cache);
+  ob_iov_t name = ob_arena_dup(x->arena, ob_iov(mem.value.base + 1, mem.value.len - 2));
+  const ob_config_model_t *cm = find_model(t->cfg, name.base);
+  if (cm ? ob_exchange_set_upstream(x, cm->upstream) != OB_OK : !x->upstream) return false;
+  x->model = name;
+  *done = true;
+  return ob_routes_cache_prepare(x, t, x->route->cfg, NULL, body, &state(x)->cache);
 }
 
 static ob_err_t prepare(ob_exchange_t *x, void *data) {
   ob_routes_t *t = data;
   ob_sreq_t *s = x->req;
   ob_iov_t body = ob_buf_iov(&s->body->buf);
+  bool cached = false;
 
   if (ob_iov_eq(s->method, OB_IOV_LIT("GET")) && t->cfg->num_models > 0 && path_is(s->path, "/v1/models")) {
     list_models(x, t);
@@ -173,6 +201,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
     if (!x->upstream) model_not_found(x, NULL);
     return OB_OK;
   }
+  if (cache_first(x, t, body, &cached)) return OB_OK;
   cJSON *root = cJSON_ParseWithLength(body.base, body.len);
   if (!root || !cJSON_IsObject(root)) {
     cJSON_Delete(root);
@@ -184,7 +213,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   if (!m) {
     estimate(x, root);
     if (!x->upstream) model_not_found(x, NULL);
-    else cache_step(x, t, root, body);
+    else if (!cached) cache_step(x, t, root, body);
     cJSON_Delete(root);
     return OB_OK;
   }
@@ -200,7 +229,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   const ob_config_model_t *cm = find_model(t->cfg, m->valuestring);
   if (!cm) {
     if (!x->upstream) model_not_found(x, m->valuestring);
-    else cache_step(x, t, root, body);
+    else if (!cached) cache_step(x, t, root, body);
     cJSON_Delete(root);
     return OB_OK;
   }
@@ -208,7 +237,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
     cJSON_Delete(root);
     return OB_ERR_CONFIG;
   }
-  bool done = cache_step(x, t, root, body);
+  bool done = !cached && cache_step(x, t, root, body);
   cJSON_Delete(root);
   if (done) return OB_OK;
   if (cm->upstream_model) {

@@ -83,6 +83,23 @@ ob_iov_t ob_iov_trim(ob_iov_t a) {
   return a;
 }
 
+size_t ob_fmt_u64(char *out, uint64_t v) {
+  char tmp[OB_U64_CHARS];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  out[n] = '\0';
+  return n;
+}
+
+void ob_fmt_hex64(char *out, uint64_t v) {
+  static const char digits[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; i--, v >>= 4) out[i] = digits[v & 15];
+}
+
 bool ob_iov_to_u64(ob_iov_t a, uint64_t *out) {
   if (a.len == 0) return false;
   uint64_t v = 0;

@@ -82,6 +82,15 @@ ob_iov_t ob_iov_trim(ob_iov_t a);
  * on overflow past UINT64_MAX. */
 bool ob_iov_to_u64(ob_iov_t a, uint64_t *out);
 
+/* Number formatting for the request path, where snprintf's format parsing
+ * costs more than the rest of a cache hit's header work. */
+#define OB_U64_CHARS 21 /* 20 digits and the NUL */
+/* Decimal digits of v into out (room for OB_U64_CHARS), NUL-terminated;
+ * returns the number of digits. */
+size_t ob_fmt_u64(char *out, uint64_t v);
+/* The 16 lower-case hex digits of v into out (not terminated). */
+void ob_fmt_hex64(char *out, uint64_t v);
+
 /* ---------------------------------------------------------------- buffers */
 
 /* A growable contiguous byte buffer. Owns base; zero-initialised is empty. */

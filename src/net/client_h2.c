@@ -401,8 +401,8 @@ static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
   r->head_sent = true;
   s->status = status;
   nghttp2_nv *nv = ob_arena_alloc(&s->arena, (n + 2) * sizeof *nv);
-  char *st = ob_arena_alloc(&s->arena, 4);
-  snprintf(st, 4, "%d", status);
+  char *st = ob_arena_alloc(&s->arena, OB_U64_CHARS);
+  ob_fmt_u64(st, status >= 100 && status <= 999 ? (uint64_t)status : 500);
   size_t k = 0;
   nv[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
   for (size_t i = 0; i < n; i++) {
@@ -419,9 +419,9 @@ static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
                            NGHTTP2_NV_FLAG_NO_COPY_NAME};
   }
   if (cl >= 0) {
-    char *v = ob_arena_alloc(&s->arena, 24);
-    int len = snprintf(v, 24, "%lld", (long long)cl);
-    nv[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)v, 14, (size_t)len, NGHTTP2_NV_FLAG_NONE};
+    char *v = ob_arena_alloc(&s->arena, OB_U64_CHARS);
+    size_t len = ob_fmt_u64(v, (uint64_t)cl);
+    nv[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)v, 14, len, NGHTTP2_NV_FLAG_NONE};
   }
   int rv;
   if (end || r->head_only) {

@@ -225,8 +225,8 @@ static const char *reset_text(ob_exchange_t *x, uint64_t ms) {
 }
 
 static const char *num_text(ob_exchange_t *x, uint64_t n) {
-  char *v = ob_arena_alloc(x->arena, 24);
-  snprintf(v, 24, "%llu", (unsigned long long)n);
+  char *v = ob_arena_alloc(x->arena, OB_U64_CHARS);
+  ob_fmt_u64(v, n);
   return v;
 }
 

@@ -20,7 +20,9 @@ static void make_request_id(ob_proxy_t *p, char out[40]) {
   uint64_t x = p->rid_seed ^ (++p->rid_counter * 0x9E3779B97F4A7C15ull);
   x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 27;
   uint64_t y = p->rid_counter ^ (p->rid_seed >> 7);
-  snprintf(out, 40, "%016llx%016llx", (unsigned long long)x, (unsigned long long)y);
+  ob_fmt_hex64(out, x);
+  ob_fmt_hex64(out + 16, y);
+  out[32] = '\0';
 }
 
 static bool is_request_hop(ob_iov_t name, ob_iov_t conn) {

@@ -52,6 +52,14 @@ function rewrite(gw, cfg) {
   writeFileSync(gw.configPath, typeof cfg === 'string' ? cfg : JSON.stringify({ listeners: [{ address: '127.0.0.1:0' }], ...cfg }, null, 2));
 }
 
+// The log reaches us on its own pipe, possibly after an HTTP answer that
+// was sent later: poll for a line rather than reading once.
+async function waitLog(gw, re, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!re.test(gw.output.text) && Date.now() < end) await sleep(10);
+  assert.match(gw.output.text, re);
+}
+
 async function adminReload(gw) {
   const r = await fetch(gw.adminUrl + '/admin/reload', { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
   return { status: r.status, text: await r.text() };
@@ -179,7 +187,7 @@ test('an invalid file changes nothing: bad JSON, an unknown key, a port that can
     rewrite(gw, { ...cfg, listeners: [{ address: '127.0.0.1:0' }, { address: `127.0.0.1:${taken}` }] });
     r = await adminReload(gw);
     assert.equal(r.status, 400, r.text);
-    assert.match(gw.output.text, new RegExp(`127\\.0\\.0\\.1:${taken}: cannot bind`));
+    await waitLog(gw, new RegExp(`127\\.0\\.0\\.1:${taken}: cannot bind`));
     assert.equal((await chat(gw.url, 'sk-dave')).status, 401, 'nothing of the refused file is in force');
 
     // The old config still serves, and a valid file then applies.
@@ -220,8 +228,7 @@ test('new keys work at once, removed keys stop at once, a request running under 
     const events = sseData(bob.text);
     assert.equal(events.at(-1), '[DONE]', 'the request that started before the reload finished');
     assert.equal(events.length, 30 + 3);
-    await sleep(50);
-    assert.match(gw.output.text, /" 200 \d+ [^\n]*tenant=bob group=batch key=bob-1 /, 'logged under the tenant it started with');
+    await waitLog(gw, /" 200 \d+ [^\n]*tenant=bob group=batch key=bob-1 /); // logged under the tenant it started with
   } finally {
     await r$.close();
   }
@@ -268,6 +275,9 @@ test('listeners are added and removed by a reload; the others keep serving', { t
     const from = gw.output.text.length;
     rewrite(gw, { ...cfg, listeners: [{ address: '127.0.0.1:0' }, { address: '127.0.0.1:0' }] });
     assert.equal((await adminReload(gw)).status, 200);
+    // The log reaches us on its own pipe, possibly after the HTTP answer.
+    const end = Date.now() + 5000;
+    while (!/ reloaded /.test(gw.output.text.slice(from)) && Date.now() < end) await sleep(10);
     const ports = [...gw.output.text.slice(from).matchAll(/listening on 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
     assert.equal(ports.length, 2, gw.output.text.slice(from));
     assert.equal(ports[0], gw.port, 'the first listener kept its socket');

@@ -171,4 +171,17 @@ void ob_log(ob_log_level_t lvl, const char *fmt, ...) __attribute__((format(prin
 #define ob_log_warn(...) ob_log(OB_LOG_WARN, __VA_ARGS__)
 #define ob_log_error(...) ob_log(OB_LOG_ERROR, __VA_ARGS__)
 
+/*
+ * The per-request access line: kept in a per-thread buffer instead of one
+ * write(2) per request, and written when the buffer passes 32 KiB, when
+ * the thread logs anything else (so lines stay in order), or at
+ * ob_log_flush. The caller (the event loop that makes access lines)
+ * flushes soon after the first buffered line; see ob_log_pending.
+ */
+void ob_log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Bytes of this thread's access lines not written yet. */
+size_t ob_log_pending(void);
+/* Write this thread's buffered access lines now. */
+void ob_log_flush(void);
+
 #endif /* OB_CORE_H */

@@ -48,7 +48,7 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
     else snprintf(grpc, sizeof grpc, " grpc-status=-");
   }
   const ob_config_tenant_t *t = x->who.tenant;
-  ob_log_info("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s tenant=%s group=%s key=%s "
+  ob_log_access("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s tenant=%s group=%s key=%s "
               "admission=%s queue=%.3fms rid=%s%s%s%s%s",
               s->peer_addr, (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
               s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
@@ -541,6 +541,11 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   ob_proxy_metrics_record(x->proxy, x, s, now);
   if (x->proxy->ledger) ob_ledger_record(x->proxy->ledger, x, s, now, completed);
   log_line(x, s, completed);
+  if (ob_log_pending() && x->proxy->log_flush && !evtimer_pending(x->proxy->log_flush, NULL)) {
+    /* Access lines go out within 10 ms, batched under load. */
+    static const struct timeval soon = {0, 10000};
+    evtimer_add(x->proxy->log_flush, &soon);
+  }
   x->req = NULL;
   s->handler_data = NULL;
   ob_proxy_gen_release(x->gen);
@@ -597,9 +602,15 @@ ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g) {
 
 void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l) { p->ledger = l; }
 
+static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what, (void)arg;
+  ob_log_flush();
+}
+
 void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
   p->net = net;
   p->base = base;
+  p->log_flush = evtimer_new(base, on_log_flush, p);
   ob_proxy_admission_init(p, base);
 }
 
@@ -615,6 +626,8 @@ void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g) {
 
 void ob_proxy_destroy(ob_proxy_t *p) {
   if (!p) return;
+  ob_log_flush();
+  if (p->log_flush) event_free(p->log_flush);
   if (p->fs) ob_proxy_admission_dispose(p);
   ob_proxy_gen_release(p->gen);
   free(p);

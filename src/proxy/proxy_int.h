@@ -64,6 +64,7 @@ struct ob_proxy {
   ob_fs_tenant_id anonymous;   /* when no tenants are configured */
   bool has_anonymous;
   struct event *expiry;
+  struct event *log_flush;     /* writes buffered access lines soon after the first */
   struct event_base *base;
   ob_ledger_t *ledger;         /* NULL without ledger.path */
   ob_metrics_t metrics;

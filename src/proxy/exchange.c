@@ -556,6 +556,8 @@ ob_proxy_t *ob_proxy_create(ob_config_t *cfg, const ob_tenants_t *tenants, ob_ro
 
 void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l) { p->ledger = l; }
 
+void ob_proxy_set_budgets(ob_proxy_t *p, ob_budgets_t *b) { p->budgets = b; }
+
 void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
   p->net = net;
   p->base = base;

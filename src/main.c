@@ -101,6 +101,7 @@ static ob_log_level_t level_of(const char *s) {
 }
 
 static ob_cache_store_t *open_cache(const ob_config_t *cfg);
+static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b);
 
 static int run(const char *path) {
   ob_config_errors_t errs = {0};
@@ -131,6 +132,11 @@ static int run(const char *path) {
   ob_proxy_t *proxy = ob_proxy_create(cfg, tenants, ob_routes_find, routes);
   ob_ledger_t *ledger = cfg->ledger.enabled ? ob_ledger_open(&cfg->ledger) : NULL;
   ob_proxy_set_ledger(proxy, ledger);
+  /* Counters are keyed by tenant name and key id, so one table serves every
+   * snapshot of the run. */
+  ob_budgets_t *budgets = ob_budgets_create();
+  ob_budget_store_t *budget_store = open_budgets(cfg, budgets);
+  ob_proxy_set_budgets(proxy, budgets);
   app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), proxy);
   int rc = 0;
   if (!app.net) {
@@ -157,6 +163,8 @@ out:
   ob_net_destroy(app.net);
   ob_proxy_destroy(proxy);
   ob_ledger_close(ledger); /* every line of the run reaches the file */
+  ob_budget_store_close(budget_store); /* the last charges reach the file */
+  ob_budgets_destroy(budgets);
   ob_routes_destroy(routes);
   ob_cache_store_close(cache); /* the writer finishes what was queued */
   ob_mcp_destroy(mcp);
@@ -174,6 +182,22 @@ static ob_cache_store_t *open_cache(const ob_config_t *cfg) {
   ob_cache_store_t *s = ob_cache_store_open(cfg->cache.path, cfg->cache.max_bytes, &why);
   if (!s) ob_log_warn("cache %s: %s; serving without a cache", cfg->cache.path, why ? why : "cannot open");
   else ob_log_info("cache %s (max %llu bytes)", cfg->cache.path, (unsigned long long)cfg->cache.max_bytes);
+  return s;
+}
+
+/* Budget counters, kept across restarts in budgets.path (written every
+ * 500 ms and at exit by the store's thread). A file that cannot be used is
+ * logged and budgets are enforced from memory: like the cache, it never
+ * stops the gateway from starting, but a restart then forgets the counts. */
+static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b) {
+  if (!cfg->budgets.path) return NULL;
+  const char *why = NULL;
+  ob_budget_store_t *s = ob_budget_store_open(cfg->budgets.path, b, 500, &why);
+  if (!s)
+    ob_log_warn("budgets %s: %s; enforcing budgets in memory only (a restart resets them)", cfg->budgets.path,
+                why ? why : "cannot open");
+  else
+    ob_log_info("budgets %s", cfg->budgets.path);
   return s;
 }
 

@@ -233,7 +233,7 @@ static bool budget_refused(ob_exchange_t *x) {
   ob_proxy_t *p = x->proxy;
   const ob_config_tenant_t *t = x->who.tenant;
   const ob_config_key_t *k = x->who.key;
-  if (!p->budgets || !t) return false;
+  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return false;
   int64_t now = (int64_t)time(NULL);
   bool tenant;
   uint64_t limit, used;

@@ -782,7 +782,6 @@ static void test_admission_credential_errors(void) {
               "routes[0].cost: expected \"requests\" or \"tokens\"", "routes[1].cost: expected \"requests\" or \"tokens\"");
 }
 
-/* Inputs the fuzzer found worth keeping live here as well as in the corpus. */
 static void test_budget_keys(void) {
   ob_config_errors_t e = {0};
   ob_config_t *c = parse(WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": 1000, \"budget_period\": \"day\", "
@@ -844,6 +843,7 @@ static void test_budget_keys(void) {
   EXPECT_ERRS("budgets not an object", WITH("\"budgets\": \"b.mdb\""), "budgets: expected an object");
 }
 
+/* Inputs the fuzzer found worth keeping live here as well as in the corpus. */
 static void test_regressions(void) {
   EXPECT_ERRS("escape at the very end", "{\"a\\", "$: invalid JSON near byte 2");
   EXPECT_ERRS("non-ASCII byte in an endpoint path",

@@ -782,6 +782,16 @@ static void test_admission_credential_errors(void) {
               "routes[0].cost: expected \"requests\" or \"tokens\"", "routes[1].cost: expected \"requests\" or \"tokens\"");
 }
 
+/* budgets.path of a config that must parse: want NULL = no file. */
+static void expect_budgets_path(const char *name, const char *json, const char *want) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(json, &e);
+  TAP_CHECK(c && (want ? c->budgets.path && strcmp(c->budgets.path, want) == 0 : !c->budgets.path), "%s", name);
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+}
+
 static void test_budget_keys(void) {
   ob_config_errors_t e = {0};
   ob_config_t *c = parse(WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": 1000, \"budget_period\": \"day\", "
@@ -795,38 +805,30 @@ static void test_budget_keys(void) {
                 c->tenants[1].budget_tokens == 7 && c->tenants[1].budget_period == OB_BUDGET_MONTH &&
                 c->tenants[1].keys[0].budget_tokens == 0,
             "tenant and key budgets: tokens and periods, month by default, 0 when absent");
-  TAP_CHECK(c && c->budgets.path && strcmp(c->budgets.path, BASE_DIR "/obleth-budgets.mdb") == 0,
-            "a budget without \"budgets\" keeps its counters in obleth-budgets.mdb next to the config");
   if (!c) dump_errs(&e);
   ob_config_destroy(c);
   ob_config_errors_dispose(&e);
 
-  c = parse(WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\", \"budget_tokens\": 5}]}], "
-                 "\"budgets\": {\"path\": \"state/b.mdb\"}"),
-            &e);
-  TAP_CHECK(c && c->budgets.path && strcmp(c->budgets.path, BASE_DIR "/state/b.mdb") == 0,
-            "budgets.path resolved against the config's folder");
-  if (!c) dump_errs(&e);
-  ob_config_destroy(c);
-  ob_config_errors_dispose(&e);
-
-  c = parse(WITH("\"budgets\": {\"path\": \"/var/lib/obleth/b.mdb\"}"), &e);
-  TAP_CHECK(c && c->budgets.path && strcmp(c->budgets.path, "/var/lib/obleth/b.mdb") == 0,
-            "an absolute budgets.path is kept, also without any budget");
-  ob_config_destroy(c);
-  ob_config_errors_dispose(&e);
-
-  c = parse(WITH("\"budgets\": {}"), &e);
-  TAP_CHECK(c && c->budgets.path && strcmp(c->budgets.path, BASE_DIR "/obleth-budgets.mdb") == 0,
-            "an empty budgets object gets the default path");
-  ob_config_destroy(c);
-  ob_config_errors_dispose(&e);
-
-  c = parse(WITH("\"tenants\": [{\"name\": \"t\", \"budget_period\": \"day\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\"}]}]"),
-            &e);
-  TAP_CHECK(c && c->budgets.path == NULL, "no budget and no \"budgets\": no counter file");
-  ob_config_destroy(c);
-  ob_config_errors_dispose(&e);
+  expect_budgets_path("a budget without \"budgets\" keeps its counters in obleth-budgets.mdb next to the config",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": 1, \"keys\": [{\"id\": \"k\", "
+                           "\"secret\": \"s\"}]}]"),
+                      BASE_DIR "/obleth-budgets.mdb");
+  expect_budgets_path("so does a key budget alone",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\", "
+                           "\"budget_tokens\": 5}]}]"),
+                      BASE_DIR "/obleth-budgets.mdb");
+  expect_budgets_path("budgets.path resolved against the config's folder",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\", "
+                           "\"budget_tokens\": 5}]}], \"budgets\": {\"path\": \"state/b.mdb\"}"),
+                      BASE_DIR "/state/b.mdb");
+  expect_budgets_path("an absolute budgets.path is kept, also without any budget",
+                      WITH("\"budgets\": {\"path\": \"/var/lib/obleth/b.mdb\"}"), "/var/lib/obleth/b.mdb");
+  expect_budgets_path("an empty budgets object gets the default path", WITH("\"budgets\": {}"),
+                      BASE_DIR "/obleth-budgets.mdb");
+  expect_budgets_path("no budget and no \"budgets\": no counter file",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"budget_period\": \"day\", \"keys\": [{\"id\": \"k\", "
+                           "\"secret\": \"s\"}]}]"),
+                      NULL);
 
   EXPECT_ERRS("budget errors: periods, integers, budgets object",
               WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": -1, \"budget_period\": \"week\", \"keys\": "

@@ -117,6 +117,8 @@ typedef struct {
   ob_admin_t *admin;
   ob_cache_store_t *cache;
   ob_ledger_t *ledger;
+  ob_budgets_t *budgets;
+  ob_budget_store_t *budget_store;
   const ob_mcp_t *mcp;      /* the current generation's, owned by it */
   bool stopping;
 } app_t;
@@ -161,6 +163,8 @@ static void warn_fixed(const ob_config_t *o, const ob_config_t *n) {
       o->ledger.max_bytes != n->ledger.max_bytes || o->ledger.max_files != n->ledger.max_files ||
       o->ledger.buffer_bytes != n->ledger.buffer_bytes)
     ob_log_warn("reload: the ledger stays as it was (ledger changes need a restart)");
+  if (!same(o->budgets.path, n->budgets.path))
+    ob_log_warn("reload: the budget file stays as it was (budgets.path changes need a restart)");
 }
 
 static void log_listeners(const app_t *a, const ob_config_t *cfg) {
@@ -223,6 +227,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg) {
 }
 
 static ob_cache_store_t *open_cache(const ob_config_t *cfg);
+static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b);
 
 static int run(const char *path) {
   ob_config_errors_t errs = {0};
@@ -244,6 +249,11 @@ static int run(const char *path) {
   app.proxy = ob_proxy_create(&spec); /* owns parts from here on */
   app.ledger = cfg->ledger.enabled ? ob_ledger_open(&cfg->ledger) : NULL;
   ob_proxy_set_ledger(app.proxy, app.ledger);
+  /* Counters are keyed by tenant name and key id, so one table serves every
+   * snapshot of the run (reloads included). */
+  app.budgets = ob_budgets_create();
+  app.budget_store = open_budgets(cfg, app.budgets);
+  ob_proxy_set_budgets(app.proxy, app.budgets);
   app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), app.proxy);
   int rc = 0;
   struct event *sigs[3] = {NULL, NULL, NULL};
@@ -269,6 +279,8 @@ out:
   ob_net_destroy(app.net);
   ob_proxy_destroy(app.proxy); /* and with it the last generation's parts */
   ob_ledger_close(app.ledger); /* every line of the run reaches the file */
+  ob_budget_store_close(app.budget_store); /* the last charges reach the file */
+  ob_budgets_destroy(app.budgets);
   ob_cache_store_close(app.cache); /* the writer finishes what was queued */
   event_base_free(app.base);
   ob_config_release(app.cfg);
@@ -283,6 +295,22 @@ static ob_cache_store_t *open_cache(const ob_config_t *cfg) {
   ob_cache_store_t *s = ob_cache_store_open(cfg->cache.path, cfg->cache.max_bytes, &why);
   if (!s) ob_log_warn("cache %s: %s; serving without a cache", cfg->cache.path, why ? why : "cannot open");
   else ob_log_info("cache %s (max %llu bytes)", cfg->cache.path, (unsigned long long)cfg->cache.max_bytes);
+  return s;
+}
+
+/* Budget counters, kept across restarts in budgets.path (written every
+ * 500 ms and at exit by the store's thread). A file that cannot be used is
+ * logged and budgets are enforced from memory: like the cache, it never
+ * stops the gateway from starting, but a restart then forgets the counts. */
+static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b) {
+  if (!cfg->budgets.path) return NULL;
+  const char *why = NULL;
+  ob_budget_store_t *s = ob_budget_store_open(cfg->budgets.path, b, 500, &why);
+  if (!s)
+    ob_log_warn("budgets %s: %s; enforcing budgets in memory only (a restart resets them)", cfg->budgets.path,
+                why ? why : "cannot open");
+  else
+    ob_log_info("budgets %s", cfg->budgets.path);
   return s;
 }
 

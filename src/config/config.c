@@ -1126,13 +1126,28 @@ typedef struct key_state {
   bool has_digest; /* k->sha256 was filled from a valid "sha256" or "secret" */
 } key_state_t;
 
-enum { K_ID, K_SHA256, K_SECRET, K_DISABLED };
+enum { K_ID, K_SHA256, K_SECRET, K_DISABLED, K_BUDGET_PERIOD };
 static const field_t key_fields[] = {
   [K_ID] = {.key = "id", .required = true},
   [K_SHA256] = {.key = "sha256"},
   [K_SECRET] = {.key = "secret"},
   [K_DISABLED] = {.key = "disabled"},
+  [K_BUDGET_PERIOD] = {.key = "budget_period"},
+  INT_FIELD(ob_config_key_t, budget_tokens, true, 0, MAX_EXACT_INT, 0),
 };
+
+/* "budget_period" of a tenant or a key. */
+static void want_budget_period(ctx_t *cx, const cJSON *v, ob_budget_period_t *out) {
+  const char *s = cJSON_IsString(v) ? v->valuestring : "";
+  if (strcmp(s, "month") == 0)
+    *out = OB_BUDGET_MONTH;
+  else if (strcmp(s, "day") == 0)
+    *out = OB_BUDGET_DAY;
+  else if (strcmp(s, "total") == 0)
+    *out = OB_BUDGET_TOTAL;
+  else
+    errf(cx, "expected \"day\", \"month\" or \"total\"");
+}
 
 static bool is_blank(char ch) {
   return ch == ' ' || ch == '\t';
@@ -1208,6 +1223,12 @@ static void on_key_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   case K_DISABLED:
     want_bool(cx, v, &k->disabled);
     break;
+  case K_BUDGET_PERIOD:
+    want_budget_period(cx, v, &k->budget_period);
+    break;
+  default:
+    on_int_field(cx, idx, v, &(int_target_t){k, key_fields});
+    break;
   }
 }
 
@@ -1228,7 +1249,7 @@ static void on_key(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   }
 }
 
-enum { TN_NAME, TN_GROUP, TN_MODELS, TN_DISABLED, TN_KEYS, TN_MCP_TOOLS };
+enum { TN_NAME, TN_GROUP, TN_MODELS, TN_DISABLED, TN_KEYS, TN_MCP_TOOLS, TN_BUDGET_PERIOD };
 static const field_t tenant_fields[] = {
   [TN_NAME] = {.key = "name", .required = true},
   [TN_GROUP] = {.key = "group"},
@@ -1236,12 +1257,14 @@ static const field_t tenant_fields[] = {
   [TN_DISABLED] = {.key = "disabled"},
   [TN_KEYS] = {.key = "keys", .required = true},
   [TN_MCP_TOOLS] = {.key = "mcp_tools"},
+  [TN_BUDGET_PERIOD] = {.key = "budget_period"},
   INT_FIELD(ob_config_tenant_t, max_streams, false, 0, UINT32_MAX, 0),
   INT_FIELD(ob_config_tenant_t, weight, false, 1, UINT32_MAX, 1),
   INT_FIELD(ob_config_tenant_t, max_inflight, false, 0, UINT32_MAX, 0),
   INT_FIELD(ob_config_tenant_t, max_queue, false, 0, UINT32_MAX, 0),
   INT_FIELD(ob_config_tenant_t, rpm, true, 0, MAX_EXACT_INT, 0),
   INT_FIELD(ob_config_tenant_t, tpm, true, 0, MAX_EXACT_INT, 0),
+  INT_FIELD(ob_config_tenant_t, budget_tokens, true, 0, MAX_EXACT_INT, 0),
 };
 
 static bool group_known(ctx_t *cx, const char *name) {
@@ -1300,6 +1323,9 @@ static void on_tenant_field(ctx_t *cx, size_t idx, const cJSON *v, void *target)
   }
   case TN_DISABLED:
     want_bool(cx, v, &t->disabled);
+    break;
+  case TN_BUDGET_PERIOD:
+    want_budget_period(cx, v, &t->budget_period);
     break;
   case TN_MCP_TOOLS: {
     /* {"<upstream>": ["tool", ...]}: one allow-list per MCP upstream. */
@@ -1409,7 +1435,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER };
+       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER, T_BUDGETS };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1427,6 +1453,7 @@ static const field_t top_fields[] = {
   [T_ADMIN] = {.key = "admin"},
   [T_METRICS] = {.key = "metrics"},
   [T_LEDGER] = {.key = "ledger"},
+  [T_BUDGETS] = {.key = "budgets"},
 };
 
 enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
@@ -1487,6 +1514,32 @@ static void on_ledger_field(ctx_t *cx, size_t idx, const cJSON *v, void *target)
   } else {
     on_int_field(cx, idx, v, &(int_target_t){l, ledger_fields});
   }
+}
+
+enum { BU_PATH };
+static const field_t budgets_fields[] = {
+  [BU_PATH] = {.key = "path"},
+};
+
+static void on_budgets_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_budgets_t *b = target;
+  if (idx != BU_PATH) return;
+  char *p = want_file(cx, v);
+  if (p) free(b->path), b->path = p;
+}
+
+/* Budgets need a counter file; without "budgets" it sits next to the
+ * config, so turning a budget on never needs a second key. */
+static void default_budgets_path(ctx_t *cx, bool key_present) {
+  ob_config_t *c = cx->c;
+  bool any = key_present;
+  for (size_t i = 0; i < c->num_tenants && !any; i++) {
+    any = c->tenants[i].budget_tokens > 0;
+    for (size_t j = 0; j < c->tenants[i].num_keys && !any; j++) any = c->tenants[i].keys[j].budget_tokens > 0;
+  }
+  if (!any || c->budgets.path) return;
+  cJSON def = {.type = cJSON_String, .valuestring = "obleth-budgets.mdb"};
+  c->budgets.path = want_file(cx, &def);
 }
 
 enum { AD_ADDRESS, AD_TOKEN };
@@ -1566,7 +1619,7 @@ static void on_grpc_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
 
 
 _Static_assert(NFIELDS(upstream_fields) <= 32 && NFIELDS(timeout_fields) <= 32 && NFIELDS(top_fields) <= 32 &&
-                   NFIELDS(tenant_fields) <= 32 && NFIELDS(admission_fields) <= 32,
+                   NFIELDS(tenant_fields) <= 32 && NFIELDS(admission_fields) <= 32 && NFIELDS(key_fields) <= 32,
                "walk_object tracks keys in a 32-bit set");
 
 /* Check that arr is an array (non-empty when asked) and return its length
@@ -1655,6 +1708,13 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     c->ledger.enabled = true;
     apply_defaults(&c->ledger, ledger_fields, NFIELDS(ledger_fields));
     walk_object(cx, v, ledger_fields, NFIELDS(ledger_fields), on_ledger_field, &c->ledger);
+    break;
+  case T_BUDGETS:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    walk_object(cx, v, budgets_fields, NFIELDS(budgets_fields), on_budgets_field, &c->budgets);
     break;
   case T_ADMIN:
   case T_METRICS:
@@ -1802,6 +1862,7 @@ static void free_config(ob_config_t *c) {
   }
   free(c->tenants);
   free(c->ledger.path);
+  free(c->budgets.path);
   free(c->admin.address), free(c->admin.host);
   if (c->admin.token) OPENSSL_cleanse(c->admin.token, strlen(c->admin.token));
   free(c->admin.token);
@@ -1874,8 +1935,9 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   cx.up_names = collect_names(root, "upstreams", &cx.num_up_names);
   cx.group_names = collect_names(root, "groups", &cx.num_group_names);
   cx.tenant_names_pre = collect_names(root, "tenants", &cx.num_tenant_names_pre);
-  walk_object(&cx, root, top_fields, NFIELDS(top_fields), on_top_field, NULL);
+  uint32_t top_seen = walk_object(&cx, root, top_fields, NFIELDS(top_fields), on_top_field, NULL);
   add_default_group(c);
+  default_budgets_path(&cx, top_seen & (1u << T_BUDGETS));
   check_grpc_routes(&cx);
 
 done:

@@ -74,6 +74,9 @@ typedef struct ob_config_model {
   char *upstream_model;  /* NULL = send the name unchanged */
 } ob_config_model_t;
 
+/* "budget_period": the UTC calendar period a token budget covers. */
+typedef enum { OB_BUDGET_MONTH = 0, OB_BUDGET_DAY, OB_BUDGET_TOTAL } ob_budget_period_t;
+
 /* An API key. Only its SHA-256 is kept: a plain "secret" in the file is
  * hashed at load and the text is wiped from the parser's memory. */
 typedef struct ob_config_key {
@@ -81,6 +84,8 @@ typedef struct ob_config_key {
   uint8_t sha256[32];       /* from "sha256" (64 hex digits) or "secret" */
   bool from_secret;         /* given as "secret" (start-up warns) */
   bool disabled;            /* "disabled", default false */
+  uint64_t budget_tokens;   /* "budget_tokens": tokens per budget_period, 0 = no budget */
+  ob_budget_period_t budget_period; /* "budget_period": "month" (default), "day" or "total" */
 } ob_config_key_t;
 
 typedef struct ob_config_group {
@@ -113,6 +118,8 @@ typedef struct ob_config_tenant {
   uint32_t max_streams;     /* open MCP GET event streams at once; 0 = unlimited */
   ob_config_mcp_tools_t *mcp_tools; /* absent for an upstream: every tool allowed */
   size_t num_mcp_tools;
+  uint64_t budget_tokens;   /* "budget_tokens": tokens per budget_period, 0 = no budget */
+  ob_budget_period_t budget_period; /* "budget_period": "month" (default), "day" or "total" */
 } ob_config_tenant_t;
 
 typedef enum { OB_ADMIT_HIERARCHICAL, OB_ADMIT_WEIGHTED, OB_ADMIT_FIFO } ob_admission_mode_t;
@@ -184,6 +191,12 @@ typedef struct ob_config_admin {
   char *token;          /* "token": Bearer token for everything but /healthz and /readyz; NULL = none */
 } ob_config_admin_t;
 
+/* "budgets": where token budget counters are kept across restarts. */
+typedef struct ob_config_budgets {
+  char *path;            /* "path", resolved; default "obleth-budgets.mdb" next to the config when
+                            the key is present or any tenant or key has a budget_tokens; else NULL */
+} ob_config_budgets_t;
+
 typedef struct ob_config {
   int refs;                 /* private */
   char *path;               /* file it came from, NULL for ob_config_parse */
@@ -210,6 +223,7 @@ typedef struct ob_config {
   ob_config_metrics_t metrics;
   ob_config_admin_t admin;
   ob_config_ledger_t ledger;
+  ob_config_budgets_t budgets;
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -4,13 +4,16 @@
  * config snapshot into scheduler pools (one per upstream), groups and
  * tenants, keeps the per-tenant rpm / tpm buckets, drives the scheduler's
  * grant and expiry loops, and answers 401 / 403 / 429 / 503 in OpenAI's
- * shape. The scheduling itself is src/fairshare's.
+ * shape. The scheduling itself is src/fairshare's. Token budgets are
+ * checked here before a request may queue and charged at release; their
+ * counters are src/tenant's (ob_budgets_t), shared with the admin view.
  */
 #include "proxy_int.h"
 
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 /* ---------------------------------------------------------------- setup */
 
@@ -274,6 +277,93 @@ static void reject_rate(ob_exchange_t *x, uint64_t wait_ms, const char *what) {
   ob_proxy_reply_error_h(x, 429, msg, "rate_limit_error", "rate_limit_exceeded", h, k);
 }
 
+/* ---------------------------------------------------------------- budgets */
+
+uint64_t ob_proxy_budget_used(ob_proxy_t *p, ob_budget_kind_t kind, const char *name, ob_budget_period_t period,
+                              int64_t now_s) {
+  if (!p->budgets) return 0;
+  char id[OB_BUDGET_PERIOD_ID_MAX];
+  ob_budget_period_id(period, now_s, id);
+  return ob_budgets_used(p->budgets, kind, name, id);
+}
+
+/* Answer 429 insufficient_quota when the tenant's or the key's budget for
+ * the current period is used up. Requests already admitted finish and are
+ * charged, so a budget can be overshot by what was in flight when it ran
+ * out; that is the price of charging actual usage rather than estimates. */
+static bool budget_refused(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  const ob_config_tenant_t *t = x->who.tenant;
+  const ob_config_key_t *k = x->who.key;
+  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return false;
+  int64_t now = (int64_t)time(NULL);
+  bool tenant;
+  uint64_t limit, used;
+  ob_budget_period_t period;
+  if (t->budget_tokens &&
+      (used = ob_proxy_budget_used(p, OB_BUDGET_TENANT, t->name, t->budget_period, now)) >= t->budget_tokens) {
+    tenant = true, limit = t->budget_tokens, period = t->budget_period;
+  } else if (k && k->budget_tokens &&
+             (used = ob_proxy_budget_used(p, OB_BUDGET_KEY, k->id, k->budget_period, now)) >= k->budget_tokens) {
+    tenant = false, limit = k->budget_tokens, period = k->budget_period;
+  } else {
+    return false;
+  }
+  char renews[64] = "it does not renew";
+  int64_t end = ob_budget_period_end(period, now);
+  if (end) {
+    time_t e = (time_t)end;
+    struct tm tm;
+    gmtime_r(&e, &tm);
+    strftime(renews, sizeof renews, "it renews at %Y-%m-%dT%H:%M:%SZ", &tm);
+  }
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "You exceeded your current quota: this %s's budget of %llu tokens %s is used up (%llu used); %s.",
+           tenant ? "tenant" : "API key", (unsigned long long)limit,
+           period == OB_BUDGET_TOTAL ? "in total" : period == OB_BUDGET_DAY ? "per day" : "per month",
+           (unsigned long long)used, renews);
+  /* The log line says whose budget it was (a 429 alone could be any limit). */
+  size_t nl = (x->note ? strlen(x->note) + 1 : 0) + sizeof "budget=tenant";
+  char *note = ob_arena_alloc(x->arena, nl);
+  snprintf(note, nl, "%s%sbudget=%s", x->note ? x->note : "", x->note ? " " : "", tenant ? "tenant" : "key");
+  x->note = note;
+  x->admission = "budget";
+  /* Retrying cannot help before the period ends; OpenAI's SDKs read this
+   * header and give up at once instead of backing off. */
+  ob_http_header_t h[1] = {{OB_IOV_LIT("x-should-retry"), OB_IOV_LIT("false")}};
+  ob_proxy_reply_error_h(x, 429, msg, "insufficient_quota", "insufficient_quota", h, 1);
+  return true;
+}
+
+/* Charge what a finished exchange used to its tenant's and key's budgets.
+ * tokens: the usage the upstream reported, else the class's estimate for a
+ * successful answer (a stream without a usage chunk, or cut short before
+ * it), so leaving out stream_options or hanging up early does not make
+ * requests free; errors that reported nothing cost nothing. */
+static void budget_charge(ob_exchange_t *x, uint64_t estimate) {
+  ob_proxy_t *p = x->proxy;
+  const ob_config_tenant_t *t = x->who.tenant;
+  const ob_config_key_t *k = x->who.key;
+  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return;
+  if (x->cache_outcome && (strcmp(x->cache_outcome, "hit") == 0 || strcmp(x->cache_outcome, "coalesced") == 0))
+    return; /* answered without the upstream */
+  uint64_t tokens = x->usage_prompt + x->usage_completion;
+  int status = x->req ? x->req->status : 0;
+  if (!tokens && status >= 200 && status < 300) tokens = estimate;
+  if (!tokens) return;
+  int64_t now = (int64_t)time(NULL);
+  char id[OB_BUDGET_PERIOD_ID_MAX];
+  if (t->budget_tokens) {
+    ob_budget_period_id(t->budget_period, now, id);
+    ob_budgets_charge(p->budgets, OB_BUDGET_TENANT, t->name, id, tokens);
+  }
+  if (k && k->budget_tokens) {
+    ob_budget_period_id(k->budget_period, now, id);
+    ob_budgets_charge(p->budgets, OB_BUDGET_KEY, k->id, id, tokens);
+  }
+}
+
 /* The client's own deadline, from x-request-timeout-ms or grpc-timeout;
  * 0 when none. It can only shorten the wait. */
 static uint64_t client_deadline_us(ob_exchange_t *x) {
@@ -302,6 +392,7 @@ void ob_proxy_admit(ob_exchange_t *x) {
     ob_proxy_forward(x);
     return;
   }
+  if (budget_refused(x)) return;
   int kind = x->route->cost >= 0 ? x->route->cost : (cls->cost_tokens_default ? (int)a->cost : OB_COST_REQUESTS);
   x->cost_tokens = kind == OB_COST_TOKENS;
   x->cost = x->cost_tokens ? x->prompt_tokens_est + x->max_tokens : 1;
@@ -372,11 +463,11 @@ void ob_proxy_release(ob_exchange_t *x, bool completed) {
     return;
   }
   if (st != FS_GRANTED) return;
+  const ob_route_class_t *cls = x->route->cls;
+  uint64_t used = cls->actual_tokens ? cls->actual_tokens(x, completed) : 0;
   uint64_t actual = x->cost;
-  if (x->cost_tokens && x->route->cls->actual_tokens) {
-    actual = x->route->cls->actual_tokens(x, completed);
-    if (actual == 0) actual = 1;
-  }
+  if (x->cost_tokens && cls->actual_tokens) actual = used ? used : 1;
+  budget_charge(x, used);
   uint64_t now = ob_clock_us();
   if (x->who.tenant && x->cost_tokens)
     ob_fs_bucket_adjust(&ob_proxy_tstate(p, x->gen, x->who.tenant_index)->tpm, (int64_t)x->tpm_taken - (int64_t)actual,

@@ -2,12 +2,14 @@
  * control.c: what the admin interface reads and changes in the running
  * proxy: the scheduler's state as JSON, live weight and disabled changes
  * (applied to the scheduler at once; queued requests keep their place),
- * and readiness. Runs on the proxy's own event loop.
+ * and readiness, and the token budgets of a tenant and its keys. Runs on
+ * the proxy's own event loop.
  */
 #include "proxy_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 static long tenant_index(const ob_proxy_t *p, const char *name) {
   for (size_t i = 0; i < p->cfg->num_tenants; i++)
@@ -17,7 +19,34 @@ static long tenant_index(const ob_proxy_t *p, const char *name) {
 
 static void json_str(ob_buf_t *b, const char *s) { ob_buf_append_json_str(b, ob_iov_str(s)); }
 
-static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b) {
+/* ,"budget":{...} of a tenant or key, or null when it has none. */
+static void budget_json(ob_proxy_t *p, ob_budget_kind_t kind, const char *name, uint64_t tokens,
+                        ob_budget_period_t period, int64_t now, ob_buf_t *b) {
+  if (!tokens) {
+    ob_buf_append_str(b, ",\"budget\":null");
+    return;
+  }
+  char id[OB_BUDGET_PERIOD_ID_MAX];
+  ob_budget_period_id(period, now, id);
+  uint64_t used = ob_proxy_budget_used(p, kind, name, period, now);
+  ob_buf_printf(b, ",\"budget\":{\"tokens\":%llu,\"period\":\"%s\",\"period_id\":\"%s\",\"used\":%llu,\"remaining\":%llu,",
+                (unsigned long long)tokens, ob_budget_period_name(period), id, (unsigned long long)used,
+                (unsigned long long)(used < tokens ? tokens - used : 0));
+  int64_t end = ob_budget_period_end(period, now);
+  if (!end) {
+    ob_buf_append_str(b, "\"renews_at\":null}");
+    return;
+  }
+  time_t e = (time_t)end;
+  struct tm tm;
+  char when[32];
+  gmtime_r(&e, &tm);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  ob_buf_printf(b, "\"renews_at\":\"%s\"}", when);
+}
+
+/* detail: the one-tenant view, which adds budgets and keys. */
+static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b, bool detail) {
   ob_fs_tenant_stats_t ts;
   const ob_tstate_t *st = ob_proxy_tstate(p, p->gen, i);
   ob_fs_tenant_stats(p->fs, st->fs, &ts);
@@ -28,10 +57,25 @@ static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b) {
   json_str(b, t->group);
   ob_buf_printf(b,
                 ",\"weight\":%u,\"disabled\":%s,\"inflight\":%u,\"queued\":%u,\"service\":%llu,\"deficit\":%lld,"
-                "\"max_inflight\":%u,\"max_queue\":%u,\"rpm\":%llu,\"tpm\":%llu}",
+                "\"max_inflight\":%u,\"max_queue\":%u,\"rpm\":%llu,\"tpm\":%llu",
                 ts.weight, st->disabled ? "true" : "false", ts.inflight, ts.queued,
                 (unsigned long long)ts.service, (long long)ts.deficit, t->max_inflight, t->max_queue,
                 (unsigned long long)t->rpm, (unsigned long long)t->tpm);
+  if (detail) {
+    int64_t now = (int64_t)time(NULL);
+    budget_json(p, OB_BUDGET_TENANT, t->name, t->budget_tokens, t->budget_period, now, b);
+    ob_buf_append_str(b, ",\"keys\":[");
+    for (size_t j = 0; j < t->num_keys; j++) {
+      const ob_config_key_t *k = &t->keys[j];
+      ob_buf_append_str(b, j ? ",{\"id\":" : "{\"id\":");
+      json_str(b, k->id);
+      ob_buf_printf(b, ",\"disabled\":%s", k->disabled ? "true" : "false");
+      budget_json(p, OB_BUDGET_KEY, k->id, k->budget_tokens, k->budget_period, now, b);
+      ob_buf_append(b, "}", 1);
+    }
+    ob_buf_append(b, "]", 1);
+  }
+  ob_buf_append(b, "}", 1);
 }
 
 void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
@@ -61,7 +105,7 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
   ob_buf_append_str(b, "],\"tenants\":[");
   for (size_t i = 0; i < c->num_tenants; i++) {
     if (i) ob_buf_append(b, ",", 1);
-    tenant_json(p, i, b);
+    tenant_json(p, i, b, false);
   }
   ob_buf_append_str(b, "]}");
 }
@@ -69,7 +113,7 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
 bool ob_proxy_write_tenant(ob_proxy_t *p, const char *name, ob_buf_t *out) {
   long i = tenant_index(p, name);
   if (i < 0) return false;
-  tenant_json(p, (size_t)i, out);
+  tenant_json(p, (size_t)i, out, true);
   return true;
 }
 

@@ -602,6 +602,8 @@ ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g) {
 
 void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l) { p->ledger = l; }
 
+void ob_proxy_set_budgets(ob_proxy_t *p, ob_budgets_t *b) { p->budgets = b; }
+
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what, (void)arg;
   ob_log_flush();

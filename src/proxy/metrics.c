@@ -5,14 +5,16 @@
  * locking. Series are bounded by construction: route classes, status codes,
  * admission outcomes, configured pools and endpoints, and per-tenant series
  * only when metrics.per_tenant is on, for at most metrics.max_tenants
- * tenants.
+ * tenants; budget series only for tenants with a budget_tokens, capped the
+ * same way.
  */
 #include "proxy_int.h"
 
 #include <stdio.h>
+#include <time.h>
 
 static const char *const class_names[OB_METRIC_CLASSES] = {"inference", "passthrough", "grpc", "mcp", "grpc_health", "none"};
-static const char *const adm_names[4] = {"fast", "queued", "rejected", "none"};
+static const char *const adm_names[OB_METRIC_ADMISSIONS] = {"fast", "queued", "rejected", "none", "budget"};
 static const char *const cache_names[4] = {"hit", "miss", "bypass", "coalesced"};
 static const double buckets[OB_METRIC_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                   0.25,   0.5,   1,      2.5,   5,    10,    30,    60};
@@ -35,11 +37,15 @@ void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sre
   ob_metrics_t *m = &p->metrics;
   int c = class_index(x);
   int code = s->status >= 100 && s->status <= 599 ? s->status : 599;
-  int adm = !x->admission ? 3 : strcmp(x->admission, "fast") == 0 ? 0 : strcmp(x->admission, "queued") == 0 ? 1 : 2;
+  int adm = !x->admission                           ? 3
+            : strcmp(x->admission, "fast") == 0     ? 0
+            : strcmp(x->admission, "queued") == 0   ? 1
+            : strcmp(x->admission, "budget") == 0   ? 4
+                                                    : 2;
   m->requests[c][code - 100][adm]++;
   observe(&m->total[c], (double)(now_us - s->start_us) / 1e6);
   if (x->ttfb_us) observe(&m->ttfb[c], (double)(x->ttfb_us - s->start_us) / 1e6);
-  if (x->admission && adm != 2) observe(&m->queue_wait[c], (double)x->queue_us / 1e6);
+  if (adm <= 1) observe(&m->queue_wait[c], (double)x->queue_us / 1e6);
   m->prompt_tokens[c] += x->usage_prompt;
   m->completion_tokens[c] += x->usage_completion;
   m->bytes_out[c] += s->bytes_out;
@@ -74,12 +80,37 @@ static void histogram(ob_buf_t *b, const char *name, const ob_histogram_t *h, co
                 (unsigned long long)h->count);
 }
 
+/* Tenants with a budget_tokens: what they used in the current period and
+ * their limit. Keys get no series (there can be very many); the admin
+ * tenant view has them. */
+static void budget_metrics(ob_proxy_t *p, ob_buf_t *b) {
+  const ob_config_t *c = p->cfg;
+  int64_t now = (int64_t)time(NULL);
+  for (int k = 0; k < 2; k++) {
+    size_t shown = 0;
+    for (size_t i = 0; i < c->num_tenants && shown < c->metrics.max_tenants; i++) {
+      const ob_config_tenant_t *t = &c->tenants[i];
+      if (!t->budget_tokens) continue;
+      if (!shown++) {
+        if (k == 0) head(b, "obleth_budget_used_tokens", "gauge", "Tokens the tenant used in its current budget period.");
+        else head(b, "obleth_budget_limit_tokens", "gauge", "The tenant's budget_tokens per budget period.");
+      }
+      ob_buf_printf(b, "%s{tenant=\"", k == 0 ? "obleth_budget_used_tokens" : "obleth_budget_limit_tokens");
+      label(b, t->name);
+      uint64_t v = k == 0 ? ob_proxy_budget_used(p, OB_BUDGET_TENANT, t->name, t->budget_period, now) : t->budget_tokens;
+      ob_buf_printf(b, "\"} %llu\n", (unsigned long long)v);
+    }
+  }
+  head(b, "obleth_budget_write_errors_total", "counter", "Failed writes of budget counters to budgets.path.");
+  ob_buf_printf(b, "obleth_budget_write_errors_total %llu\n", (unsigned long long)ob_budgets_write_errors(p->budgets));
+}
+
 void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   ob_metrics_t *m = &p->metrics;
   head(b, "obleth_requests_total", "counter", "Finished requests by route class, status and admission outcome.");
   for (int c = 0; c < OB_METRIC_CLASSES; c++)
     for (int code = 0; code < 500; code++)
-      for (int a = 0; a < 4; a++)
+      for (int a = 0; a < OB_METRIC_ADMISSIONS; a++)
         if (m->requests[c][code][a])
           ob_buf_printf(b, "obleth_requests_total{class=\"%s\",code=\"%d\",admission=\"%s\"} %llu\n", class_names[c],
                         code + 100, adm_names[a], (unsigned long long)m->requests[c][code][a]);
@@ -182,6 +213,8 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
     head(b, "obleth_ledger_write_errors_total", "counter", "Failed writes to the ledger file.");
     ob_buf_printf(b, "obleth_ledger_write_errors_total %llu\n", (unsigned long long)errors);
   }
+
+  if (p->budgets) budget_metrics(p, b);
 
   /* Per tenant, only when asked for and capped: tenants are unbounded. */
   if (p->cfg->metrics.per_tenant && p->cfg->num_tenants) {

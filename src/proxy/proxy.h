@@ -50,8 +50,10 @@ typedef struct ob_route_class {
    * (borrowed for the call; must not consume it). */
   void (*on_response_data)(ob_exchange_t *x, const char *p, size_t n);
   /* Optional: the actual cost of a finished exchange in tokens (completed:
-   * the response was complete). Called once, at release. Without it the
-   * estimate stands. */
+   * the response was complete). Called once, at release of every admitted
+   * exchange: the scheduler's charge when the cost is in tokens (without
+   * it the estimate stands), and what a token budget is charged when the
+   * upstream reported no usage. */
   uint64_t (*actual_tokens)(ob_exchange_t *x, bool completed);
   /* For gRPC calls (HTTP/2, content-type application/grpc*) the request
    * body is not buffered: prepare runs as soon as the head is in
@@ -137,7 +139,7 @@ struct ob_exchange {
   uint64_t cost;
   uint64_t tpm_taken;
   uint64_t queue_start_us, queue_us;
-  const char *admission;      /* "fast", "queued", "rejected", NULL = not admitted */
+  const char *admission;      /* "fast", "queued", "rejected", "budget" (refused: budget used up), NULL = not admitted */
   ob_ureq_t *u;
   const char *endpoint;
   uint64_t ttfb_us;
@@ -241,6 +243,13 @@ void ob_ledger_close(ob_ledger_t *l);
 void ob_ledger_counts(ob_ledger_t *l, uint64_t *lines, uint64_t *dropped, uint64_t *write_errors);
 void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l);
 
+/* Token budgets: the counters (tenant.h) that admission checks, release
+ * charges and the admin view shows. Created by main and kept for the whole
+ * run, across config reloads (counters are keyed by tenant name and key id,
+ * not by snapshot); borrowed, must outlive the proxy. Without them (NULL)
+ * budget_tokens are not enforced. */
+void ob_proxy_set_budgets(ob_proxy_t *p, ob_budgets_t *b);
+
 /* ---- for the admin interface (same thread as the proxy) ---- */
 
 /* Append the Prometheus text exposition of the proxy's metrics. */
@@ -248,7 +257,9 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *out);
 /* Append JSON of every pool: slots in use, per group and per tenant in
  * flight, queued, service received, weight, deficit. */
 void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *out);
-/* Append JSON of one tenant; false when there is no such tenant. */
+/* Append JSON of one tenant (what /admin/fairshare lists, plus its
+ * "budget" and its "keys" with theirs); false when there is no such
+ * tenant. */
 bool ob_proxy_write_tenant(ob_proxy_t *p, const char *name, ob_buf_t *out);
 /* Live changes, applied to the running scheduler at once (queued requests
  * keep their place). False when there is no such tenant or group. */

@@ -9,6 +9,7 @@ enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE };
 /* metrics.c: counters of finished exchanges. */
 #define OB_METRIC_CLASSES 6 /* inference, passthrough, grpc, mcp, grpc_health, none (no route) */
 #define OB_METRIC_BUCKETS 16
+#define OB_METRIC_ADMISSIONS 5 /* fast, queued, rejected, none, budget */
 
 typedef struct ob_histogram {
   uint64_t counts[OB_METRIC_BUCKETS]; /* cumulative, as exposed */
@@ -17,7 +18,7 @@ typedef struct ob_histogram {
 } ob_histogram_t;
 
 typedef struct ob_metrics {
-  uint64_t requests[OB_METRIC_CLASSES][500][4]; /* class, status - 100, admission */
+  uint64_t requests[OB_METRIC_CLASSES][500][OB_METRIC_ADMISSIONS]; /* class, status - 100, admission */
   ob_histogram_t queue_wait[OB_METRIC_CLASSES], ttfb[OB_METRIC_CLASSES], total[OB_METRIC_CLASSES];
   uint64_t prompt_tokens[OB_METRIC_CLASSES], completion_tokens[OB_METRIC_CLASSES], bytes_out[OB_METRIC_CLASSES];
   uint64_t cache[4]; /* hit, miss, bypass, coalesced */
@@ -67,6 +68,7 @@ struct ob_proxy {
   struct event *log_flush;     /* writes buffered access lines soon after the first */
   struct event_base *base;
   ob_ledger_t *ledger;         /* NULL without ledger.path */
+  ob_budgets_t *budgets;       /* borrowed from main; NULL: budgets not enforced */
   ob_metrics_t metrics;
 };
 
@@ -98,6 +100,10 @@ bool ob_proxy_identify(ob_exchange_t *x);
 void ob_proxy_admit(ob_exchange_t *x);
 /* The exchange is over: give back its slot or leave the queue, exactly once. */
 void ob_proxy_release(ob_exchange_t *x, bool completed);
+/* Tokens name used in the period of kind period that holds now_s (0
+ * without budgets). */
+uint64_t ob_proxy_budget_used(ob_proxy_t *p, ob_budget_kind_t kind, const char *name, ob_budget_period_t period,
+                              int64_t now_s);
 /* Append admission and rate-limit headers for a response (into h, which has
  * room for OB_PROXY_ADMISSION_HEADERS more entries; strings in the arena). */
 #define OB_PROXY_ADMISSION_HEADERS 8

@@ -9,6 +9,11 @@
  * Ownership: a directory borrows the snapshot it was built from (the caller
  * keeps the snapshot alive at least as long as the directory); identities
  * it returns point into that snapshot.
+ *
+ * Also token budgets (budget.c, budget_store.c): the used-token counters of
+ * tenants and keys per UTC period, and the LMDB file that keeps them across
+ * restarts. Exception to "uses only core": LMDB and pthreads, for that file
+ * and its writer thread.
  */
 #ifndef OB_TENANT_H
 #define OB_TENANT_H
@@ -52,5 +57,96 @@ bool ob_tenant_allows_model(const ob_config_tenant_t *t, ob_iov_t model);
 /* Lower-case hex SHA-256 of secret into out (65 bytes with the NUL); what
  * `obleth hash-key` prints and a key's "sha256" holds. */
 void ob_tenant_hash_key(ob_iov_t secret, char out[65]);
+
+/* ---------------------------------------------------------------- budgets */
+
+/*
+ * Token budgets. Counters are keyed by who (a tenant name or a key id) and
+ * by period, never by position in a snapshot, so they outlive any config:
+ * a reload, a restart (through the store below) or a changed budget_period
+ * find the count where they left it. A counter of a period that is over is
+ * simply never asked for again; for a new period the count starts at 0.
+ *
+ * Thread safety: an ob_budgets_t has a lock of its own: the event loop
+ * charges and reads, the store's writer thread collects what changed. Time
+ * is always passed in (unix seconds, UTC).
+ */
+
+/* A period id: "d:2026-11-24", "m:2026-11" or "total". */
+#define OB_BUDGET_PERIOD_ID_MAX 24
+
+/* The id of the period of kind p that holds unix_s, into out (NUL
+ * terminated); returns its length. */
+size_t ob_budget_period_id(ob_budget_period_t p, int64_t unix_s, char out[OB_BUDGET_PERIOD_ID_MAX]);
+/* The first second after that period (when the count starts again from 0);
+ * 0 for "total", which never ends. */
+int64_t ob_budget_period_end(ob_budget_period_t p, int64_t unix_s);
+/* "day", "month" or "total" (static). */
+const char *ob_budget_period_name(ob_budget_period_t p);
+
+/* Tenant names and key ids are separate name spaces. */
+typedef enum { OB_BUDGET_TENANT = 't', OB_BUDGET_KEY = 'k' } ob_budget_kind_t;
+
+typedef struct ob_budgets ob_budgets_t;
+
+ob_budgets_t *ob_budgets_create(void);
+/* NULL is a no-op. The store, if any, must be closed first. */
+void ob_budgets_destroy(ob_budgets_t *b);
+
+/* Tokens name (borrowed for the call) used in period (an id from
+ * ob_budget_period_id); 0 when nothing was charged in it. */
+uint64_t ob_budgets_used(ob_budgets_t *b, ob_budget_kind_t kind, const char *name, const char *period);
+/* Add tokens to name's count for period. The first charge of a period
+ * allocates its counter; every later one only adds. */
+void ob_budgets_charge(ob_budgets_t *b, ob_budget_kind_t kind, const char *name, const char *period, uint64_t tokens);
+
+/*
+ * For the store. A counter travels as a row: the key "<kind><name>\0<period>"
+ * (names and periods never hold a NUL; the config refuses \u0000) and the
+ * used count.
+ *
+ * ob_budgets_take_dirty appends every counter changed since the last call
+ * to out as records [u32 key length][key][u64 used] (native byte order; out
+ * is the caller's) and marks them clean; returns how many. When writing
+ * them fails, ob_budgets_redirty(b, out) marks those still present dirty
+ * again so the next round retries.
+ */
+size_t ob_budgets_take_dirty(ob_budgets_t *b, ob_buf_t *out);
+void ob_budgets_redirty(ob_budgets_t *b, ob_iov_t records);
+/* Append one record (key copied). */
+void ob_budgets_put_record(ob_buf_t *out, ob_iov_t key, uint64_t used);
+/* Read the record at the front of *records and advance past it. False at
+ * the end or on a malformed record. key borrowed from records. */
+bool ob_budgets_next_record(ob_iov_t *records, ob_iov_t *key, uint64_t *used);
+/* Forget clean counters whose period is over at now_s, appending their keys
+ * as records (used 0) to gone so the store can delete them too; returns how
+ * many. Dirty ones stay until they were written. Walks the whole table:
+ * the store calls it when the day changes, not every round. */
+size_t ob_budgets_prune(ob_budgets_t *b, int64_t now_s, ob_buf_t *gone);
+/* Add a stored row's count (key borrowed for the call) to memory. False,
+ * and nothing added, when the key is malformed or its period is over at
+ * now_s: the caller deletes the row. A counter that already had a count
+ * (charged before the store opened) is marked dirty to write the sum. */
+bool ob_budgets_restore(ob_budgets_t *b, ob_iov_t key, uint64_t used, int64_t now_s);
+
+/* Counters in memory, and failed store writes (counted by the store). */
+size_t ob_budgets_count(ob_budgets_t *b);
+void ob_budgets_add_write_errors(ob_budgets_t *b, uint64_t n);
+uint64_t ob_budgets_write_errors(ob_budgets_t *b);
+
+/*
+ * The LMDB file of a budgets table. Open loads the rows of periods not yet
+ * over into b (and deletes the others), then a writer thread writes the
+ * counters that changed every interval_ms, off the event loop, and once
+ * more at close. b is borrowed and must outlive the store. NULL, with *why
+ * (static or mdb_strerror text) set, when the file cannot be used: the
+ * caller logs it and budgets are kept in memory only.
+ */
+typedef struct ob_budget_store ob_budget_store_t;
+ob_budget_store_t *ob_budget_store_open(const char *path, ob_budgets_t *b, uint32_t interval_ms, const char **why);
+/* Write what changed now and wait until it is on disk (tests, tools). */
+void ob_budget_store_flush(ob_budget_store_t *s);
+/* Write what changed, stop the writer, close the file. NULL is a no-op. */
+void ob_budget_store_close(ob_budget_store_t *s);
 
 #endif /* OB_TENANT_H */

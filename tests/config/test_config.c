@@ -4,7 +4,7 @@
  * unknown and repeated keys, cross references, reference counting, lookups
  * and ob_config_load against real files in a temporary folder. Groups,
  * tenants and their keys (digests and plain secrets), admission, upstream
- * credentials and route cost have their own sections.
+ * credentials, route cost and token budgets have their own sections.
  */
 #include "config.h"
 #include "tap.h"
@@ -782,6 +782,69 @@ static void test_admission_credential_errors(void) {
               "routes[0].cost: expected \"requests\" or \"tokens\"", "routes[1].cost: expected \"requests\" or \"tokens\"");
 }
 
+/* budgets.path of a config that must parse: want NULL = no file. */
+static void expect_budgets_path(const char *name, const char *json, const char *want) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(json, &e);
+  TAP_CHECK(c && (want ? c->budgets.path && strcmp(c->budgets.path, want) == 0 : !c->budgets.path), "%s", name);
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+}
+
+static void test_budget_keys(void) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": 1000, \"budget_period\": \"day\", "
+                              "\"keys\": [{\"id\": \"k1\", \"secret\": \"s1\", \"budget_tokens\": 50, \"budget_period\": "
+                              "\"total\"}, {\"id\": \"k2\", \"secret\": \"s2\"}]}, {\"name\": \"u\", \"budget_tokens\": 7, "
+                              "\"keys\": [{\"id\": \"k3\", \"secret\": \"s3\", \"budget_period\": \"month\"}]}]"),
+                         &e);
+  TAP_CHECK(c && c->tenants[0].budget_tokens == 1000 && c->tenants[0].budget_period == OB_BUDGET_DAY &&
+                c->tenants[0].keys[0].budget_tokens == 50 && c->tenants[0].keys[0].budget_period == OB_BUDGET_TOTAL &&
+                c->tenants[0].keys[1].budget_tokens == 0 && c->tenants[0].keys[1].budget_period == OB_BUDGET_MONTH &&
+                c->tenants[1].budget_tokens == 7 && c->tenants[1].budget_period == OB_BUDGET_MONTH &&
+                c->tenants[1].keys[0].budget_tokens == 0,
+            "tenant and key budgets: tokens and periods, month by default, 0 when absent");
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  expect_budgets_path("a budget without \"budgets\" keeps its counters in obleth-budgets.mdb next to the config",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": 1, \"keys\": [{\"id\": \"k\", "
+                           "\"secret\": \"s\"}]}]"),
+                      BASE_DIR "/obleth-budgets.mdb");
+  expect_budgets_path("so does a key budget alone",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\", "
+                           "\"budget_tokens\": 5}]}]"),
+                      BASE_DIR "/obleth-budgets.mdb");
+  expect_budgets_path("budgets.path resolved against the config's folder",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"keys\": [{\"id\": \"k\", \"secret\": \"s\", "
+                           "\"budget_tokens\": 5}]}], \"budgets\": {\"path\": \"state/b.mdb\"}"),
+                      BASE_DIR "/state/b.mdb");
+  expect_budgets_path("an absolute budgets.path is kept, also without any budget",
+                      WITH("\"budgets\": {\"path\": \"/var/lib/obleth/b.mdb\"}"), "/var/lib/obleth/b.mdb");
+  expect_budgets_path("an empty budgets object gets the default path", WITH("\"budgets\": {}"),
+                      BASE_DIR "/obleth-budgets.mdb");
+  expect_budgets_path("no budget and no \"budgets\": no counter file",
+                      WITH("\"tenants\": [{\"name\": \"t\", \"budget_period\": \"day\", \"keys\": [{\"id\": \"k\", "
+                           "\"secret\": \"s\"}]}]"),
+                      NULL);
+
+  EXPECT_ERRS("budget errors: periods, integers, budgets object",
+              WITH("\"tenants\": [{\"name\": \"t\", \"budget_tokens\": -1, \"budget_period\": \"week\", \"keys\": "
+                   "[{\"id\": \"k\", \"secret\": \"s\", \"budget_tokens\": 1.5, \"budget_period\": 1}, {\"id\": \"k2\", "
+                   "\"secret\": \"s2\", \"budget_tokens\": 9007199254740993e3, \"budget_period\": \"Month\"}]}], "
+                   "\"budgets\": {\"path\": \"\", \"sync_ms\": 5}"),
+              "tenants[0].budget_tokens: expected a non-negative integer",
+              "tenants[0].budget_period: expected \"day\", \"month\" or \"total\"",
+              "tenants[0].keys[0].budget_tokens: expected a non-negative integer",
+              "tenants[0].keys[0].budget_period: expected \"day\", \"month\" or \"total\"",
+              "tenants[0].keys[1].budget_tokens: expected a non-negative integer no larger than 9007199254740992",
+              "tenants[0].keys[1].budget_period: expected \"day\", \"month\" or \"total\"",
+              "budgets.path: must not be empty", "budgets.sync_ms: unknown key");
+  EXPECT_ERRS("budgets not an object", WITH("\"budgets\": \"b.mdb\""), "budgets: expected an object");
+}
+
 /* Inputs the fuzzer found worth keeping live here as well as in the corpus. */
 static void test_regressions(void) {
   EXPECT_ERRS("escape at the very end", "{\"a\\", "$: invalid JSON near byte 2");
@@ -807,6 +870,7 @@ int main(void) {
   test_tenants();
   test_tenant_errors();
   test_admission_credential_errors();
+  test_budget_keys();
   test_load();
   test_regressions();
   return tap_done();

@@ -9,22 +9,30 @@ import { startSim, startObleth, stop, curl, simStats, chatBody, sleep } from './
 const json = ['-H', 'content-type: application/json'];
 
 test('requests spread over endpoints by least in flight', async () => {
-  const a = await startSim(['--itl-ms', '50']);
-  const b = await startSim(['--itl-ms', '50']);
+  // Long streams (10 x 300 ms) so all eight are in flight together even on
+  // a loaded machine where starting eight curls takes a while.
+  const a = await startSim(['--itl-ms', '300']);
+  const b = await startSim(['--itl-ms', '300']);
   const gw = await startObleth({
     upstreams: [{ name: 'pool', endpoints: [a.url, b.url] }],
     routes: [{ prefix: '/', class: 'inference', upstream: 'pool' }],
   });
-  const body = JSON.stringify(chatBody({ max_tokens: 10 }));
-  const all = [];
-  for (let i = 0; i < 8; i++) all.push(curl(['--http1.1', ...json, '--data-binary', body, gw.url + '/v1/chat/completions']));
-  await sleep(200);
-  const [sa, sb] = [await simStats(a), await simStats(b)];
-  assert.equal(sa.in_flight + sb.in_flight, 8);
-  assert.equal(sa.in_flight, 4);
-  assert.equal(sb.in_flight, 4);
-  for (const r of await Promise.all(all)) assert.equal(r.status, 200);
-  await stop(gw.proc); await stop(a.proc); await stop(b.proc);
+  try {
+    const body = JSON.stringify(chatBody({ max_tokens: 10 }));
+    const all = [];
+    for (let i = 0; i < 8; i++) all.push(curl(['--http1.1', ...json, '--data-binary', body, gw.url + '/v1/chat/completions']));
+    let sa, sb;
+    for (const end = Date.now() + 2500; Date.now() < end; await sleep(50)) {
+      [sa, sb] = [await simStats(a), await simStats(b)];
+      if (sa.in_flight + sb.in_flight === 8) break;
+    }
+    assert.equal(sa.in_flight + sb.in_flight, 8);
+    assert.equal(sa.in_flight, 4);
+    assert.equal(sb.in_flight, 4);
+    for (const r of await Promise.all(all)) assert.equal(r.status, 200);
+  } finally {
+    await stop(gw.proc); await stop(a.proc); await stop(b.proc);
+  }
 });
 
 test('a refused endpoint is retried elsewhere and then skipped', async () => {

@@ -76,8 +76,55 @@ static const char *scope_of(ob_exchange_t *x, const ob_config_route_t *rc) {
   return s;
 }
 
+/* The response id of a stored body, as its raw string token (quotes
+ * included): the top-level "id" of a JSON object, or of the first SSE
+ * data event. Empty when there is none. */
+static ob_iov_t stored_id(ob_iov_t body) {
+  ob_iov_t json = body;
+  if (body.len && body.base[0] != '{') {
+    const char *d = memmem(body.base, body.len, "data:", 5);
+    if (!d) return ob_iov(NULL, 0);
+    d += 5;
+    const char *end = body.base + body.len;
+    while (d < end && *d == ' ') d++;
+    const char *nl = memchr(d, '\n', (size_t)(end - d));
+    json = ob_iov(d, (size_t)((nl ? nl : end) - d));
+  }
+  ob_json_member_t m;
+  if (ob_json_find_member(json, OB_IOV_LIT("id"), &m) != 1 || m.value.len < 3 || m.value.base[0] != '"')
+    return ob_iov(NULL, 0);
+  return m.value;
+}
+
+/* cache.fresh_id: a copy of body (in the arena) where every occurrence of
+ * the stored id is replaced by a new one of the same length and prefix
+ * (up to the last '-'), so lengths and every other byte stay as stored. */
+static ob_iov_t fresh_body(ob_exchange_t *x, ob_iov_t body) {
+  ob_iov_t id = stored_id(body);
+  if (!id.len) return body;
+  char *fresh = ob_arena_alloc(x->arena, id.len);
+  memcpy(fresh, id.base, id.len);
+  size_t from = 1;
+  for (size_t i = 1; i + 1 < id.len; i++)
+    if (id.base[i] == '-') from = i + 1;
+  /* Not a secret, only distinct: a per-process splitmix64 stream. */
+  static uint64_t state;
+  if (!state) state = ob_clock_us() ^ (uint64_t)(uintptr_t)&state;
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = from; i + 1 < id.len; i += 16) {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull, z = (z ^ (z >> 27)) * 0x94D049BB133111EBull, z ^= z >> 31;
+    for (size_t j = i; j < i + 16 && j + 1 < id.len; j++, z >>= 4) fresh[j] = hex[z & 15];
+  }
+  char *copy = ob_arena_alloc(x->arena, body.len);
+  memcpy(copy, body.base, body.len);
+  for (char *p = copy, *end = copy + body.len; (p = memmem(p, (size_t)(end - p), id.base, id.len)); p += id.len)
+    memcpy(p, fresh, id.len);
+  return ob_iov(copy, body.len);
+}
+
 /* Send the stored answer. */
-static void answer_hit(ob_exchange_t *x, ob_iov_t raw) {
+static void answer_hit(ob_exchange_t *x, ob_iov_t raw, bool fresh_id) {
   ob_cache_entry_t e;
   if (!ob_cache_entry_decode(raw, &e)) return;
   const char *ct = "application/json";
@@ -93,7 +140,8 @@ static void answer_hit(ob_exchange_t *x, ob_iov_t raw) {
   ob_fmt_u64(note + sizeof prefix - 1, e.prompt_tokens + e.completion_tokens);
   x->note = note;
   x->cache_tokens_saved = e.prompt_tokens + e.completion_tokens;
-  ob_exchange_reply(x, e.status, ct, e.body.base, e.body.len);
+  ob_iov_t body = fresh_id ? fresh_body(x, e.body) : e.body;
+  ob_exchange_reply(x, e.status, ct, body.base, body.len);
 }
 
 /* A follower's head, from its leader's response so far. */
@@ -144,7 +192,7 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
     ob_buf_init(&raw);
     if (t->store && ob_cache_store_get(t->store, &c->key, wall_ms(), &raw) == 1) {
       mark(x, "hit");
-      answer_hit(x, ob_buf_iov(&raw));
+      answer_hit(x, ob_buf_iov(&raw), cfg->fresh_id);
       ob_buf_dispose(&raw);
       return true;
     }

@@ -1456,12 +1456,13 @@ static const field_t top_fields[] = {
   [T_BUDGETS] = {.key = "budgets"},
 };
 
-enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
+enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_FRESH_ID, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
 #define CAF(k, w, lo, hi, d) {.key = #k, .off = offsetof(ob_config_cache_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
 static const field_t cache_fields[] = {
   [CA_PATH] = {.key = "path"},
   [CA_DETERMINISTIC] = {.key = "deterministic_only"},
   [CA_EXCLUDE] = {.key = "exclude_fields"},
+  [CA_FRESH_ID] = {.key = "fresh_id"},
   [CA_MAX_BYTES] = CAF(max_bytes, true, 1u << 20, MAX_EXACT_INT, 1u << 30),
   [CA_MAX_ENTRY] = CAF(max_entry_bytes, true, 1, MAX_EXACT_INT, 8u << 20),
   [CA_TTL] = CAF(ttl_s, false, 1, UINT32_MAX, 3600),
@@ -1477,6 +1478,7 @@ static void on_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
     break;
   }
   case CA_DETERMINISTIC: want_bool(cx, v, &c->deterministic_only); break;
+  case CA_FRESH_ID: want_bool(cx, v, &c->fresh_id); break;
   case CA_EXCLUDE: {
     if (!cJSON_IsArray(v)) {
       errf(cx, "expected an array of field names");

@@ -162,6 +162,7 @@ typedef struct ob_config_cache {
   uint64_t max_entry_bytes;   /* "max_entry_bytes": largest stored response body, default 8 MiB */
   uint32_t ttl_s;             /* "ttl_s": default 3600 */
   bool deterministic_only;    /* "deterministic_only": only temperature 0 or a seed */
+  bool fresh_id;              /* "fresh_id": a hit gets a new response id (same length) instead of the stored one */
   char **exclude_fields;      /* "exclude_fields": top-level request fields left out of the key, besides user and stream_options */
   size_t num_exclude_fields;
 } ob_config_cache_t;

@@ -738,3 +738,42 @@ test('a hit is answered before admission: it needs no free slot', { timeout: 200
     await r$.close();
   }
 });
+
+test('cache.fresh_id: a hit carries a new id of the same shape; every other byte is the stored one', { timeout: 20000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, { cache: { fresh_id: true } }));
+    // JSON: the top-level id differs, has the same prefix and length.
+    const body = chatBody({ messages: [{ role: 'user', content: 'fresh ids, json' }] });
+    const miss = await post(gw, body);
+    assert.equal(miss.cache, 'miss');
+    const { r: hit, misses } = await untilHit(sim, () => post(gw, body));
+    assert.equal(hit.cache, 'hit');
+    const orig = [miss, ...misses].at(-1).payload;
+    const a = JSON.parse(orig), b = JSON.parse(hit.payload);
+    assert.notEqual(b.id, a.id, 'a fresh id');
+    assert.equal(b.id.length, a.id.length);
+    assert.match(b.id, /^chatcmpl-[0-9a-f]+$/);
+    assert.equal(hit.payload.length, orig.length);
+    assert.equal(hit.payload.replaceAll(b.id, a.id), orig, 'nothing else changed');
+    const again = await post(gw, body);
+    assert.notEqual(JSON.parse(again.payload).id, b.id, 'each hit gets its own id');
+
+    // SSE: every chunk carries the same new id; the events are otherwise the stored ones.
+    const sbody = chatBody({ stream: true, max_tokens: 5, messages: [{ role: 'user', content: 'fresh ids, sse' }] });
+    const smiss = await post(gw, sbody, { proto: 'h2' });
+    assert.equal(smiss.cache, 'miss');
+    const { r: shit, misses: smisses } = await untilHit(sim, () => post(gw, sbody, { proto: 'h2' }));
+    assert.equal(shit.cache, 'hit');
+    const sorig = [smiss, ...smisses].at(-1).payload;
+    const ids = (p) => sseData(p).filter((d) => d !== '[DONE]').map((d) => JSON.parse(d).id);
+    const oi = ids(sorig), ni = ids(shit.payload);
+    assert.equal(ni.length, oi.length);
+    assert.equal(new Set(ni).size, 1, 'one id across the stream');
+    assert.notEqual(ni[0], oi[0]);
+    assert.equal(shit.payload.replaceAll(ni[0], oi[0]), sorig, 'the same events otherwise');
+  } finally {
+    await r$.close();
+  }
+});

@@ -35,7 +35,20 @@ async function gateway(sim, { admission = {}, upstream = {}, tenantExtra = {}, r
     groups: [{ name: 'prod', weight: 3 }, { name: 'batch', weight: 1 }],
     tenants: tenants(tenantExtra),
     admission: { cost: 'requests', ...admission },
+    admin: { address: '127.0.0.1:0' },
   });
+}
+
+// Requests waiting in the gateway's queues, from its admin listener.
+async function queued(gw) {
+  const m = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
+  return (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).queued;
+}
+
+// Poll until cond() holds (a loaded machine starts curl late); false after ms.
+async function until(cond, ms = 3000) {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await cond()) return true;
+  return false;
 }
 
 const chat = (gw, k, body = chatBody(), extra = []) =>
@@ -95,7 +108,7 @@ test('fast and queued admission are visible in the response headers', async () =
   const gw = await gateway(sim, { upstream: { max_inflight: 1 } });
   try {
     const first = chat(gw, 'sk-alice');
-    await sleep(50);
+    assert.ok(await until(async () => (await simStats(sim)).in_flight === 1), 'the first request holds the slot');
     const second = await chat(gw, 'sk-alice');
     const a = await first;
     assert.equal(hdr(a.body, 'x-obleth-admission'), 'fast');
@@ -114,9 +127,9 @@ test('a full queue answers 429 with Retry-After; a long wait answers 503', async
   const gw = await gateway(sim, { upstream: { max_inflight: 1 }, tenantExtra: { alice: { max_queue: 1 } }, admission: { queue_timeout_ms: 400 } });
   try {
     const holder = chat(gw, 'sk-alice');
-    await sleep(50);
+    assert.ok(await until(async () => (await simStats(sim)).in_flight === 1), 'the holder has the slot');
     const waiter = chat(gw, 'sk-alice');
-    await sleep(50);
+    assert.ok(await until(async () => (await queued(gw)) === 1), 'the waiter is queued');
     const full = await chat(gw, 'sk-alice');
     assert.equal(full.status, 429);
     assert.ok(Number(hdr(full.body, 'retry-after')) >= 1);
@@ -241,13 +254,21 @@ test('the slot is released on every path: complete, client gone (h1, h2), upstre
 // before the next is granted, so log lines come in grant order (client-side
 // completion times are too close together to order).
 async function grantOrder(sim, gw, plan) {
-  const holder = chat(gw, 'sk-alice', chatBody({ max_tokens: 1 }), ['-H', 'x-sim-delay-ms: 800']);
+  // The admin listener says how many wait: each request is sent only once
+  // the one before it is queued, so arrival order is the plan's even on a
+  // loaded machine, and the holder is still running when the last arrives.
+  const m = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
+  assert.ok(m, 'grantOrder needs an admin listener');
+  const queued = async () => (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).queued;
+  const holder = chat(gw, 'sk-alice', chatBody({ max_tokens: 1 }), ['-H', 'x-sim-delay-ms: 1500']);
   await sleep(100);
   const all = [];
   for (const [k, tag] of plan) {
+    const before = await queued();
     all.push(curl(['--http1.1', ...key(k), gw.url + `/plain/sim/echo/${tag}`]));
-    await sleep(40); // arrival order must be the plan's order
+    for (const end = Date.now() + 3000; (await queued()) === before && Date.now() < end;) await sleep(5);
   }
+  assert.equal(await queued(), plan.length, 'every request of the plan waited behind the holder');
   await holder;
   for (const r of await Promise.all(all)) assert.equal(r.status, 200, r.body);
   await sleep(100);
@@ -264,6 +285,7 @@ test('weighted grant order inside a group follows tenant weights (1:3)', async (
       { name: 'bob', weight: 3, keys: [{ id: 'b', secret: 'sk-bob' }] },
     ],
     admission: { cost: 'requests', mode: 'weighted' },
+    admin: { address: '127.0.0.1:0' },
   });
   try {
     const plan = [];
@@ -290,6 +312,7 @@ test('hierarchical: groups by weight first (prod 3 : batch 1), FIFO under fifo m
         { name: 'dave', group: 'batch', keys: [{ id: 'd', secret: 'sk-dave' }] },
       ],
       admission: { cost: 'requests', mode },
+      admin: { address: '127.0.0.1:0' },
     });
     try {
       const plan = [];

@@ -36,6 +36,21 @@ static void value_done(ob_usage_t *u) {
 
 void ob_usage_feed(ob_usage_t *u, const char *p, size_t n) {
   for (size_t i = 0; i < n; i++) {
+    if (u->state == S_SCAN && u->match == 0) {
+      /* Most bytes of a body are neither a quote (a possible "usage") nor a
+       * line feed (an event boundary): jump to the next of those with
+       * memchr. A skipped byte other than CR ends a blank-line run, as the
+       * byte-by-byte path below would say. */
+      const char *q = memchr(p + i, '"', n - i);
+      size_t stop = q ? (size_t)(q - p) : n;
+      const char *lf = memchr(p + i, '\n', stop - i);
+      if (lf) stop = (size_t)(lf - p);
+      size_t k = stop;
+      while (k > i && p[k - 1] == '\r') k--;
+      if (k > i) u->last_nl = false;
+      if (stop == n) return;
+      i = stop;
+    }
     char c = p[i];
     /* SSE events end with a blank line. */
     if (c == '\n') {

@@ -37,10 +37,20 @@ static bool is_client_credential(ob_iov_t name) {
   return ob_iov_eq_str_nocase(name, "authorization") || ob_iov_eq_str_nocase(name, "x-api-key");
 }
 
+/* "12.345ms" from microseconds, without floating-point formatting (the
+ * access line is written for every request). */
+static const char *ms_text(char out[32], uint64_t us) {
+  size_t n = ob_fmt_u64(out, us / 1000);
+  uint64_t f = us % 1000;
+  out[n] = '.', out[n + 1] = (char)('0' + f / 100), out[n + 2] = (char)('0' + f / 10 % 10);
+  out[n + 3] = (char)('0' + f % 10), memcpy(out + n + 4, "ms", 3);
+  return out;
+}
+
 static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
   uint64_t now = ob_clock_us();
-  char ttfb[32] = "-";
-  if (x->ttfb_us) snprintf(ttfb, sizeof ttfb, "%.3fms", (double)(x->ttfb_us - s->start_us) / 1000.0);
+  char total[32], ttfb[32] = "-", queue[32];
+  if (x->ttfb_us) ms_text(ttfb, x->ttfb_us - s->start_us);
   ob_iov_t model = x->model.len ? x->model : OB_IOV_LIT("-");
   char grpc[24] = "";
   if (x->grpc) {
@@ -48,15 +58,14 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
     else snprintf(grpc, sizeof grpc, " grpc-status=-");
   }
   const ob_config_tenant_t *t = x->who.tenant;
-  ob_log_access("%s \"%.*s %.*s HTTP/%s\" %d %llu %.3fms ttfb=%s upstream=%s model=%.*s tenant=%s group=%s key=%s "
-              "admission=%s queue=%.3fms rid=%s%s%s%s%s",
-              s->peer_addr, (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
-              s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
-              (unsigned long long)s->bytes_out, (double)(now - s->start_us) / 1000.0, ttfb,
-              x->endpoint ? x->endpoint : "-", (int)model.len, model.base, t ? t->name : "-", t ? t->group : "-",
-              x->who.key ? x->who.key->id : "-", x->admission ? x->admission : "-", (double)x->queue_us / 1000.0,
-              x->request_id, grpc,
-              x->note ? " " : "", x->note ? x->note : "", completed ? "" : " aborted");
+  ob_log_access("%s \"%.*s %.*s HTTP/%s\" %d %llu %s ttfb=%s upstream=%s model=%.*s tenant=%s group=%s key=%s "
+                "admission=%s queue=%s rid=%s%s%s%s%s",
+                s->peer_addr, (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
+                s->http_version == 20 ? "2" : (s->http_version == 10 ? "1.0" : "1.1"), s->status,
+                (unsigned long long)s->bytes_out, ms_text(total, now - s->start_us), ttfb,
+                x->endpoint ? x->endpoint : "-", (int)model.len, model.base, t ? t->name : "-", t ? t->group : "-",
+                x->who.key ? x->who.key->id : "-", x->admission ? x->admission : "-", ms_text(queue, x->queue_us),
+                x->request_id, grpc, x->note ? " " : "", x->note ? x->note : "", completed ? "" : " aborted");
 }
 
 /* ---------------------------------------------------------------- answers */

@@ -104,7 +104,7 @@ test('the tenant key is never forwarded; an upstream credential replaces it', as
 });
 
 test('fast and queued admission are visible in the response headers', async () => {
-  const sim = await startSim(['--ttft-ms', '300']);
+  const sim = await startSim(['--ttft-ms', '800']);
   const gw = await gateway(sim, { upstream: { max_inflight: 1 } });
   try {
     const first = chat(gw, 'sk-alice');

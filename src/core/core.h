@@ -164,6 +164,8 @@ typedef enum { OB_LOG_DEBUG, OB_LOG_INFO, OB_LOG_WARN, OB_LOG_ERROR } ob_log_lev
 
 /* Messages below this level are dropped; default INFO. */
 void ob_log_set_level(ob_log_level_t lvl);
+/* Whether a message at lvl would be written (skip building it if not). */
+bool ob_log_enabled(ob_log_level_t lvl);
 /* One line to stderr, prefixed with an ISO-8601 UTC time and the level. */
 void ob_log(ob_log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define ob_log_debug(...) ob_log(OB_LOG_DEBUG, __VA_ARGS__)
@@ -178,7 +180,7 @@ void ob_log(ob_log_level_t lvl, const char *fmt, ...) __attribute__((format(prin
  * ob_log_flush. The caller (the event loop that makes access lines)
  * flushes soon after the first buffered line; see ob_log_pending.
  */
-void ob_log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ob_log_access(const char *msg, size_t len); /* msg: the line without prefix or newline */
 /* Bytes of this thread's access lines not written yet. */
 size_t ob_log_pending(void);
 /* Write this thread's buffered access lines now. */

@@ -15,10 +15,13 @@ static ob_log_level_t min_level = OB_LOG_INFO;
 
 void ob_log_set_level(ob_log_level_t lvl) { min_level = lvl; }
 
+bool ob_log_enabled(ob_log_level_t lvl) { return lvl >= min_level; }
+
 /* Access lines waiting for write(2); per thread, so no lock. */
 #define ACCESS_FLUSH 32768
+#define LINE_MAX_ 2048 /* one log line at most, newline included */
 static _Thread_local struct {
-  char buf[ACCESS_FLUSH + 2048];
+  char buf[ACCESS_FLUSH + LINE_MAX_];
   size_t len;
 } access_buf;
 
@@ -38,11 +41,10 @@ void ob_log_flush(void) {
 
 size_t ob_log_pending(void) { return access_buf.len; }
 
-/* One formatted line (timestamp, level, message, newline) into out, which
- * has room for 2048 bytes; returns its length. */
-static size_t format_line(char *out, ob_log_level_t lvl, const char *fmt, va_list ap) {
+/* The "2026-11-24T21:04:25.135Z info " prefix into out; returns its length
+ * (at most 40). */
+static size_t prefix(char *out, ob_log_level_t lvl) {
   static const char *names[] = {"debug", "info", "warn", "error"};
-  const size_t cap = 2048;
   /* The date part changes once a second; formatting it for every access
    * line was a visible part of a cache hit's cost. */
   static _Thread_local time_t last_sec = -1;
@@ -63,9 +65,15 @@ static size_t format_line(char *out, ob_log_level_t lvl, const char *fmt, va_lis
   out[dl + 3] = (char)('0' + ms % 10), out[dl + 4] = 'Z', out[dl + 5] = ' ';
   memcpy(out + dl + 6, names[lvl], nl);
   out[dl + 6 + nl] = ' ';
-  int n = (int)(dl + 7 + nl);
-  int m = vsnprintf(out + n, cap - (size_t)n - 1, fmt, ap);
-  size_t len = (size_t)n + (m < 0 ? 0 : ((size_t)m < cap - (size_t)n - 1 ? (size_t)m : cap - (size_t)n - 2));
+  return dl + 7 + nl;
+}
+
+/* One formatted line (prefix, message, newline) into out, which has room
+ * for LINE_MAX_ bytes; returns its length. */
+static size_t format_line(char *out, ob_log_level_t lvl, const char *fmt, va_list ap) {
+  size_t n = prefix(out, lvl);
+  int m = vsnprintf(out + n, LINE_MAX_ - n - 1, fmt, ap);
+  size_t len = n + (m < 0 ? 0 : ((size_t)m < LINE_MAX_ - n - 1 ? (size_t)m : LINE_MAX_ - n - 2));
   out[len++] = '\n';
   return len;
 }
@@ -81,11 +89,14 @@ void ob_log(ob_log_level_t lvl, const char *fmt, ...) {
   write_all(line, len); /* one write: lines from several threads never interleave */
 }
 
-void ob_log_access(const char *fmt, ...) {
+void ob_log_access(const char *msg, size_t len) {
   if (OB_LOG_INFO < min_level) return;
-  va_list ap;
-  va_start(ap, fmt);
-  access_buf.len += format_line(access_buf.buf + access_buf.len, OB_LOG_INFO, fmt, ap);
-  va_end(ap);
+  char *out = access_buf.buf + access_buf.len;
+  size_t n = prefix(out, OB_LOG_INFO);
+  if (len > LINE_MAX_ - n - 1) len = LINE_MAX_ - n - 1;
+  memcpy(out + n, msg, len);
+  out[n + len] = '\n';
+  access_buf.len += n + len + 1;
   if (access_buf.len >= ACCESS_FLUSH) ob_log_flush();
 }
+

@@ -1,0 +1,266 @@
+/*
+ * fuzz_upstream_response.c: raw bytes from a fake upstream into the
+ * upstream response path (src/net/upstream.c, upstream_h1.c, upstream_h2.c)
+ * through the public ob_upstream_request.
+ *
+ * The driver listens on a loopback TCP socket of its own; one event_base and
+ * one net whose two upstreams (http1 and h2c) point at that socket are made
+ * on the first input and kept. Per input: start a request, accept the
+ * connection, read the request, write the rest of the input as the
+ * response, shut down the write side, and run the loop until the request's
+ * terminal callback came and the gateway closed its side (so nothing of the
+ * connection outlives the input). Connections the net opens besides the
+ * first (a retry) are closed at once.
+ *
+ * The first input byte chooses the exchange:
+ *   bit 0     upstream: http1 / h2c (the response is then HTTP/2 frames,
+ *             written after an empty SETTINGS frame);
+ *   bits 1-2  request: GET, HEAD, POST with a small body, POST with a body
+ *             larger than the socket buffers and the h2 stream window;
+ *   bits 3-4  handler: plain, pauses at the first body bytes (resumed
+ *             whenever the loop is quiet), cancels in on_head, cancels in
+ *             on_data;
+ *   bits 5-6  how the response is cut: h1 whole, h2 after each frame of type
+ *             0xfe (see fuzz_net.h); or pieces of 5, 64 or 1024 bytes, each
+ *             followed by a quiet loop;
+ *   bit 7     expect_trailers (te: trailers).
+ *
+ * Checks (abort), the contract of net.h: no callback from inside
+ * ob_upstream_request; on_head at most once, before any on_data; exactly one
+ * terminal callback (on_end or on_error), none when the handler cancelled,
+ * nothing after either; on_error's codes and head_seen as documented; no
+ * hop-by-hop or pseudo field reaches the handler; no body for HEAD; once the
+ * terminal callback came, the endpoint has nothing in flight.
+ */
+#include "net.h"
+
+#include "fuzz_net.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <unistd.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+enum { M_GET, M_HEAD, M_POST, M_POST_BIG };
+enum { A_NONE, A_PAUSE, A_CANCEL_HEAD, A_CANCEL_DATA };
+
+#define MAX_CONNS 8
+#define BIG_BODY (300 * 1024)
+
+static struct event_base *base;
+static ob_config_t *cfg;
+static ob_net_t *net;
+static int lfd = -1;
+
+typedef struct run {
+  int method, action;
+  bool in_request;    /* inside ob_upstream_request */
+  ob_ureq_t *u;
+  bool paused;
+  bool cancelled;
+  int heads, ends, errors;
+  size_t body_bytes;
+  int fds[MAX_CONNS]; /* accepted, in order; -1 once closed */
+  bool eof[MAX_CONNS];
+  size_t num_fds;
+  const uint8_t *out; /* response bytes not yet written to fds[0] */
+  size_t out_left;
+} run_t;
+
+static run_t r;
+
+static void cancel(ob_ureq_t *u) {
+  ob_ureq_cancel(u);
+  r.cancelled = true;
+  r.u = NULL;
+}
+
+static void on_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t *h, size_t n) {
+  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled);
+  CHECK(r.heads == 0 && r.ends + r.errors == 0 && r.body_bytes == 0);
+  CHECK(status >= 200 && status <= 999);
+  r.heads++;
+  for (size_t i = 0; i < n; i++) {
+    CHECK(h[i].name.len > 0 && h[i].name.base[0] != ':');
+    CHECK(!ob_http_is_hop_by_hop(h[i].name, ob_iov(NULL, 0)));
+  }
+  if (r.action == A_CANCEL_HEAD) cancel(u);
+}
+
+static void on_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
+  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled && !r.paused);
+  CHECK(r.heads == 1 && r.ends + r.errors == 0);
+  CHECK(r.method != M_HEAD);
+  size_t n = evbuffer_get_length(buf);
+  CHECK(n > 0);
+  r.body_bytes += n;
+  if (r.action == A_PAUSE && !r.paused && r.body_bytes == n) {
+    /* Take half, leave the rest buffered by net, and stop. */
+    evbuffer_drain(buf, n / 2);
+    ob_ureq_pause(u, true);
+    r.paused = true;
+    r.body_bytes -= n - n / 2;
+    return;
+  }
+  evbuffer_drain(buf, n);
+  if (r.action == A_CANCEL_DATA) cancel(u);
+}
+
+static void on_end(ob_ureq_t *u, void *data, const ob_http_header_t *t, size_t n) {
+  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled);
+  CHECK(r.heads == 1 && r.ends + r.errors == 0);
+  r.ends++;
+  r.u = NULL;
+  r.paused = false;
+}
+
+static void on_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bool head_seen) {
+  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled);
+  CHECK(r.ends + r.errors == 0);
+  CHECK(err == OB_ERR_CONN || err == OB_ERR_BAD_RESPONSE);
+  CHECK(status_hint == 502 || status_hint == 503 || status_hint == 504);
+  CHECK(head_seen == (r.heads == 1));
+  r.errors++;
+  r.u = NULL;
+  r.paused = false;
+}
+
+static const ob_ureq_handler_t handler = {on_head, on_data, on_end, on_error};
+
+static void init_once(void) {
+  if (net) return;
+  fuzz_net_init_process();
+  base = event_base_new();
+  lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sin;
+  CHECK(lfd >= 0 && bind(lfd, (struct sockaddr *)&sin, sizeof sin) == 0 && listen(lfd, 16) == 0);
+  CHECK(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
+  CHECK(fcntl(lfd, F_SETFL, O_NONBLOCK) == 0);
+  int port = ntohs(sin.sin_port);
+  char json[1024];
+  snprintf(json, sizeof json,
+           "{\"listeners\":[{\"address\":\"127.0.0.1:0\"}],"
+           "\"upstreams\":[{\"name\":\"h1\",\"protocol\":\"http1\",\"endpoints\":[\"http://127.0.0.1:%d\"]},"
+           "{\"name\":\"h2c\",\"protocol\":\"h2c\",\"endpoints\":[\"http://127.0.0.1:%d\"]}],"
+           "\"limits\":{\"max_header_bytes\":4096,\"stream_window_bytes\":16384}," FUZZ_TIMEOUTS "}",
+           port, port);
+  ob_config_errors_t errs = {0};
+  cfg = ob_config_parse(json, strlen(json), NULL, &errs);
+  for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "config: %s\n", errs.items[i]);
+  ob_config_errors_dispose(&errs);
+  CHECK(cfg);
+  net = ob_net_create(base, cfg, &(ob_sreq_handler_t){0}, NULL);
+  CHECK(net);
+}
+
+/* Accept what connects, drop what the gateway sends, write the response to
+ * the first connection; later connections (retries) are closed at once. */
+static size_t upstream_io(void *arg) {
+  size_t moved = 0;
+  int fd;
+  while ((fd = accept(lfd, NULL, NULL)) >= 0) {
+    CHECK(r.num_fds < MAX_CONNS);
+    if (r.num_fds > 0) shutdown(fd, SHUT_WR);
+    r.eof[r.num_fds] = false;
+    r.fds[r.num_fds++] = fd;
+    moved++;
+  }
+  for (size_t i = 0; i < r.num_fds; i++)
+    if (r.fds[i] >= 0 && !r.eof[i]) moved += drain_fd(r.fds[i], &r.eof[i]);
+  if (r.num_fds && r.fds[0] >= 0) moved += send_some(r.fds[0], &r.out, &r.out_left);
+  return moved;
+}
+
+/* The wait predicates are asked only when the loop is quiet: a paused
+ * handler is resumed there, and the wait goes on. */
+static bool resumed(void) {
+  if (!r.paused) return false;
+  r.paused = false;
+  ob_ureq_pause(r.u, false);
+  return true;
+}
+
+static bool request_read(void *arg) { return !resumed() && (r.num_fds > 0 || r.ends + r.errors > 0); }
+
+static bool all_sent(void *arg) { return !resumed() && (r.out_left == 0 || r.eof[0]); }
+
+/* The terminal callback came (or the handler cancelled), and every
+ * connection the net opened is closed on its side too. */
+static bool finished(void *arg) {
+  if (resumed() || (!r.cancelled && r.ends + r.errors == 0)) return false;
+  for (size_t i = 0; i < r.num_fds; i++)
+    if (!r.eof[i]) return false;
+  return true;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size < 1) return 0;
+  init_once();
+  uint8_t mode = data[0];
+  bool h2 = mode & 1;
+  static const size_t cuts[4] = {0, 5, 64, 1024};
+  size_t cut = cuts[(mode >> 5) & 3];
+  memset(&r, 0, sizeof r);
+  r.method = (mode >> 1) & 3;
+  r.action = (mode >> 3) & 3;
+  data++, size--;
+
+  static char big[BIG_BODY];
+  static const char *const methods[] = {"GET", "HEAD", "POST", "POST"};
+  ob_iov_t body = r.method == M_POST ? OB_IOV_LIT("{\"small\":true}")
+                : r.method == M_POST_BIG ? ob_iov(big, sizeof big) : ob_iov(NULL, 0);
+  static const ob_http_header_t hdrs[] = {{OB_IOV_LIT("accept"), OB_IOV_LIT("*/*")},
+                                          {OB_IOV_LIT("x-fuzz"), OB_IOV_LIT("1")}};
+  ob_ureq_spec_t spec = {
+      .method = ob_iov_str(methods[r.method]),
+      .path = OB_IOV_LIT("/fuzz"),
+      .headers = hdrs,
+      .num_headers = 2,
+      .body = body.len ? &body : NULL,
+      .num_body = body.len ? 1 : 0,
+      .expect_trailers = (mode & 0x80) != 0,
+  };
+  ob_upstream_t *up = ob_net_upstream(net, h2 ? "h2c" : "h1");
+  r.in_request = true;
+  r.u = ob_upstream_request(up, &spec, &handler, &r);
+  r.in_request = false;
+  CHECK(r.u && r.heads + r.ends + r.errors == 0);
+
+  /* Read the whole request (for h2c: preface, SETTINGS, HEADERS) first, so
+   * the response answers it rather than racing it. */
+  pump_t p = {.base = base, .io = upstream_io, .done = request_read, .arg = &r, .what = "upstream: connect"};
+  pump_run(&p);
+
+  static const uint8_t settings[] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
+  p.done = all_sent;
+  p.what = "upstream: response";
+  if (h2 && r.num_fds) {
+    r.out = settings, r.out_left = sizeof settings;
+    pump_run(&p);
+  }
+  for (size_t off = 0; off < size && r.num_fds && !r.eof[0];) {
+    size_t seg = size - off;
+    if (cut && seg > cut) seg = cut;
+    if (!cut && h2) seg = h2_segment(data + off, seg);
+    r.out = data + off, r.out_left = seg;
+    pump_run(&p);
+    off += seg;
+  }
+  if (r.num_fds) shutdown(r.fds[0], SHUT_WR);
+  r.out_left = 0;
+
+  p.done = finished;
+  p.what = "upstream: no terminal callback, or the connection was kept after the upstream closed";
+  pump_run(&p);
+  CHECK(r.cancelled ? r.ends + r.errors == 0 : r.ends + r.errors == 1);
+  CHECK(r.ends == 0 || r.heads == 1);
+  ob_endpoint_stats_t st;
+  ob_upstream_endpoint_stats(up, 0, &st);
+  CHECK(st.inflight == 0);
+  for (size_t i = 0; i < r.num_fds; i++) close(r.fds[i]);
+  return 0;
+}

@@ -7,11 +7,13 @@
  * Each input gets a socketpair: one end is handed to the net as an accepted
  * connection; the driver writes the connection preface, an empty SETTINGS
  * frame and then the input to the other end, reading and dropping whatever
- * the gateway answers. The input is cut after every frame of the unassigned
- * type 0xfe (see fuzz_net.h): each piece is written and the loop run until
+ * the gateway answers. The input is cut after every driver frame (types
+ * 0xfc-0xfe, see fuzz_net.h): each piece is written and the loop run until
  * quiet before the next, so responses, deferred answers and flow control
- * interleave with the client's frames. Then the driver closes its end and
- * runs the loop until the connection is freed.
+ * interleave with the client's frames; the driver frames also stop and
+ * restart reading the gateway's output and start a graceful shutdown of the
+ * connection. Then the driver closes its end and runs the loop until the
+ * connection is freed.
  *
  * The handler answers every request itself; the path picks how, so the
  * fuzzer can reach each way of answering (the names are compared with
@@ -171,18 +173,19 @@ typedef struct client {
   const uint8_t *out;
   size_t out_left;
   bool eof;
+  bool not_reading; /* leave the gateway's bytes in the socket */
 } client_t;
 
 static size_t client_io(void *arg) {
   client_t *c = arg;
   size_t moved = send_some(c->fd, &c->out, &c->out_left);
-  if (!c->eof) moved += drain_fd(c->fd, &c->eof);
+  if (!c->eof && !c->not_reading) moved += drain_fd(c->fd, &c->eof);
   return moved;
 }
 
 static bool conn_gone(void *arg) { return net->num_conns == 0; }
 
-static bool all_sent(void *arg) { return ((client_t *)arg)->out_left == 0 || ((client_t *)arg)->eof; }
+static bool all_sent(void *arg) { return ((client_t *)arg)->out_left == 0; }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   init_once();
@@ -200,10 +203,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   pump_run(&p);
   p.what = "h2 server: input";
   for (size_t off = 0; off < size && !c.eof;) {
-    size_t seg = h2_segment(data + off, size - off);
+    int marker;
+    size_t seg = h2_segment(data + off, size - off, &marker);
     c.out = data + off, c.out_left = seg;
     pump_run(&p);
     off += seg;
+    if (marker == FRAME_READING) c.not_reading = !c.not_reading;
+    if (marker == FRAME_DRAIN && net->conns) {
+      ob_net_client_drain(net->conns);
+      pump_run(&p);
+    }
   }
 
   close(sv[1]);

@@ -89,29 +89,41 @@ static size_t drain_fd(int fd, bool *eof) {
   }
 }
 
-/* Write what fd takes of [*p, *p + *left); advances both. */
+/* Write what fd takes of [*p, *p + *left); advances both. Once the peer is
+ * gone the rest is dropped (*left = 0): nobody will read it. */
 static size_t send_some(int fd, const uint8_t **p, size_t *left) {
   size_t total = 0;
   while (*left) {
     ssize_t n = send(fd, *p, *left, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) *left = 0;
     if (n <= 0) break;
     *p += n, *left -= (size_t)n, total += (size_t)n;
   }
   return total;
 }
 
+/* Frame types 0xfc-0xfe are not assigned, so the peer ignores them (RFC
+ * 9113 5.5); the drivers read them as instructions, which lets the fuzzer
+ * interleave its frames with what the gateway does:
+ *   PAUSE    let the net answer what came before before the rest arrives;
+ *   READING  stop (or start again) reading what the gateway writes, so
+ *            its output backs up into its buffers;
+ *   DRAIN    start a graceful shutdown of the connection (h2_server). */
+enum { FRAME_DRAIN = 0xfc, FRAME_READING = 0xfd, FRAME_PAUSE = 0xfe };
+
 /* Length of the first segment of an HTTP/2 frame sequence: up to and
- * including the first frame of type 0xfe, or everything. Type 0xfe is not
- * assigned, so the peer ignores it (RFC 9113 4.1); the drivers read it as
- * "let the net answer before the rest arrives", which lets the fuzzer
- * interleave its frames with the gateway's. */
-#define FRAME_PAUSE 0xfe
-static size_t h2_segment(const uint8_t *p, size_t n) {
+ * including the first driver frame, or everything. *marker: that frame's
+ * type, or 0. */
+static size_t h2_segment(const uint8_t *p, size_t n, int *marker) {
   size_t off = 0;
+  *marker = 0;
   while (off + 9 <= n) {
     size_t end = off + 9 + ((size_t)p[off] << 16 | (size_t)p[off + 1] << 8 | p[off + 2]);
     if (end > n) break;
-    if (p[off + 3] == FRAME_PAUSE) return end;
+    if (p[off + 3] >= FRAME_DRAIN && p[off + 3] <= FRAME_PAUSE) {
+      *marker = p[off + 3];
+      return end;
+    }
     off = end;
   }
   return n;

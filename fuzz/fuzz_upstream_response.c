@@ -7,30 +7,34 @@
  * one net whose two upstreams (http1 and h2c) point at that socket are made
  * on the first input and kept. Per input: start a request, accept the
  * connection, read the request, write the rest of the input as the
- * response, shut down the write side, and run the loop until the request's
- * terminal callback came and the gateway closed its side (so nothing of the
- * connection outlives the input). Connections the net opens besides the
- * first (a retry) are closed at once.
+ * response, shut down the write side, and run the loop until every request
+ * had its terminal callback and the gateway closed its side too (so nothing
+ * of the connection outlives the input). Connections the net opens besides
+ * the first (a retry, a second request that found no idle connection) are
+ * shut down at once.
  *
  * The first input byte chooses the exchange:
  *   bit 0     upstream: http1 / h2c (the response is then HTTP/2 frames,
- *             written after an empty SETTINGS frame);
+ *             written after an empty SETTINGS frame; the request is
+ *             stream 1, a second one stream 3);
  *   bits 1-2  request: GET, HEAD, POST with a small body, POST with a body
  *             larger than the socket buffers and the h2 stream window;
  *   bits 3-4  handler: plain, pauses at the first body bytes (resumed
  *             whenever the loop is quiet), cancels in on_head, cancels in
  *             on_data;
- *   bits 5-6  how the response is cut: h1 whole, h2 after each frame of type
- *             0xfe (see fuzz_net.h); or pieces of 5, 64 or 1024 bytes, each
+ *   bits 5-6  how the response is cut: h1 whole, h2 after each driver frame
+ *             (see fuzz_net.h); or pieces of 5, 64 or 1024 bytes, each
  *             followed by a quiet loop;
- *   bit 7     expect_trailers (te: trailers).
+ *   bit 7     a second request alike, with te: trailers: h1 starts it from
+ *             the first one's terminal callback (so it may reuse the
+ *             kept-alive connection), h2 at once (two streams).
  *
  * Checks (abort), the contract of net.h: no callback from inside
- * ob_upstream_request; on_head at most once, before any on_data; exactly one
- * terminal callback (on_end or on_error), none when the handler cancelled,
- * nothing after either; on_error's codes and head_seen as documented; no
- * hop-by-hop or pseudo field reaches the handler; no body for HEAD; once the
- * terminal callback came, the endpoint has nothing in flight.
+ * ob_upstream_request; on_head at most once, before any on_data; no on_data
+ * while paused; exactly one terminal callback (on_end or on_error), none
+ * when the handler cancelled, nothing after either; on_error's codes and
+ * head_seen as documented; no hop-by-hop or pseudo field reaches the
+ * handler; no body for HEAD; at the end the endpoint has nothing in flight.
  */
 #include "net.h"
 
@@ -55,80 +59,124 @@ static ob_config_t *cfg;
 static ob_net_t *net;
 static int lfd = -1;
 
-typedef struct run {
-  int method, action;
-  bool in_request;    /* inside ob_upstream_request */
-  ob_ureq_t *u;
-  bool paused;
-  bool cancelled;
+typedef struct rec {
+  ob_ureq_t *u;       /* NULL once finished or cancelled */
+  bool started, paused, paused_once, cancelled;
   int heads, ends, errors;
   size_t body_bytes;
-  int fds[MAX_CONNS]; /* accepted, in order; -1 once closed */
+} rec_t;
+
+static struct run {
+  bool h2;
+  int method, action;
+  bool second;        /* mode bit 7 */
+  ob_upstream_t *up;
+  bool in_api;        /* inside ob_upstream_request */
+  rec_t req[2];
+  int fds[MAX_CONNS]; /* accepted, in order */
   bool eof[MAX_CONNS];
   size_t num_fds;
+  bool not_reading;   /* leave the gateway's bytes in the socket */
   const uint8_t *out; /* response bytes not yet written to fds[0] */
   size_t out_left;
-} run_t;
+} r;
 
-static run_t r;
+static void start(rec_t *q);
 
-static void cancel(ob_ureq_t *u) {
-  ob_ureq_cancel(u);
-  r.cancelled = true;
-  r.u = NULL;
+static void cancel(rec_t *q) {
+  ob_ureq_cancel(q->u);
+  q->cancelled = true;
+  q->u = NULL;
+}
+
+static void check_call(const rec_t *q, const ob_ureq_t *u) {
+  CHECK(!r.in_api && (q == &r.req[0] || q == &r.req[1]) && q->started);
+  CHECK(u == q->u && !q->cancelled && q->ends + q->errors == 0);
+}
+
+/* The terminal callback of the first h1 request starts the second: the
+ * connection it leaves idle is the one to reuse. */
+static void terminal(rec_t *q) {
+  q->u = NULL;
+  q->paused = false;
+  if (q == &r.req[0] && r.second && !r.h2) start(&r.req[1]);
 }
 
 static void on_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t *h, size_t n) {
-  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled);
-  CHECK(r.heads == 0 && r.ends + r.errors == 0 && r.body_bytes == 0);
+  rec_t *q = data;
+  check_call(q, u);
+  CHECK(q->heads == 0 && !q->paused_once);
   CHECK(status >= 200 && status <= 999);
-  r.heads++;
+  q->heads++;
   for (size_t i = 0; i < n; i++) {
     CHECK(h[i].name.len > 0 && h[i].name.base[0] != ':');
     CHECK(!ob_http_is_hop_by_hop(h[i].name, ob_iov(NULL, 0)));
   }
-  if (r.action == A_CANCEL_HEAD) cancel(u);
+  if (r.action == A_CANCEL_HEAD) cancel(q);
 }
 
 static void on_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
-  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled && !r.paused);
-  CHECK(r.heads == 1 && r.ends + r.errors == 0);
-  CHECK(r.method != M_HEAD);
+  rec_t *q = data;
+  check_call(q, u);
+  CHECK(q->heads == 1 && !q->paused && r.method != M_HEAD);
   size_t n = evbuffer_get_length(buf);
   CHECK(n > 0);
-  r.body_bytes += n;
-  if (r.action == A_PAUSE && !r.paused && r.body_bytes == n) {
+  if (r.action == A_PAUSE && !q->paused_once) {
     /* Take half, leave the rest buffered by net, and stop. */
     evbuffer_drain(buf, n / 2);
+    q->body_bytes += n / 2;
     ob_ureq_pause(u, true);
-    r.paused = true;
-    r.body_bytes -= n - n / 2;
+    q->paused = q->paused_once = true;
     return;
   }
+  q->body_bytes += n;
   evbuffer_drain(buf, n);
-  if (r.action == A_CANCEL_DATA) cancel(u);
+  if (r.action == A_CANCEL_DATA) cancel(q);
 }
 
 static void on_end(ob_ureq_t *u, void *data, const ob_http_header_t *t, size_t n) {
-  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled);
-  CHECK(r.heads == 1 && r.ends + r.errors == 0);
-  r.ends++;
-  r.u = NULL;
-  r.paused = false;
+  rec_t *q = data;
+  check_call(q, u);
+  CHECK(q->heads == 1);
+  q->ends++;
+  terminal(q);
 }
 
 static void on_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bool head_seen) {
-  CHECK(data == &r && u == r.u && !r.in_request && !r.cancelled);
-  CHECK(r.ends + r.errors == 0);
+  rec_t *q = data;
+  check_call(q, u);
   CHECK(err == OB_ERR_CONN || err == OB_ERR_BAD_RESPONSE);
   CHECK(status_hint == 502 || status_hint == 503 || status_hint == 504);
-  CHECK(head_seen == (r.heads == 1));
-  r.errors++;
-  r.u = NULL;
-  r.paused = false;
+  CHECK(head_seen == (q->heads == 1));
+  q->errors++;
+  terminal(q);
 }
 
 static const ob_ureq_handler_t handler = {on_head, on_data, on_end, on_error};
+
+static void start(rec_t *q) {
+  static char big[BIG_BODY];
+  static const char *const methods[] = {"GET", "HEAD", "POST", "POST"};
+  ob_iov_t body = r.method == M_POST ? OB_IOV_LIT("{\"small\":true}")
+                : r.method == M_POST_BIG ? ob_iov(big, sizeof big) : ob_iov(NULL, 0);
+  static const ob_http_header_t hdrs[] = {{OB_IOV_LIT("accept"), OB_IOV_LIT("*/*")},
+                                          {OB_IOV_LIT("x-fuzz"), OB_IOV_LIT("1")}};
+  ob_ureq_spec_t spec = {
+      .method = ob_iov_str(methods[r.method]),
+      .path = OB_IOV_LIT("/fuzz"),
+      .headers = hdrs,
+      .num_headers = 2,
+      .body = body.len ? &body : NULL,
+      .num_body = body.len ? 1 : 0,
+      .expect_trailers = q == &r.req[1],
+  };
+  bool nested = r.in_api;
+  r.in_api = true;
+  q->started = true;
+  q->u = ob_upstream_request(r.up, &spec, &handler, q);
+  r.in_api = nested;
+  CHECK(q->u && q->heads + q->ends + q->errors == 0);
+}
 
 static void init_once(void) {
   if (net) return;
@@ -158,7 +206,7 @@ static void init_once(void) {
 }
 
 /* Accept what connects, drop what the gateway sends, write the response to
- * the first connection; later connections (retries) are closed at once. */
+ * the first connection. */
 static size_t upstream_io(void *arg) {
   size_t moved = 0;
   int fd;
@@ -170,28 +218,33 @@ static size_t upstream_io(void *arg) {
     moved++;
   }
   for (size_t i = 0; i < r.num_fds; i++)
-    if (r.fds[i] >= 0 && !r.eof[i]) moved += drain_fd(r.fds[i], &r.eof[i]);
-  if (r.num_fds && r.fds[0] >= 0) moved += send_some(r.fds[0], &r.out, &r.out_left);
+    if (!r.eof[i] && (i > 0 || !r.not_reading)) moved += drain_fd(r.fds[i], &r.eof[i]);
+  if (r.num_fds) moved += send_some(r.fds[0], &r.out, &r.out_left);
   return moved;
 }
 
 /* The wait predicates are asked only when the loop is quiet: a paused
  * handler is resumed there, and the wait goes on. */
 static bool resumed(void) {
-  if (!r.paused) return false;
-  r.paused = false;
-  ob_ureq_pause(r.u, false);
-  return true;
+  bool any = false;
+  for (int i = 0; i < 2; i++) {
+    rec_t *q = &r.req[i];
+    if (!q->paused) continue;
+    q->paused = false;
+    ob_ureq_pause(q->u, false);
+    any = true;
+  }
+  return any;
 }
 
-static bool request_read(void *arg) { return !resumed() && (r.num_fds > 0 || r.ends + r.errors > 0); }
+static bool request_read(void *arg) { return !resumed() && (r.num_fds > 0 || r.req[0].u == NULL); }
 
-static bool all_sent(void *arg) { return !resumed() && (r.out_left == 0 || r.eof[0]); }
+static bool all_sent(void *arg) { return !resumed() && r.out_left == 0; }
 
-/* The terminal callback came (or the handler cancelled), and every
+/* Every request had its terminal callback (or was cancelled), and every
  * connection the net opened is closed on its side too. */
 static bool finished(void *arg) {
-  if (resumed() || (!r.cancelled && r.ends + r.errors == 0)) return false;
+  if (resumed() || r.req[0].u || r.req[1].u) return false;
   for (size_t i = 0; i < r.num_fds; i++)
     if (!r.eof[i]) return false;
   return true;
@@ -201,35 +254,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
   init_once();
   uint8_t mode = data[0];
-  bool h2 = mode & 1;
   static const size_t cuts[4] = {0, 5, 64, 1024};
   size_t cut = cuts[(mode >> 5) & 3];
   memset(&r, 0, sizeof r);
+  r.h2 = mode & 1;
   r.method = (mode >> 1) & 3;
   r.action = (mode >> 3) & 3;
+  r.second = (mode & 0x80) != 0;
+  r.up = ob_net_upstream(net, r.h2 ? "h2c" : "h1");
   data++, size--;
 
-  static char big[BIG_BODY];
-  static const char *const methods[] = {"GET", "HEAD", "POST", "POST"};
-  ob_iov_t body = r.method == M_POST ? OB_IOV_LIT("{\"small\":true}")
-                : r.method == M_POST_BIG ? ob_iov(big, sizeof big) : ob_iov(NULL, 0);
-  static const ob_http_header_t hdrs[] = {{OB_IOV_LIT("accept"), OB_IOV_LIT("*/*")},
-                                          {OB_IOV_LIT("x-fuzz"), OB_IOV_LIT("1")}};
-  ob_ureq_spec_t spec = {
-      .method = ob_iov_str(methods[r.method]),
-      .path = OB_IOV_LIT("/fuzz"),
-      .headers = hdrs,
-      .num_headers = 2,
-      .body = body.len ? &body : NULL,
-      .num_body = body.len ? 1 : 0,
-      .expect_trailers = (mode & 0x80) != 0,
-  };
-  ob_upstream_t *up = ob_net_upstream(net, h2 ? "h2c" : "h1");
-  r.in_request = true;
-  r.u = ob_upstream_request(up, &spec, &handler, &r);
-  r.in_request = false;
-  CHECK(r.u && r.heads + r.ends + r.errors == 0);
-
+  start(&r.req[0]);
+  if (r.second && r.h2) start(&r.req[1]);
   /* Read the whole request (for h2c: preface, SETTINGS, HEADERS) first, so
    * the response answers it rather than racing it. */
   pump_t p = {.base = base, .io = upstream_io, .done = request_read, .arg = &r, .what = "upstream: connect"};
@@ -238,28 +274,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const uint8_t settings[] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
   p.done = all_sent;
   p.what = "upstream: response";
-  if (h2 && r.num_fds) {
+  if (r.h2 && r.num_fds) {
     r.out = settings, r.out_left = sizeof settings;
     pump_run(&p);
   }
   for (size_t off = 0; off < size && r.num_fds && !r.eof[0];) {
     size_t seg = size - off;
+    int marker = 0;
     if (cut && seg > cut) seg = cut;
-    if (!cut && h2) seg = h2_segment(data + off, seg);
+    if (!cut && r.h2) seg = h2_segment(data + off, seg, &marker);
+    if (marker == FRAME_READING) r.not_reading = !r.not_reading;
     r.out = data + off, r.out_left = seg;
     pump_run(&p);
     off += seg;
   }
   if (r.num_fds) shutdown(r.fds[0], SHUT_WR);
   r.out_left = 0;
+  r.not_reading = false;
 
   p.done = finished;
   p.what = "upstream: no terminal callback, or the connection was kept after the upstream closed";
   pump_run(&p);
-  CHECK(r.cancelled ? r.ends + r.errors == 0 : r.ends + r.errors == 1);
-  CHECK(r.ends == 0 || r.heads == 1);
+  for (int i = 0; i < 2; i++) {
+    const rec_t *q = &r.req[i];
+    CHECK(q->started == (i == 0 || r.second));
+    CHECK(q->ends + q->errors == (q->cancelled || !q->started ? 0 : 1));
+    CHECK(q->ends == 0 || q->heads == 1);
+  }
   ob_endpoint_stats_t st;
-  ob_upstream_endpoint_stats(up, 0, &st);
+  ob_upstream_endpoint_stats(r.up, 0, &st);
   CHECK(st.inflight == 0);
   for (size_t i = 0; i < r.num_fds; i++) close(r.fds[i]);
   return 0;

@@ -19,7 +19,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DATA, HEADERS, PRIORITY, RST, SETTINGS, PUSH, PING, GOAWAY, WINDOW, CONT = range(10)
-PAUSE = 0xFE
+DRAIN, READING, PAUSE = 0xFC, 0xFD, 0xFE
 END_STREAM, ACK, END_HEADERS, PADDED, PRIO = 0x1, 0x1, 0x4, 0x8, 0x20
 
 
@@ -58,6 +58,10 @@ def headers(sid, fields, end_stream=True):
 
 def pause():
     return frame(PAUSE, 0, 0)
+
+
+def toggle_reading():
+    return frame(READING, 0, 0)
 
 
 def settings(*pairs, ack=False):
@@ -110,6 +114,11 @@ def h2_server_seeds():
                             frame(HEADERS, END_HEADERS | END_STREAM | PRIO, 3, struct.pack(">IB", 1, 200) + request("/")) +
                             frame(GOAWAY, 0, 0, struct.pack(">II", 3, 0)))
     s["too_many_streams"] = b"".join(headers(2 * i + 1, request("/later")) for i in range(70))
+    s["drain_midway"] = (headers(1, request("/later")) + headers(3, request("/stream", "POST"), False) +
+                         frame(DRAIN, 0, 0) + frame(DATA, END_STREAM, 3, b"rest") + headers(5, request("/")))
+    s["drain_idle"] = frame(DRAIN, 0, 0)
+    s["not_reading"] = (toggle_reading() + headers(1, request("/big")) + b"".join(frame(PING, 0, 0, b"p" * 8) for _ in range(50)) +
+                        window(0, 1 << 20) + window(1, 1 << 20) + pause() + toggle_reading() + pause())
     s["data_on_idle_stream"] = frame(DATA, END_STREAM, 5, b"nobody") + headers(1, request("/"))
     return s
 
@@ -153,6 +162,12 @@ def upstream_seeds():
     s["h1_huge_head"] = h1(0x00, "HTTP/1.1 200 OK\r\n" + "".join("X-%d: %s\r\n" % (i, "v" * 80) for i in range(60)) + "\r\n")
     s["h1_garbage"] = h1(0x00, b"\x00\xffnot http at all\r\n\r\n")
 
+    first = "HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n" + "k" * 25
+    assert len(first) == 64, len(first)
+    s["h1_keepalive_reuse_cut64"] = h1(0xC0, first + "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+    s["h1_keepalive_stale_cut64"] = h1(0xC0, first)
+    s["h1_keepalive_leftover"] = h1(0x80, first + "HTTP/1.1 200 OK\r\n")
+
     sid = 1
     ok_head = status(200) + block([("content-type", "text/plain"), ("x-a", "a")])
     s["h2_head_data"] = bytes([0x01]) + headers(sid, ok_head, False) + frame(DATA, END_STREAM, sid, b"hello")
@@ -185,6 +200,13 @@ def upstream_seeds():
         DATA, END_STREAM, sid, b"def")
     s["h2_header_bomb"] = bytes([0x01]) + headers(sid, status(200) + block([("x-%d" % i, "v" * 90) for i in range(60)]))
     s["h2_truncated"] = bytes([0x01]) + headers(sid, ok_head, False)[:12]
+    s["h2_two_streams"] = bytes([0x81]) + (headers(3, ok_head, False) + headers(sid, ok_head, False) +
+                                           frame(DATA, 0, 3, b"three") + frame(DATA, END_STREAM, sid, b"one") + pause() +
+                                           headers(3, block([("grpc-status", "0")])))
+    s["h2_two_streams_one_reset"] = bytes([0x99]) + (headers(sid, ok_head, False) + headers(3, ok_head, False) +
+                                                     frame(DATA, 0, sid, b"x") + rst(3, 2) + pause() + frame(DATA, END_STREAM, sid, b"y"))
+    s["h2_not_reading_big_post"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
+                                                    toggle_reading() + headers(sid, status(200)))
     s["h2_other_stream"] = bytes([0x01]) + headers(3, ok_head) + frame(DATA, END_STREAM, 5, b"z") + headers(sid, ok_head)
     return s
 

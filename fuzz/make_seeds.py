@@ -188,8 +188,10 @@ def upstream_seeds():
                                                      frame(PING, 0, 0, b"\0" * 8) + window(0, 1000) +
                                                      headers(sid, ok_head))
     s["h2_push_promise"] = bytes([0x01]) + frame(PUSH, END_HEADERS, sid, struct.pack(">I", 2) + request("/pushed"))
-    s["h2_flow_violation"] = bytes([0x01]) + headers(sid, ok_head, False) + b"".join(
-        frame(DATA, 0, sid, b"f" * 16384) for _ in range(2))
+    # Paused (mode bit 3), so the window stays shut: 18000 bytes exceed the
+    # 16384 the gateway's SETTINGS ask for once they are acknowledged.
+    s["h2_flow_violation"] = bytes([0x09]) + settings(ack=True) + headers(sid, ok_head, False) + pause() + b"".join(
+        frame(DATA, 0, sid, b"f" * 4500) for _ in range(4))
     s["h2_pause_big_data"] = bytes([0x09]) + headers(sid, ok_head, False) + frame(DATA, 0, sid, b"d" * 16000) + pause() + frame(
         DATA, END_STREAM, sid, b"e" * 300)
     s["h2_cancel_head"] = bytes([0x11]) + headers(sid, ok_head, False) + pause() + frame(DATA, END_STREAM, sid, b"x")

@@ -106,7 +106,7 @@ static void on_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
   rec_t *q = data;
   check_call(q, u);
   CHECK(q->heads == 0 && !q->paused_once);
-  CHECK(status >= 200 && status <= 999);
+  CHECK(status >= 200 && status <= 599);
   q->heads++;
   for (size_t i = 0; i < n; i++) {
     CHECK(h[i].name.len > 0 && h[i].name.base[0] != ':');

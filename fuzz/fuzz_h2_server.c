@@ -122,6 +122,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
 
 static void on_writable(ob_sreq_t *s, void *ctx) {
   CHECK(live_index(s) != SIZE_MAX);
+  CHECK(ob_sreq_pending(s) <= cfg->limits.stream_window_bytes / 2);
   if (path_is(s, "/big") && (uintptr_t)s->handler_data < BIG_PIECES) big_next(s);
 }
 
@@ -168,6 +169,15 @@ static void init_once(void) {
   later_ev = event_new(base, -1, 0, on_later, NULL);
 }
 
+/* Small socket buffers, so a peer that stops reading backs the gateway's
+ * output up into its own buffers (and the high-water marks, and nghttp2's
+ * flood limits) within an input of a few KiB. The kernel rounds up. */
+static void small_buffers(int fd) {
+  int n = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n);
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &n, sizeof n);
+}
+
 typedef struct client {
   int fd;
   const uint8_t *out;
@@ -191,6 +201,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   init_once();
   int sv[2];
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  small_buffers(sv[0]);
+  small_buffers(sv[1]);
   struct sockaddr_in peer = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   ob_net_client_accept(net, sv[0], (struct sockaddr *)&peer, sizeof peer, NULL);
   CHECK(net->num_conns == 1);

@@ -119,6 +119,10 @@ def h2_server_seeds():
     s["drain_idle"] = frame(DRAIN, 0, 0)
     s["not_reading"] = (toggle_reading() + headers(1, request("/big")) + b"".join(frame(PING, 0, 0, b"p" * 8) for _ in range(50)) +
                         window(0, 1 << 20) + window(1, 1 << 20) + pause() + toggle_reading() + pause())
+    s["stream_body_whole"] = headers(1, request("/stream", "POST"), False) + frame(DATA, END_STREAM, 1, b"all of it")
+    # nghttp2 gives up once 1000 ACKs wait behind output nobody reads.
+    s["ack_flood_not_reading"] = (toggle_reading() + headers(1, request("/big")) + window(0, 1 << 20) + window(1, 1 << 20) +
+                                  pause() + b"".join(settings() for _ in range(1100)) + pause())
     s["data_on_idle_stream"] = frame(DATA, END_STREAM, 5, b"nobody") + headers(1, request("/"))
     return s
 
@@ -209,6 +213,19 @@ def upstream_seeds():
                                                      frame(DATA, 0, sid, b"x") + rst(3, 2) + pause() + frame(DATA, END_STREAM, sid, b"y"))
     s["h2_not_reading_big_post"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
                                                     toggle_reading() + headers(sid, status(200)))
+    s["h2_ack_flood_not_reading"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
+                                                     b"".join(settings() for _ in range(2000)) + pause())
+    start_another = frame(DRAIN, 0, 0)
+    s["h2_goaway_then_request"] = bytes([0x01]) + (headers(sid, ok_head, False) + frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)) +
+                                                   start_another + frame(DATA, END_STREAM, sid, b"done"))
+    s["h2_zero_streams_then_request"] = bytes([0x01]) + (settings((3, 0)) + start_another + headers(sid, ok_head))
+    # The new request's HEADERS wait in nghttp2 behind backed-up output when
+    # the GOAWAY arrives: never sent, so refused and retried elsewhere.
+    s["h2_request_not_sent"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
+                                                start_another + frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)) + pause() +
+                                                toggle_reading() + pause() + headers(sid, status(200)))
+    s["h2_four_streams"] = bytes([0x81]) + (start_another + start_another + b"".join(
+        headers(i, ok_head, False) for i in (1, 3, 5, 7)) + b"".join(frame(DATA, END_STREAM, i, b"%d" % i) for i in (7, 5, 3, 1)))
     s["h2_other_stream"] = bytes([0x01]) + headers(3, ok_head) + frame(DATA, END_STREAM, 5, b"z") + headers(sid, ok_head)
     return s
 

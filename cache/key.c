@@ -86,7 +86,9 @@ bool ob_cache_entry_decode(ob_iov_t v, ob_cache_entry_t *e) {
   if (n < off || memcmp(p, "OBC1", 4) != 0) return false;
   e->expires_ms = get(p + 4, 8);
   e->status = (uint16_t)get(p + 12, 2);
-  e->streamed = p[14] & 1;
+  /* The encoder writes 0 or 1; anything else is not an entry it made. */
+  if (p[14] > 1) return false;
+  e->streamed = p[14];
   e->prompt_tokens = get(p + 15, 8);
   e->completion_tokens = get(p + 23, 8);
   ob_iov_t *parts[3] = {&e->scope, &e->content_type, &e->body};

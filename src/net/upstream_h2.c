@@ -141,7 +141,11 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
   if (u->hdr_bytes > max) goto bad;
   if (!trailer && ob_iov_eq(n, OB_IOV_LIT(":status"))) {
     uint64_t st;
-    if (valuelen != 3 || !ob_iov_to_u64(v, &st)) goto bad;
+    /* nghttp2 takes any three digits and treats 000-099 as a final
+     * response, while a status below 200 here means an interim one: a
+     * "050" head followed by DATA would reach on_data without on_head.
+     * The range is the h1 parser's (RFC 9110 15). */
+    if (valuelen != 3 || !ob_iov_to_u64(v, &st) || st < 100 || st > 599) goto bad;
     u->status = (int)st;
     return 0;
   }

@@ -70,6 +70,10 @@ static void test_entry(void) {
                 ob_iov_eq(d.content_type, e.content_type) && ob_iov_eq(d.body, e.body),
             "entry round trip");
   TAP_CHECK(!ob_cache_entry_decode(ob_iov(b.base, b.len - 1), &d), "a truncated entry is refused");
+  /* Found by fuzz_canon (corpus regress_entry_flags): any other flag byte
+   * decoded, and the entry encoded back differently. */
+  b.base[14] = 0x72;
+  TAP_CHECK(!ob_cache_entry_decode(ob_buf_iov(&b), &d), "an entry with an unknown flag byte is refused");
   ob_buf_dispose(&b);
 }
 

@@ -370,6 +370,14 @@ static void h2s_respond(h2conn_t *c, h2stream_t *st) {
     c->die = true;
     return;
   }
+  if (strstr(st->path, "/lowstatus")) {
+    /* Three digits nghttp2 takes as a final status, then body bytes. */
+    nghttp2_nv h[] = {{(uint8_t *)":status", (uint8_t *)"050", 7, 3, NGHTTP2_NV_FLAG_NONE}};
+    nghttp2_submit_headers(c->ss, NGHTTP2_FLAG_NONE, st->id, NULL, h, 1, NULL);
+    nghttp2_submit_data(c->ss, NGHTTP2_FLAG_NONE, st->id,
+                        &(nghttp2_data_provider){.source.ptr = NULL, .read_callback = h2s_read_some});
+    return;
+  }
   if (strstr(st->path, "/refuse") && s->refused == 0) {
     s->refused++;
     nghttp2_submit_rst_stream(c->ss, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
@@ -1008,6 +1016,16 @@ static void test_h2_errors(void) {
   run_for(100);
   TAP_EQ_INT(r.ends + r.errors, 0, "h2 cancel: no callbacks");
   TAP_EQ_INT(h2.cancels - cancels0, 1, "h2 cancel: server saw RST_STREAM(CANCEL)");
+  rec_dispose(&r);
+
+  /* Found by fuzz_upstream_response (corpus regress_h2_status_below_100):
+   * the body reached on_data without on_head. */
+  rec_init(&r);
+  start("h2", "GET", "/lowstatus", &r);
+  TAP_CHECK(run_until(rec_done, &r, 3000), "h2 status 050: finished");
+  TAP_EQ_INT(r.heads + r.datas, 0, "h2 status 050: neither on_head nor on_data");
+  TAP_EQ_INT(r.errors, 1, "h2 status 050: on_error");
+  TAP_EQ_INT(r.err, OB_ERR_BAD_RESPONSE, "h2 status 050: a bad response");
   rec_dispose(&r);
 
   rec_init(&r);

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Write the hand-made seeds of the h2_server and upstream_response fuzz
+targets into fuzz/corpus/. The files are committed; run this again only to
+change a seed (libFuzzer's merged finds sit next to them and are kept).
+
+h2_server inputs are the frames a client sends after the connection preface
+and an empty SETTINGS frame (the driver writes those). upstream_response
+inputs are one mode byte (see fuzz_upstream_response.c) and the upstream's
+response bytes. A frame of type 0xfe makes either driver pause until the
+gateway has answered what came before it.
+
+HPACK here is literal fields without indexing and without Huffman coding:
+every decoder must take it, and the fuzzer mutates names and values in
+place."""
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+DATA, HEADERS, PRIORITY, RST, SETTINGS, PUSH, PING, GOAWAY, WINDOW, CONT = range(10)
+DRAIN, READING, PAUSE = 0xFC, 0xFD, 0xFE
+END_STREAM, ACK, END_HEADERS, PADDED, PRIO = 0x1, 0x1, 0x4, 0x8, 0x20
+
+
+def frame(ftype, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+
+def hpack_int(value, bits, high=0):
+    top = (1 << bits) - 1
+    if value < top:
+        return bytes([high | value])
+    out = [high | top]
+    value -= top
+    while value >= 128:
+        out.append(value % 128 + 128)
+        value //= 128
+    out.append(value)
+    return bytes(out)
+
+
+def block(fields):
+    out = b""
+    for name, value in fields:
+        name, value = name.encode(), value.encode()
+        out += b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+    return out
+
+
+def request(path, method="GET", extra=()):
+    return block([(":method", method), (":scheme", "http"), (":authority", "fuzz"), (":path", path)] + list(extra))
+
+
+def headers(sid, fields, end_stream=True):
+    return frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), sid, fields)
+
+
+def pause():
+    return frame(PAUSE, 0, 0)
+
+
+def toggle_reading():
+    return frame(READING, 0, 0)
+
+
+def settings(*pairs, ack=False):
+    return frame(SETTINGS, ACK if ack else 0, 0, b"".join(struct.pack(">HI", k, v) for k, v in pairs))
+
+
+def window(sid, inc):
+    return frame(WINDOW, 0, sid, struct.pack(">I", inc))
+
+
+def rst(sid, code):
+    return frame(RST, 0, sid, struct.pack(">I", code))
+
+
+def h2_server_seeds():
+    s = {}
+    s["get"] = headers(1, request("/"))
+    s["head"] = headers(1, request("/", "HEAD"))
+    s["post_echo"] = headers(1, request("/echo", "POST", [("content-length", "11")]), False) + frame(
+        DATA, END_STREAM, 1, b"hello world")
+    s["post_pieces_padded"] = (headers(1, request("/echo", "POST"), False) + frame(DATA, 0, 1, b"one ") +
+                               frame(DATA, PADDED, 1, b"\x05two " + b"\0" * 5) + frame(DATA, END_STREAM, 1, b"three"))
+    s["body_too_large"] = headers(1, request("/echo", "POST"), False) + b"".join(
+        frame(DATA, 0, 1, b"x" * 4096) for _ in range(3)) + frame(DATA, END_STREAM, 1)
+    fields = request("/continued", "GET", [("x-a", "1" * 40), ("x-b", "2" * 40)])
+    s["continuation"] = (frame(HEADERS, END_STREAM, 1, fields[:20]) + frame(CONT, 0, 1, fields[20:60]) +
+                         frame(CONT, END_HEADERS, 1, fields[60:]))
+    s["continuation_other_stream"] = frame(HEADERS, END_STREAM, 1, fields[:20]) + frame(CONT, END_HEADERS, 3, fields[20:])
+    s["settings_flood"] = b"".join(settings((1, 4096), (3, 100), (4, 65535 + i)) for i in range(200)) + headers(1, request("/"))
+    s["settings_ack_flood"] = b"".join(settings(ack=True) for _ in range(100)) + headers(1, request("/"))
+    s["ping_flood"] = b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(300)) + headers(1, request("/"))
+    s["rapid_reset"] = b"".join(headers(2 * i + 1, request("/later")) + rst(2 * i + 1, 8) for i in range(100))
+    s["rapid_reset_paused"] = b"".join(headers(2 * i + 1, request("/big")) + pause() + rst(2 * i + 1, 8) for i in range(20))
+    s["header_list_bomb"] = headers(1, request("/", "GET", [("x-h%d" % i, "v" * 100) for i in range(60)]))
+    s["header_count_bomb"] = headers(1, request("/", "GET", [("x", "") for _ in range(300)]))
+    s["big_windows"] = (headers(1, request("/big")) + pause() + window(0, 1 << 20) + window(1, 1 << 20) + pause() +
+                        window(1, 1 << 16) + pause())
+    s["tiny_window"] = (settings((4, 10)) + headers(1, request("/big")) + headers(3, request("/trailers")) + pause() +
+                        b"".join(window(1, 7000) + window(3, 7000) + window(0, 14000) + pause() for _ in range(4)))
+    s["window_overflow"] = headers(1, request("/big")) + pause() + window(1, 0x7FFFFFFF) + window(1, 0x7FFFFFFF)
+    s["stream_body"] = (headers(1, request("/stream", "POST"), False) + frame(DATA, 0, 1, b"part one") + pause() +
+                        frame(DATA, 0, 1, b"part two") + headers(1, block([("x-trailer", "t")])))
+    s["stream_body_reset"] = headers(1, request("/stream", "POST"), False) + pause() + frame(DATA, 0, 1, b"x" * 100) + rst(1, 8)
+    s["later_then_reset"] = headers(1, request("/later")) + headers(3, request("/later")) + rst(3, 8) + pause() + rst(1, 8)
+    s["many_paths"] = b"".join(headers(2 * i + 1, request(p)) for i, p in enumerate(
+        ["/trailers", "/empty", "/reset", "/later", "/echo", "/big", "/"]))
+    s["connect_and_missing_path"] = (headers(1, block([(":method", "CONNECT"), (":authority", "fuzz:443")])) +
+                                     headers(3, block([(":method", "GET"), (":scheme", "http")])))
+    s["priority_goaway"] = (frame(PRIORITY, 0, 1, struct.pack(">IB", 0, 15)) +
+                            frame(HEADERS, END_HEADERS | END_STREAM | PRIO, 3, struct.pack(">IB", 1, 200) + request("/")) +
+                            frame(GOAWAY, 0, 0, struct.pack(">II", 3, 0)))
+    s["too_many_streams"] = b"".join(headers(2 * i + 1, request("/later")) for i in range(70))
+    s["drain_midway"] = (headers(1, request("/later")) + headers(3, request("/stream", "POST"), False) +
+                         frame(DRAIN, 0, 0) + frame(DATA, END_STREAM, 3, b"rest") + headers(5, request("/")))
+    s["drain_idle"] = frame(DRAIN, 0, 0)
+    s["not_reading"] = (toggle_reading() + headers(1, request("/big")) + b"".join(frame(PING, 0, 0, b"p" * 8) for _ in range(50)) +
+                        window(0, 1 << 20) + window(1, 1 << 20) + pause() + toggle_reading() + pause())
+    s["stream_body_whole"] = headers(1, request("/stream", "POST"), False) + frame(DATA, END_STREAM, 1, b"all of it")
+    # nghttp2 gives up once 1000 ACKs wait behind output nobody reads.
+    s["ack_flood_not_reading"] = (toggle_reading() + headers(1, request("/big")) + window(0, 1 << 20) + window(1, 1 << 20) +
+                                  pause() + b"".join(settings() for _ in range(1100)) + pause())
+    s["data_on_idle_stream"] = frame(DATA, END_STREAM, 5, b"nobody") + headers(1, request("/"))
+    return s
+
+
+def h1(mode, text):
+    return bytes([mode]) + (text.encode() if isinstance(text, str) else text)
+
+
+def status(code):
+    return block([(":status", str(code))])
+
+
+def upstream_seeds():
+    s = {}
+    s["h1_length"] = h1(0x00, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: a\r\n\r\nhello")
+    s["h1_chunked_trailers"] = h1(0x80, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                        "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    s["h1_chunked_cut5"] = h1(0x20, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                    "a\r\n0123456789\r\n3\r\nabc\r\n0\r\n\r\n")
+    s["h1_continue_then_200"] = h1(0x04, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                                         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    s["h1_until_close"] = h1(0x00, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until close")
+    s["h1_hop_by_hop"] = h1(0x00, "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+                                  "Upgrade: h2c\r\nTE: trailers\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n")
+    s["h1_204_304"] = h1(0x00, "HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n")
+    s["h1_head"] = h1(0x02, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    s["h1_truncated_head"] = h1(0x00, "HTTP/1.1 200 OK\r\nContent-Le")
+    s["h1_truncated_body"] = h1(0x40, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it")
+    s["h1_truncated_chunked"] = h1(0x00, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort")
+    s["h1_bad_chunk"] = h1(0x00, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+    s["h1_101"] = h1(0x00, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    s["h1_early_413_big_post"] = h1(0x06, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+    s["h1_post_small"] = h1(0x04, "HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nnew")
+    s["h1_pause"] = h1(0x08, "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + "p" * 3000)
+    s["h1_pause_chunked_cut64"] = h1(0x48, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                                     "".join("40\r\n" + "c" * 64 + "\r\n" for _ in range(20)) + "0\r\n\r\n")
+    s["h1_cancel_head"] = h1(0x10, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    s["h1_cancel_data_cut5"] = h1(0x38, "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world!")
+    s["h1_two_responses"] = h1(0x00, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+                                     "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+    s["h1_huge_head"] = h1(0x00, "HTTP/1.1 200 OK\r\n" + "".join("X-%d: %s\r\n" % (i, "v" * 80) for i in range(60)) + "\r\n")
+    s["h1_garbage"] = h1(0x00, b"\x00\xffnot http at all\r\n\r\n")
+
+    first = "HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n" + "k" * 25
+    assert len(first) == 64, len(first)
+    s["h1_keepalive_reuse_cut64"] = h1(0xC0, first + "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+    s["h1_keepalive_stale_cut64"] = h1(0xC0, first)
+    s["h1_keepalive_leftover"] = h1(0x80, first + "HTTP/1.1 200 OK\r\n")
+
+    sid = 1
+    ok_head = status(200) + block([("content-type", "text/plain"), ("x-a", "a")])
+    s["h2_head_data"] = bytes([0x01]) + headers(sid, ok_head, False) + frame(DATA, END_STREAM, sid, b"hello")
+    s["h2_trailers_only"] = bytes([0x81]) + headers(sid, status(200) + block([("grpc-status", "0")]))
+    s["h2_data_trailers"] = bytes([0x81]) + (headers(sid, ok_head, False) + frame(DATA, 0, sid, b"body") +
+                                             headers(sid, block([("grpc-status", "0"), ("grpc-message", "ok")])))
+    s["h2_100_then_200"] = bytes([0x01]) + (headers(sid, status(100), False) + headers(sid, status(200), False) +
+                                            frame(DATA, END_STREAM, sid, b"done"))
+    s["h2_continuation"] = bytes([0x01]) + (frame(HEADERS, 0, sid, ok_head[:10]) + frame(CONT, 0, sid, ok_head[10:30]) +
+                                            frame(CONT, END_HEADERS | 0, sid, ok_head[30:]) + frame(DATA, END_STREAM, sid))
+    s["h2_refused"] = bytes([0x01]) + rst(sid, 7)
+    s["h2_goaway_refused"] = bytes([0x01]) + frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0))
+    s["h2_reset_after_head"] = bytes([0x01]) + headers(sid, ok_head, False) + pause() + rst(sid, 1)
+    s["h2_bad_status"] = bytes([0x01]) + headers(sid, block([(":status", "2x0")]))
+    s["h2_connection_field"] = bytes([0x01]) + headers(sid, status(200) + block([("connection", "close")]))
+    s["h2_no_status"] = bytes([0x01]) + headers(sid, block([("x-a", "a")]))
+    s["h2_settings_zero_streams"] = bytes([0x01]) + (settings((3, 0), (4, 1 << 20), (5, 1 << 14)) + settings(ack=True) +
+                                                     frame(PING, 0, 0, b"\0" * 8) + window(0, 1000) +
+                                                     headers(sid, ok_head))
+    s["h2_push_promise"] = bytes([0x01]) + frame(PUSH, END_HEADERS, sid, struct.pack(">I", 2) + request("/pushed"))
+    # Paused (mode bit 3), so the window stays shut: 18000 bytes exceed the
+    # 16384 the gateway's SETTINGS ask for once they are acknowledged.
+    s["h2_flow_violation"] = bytes([0x09]) + settings(ack=True) + headers(sid, ok_head, False) + pause() + b"".join(
+        frame(DATA, 0, sid, b"f" * 4500) for _ in range(4))
+    s["h2_pause_big_data"] = bytes([0x09]) + headers(sid, ok_head, False) + frame(DATA, 0, sid, b"d" * 16000) + pause() + frame(
+        DATA, END_STREAM, sid, b"e" * 300)
+    s["h2_cancel_head"] = bytes([0x11]) + headers(sid, ok_head, False) + pause() + frame(DATA, END_STREAM, sid, b"x")
+    s["h2_cancel_data"] = bytes([0x19]) + headers(sid, ok_head, False) + frame(DATA, 0, sid, b"x") + pause() + frame(DATA, END_STREAM, sid, b"y")
+    s["h2_head_method"] = bytes([0x03]) + headers(sid, status(200) + block([("content-length", "10")]))
+    s["h2_big_post_early"] = bytes([0x07]) + headers(sid, status(413), True)
+    s["h2_cut64"] = bytes([0x41]) + headers(sid, ok_head, False) + frame(DATA, PADDED, sid, b"\x03abc\0\0\0") + frame(
+        DATA, END_STREAM, sid, b"def")
+    s["h2_header_bomb"] = bytes([0x01]) + headers(sid, status(200) + block([("x-%d" % i, "v" * 90) for i in range(60)]))
+    s["h2_truncated"] = bytes([0x01]) + headers(sid, ok_head, False)[:12]
+    s["h2_two_streams"] = bytes([0x81]) + (headers(3, ok_head, False) + headers(sid, ok_head, False) +
+                                           frame(DATA, 0, 3, b"three") + frame(DATA, END_STREAM, sid, b"one") + pause() +
+                                           headers(3, block([("grpc-status", "0")])))
+    s["h2_two_streams_one_reset"] = bytes([0x99]) + (headers(sid, ok_head, False) + headers(3, ok_head, False) +
+                                                     frame(DATA, 0, sid, b"x") + rst(3, 2) + pause() + frame(DATA, END_STREAM, sid, b"y"))
+    s["h2_not_reading_big_post"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
+                                                    toggle_reading() + headers(sid, status(200)))
+    s["h2_ack_flood_not_reading"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
+                                                     b"".join(settings() for _ in range(2000)) + pause())
+    start_another = frame(DRAIN, 0, 0)
+    s["h2_goaway_then_request"] = bytes([0x01]) + (headers(sid, ok_head, False) + frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)) +
+                                                   start_another + frame(DATA, END_STREAM, sid, b"done"))
+    s["h2_zero_streams_then_request"] = bytes([0x01]) + (settings((3, 0)) + start_another + headers(sid, ok_head))
+    # The new request's HEADERS wait in nghttp2 behind backed-up output when
+    # the GOAWAY arrives: never sent, so refused and retried elsewhere.
+    s["h2_request_not_sent"] = bytes([0x07]) + (toggle_reading() + window(0, 1 << 20) + window(sid, 1 << 20) + pause() +
+                                                start_another + frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)) + pause() +
+                                                toggle_reading() + pause() + headers(sid, status(200)))
+    s["h2_four_streams"] = bytes([0x81]) + (start_another + start_another + b"".join(
+        headers(i, ok_head, False) for i in (1, 3, 5, 7)) + b"".join(frame(DATA, END_STREAM, i, b"%d" % i) for i in (7, 5, 3, 1)))
+    s["h2_other_stream"] = bytes([0x01]) + headers(3, ok_head) + frame(DATA, END_STREAM, 5, b"z") + headers(sid, ok_head)
+    return s
+
+
+def write(target, seeds):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(d, "seed_" + name), "wb") as f:
+            f.write(data)
+    print("%s: %d seeds" % (target, len(seeds)))
+
+
+if __name__ == "__main__":
+    write("h2_server", h2_server_seeds())
+    write("upstream_response", upstream_seeds())

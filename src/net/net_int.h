@@ -88,6 +88,7 @@ struct ob_client_conn {
   bool tls;
   ob_conn_proto_t proto;
   bool draining;            /* graceful shutdown started */
+  struct event *detect_timer; /* until the protocol is known: the deadline for the handshake and first bytes */
   char peer[64];
   void *proto_state;
 };

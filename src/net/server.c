@@ -90,6 +90,8 @@ void ob_net_client_release(ob_client_conn_t *c) {
   if (c->prev) c->prev->next = c->next;
   else n->conns = c->next;
   if (c->next) c->next->prev = c->prev;
+  if (c->detect_timer) event_free(c->detect_timer);
+  c->detect_timer = NULL;
   if (c->bev) bufferevent_free(c->bev);
   c->bev = NULL;
   free(c);
@@ -115,6 +117,8 @@ void ob_net_client_drain(ob_client_conn_t *c) {
 }
 
 static void start_proto(ob_client_conn_t *c, ob_conn_proto_t p) {
+  event_free(c->detect_timer);
+  c->detect_timer = NULL;
   c->proto = p;
   int k = p == OB_CONN_H2 ? 1 : 0;
   c->net->conn_stats.accepted[k]++;
@@ -159,6 +163,13 @@ static void detect_event(struct bufferevent *bev, short what, void *arg) {
   }
 }
 
+static void detect_timeout(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  ob_client_conn_t *c = arg;
+  ob_log_debug("%s: no request in time; closing", c->peer);
+  ob_net_client_release(c);
+}
+
 void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls) {
   (void)salen;
   if (n->shutting_down || n->num_conns >= n->cfg->limits.max_connections) {
@@ -189,9 +200,13 @@ void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr
   if (n->conns) n->conns->prev = c;
   n->conns = c;
   n->num_conns++;
-  /* The handshake and the first bytes must arrive within the header timeout. */
+  /* The handshake and the first bytes must arrive within the header
+   * timeout. A timer, not the bufferevent's read timeout: that one restarts
+   * with every byte, so a client trickling the h2c preface or a TLS
+   * ClientHello could hold the connection for many timeouts. */
   struct timeval tv = {n->cfg->timeouts.client_header_ms / 1000, (n->cfg->timeouts.client_header_ms % 1000) * 1000};
-  bufferevent_set_timeouts(c->bev, &tv, NULL);
+  c->detect_timer = evtimer_new(n->base, detect_timeout, c);
+  evtimer_add(c->detect_timer, &tv);
   bufferevent_setcb(c->bev, detect_read, NULL, detect_event, c);
   bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }

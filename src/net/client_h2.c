@@ -15,9 +15,13 @@
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 /* Stop producing frames while this much is queued for the socket. */
 #define OUT_HIGH (64 * 1024)
+/* How long a finished connection reads and drops what the client still
+ * sends, so that our last frames are not lost to a reset (see linger). */
+#define LINGER_MS 2000
 
 typedef struct h2_conn h2_conn_t;
 
@@ -53,6 +57,7 @@ struct h2_conn {
   size_t num_streams;
   bool goaway_sent;
   bool in_recv;
+  bool lingering;             /* session over, GOAWAY written: draining input until the client closes */
 };
 
 static const ob_sreq_ops_t h2_ops;
@@ -100,6 +105,11 @@ void ob_net_h2_free(ob_client_conn_t *c) { h2_destroy(c->proto_state); }
 
 /* Answer an error for a stream the handler never saw. */
 static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why);
+
+static void arm_ms(struct event *ev, uint64_t ms) {
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  evtimer_add(ev, &tv);
+}
 
 /* ---------------------------------------------------------------- nghttp2 callbacks */
 
@@ -326,9 +336,37 @@ static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why) 
   schedule_flush(h);
 }
 
+/*
+ * The session is over and its last frames (a GOAWAY) are written. Closing
+ * the socket while the client is still sending (a flood, a rapid reset, an
+ * endless header block) makes the kernel answer with a reset that discards
+ * what we queued, so the client would never learn why. Streams end now;
+ * the socket is half-closed and its input dropped until the client closes
+ * or LINGER_MS pass, as client_h1.c does. TLS and draining connections
+ * close at once.
+ */
+static void linger(h2_conn_t *h) {
+  if (h->c->tls || h->c->draining) {
+    h2_destroy(h);
+    return;
+  }
+  h->lingering = true;
+  for (h2_req_t *r = h->ready_head; r; r = r->next_ready) r->dispatched = false;
+  h->ready_head = h->ready_tail = NULL;
+  while (h->streams) {
+    nghttp2_session_set_stream_user_data(h->session, h->streams->id, NULL);
+    req_finish(h, h->streams, false);
+  }
+  evbuffer_drain(bufferevent_get_input(h->c->bev), evbuffer_get_length(bufferevent_get_input(h->c->bev)));
+  bufferevent_enable(h->c->bev, EV_READ);
+  shutdown(bufferevent_getfd(h->c->bev), SHUT_WR);
+  arm_ms(h->idle, LINGER_MS);
+}
+
 /* Write frames until nghttp2 has nothing more or the socket is full; then
  * hand completed requests to the handler and report drained streams. */
 static void flush_session(h2_conn_t *h) {
+  if (h->lingering) return;
   int rv = nghttp2_session_send(h->session);
   if (rv != 0 && rv != NGHTTP2_ERR_WOULDBLOCK) {
     ob_log_debug("h2 send to %s failed: %s", h->c->peer, nghttp2_strerror(rv));
@@ -343,7 +381,7 @@ static void flush_session(h2_conn_t *h) {
   }
   if (!nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session) &&
       evbuffer_get_length(bufferevent_get_output(h->c->bev)) == 0) {
-    h2_destroy(h);
+    linger(h);
   }
 }
 
@@ -355,17 +393,30 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
 static void on_read(struct bufferevent *bev, void *arg) {
   h2_conn_t *h = arg;
   struct evbuffer *in = bufferevent_get_input(bev);
+  if (h->lingering) {
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
   while (evbuffer_get_length(in) > 0) {
     struct evbuffer_iovec v;
     if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
     ssize_t rv = nghttp2_session_mem_recv(h->session, v.iov_base, v.iov_len);
     if (rv < 0) {
       ob_log_debug("h2 from %s: %s", h->c->peer, nghttp2_strerror((int)rv));
-      /* nghttp2 queued a GOAWAY for protocol errors; try to send it. */
       evbuffer_drain(in, evbuffer_get_length(in));
-      nghttp2_session_send(h->session);
+      if (rv == NGHTTP2_ERR_FLOODED) {
+        /* The client reads nothing: a GOAWAY would only wait behind the
+         * ACKs it never took. */
+        h2_destroy(h);
+        return;
+      }
+      /* Fatal for the session (endless CONTINUATION frames, a bad preface):
+       * nghttp2 queues no GOAWAY for these, so say why ourselves, stop
+       * feeding the session and close once it is out (linger). */
       bufferevent_disable(bev, EV_READ);
-      h2_destroy(h);
+      nghttp2_session_terminate_session(
+          h->session, rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? NGHTTP2_PROTOCOL_ERROR : NGHTTP2_ENHANCE_YOUR_CALM);
+      flush_session(h);
       return;
     }
     evbuffer_drain(in, (size_t)rv);
@@ -386,6 +437,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
 static void on_idle(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what;
   h2_conn_t *h = arg;
+  if (h->lingering) {
+    h2_destroy(h);
+    return;
+  }
   if (h->num_streams) return;
   nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->session),
                         NGHTTP2_NO_ERROR, NULL, 0);
@@ -559,6 +614,10 @@ void ob_net_h2_start(ob_client_conn_t *c) {
 
 void ob_net_h2_drain(ob_client_conn_t *c) {
   h2_conn_t *h = c->proto_state;
+  if (h->lingering) {
+    h2_destroy(h);
+    return;
+  }
   if (h->goaway_sent) return;
   h->goaway_sent = true;
   /* Streams already started finish; no new ones are accepted. */

@@ -996,6 +996,7 @@ static const field_t limit_fields[] = {
 static const field_t timeout_fields[] = {
   TMO(connect_ms, 5000),      TMO(first_byte_ms, 300000),        TMO(idle_ms, 60000),   TMO(client_header_ms, 10000),
   TMO(keepalive_ms, 75000),   TMO(upstream_keepalive_ms, 30000), TMO(backoff_ms, 2000), TMO(grace_ms, 30000),
+  TMO(client_body_ms, 60000),
 };
 #undef TMO
 

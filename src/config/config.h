@@ -148,6 +148,7 @@ typedef struct ob_config_timeouts {
   uint32_t first_byte_ms;   /* "first_byte_ms", default 300000: request sent -> first response byte */
   uint32_t idle_ms;         /* "idle_ms", default 60000: no progress on an open stream/connection */
   uint32_t client_header_ms;/* "client_header_ms", default 10000: a client's request head must arrive within */
+  uint32_t client_body_ms;  /* "client_body_ms", default 60000: a buffered request body must arrive within, after its head */
   uint32_t keepalive_ms;    /* "keepalive_ms", default 75000: idle client keep-alive connection */
   uint32_t upstream_keepalive_ms; /* "upstream_keepalive_ms", default 30000: idle pooled upstream connection */
   uint32_t backoff_ms;      /* "backoff_ms", default 2000: endpoint skipped after a refused connection */

@@ -12,7 +12,8 @@
  * Connection states:
  *   IDLE     no request bytes yet (keep-alive timeout runs)
  *   HEAD     part of a head arrived (header timeout runs)
- *   BODY     head parsed, body arriving (idle timeout runs)
+ *   BODY     head parsed, body arriving (idle timeout runs, and the body
+ *            as a whole must be in within client_body_ms)
  *   WAIT     request handed to the handler, response in progress
  *   CLOSING  response done or error answered; close once output is flushed
  */
@@ -43,6 +44,7 @@ typedef struct h1_conn {
   ob_h1_body_t body_kind;
   uint64_t body_remaining;
   ob_h1_chunked_t chunked;
+  uint64_t body_deadline_ms; /* BODY: the whole body must be in by then */
   bool keep_alive;
   struct event *timer;
   struct event *flush;
@@ -59,6 +61,15 @@ static void arm_timer(h1_conn_t *h, uint32_t ms) {
 }
 
 static void schedule_flush(h1_conn_t *h) { event_active(h->flush, EV_TIMEOUT, 0); }
+
+/* Waiting for body bytes: idle_ms since the last ones, but never past the
+ * body's deadline, so a body trickled a byte at a time still ends. */
+static void arm_body_timer(h1_conn_t *h) {
+  uint64_t now = ob_clock_ms();
+  uint64_t left = h->body_deadline_ms > now ? h->body_deadline_ms - now : 0;
+  uint32_t idle = cfg_of(h)->timeouts.idle_ms;
+  arm_timer(h, left < idle ? (uint32_t)left : idle);
+}
 
 /* Free the connection. A request the handler holds is closed first. */
 static void h1_destroy(h1_conn_t *h) {
@@ -281,12 +292,13 @@ static void process(h1_conn_t *h) {
       if (rq.expect_continue && rq.minor_version == 1 && evbuffer_get_length(in) == 0)
         evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
       h->state = H1_BODY;
-      arm_timer(h, cfg->timeouts.idle_ms);
+      h->body_deadline_ms = ob_clock_ms() + cfg->timeouts.client_body_ms;
+      arm_body_timer(h);
       break;
     }
     case H1_BODY:
       if (!read_body(h)) {
-        if (h->state == H1_BODY) arm_timer(h, cfg->timeouts.idle_ms);
+        if (h->state == H1_BODY) arm_body_timer(h);
         return;
       }
       dispatch(h);

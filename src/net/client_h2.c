@@ -9,6 +9,19 @@
  * nghttp2_session_send/recv are only called from this file's event
  * handlers, never from nghttp2 callbacks or from inside an ob_sreq_* call:
  * those schedule the connection's `flush` event instead.
+ *
+ * Each stream has one timer, whose meaning follows the stream's phase, so
+ * that no client can hold a stream (and with it the connection) by going
+ * quiet:
+ *   header block open     client_header_ms from the first HEADERS frame; not
+ *                         restarted by CONTINUATION frames
+ *   buffered body coming  idle_ms since the last body bytes, but never past
+ *                         client_body_ms from the end of the head
+ *   response queued       idle_ms since the last DATA frame went out (a
+ *                         client that stops opening its window leaves our
+ *                         socket idle, so the write timeout never sees it)
+ *   otherwise             none: the handler is working, or the body is
+ *                         streamed and paced by the upstream's own timeouts
  */
 #include "net_int.h"
 
@@ -32,6 +45,8 @@ typedef struct h2_req {
   struct h2_req *next_ready;  /* dispatch list after a recv */
   struct h2_req *prev, *next; /* every open stream of the connection */
   struct evbuffer *out;       /* response body queued for DATA frames */
+  struct event *timer;        /* the deadline of the stream's phase (see the top of the file) */
+  uint64_t body_deadline_ms;  /* a buffered body must be in by then */
   ob_http_header_t *trailers; /* pending trailers, arena memory */
   size_t num_trailers;
   size_t headers_cap;
@@ -45,6 +60,8 @@ typedef struct h2_req {
   bool has_body;              /* request declared a body */
   bool head_only;
   bool remote_ended;          /* the client's END_STREAM arrived */
+  bool head_done;             /* the request header block ended */
+  bool timed_out;             /* answered 408 for a late body; reset once that is out */
 } h2_req_t;
 
 struct h2_conn {
@@ -72,6 +89,7 @@ static void arm_idle(h2_conn_t *h) {
 }
 
 static void req_free(h2_req_t *r) {
+  if (r->timer) event_free(r->timer);
   if (r->out) evbuffer_free(r->out);
   ob_net_sreq_dispose(&r->s);
   free(r);
@@ -109,6 +127,52 @@ static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why);
 static void arm_ms(struct event *ev, uint64_t ms) {
   struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
   evtimer_add(ev, &tv);
+}
+
+/* The stream made progress (or changed phase): restart its timer for the
+ * phase it is in now. The header phase is armed once, in on_begin_headers. */
+static void stream_progress(h2_req_t *r) {
+  if (!r->head_done) return;
+  const ob_config_timeouts_t *t = &cfg_of(r->h)->timeouts;
+  if (!r->remote_ended && !r->s.body_streaming && !r->timed_out) {
+    uint64_t now = ob_clock_ms();
+    uint64_t left = r->body_deadline_ms > now ? r->body_deadline_ms - now : 0;
+    arm_ms(r->timer, left < t->idle_ms ? left : t->idle_ms);
+  } else if (evbuffer_get_length(r->out) > 0 && !r->reset) {
+    arm_ms(r->timer, t->idle_ms);
+  } else {
+    evtimer_del(r->timer);
+  }
+}
+
+static void on_stream_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  h2_req_t *r = arg;
+  h2_conn_t *h = r->h;
+  const ob_config_timeouts_t *t = &cfg_of(h)->timeouts;
+  if (!r->head_done) {
+    /* Nothing else may be sent on the connection in the middle of a header
+     * block, so the whole connection goes; the GOAWAY's last stream id
+     * tells the client this stream was not processed. */
+    ob_log_info("%s: request head on stream %d not received in %u ms; closing", h->c->peer, r->id,
+                t->client_header_ms);
+    nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
+  } else if (!r->remote_ended && !r->s.body_streaming && !r->timed_out) {
+    r->timed_out = true;
+    if (!r->head_sent) {
+      reply_error(h, r, 408, "request body not received in time");
+    } else if (!r->reset) {
+      /* Already answered (413, 431): only the body was still awaited. */
+      r->reset = true;
+      nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, r->id, NGHTTP2_CANCEL);
+    }
+    stream_progress(r);
+  } else if (evbuffer_get_length(r->out) > 0 && !r->reset) {
+    ob_log_info("%s: client stopped reading stream %d for %u ms; resetting it", h->c->peer, r->id, t->idle_ms);
+    r->reset = true;
+    nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, r->id, NGHTTP2_CANCEL);
+  }
+  schedule_flush(h);
 }
 
 /* ---------------------------------------------------------------- nghttp2 callbacks */
@@ -172,6 +236,8 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
   r->id = frame->hd.stream_id;
   ob_net_sreq_init(&r->s, h->c, &h2_ops, 20);
   r->out = evbuffer_new();
+  r->timer = evtimer_new(h->c->net->base, on_stream_timer, r);
+  arm_ms(r->timer, cfg_of(h)->timeouts.client_header_ms);
   nghttp2_session_set_stream_user_data(s, r->id, r);
   r->next = h->streams;
   if (h->streams) h->streams->prev = r;
@@ -236,7 +302,9 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     return 0;
   }
   nghttp2_session_consume_stream(s, id, len);
-  if (!r || r->bad || r->dispatched) return 0;
+  if (!r) return 0;
+  stream_progress(r);
+  if (r->bad || r->dispatched) return 0;
   ob_buf_t *body = &r->s.body->buf;
   if (body->len + len > cfg_of(r->h)->limits.max_body_bytes) {
     reply_error(r->h, r, 413, "request body is larger than the limit");
@@ -259,6 +327,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
   if (!r) return 0;
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    r->head_done = true;
+    r->body_deadline_ms = ob_clock_ms() + cfg_of(h)->timeouts.client_body_ms;
     if (r->bad) {
       reply_error(h, r, 431, "request header block is larger than the limit");
       return 0;
@@ -286,6 +356,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
       enqueue_ready(h, r);
     }
   }
+  stream_progress(r);
   return 0;
 }
 
@@ -331,6 +402,7 @@ static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why) 
   r->end_queued = true;
   nghttp2_data_provider dp = {.source.ptr = r, .read_callback = read_cb};
   nghttp2_submit_response(h->session, r->id, nv, 3, &dp);
+  if (!evtimer_pending(r->timer, NULL)) stream_progress(r);
   ob_log_info("%s - \"%.*s %.*s\" %d %s", h->c->peer, (int)r->s.method.len, r->s.method.base, (int)r->s.path.len,
               r->s.path.base, status, why);
   schedule_flush(h);
@@ -499,6 +571,7 @@ static void h2_send_data(ob_sreq_t *s, struct evbuffer *data, bool end) {
   }
   s->bytes_out += len;
   evbuffer_add_buffer(r->out, data);
+  if (!evtimer_pending(r->timer, NULL)) stream_progress(r);
   if (evbuffer_get_length(r->out) > cfg_of(r->h)->limits.stream_window_bytes) r->above_window = true;
   if (end) r->end_queued = true;
   nghttp2_session_resume_data(r->h->session, r->id);
@@ -551,17 +624,20 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *a
   h2_conn_t *h = arg;
   if (frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) return 0;
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
-  if (r && r->s.body_streaming && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !r->remote_ended && !r->reset) {
+  if (r && (r->s.body_streaming || r->timed_out) && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !r->remote_ended &&
+      !r->reset) {
     /* The response is complete while the client is still streaming (a gRPC
-     * status before the client's stream ended): ask it to stop without
-     * error (RFC 9113 8.1), which also closes the stream and so ends the
-     * exchange. Buffered requests are not reset this way: some clients
-     * (curl 7.88) report such a reset as a failure, so their remaining body
-     * is read and dropped instead. */
+     * status before the client's stream ended), or the 408 for a body that
+     * came too slowly is out: ask it to stop without error (RFC 9113 8.1),
+     * which also closes the stream and so ends the exchange. Other buffered
+     * requests are not reset this way: some clients (curl 7.88) report such
+     * a reset as a failure, so their remaining body is read and dropped
+     * instead. */
     nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, r->id, NGHTTP2_NO_ERROR);
     return 0;
   }
   if (frame->hd.type != NGHTTP2_DATA) return 0;
+  if (r) stream_progress(r);
   if (r && r->dispatched && r->above_window &&
       evbuffer_get_length(r->out) <= cfg_of(h)->limits.stream_window_bytes / 2) {
     r->above_window = false;

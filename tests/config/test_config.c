@@ -77,7 +77,8 @@ static const char full_config[] =
     "  \"limits\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 32768, \"max_connections\": 500,\n"
     "             \"max_concurrent_streams\": 100, \"stream_window_bytes\": 65536},\n"
     "  \"timeouts\": {\"connect_ms\": 1000, \"first_byte_ms\": 2000, \"idle_ms\": 3000, \"client_header_ms\": 4000,\n"
-    "               \"keepalive_ms\": 5000, \"upstream_keepalive_ms\": 6000, \"backoff_ms\": 7000, \"grace_ms\": 8000},\n"
+    "               \"keepalive_ms\": 5000, \"upstream_keepalive_ms\": 6000, \"backoff_ms\": 7000, \"grace_ms\": 8000,\n"
+    "               \"client_body_ms\": 9000},\n"
     "  \"log_level\": \"debug\"\n"
     "}\n";
 
@@ -154,7 +155,7 @@ static void test_full(void) {
   const ob_config_timeouts_t *t = &c->timeouts;
   TAP_CHECK(t->connect_ms == 1000 && t->first_byte_ms == 2000 && t->idle_ms == 3000 && t->client_header_ms == 4000 &&
                 t->keepalive_ms == 5000 && t->upstream_keepalive_ms == 6000 && t->backoff_ms == 7000 &&
-                t->grace_ms == 8000,
+                t->grace_ms == 8000 && t->client_body_ms == 9000,
             "every timeout read");
   TAP_EQ_STR(c->log_level, "debug", "log_level read");
 
@@ -184,7 +185,7 @@ static void test_defaults(void) {
   const ob_config_timeouts_t *t = &c->timeouts;
   TAP_CHECK(t->connect_ms == 5000 && t->first_byte_ms == 300000 && t->idle_ms == 60000 && t->client_header_ms == 10000 &&
                 t->keepalive_ms == 75000 && t->upstream_keepalive_ms == 30000 && t->backoff_ms == 2000 &&
-                t->grace_ms == 30000,
+                t->grace_ms == 30000 && t->client_body_ms == 60000,
             "timeout defaults");
   TAP_EQ_STR(c->log_level, "info", "log_level default");
   TAP_CHECK(c->num_routes == 0 && c->routes == NULL && c->num_models == 0, "routes and models optional");

@@ -989,6 +989,7 @@ static const field_t limit_fields[] = {
   LIM(max_connections, false, 1, UINT32_MAX, 10000),
   LIM(max_concurrent_streams, false, 1, INT32_MAX, 128),
   LIM(stream_window_bytes, false, 16384, INT32_MAX, 262144),
+  LIM(max_client_resets, false, 1, UINT32_MAX, 1000),
 };
 #undef LIM
 

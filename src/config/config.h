@@ -141,6 +141,7 @@ typedef struct ob_config_limits {
   uint32_t max_connections;       /* "max_connections", default 10000 */
   uint32_t max_concurrent_streams;/* "max_concurrent_streams" (h2 SETTINGS), default 128 */
   uint32_t stream_window_bytes;   /* "stream_window_bytes": response bytes buffered per stream before the upstream is paused, default 256 KiB */
+  uint32_t max_client_resets;     /* "max_client_resets": h2 streams a client may reset per connection in 10 s, default 1000 */
 } ob_config_limits_t;
 
 typedef struct ob_config_timeouts {

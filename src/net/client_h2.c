@@ -74,8 +74,14 @@ struct h2_conn {
   size_t num_streams;
   bool goaway_sent;
   bool in_recv;
+  bool calm;                  /* closing for too many client resets */
   bool lingering;             /* session over, GOAWAY written: draining input until the client closes */
+  uint64_t resets_since_ms;   /* start of the current window of client resets */
+  uint32_t resets;            /* RST_STREAM frames from the client in that window */
 };
+
+/* The window over which limits.max_client_resets counts. */
+#define RESET_WINDOW_MS 10000
 
 static const ob_sreq_ops_t h2_ops;
 
@@ -173,6 +179,24 @@ static void on_stream_timer(evutil_socket_t fd, short what, void *arg) {
     nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, r->id, NGHTTP2_CANCEL);
   }
   schedule_flush(h);
+}
+
+/* Rapid reset (CVE-2023-44487): opening a stream and resetting it at once
+ * costs the client two frames, while the stream may already have reached
+ * the handler and the upstream; with resets the concurrent stream limit
+ * never bites. Count the client's resets and close the connection past
+ * limits.max_client_resets within RESET_WINDOW_MS. */
+static void count_reset(h2_conn_t *h) {
+  uint64_t now = ob_clock_ms();
+  if (now - h->resets_since_ms >= RESET_WINDOW_MS) {
+    h->resets_since_ms = now;
+    h->resets = 0;
+  }
+  if (++h->resets <= cfg_of(h)->limits.max_client_resets || h->calm) return;
+  h->calm = true;
+  ob_log_warn("%s: more than %u stream resets within %d s (rapid reset); closing the connection", h->c->peer,
+              cfg_of(h)->limits.max_client_resets, RESET_WINDOW_MS / 1000);
+  nghttp2_session_terminate_session(h->session, NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
 /* ---------------------------------------------------------------- nghttp2 callbacks */
@@ -323,6 +347,7 @@ static void enqueue_ready(h2_conn_t *h, h2_req_t *r) {
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *arg) {
   h2_conn_t *h = arg;
+  if (frame->hd.type == NGHTTP2_RST_STREAM) count_reset(h);
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
   if (!r) return 0;
@@ -667,6 +692,11 @@ void ob_net_h2_start(ob_client_conn_t *c) {
   nghttp2_option_new(&opt);
   nghttp2_option_set_max_send_header_block_length(opt, n->cfg->limits.max_header_bytes * 2u);
   nghttp2_option_set_no_auto_window_update(opt, 1);
+  /* A client that floods SETTINGS or PING and never reads the ACKs makes
+   * nghttp2 queue one per frame; past this many the session fails with
+   * NGHTTP2_ERR_FLOODED and the connection is closed. (1000 is also
+   * nghttp2's default; stated here because the bound matters.) */
+  nghttp2_option_set_max_outbound_ack(opt, 1000);
   nghttp2_session_server_new2(&h->session, cb, h, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);

@@ -75,7 +75,7 @@ static const char full_config[] =
     "    {\"name\": \"gpt-4o\", \"upstream\": \"openai\"}\n"
     "  ],\n"
     "  \"limits\": {\"max_body_bytes\": 1048576, \"max_header_bytes\": 32768, \"max_connections\": 500,\n"
-    "             \"max_concurrent_streams\": 100, \"stream_window_bytes\": 65536},\n"
+    "             \"max_concurrent_streams\": 100, \"stream_window_bytes\": 65536, \"max_client_resets\": 50},\n"
     "  \"timeouts\": {\"connect_ms\": 1000, \"first_byte_ms\": 2000, \"idle_ms\": 3000, \"client_header_ms\": 4000,\n"
     "               \"keepalive_ms\": 5000, \"upstream_keepalive_ms\": 6000, \"backoff_ms\": 7000, \"grace_ms\": 8000,\n"
     "               \"client_body_ms\": 9000},\n"
@@ -150,7 +150,7 @@ static void test_full(void) {
 
   TAP_CHECK(c->limits.max_body_bytes == 1048576 && c->limits.max_header_bytes == 32768 &&
                 c->limits.max_connections == 500 && c->limits.max_concurrent_streams == 100 &&
-                c->limits.stream_window_bytes == 65536,
+                c->limits.stream_window_bytes == 65536 && c->limits.max_client_resets == 50,
             "every limit read");
   const ob_config_timeouts_t *t = &c->timeouts;
   TAP_CHECK(t->connect_ms == 1000 && t->first_byte_ms == 2000 && t->idle_ms == 3000 && t->client_header_ms == 4000 &&
@@ -180,7 +180,7 @@ static void test_defaults(void) {
   if (!c) return;
   TAP_CHECK(c->limits.max_body_bytes == 16777216 && c->limits.max_header_bytes == 65536 &&
                 c->limits.max_connections == 10000 && c->limits.max_concurrent_streams == 128 &&
-                c->limits.stream_window_bytes == 262144,
+                c->limits.stream_window_bytes == 262144 && c->limits.max_client_resets == 1000,
             "limit defaults");
   const ob_config_timeouts_t *t = &c->timeouts;
   TAP_CHECK(t->connect_ms == 5000 && t->first_byte_ms == 300000 && t->idle_ms == 60000 && t->client_header_ms == 10000 &&

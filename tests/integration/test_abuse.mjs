@@ -71,6 +71,8 @@ function rig() {
   };
 }
 
+// A short grace period: should a test fail with a hostile connection still
+// open, SIGTERM must not wait the default 30 s for it.
 function baseConfig(sim, extra = {}) {
   return {
     upstreams: [{ name: 'sim', endpoints: [sim.url] }],
@@ -79,6 +81,7 @@ function baseConfig(sim, extra = {}) {
       { prefix: '/', class: 'passthrough', upstream: 'sim' },
     ],
     ...extra,
+    timeouts: { grace_ms: 2000, ...extra.timeouts },
   };
 }
 
@@ -591,7 +594,7 @@ test('an upstream that accepts and never answers: 504 after first_byte_ms and th
         upstreams: [{ name: 'silent', endpoints: [`http://127.0.0.1:${silent.address().port}`], protocol, max_inflight: 1 }],
         routes: [{ prefix: '/v1/', class: 'inference', upstream: 'silent' }],
         admission: { queue_timeout_ms: 400 },
-        timeouts: { first_byte_ms: 700 },
+        timeouts: { first_byte_ms: 700, grace_ms: 2000 },
         admin: { address: '127.0.0.1:0' },
       });
       const adminUrl = `http://127.0.0.1:${gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/)[1]}`;

@@ -46,7 +46,7 @@
 #define FUZZ_TIMEOUTS                                                                                  \
   "\"timeouts\":{\"connect_ms\":3600000,\"first_byte_ms\":3600000,\"idle_ms\":3600000,"              \
   "\"client_header_ms\":3600000,\"keepalive_ms\":3600000,\"upstream_keepalive_ms\":3600000,"         \
-  "\"grace_ms\":3600000}"
+  "\"grace_ms\":3600000,\"client_body_ms\":3600000}"
 
 typedef struct pump {
   struct event_base *base;

@@ -1,8 +1,8 @@
 // CPU per request: instructions (callgrind's Ir) that obleth executes per
 // request on its three hot paths. One command, Node 20, no npm packages:
 //
-//   node bench/cpu.mjs [--requests N] [--warm-up N] [-c N] [--only proxy-h2,proxy-h1,cache-hit,admission] [--top N]
-//                      [--keep DIR] [--json FILE] [--quick]
+//   node bench/cpu.mjs [--requests N] [--warm-up N] [-c N] [--only proxy-h2,proxy-h1,cache-hit,admission] [--no-peers]
+//                      [--top N] [--keep DIR] [--json FILE] [--quick]
 //
 // For each path a fresh obleth runs under valgrind --tool=callgrind in
 // front of obleth-sim (instant answers, HTTP/1.1). h2load sends a warm-up,
@@ -25,23 +25,30 @@
 //   admission  admission.max_inflight 1: 8 clients, 7 of them always queued
 //              (the share of queued grants is checked in /metrics)
 //
+// Reference (unless --no-peers): nghttpx and HAProxy as plain proxies on
+// the proxy-h2 load, and obleth again, measured by the difference of two
+// whole runs (see peer() below), so that obleth's count can be set against
+// the proxies that bench/proxy_path.mjs compares it with.
+//
 // Exits 0 once it has run; 1 when something cannot be started or a check
 // fails. See bench/README.md.
-import { writeFileSync, readdirSync, mkdirSync, cpSync } from 'node:fs';
+import { writeFileSync, readdirSync, readFileSync, mkdirSync, cpSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   sleep, fail, workDir, startSim, startObleth, requireBinaries, requireTools, sh, freePort, parseH2load, h2loadSummary, h2request,
-  machine, mdTable, stop, metric,
+  machine, mdTable, stop, metric, proxyConfig, startNghttpx, startHaproxy,
   parseArgs, list,
 } from './lib.mjs';
 
-const opt = parseArgs({ requests: 2000, warmup: 200, c: 8, only: null, top: 6, keep: null, json: null, quick: false }, {
+const opt = parseArgs({ requests: 2000, warmup: 200, c: 8, only: null, top: 6, keep: null, json: null, quick: false, peers: true }, {
+  '--no-peers': (o) => { o.peers = false; },
   '--requests': ['requests', Number], '--warm-up': ['warmup', Number], '-c': ['c', Number], '--only': ['only', list],
   '--top': ['top', Number], '--keep': ['keep', String], '--json': ['json', String],
   '--quick': (o) => { o.quick = true; o.requests = 300; o.warmup = 50; },
-}, 'node bench/cpu.mjs [--requests N] [--warm-up N] [-c N] [--only proxy-h2,proxy-h1,cache-hit,admission] [--top N] [--keep DIR] ' +
-  '[--json FILE] [--quick]');
-requireTools(['valgrind', 'callgrind_control', 'callgrind_annotate', 'h2load'], 'apt-get install valgrind nghttp2-client');
+}, 'node bench/cpu.mjs [--requests N] [--warm-up N] [-c N] [--only proxy-h2,proxy-h1,cache-hit,admission] [--no-peers] [--top N] ' +
+  '[--keep DIR] [--json FILE] [--quick]');
+requireTools(['valgrind', 'callgrind_control', 'callgrind_annotate', 'h2load', ...(opt.peers ? ['nghttpx', 'haproxy'] : [])],
+  'apt-get install valgrind nghttp2-client nghttp2-proxy haproxy');
 requireBinaries();
 
 const dir = workDir('obleth-bench-cpu-');
@@ -88,10 +95,7 @@ async function measure(path) {
   const t0 = Date.now();
   const adminPort = await freePort();
   const cfg = {
-    upstreams: [{ name: 'sim', endpoints: [sim.url], max_inflight: 100000 }],
-    routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
-    tenants: [{ name: 'bench', keys: [{ id: 'bench-1', secret: KEY }] }],
-    admission: { max_inflight: 100000 },
+    ...proxyConfig(sim.url, KEY),
     admin: { address: `127.0.0.1:${adminPort}` },
     ...(path.cache ? { cache: { path: join(dir, `cache-${path.name}.mdb`) } } : {}),
     ...path.cfg,
@@ -149,12 +153,43 @@ async function measure(path) {
   return r;
 }
 
+// Reference: nghttpx and HAProxy as plain proxies (the proxy_path set-up)
+// on the proxy-h2 load, and obleth measured the same way. callgrind_control
+// cannot reach nghttpx's worker (a forked child), so each server runs twice
+// under callgrind, with W and W + N requests, and the difference of the
+// totals written at exit, over N, is its Ir per request: start-up,
+// connection set-up and shut-down cancel out.
+async function peer(name) {
+  const t0 = Date.now();
+  const totals = [];
+  for (const n of [opt.warmup, opt.warmup + opt.requests]) {
+    const d = join(dir, `peer-${name}-${n}`);
+    mkdirSync(d);
+    const wrap = ['valgrind', '--tool=callgrind', `--callgrind-out-file=${join(d, 'callgrind.%p')}`, '--dump-instr=no'];
+    const s = name === 'nghttpx' ? await startNghttpx(d, sim.port, { wrap, ms: 60000 })
+      : name === 'haproxy' ? await startHaproxy(d, sim.port, { wrap, ms: 60000 })
+        : await startObleth(d, proxyConfig(sim.url, KEY), { wrap, ms: 60000 });
+    const p = parseH2load((await h2load(s.h2 ?? s.url, n, false)).stdout);
+    if (p.s2xx !== n) fail(`${name}: ${p.s2xx} of ${n} answered 2xx`);
+    await stop(s.proc, 30000);
+    await sleep(500); // nghttpx's master waits for its worker; the files are complete when it exits
+    totals.push(readdirSync(d).filter((f) => f.startsWith('callgrind.'))
+      .reduce((a, f) => a + Number(readFileSync(join(d, f), 'utf8').match(/^summary: (\d+)/m)?.[1] ?? NaN), 0));
+  }
+  const r = { name, ir_per_request: (totals[1] - totals[0]) / opt.requests, totals, seconds: (Date.now() - t0) / 1000 };
+  console.log(`reference ${name}: (${totals[1].toLocaleString('en-US')} − ${totals[0].toLocaleString('en-US')}) Ir / ${opt.requests} = ` +
+    `${Math.round(r.ir_per_request).toLocaleString('en-US')} Ir per request; ${r.seconds.toFixed(0)} s`);
+  return r;
+}
+
 const t00 = Date.now();
 console.log(`# cpu: ${machine()}`);
 console.log(`# valgrind --tool=callgrind; per path: ${opt.warmup} warm-up requests, counters zeroed, ${opt.requests} measured requests ` +
   `(h2load ${'-c ' + opt.c} -m 1 / --h1), request body ${reqBody.length} bytes; top functions by self cost per path`);
 const results = [];
 for (const path of PATHS) results.push(await measure(path));
+const peers = [];
+if (opt.peers) for (const name of ['nghttpx', 'haproxy', 'obleth']) peers.push(await peer(name));
 await stop(sim.proc);
 
 console.log(`\n## Results (${((Date.now() - t00) / 1000).toFixed(0)} s in all)\n`);
@@ -164,6 +199,13 @@ console.log(mdTable(['path', 'client', 'requests', 'Ir per request', 'checks'], 
   return [`\`${r.path}\``, p.h1 ? `h1 \`--h1 -c ${opt.c}\`` : `h2 \`-c ${opt.c} -m 1\``, String(r.requests),
     `**${Math.round(r.ir_per_request).toLocaleString('en-US')}**`, checks];
 })));
+if (peers.length) {
+  const label = { nghttpx: 'nghttpx (plain proxy, `-n1`)', haproxy: 'HAProxy (plain proxy, `nbthread 1`)', obleth: 'obleth `proxy-h2`, measured the same way' };
+  console.log(`\nReference, on the \`proxy-h2\` load: whole-process totals at exit, (W + N requests) − (W requests), over N = ${opt.requests}:\n`);
+  console.log(mdTable(['server', 'Ir per request', 'obleth / server'], peers.map((p) => [label[p.name],
+    `**${Math.round(p.ir_per_request).toLocaleString('en-US')}**`,
+    p.name === 'obleth' ? '—' : `${(peers.find((x) => x.name === 'obleth').ir_per_request / p.ir_per_request).toFixed(2)}×`])));
+}
 console.log('');
 let ok = true;
 for (const r of results) {
@@ -173,4 +215,4 @@ for (const r of results) {
   if (!p.cache && !p.cfg.admission && r.queued) { ok = false; console.log(`MISS ${r.path}: ${r.queued} requests were queued (the proxy path must not queue)`); }
 }
 if (ok) console.log('PASS every path did what it is named for (hits were hits, queued requests queued, the proxy path never queued)');
-if (opt.json) writeFileSync(opt.json, JSON.stringify({ opt, machine: machine(), results }, null, 2));
+if (opt.json) writeFileSync(opt.json, JSON.stringify({ opt, machine: machine(), results, peers }, null, 2));

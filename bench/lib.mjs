@@ -157,6 +157,60 @@ export async function startObleth(dir, cfg, { pin = null, name = 'obleth', wrap 
   return { proc, port, url: `http://127.0.0.1:${port}`, cfgPath, log };
 }
 
+// The obleth configuration of the proxy-path benchmarks: one inference
+// route to the simulator at simUrl (HTTP/1.1), one tenant with `key`,
+// admission on but never saturated (max_inflight 100000 upstream and
+// overall). Callers spread their own keys over it.
+export const proxyConfig = (simUrl, key) => ({
+  upstreams: [{ name: 'sim', endpoints: [simUrl], max_inflight: 100000 }],
+  routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
+  tenants: [{ name: 'bench', keys: [{ id: 'bench-1', secret: key }] }],
+  admission: { max_inflight: 100000, max_queue: 100000 },
+});
+
+// `wrap` (a command prefix: prlimit, valgrind) + cmd + args, logged.
+const spawnWrapped = (dir, wrap, cmd, args, log, pin) =>
+  (wrap.length ? spawnLogged(dir, wrap[0], [...wrap.slice(1), cmd, ...args], log, { pin }) : spawnLogged(dir, cmd, args, log, { pin }));
+
+async function ready(dir, name, proc, ports, ms) {
+  await waitFor(name, async () => {
+    if (proc.exitInfo) fail(`${name} exited:\n${logOf(dir, `${name}.log`)}`);
+    for (const p of ports) if (!(await tcpReady(p))) return false;
+    return true;
+  }, ms);
+}
+
+// nghttpx as a plain proxy in front of 127.0.0.1:backendPort (HTTP/1.1):
+// one worker (-n1), no configuration file, its defaults otherwise (no
+// access log). One cleartext port takes h2c and HTTP/1.1: {proc, h2, h1}.
+// The worker is a child process of proc (processTree).
+export async function startNghttpx(dir, backendPort, { pin = null, wrap = [], ms = 10000 } = {}) {
+  const port = await freePort();
+  const proc = spawnWrapped(dir, wrap, 'nghttpx', ['--conf=/dev/null', `--frontend=127.0.0.1,${port};no-tls`,
+    `--backend=127.0.0.1,${backendPort}`, '-n1', '--no-ocsp'], 'nghttpx.log', pin);
+  await ready(dir, 'nghttpx', proc, [port], ms);
+  return { proc, h2: `http://127.0.0.1:${port}`, h1: `http://127.0.0.1:${port}` };
+}
+
+// HAProxy as a plain proxy in front of 127.0.0.1:backendPort (HTTP/1.1):
+// nbthread 1, mode http, one frontend `proto h2` and one HTTP/1.1
+// frontend, no logging, defaults otherwise (http-reuse safe). HAProxy
+// wants 2 x maxconn + a few descriptors and refuses to start without
+// them: give `maxconn` to fit the open-files limit. {proc, h2, h1}.
+export async function startHaproxy(dir, backendPort, { pin = null, wrap = [], maxconn = 4000, ms = 10000 } = {}) {
+  const p2 = await freePort(), p1 = await freePort();
+  const cfg = join(dir, 'haproxy.cfg');
+  writeFileSync(cfg, [
+    'global', '  nbthread 1', `  maxconn ${maxconn}`,
+    'defaults', '  mode http', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
+    'frontend fe_h2', `  bind 127.0.0.1:${p2} proto h2`, '  default_backend sim',
+    'frontend fe_h1', `  bind 127.0.0.1:${p1}`, '  default_backend sim',
+    'backend sim', `  server sim1 127.0.0.1:${backendPort}`, ''].join('\n'));
+  const proc = spawnWrapped(dir, wrap, 'haproxy', ['-db', '-f', cfg], 'haproxy.log', pin);
+  await ready(dir, 'haproxy', proc, [p2, p1], ms);
+  return { proc, h2: `http://127.0.0.1:${p2}`, h1: `http://127.0.0.1:${p1}` };
+}
+
 // ---- /proc readings ----
 
 // CPU seconds (user + system) a process has used so far.

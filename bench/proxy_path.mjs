@@ -30,9 +30,9 @@ import { writeFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import {
-  sleep, fail, workDir, spawnLogged, waitFor, freePort, tcpReady, sh, requireTools, requireBinaries, startSim, startObleth,
+  sleep, fail, workDir, freePort, sh, requireTools, requireBinaries, startSim, startObleth,
   treeCpuSeconds, cpuTimes, cpuUtil, h2request, parseH2load, clean, h2loadSummary, readH2loadLog, pct, median, mdTable,
-  machine, stop, logOf, nofileWrap, nofileLimits, metric,
+  machine, stop, nofileWrap, nofileLimits, metric, startNghttpx, startHaproxy, proxyConfig,
   parseArgs, list,
 } from './lib.mjs';
 
@@ -66,8 +66,6 @@ const NOFILE = nofileWrap();
 const nofile = Math.min(nofileLimits().hard, 1048576);
 // HAProxy wants 2 x maxconn + a few descriptors and refuses to start without them.
 const HAPROXY_MAXCONN = Math.min(30000, Math.floor((nofile - 100) / 2));
-const spawnNofile = (cmd, args, log) => (NOFILE.length ? spawnLogged(dir, NOFILE[0], [...NOFILE.slice(1), cmd, ...args], log, { pin: PROXY_CPU })
-  : spawnLogged(dir, cmd, args, log, { pin: PROXY_CPU }));
 
 // ---- set-up ----
 
@@ -86,39 +84,7 @@ const simArgs = ['--slots', '1000000', '--threads', String(opt.simThreads)];
 const simH1 = await startSim(dir, simArgs, { pin: LOAD_CPUS, name: 'sim-h1' });
 const simH2 = await startSim(dir, [...simArgs, '--h2c'], { pin: LOAD_CPUS, name: 'sim-h2c' });
 
-async function startNghttpx() {
-  const port = await freePort();
-  const proc = spawnNofile('nghttpx', ['--conf=/dev/null', `--frontend=127.0.0.1,${port};no-tls`,
-    `--backend=127.0.0.1,${simH1.port}`, '-n1', '--no-ocsp'], 'nghttpx.log');
-  await waitFor('nghttpx', async () => { if (proc.exitInfo) fail(`nghttpx exited:\n${logOf(dir, 'nghttpx.log')}`); return tcpReady(port); });
-  return { proc, h2: `http://127.0.0.1:${port}`, h1: `http://127.0.0.1:${port}` };
-}
-
-async function startHaproxy() {
-  const p2 = await freePort(), p1 = await freePort();
-  const cfg = join(dir, 'haproxy.cfg');
-  writeFileSync(cfg, [
-    'global', '  nbthread 1', `  maxconn ${HAPROXY_MAXCONN}`,
-    'defaults', '  mode http', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
-    'frontend fe_h2', `  bind 127.0.0.1:${p2} proto h2`, '  default_backend sim',
-    'frontend fe_h1', `  bind 127.0.0.1:${p1}`, '  default_backend sim',
-    'backend sim', `  server sim1 127.0.0.1:${simH1.port}`, ''].join('\n'));
-  const proc = spawnNofile('haproxy', ['-db', '-f', cfg], 'haproxy.log');
-  await waitFor('haproxy', async () => {
-    if (proc.exitInfo) fail(`haproxy exited:\n${logOf(dir, 'haproxy.log')}`);
-    return (await tcpReady(p2)) && tcpReady(p1);
-  });
-  return { proc, h2: `http://127.0.0.1:${p2}`, h1: `http://127.0.0.1:${p1}` };
-}
-
-const oblethCfg = (logLevel) => ({
-  upstreams: [{ name: 'sim', endpoints: [simH1.url], max_inflight: 100000 }],
-  routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
-  tenants: [{ name: 'bench', keys: [{ id: 'bench-1', secret: KEY }] }],
-  admission: { max_inflight: 100000, max_queue: 100000 },
-  limits: { max_connections: 30000 },
-  log_level: logLevel,
-});
+const oblethCfg = (logLevel) => ({ ...proxyConfig(simH1.url, KEY), limits: { max_connections: 30000 }, log_level: logLevel });
 async function startOb(logLevel, name) {
   const admin = `127.0.0.1:${await freePort()}`;
   const ob = await startObleth(dir, { ...oblethCfg(logLevel), admin: { address: admin } }, { pin: PROXY_CPU, name, wrap: NOFILE });
@@ -127,8 +93,8 @@ async function startOb(logLevel, name) {
 
 const servers = {
   direct: { label: 'direct', proc: null, h2: simH2.url, h1: simH1.url },
-  nghttpx: { label: 'nghttpx', ...(await startNghttpx()) },
-  haproxy: { label: 'HAProxy', ...(await startHaproxy()) },
+  nghttpx: { label: 'nghttpx', ...(await startNghttpx(dir, simH1.port, { pin: PROXY_CPU, wrap: NOFILE })) },
+  haproxy: { label: 'HAProxy', ...(await startHaproxy(dir, simH1.port, { pin: PROXY_CPU, wrap: NOFILE, maxconn: HAPROXY_MAXCONN })) },
   obleth: { label: 'obleth', ...(await startOb('info', 'obleth')) },
   ...(opt.warn ? { 'obleth-warn': { label: 'obleth (warn)', ...(await startOb('warn', 'obleth-warn')) } } : {}),
 };
@@ -233,7 +199,7 @@ if (opt.latency) {
         const p = await run(n, { ...load, h1: false }, [], logFile);
         const l = readH2loadLog(logFile);
         const acc = lat[load.name].per[n];
-        acc.durations.push(...l.durations);
+        for (const d of l.durations) acc.durations.push(d); // (a spread overflows the stack at 100,000s)
         acc.rps.push(p.rps);
         for (const [k, v] of Object.entries(l.statuses)) acc.statuses[k] = (acc.statuses[k] ?? 0) + v;
         runLine(r, n, load.name, p);

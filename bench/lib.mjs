@@ -158,11 +158,11 @@ export async function startObleth(dir, cfg, { pin = null, name = 'obleth', wrap 
 }
 
 // The obleth configuration of the proxy-path benchmarks: one inference
-// route to the simulator at simUrl (HTTP/1.1), one tenant with `key`,
+// route to the simulator at simUrl (`protocol` http1 or h2c), one tenant with `key`,
 // admission on but never saturated (max_inflight 100000 upstream and
 // overall). Callers spread their own keys over it.
-export const proxyConfig = (simUrl, key) => ({
-  upstreams: [{ name: 'sim', endpoints: [simUrl], max_inflight: 100000 }],
+export const proxyConfig = (simUrl, key, protocol = 'http1') => ({
+  upstreams: [{ name: 'sim', endpoints: [simUrl], max_inflight: 100000, protocol }],
   routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
   tenants: [{ name: 'bench', keys: [{ id: 'bench-1', secret: key }] }],
   admission: { max_inflight: 100000, max_queue: 100000 },
@@ -180,24 +180,26 @@ async function ready(dir, name, proc, ports, ms) {
   }, ms);
 }
 
-// nghttpx as a plain proxy in front of 127.0.0.1:backendPort (HTTP/1.1):
+// nghttpx as a plain proxy in front of 127.0.0.1:backendPort (HTTP/1.1, or
+// h2c with `h2c`):
 // one worker (-n1), no configuration file, its defaults otherwise (no
 // access log). One cleartext port takes h2c and HTTP/1.1: {proc, h2, h1}.
 // The worker is a child process of proc (processTree).
-export async function startNghttpx(dir, backendPort, { pin = null, wrap = [], ms = 10000 } = {}) {
+export async function startNghttpx(dir, backendPort, { pin = null, wrap = [], ms = 10000, h2c = false } = {}) {
   const port = await freePort();
   const proc = spawnWrapped(dir, wrap, 'nghttpx', ['--conf=/dev/null', `--frontend=127.0.0.1,${port};no-tls`,
-    `--backend=127.0.0.1,${backendPort}`, '-n1', '--no-ocsp'], 'nghttpx.log', pin);
+    `--backend=127.0.0.1,${backendPort}${h2c ? ';;proto=h2' : ''}`, '-n1', '--no-ocsp'], 'nghttpx.log', pin);
   await ready(dir, 'nghttpx', proc, [port], ms);
   return { proc, h2: `http://127.0.0.1:${port}`, h1: `http://127.0.0.1:${port}` };
 }
 
-// HAProxy as a plain proxy in front of 127.0.0.1:backendPort (HTTP/1.1):
+// HAProxy as a plain proxy in front of 127.0.0.1:backendPort (HTTP/1.1, or
+// h2c with `h2c`):
 // nbthread 1, mode http, one frontend `proto h2` and one HTTP/1.1
 // frontend, no logging, defaults otherwise (http-reuse safe). HAProxy
 // wants 2 x maxconn + a few descriptors and refuses to start without
 // them: give `maxconn` to fit the open-files limit. {proc, h2, h1}.
-export async function startHaproxy(dir, backendPort, { pin = null, wrap = [], maxconn = 4000, ms = 10000 } = {}) {
+export async function startHaproxy(dir, backendPort, { pin = null, wrap = [], maxconn = 4000, ms = 10000, h2c = false } = {}) {
   const p2 = await freePort(), p1 = await freePort();
   const cfg = join(dir, 'haproxy.cfg');
   writeFileSync(cfg, [
@@ -205,7 +207,7 @@ export async function startHaproxy(dir, backendPort, { pin = null, wrap = [], ma
     'defaults', '  mode http', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
     'frontend fe_h2', `  bind 127.0.0.1:${p2} proto h2`, '  default_backend sim',
     'frontend fe_h1', `  bind 127.0.0.1:${p1}`, '  default_backend sim',
-    'backend sim', `  server sim1 127.0.0.1:${backendPort}`, ''].join('\n'));
+    'backend sim', `  server sim1 127.0.0.1:${backendPort}${h2c ? ' proto h2' : ''}`, ''].join('\n'));
   const proc = spawnWrapped(dir, wrap, 'haproxy', ['-db', '-f', cfg], 'haproxy.log', pin);
   await ready(dir, 'haproxy', proc, [p2, p1], ms);
   return { proc, h2: `http://127.0.0.1:${p2}`, h1: `http://127.0.0.1:${p1}` };

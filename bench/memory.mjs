@@ -42,7 +42,7 @@ const TARGETS = { idleKiB: 32, queuedKiB: 4, growthKiB: 1024, growthFrac: 0.02 }
 const opt = parseArgs({ conns: 10000, queued: 10000, rounds: 20, growthWarmup: 5, only: null, json: null, quick: false, mallocStats: false }, {
   '--conns': ['conns', Number], '--queued': ['queued', Number], '--rounds': ['rounds', Number], '--growth-warm-up': ['growthWarmup', Number],
   '--malloc-stats': (o) => { o.mallocStats = true; }, '--only': ['only', list], '--json': ['json', String],
-  '--quick': (o) => { o.quick = true; o.rounds = 6; o.growthWarmup = 3; },
+  '--quick': (o) => { o.quick = true; o.rounds = 8; },
 }, 'node bench/memory.mjs [--conns N] [--queued N] [--rounds N] [--growth-warm-up N] [--quick] [--only idle,queued,growth] ' +
   '[--malloc-stats] [--json FILE]');
 const want = (what) => !opt.only || opt.only.includes(what);

@@ -3,20 +3,24 @@
 // run. One command, Node 20, no npm packages:
 //
 //   node bench/proxy_path.mjs [--duration S] [--rounds N] [--warm-up S] [--quick] [--no-warn] [--no-latency]
-//                             [--only h2-16x10,h2-64x100,h1-64] [--sim-threads N] [--max-tokens N] [--json FILE]
+//                             [--only h2-16x10,h2-64x100,h1-64] [--upstream h1|h2c] [--sim-threads N] [--max-tokens N]
+//                             [--json FILE]
 //
 // The request is a small non-streamed chat completion (POST
 // /v1/chat/completions, max_tokens 16) that the simulator answers at once.
 // obleth runs with tenant auth (one key) and admission on (max_inflight
 // 100000: never saturated), log_level info (the default) and, as a fifth
 // column, warn. nghttpx (-n1) and HAProxy (nbthread 1) are plain proxies
-// with their defaults. Every proxy reaches the simulator over HTTP/1.1;
-// the direct h2 path is a second simulator started with --h2c.
+// with their defaults. Every proxy reaches the simulator over HTTP/1.1
+// (--upstream h2c: over h2c); the direct h2 path is a second simulator
+// started with --h2c.
 //
 // Placement: the proxy under test runs alone on CPU 1 (taskset); h2load
 // and the simulators share the other CPUs. The direct path must be clearly
 // faster than every proxied one, else the load side limits the comparison
-// (a MISS line says so). Rounds are interleaved, the order of the servers
+// (a MISS line says so), and every proxy must use its whole CPU, else the
+// load side held it back (another MISS line; then compare by CPU per
+// request, printed too). Rounds are interleaved, the order of the servers
 // rotating each round; the tables show the median over the rounds.
 //
 // Latency: h2load --log-file (one line per request: start, status,
@@ -36,17 +40,20 @@ import {
   parseArgs, list,
 } from './lib.mjs';
 
-const TARGETS = { vsNghttpx: 1.2, vsHaproxy: 1.0, addedP99C1Us: 200, directMargin: 1.1 };
+const TARGETS = { vsNghttpx: 1.2, vsHaproxy: 1.0, addedP99C1Us: 200, directMargin: 1.1, proxyBusy: 0.9 };
 
 // ---- options ----
 
-const opt = parseArgs({ duration: 10, rounds: 3, warmup: 1, warn: true, latency: true, only: null, simThreads: 1, maxTokens: 16, json: null, quick: false }, {
+const opt = parseArgs({ duration: 10, rounds: 3, warmup: 1, warn: true, latency: true, only: null, simThreads: 1, maxTokens: 16, json: null, quick: false,
+  upstream: 'h1' }, {
+  '--upstream': ['upstream', String],
   '--duration': ['duration', Number], '--rounds': ['rounds', Number], '--warm-up': ['warmup', Number],
   '--no-warn': (o) => { o.warn = false; }, '--no-latency': (o) => { o.latency = false; }, '--only': ['only', list],
   '--sim-threads': ['simThreads', Number], '--max-tokens': ['maxTokens', Number], '--json': ['json', String],
   '--quick': (o) => { o.quick = true; o.duration = 3; o.rounds = 1; },
 }, 'node bench/proxy_path.mjs [--duration S] [--rounds N] [--warm-up S] [--quick] [--no-warn] [--no-latency] ' +
-  '[--only h2-16x10,h2-64x100,h1-64] [--sim-threads N] [--max-tokens N] [--json FILE]');
+  '[--only h2-16x10,h2-64x100,h1-64] [--upstream h1|h2c] [--sim-threads N] [--max-tokens N] [--json FILE]');
+if (!['h1', 'h2c'].includes(opt.upstream)) fail('--upstream is h1 or h2c');
 
 const SHAPES = [
   { name: 'h2-16x10', label: 'h2 `-c 16 -m 10`', args: ['-c', '16', '-m', '10'], h1: false, inflight: 160 },
@@ -84,7 +91,12 @@ const simArgs = ['--slots', '1000000', '--threads', String(opt.simThreads)];
 const simH1 = await startSim(dir, simArgs, { pin: LOAD_CPUS, name: 'sim-h1' });
 const simH2 = await startSim(dir, [...simArgs, '--h2c'], { pin: LOAD_CPUS, name: 'sim-h2c' });
 
-const oblethCfg = (logLevel) => ({ ...proxyConfig(simH1.url, KEY), limits: { max_connections: 30000 }, log_level: logLevel });
+// Every proxy's upstream: the HTTP/1.1 simulator, or with --upstream h2c
+// the h2c one (then the load side's work per proxied request is the same
+// as on the direct h2 path: one h2c server either way).
+const H2C = opt.upstream === 'h2c';
+const backend = H2C ? simH2 : simH1;
+const oblethCfg = (logLevel) => ({ ...proxyConfig(backend.url, KEY, H2C ? 'h2c' : 'http1'), limits: { max_connections: 30000 }, log_level: logLevel });
 async function startOb(logLevel, name) {
   const admin = `127.0.0.1:${await freePort()}`;
   const ob = await startObleth(dir, { ...oblethCfg(logLevel), admin: { address: admin } }, { pin: PROXY_CPU, name, wrap: NOFILE });
@@ -93,8 +105,8 @@ async function startOb(logLevel, name) {
 
 const servers = {
   direct: { label: 'direct', proc: null, h2: simH2.url, h1: simH1.url },
-  nghttpx: { label: 'nghttpx', ...(await startNghttpx(dir, simH1.port, { pin: PROXY_CPU, wrap: NOFILE })) },
-  haproxy: { label: 'HAProxy', ...(await startHaproxy(dir, simH1.port, { pin: PROXY_CPU, wrap: NOFILE, maxconn: HAPROXY_MAXCONN })) },
+  nghttpx: { label: 'nghttpx', ...(await startNghttpx(dir, backend.port, { pin: PROXY_CPU, wrap: NOFILE, h2c: H2C })) },
+  haproxy: { label: 'HAProxy', ...(await startHaproxy(dir, backend.port, { pin: PROXY_CPU, wrap: NOFILE, maxconn: HAPROXY_MAXCONN, h2c: H2C })) },
   obleth: { label: 'obleth', ...(await startOb('info', 'obleth')) },
   ...(opt.warn ? { 'obleth-warn': { label: 'obleth (warn)', ...(await startOb('warn', 'obleth-warn')) } } : {}),
 };
@@ -165,7 +177,7 @@ const runLine = (r, name, what, p) => console.log(`round ${r + 1} ${what.padEnd(
 
 const t00 = Date.now();
 console.log(`# proxy_path: ${machine()}`);
-console.log(`# proxies on CPU ${PROXY_CPU ?? '(not pinned)'}, h2load and simulators on CPU ${LOAD_CPUS ?? '(not pinned)'}; ` +
+console.log(`# proxies on CPU ${PROXY_CPU ?? '(not pinned)'} (upstream ${H2C ? 'h2c' : 'HTTP/1.1'}), h2load and simulators on CPU ${LOAD_CPUS ?? '(not pinned)'}; ` +
   `${opt.rounds} interleaved rounds of ${opt.duration} s (+${opt.warmup} s warm-up); request body ${reqBody.length} bytes, ` +
   `response body ${reference.length} bytes; every path checked: 200, same body`);
 
@@ -232,6 +244,12 @@ console.log(mdTable(['load', ...shown.map((n) => servers[n].label)], SHAPES.map(
   const srv = med(ps, 'server_cpu');
   return `${f2(med(ps, 'cpu_us_per_req'))} µs (server ${pc(srv)}, load CPU ${pc(u)})`;
 })])));
+console.log('\nRatios by server CPU per request (what each server would do with the whole CPU: the fair comparison when a ' +
+  'proxy was not CPU-bound, see the CPU-bound lines below):\n');
+console.log(mdTable(['load', 'obleth / nghttpx', 'obleth / HAProxy', 'obleth (warn) / nghttpx', 'obleth (warn) / HAProxy'], SHAPES.map((s) => {
+  const us = Object.fromEntries(shown.map((n) => [n, med(tput[s.name][n], 'cpu_us_per_req')]));
+  return [s.label, x(us.nghttpx / us.obleth), x(us.haproxy / us.obleth), x(us.nghttpx / us['obleth-warn']), x(us.haproxy / us['obleth-warn'])];
+})));
 if (opt.latency) {
   console.log('\nLatency (µs, from h2load\'s per-request log, all rounds pooled), and what a proxy adds over the direct path:\n');
   const rows = [];
@@ -254,6 +272,16 @@ for (const s of SHAPES) {
   const bestName = proxies.find((n) => v[n] === best);
   line(v.direct >= TARGETS.directMargin * best, `${s.name}: the simulator is not the bottleneck: direct ${f0(v.direct)} req/s >= ` +
     `${TARGETS.directMargin}x the fastest proxied path (${bestName} ${f0(best)}: ${x(v.direct / best)})`);
+  // The direct check is necessary, not sufficient: a proxied request costs
+  // the load side more than a direct one (with HTTP/1.1 upstreams the
+  // simulator reads and writes once per request instead of once per batch
+  // of h2 frames). A proxy that did not use its whole CPU was held back by
+  // the load side: its req/s is not its capacity.
+  const idle = proxies.filter((n) => !(med(tput[s.name][n], 'server_cpu') >= TARGETS.proxyBusy));
+  line(!idle.length, `${s.name}: every proxy CPU-bound (>= ${pc(TARGETS.proxyBusy)} of its CPU): ` +
+    proxies.map((n) => `${servers[n].label} ${pc(med(tput[s.name][n], 'server_cpu'))}`).join(', ') +
+    (idle.length ? `; CPU 0 at ${pc(median(tput[s.name][idle[0]].map((p) => p.core_util?.[0]).filter(Number.isFinite)))}: ` +
+      `compare these by CPU per request (ratios table above)${H2C ? '' : ', or see --upstream h2c'}` : ''));
 }
 if (opt.latency) {
   const c1 = lat.c1.per;

@@ -29,15 +29,22 @@ static void usage(FILE *f) {
           "       obleth --version\n");
 }
 
-static int check_config(const char *path) {
+/* Load path for a command; NULL after printing every problem to stderr
+ * (with a count line when summary is set). */
+static ob_config_t *load_or_report(const char *path, bool summary) {
   ob_config_errors_t errs = {0};
   ob_config_t *c = ob_config_load(path, &errs);
   if (!c) {
     for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "%s\n", errs.items[i]);
-    fprintf(stderr, "%s: %zu problem%s\n", path, errs.len, errs.len == 1 ? "" : "s");
+    if (summary) fprintf(stderr, "%s: %zu problem%s\n", path, errs.len, errs.len == 1 ? "" : "s");
     ob_config_errors_dispose(&errs);
-    return 1;
   }
+  return c;
+}
+
+static int check_config(const char *path) {
+  ob_config_t *c = load_or_report(path, true);
+  if (!c) return 1;
   printf("%s: ok\n", path);
   ob_config_release(c);
   return 0;
@@ -230,13 +237,8 @@ static ob_cache_store_t *open_cache(const ob_config_t *cfg);
 static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b);
 
 static int run(const char *path) {
-  ob_config_errors_t errs = {0};
-  ob_config_t *cfg = ob_config_load(path, &errs);
-  if (!cfg) {
-    for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "%s\n", errs.items[i]);
-    ob_config_errors_dispose(&errs);
-    return 1;
-  }
+  ob_config_t *cfg = load_or_report(path, false);
+  if (!cfg) return 1;
   ob_log_set_level(level_of(cfg->log_level));
   signal(SIGPIPE, SIG_IGN);
   app_t app = {.path = path, .cfg = cfg};
@@ -317,13 +319,8 @@ static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b) 
 /* obleth cache-purge --config FILE [--tenant NAME]: works while the gateway
  * runs (LMDB allows several processes on one file). */
 static int cache_purge(const char *path, const char *tenant) {
-  ob_config_errors_t errs = {0};
-  ob_config_t *cfg = ob_config_load(path, &errs);
-  if (!cfg) {
-    for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "%s\n", errs.items[i]);
-    ob_config_errors_dispose(&errs);
-    return 1;
-  }
+  ob_config_t *cfg = load_or_report(path, false);
+  if (!cfg) return 1;
   if (!cfg->cache.enabled) {
     fprintf(stderr, "cache-purge: %s configures no cache\n", path);
     ob_config_release(cfg);

@@ -1642,6 +1642,13 @@ static bool want_list(ctx_t *cx, const cJSON *arr, bool nonempty, size_t *n) {
 static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_t *c = cx->c;
   size_t n;
+  /* The sections that are objects; the lists and log_level check their own shape. */
+  bool object = idx == T_ADMISSION || idx == T_LIMITS || idx == T_TIMEOUTS || idx == T_GRPC || idx == T_MCP ||
+                idx == T_LEDGER || idx == T_BUDGETS || idx == T_ADMIN || idx == T_METRICS || idx == T_CACHE;
+  if (object && !cJSON_IsObject(v)) {
+    errf(cx, "expected an object");
+    return;
+  }
   switch (idx) {
   case T_LISTENERS:
     if (!want_list(cx, v, true, &n)) return;
@@ -1676,10 +1683,6 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   case T_ADMISSION:
   case T_LIMITS:
   case T_TIMEOUTS:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     if (idx == T_ADMISSION)
       walk_object(cx, v, admission_fields, NFIELDS(admission_fields), on_admission_field,
                   &(int_target_t){&c->admission, admission_fields});
@@ -1691,41 +1694,21 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
                   &(int_target_t){&c->timeouts, timeout_fields});
     break;
   case T_GRPC:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     walk_object(cx, v, grpc_fields, NFIELDS(grpc_fields), on_grpc_field, c);
     break;
   case T_MCP:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
     break;
   case T_LEDGER:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     c->ledger.enabled = true;
     apply_defaults(&c->ledger, ledger_fields, NFIELDS(ledger_fields));
     walk_object(cx, v, ledger_fields, NFIELDS(ledger_fields), on_ledger_field, &c->ledger);
     break;
   case T_BUDGETS:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     walk_object(cx, v, budgets_fields, NFIELDS(budgets_fields), on_budgets_field, &c->budgets);
     break;
   case T_ADMIN:
   case T_METRICS:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     if (idx == T_METRICS) {
       walk_object(cx, v, metrics_fields, NFIELDS(metrics_fields), on_metrics_field, &c->metrics);
       break;
@@ -1736,10 +1719,6 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
       errf(cx, "a non-loopback admin address (%s) needs a \"token\"", c->admin.address ? c->admin.address : "?");
     break;
   case T_CACHE:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
     c->cache.enabled = true;
     apply_defaults(&c->cache, cache_fields, NFIELDS(cache_fields));
     walk_object(cx, v, cache_fields, NFIELDS(cache_fields), on_cache_field, &c->cache);

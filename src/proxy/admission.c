@@ -88,16 +88,22 @@ static int cmp_tstate_name(const void *a, const void *b) {
   return strcmp((*x)->name, (*y)->name);
 }
 
-static ob_fs_group_id group_of(ob_proxy_t *p, const char *name, uint32_t weight, bool set) {
+long ob_proxy_find_group(const ob_proxy_t *p, const char *name) {
   for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
     ob_fs_group_stats_t gs;
     ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
-    if (strcmp(gs.name, name) == 0) {
-      if (set) ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
-      return (ob_fs_group_id)g;
-    }
+    if (strcmp(gs.name, name) == 0) return (long)g;
   }
-  return ob_fs_group_add(p->fs, name, weight);
+  return -1;
+}
+
+/* The scheduler group named name, added with weight when new; set: an
+ * existing one takes weight too. */
+static ob_fs_group_id group_of(ob_proxy_t *p, const char *name, uint32_t weight, bool set) {
+  long g = ob_proxy_find_group(p, name);
+  if (g < 0) return ob_fs_group_add(p->fs, name, weight);
+  if (set) ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
+  return (ob_fs_group_id)g;
 }
 
 void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {

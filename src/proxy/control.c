@@ -139,17 +139,11 @@ bool ob_proxy_set_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled
 }
 
 bool ob_proxy_set_group_weight(ob_proxy_t *p, const char *name, uint32_t weight) {
-  if (weight == 0) return false;
-  for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
-    ob_fs_group_stats_t gs;
-    ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
-    if (strcmp(gs.name, name) == 0) {
-      ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
-      ob_log_info("admin: group %s weight %u", name, weight);
-      return true;
-    }
-  }
-  return false;
+  long g = ob_proxy_find_group(p, name);
+  if (weight == 0 || g < 0) return false;
+  ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
+  ob_log_info("admin: group %s weight %u", name, weight);
+  return true;
 }
 
 bool ob_proxy_ready(ob_proxy_t *p) {

@@ -146,28 +146,19 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   ob_buf_printf(b, "obleth_cache_tokens_saved_total %llu\n", (unsigned long long)m->cache_tokens_saved);
 
   /* Pools: the scheduler's view. */
-  head(b, "obleth_pool_inflight", "gauge", "Admitted requests holding a slot, per upstream pool.");
-  size_t np = p->cfg->num_upstreams;
-  for (size_t i = 0; i < np; i++) {
-    ob_fs_pool_stats_t ps;
-    ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
-    ob_buf_printf(b, "obleth_pool_inflight{pool=\"");
-    label(b, p->cfg->upstreams[i].name);
-    ob_buf_printf(b, "\"} %u\n", ps.inflight);
-  }
-  head(b, "obleth_pool_queued", "gauge", "Requests waiting for a slot, per upstream pool.");
-  for (size_t i = 0; i < np; i++) {
-    ob_fs_pool_stats_t ps;
-    ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
-    ob_buf_printf(b, "obleth_pool_queued{pool=\"");
-    label(b, p->cfg->upstreams[i].name);
-    ob_buf_printf(b, "\"} %u\n", ps.queued);
-  }
-  head(b, "obleth_pool_slots", "gauge", "Configured max_inflight per upstream pool (0 = unlimited).");
-  for (size_t i = 0; i < np; i++) {
-    ob_buf_printf(b, "obleth_pool_slots{pool=\"");
-    label(b, p->cfg->upstreams[i].name);
-    ob_buf_printf(b, "\"} %u\n", p->cfg->upstreams[i].max_inflight);
+  static const char *const pool_names[3] = {"obleth_pool_inflight", "obleth_pool_queued", "obleth_pool_slots"};
+  static const char *const pool_helps[3] = {"Admitted requests holding a slot, per upstream pool.",
+                                            "Requests waiting for a slot, per upstream pool.",
+                                            "Configured max_inflight per upstream pool (0 = unlimited)."};
+  for (int k = 0; k < 3; k++) {
+    head(b, pool_names[k], "gauge", pool_helps[k]);
+    for (size_t i = 0; i < p->cfg->num_upstreams; i++) {
+      ob_fs_pool_stats_t ps;
+      ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
+      ob_buf_printf(b, "%s{pool=\"", pool_names[k]);
+      label(b, p->cfg->upstreams[i].name);
+      ob_buf_printf(b, "\"} %u\n", k == 0 ? ps.inflight : k == 1 ? ps.queued : p->cfg->upstreams[i].max_inflight);
+    }
   }
 
   /* Upstream endpoints and client connections: net's counters. */

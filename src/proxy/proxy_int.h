@@ -80,6 +80,8 @@ static inline ob_tstate_t *ob_proxy_tstate(ob_proxy_t *p, const ob_proxy_gen_t *
 /* admission.c: bind a generation to the scheduler (pools, groups, tenants
  * found by name or added; weights and caps from its config). */
 void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *g);
+/* admission.c: the scheduler group named name, or -1. */
+long ob_proxy_find_group(const ob_proxy_t *p, const char *name);
 /* admission.c: after a reload, apply the admission parameters and grant
  * what the new capacity allows. */
 void ob_proxy_admission_changed(ob_proxy_t *p);

@@ -108,7 +108,7 @@ static ob_iov_t fresh_body(ob_exchange_t *x, ob_iov_t body) {
   for (size_t i = 1; i + 1 < id.len; i++)
     if (id.base[i] == '-') from = i + 1;
   /* Not a secret, only distinct: a per-process splitmix64 stream. */
-  static uint64_t state;
+  static _Thread_local uint64_t state;
   if (!state) state = ob_clock_us() ^ (uint64_t)(uintptr_t)&state;
   static const char hex[] = "0123456789abcdef";
   for (size_t i = from; i + 1 < id.len; i += 16) {

@@ -1,8 +1,10 @@
 /*
  * main.c: the process. Parses the command line, loads the config, wires
- * net -> proxy -> routes on one event loop, and turns SIGTERM / SIGINT into
- * a graceful shutdown (stop accepting, GOAWAY, let streams finish within the
- * grace period, exit 0).
+ * net -> proxy -> routes on one event loop per worker ("workers": N
+ * threads, the first of them this one, which also runs the admin API and
+ * the signals), and turns SIGTERM / SIGINT into a graceful shutdown of
+ * every worker (stop accepting, GOAWAY, let streams finish within the grace
+ * period, exit 0).
  */
 #include "config.h"
 #include "core.h"
@@ -14,6 +16,7 @@
 #include "tenant.h"
 
 #include <event2/event.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,38 +118,60 @@ static parts_t *parts_build(ob_config_t *cfg, ob_cache_store_t *cache, const ob_
   return g;
 }
 
-typedef struct {
-  const char *path;
+/* One event loop and what runs on it. */
+typedef struct worker {
+  size_t index;
   struct event_base *base;
-  ob_config_t *cfg;         /* counted: the config in force */
   ob_net_t *net;
   ob_proxy_t *proxy;
+  const ob_mcp_t *mcp;      /* the current generation's, owned by it */
+  pthread_t thread;
+  bool started;             /* thread is running (workers after the first) */
+} worker_t;
+
+typedef struct {
+  const char *path;
+  struct event_base *base;  /* the first worker's */
+  ob_config_t *cfg;         /* counted: the config in force */
+  ob_net_t *net;            /* the first worker's */
+  ob_proxy_t *proxy;        /* the first worker's: the admin API's view of all */
+  worker_t *workers;
+  size_t num_workers;
   ob_admin_t *admin;
   ob_cache_store_t *cache;
   ob_ledger_t *ledger;
   ob_budgets_t *budgets;
   ob_budget_store_t *budget_store;
-  const ob_mcp_t *mcp;      /* the current generation's, owned by it */
   bool stopping;
 } app_t;
 
 static void on_drained(void *arg) {
-  app_t *a = arg;
-  ob_log_info("all connections closed; exiting");
-  event_base_loopexit(a->base, NULL);
+  worker_t *w = arg;
+  if (w->index == 0) ob_log_info("all connections closed; exiting");
+  event_base_loopexit(w->base, NULL);
+}
+
+/* On the worker's loop (ob_proxy_run_on). */
+static void worker_shutdown(void *arg) {
+  worker_t *w = arg;
+  ob_net_shutdown(w->net, on_drained, w);
+}
+
+static void worker_exit_now(void *arg) {
+  worker_t *w = arg;
+  event_base_loopexit(w->base, NULL);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
   (void)what;
   app_t *a = arg;
-  if (a->stopping) {
-    ob_log_warn("second signal %d: exiting now", (int)sig);
-    event_base_loopexit(a->base, NULL);
-    return;
-  }
+  bool now = a->stopping;
+  if (now) ob_log_warn("second signal %d: exiting now", (int)sig);
+  else ob_log_info("signal %d: graceful shutdown", (int)sig);
   a->stopping = true;
-  ob_log_info("signal %d: graceful shutdown", (int)sig);
-  ob_net_shutdown(a->net, on_drained, a);
+  /* The others first: the first worker's own shutdown may end its loop. */
+  for (size_t i = a->num_workers; i-- > 0;)
+    ob_proxy_run_on(a->workers[i].proxy, now ? worker_exit_now : worker_shutdown, &a->workers[i]);
 }
 
 static ob_log_level_t level_of(const char *s) {
@@ -172,6 +197,26 @@ static void warn_fixed(const ob_config_t *o, const ob_config_t *n) {
     ob_log_warn("reload: the ledger stays as it was (ledger changes need a restart)");
   if (!same(o->budgets.path, n->budgets.path))
     ob_log_warn("reload: the budget file stays as it was (budgets.path changes need a restart)");
+  if (o->workers != n->workers)
+    ob_log_warn("reload: %u worker(s) keep running (workers changes need a restart)", o->workers);
+}
+
+/* A further worker's part of a reload, on its own loop. */
+typedef struct {
+  worker_t *w;
+  ob_config_t *cfg;
+  const ob_net_t *first;
+  ob_proxy_gen_spec_t spec;
+  parts_t *parts;
+  bool ok;
+} worker_reload_t;
+
+static void worker_reload(void *arg) {
+  worker_reload_t *r = arg;
+  r->ok = ob_net_reload_worker(r->w->net, r->cfg, r->first);
+  if (!r->ok) return;
+  ob_proxy_reload(r->w->proxy, &r->spec);
+  r->w->mcp = r->parts->mcp;
 }
 
 static void log_listeners(const app_t *a, const ob_config_t *cfg) {
@@ -201,7 +246,7 @@ static bool reload(void *arg, ob_buf_t *why) {
     return false;
   }
   ob_proxy_gen_spec_t spec;
-  parts_t *parts = parts_build(cfg, a->cache, a->mcp, &spec);
+  parts_t *parts = parts_build(cfg, a->cache, a->workers[0].mcp, &spec);
   if (!ob_net_reload(a->net, cfg)) {
     ob_log_error("reload of %s refused: a listener or upstream could not be set up (see above); the running "
                  "configuration is unchanged", a->path);
@@ -214,7 +259,19 @@ static bool reload(void *arg, ob_buf_t *why) {
   warn_keys(cfg);
   ob_log_set_level(level_of(cfg->log_level));
   ob_proxy_reload(a->proxy, &spec);
-  a->mcp = parts->mcp;
+  a->workers[0].mcp = parts->mcp;
+  /* The first worker has bound every new listener and built every new
+   * pool, so what could fail has been tried; the others follow it. */
+  for (size_t i = 1; i < a->num_workers; i++) {
+    worker_reload_t r = {&a->workers[i], cfg, a->net, {0}, NULL, false};
+    r.parts = parts_build(cfg, a->cache, a->workers[i].mcp, &r.spec);
+    ob_proxy_run_on(a->workers[i].proxy, worker_reload, &r);
+    if (!r.ok) {
+      ob_log_error("reload: worker %zu could not set up its listeners or upstreams and keeps the previous "
+                   "configuration", i);
+      parts_dispose(r.parts);
+    }
+  }
   if (a->admin) ob_admin_set_config(a->admin, cfg);
   ob_config_release(a->cfg);
   a->cfg = cfg; /* our load reference */
@@ -236,19 +293,46 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg) {
 static ob_cache_store_t *open_cache(const ob_config_t *cfg);
 static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b);
 
+/* Workers after the first: run the loop until shutdown drains it. */
+static void *worker_main(void *arg) {
+  worker_t *w = arg;
+  ob_proxy_loop_begin(w->proxy);
+  event_base_dispatch(w->base);
+  ob_proxy_loop_end(w->proxy);
+  return NULL;
+}
+
+/* Set up worker i (after the first) on the first's thread. */
+static bool worker_create(app_t *a, size_t i) {
+  worker_t *w = &a->workers[i];
+  w->index = i;
+  w->base = event_base_new();
+  ob_proxy_gen_spec_t spec;
+  /* The first worker's MCP session key, so a session works on any worker. */
+  parts_t *parts = parts_build(a->cfg, a->cache, a->workers[0].mcp, &spec);
+  w->mcp = parts->mcp;
+  w->proxy = ob_proxy_create_worker(a->proxy, &spec);
+  w->net = ob_net_create_worker(w->base, a->cfg, ob_proxy_handler(), w->proxy, a->net);
+  if (!w->net) return false;
+  ob_proxy_attach(w->proxy, w->net, w->base);
+  return true;
+}
+
 static int run(const char *path) {
   ob_config_t *cfg = load_or_report(path, false);
   if (!cfg) return 1;
   ob_log_set_level(level_of(cfg->log_level));
   signal(SIGPIPE, SIG_IGN);
-  app_t app = {.path = path, .cfg = cfg};
-  app.base = event_base_new();
+  app_t app = {.path = path, .cfg = cfg, .num_workers = cfg->workers};
+  app.workers = ob_xcalloc(app.num_workers, sizeof *app.workers);
+  worker_t *first = &app.workers[0];
+  app.base = first->base = event_base_new();
   warn_keys(cfg);
   app.cache = open_cache(cfg);
   ob_proxy_gen_spec_t spec;
   parts_t *parts = parts_build(cfg, app.cache, NULL, &spec);
-  app.mcp = parts->mcp;
-  app.proxy = ob_proxy_create(&spec); /* owns parts from here on */
+  first->mcp = parts->mcp;
+  app.proxy = first->proxy = ob_proxy_create(&spec); /* owns parts from here on */
   app.ledger = cfg->ledger.enabled ? ob_ledger_open(&cfg->ledger) : NULL;
   ob_proxy_set_ledger(app.proxy, app.ledger);
   /* Counters are keyed by tenant name and key id, so one table serves every
@@ -256,7 +340,7 @@ static int run(const char *path) {
   app.budgets = ob_budgets_create();
   app.budget_store = open_budgets(cfg, app.budgets);
   ob_proxy_set_budgets(app.proxy, app.budgets);
-  app.net = ob_net_create(app.base, cfg, ob_proxy_handler(), app.proxy);
+  app.net = first->net = ob_net_create(app.base, cfg, ob_proxy_handler(), app.proxy);
   int rc = 0;
   struct event *sigs[3] = {NULL, NULL, NULL};
   if (!app.net) {
@@ -264,27 +348,55 @@ static int run(const char *path) {
     goto out;
   }
   ob_proxy_attach(app.proxy, app.net, app.base);
+  for (size_t i = 1; i < app.num_workers; i++) {
+    if (!worker_create(&app, i)) {
+      rc = 1;
+      goto out;
+    }
+  }
   if (cfg->admin.enabled && !(app.admin = ob_admin_create(app.base, cfg, app.proxy, app.cache, reload, &app))) {
     rc = 1;
     goto out;
   }
   log_listeners(&app, cfg);
+  if (app.num_workers > 1) ob_log_info("%zu workers (event-loop threads) share one scheduler", app.num_workers);
+  /* Signals go to this thread's loop: the others block them. */
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM), sigaddset(&block, SIGINT), sigaddset(&block, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  for (size_t i = 1; i < app.num_workers; i++)
+    app.workers[i].started = pthread_create(&app.workers[i].thread, NULL, worker_main, &app.workers[i]) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   sigs[0] = evsignal_new(app.base, SIGTERM, on_signal, &app);
   sigs[1] = evsignal_new(app.base, SIGINT, on_signal, &app);
   sigs[2] = evsignal_new(app.base, SIGHUP, on_sighup, &app);
   for (int i = 0; i < 3; i++) event_add(sigs[i], NULL);
+  ob_proxy_loop_begin(app.proxy);
   event_base_dispatch(app.base);
+  ob_proxy_loop_end(app.proxy);
 out:
+  /* A failed start-up stops the workers already running. */
+  for (size_t i = 1; rc && i < app.num_workers; i++)
+    if (app.workers[i].started) ob_proxy_run_on(app.workers[i].proxy, worker_exit_now, &app.workers[i]);
+  /* After a shutdown the others finish their own streams (up to the grace
+   * period) before they are joined. */
+  for (size_t i = 1; i < app.num_workers; i++)
+    if (app.workers[i].started) pthread_join(app.workers[i].thread, NULL);
   for (int i = 0; i < 3; i++)
     if (sigs[i]) event_free(sigs[i]);
   ob_admin_destroy(app.admin);
-  ob_net_destroy(app.net);
-  ob_proxy_destroy(app.proxy); /* and with it the last generation's parts */
+  /* Every net before any proxy: closing a connection may hand its slot to
+   * a request of another worker, whose proxy must still be there. */
+  for (size_t i = app.num_workers; i-- > 0;) ob_net_destroy(app.workers[i].net);
+  for (size_t i = app.num_workers; i-- > 0;) ob_proxy_destroy(app.workers[i].proxy); /* and their parts */
   ob_ledger_close(app.ledger); /* every line of the run reaches the file */
   ob_budget_store_close(app.budget_store); /* the last charges reach the file */
   ob_budgets_destroy(app.budgets);
   ob_cache_store_close(app.cache); /* the writer finishes what was queued */
-  event_base_free(app.base);
+  for (size_t i = app.num_workers; i-- > 0;)
+    if (app.workers[i].base) event_base_free(app.workers[i].base);
+  free(app.workers);
   ob_config_release(app.cfg);
   return rc;
 }

@@ -1437,7 +1437,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER, T_BUDGETS };
+       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER, T_BUDGETS, T_WORKERS };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1456,6 +1456,7 @@ static const field_t top_fields[] = {
   [T_METRICS] = {.key = "metrics"},
   [T_LEDGER] = {.key = "ledger"},
   [T_BUDGETS] = {.key = "budgets"},
+  [T_WORKERS] = {.key = "workers"},
 };
 
 enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_FRESH_ID, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
@@ -1727,6 +1728,11 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
       c->cache.path = want_file(cx, &def);
     }
     break;
+  case T_WORKERS: {
+    uint64_t w;
+    if (want_uint(cx, v, 1, OB_CONFIG_MAX_WORKERS, &w)) c->workers = (uint32_t)w;
+    break;
+  }
   case T_LOG_LEVEL: {
     const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
     for (size_t k = 0; s && k < NFIELDS(log_levels); k++) {
@@ -1903,6 +1909,7 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   c->refs = 1;
   c->dir = ob_xstrdup(base_dir && base_dir[0] ? base_dir : ".");
   c->log_level = ob_xstrdup("info");
+  c->workers = 1;
   apply_defaults(&c->limits, limit_fields, NFIELDS(limit_fields));
   apply_defaults(&c->timeouts, timeout_fields, NFIELDS(timeout_fields));
   c->admission.mode = OB_ADMIT_HIERARCHICAL;

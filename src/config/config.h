@@ -17,6 +17,9 @@
 #ifndef OB_CONFIG_H
 #define OB_CONFIG_H
 
+/* Event-loop threads a process may run ("workers"). */
+#define OB_CONFIG_MAX_WORKERS 64
+
 #include "core.h"
 
 typedef enum { OB_PROTO_HTTP1, OB_PROTO_H2C, OB_PROTO_H2 } ob_upstream_proto_t;
@@ -220,6 +223,7 @@ typedef struct ob_config {
   ob_config_limits_t limits;
   ob_config_timeouts_t timeouts;
   char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */
+  uint32_t workers;         /* "workers": event-loop threads, 1..OB_CONFIG_MAX_WORKERS, default 1 */
   bool grpc_health;         /* "grpc": {"health": true}: answer grpc.health.v1.Health/Check */
   char *mcp_session_secret; /* "mcp": {"session_secret"}: keys the MCP session id wrapper; NULL = random per process */
   ob_config_cache_t cache;

@@ -13,9 +13,10 @@
 
 static ob_log_level_t min_level = OB_LOG_INFO;
 
-void ob_log_set_level(ob_log_level_t lvl) { min_level = lvl; }
+/* Set by the first worker on reload, read by every worker: atomic. */
+void ob_log_set_level(ob_log_level_t lvl) { __atomic_store_n(&min_level, lvl, __ATOMIC_RELAXED); }
 
-bool ob_log_enabled(ob_log_level_t lvl) { return lvl >= min_level; }
+bool ob_log_enabled(ob_log_level_t lvl) { return lvl >= __atomic_load_n(&min_level, __ATOMIC_RELAXED); }
 
 /* Access lines waiting for write(2); per thread, so no lock. */
 #define ACCESS_FLUSH 32768
@@ -79,7 +80,7 @@ static size_t format_line(char *out, ob_log_level_t lvl, const char *fmt, va_lis
 }
 
 void ob_log(ob_log_level_t lvl, const char *fmt, ...) {
-  if (lvl < min_level) return;
+  if (!ob_log_enabled(lvl)) return;
   ob_log_flush();
   char line[2048];
   va_list ap;
@@ -90,7 +91,7 @@ void ob_log(ob_log_level_t lvl, const char *fmt, ...) {
 }
 
 void ob_log_access(const char *msg, size_t len) {
-  if (OB_LOG_INFO < min_level) return;
+  if (!ob_log_enabled(OB_LOG_INFO)) return;
   char *out = access_buf.buf + access_buf.len;
   size_t n = prefix(out, OB_LOG_INFO);
   if (len > LINE_MAX_ - n - 1) len = LINE_MAX_ - n - 1;

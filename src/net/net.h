@@ -255,6 +255,12 @@ const char *ob_upstream_name(const ob_upstream_t *up);
  * cannot be bound or a TLS certificate cannot be loaded.
  */
 ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx);
+/* The same for a further worker ("workers": N > 1): its listeners are bound
+ * to the addresses first's listeners got (so port 0 means first's port),
+ * all with SO_REUSEPORT, and the kernel spreads new connections over the
+ * workers. first is only read during the call. */
+ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx,
+                               const ob_net_t *first);
 
 /* The address listener i is bound to ("127.0.0.1:43121"), for ephemeral
  * ports; borrowed from the net. */
@@ -275,6 +281,9 @@ const char *ob_net_listener_address(const ob_net_t *n, size_t i);
  * returned. Not during shutdown.
  */
 bool ob_net_reload(ob_net_t *n, ob_config_t *cfg);
+/* Reload of a further worker, after first's reload succeeded (new
+ * listeners bind to first's new addresses). */
+bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first);
 
 /*
  * Graceful shutdown: close listeners, send GOAWAY on h2 connections, close

@@ -39,6 +39,7 @@ struct ob_net {
   struct event *retire_timer;
 
   bool shutting_down;
+  bool reuseport;              /* workers > 1: every listener is bound with SO_REUSEPORT */
   struct event *grace_timer;
   void (*shutdown_done)(void *arg);
   void *shutdown_arg;

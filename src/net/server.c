@@ -262,15 +262,23 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
 
 /* ---------------------------------------------------------------- the net */
 
-/* Bind l; on success *out and *addr (the bound address, owned) are set. */
-static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, struct evconnlistener **out, char **addr) {
+/* The port at the end of a bound address ("127.0.0.1:8080", "[::1]:8080"). */
+static unsigned bound_port(const char *addr) {
+  const char *c = addr ? strrchr(addr, ':') : NULL;
+  return c ? (unsigned)strtoul(c + 1, NULL, 10) : 0;
+}
+
+/* Bind l (on port instead of l's when port is set); on success *out and
+ * *addr (the bound address, owned) are set. */
+static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, unsigned port_override,
+                          struct evconnlistener **out, char **addr) {
   /* Resolved once at start-up (blocking is fine here: nothing is being
    * served yet). The first address of the name is used. */
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
   char port[8];
-  snprintf(port, sizeof port, "%u", l->port);
+  snprintf(port, sizeof port, "%u", port_override ? port_override : l->port);
   const char *node = (l->host[0] == 0 || strcmp(l->host, "*") == 0) ? NULL : l->host;
   int gai = getaddrinfo(node, port, &hints, &res);
   if (gai != 0 || !res) {
@@ -282,7 +290,8 @@ static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, struct evc
   memcpy(&ss, res->ai_addr, res->ai_addrlen);
   freeaddrinfo(res);
   struct evconnlistener *lis = evconnlistener_new_bind(
-      n->base, on_accept, n, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+      n->base, on_accept, n,
+      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | (n->reuseport ? LEV_OPT_REUSEABLE_PORT : 0), 1024,
       (struct sockaddr *)&ss, sslen);
   if (!lis) {
     ob_log_error("listener %s: cannot bind: %s", l->address, strerror(errno));
@@ -307,7 +316,13 @@ static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, struct evc
 }
 
 ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx) {
+  return ob_net_create_worker(base, cfg, handler, ctx, NULL);
+}
+
+ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx,
+                               const ob_net_t *first) {
   ob_net_t *n = ob_xcalloc(1, sizeof *n);
+  n->reuseport = cfg->workers > 1;
   n->base = base;
   n->cfg = ob_config_acquire(cfg);
   n->handler = handler;
@@ -324,7 +339,8 @@ ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq
     const ob_config_listener_t *l = &cfg->listeners[i];
     if (l->tls && !(n->listener_ssl[i] = server_tls(l))) goto fail;
     n->listener_tls[i] = l->tls;
-    if (!bind_listener(n, l, &n->listeners[i], &n->listener_addrs[i])) goto fail;
+    unsigned port = first ? bound_port(ob_net_listener_address(first, i)) : 0;
+    if (!bind_listener(n, l, port, &n->listeners[i], &n->listener_addrs[i])) goto fail;
   }
   n->num_upstreams = cfg->num_upstreams;
   n->upstreams = ob_xcalloc(n->num_upstreams ? n->num_upstreams : 1, sizeof *n->upstreams);
@@ -364,7 +380,9 @@ static void listener_set_free(listener_set_t *s) {
   free(s->l), free(s->addr), free(s->tls), free(s->ssl);
 }
 
-bool ob_net_reload(ob_net_t *n, ob_config_t *cfg) {
+bool ob_net_reload(ob_net_t *n, ob_config_t *cfg) { return ob_net_reload_worker(n, cfg, NULL); }
+
+bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first) {
   if (n->shutting_down) return false;
   ob_config_t *old = n->cfg;
   /* Listeners: kept ones are found by address; new ones bound. */
@@ -383,7 +401,9 @@ bool ob_net_reload(ob_net_t *n, ob_config_t *cfg) {
     /* Certificates are read again even for a kept listener: rotating them
      * is what a reload is often for. */
     if (l->tls && !(next.ssl[j] = server_tls(l))) ok = false;
-    else if (!from[j] && !bind_listener(n, l, &next.l[j], &next.addr[j])) ok = false;
+    else if (!from[j] && !bind_listener(n, l, first ? bound_port(ob_net_listener_address(first, j)) : 0, &next.l[j],
+                                        &next.addr[j]))
+      ok = false;
   }
   /* Pools: kept when nothing they were made from changed. */
   ob_upstream_t **ups = ob_xcalloc(cfg->num_upstreams ? cfg->num_upstreams : 1, sizeof *ups);

@@ -54,7 +54,7 @@ static const struct timeval *common_timeout(struct event_base *base, uint32_t ms
 }
 
 const char *ob_net_up_conn_name(const ob_uconn_t *c) {
-  static char name[512];
+  static _Thread_local char name[512];
   snprintf(name, sizeof name, "upstream %s endpoint %s", c->ep->up->cfg->name, c->ep->cfg->authority);
   return name;
 }

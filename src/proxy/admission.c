@@ -7,13 +7,21 @@
  * shape. The scheduling itself is src/fairshare's. Token budgets are
  * checked here before a request may queue and charged at release; their
  * counters are src/tenant's (ob_budgets_t), shared with the admin view.
+ *
+ * With several workers the scheduler and the tenant state are shared
+ * (ob_proxy_shared_t, one mutex). A grant or an expiry found by any worker
+ * is posted to the inbox of the worker that owns the exchange, which acts
+ * on it on its own loop; so an exchange is only ever touched by its own
+ * thread, and nothing is forwarded or answered with the lock held.
  */
 #include "proxy_int.h"
 
+#include <errno.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- setup */
 
@@ -21,8 +29,11 @@ static ob_fs_mode_t fs_mode(ob_admission_mode_t m) {
   return m == OB_ADMIT_FIFO ? OB_FS_FIFO : m == OB_ADMIT_WEIGHTED ? OB_FS_WEIGHTED : OB_FS_HIERARCHICAL;
 }
 
+/* Locked. Every worker that queues a request arms its own timer for the
+ * earliest deadline, and one that fires re-arms for the next, so some
+ * timer is always due by the earliest queued deadline. */
 static void arm_expiry(ob_proxy_t *p) {
-  uint64_t d = ob_fs_next_deadline(p->fs);
+  uint64_t d = ob_fs_next_deadline(p->sh->fs);
   if (!d) {
     evtimer_del(p->expiry);
     return;
@@ -33,16 +44,49 @@ static void arm_expiry(ob_proxy_t *p) {
   evtimer_add(p->expiry, &tv);
 }
 
-/* Forward every request the scheduler can grant now. */
-static void pump(ob_proxy_t *p) {
+/* ---------------------------------------------------------------- inbox */
+
+/* Locked. Wake w's loop unless it is the caller's own running loop, which
+ * drains its inbox before returning to the loop. */
+static void wake(ob_proxy_t *w) {
+  if (w->woken || (w->loop_running && pthread_equal(w->thread, pthread_self()))) return;
+  w->woken = true;
+  ssize_t r = write(w->wake_fd[1], "w", 1);
+  (void)r; /* a full pipe already holds a wake-up */
+}
+
+static void inbox_post(ob_exchange_t *x, int kind) {
+  ob_proxy_t *w = x->proxy;
+  x->in_kind = kind;
+  x->in_next = NULL;
+  x->in_prev = w->in_tail;
+  if (w->in_tail) w->in_tail->in_next = x;
+  else w->in_head = x;
+  w->in_tail = x;
+  wake(w);
+}
+
+void ob_proxy_inbox_remove(ob_exchange_t *x) {
+  if (x->in_kind == INBOX_NONE) return;
+  ob_proxy_t *w = x->proxy;
+  if (x->in_prev) x->in_prev->in_next = x->in_next;
+  else w->in_head = x->in_next;
+  if (x->in_next) x->in_next->in_prev = x->in_prev;
+  else w->in_tail = x->in_prev;
+  x->in_prev = x->in_next = NULL;
+  x->in_kind = INBOX_NONE;
+}
+
+/* Locked: give every slot the scheduler can grant now to its exchange. */
+static void pump_locked(ob_proxy_t *p) {
   ob_fs_req_t *r;
   uint64_t now = ob_clock_us();
-  while ((r = ob_fs_next_grant(p->fs, now))) {
+  while ((r = ob_fs_next_grant(p->sh->fs, now))) {
     ob_exchange_t *x = r->user;
     x->fs_state = FS_GRANTED;
     x->queue_us = now - x->queue_start_us;
     x->admission = "queued";
-    ob_proxy_forward(x);
+    inbox_post(x, INBOX_GRANT);
   }
   arm_expiry(p);
 }
@@ -53,29 +97,85 @@ static void retry_after_header(ob_exchange_t *x, uint64_t ms, ob_http_header_t *
   h[(*k)++] = (ob_http_header_t){OB_IOV_LIT("retry-after"), ob_iov_str(v)};
 }
 
+/* On x's own loop: it waited past its deadline. */
+static void answer_expired(ob_exchange_t *x) {
+  uint64_t now = ob_clock_us();
+  if (x->grpc && x->deadline_us && now >= x->deadline_us) {
+    /* The client's own deadline ran out, not the gateway's patience. */
+    ob_proxy_reply_error_h(x, 504, "Deadline Exceeded while waiting for capacity", "server_error",
+                           "deadline_exceeded", NULL, 0);
+    return;
+  }
+  ob_proxy_lock(x->proxy);
+  uint64_t ms = ob_fs_retry_after_ms(x->proxy->sh->fs, x->fsr.pool, x->fsr.tenant, now);
+  ob_proxy_unlock(x->proxy);
+  ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
+  size_t k = 0;
+  retry_after_header(x, ms, h, &k);
+  ob_proxy_reply_error_h(x, 503, "The request waited too long for capacity; retry later.", "server_error",
+                         "queue_timeout", h, k);
+}
+
+void ob_proxy_drain_inbox(ob_proxy_t *p) {
+  if (p->draining) return; /* an outer drain on this thread picks up what was added */
+  p->draining = true;
+  for (;;) {
+    ob_proxy_lock(p);
+    ob_proxy_call_t *c = p->calls;
+    ob_exchange_t *x = NULL;
+    int kind = INBOX_NONE;
+    if (c) {
+      p->calls = c->next;
+    } else if ((x = p->in_head)) {
+      kind = x->in_kind;
+      ob_proxy_inbox_remove(x);
+    }
+    ob_proxy_unlock(p);
+    if (c) {
+      c->fn(c->arg);
+      ob_proxy_lock(p);
+      c->done = true; /* c belongs to the poster from here on */
+      pthread_cond_broadcast(&p->sh->called);
+      ob_proxy_unlock(p);
+    } else if (!x) {
+      break;
+    } else if (kind == INBOX_GRANT) {
+      ob_proxy_forward(x);
+    } else {
+      answer_expired(x);
+    }
+  }
+  p->draining = false;
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+  (void)what;
+  ob_proxy_t *p = arg;
+  char buf[64];
+  while (read(fd, buf, sizeof buf) > 0) {
+  }
+  ob_proxy_lock(p);
+  p->woken = false;
+  ob_proxy_unlock(p);
+  ob_proxy_drain_inbox(p);
+}
+
 static void on_expiry(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what;
   ob_proxy_t *p = arg;
   uint64_t now = ob_clock_us();
   ob_fs_req_t *r;
-  while ((r = ob_fs_next_expired(p->fs, now))) {
+  ob_proxy_lock(p);
+  while ((r = ob_fs_next_expired(p->sh->fs, now))) {
     ob_exchange_t *x = r->user;
     x->fs_state = FS_DONE;
     x->queue_us = now - x->queue_start_us;
     x->admission = "queued";
-    ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
-    size_t k = 0;
-    if (x->grpc && x->deadline_us && now >= x->deadline_us) {
-      /* The client's own deadline ran out, not the gateway's patience. */
-      ob_proxy_reply_error_h(x, 504, "Deadline Exceeded while waiting for capacity", "server_error",
-                             "deadline_exceeded", NULL, 0);
-      continue;
-    }
-    retry_after_header(x, ob_fs_retry_after_ms(p->fs, r->pool, r->tenant, now), h, &k);
-    ob_proxy_reply_error_h(x, 503, "The request waited too long for capacity; retry later.", "server_error",
-                           "queue_timeout", h, k);
+    inbox_post(x, INBOX_EXPIRED);
   }
-  pump(p);
+  pump_locked(p);
+  ob_proxy_unlock(p);
+  ob_proxy_drain_inbox(p);
 }
 
 static ob_fs_params_t fs_params(const ob_config_t *c) {
@@ -89,9 +189,9 @@ static int cmp_tstate_name(const void *a, const void *b) {
 }
 
 long ob_proxy_find_group(const ob_proxy_t *p, const char *name) {
-  for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
+  for (size_t g = 0; g < ob_fs_num_groups(p->sh->fs); g++) {
     ob_fs_group_stats_t gs;
-    ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
+    ob_fs_group_stats(p->sh->fs, (ob_fs_group_id)g, &gs);
     if (strcmp(gs.name, name) == 0) return (long)g;
   }
   return -1;
@@ -101,8 +201,8 @@ long ob_proxy_find_group(const ob_proxy_t *p, const char *name) {
  * existing one takes weight too. */
 static ob_fs_group_id group_of(ob_proxy_t *p, const char *name, uint32_t weight, bool set) {
   long g = ob_proxy_find_group(p, name);
-  if (g < 0) return ob_fs_group_add(p->fs, name, weight);
-  if (set) ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
+  if (g < 0) return ob_fs_group_add(p->sh->fs, name, weight);
+  if (set) ob_fs_group_set(p->sh->fs, (ob_fs_group_id)g, weight);
   return (ob_fs_group_id)g;
 }
 
@@ -110,26 +210,26 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
   const ob_config_t *c = gen->cfg;
   for (size_t i = 0; i < c->num_upstreams; i++) {
     size_t k = 0;
-    while (k < p->num_pools && strcmp(p->pool_names[k], c->upstreams[i].name) != 0) k++;
-    if (k == p->num_pools) {
-      p->pool_names = ob_xrealloc(p->pool_names, (p->num_pools + 1) * sizeof *p->pool_names);
-      p->pool_names[p->num_pools++] = ob_xstrdup(c->upstreams[i].name);
-      gen->pool_of[i] = ob_fs_pool_add(p->fs, c->upstreams[i].name, c->upstreams[i].max_inflight);
+    while (k < p->sh->num_pools && strcmp(p->sh->pool_names[k], c->upstreams[i].name) != 0) k++;
+    if (k == p->sh->num_pools) {
+      p->sh->pool_names = ob_xrealloc(p->sh->pool_names, (p->sh->num_pools + 1) * sizeof *p->sh->pool_names);
+      p->sh->pool_names[p->sh->num_pools++] = ob_xstrdup(c->upstreams[i].name);
+      gen->pool_of[i] = ob_fs_pool_add(p->sh->fs, c->upstreams[i].name, c->upstreams[i].max_inflight);
     } else {
       gen->pool_of[i] = (ob_fs_pool_id)k; /* pools are numbered in the order they were added */
-      ob_fs_pool_set(p->fs, gen->pool_of[i], c->upstreams[i].max_inflight);
+      ob_fs_pool_set(p->sh->fs, gen->pool_of[i], c->upstreams[i].max_inflight);
     }
   }
   for (size_t i = 0; i < c->num_groups; i++) group_of(p, c->groups[i].name, c->groups[i].weight, true);
   /* Tenants by name: the known ones sorted once, so a reload of n tenants
    * is O(n log n); matched before any is added (adding moves the array). */
-  ob_tstate_t **sorted = ob_xcalloc(p->num_tstates + 1, sizeof *sorted);
-  for (size_t i = 0; i < p->num_tstates; i++) sorted[i] = &p->tstates[i];
-  qsort(sorted, p->num_tstates, sizeof *sorted, cmp_tstate_name);
+  ob_tstate_t **sorted = ob_xcalloc(p->sh->num_tstates + 1, sizeof *sorted);
+  for (size_t i = 0; i < p->sh->num_tstates; i++) sorted[i] = &p->sh->tstates[i];
+  qsort(sorted, p->sh->num_tstates, sizeof *sorted, cmp_tstate_name);
   for (size_t i = 0; i < c->num_tenants; i++) {
     ob_tstate_t key = {.name = c->tenants[i].name}, *kp = &key;
-    ob_tstate_t **hit = p->num_tstates ? bsearch(&kp, sorted, p->num_tstates, sizeof *sorted, cmp_tstate_name) : NULL;
-    gen->tstate_of[i] = hit ? (uint32_t)(*hit - p->tstates) : UINT32_MAX;
+    ob_tstate_t **hit = p->sh->num_tstates ? bsearch(&kp, sorted, p->sh->num_tstates, sizeof *sorted, cmp_tstate_name) : NULL;
+    gen->tstate_of[i] = hit ? (uint32_t)(*hit - p->sh->tstates) : UINT32_MAX;
   }
   free(sorted);
   uint64_t now = ob_clock_us();
@@ -138,8 +238,8 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
     ob_fs_tenant_params_t tp = {group_of(p, t->group, 1, false), t->weight ? t->weight : 1, t->max_inflight,
                                 t->max_queue};
     if (gen->tstate_of[i] != UINT32_MAX) {
-      ob_tstate_t *ts = &p->tstates[gen->tstate_of[i]];
-      ob_fs_tenant_set(p->fs, ts->fs, &tp);
+      ob_tstate_t *ts = &p->sh->tstates[gen->tstate_of[i]];
+      ob_fs_tenant_set(p->sh->fs, ts->fs, &tp);
       /* A changed limit starts a fresh bucket; an unchanged one keeps what
        * the tenant has used this minute. */
       if (ts->rpm.per_minute != t->rpm) ob_fs_bucket_init(&ts->rpm, t->rpm, now);
@@ -147,45 +247,81 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
       ts->disabled = false; /* the file says whether it is disabled */
       continue;
     }
-    if (p->num_tstates == p->cap_tstates) {
-      p->cap_tstates = p->cap_tstates ? p->cap_tstates * 2 : 16;
-      p->tstates = ob_xrealloc(p->tstates, p->cap_tstates * sizeof *p->tstates);
+    if (p->sh->num_tstates == p->sh->cap_tstates) {
+      p->sh->cap_tstates = p->sh->cap_tstates ? p->sh->cap_tstates * 2 : 16;
+      p->sh->tstates = ob_xrealloc(p->sh->tstates, p->sh->cap_tstates * sizeof *p->sh->tstates);
     }
-    ob_tstate_t *ts = &p->tstates[p->num_tstates];
+    ob_tstate_t *ts = &p->sh->tstates[p->sh->num_tstates];
     memset(ts, 0, sizeof *ts);
     ts->name = ob_xstrdup(t->name);
-    ts->fs = ob_fs_tenant_add(p->fs, t->name, &tp);
+    ts->fs = ob_fs_tenant_add(p->sh->fs, t->name, &tp);
     ob_fs_bucket_init(&ts->rpm, t->rpm, now);
     ob_fs_bucket_init(&ts->tpm, t->tpm, now);
-    gen->tstate_of[i] = (uint32_t)p->num_tstates++;
+    gen->tstate_of[i] = (uint32_t)p->sh->num_tstates++;
   }
-  if (c->num_tenants == 0 && !p->has_anonymous) {
+  if (c->num_tenants == 0 && !p->sh->has_anonymous) {
     ob_fs_tenant_params_t tp = {group_of(p, "default", 1, false), 1, 0, 0};
-    p->anonymous = ob_fs_tenant_add(p->fs, "anonymous", &tp);
-    p->has_anonymous = true;
+    p->sh->anonymous = ob_fs_tenant_add(p->sh->fs, "anonymous", &tp);
+    p->sh->has_anonymous = true;
   }
 }
 
-void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
-  ob_fs_params_t fp = fs_params(p->gen->cfg);
-  p->fs = ob_fs_create(&fp);
+void ob_proxy_admission_share(ob_proxy_t *p, ob_proxy_t *first) {
+  ob_proxy_shared_t *sh;
+  if (first) {
+    sh = p->sh = first->sh;
+  } else {
+    sh = p->sh = ob_xcalloc(1, sizeof *sh);
+    pthread_mutex_init(&sh->mu, NULL);
+    pthread_cond_init(&sh->called, NULL);
+    ob_fs_params_t fp = fs_params(p->gen->cfg);
+    sh->fs = ob_fs_create(&fp);
+  }
+  ob_proxy_lock(p);
+  p->index = sh->num_workers;
+  sh->workers = ob_xrealloc(sh->workers, (sh->num_workers + 1) * sizeof *sh->workers);
+  sh->workers[sh->num_workers++] = p;
   ob_proxy_gen_bind(p, p->gen);
+  ob_proxy_unlock(p);
+}
+
+void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
   p->expiry = evtimer_new(base, on_expiry, p);
+  if (pipe(p->wake_fd) != 0) {
+    ob_log_error("pipe: %s", strerror(errno));
+    abort(); /* at start-up, before anything is served */
+  }
+  for (int i = 0; i < 2; i++) evutil_make_socket_nonblocking(p->wake_fd[i]), evutil_make_socket_closeonexec(p->wake_fd[i]);
+  p->wake_ev = event_new(base, p->wake_fd[0], EV_READ | EV_PERSIST, on_wake, p);
+  event_add(p->wake_ev, NULL);
 }
 
 void ob_proxy_admission_changed(ob_proxy_t *p) {
   ob_fs_params_t fp = fs_params(p->gen->cfg);
-  ob_fs_set_params(p->fs, &fp);
-  pump(p);
+  ob_proxy_lock(p);
+  ob_fs_set_params(p->sh->fs, &fp);
+  pump_locked(p);
+  ob_proxy_unlock(p);
+  ob_proxy_drain_inbox(p);
 }
 
 void ob_proxy_admission_dispose(ob_proxy_t *p) {
   if (p->expiry) event_free(p->expiry);
-  ob_fs_destroy(p->fs);
-  for (size_t i = 0; i < p->num_pools; i++) free(p->pool_names[i]);
-  free(p->pool_names);
-  for (size_t i = 0; i < p->num_tstates; i++) free(p->tstates[i].name);
-  free(p->tstates);
+  if (p->wake_ev) {
+    event_free(p->wake_ev);
+    close(p->wake_fd[0]), close(p->wake_fd[1]);
+  }
+  ob_proxy_shared_t *sh = p->sh;
+  if (!sh || p->index != 0) return; /* the first worker owns the shared state and goes last */
+  ob_fs_destroy(sh->fs);
+  for (size_t i = 0; i < sh->num_pools; i++) free(sh->pool_names[i]);
+  free(sh->pool_names);
+  for (size_t i = 0; i < sh->num_tstates; i++) free(sh->tstates[i].name);
+  free(sh->tstates);
+  free(sh->workers);
+  pthread_mutex_destroy(&sh->mu);
+  pthread_cond_destroy(&sh->called);
+  free(sh);
 }
 
 /* ---------------------------------------------------------------- identify */
@@ -198,7 +334,11 @@ bool ob_proxy_identify(ob_exchange_t *x) {
   const ob_http_header_t *xkey = ob_sreq_header(x->req, "x-api-key");
   ob_auth_t a = ob_tenants_identify(dir, auth ? auth->value : OB_IOV_LIT(""),
                                     xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
-  if (a == OB_AUTH_OK && ob_proxy_tstate(p, x->gen, x->who.tenant_index)->disabled) a = OB_AUTH_DISABLED; /* set by the admin API */
+  if (a == OB_AUTH_OK) {
+    ob_proxy_lock(p);
+    if (ob_proxy_tstate(p, x->gen, x->who.tenant_index)->disabled) a = OB_AUTH_DISABLED; /* set by the admin API */
+    ob_proxy_unlock(p);
+  }
   switch (a) {
   case OB_AUTH_OK: return true;
   case OB_AUTH_MISSING:
@@ -242,23 +382,22 @@ static const char *num_text(ob_exchange_t *x, uint64_t n) {
 /* Rate-limit headers of a tenant that has limits; up to 6 entries. */
 static size_t ratelimit_headers(ob_exchange_t *x, ob_http_header_t *h) {
   if (!x->who.tenant) return 0;
+  ob_proxy_lock(x->proxy);
   ob_tstate_t *ts = ob_proxy_tstate(x->proxy, x->gen, x->who.tenant_index);
-  ob_fs_bucket_t *rpm = &ts->rpm, *tpm = &ts->tpm;
-  size_t k = 0;
   uint64_t now = ob_clock_us();
-  if (rpm->per_minute) {
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-requests"), ob_iov_str(num_text(x, rpm->per_minute))};
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-remaining-requests"),
-                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(rpm, now)))};
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-reset-requests"),
-                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(rpm, now)))};
-  }
-  if (tpm->per_minute) {
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-limit-tokens"), ob_iov_str(num_text(x, tpm->per_minute))};
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-remaining-tokens"),
-                                ob_iov_str(num_text(x, ob_fs_bucket_remaining(tpm, now)))};
-    h[k++] = (ob_http_header_t){OB_IOV_LIT("x-ratelimit-reset-tokens"),
-                                ob_iov_str(reset_text(x, ob_fs_bucket_full_ms(tpm, now)))};
+  /* Read under the lock, formatted after it. */
+  uint64_t v[2][3] = {{ts->rpm.per_minute, ob_fs_bucket_remaining(&ts->rpm, now), ob_fs_bucket_full_ms(&ts->rpm, now)},
+                      {ts->tpm.per_minute, ob_fs_bucket_remaining(&ts->tpm, now), ob_fs_bucket_full_ms(&ts->tpm, now)}};
+  ob_proxy_unlock(x->proxy);
+  static const char *const names[2][3] = {
+      {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"},
+      {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"}};
+  size_t k = 0;
+  for (int i = 0; i < 2; i++) {
+    if (!v[i][0]) continue;
+    h[k++] = (ob_http_header_t){ob_iov_str(names[i][0]), ob_iov_str(num_text(x, v[i][0]))};
+    h[k++] = (ob_http_header_t){ob_iov_str(names[i][1]), ob_iov_str(num_text(x, v[i][1]))};
+    h[k++] = (ob_http_header_t){ob_iov_str(names[i][2]), ob_iov_str(reset_text(x, v[i][2]))};
   }
   return k;
 }
@@ -403,52 +542,64 @@ void ob_proxy_admit(ob_exchange_t *x) {
   x->cost_tokens = kind == OB_COST_TOKENS;
   x->cost = x->cost_tokens ? x->prompt_tokens_est + x->max_tokens : 1;
   if (x->cost == 0) x->cost = 1;
-  uint64_t now = ob_clock_us();
-  ob_tstate_t *ts = x->who.tenant ? ob_proxy_tstate(p, x->gen, x->who.tenant_index) : NULL;
-  if (ts) {
-    if (!ob_fs_bucket_take(&ts->rpm, 1, now)) {
-      reject_rate(x, ob_fs_bucket_wait_ms(&ts->rpm, 1, now), "requests");
-      return;
-    }
-    if (x->cost_tokens && ts->tpm.per_minute) {
-      uint64_t want = x->cost < ts->tpm.per_minute ? x->cost : ts->tpm.per_minute;
-      if (!ob_fs_bucket_take(&ts->tpm, want, now)) {
-        ob_fs_bucket_adjust(&ts->rpm, 1, now); /* the request did not happen */
-        reject_rate(x, ob_fs_bucket_wait_ms(&ts->tpm, want, now), "tokens");
-        return;
-      }
-      x->tpm_taken = want;
-    }
-  }
   x->fsr.pool = x->gen->pool_of[pool_index(x->gen->cfg, x->upstream_name)];
-  x->fsr.tenant = ts ? ts->fs : p->anonymous;
   x->fsr.cost = x->cost;
   x->fsr.user = x;
   uint64_t deadline = x->req->start_us + (uint64_t)a->queue_timeout_ms * 1000;
   uint64_t client = client_deadline_us(x);
   if (client && client < deadline) deadline = client;
   x->fsr.deadline_us = deadline;
+  /* Decided under the lock; answered or forwarded after it. */
+  enum { RATE_REQUESTS, RATE_TOKENS, GRANTED, QUEUED, FULL } out;
+  uint64_t wait_ms = 0;
+  ob_proxy_lock(p);
+  uint64_t now = ob_clock_us();
   x->queue_start_us = now;
-  switch (ob_fs_submit(p->fs, &x->fsr, now)) {
-  case OB_FS_GRANTED:
-    x->fs_state = FS_GRANTED;
+  ob_tstate_t *ts = x->who.tenant ? ob_proxy_tstate(p, x->gen, x->who.tenant_index) : NULL;
+  x->fsr.tenant = ts ? ts->fs : p->sh->anonymous;
+  uint64_t want = 0;
+  if (ts && !ob_fs_bucket_take(&ts->rpm, 1, now)) {
+    out = RATE_REQUESTS, wait_ms = ob_fs_bucket_wait_ms(&ts->rpm, 1, now);
+  } else if (ts && x->cost_tokens && ts->tpm.per_minute &&
+             !ob_fs_bucket_take(&ts->tpm, want = x->cost < ts->tpm.per_minute ? x->cost : ts->tpm.per_minute, now)) {
+    ob_fs_bucket_adjust(&ts->rpm, 1, now); /* the request did not happen */
+    out = RATE_TOKENS, wait_ms = ob_fs_bucket_wait_ms(&ts->tpm, want, now);
+  } else {
+    x->tpm_taken = want;
+    switch (ob_fs_submit(p->sh->fs, &x->fsr, now)) {
+    case OB_FS_GRANTED:
+      x->fs_state = FS_GRANTED;
+      out = GRANTED;
+      break;
+    case OB_FS_QUEUED:
+      x->fs_state = FS_QUEUED;
+      arm_expiry(p);
+      out = QUEUED;
+      break;
+    default: /* OB_FS_TENANT_QUEUE_FULL, OB_FS_QUEUE_FULL */
+      wait_ms = ob_fs_retry_after_ms(p->sh->fs, x->fsr.pool, x->fsr.tenant, now);
+      if (ts) {
+        ob_fs_bucket_adjust(&ts->rpm, 1, now);
+        ob_fs_bucket_adjust(&ts->tpm, (int64_t)x->tpm_taken, now);
+      }
+      out = FULL;
+      break;
+    }
+  }
+  ob_proxy_unlock(p);
+  switch (out) {
+  case RATE_REQUESTS: reject_rate(x, wait_ms, "requests"); return;
+  case RATE_TOKENS: reject_rate(x, wait_ms, "tokens"); return;
+  case GRANTED:
     x->admission = "fast";
     ob_proxy_forward(x);
     return;
-  case OB_FS_QUEUED:
-    x->fs_state = FS_QUEUED;
-    arm_expiry(p);
-    return;
-  case OB_FS_TENANT_QUEUE_FULL:
-  case OB_FS_QUEUE_FULL: {
+  case QUEUED: return;
+  case FULL: {
     ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
     size_t k = 0;
-    retry_after_header(x, ob_fs_retry_after_ms(p->fs, x->fsr.pool, x->fsr.tenant, now), h, &k);
+    retry_after_header(x, wait_ms, h, &k);
     x->admission = "rejected";
-    if (ts) {
-      ob_fs_bucket_adjust(&ts->rpm, 1, now);
-      ob_fs_bucket_adjust(&ts->tpm, (int64_t)x->tpm_taken, now);
-    }
     ob_proxy_reply_error_h(x, 429, "Too many requests are waiting for capacity; retry later.", "rate_limit_error",
                            "queue_full", h, k);
     return;
@@ -460,24 +611,33 @@ void ob_proxy_admit(ob_exchange_t *x) {
 
 void ob_proxy_release(ob_exchange_t *x, bool completed) {
   ob_proxy_t *p = x->proxy;
+  ob_proxy_lock(p);
   int st = x->fs_state;
   x->fs_state = FS_DONE;
+  /* Granted or expired by another loop and not acted on yet. */
+  ob_proxy_inbox_remove(x);
   if (st == FS_QUEUED) {
     /* The client went away while waiting: leave the queue at once. */
-    ob_fs_cancel(p->fs, &x->fsr);
-    pump(p);
+    ob_fs_cancel(p->sh->fs, &x->fsr);
+    pump_locked(p);
+  }
+  ob_proxy_unlock(p);
+  if (st != FS_GRANTED) {
+    if (st == FS_QUEUED) ob_proxy_drain_inbox(p);
     return;
   }
-  if (st != FS_GRANTED) return;
   const ob_route_class_t *cls = x->route->cls;
   uint64_t used = cls->actual_tokens ? cls->actual_tokens(x, completed) : 0;
   uint64_t actual = x->cost;
   if (x->cost_tokens && cls->actual_tokens) actual = used ? used : 1;
   budget_charge(x, used);
+  ob_proxy_lock(p);
   uint64_t now = ob_clock_us();
   if (x->who.tenant && x->cost_tokens)
     ob_fs_bucket_adjust(&ob_proxy_tstate(p, x->gen, x->who.tenant_index)->tpm, (int64_t)x->tpm_taken - (int64_t)actual,
                         now);
-  ob_fs_release(p->fs, &x->fsr, actual, now);
-  pump(p);
+  ob_fs_release(p->sh->fs, &x->fsr, actual, now);
+  pump_locked(p);
+  ob_proxy_unlock(p);
+  ob_proxy_drain_inbox(p);
 }

@@ -3,7 +3,8 @@
  * proxy: the scheduler's state as JSON, live weight and disabled changes
  * (applied to the scheduler at once; queued requests keep their place),
  * and readiness, and the token budgets of a tenant and its keys. Runs on
- * the proxy's own event loop.
+ * the first worker's loop; the scheduler state is read and changed under
+ * the shared lock, so it covers every worker.
  */
 #include "proxy_int.h"
 
@@ -49,7 +50,7 @@ static void budget_json(ob_proxy_t *p, ob_budget_kind_t kind, const char *name, 
 static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b, bool detail) {
   ob_fs_tenant_stats_t ts;
   const ob_tstate_t *st = ob_proxy_tstate(p, p->gen, i);
-  ob_fs_tenant_stats(p->fs, st->fs, &ts);
+  ob_fs_tenant_stats(p->sh->fs, st->fs, &ts);
   const ob_config_tenant_t *t = &p->cfg->tenants[i];
   ob_buf_append_str(b, "{\"name\":");
   json_str(b, t->name);
@@ -80,22 +81,23 @@ static void tenant_json(ob_proxy_t *p, size_t i, ob_buf_t *b, bool detail) {
 
 void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
   const ob_config_t *c = p->cfg;
+  ob_proxy_lock(p);
   ob_buf_printf(b, "{\"mode\":\"%s\",\"max_inflight\":%u,\"inflight\":%u,\"queued\":%u,\"pools\":[",
                 c->admission.mode == OB_ADMIT_FIFO ? "fifo" : c->admission.mode == OB_ADMIT_WEIGHTED ? "weighted"
                                                                                                      : "hierarchical",
-                c->admission.max_inflight, ob_fs_inflight(p->fs), ob_fs_queued(p->fs));
+                c->admission.max_inflight, ob_fs_inflight(p->sh->fs), ob_fs_queued(p->sh->fs));
   for (size_t i = 0; i < c->num_upstreams; i++) {
     ob_fs_pool_stats_t ps;
-    ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
+    ob_fs_pool_stats(p->sh->fs, p->gen->pool_of[i], &ps);
     if (i) ob_buf_append(b, ",", 1);
     ob_buf_append_str(b, "{\"name\":");
     json_str(b, c->upstreams[i].name);
     ob_buf_printf(b, ",\"slots\":%u,\"inflight\":%u,\"queued\":%u}", ps.max_inflight, ps.inflight, ps.queued);
   }
   ob_buf_append_str(b, "],\"groups\":[");
-  for (size_t g = 0; g < ob_fs_num_groups(p->fs); g++) {
+  for (size_t g = 0; g < ob_fs_num_groups(p->sh->fs); g++) {
     ob_fs_group_stats_t gs;
-    ob_fs_group_stats(p->fs, (ob_fs_group_id)g, &gs);
+    ob_fs_group_stats(p->sh->fs, (ob_fs_group_id)g, &gs);
     if (g) ob_buf_append(b, ",", 1);
     ob_buf_append_str(b, "{\"name\":");
     json_str(b, gs.name);
@@ -108,12 +110,15 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
     tenant_json(p, i, b, false);
   }
   ob_buf_append_str(b, "]}");
+  ob_proxy_unlock(p);
 }
 
 bool ob_proxy_write_tenant(ob_proxy_t *p, const char *name, ob_buf_t *out) {
   long i = tenant_index(p, name);
   if (i < 0) return false;
+  ob_proxy_lock(p);
   tenant_json(p, (size_t)i, out, true);
+  ob_proxy_unlock(p);
   return true;
 }
 
@@ -121,11 +126,13 @@ bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight
   long i = tenant_index(p, name);
   if (i < 0 || weight == 0) return false;
   ob_fs_tenant_stats_t ts;
+  ob_proxy_lock(p);
   ob_fs_tenant_id id = ob_proxy_tstate(p, p->gen, (size_t)i)->fs;
-  ob_fs_tenant_stats(p->fs, id, &ts);
+  ob_fs_tenant_stats(p->sh->fs, id, &ts);
   const ob_config_tenant_t *t = &p->cfg->tenants[i];
   ob_fs_tenant_params_t tp = {ts.group, weight, t->max_inflight, t->max_queue};
-  ob_fs_tenant_set(p->fs, id, &tp);
+  ob_fs_tenant_set(p->sh->fs, id, &tp);
+  ob_proxy_unlock(p);
   ob_log_info("admin: tenant %s weight %u", name, weight);
   return true;
 }
@@ -133,15 +140,19 @@ bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight
 bool ob_proxy_set_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled) {
   long i = tenant_index(p, name);
   if (i < 0) return false;
+  ob_proxy_lock(p);
   ob_proxy_tstate(p, p->gen, (size_t)i)->disabled = disabled;
+  ob_proxy_unlock(p);
   ob_log_info("admin: tenant %s %s", name, disabled ? "disabled" : "enabled");
   return true;
 }
 
 bool ob_proxy_set_group_weight(ob_proxy_t *p, const char *name, uint32_t weight) {
+  ob_proxy_lock(p);
   long g = ob_proxy_find_group(p, name);
+  if (weight > 0 && g >= 0) ob_fs_group_set(p->sh->fs, (ob_fs_group_id)g, weight);
+  ob_proxy_unlock(p);
   if (weight == 0 || g < 0) return false;
-  ob_fs_group_set(p->fs, (ob_fs_group_id)g, weight);
   ob_log_info("admin: group %s weight %u", name, weight);
   return true;
 }

@@ -643,19 +643,68 @@ void ob_proxy_gen_release(ob_proxy_gen_t *g) {
   free(g);
 }
 
-ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g) {
+ob_proxy_t *ob_proxy_create_worker(ob_proxy_t *first, const ob_proxy_gen_spec_t *g) {
   ob_proxy_t *p = ob_xcalloc(1, sizeof *p);
   p->gen = gen_new(g);
   p->cfg = p->gen->cfg;
+  /* Each worker has its own seed, so ids stay unique across threads. */
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
   if (fd < 0 || read(fd, &p->rid_seed, sizeof p->rid_seed) != sizeof p->rid_seed) p->rid_seed = ob_clock_us();
   if (fd >= 0) close(fd);
+  pthread_mutex_init(&p->metrics_mu, NULL);
+  p->wake_fd[0] = p->wake_fd[1] = -1;
+  ob_proxy_admission_share(p, first);
+  if (first) {
+    p->ledger = first->ledger;
+    p->budgets = first->budgets;
+  }
   return p;
 }
+
+ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g) { return ob_proxy_create_worker(NULL, g); }
 
 void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l) { p->ledger = l; }
 
 void ob_proxy_set_budgets(ob_proxy_t *p, ob_budgets_t *b) { p->budgets = b; }
+
+size_t ob_proxy_num_workers(const ob_proxy_t *p) { return p->sh->num_workers; }
+
+ob_proxy_t *ob_proxy_worker(const ob_proxy_t *p, size_t i) { return i < p->sh->num_workers ? p->sh->workers[i] : NULL; }
+
+void ob_proxy_loop_begin(ob_proxy_t *p) {
+  ob_proxy_lock(p);
+  p->thread = pthread_self();
+  p->loop_running = true;
+  ob_proxy_unlock(p);
+}
+
+void ob_proxy_loop_end(ob_proxy_t *p) {
+  ob_proxy_lock(p);
+  p->loop_running = false;
+  ob_proxy_unlock(p);
+  ob_proxy_drain_inbox(p); /* calls posted before the loop stopped still run */
+  ob_log_flush();          /* this thread's buffered access lines */
+}
+
+void ob_proxy_run_on(ob_proxy_t *p, void (*fn)(void *arg), void *arg) {
+  ob_proxy_lock(p);
+  if (!p->loop_running || pthread_equal(p->thread, pthread_self())) {
+    ob_proxy_unlock(p);
+    fn(arg);
+    return;
+  }
+  ob_proxy_call_t c = {.fn = fn, .arg = arg};
+  ob_proxy_call_t **tail = &p->calls;
+  while (*tail) tail = &(*tail)->next;
+  *tail = &c;
+  if (!p->woken) {
+    p->woken = true;
+    ssize_t r = write(p->wake_fd[1], "c", 1);
+    (void)r;
+  }
+  while (!c.done) pthread_cond_wait(&p->sh->called, &p->sh->mu);
+  ob_proxy_unlock(p);
+}
 
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what, (void)arg;
@@ -671,7 +720,9 @@ void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
 
 void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g) {
   ob_proxy_gen_t *gen = gen_new(g);
+  ob_proxy_lock(p);
   ob_proxy_gen_bind(p, gen);
+  ob_proxy_unlock(p);
   ob_proxy_gen_t *old = p->gen;
   p->gen = gen;
   p->cfg = gen->cfg;
@@ -683,7 +734,8 @@ void ob_proxy_destroy(ob_proxy_t *p) {
   if (!p) return;
   ob_log_flush();
   if (p->log_flush) event_free(p->log_flush);
-  if (p->fs) ob_proxy_admission_dispose(p);
+  ob_proxy_admission_dispose(p);
   ob_proxy_gen_release(p->gen);
+  pthread_mutex_destroy(&p->metrics_mu);
   free(p);
 }

@@ -1,8 +1,9 @@
 /*
  * metrics.c: the proxy's counters and their Prometheus text exposition
- * (version 0.0.4). Counters are plain integers updated on the event loop
- * when an exchange ends; the exposition reads them on the same loop, so no
- * locking. Series are bounded by construction: route classes, status codes,
+ * (version 0.0.4). Each worker counts its own exchanges as they end (under
+ * its metrics_mu, uncontended but for a scrape); the exposition, on the
+ * first worker's loop, sums every worker's counters and asks each worker's
+ * loop for its net counters. Series are bounded by construction: route classes, status codes,
  * admission outcomes, configured pools and endpoints, and per-tenant series
  * only when metrics.per_tenant is on, for at most metrics.max_tenants
  * tenants; budget series only for tenants with a budget_tokens, capped the
@@ -10,6 +11,7 @@
  */
 #include "proxy_int.h"
 
+#include <stdlib.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -36,6 +38,7 @@ static void observe(ob_histogram_t *h, double v) {
 void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us) {
   ob_metrics_t *m = &p->metrics;
   int c = class_index(x);
+  pthread_mutex_lock(&p->metrics_mu);
   int code = s->status >= 100 && s->status <= 599 ? s->status : 599;
   int adm = !x->admission                           ? 3
             : strcmp(x->admission, "fast") == 0     ? 0
@@ -56,6 +59,94 @@ void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sre
       m->cache_hit_bytes += s->bytes_out;
       m->cache_tokens_saved += x->cache_tokens_saved;
     }
+  }
+  pthread_mutex_unlock(&p->metrics_mu);
+}
+
+static void add_histograms(ob_histogram_t *to, const ob_histogram_t *from) {
+  for (int c = 0; c < OB_METRIC_CLASSES; c++) {
+    for (int i = 0; i < OB_METRIC_BUCKETS; i++) to[c].counts[i] += from[c].counts[i];
+    to[c].count += from[c].count;
+    to[c].sum += from[c].sum;
+  }
+}
+
+/* Every worker's counters added into m. */
+static void sum_metrics(ob_proxy_t *p, ob_metrics_t *m) {
+  for (size_t w = 0; w < p->sh->num_workers; w++) {
+    ob_proxy_t *q = p->sh->workers[w];
+    pthread_mutex_lock(&q->metrics_mu);
+    const ob_metrics_t *f = &q->metrics;
+    for (int c = 0; c < OB_METRIC_CLASSES; c++) {
+      for (int code = 0; code < 500; code++)
+        for (int a = 0; a < OB_METRIC_ADMISSIONS; a++) m->requests[c][code][a] += f->requests[c][code][a];
+      m->prompt_tokens[c] += f->prompt_tokens[c];
+      m->completion_tokens[c] += f->completion_tokens[c];
+      m->bytes_out[c] += f->bytes_out[c];
+    }
+    add_histograms(m->queue_wait, f->queue_wait);
+    add_histograms(m->ttfb, f->ttfb);
+    add_histograms(m->total, f->total);
+    for (int i = 0; i < 4; i++) m->cache[i] += f->cache[i];
+    m->cache_hit_bytes += f->cache_hit_bytes;
+    m->cache_tokens_saved += f->cache_tokens_saved;
+    pthread_mutex_unlock(&q->metrics_mu);
+  }
+}
+
+/* One worker's net counters, read on its own loop (ob_proxy_run_on). */
+typedef struct net_snap {
+  ob_net_t *net;
+  ob_net_conn_stats_t conns;
+  size_t n;
+  struct {
+    const char *upstream, *endpoint; /* borrowed from the worker's config, which outlives the scrape */
+    uint64_t v[3];                   /* attempts, failures, in flight */
+  } *e;
+} net_snap_t;
+
+static void take_net_snap(void *arg) {
+  net_snap_t *s = arg;
+  ob_net_conn_stats(s->net, &s->conns);
+  for (size_t i = 0; i < ob_net_num_upstreams(s->net); i++) {
+    ob_upstream_t *up = ob_net_upstream_at(s->net, i);
+    for (size_t e = 0; up && e < ob_upstream_num_endpoints(up); e++) {
+      ob_endpoint_stats_t es;
+      ob_upstream_endpoint_stats(up, e, &es);
+      s->e = ob_xrealloc(s->e, (s->n + 1) * sizeof *s->e);
+      s->e[s->n].upstream = ob_upstream_name(up);
+      s->e[s->n].endpoint = es.authority;
+      s->e[s->n].v[0] = es.attempts, s->e[s->n].v[1] = es.failures, s->e[s->n].v[2] = es.inflight;
+      s->n++;
+    }
+  }
+}
+
+/* The net counters of every worker, added up into the first's list. */
+static void sum_net(ob_proxy_t *p, net_snap_t *sum) {
+  size_t nw = p->sh->num_workers;
+  for (size_t w = 0; w < nw; w++) {
+    ob_proxy_t *q = p->sh->workers[w];
+    net_snap_t s = {.net = q->net};
+    if (q->net) ob_proxy_run_on(q, take_net_snap, &s);
+    if (w == 0) {
+      *sum = s;
+      continue;
+    }
+    for (int k = 0; k < 2; k++) {
+      sum->conns.accepted[k] += s.conns.accepted[k];
+      sum->conns.open[k] += s.conns.open[k];
+    }
+    sum->conns.tls_accepted += s.conns.tls_accepted;
+    /* Same config, same order; matched by name all the same (a reload may
+     * be half-way through the workers). */
+    for (size_t i = 0; i < s.n; i++)
+      for (size_t j = 0; j < sum->n; j++)
+        if (strcmp(sum->e[j].upstream, s.e[i].upstream) == 0 && strcmp(sum->e[j].endpoint, s.e[i].endpoint) == 0) {
+          for (int k = 0; k < 3; k++) sum->e[j].v[k] += s.e[i].v[k];
+          break;
+        }
+    free(s.e);
   }
 }
 
@@ -106,7 +197,12 @@ static void budget_metrics(ob_proxy_t *p, ob_buf_t *b) {
 }
 
 void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
-  ob_metrics_t *m = &p->metrics;
+  /* Gathered first: the workers' loops must not wait for the lock taken
+   * below while this thread waits for them. */
+  net_snap_t ns = {0};
+  sum_net(p, &ns);
+  ob_metrics_t *m = ob_xcalloc(1, sizeof *m);
+  sum_metrics(p, m);
   head(b, "obleth_requests_total", "counter", "Finished requests by route class, status and admission outcome.");
   for (int c = 0; c < OB_METRIC_CLASSES; c++)
     for (int code = 0; code < 500; code++)
@@ -145,6 +241,8 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   head(b, "obleth_cache_tokens_saved_total", "counter", "Tokens the cached answers cost when they were made.");
   ob_buf_printf(b, "obleth_cache_tokens_saved_total %llu\n", (unsigned long long)m->cache_tokens_saved);
 
+  free(m);
+  ob_proxy_lock(p);
   /* Pools: the scheduler's view. */
   static const char *const pool_names[3] = {"obleth_pool_inflight", "obleth_pool_queued", "obleth_pool_slots"};
   static const char *const pool_helps[3] = {"Admitted requests holding a slot, per upstream pool.",
@@ -154,7 +252,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
     head(b, pool_names[k], "gauge", pool_helps[k]);
     for (size_t i = 0; i < p->cfg->num_upstreams; i++) {
       ob_fs_pool_stats_t ps;
-      ob_fs_pool_stats(p->fs, p->gen->pool_of[i], &ps);
+      ob_fs_pool_stats(p->sh->fs, p->gen->pool_of[i], &ps);
       ob_buf_printf(b, "%s{pool=\"", pool_names[k]);
       label(b, p->cfg->upstreams[i].name);
       ob_buf_printf(b, "\"} %u\n", k == 0 ? ps.inflight : k == 1 ? ps.queued : p->cfg->upstreams[i].max_inflight);
@@ -168,23 +266,15 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
                             "Requests in flight on an upstream endpoint."};
     for (int k = 0; k < 3; k++) {
       head(b, names[k], k == 2 ? "gauge" : "counter", helps[k]);
-      for (size_t i = 0; i < ob_net_num_upstreams(p->net); i++) {
-        ob_upstream_t *up = ob_net_upstream_at(p->net, i);
-        if (!up) continue;
-        for (size_t e = 0; e < ob_upstream_num_endpoints(up); e++) {
-          ob_endpoint_stats_t es;
-          ob_upstream_endpoint_stats(up, e, &es);
-          ob_buf_printf(b, "%s{upstream=\"", names[k]);
-          label(b, ob_upstream_name(up));
-          ob_buf_append_str(b, "\",endpoint=\"");
-          label(b, es.authority);
-          ob_buf_printf(b, "\"} %llu\n",
-                        (unsigned long long)(k == 0 ? es.attempts : k == 1 ? es.failures : es.inflight));
-        }
+      for (size_t i = 0; i < ns.n; i++) {
+        ob_buf_printf(b, "%s{upstream=\"", names[k]);
+        label(b, ns.e[i].upstream);
+        ob_buf_append_str(b, "\",endpoint=\"");
+        label(b, ns.e[i].endpoint);
+        ob_buf_printf(b, "\"} %llu\n", (unsigned long long)ns.e[i].v[k]);
       }
     }
-    ob_net_conn_stats_t cs;
-    ob_net_conn_stats(p->net, &cs);
+    ob_net_conn_stats_t cs = ns.conns;
     static const char *const protos[2] = {"http1", "http2"};
     head(b, "obleth_connections_total", "counter", "Client connections accepted, by protocol.");
     for (int i = 0; i < 2; i++)
@@ -214,7 +304,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
     uint64_t total_service = 0, total_weight = 0;
     for (size_t i = 0; i < p->cfg->num_tenants; i++) {
       ob_fs_tenant_stats_t ts;
-      ob_fs_tenant_stats(p->fs, ob_proxy_tstate(p, p->gen, i)->fs, &ts);
+      ob_fs_tenant_stats(p->sh->fs, ob_proxy_tstate(p, p->gen, i)->fs, &ts);
       total_service += ts.service;
       total_weight += ts.weight;
     }
@@ -228,7 +318,7 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
       head(b, tn[k], k == 2 ? "counter" : "gauge", th[k]);
       for (size_t i = 0; i < nt; i++) {
         ob_fs_tenant_stats_t ts;
-        ob_fs_tenant_stats(p->fs, ob_proxy_tstate(p, p->gen, i)->fs, &ts);
+        ob_fs_tenant_stats(p->sh->fs, ob_proxy_tstate(p, p->gen, i)->fs, &ts);
         ob_buf_printf(b, "%s{tenant=\"", tn[k]);
         label(b, p->cfg->tenants[i].name);
         ob_buf_append_str(b, "\"} ");
@@ -240,4 +330,6 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
       }
     }
   }
+  ob_proxy_unlock(p);
+  free(ns.e);
 }

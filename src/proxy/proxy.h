@@ -146,6 +146,8 @@ struct ob_exchange {
   bool paused;
   bool answered;
   bool prepared;              /* prepare ran: on_finish is owed */
+  ob_exchange_t *in_prev, *in_next; /* in the worker's inbox (under the shared lock) */
+  int in_kind;                /* INBOX_*: why it is there; INBOX_NONE: not in it */
   ob_http_header_t replace[2];
   size_t num_replace;
   ob_http_header_t resp_extra[2]; /* added to the response head */
@@ -212,17 +214,42 @@ typedef struct ob_proxy_gen_spec {
   void *owner;
 } ob_proxy_gen_spec_t;
 
-/* The proxy: one per event loop, starting with the generation g. net is
+/* The proxy: one per event loop (worker), starting with the generation g;
+ * creating it creates the scheduler (pools, groups, tenants). net is
  * attached after creation because net needs the proxy's handler first;
- * attaching also creates the scheduler (pools, groups, tenants) and its
- * timer on base. */
+ * attaching creates the proxy's timers and inbox on base. */
 ob_proxy_t *ob_proxy_create(const ob_proxy_gen_spec_t *g);
 void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base);
 /* The handler to give ob_net_create, with the proxy as ctx. */
 const ob_sreq_handler_t *ob_proxy_handler(void);
 /* Destroy the proxy after net (no exchange is left); disposes the current
- * generation. */
+ * generation. Workers go before the first proxy, which owns what they
+ * share. */
 void ob_proxy_destroy(ob_proxy_t *p);
+
+/*
+ * Workers ("workers": N): one proxy per event-loop thread, each with its
+ * own net, exchanges and generations, all sharing the first proxy's
+ * scheduler and tenant state (one mutex, see proxy_int.h), its ledger and
+ * budgets. An exchange is only ever touched by its own worker's thread: a
+ * slot freed on one loop that grants a request queued on another is handed
+ * over through that worker's inbox (a pipe wakes its loop).
+ *
+ * ob_proxy_create_worker: like ob_proxy_create, joining first. Call from
+ * the first worker's thread before the new worker's loop starts, then
+ * ob_proxy_attach it to its own net and base.
+ */
+ob_proxy_t *ob_proxy_create_worker(ob_proxy_t *first, const ob_proxy_gen_spec_t *g);
+size_t ob_proxy_num_workers(const ob_proxy_t *p);
+ob_proxy_t *ob_proxy_worker(const ob_proxy_t *p, size_t i);
+/* Bracket the worker's event_base_dispatch, on its thread. */
+void ob_proxy_loop_begin(ob_proxy_t *p);
+void ob_proxy_loop_end(ob_proxy_t *p);
+/* Run fn(arg) on p's loop and wait for it to return; directly when called
+ * on p's thread or when p's loop is not running. Only the first worker's
+ * thread may wait on another worker (so two loops never wait on each
+ * other), and never while it holds anything fn needs. */
+void ob_proxy_run_on(ob_proxy_t *p, void (*fn)(void *arg), void *arg);
 
 /*
  * Reload: new requests use generation g from now on; requests in flight
@@ -250,7 +277,8 @@ void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l);
  * budget_tokens are not enforced. */
 void ob_proxy_set_budgets(ob_proxy_t *p, ob_budgets_t *b);
 
-/* ---- for the admin interface (same thread as the proxy) ---- */
+/* ---- for the admin interface (on the first worker's thread; what it
+ * reports covers every worker) ---- */
 
 /* Append the Prometheus text exposition of the proxy's metrics. */
 void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *out);

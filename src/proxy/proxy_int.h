@@ -4,6 +4,8 @@
 
 #include "proxy.h"
 
+#include <pthread.h>
+
 enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE };
 
 /* metrics.c: counters of finished exchanges. */
@@ -50,13 +52,23 @@ struct ob_proxy_gen {
   uint32_t *tstate_of;         /* per cfg->tenants index: index in proxy.tstates */
 };
 
-struct ob_proxy {
-  ob_proxy_gen_t *gen;         /* counted: the current generation */
-  ob_config_t *cfg;            /* == gen->cfg, for what always follows the current config */
-  ob_net_t *net;
-  uint64_t rid_seed;
-  uint64_t rid_counter;
-  /* admission */
+/* A call posted to another worker's loop (ob_proxy_run_on). */
+typedef struct ob_proxy_call {
+  struct ob_proxy_call *next;
+  void (*fn)(void *arg);
+  void *arg;
+  bool done;                   /* under shared.mu; the poster waits on shared.called */
+} ob_proxy_call_t;
+
+/* What every worker's proxy shares: one scheduler (fairness is across the
+ * process, not per thread), the per-tenant state and the workers' inboxes,
+ * all under mu. Every scheduler decision is O(log n) under it, and nothing
+ * that can call back into the proxy runs while it is held: grants and
+ * expiries are posted to the owning worker's inbox and acted on after the
+ * lock is dropped. Owned by the first worker's proxy. */
+typedef struct ob_proxy_shared {
+  pthread_mutex_t mu;
+  pthread_cond_t called;       /* a posted call finished */
   ob_fs_t *fs;
   ob_tstate_t *tstates;        /* every tenant name ever configured */
   size_t num_tstates, cap_tstates;
@@ -64,23 +76,52 @@ struct ob_proxy {
   size_t num_pools;
   ob_fs_tenant_id anonymous;   /* when no tenants are configured */
   bool has_anonymous;
+  ob_proxy_t **workers;        /* every proxy sharing this, by worker index */
+  size_t num_workers;
+} ob_proxy_shared_t;
+
+enum { INBOX_NONE, INBOX_GRANT, INBOX_EXPIRED };
+
+struct ob_proxy {
+  ob_proxy_gen_t *gen;         /* counted: the current generation */
+  ob_config_t *cfg;            /* == gen->cfg, for what always follows the current config */
+  ob_net_t *net;
+  uint64_t rid_seed;
+  uint64_t rid_counter;
+  ob_proxy_shared_t *sh;       /* admission: shared by every worker */
+  size_t index;                /* worker index; 0 owns sh */
+  /* The inbox, under sh->mu: exchanges of this worker that another loop
+   * (or this one, from inside the scheduler) granted or expired, and calls
+   * posted by the first worker. */
+  ob_exchange_t *in_head, *in_tail;
+  ob_proxy_call_t *calls;
+  bool woken;                  /* a wake-up is in the pipe */
+  bool loop_running;           /* posted calls wait for this loop; else they run at once */
+  pthread_t thread;
+  int wake_fd[2];
+  struct event *wake_ev;
+  bool draining;               /* this thread is emptying the inbox */
   struct event *expiry;
   struct event *log_flush;     /* writes buffered access lines soon after the first */
   struct event_base *base;
   ob_ledger_t *ledger;         /* NULL without ledger.path */
   ob_budgets_t *budgets;       /* borrowed from main; NULL: budgets not enforced */
+  pthread_mutex_t metrics_mu;  /* the admin (first worker) sums every worker's counters */
   ob_metrics_t metrics;
 };
 
 /* The state of the tenant of cfg->tenants[i] in generation g. */
 static inline ob_tstate_t *ob_proxy_tstate(ob_proxy_t *p, const ob_proxy_gen_t *g, size_t i) {
-  return &p->tstates[g->tstate_of[i]];
+  return &p->sh->tstates[g->tstate_of[i]];
 }
 
-/* admission.c: bind a generation to the scheduler (pools, groups, tenants
+static inline void ob_proxy_lock(ob_proxy_t *p) { pthread_mutex_lock(&p->sh->mu); }
+static inline void ob_proxy_unlock(ob_proxy_t *p) { pthread_mutex_unlock(&p->sh->mu); }
+
+/* admission.c (locked): bind a generation to the scheduler (pools, groups, tenants
  * found by name or added; weights and caps from its config). */
 void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *g);
-/* admission.c: the scheduler group named name, or -1. */
+/* admission.c (locked): the scheduler group named name, or -1. */
 long ob_proxy_find_group(const ob_proxy_t *p, const char *name);
 /* admission.c: after a reload, apply the admission parameters and grant
  * what the new capacity allows. */
@@ -94,7 +135,13 @@ void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sre
 void ob_ledger_record(ob_ledger_t *l, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us, bool completed);
 
 /* admission.c */
+/* Join first's shared state (NULL: create it) and bind p's generation. */
+void ob_proxy_admission_share(ob_proxy_t *p, ob_proxy_t *first);
 void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base);
+/* Act on what the inbox holds (grants, expiries, calls); on p's thread. */
+void ob_proxy_drain_inbox(ob_proxy_t *p);
+/* Take x out of its worker's inbox (locked). */
+void ob_proxy_inbox_remove(ob_exchange_t *x);
 void ob_proxy_admission_dispose(ob_proxy_t *p);
 /* Identify the caller; false when an error was answered. */
 bool ob_proxy_identify(ob_exchange_t *x);

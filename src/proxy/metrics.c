@@ -98,6 +98,7 @@ static void sum_metrics(ob_proxy_t *p, ob_metrics_t *m) {
 typedef struct net_snap {
   ob_net_t *net;
   ob_net_conn_stats_t conns;
+  uint64_t (*per_worker)[2];         /* in the sum: each worker's accepted and open connections */
   size_t n;
   struct {
     const char *upstream, *endpoint; /* borrowed from the worker's config, which outlives the scrape */
@@ -125,12 +126,16 @@ static void take_net_snap(void *arg) {
 /* The net counters of every worker, added up into the first's list. */
 static void sum_net(ob_proxy_t *p, net_snap_t *sum) {
   size_t nw = p->sh->num_workers;
+  uint64_t (*per)[2] = ob_xcalloc(nw, sizeof *per);
   for (size_t w = 0; w < nw; w++) {
     ob_proxy_t *q = p->sh->workers[w];
     net_snap_t s = {.net = q->net};
     if (q->net) ob_proxy_run_on(q, take_net_snap, &s);
+    per[w][0] = s.conns.accepted[0] + s.conns.accepted[1];
+    per[w][1] = s.conns.open[0] + s.conns.open[1];
     if (w == 0) {
       *sum = s;
+      sum->per_worker = per;
       continue;
     }
     for (int k = 0; k < 2; k++) {
@@ -282,6 +287,13 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
     head(b, "obleth_connections_open", "gauge", "Client connections open, by protocol.");
     for (int i = 0; i < 2; i++)
       ob_buf_printf(b, "obleth_connections_open{protocol=\"%s\"} %llu\n", protos[i], (unsigned long long)cs.open[i]);
+    /* How the kernel spread connections over the workers (SO_REUSEPORT). */
+    head(b, "obleth_worker_connections_total", "counter", "Client connections accepted, by worker (event-loop thread).");
+    for (size_t w = 0; w < p->sh->num_workers; w++)
+      ob_buf_printf(b, "obleth_worker_connections_total{worker=\"%zu\"} %llu\n", w, (unsigned long long)ns.per_worker[w][0]);
+    head(b, "obleth_worker_connections_open", "gauge", "Client connections open, by worker (event-loop thread).");
+    for (size_t w = 0; w < p->sh->num_workers; w++)
+      ob_buf_printf(b, "obleth_worker_connections_open{worker=\"%zu\"} %llu\n", w, (unsigned long long)ns.per_worker[w][1]);
   }
 
   if (p->ledger) {
@@ -332,4 +344,5 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   }
   ob_proxy_unlock(p);
   free(ns.e);
+  free(ns.per_worker);
 }

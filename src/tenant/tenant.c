@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -42,16 +43,29 @@ static uint64_t digest_head(const uint8_t d[32]) {
 
 /* The digest is fetched once and the context reused per thread: with
  * OpenSSL 3, EVP_sha256() plus a fresh context per call cost more than the
- * hash itself on every request. */
+ * hash itself on every request. A thread's context is freed when the
+ * thread ends (workers are threads). */
+static EVP_MD *sha256_md;
+static pthread_key_t sha256_key;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_ctx_free(void *ctx) { EVP_MD_CTX_free(ctx); }
+
+static void sha256_init(void) {
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  pthread_key_create(&sha256_key, sha256_ctx_free);
+}
+
 static void sha256(ob_iov_t in, uint8_t out[32]) {
   static _Thread_local EVP_MD_CTX *ctx;
-  static _Thread_local EVP_MD *md;
   unsigned int n = 0;
-  if (!ctx) ctx = EVP_MD_CTX_new();
-  if (!md) md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  if (!ctx) {
+    pthread_once(&sha256_once, sha256_init);
+    if ((ctx = EVP_MD_CTX_new())) pthread_setspecific(sha256_key, ctx);
+  }
   /* These only fail when the library cannot provide SHA-256 at all, in
    * which case no key could ever be checked. */
-  if (!ctx || !md || EVP_DigestInit_ex2(ctx, md, NULL) != 1 ||
+  if (!ctx || !sha256_md || EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 ||
       EVP_DigestUpdate(ctx, in.len ? in.base : "", in.len) != 1 || EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != 32) {
     fprintf(stderr, "obleth: SHA-256 unavailable\n");
     abort();

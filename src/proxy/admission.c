@@ -63,6 +63,7 @@ static void inbox_post(ob_exchange_t *x, int kind) {
   if (w->in_tail) w->in_tail->in_next = x;
   else w->in_head = x;
   w->in_tail = x;
+  __atomic_store_n(&w->pending, true, __ATOMIC_RELAXED);
   wake(w);
 }
 
@@ -118,6 +119,9 @@ static void answer_expired(ob_exchange_t *x) {
 
 void ob_proxy_drain_inbox(ob_proxy_t *p) {
   if (p->draining) return; /* an outer drain on this thread picks up what was added */
+  /* Most calls find nothing: skip the lock then. A post from another
+   * thread that this read misses has also written to the wake pipe. */
+  if (!__atomic_load_n(&p->pending, __ATOMIC_RELAXED)) return;
   p->draining = true;
   for (;;) {
     ob_proxy_lock(p);
@@ -130,6 +134,7 @@ void ob_proxy_drain_inbox(ob_proxy_t *p) {
       kind = x->in_kind;
       ob_proxy_inbox_remove(x);
     }
+    if (!p->calls && !p->in_head) __atomic_store_n(&p->pending, false, __ATOMIC_RELAXED);
     ob_proxy_unlock(p);
     if (c) {
       c->fn(c->arg);
@@ -381,7 +386,9 @@ static const char *num_text(ob_exchange_t *x, uint64_t n) {
 
 /* Rate-limit headers of a tenant that has limits; up to 6 entries. */
 static size_t ratelimit_headers(ob_exchange_t *x, ob_http_header_t *h) {
-  if (!x->who.tenant) return 0;
+  /* The buckets' limits are the config's (ob_proxy_gen_bind): without any,
+   * there is nothing to read under the lock. */
+  if (!x->who.tenant || !(x->who.tenant->rpm || x->who.tenant->tpm)) return 0;
   ob_proxy_lock(x->proxy);
   ob_tstate_t *ts = ob_proxy_tstate(x->proxy, x->gen, x->who.tenant_index);
   uint64_t now = ob_clock_us();

@@ -697,6 +697,7 @@ void ob_proxy_run_on(ob_proxy_t *p, void (*fn)(void *arg), void *arg) {
   ob_proxy_call_t **tail = &p->calls;
   while (*tail) tail = &(*tail)->next;
   *tail = &c;
+  __atomic_store_n(&p->pending, true, __ATOMIC_RELAXED);
   if (!p->woken) {
     p->woken = true;
     ssize_t r = write(p->wake_fd[1], "c", 1);

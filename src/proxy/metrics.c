@@ -248,6 +248,13 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
 
   free(m);
   ob_proxy_lock(p);
+  head(b, "obleth_workers", "gauge", "Event-loop threads (workers) sharing the scheduler.");
+  ob_buf_printf(b, "obleth_workers %zu\n", p->sh->num_workers);
+  head(b, "obleth_scheduler_lock_acquisitions_total", "counter", "Times a worker took the shared scheduler lock.");
+  ob_buf_printf(b, "obleth_scheduler_lock_acquisitions_total %llu\n", (unsigned long long)p->sh->lock_taken);
+  head(b, "obleth_scheduler_lock_contended_total", "counter",
+       "Times a worker found the shared scheduler lock held by another and waited.");
+  ob_buf_printf(b, "obleth_scheduler_lock_contended_total %llu\n", (unsigned long long)p->sh->lock_contended);
   /* Pools: the scheduler's view. */
   static const char *const pool_names[3] = {"obleth_pool_inflight", "obleth_pool_queued", "obleth_pool_slots"};
   static const char *const pool_helps[3] = {"Admitted requests holding a slot, per upstream pool.",

@@ -78,6 +78,7 @@ typedef struct ob_proxy_shared {
   bool has_anonymous;
   ob_proxy_t **workers;        /* every proxy sharing this, by worker index */
   size_t num_workers;
+  uint64_t lock_taken, lock_contended; /* mu acquisitions; those that had to wait */
 } ob_proxy_shared_t;
 
 enum { INBOX_NONE, INBOX_GRANT, INBOX_EXPIRED };
@@ -96,6 +97,7 @@ struct ob_proxy {
   ob_exchange_t *in_head, *in_tail;
   ob_proxy_call_t *calls;
   bool woken;                  /* a wake-up is in the pipe */
+  bool pending;                /* the inbox holds something (atomic: read without the lock) */
   bool loop_running;           /* posted calls wait for this loop; else they run at once */
   pthread_t thread;
   int wake_fd[2];
@@ -115,7 +117,14 @@ static inline ob_tstate_t *ob_proxy_tstate(ob_proxy_t *p, const ob_proxy_gen_t *
   return &p->sh->tstates[g->tstate_of[i]];
 }
 
-static inline void ob_proxy_lock(ob_proxy_t *p) { pthread_mutex_lock(&p->sh->mu); }
+/* Contention is counted (a metric): it is what limits scaling with workers. */
+static inline void ob_proxy_lock(ob_proxy_t *p) {
+  if (pthread_mutex_trylock(&p->sh->mu) != 0) {
+    pthread_mutex_lock(&p->sh->mu);
+    p->sh->lock_contended++;
+  }
+  p->sh->lock_taken++;
+}
 static inline void ob_proxy_unlock(ob_proxy_t *p) { pthread_mutex_unlock(&p->sh->mu); }
 
 /* admission.c (locked): bind a generation to the scheduler (pools, groups, tenants

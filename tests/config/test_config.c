@@ -79,7 +79,8 @@ static const char full_config[] =
     "  \"timeouts\": {\"connect_ms\": 1000, \"first_byte_ms\": 2000, \"idle_ms\": 3000, \"client_header_ms\": 4000,\n"
     "               \"keepalive_ms\": 5000, \"upstream_keepalive_ms\": 6000, \"backoff_ms\": 7000, \"grace_ms\": 8000,\n"
     "               \"client_body_ms\": 9000},\n"
-    "  \"log_level\": \"debug\"\n"
+    "  \"log_level\": \"debug\",\n"
+    "  \"workers\": 4\n"
     "}\n";
 
 static void test_full(void) {
@@ -158,6 +159,7 @@ static void test_full(void) {
                 t->grace_ms == 8000 && t->client_body_ms == 9000,
             "every timeout read");
   TAP_EQ_STR(c->log_level, "debug", "log_level read");
+  TAP_EQ_INT(c->workers, 4, "workers read");
 
   TAP_CHECK(ob_config_find_upstream(c, "openai") == &c->upstreams[1], "find_upstream finds by name");
   TAP_CHECK(ob_config_find_upstream(c, "nope") == NULL, "find_upstream NULL when absent");
@@ -188,6 +190,7 @@ static void test_defaults(void) {
                 t->grace_ms == 30000 && t->client_body_ms == 60000,
             "timeout defaults");
   TAP_EQ_STR(c->log_level, "info", "log_level default");
+  TAP_EQ_INT(c->workers, 1, "workers default");
   TAP_CHECK(c->num_routes == 0 && c->routes == NULL && c->num_models == 0, "routes and models optional");
   TAP_EQ_INT(c->upstreams[0].protocol, OB_PROTO_HTTP1, "http:// defaults to http1");
   ob_config_destroy(c);
@@ -428,6 +431,9 @@ static void test_scalar_errors(void) {
               "timeouts.idle_ms: expected a positive integer no larger than 4294967295", "timeouts.read_ms: unknown key");
   EXPECT_ERRS("limits/timeouts not objects", WITH("\"limits\": [], \"timeouts\": null"), "limits: expected an object",
               "timeouts: expected an object");
+  EXPECT_ERRS("workers 0", WITH("\"workers\": 0"), "workers: expected a positive integer");
+  EXPECT_ERRS("workers too many", WITH("\"workers\": 65"), "workers: expected a positive integer no larger than 64");
+  EXPECT_ERRS("workers not a number", WITH("\"workers\": \"2\""), "workers: expected a positive integer");
   EXPECT_ERRS("log_level", WITH("\"log_level\": \"verbose\""),
               "log_level: expected \"debug\", \"info\", \"warn\" or \"error\"");
   EXPECT_ERRS("unknown top-level key, odd key quoted", WITH("\"listener\": 1, \"a b\\n\": 2"), "listener: unknown key",

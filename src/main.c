@@ -15,12 +15,14 @@
 #include "routes.h"
 #include "tenant.h"
 
+#include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -120,6 +122,7 @@ static parts_t *parts_build(ob_config_t *cfg, ob_cache_store_t *cache, const ob_
 
 /* One event loop and what runs on it. */
 typedef struct worker {
+  struct app *app;
   size_t index;
   struct event_base *base;
   ob_net_t *net;
@@ -129,7 +132,7 @@ typedef struct worker {
   bool started;             /* thread is running (workers after the first) */
 } worker_t;
 
-typedef struct {
+typedef struct app {
   const char *path;
   struct event_base *base;  /* the first worker's */
   ob_config_t *cfg;         /* counted: the config in force */
@@ -143,12 +146,34 @@ typedef struct {
   ob_budgets_t *budgets;
   ob_budget_store_t *budget_store;
   bool stopping;
+  size_t drained;           /* workers whose connections are all closed (atomic) */
+  int drained_fd[2];        /* the last worker to drain wakes the first's loop */
+  struct event *drained_ev;
 } app_t;
+
+/* Every worker drained: the first worker's loop (signals, admin) ends last. */
+static void all_drained(app_t *a) {
+  ob_log_info("all connections closed; exiting");
+  event_base_loopexit(a->base, NULL);
+}
+
+static void on_all_drained(evutil_socket_t fd, short what, void *arg) {
+  (void)what;
+  char c;
+  if (read(fd, &c, 1) == 1) all_drained(arg);
+}
 
 static void on_drained(void *arg) {
   worker_t *w = arg;
-  if (w->index == 0) ob_log_info("all connections closed; exiting");
-  event_base_loopexit(w->base, NULL);
+  app_t *a = w->app;
+  if (w->index != 0) event_base_loopexit(w->base, NULL); /* its thread ends */
+  if (__atomic_add_fetch(&a->drained, 1, __ATOMIC_ACQ_REL) != a->num_workers) return;
+  if (w->index == 0) {
+    all_drained(a);
+  } else {
+    ssize_t r = write(a->drained_fd[1], "d", 1);
+    (void)r;
+  }
 }
 
 /* On the worker's loop (ob_proxy_run_on). */
@@ -296,7 +321,6 @@ static ob_budget_store_t *open_budgets(const ob_config_t *cfg, ob_budgets_t *b);
 /* Workers after the first: run the loop until shutdown drains it. */
 static void *worker_main(void *arg) {
   worker_t *w = arg;
-  ob_proxy_loop_begin(w->proxy);
   event_base_dispatch(w->base);
   ob_proxy_loop_end(w->proxy);
   return NULL;
@@ -305,6 +329,7 @@ static void *worker_main(void *arg) {
 /* Set up worker i (after the first) on the first's thread. */
 static bool worker_create(app_t *a, size_t i) {
   worker_t *w = &a->workers[i];
+  w->app = a;
   w->index = i;
   w->base = event_base_new();
   ob_proxy_gen_spec_t spec;
@@ -326,7 +351,9 @@ static int run(const char *path) {
   app_t app = {.path = path, .cfg = cfg, .num_workers = cfg->workers};
   app.workers = ob_xcalloc(app.num_workers, sizeof *app.workers);
   worker_t *first = &app.workers[0];
+  first->app = &app;
   app.base = first->base = event_base_new();
+  app.drained_fd[0] = app.drained_fd[1] = -1;
   warn_keys(cfg);
   app.cache = open_cache(cfg);
   ob_proxy_gen_spec_t spec;
@@ -358,21 +385,38 @@ static int run(const char *path) {
     rc = 1;
     goto out;
   }
-  log_listeners(&app, cfg);
+  if (pipe(app.drained_fd) != 0) {
+    ob_log_error("pipe: %s", strerror(errno));
+    rc = 1;
+    goto out;
+  }
+  app.drained_ev = event_new(app.base, app.drained_fd[0], EV_READ | EV_PERSIST, on_all_drained, &app);
+  event_add(app.drained_ev, NULL);
   if (app.num_workers > 1) ob_log_info("%zu workers (event-loop threads) share one scheduler", app.num_workers);
   /* Signals go to this thread's loop: the others block them. */
   sigset_t block, old;
   sigemptyset(&block);
   sigaddset(&block, SIGTERM), sigaddset(&block, SIGINT), sigaddset(&block, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &block, &old);
-  for (size_t i = 1; i < app.num_workers; i++)
-    app.workers[i].started = pthread_create(&app.workers[i].thread, NULL, worker_main, &app.workers[i]) == 0;
+  for (size_t i = 1; i < app.num_workers && rc == 0; i++) {
+    worker_t *w = &app.workers[i];
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+      /* Its listeners are bound: connections the kernel gives it would hang. */
+      ob_log_error("worker %zu: cannot start a thread: %s", i, strerror(errno));
+      rc = 1;
+      break;
+    }
+    w->started = true;
+    ob_proxy_loop_begin(w->proxy, w->thread);
+  }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc) goto out;
+  log_listeners(&app, cfg);
   sigs[0] = evsignal_new(app.base, SIGTERM, on_signal, &app);
   sigs[1] = evsignal_new(app.base, SIGINT, on_signal, &app);
   sigs[2] = evsignal_new(app.base, SIGHUP, on_sighup, &app);
   for (int i = 0; i < 3; i++) event_add(sigs[i], NULL);
-  ob_proxy_loop_begin(app.proxy);
+  ob_proxy_loop_begin(app.proxy, pthread_self());
   event_base_dispatch(app.base);
   ob_proxy_loop_end(app.proxy);
 out:
@@ -385,6 +429,9 @@ out:
     if (app.workers[i].started) pthread_join(app.workers[i].thread, NULL);
   for (int i = 0; i < 3; i++)
     if (sigs[i]) event_free(sigs[i]);
+  if (app.drained_ev) event_free(app.drained_ev);
+  for (int i = 0; i < 2; i++)
+    if (app.drained_fd[i] >= 0) close(app.drained_fd[i]);
   ob_admin_destroy(app.admin);
   /* Every net before any proxy: closing a connection may hand its slot to
    * a request of another worker, whose proxy must still be there. */

@@ -671,9 +671,10 @@ size_t ob_proxy_num_workers(const ob_proxy_t *p) { return p->sh->num_workers; }
 
 ob_proxy_t *ob_proxy_worker(const ob_proxy_t *p, size_t i) { return i < p->sh->num_workers ? p->sh->workers[i] : NULL; }
 
-void ob_proxy_loop_begin(ob_proxy_t *p) {
+void ob_proxy_loop_begin(ob_proxy_t *p, pthread_t thread) {
   ob_proxy_lock(p);
-  p->thread = pthread_self();
+  p->thread = thread;
+  p->thread_set = true;
   p->loop_running = true;
   ob_proxy_unlock(p);
 }
@@ -684,14 +685,25 @@ void ob_proxy_loop_end(ob_proxy_t *p) {
   ob_proxy_unlock(p);
   ob_proxy_drain_inbox(p); /* calls posted before the loop stopped still run */
   ob_log_flush();          /* this thread's buffered access lines */
+  ob_proxy_lock(p);
+  p->loop_done = true;     /* from here on, others may touch this worker */
+  pthread_cond_broadcast(&p->sh->called);
+  ob_proxy_unlock(p);
 }
 
 void ob_proxy_run_on(ob_proxy_t *p, void (*fn)(void *arg), void *arg) {
   ob_proxy_lock(p);
-  if (!p->loop_running || pthread_equal(p->thread, pthread_self())) {
-    ob_proxy_unlock(p);
-    fn(arg);
-    return;
+  bool self = pthread_equal(p->thread, pthread_self());
+  if (!p->loop_running || self) {
+    /* Not started, or over: run here, but only once the worker's thread
+     * has left its loop for good. */
+    while (p->thread_set && !self && !p->loop_running && !p->loop_done)
+      pthread_cond_wait(&p->sh->called, &p->sh->mu);
+    if (!p->loop_running || self) {
+      ob_proxy_unlock(p);
+      fn(arg);
+      return;
+    }
   }
   ob_proxy_call_t c = {.fn = fn, .arg = arg};
   ob_proxy_call_t **tail = &p->calls;

@@ -242,8 +242,10 @@ void ob_proxy_destroy(ob_proxy_t *p);
 ob_proxy_t *ob_proxy_create_worker(ob_proxy_t *first, const ob_proxy_gen_spec_t *g);
 size_t ob_proxy_num_workers(const ob_proxy_t *p);
 ob_proxy_t *ob_proxy_worker(const ob_proxy_t *p, size_t i);
-/* Bracket the worker's event_base_dispatch, on its thread. */
-void ob_proxy_loop_begin(ob_proxy_t *p);
+/* The worker's loop runs (from now on) on thread: called by the thread
+ * that created it, before anything may post to it. ob_proxy_loop_end: on
+ * that thread, once event_base_dispatch returned. */
+void ob_proxy_loop_begin(ob_proxy_t *p, pthread_t thread);
 void ob_proxy_loop_end(ob_proxy_t *p);
 /* Run fn(arg) on p's loop and wait for it to return; directly when called
  * on p's thread or when p's loop is not running. Only the first worker's

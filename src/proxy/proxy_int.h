@@ -99,6 +99,7 @@ struct ob_proxy {
   bool woken;                  /* a wake-up is in the pipe */
   bool pending;                /* the inbox holds something (atomic: read without the lock) */
   bool loop_running;           /* posted calls wait for this loop; else they run at once */
+  bool thread_set, loop_done;  /* thread is p's loop thread; it has left its loop for good */
   pthread_t thread;
   int wake_fd[2];
   struct event *wake_ev;

@@ -183,6 +183,8 @@ test('a reload reaches every worker; SIGTERM drains every worker and exits 0', a
     for (const r of await Promise.all(slow)) assert.equal(r.status, 200, r.text);
     const info = await stop(gw.proc);
     assert.equal(info.code, 0);
+    // The first worker (signals, admin) ends last, once every worker drained.
+    assert.equal(gw.output.text.match(/all connections closed; exiting/g)?.length, 1, gw.output.text.slice(-2000));
   } finally {
     await stop(gw.proc); await stop(sim.proc);
   }

@@ -46,9 +46,8 @@ static void arm_expiry(ob_proxy_t *p) {
 
 /* ---------------------------------------------------------------- inbox */
 
-/* Locked. Wake w's loop unless it is the caller's own running loop, which
- * drains its inbox before returning to the loop. */
-static void wake(ob_proxy_t *w) {
+void ob_proxy_wake(ob_proxy_t *w) {
+  __atomic_store_n(&w->pending, true, __ATOMIC_RELAXED);
   if (w->woken || (w->loop_running && pthread_equal(w->thread, pthread_self()))) return;
   w->woken = true;
   ssize_t r = write(w->wake_fd[1], "w", 1);
@@ -63,8 +62,7 @@ static void inbox_post(ob_exchange_t *x, int kind) {
   if (w->in_tail) w->in_tail->in_next = x;
   else w->in_head = x;
   w->in_tail = x;
-  __atomic_store_n(&w->pending, true, __ATOMIC_RELAXED);
-  wake(w);
+  ob_proxy_wake(w);
 }
 
 void ob_proxy_inbox_remove(ob_exchange_t *x) {

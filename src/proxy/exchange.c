@@ -667,10 +667,6 @@ void ob_proxy_set_ledger(ob_proxy_t *p, ob_ledger_t *l) { p->ledger = l; }
 
 void ob_proxy_set_budgets(ob_proxy_t *p, ob_budgets_t *b) { p->budgets = b; }
 
-size_t ob_proxy_num_workers(const ob_proxy_t *p) { return p->sh->num_workers; }
-
-ob_proxy_t *ob_proxy_worker(const ob_proxy_t *p, size_t i) { return i < p->sh->num_workers ? p->sh->workers[i] : NULL; }
-
 void ob_proxy_loop_begin(ob_proxy_t *p, pthread_t thread) {
   ob_proxy_lock(p);
   p->thread = thread;
@@ -695,26 +691,18 @@ void ob_proxy_run_on(ob_proxy_t *p, void (*fn)(void *arg), void *arg) {
   ob_proxy_lock(p);
   bool self = pthread_equal(p->thread, pthread_self());
   if (!p->loop_running || self) {
-    /* Not started, or over: run here, but only once the worker's thread
-     * has left its loop for good. */
-    while (p->thread_set && !self && !p->loop_running && !p->loop_done)
-      pthread_cond_wait(&p->sh->called, &p->sh->mu);
-    if (!p->loop_running || self) {
-      ob_proxy_unlock(p);
-      fn(arg);
-      return;
-    }
+    /* Not started, or over (a loop never starts again): run here, but only
+     * once the worker's thread has left its loop for good. */
+    while (!self && p->thread_set && !p->loop_done) pthread_cond_wait(&p->sh->called, &p->sh->mu);
+    ob_proxy_unlock(p);
+    fn(arg);
+    return;
   }
   ob_proxy_call_t c = {.fn = fn, .arg = arg};
   ob_proxy_call_t **tail = &p->calls;
   while (*tail) tail = &(*tail)->next;
   *tail = &c;
-  __atomic_store_n(&p->pending, true, __ATOMIC_RELAXED);
-  if (!p->woken) {
-    p->woken = true;
-    ssize_t r = write(p->wake_fd[1], "c", 1);
-    (void)r;
-  }
+  ob_proxy_wake(p);
   while (!c.done) pthread_cond_wait(&p->sh->called, &p->sh->mu);
   ob_proxy_unlock(p);
 }

@@ -240,8 +240,6 @@ void ob_proxy_destroy(ob_proxy_t *p);
  * ob_proxy_attach it to its own net and base.
  */
 ob_proxy_t *ob_proxy_create_worker(ob_proxy_t *first, const ob_proxy_gen_spec_t *g);
-size_t ob_proxy_num_workers(const ob_proxy_t *p);
-ob_proxy_t *ob_proxy_worker(const ob_proxy_t *p, size_t i);
 /* The worker's loop runs (from now on) on thread: called by the thread
  * that created it, before anything may post to it. ob_proxy_loop_end: on
  * that thread, once event_base_dispatch returned. */

@@ -148,6 +148,10 @@ void ob_ledger_record(ob_ledger_t *l, const ob_exchange_t *x, const ob_sreq_t *s
 /* Join first's shared state (NULL: create it) and bind p's generation. */
 void ob_proxy_admission_share(ob_proxy_t *p, ob_proxy_t *first);
 void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base);
+/* Locked: w's inbox has something new. Wakes w's loop unless it is the
+ * caller's own running loop, which drains its inbox before returning to
+ * the loop. */
+void ob_proxy_wake(ob_proxy_t *w);
 /* Act on what the inbox holds (grants, expiries, calls); on p's thread. */
 void ob_proxy_drain_inbox(ob_proxy_t *p);
 /* Take x out of its worker's inbox (locked). */

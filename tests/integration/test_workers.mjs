@@ -181,6 +181,9 @@ test('a reload reaches every worker; SIGTERM drains every worker and exits 0', a
     await sleep(150);
     gw.proc.kill('SIGTERM');
     for (const r of await Promise.all(slow)) assert.equal(r.status, 200, r.text);
+    // Wait for it to exit by itself: stop() would send a second SIGTERM,
+    // which means "exit now" to a gateway still closing connections.
+    await new Promise((r) => (gw.proc.exitInfo ? r() : gw.proc.once('exit', () => setImmediate(r))));
     const info = await stop(gw.proc);
     assert.equal(info.code, 0);
     // The first worker (signals, admin) ends last, once every worker drained.

@@ -34,31 +34,49 @@ static void value_done(ob_usage_t *u) {
   u->num_digits = 0;
 }
 
+/* SSE events end with a blank line: a line feed, optional carriage
+ * returns, a line feed. Counted over the whole span with memchr, apart from
+ * the usage scan, because most bytes are neither. */
+static void count_events(ob_usage_t *u, const char *p, size_t n) {
+  size_t i = 0;
+  for (;;) {
+    const char *lf = memchr(p + i, '\n', n - i);
+    size_t stop = lf ? (size_t)(lf - p) : n;
+    size_t k = stop;
+    while (k > i && p[k - 1] == '\r') k--;
+    if (k > i) u->last_nl = false;
+    if (!lf) return;
+    if (u->last_nl) u->events++;
+    u->last_nl = true;
+    i = stop + 1;
+  }
+}
+
+/* Where the span ends inside a possible "usage" key: the longest tail of
+ * p that is a proper prefix of the key (its only border is the quote, so
+ * this is what a byte-by-byte match would have reached). */
+static size_t partial_key(const char *p, size_t n) {
+  size_t most = n < sizeof USAGE_KEY - 2 ? n : sizeof USAGE_KEY - 2;
+  for (size_t k = most; k > 0; k--)
+    if (memcmp(p + n - k, USAGE_KEY, k) == 0) return k;
+  return 0;
+}
+
 void ob_usage_feed(ob_usage_t *u, const char *p, size_t n) {
+  count_events(u, p, n);
   for (size_t i = 0; i < n; i++) {
     if (u->state == S_SCAN && u->match == 0) {
-      /* Most bytes of a body are neither a quote (a possible "usage") nor a
-       * line feed (an event boundary): jump to the next of those with
-       * memchr. A skipped byte other than CR ends a blank-line run, as the
-       * byte-by-byte path below would say. */
-      const char *q = memchr(p + i, '"', n - i);
-      size_t stop = q ? (size_t)(q - p) : n;
-      const char *lf = memchr(p + i, '\n', stop - i);
-      if (lf) stop = (size_t)(lf - p);
-      size_t k = stop;
-      while (k > i && p[k - 1] == '\r') k--;
-      if (k > i) u->last_nl = false;
-      if (stop == n) return;
-      i = stop;
+      /* Not inside a key match: jump to the next whole key. */
+      const char *q = memmem(p + i, n - i, USAGE_KEY, sizeof USAGE_KEY - 1);
+      if (!q) {
+        u->match = partial_key(p + i, n - i);
+        return;
+      }
+      i = (size_t)(q - p) + sizeof USAGE_KEY - 2;
+      u->state = S_COLON;
+      continue;
     }
     char c = p[i];
-    /* SSE events end with a blank line. */
-    if (c == '\n') {
-      if (u->last_nl) u->events++;
-      u->last_nl = true;
-    } else if (c != '\r') {
-      u->last_nl = false;
-    }
     switch (u->state) {
     case S_SCAN:
       if (c == USAGE_KEY[u->match]) {

@@ -96,15 +96,15 @@ void ob_net_h1_free(ob_client_conn_t *c) { h1_destroy(c->proto_state); }
 static void start_closing(h1_conn_t *h) {
   h->state = H1_CLOSING;
   h->keep_alive = false;
-  bufferevent_setwatermark(h->c->bev, EV_WRITE, 0, 0);
-  evbuffer_drain(bufferevent_get_input(h->c->bev), evbuffer_get_length(bufferevent_get_input(h->c->bev)));
+  ob_sock_setwatermark(h->c->sock, EV_WRITE, 0, 0);
+  evbuffer_drain(ob_sock_input(h->c->sock), evbuffer_get_length(ob_sock_input(h->c->sock)));
   arm_timer(h, 2000);
-  if (evbuffer_get_length(bufferevent_get_output(h->c->bev)) == 0) {
+  if (evbuffer_get_length(ob_sock_output(h->c->sock)) == 0) {
     if (h->c->tls) {
       h1_destroy(h);
       return;
     }
-    shutdown(bufferevent_getfd(h->c->bev), SHUT_WR);
+    shutdown(ob_sock_fd(h->c->sock), SHUT_WR);
   }
 }
 
@@ -116,7 +116,7 @@ static void reply_error(h1_conn_t *h, int status, const char *why) {
   ob_http_error_json(&body, status, why, NULL, NULL);
   ob_h1_append_status_line(&head, status);
   ob_buf_printf(&head, "content-type: application/json\r\ncontent-length: %zu\r\nconnection: close\r\n\r\n", body.len);
-  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  struct evbuffer *out = ob_sock_output(h->c->sock);
   evbuffer_add(out, head.base, head.len);
   evbuffer_add(out, body.base, body.len);
   ob_buf_dispose(&body);
@@ -200,7 +200,7 @@ static void dispatch(h1_conn_t *h) {
  * the body is complete; false when more is needed or an error was answered
  * (then h->state is CLOSING). */
 static bool read_body(h1_conn_t *h) {
-  struct evbuffer *in = bufferevent_get_input(h->c->bev);
+  struct evbuffer *in = ob_sock_input(h->c->sock);
   ob_buf_t *body = &h->cur->s.body->buf;
   uint64_t max = cfg_of(h)->limits.max_body_bytes;
   if (h->body_kind == OB_H1_BODY_LENGTH) {
@@ -239,7 +239,7 @@ static bool read_body(h1_conn_t *h) {
 
 static void process(h1_conn_t *h) {
   ob_client_conn_t *c = h->c;
-  struct evbuffer *in = bufferevent_get_input(c->bev);
+  struct evbuffer *in = ob_sock_input(c->sock);
   ob_config_t *cfg = cfg_of(h);
   for (;;) {
     switch (h->state) {
@@ -290,7 +290,7 @@ static void process(h1_conn_t *h) {
         ob_h1_chunked_init(&h->chunked);
       }
       if (rq.expect_continue && rq.minor_version == 1 && evbuffer_get_length(in) == 0)
-        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_add(ob_sock_output(c->sock), "HTTP/1.1 100 Continue\r\n\r\n", 25);
       h->state = H1_BODY;
       h->body_deadline_ms = ob_clock_ms() + cfg->timeouts.client_body_ms;
       arm_body_timer(h);
@@ -315,21 +315,21 @@ static void process(h1_conn_t *h) {
 
 /* ---------------------------------------------------------------- events */
 
-static void on_read(struct bufferevent *bev, void *arg) {
-  (void)bev;
+static void on_read(ob_sock_t *sock, void *arg) {
+  (void)sock;
   process(arg);
 }
 
-static void on_write(struct bufferevent *bev, void *arg) {
+static void on_write(ob_sock_t *sock, void *arg) {
   h1_conn_t *h = arg;
-  size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
+  size_t pending = evbuffer_get_length(ob_sock_output(sock));
   if (h->state == H1_CLOSING) {
     if (pending) return;
     if (h->c->tls) {
       h1_destroy(h);
       return;
     }
-    shutdown(bufferevent_getfd(bev), SHUT_WR);
+    shutdown(ob_sock_fd(sock), SHUT_WR);
     return;
   }
   h1_req_t *r = h->cur;
@@ -339,8 +339,8 @@ static void on_write(struct bufferevent *bev, void *arg) {
   }
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg) {
-  (void)bev;
+static void on_event(ob_sock_t *sock, short what, void *arg) {
+  (void)sock;
   h1_conn_t *h = arg;
   if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
     if ((what & BEV_EVENT_TIMEOUT) && h->cur && h->cur->dispatched)
@@ -386,7 +386,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
 /* ---------------------------------------------------------------- sreq ops */
 
 static void complete(h1_req_t *r) {
-  if (r->chunked_out) evbuffer_add(bufferevent_get_output(r->h->c->bev), "0\r\n\r\n", 5);
+  if (r->chunked_out) evbuffer_add(ob_sock_output(r->h->c->sock), "0\r\n\r\n", 5);
   r->complete = true;
   schedule_flush(r->h);
 }
@@ -418,7 +418,7 @@ static ob_err_t h1_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
   if (!h->keep_alive) ob_buf_append_str(&out, "connection: close\r\n");
   else if (s->http_version == 10) ob_buf_append_str(&out, "connection: keep-alive\r\n");
   ob_buf_append(&out, "\r\n", 2);
-  evbuffer_add(bufferevent_get_output(h->c->bev), out.base, out.len);
+  evbuffer_add(ob_sock_output(h->c->sock), out.base, out.len);
   ob_buf_dispose(&out);
   if (end || bodyless) complete(r);
   return OB_OK;
@@ -430,7 +430,7 @@ static void h1_send_data(ob_sreq_t *s, struct evbuffer *data, bool end) {
   if (r->reset || r->complete || !r->head_sent || r->head_only) {
     evbuffer_drain(data, len);
   } else if (len) {
-    struct evbuffer *out = bufferevent_get_output(r->h->c->bev);
+    struct evbuffer *out = ob_sock_output(r->h->c->sock);
     if (r->chunked_out) evbuffer_add_printf(out, "%zx\r\n", len);
     evbuffer_add_buffer(out, data);
     if (r->chunked_out) evbuffer_add(out, "\r\n", 2);
@@ -455,7 +455,7 @@ static void h1_reset(ob_sreq_t *s) {
 
 static size_t h1_pending(const ob_sreq_t *s) {
   const h1_req_t *r = (const h1_req_t *)s;
-  return evbuffer_get_length(bufferevent_get_output(r->h->c->bev));
+  return evbuffer_get_length(ob_sock_output(r->h->c->sock));
 }
 
 static const ob_sreq_ops_t h1_ops = {
@@ -479,12 +479,12 @@ void ob_net_h1_start(ob_client_conn_t *c) {
   /* Our own timers govern reading; the write timeout catches clients that
    * stop reading a response. */
   struct timeval wtv = {n->cfg->timeouts.idle_ms / 1000, (n->cfg->timeouts.idle_ms % 1000) * 1000};
-  bufferevent_set_timeouts(c->bev, NULL, &wtv);
-  bufferevent_setwatermark(c->bev, EV_WRITE, n->cfg->limits.stream_window_bytes / 2, 0);
+  ob_sock_set_write_timeout(c->sock, &wtv);
+  ob_sock_setwatermark(c->sock, EV_WRITE, n->cfg->limits.stream_window_bytes / 2, 0);
   /* Bound what a pipelining client can park in our input buffer. */
-  bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)n->cfg->limits.max_header_bytes + 65536);
-  bufferevent_setcb(c->bev, on_read, on_write, on_event, h);
-  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  ob_sock_setwatermark(c->sock, EV_READ, 0, (size_t)n->cfg->limits.max_header_bytes + 65536);
+  ob_sock_setcb(c->sock, on_read, on_write, on_event, h);
+  ob_sock_enable(c->sock, EV_READ | EV_WRITE);
   arm_timer(h, n->cfg->timeouts.client_header_ms);
   process(h);
 }

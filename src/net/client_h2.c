@@ -204,7 +204,7 @@ static void count_reset(h2_conn_t *h) {
 static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *arg) {
   (void)s, (void)flags;
   h2_conn_t *h = arg;
-  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  struct evbuffer *out = ob_sock_output(h->c->sock);
   if (evbuffer_get_length(out) >= OUT_HIGH) return NGHTTP2_ERR_WOULDBLOCK;
   evbuffer_add(out, data, len);
   return (ssize_t)len;
@@ -215,7 +215,7 @@ static int send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
   (void)s;
   h2_conn_t *h = arg;
   h2_req_t *r = src->ptr;
-  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  struct evbuffer *out = ob_sock_output(h->c->sock);
   evbuffer_add(out, framehd, 9);
   if (frame->data.padlen > 0) {
     uint8_t pad = (uint8_t)(frame->data.padlen - 1);
@@ -454,9 +454,9 @@ static void linger(h2_conn_t *h) {
     nghttp2_session_set_stream_user_data(h->session, h->streams->id, NULL);
     req_finish(h, h->streams, false);
   }
-  evbuffer_drain(bufferevent_get_input(h->c->bev), evbuffer_get_length(bufferevent_get_input(h->c->bev)));
-  bufferevent_enable(h->c->bev, EV_READ);
-  shutdown(bufferevent_getfd(h->c->bev), SHUT_WR);
+  evbuffer_drain(ob_sock_input(h->c->sock), evbuffer_get_length(ob_sock_input(h->c->sock)));
+  ob_sock_enable(h->c->sock, EV_READ);
+  shutdown(ob_sock_fd(h->c->sock), SHUT_WR);
   arm_ms(h->idle, LINGER_MS);
 }
 
@@ -477,7 +477,7 @@ static void flush_session(h2_conn_t *h) {
     h->c->net->handler->on_request(&r->s, h->c->net->ctx);
   }
   if (!nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session) &&
-      evbuffer_get_length(bufferevent_get_output(h->c->bev)) == 0) {
+      evbuffer_get_length(ob_sock_output(h->c->sock)) == 0) {
     linger(h);
   }
 }
@@ -487,9 +487,9 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
   flush_session(arg);
 }
 
-static void on_read(struct bufferevent *bev, void *arg) {
+static void on_read(ob_sock_t *sock, void *arg) {
   h2_conn_t *h = arg;
-  struct evbuffer *in = bufferevent_get_input(bev);
+  struct evbuffer *in = ob_sock_input(sock);
   if (h->lingering) {
     evbuffer_drain(in, evbuffer_get_length(in));
     return;
@@ -510,7 +510,7 @@ static void on_read(struct bufferevent *bev, void *arg) {
       /* Fatal for the session (endless CONTINUATION frames, a bad preface):
        * nghttp2 queues no GOAWAY for these, so say why ourselves, stop
        * feeding the session and close once it is out (linger). */
-      bufferevent_disable(bev, EV_READ);
+      ob_sock_disable(sock, EV_READ);
       nghttp2_session_terminate_session(
           h->session, rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? NGHTTP2_PROTOCOL_ERROR : NGHTTP2_ENHANCE_YOUR_CALM);
       flush_session(h);
@@ -521,13 +521,13 @@ static void on_read(struct bufferevent *bev, void *arg) {
   flush_session(h);
 }
 
-static void on_write(struct bufferevent *bev, void *arg) {
+static void on_write(ob_sock_t *sock, void *arg) {
   h2_conn_t *h = arg;
-  if (evbuffer_get_length(bufferevent_get_output(bev)) < OUT_HIGH) flush_session(h);
+  if (evbuffer_get_length(ob_sock_output(sock)) < OUT_HIGH) flush_session(h);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg) {
-  (void)bev;
+static void on_event(ob_sock_t *sock, short what, void *arg) {
+  (void)sock;
   if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) h2_destroy(arg);
 }
 
@@ -709,13 +709,13 @@ void ob_net_h2_start(ob_client_conn_t *c) {
   h->flush = event_new(n->base, -1, 0, on_flush, h);
   h->idle = evtimer_new(n->base, on_idle, h);
   struct timeval wtv = {n->cfg->timeouts.idle_ms / 1000, (n->cfg->timeouts.idle_ms % 1000) * 1000};
-  bufferevent_set_timeouts(c->bev, NULL, &wtv);
-  bufferevent_setwatermark(c->bev, EV_WRITE, OUT_HIGH / 2, 0);
-  bufferevent_setcb(c->bev, on_read, on_write, on_event, h);
-  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  ob_sock_set_write_timeout(c->sock, &wtv);
+  ob_sock_setwatermark(c->sock, EV_WRITE, OUT_HIGH / 2, 0);
+  ob_sock_setcb(c->sock, on_read, on_write, on_event, h);
+  ob_sock_enable(c->sock, EV_READ | EV_WRITE);
   arm_idle(h);
   if (c->draining) ob_net_h2_drain(c);
-  on_read(c->bev, h);
+  on_read(c->sock, h);
 }
 
 void ob_net_h2_drain(ob_client_conn_t *c) {

@@ -9,6 +9,8 @@
 
 #include "net.h"
 
+#include "sock.h"
+
 #include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/listener.h>
@@ -85,7 +87,7 @@ typedef enum { OB_CONN_DETECT, OB_CONN_H1, OB_CONN_H2 } ob_conn_proto_t;
 struct ob_client_conn {
   ob_client_conn_t *prev, *next;
   ob_net_t *net;
-  struct bufferevent *bev;
+  ob_sock_t *sock;
   bool tls;
   ob_conn_proto_t proto;
   bool draining;            /* graceful shutdown started */

@@ -92,8 +92,8 @@ void ob_net_client_release(ob_client_conn_t *c) {
   if (c->next) c->next->prev = c->prev;
   if (c->detect_timer) event_free(c->detect_timer);
   c->detect_timer = NULL;
-  if (c->bev) bufferevent_free(c->bev);
-  c->bev = NULL;
+  ob_sock_free(c->sock);
+  c->sock = NULL;
   free(c);
   n->num_conns--;
   ob_net_conn_gone(n);
@@ -130,9 +130,9 @@ static void start_proto(ob_client_conn_t *c, ob_conn_proto_t p) {
 
 /* Cleartext: HTTP/2 with prior knowledge starts with the connection preface;
  * anything else is HTTP/1.1. Decide as soon as the bytes disagree. */
-static void detect_read(struct bufferevent *bev, void *arg) {
+static void detect_read(ob_sock_t *sock, void *arg) {
   ob_client_conn_t *c = arg;
-  struct evbuffer *in = bufferevent_get_input(bev);
+  struct evbuffer *in = ob_sock_input(sock);
   size_t len = evbuffer_get_length(in);
   size_t want = len < H2_PREFACE_LEN ? len : H2_PREFACE_LEN;
   unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)want);
@@ -143,20 +143,20 @@ static void detect_read(struct bufferevent *bev, void *arg) {
   if (want == H2_PREFACE_LEN) start_proto(c, OB_CONN_H2);
 }
 
-static void detect_event(struct bufferevent *bev, short what, void *arg) {
+static void detect_event(ob_sock_t *sock, short what, void *arg) {
   ob_client_conn_t *c = arg;
   if (what & BEV_EVENT_CONNECTED) {
     /* TLS handshake done: ALPN decides. */
     const unsigned char *alpn = NULL;
     unsigned int alpn_len = 0;
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    SSL *ssl = bufferevent_openssl_get_ssl(ob_sock_bev(sock));
     if (ssl) SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
     start_proto(c, alpn_len == 2 && memcmp(alpn, "h2", 2) == 0 ? OB_CONN_H2 : OB_CONN_H1);
     return;
   }
   if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF | BEV_EVENT_TIMEOUT)) {
     if (c->tls && (what & BEV_EVENT_ERROR)) {
-      unsigned long e = bufferevent_get_openssl_error(bev);
+      unsigned long e = bufferevent_get_openssl_error(ob_sock_bev(sock));
       if (e) ob_log_debug("tls handshake with %s failed: %s", c->peer, ERR_reason_error_string(e));
     }
     ob_net_client_release(c);
@@ -190,11 +190,12 @@ void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr
   evutil_make_socket_nonblocking(fd);
   if (tls) {
     SSL *ssl = SSL_new(tls);
-    c->bev = bufferevent_openssl_socket_new(n->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    struct bufferevent *bev = bufferevent_openssl_socket_new(n->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                             BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    c->sock = ob_sock_new_bev(bev);
   } else {
-    c->bev = bufferevent_socket_new(n->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    c->sock = ob_sock_new_fd(n->base, fd);
   }
   c->next = n->conns;
   if (n->conns) n->conns->prev = c;
@@ -207,8 +208,8 @@ void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr
   struct timeval tv = {n->cfg->timeouts.client_header_ms / 1000, (n->cfg->timeouts.client_header_ms % 1000) * 1000};
   c->detect_timer = evtimer_new(n->base, detect_timeout, c);
   evtimer_add(c->detect_timer, &tv);
-  bufferevent_setcb(c->bev, detect_read, NULL, detect_event, c);
-  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  ob_sock_setcb(c->sock, detect_read, NULL, detect_event, c);
+  ob_sock_enable(c->sock, EV_READ | EV_WRITE);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {

@@ -244,7 +244,7 @@ void ob_net_up_conn_free(ob_uconn_t *c) {
   conn_unlink(c);
   c->state = C_DEAD;
   if (c->h2) ob_net_uh2_dispose(c);
-  bufferevent_free(c->bev);
+  ob_sock_free(c->sock);
   event_free(c->timer);
   event_free(c->flush_ev);
   free(c);
@@ -259,7 +259,7 @@ void ob_net_up_conn_idle(ob_uconn_t *c) {
   if (ep->idle) ep->idle->iprev = c;
   ep->idle = c;
   /* Keep reading so a close by the server is noticed while idle. */
-  bufferevent_enable(c->bev, EV_READ);
+  ob_sock_enable(c->sock, EV_READ);
   ob_net_up_arm(c->timer, ep->up->tv_keepalive);
 }
 
@@ -306,7 +306,7 @@ static void conn_connect_failed(ob_uconn_t *c, const char *why, bool timed_out) 
 
 static void conn_connected(ob_uconn_t *c) {
   ob_endpoint_t *ep = c->ep;
-  evutil_socket_t fd = bufferevent_getfd(c->bev);
+  evutil_socket_t fd = ob_sock_fd(c->sock);
   if (fd >= 0) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -314,7 +314,7 @@ static void conn_connected(ob_uconn_t *c) {
   if (ep->cfg->tls && c->h2) {
     const unsigned char *alpn = NULL;
     unsigned alpn_len = 0;
-    SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(c->bev), &alpn, &alpn_len);
+    SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(ob_sock_bev(c->sock)), &alpn, &alpn_len);
     if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
       conn_connect_failed(c, "server did not select h2 through ALPN", false);
       return;
@@ -323,7 +323,8 @@ static void conn_connected(ob_uconn_t *c) {
   event_del(c->timer);
   c->state = C_OPEN;
   ep->backoff_until_ms = 0;
-  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  if (!ep->cfg->tls) ob_sock_detach_bev(c->sock);
+  ob_sock_enable(c->sock, EV_READ | EV_WRITE);
   if (c->h2) {
     ob_net_uh2_start(c);
   } else if (c->ureq) {
@@ -334,17 +335,18 @@ static void conn_connected(ob_uconn_t *c) {
 }
 
 static void describe_failure(ob_uconn_t *c, int sock_err, char *why, size_t len) {
-  int dns_err = bufferevent_socket_get_dns_error(c->bev);
+  struct bufferevent *bev = ob_sock_bev(c->sock); /* NULL once a cleartext connection is up */
+  int dns_err = bev ? bufferevent_socket_get_dns_error(bev) : 0;
   if (dns_err) {
     snprintf(why, len, "cannot resolve %s: %s", c->ep->cfg->host, evutil_gai_strerror(dns_err));
     return;
   }
-  if (c->ep->cfg->tls) {
-    unsigned long e = bufferevent_get_openssl_error(c->bev);
+  if (bev && c->ep->cfg->tls) {
+    unsigned long e = bufferevent_get_openssl_error(bev);
     if (e) {
       char buf[256];
       ERR_error_string_n(e, buf, sizeof buf);
-      SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+      SSL *ssl = bufferevent_openssl_get_ssl(bev);
       long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
       if (vr != X509_V_OK)
         snprintf(why, len, "TLS: %s (%s)", buf, X509_verify_cert_error_string(vr));
@@ -359,7 +361,7 @@ static void describe_failure(ob_uconn_t *c, int sock_err, char *why, size_t len)
     snprintf(why, len, "connection closed");
 }
 
-static void conn_read_cb(struct bufferevent *bev, void *arg) {
+static void conn_read_cb(ob_sock_t *sock, void *arg) {
   ob_uconn_t *c = arg;
   if (c->h2)
     ob_net_uh2_on_read(c);
@@ -367,7 +369,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg) {
     ob_net_uh1_on_read(c);
 }
 
-static void conn_write_cb(struct bufferevent *bev, void *arg) {
+static void conn_write_cb(ob_sock_t *sock, void *arg) {
   ob_uconn_t *c = arg;
   if (c->state != C_OPEN) return;
   if (c->h2)
@@ -376,7 +378,7 @@ static void conn_write_cb(struct bufferevent *bev, void *arg) {
     ob_net_uh1_on_write(c);
 }
 
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg) {
+static void conn_event_cb(ob_sock_t *sock, short what, void *arg) {
   ob_uconn_t *c = arg;
   int sock_err = EVUTIL_SOCKET_ERROR();
   if (c->state == C_CONNECTING) {
@@ -438,7 +440,7 @@ static int connect_numeric(ob_uconn_t *c) {
     c->fail_reason = "not a numeric address and no resolver";
     return -1;
   }
-  int rv = bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen);
+  int rv = bufferevent_socket_connect(ob_sock_bev(c->sock), ai->ai_addr, (int)ai->ai_addrlen);
   freeaddrinfo(ai);
   return rv;
 }
@@ -469,20 +471,23 @@ static ob_uconn_t *conn_new(ob_endpoint_t *ep) {
       else
         SSL_set1_host(ssl, host);
     }
-    c->bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) abort();
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) abort();
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    c->sock = ob_sock_new_bev(bev);
   } else {
-    c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) abort();
+    /* libevent resolves and connects; conn_connected switches to direct I/O. */
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) abort();
+    c->sock = ob_sock_new_bev(bev);
   }
-  bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-  if (c->h2) bufferevent_setwatermark(c->bev, EV_WRITE, OB_UP_H2_OUTPUT_HIGH / 4, 0);
+  ob_sock_setcb(c->sock, conn_read_cb, conn_write_cb, conn_event_cb, c);
+  if (c->h2) ob_sock_setwatermark(c->sock, EV_WRITE, OB_UP_H2_OUTPUT_HIGH / 4, 0);
   ob_net_up_arm(c->timer, up->tv_connect);
 
   int rv;
   if (up->net->dns)
-    rv = bufferevent_socket_connect_hostname(c->bev, up->net->dns, AF_UNSPEC, ep->cfg->host, ep->cfg->port);
+    rv = bufferevent_socket_connect_hostname(ob_sock_bev(c->sock), up->net->dns, AF_UNSPEC, ep->cfg->host, ep->cfg->port);
   else
     rv = connect_numeric(c);
   if (rv < 0) {
@@ -635,7 +640,7 @@ void ob_ureq_pause(ob_ureq_t *u, bool paused) {
   if (paused) {
     if (u->state == U_ACTIVE) {
       event_del(u->timer);
-      if (!u->up->h2 && u->conn) bufferevent_disable(u->conn->bev, EV_READ);
+      if (!u->up->h2 && u->conn) ob_sock_disable(u->conn->sock, EV_READ);
     }
     return;
   }

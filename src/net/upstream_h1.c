@@ -53,7 +53,7 @@ void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
   }
   ob_buf_append(&head, "\r\n", 2);
 
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = ob_sock_output(c->sock);
   evbuffer_add(out, head.base, head.len);
   ob_buf_dispose(&head);
   const char *ob = u->owner ? u->owner->buf.base : NULL;
@@ -71,8 +71,8 @@ void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
       evbuffer_add(out, p.base, p.len);
     }
   }
-  bufferevent_enable(c->bev, u->paused ? EV_WRITE : EV_READ | EV_WRITE);
-  if (u->paused) bufferevent_disable(c->bev, EV_READ);
+  ob_sock_enable(c->sock, u->paused ? EV_WRITE : EV_READ | EV_WRITE);
+  if (u->paused) ob_sock_disable(c->sock, EV_READ);
   ob_net_up_arm(u->timer, up->tv_first_byte);
 }
 
@@ -91,9 +91,9 @@ static void fail(ob_uconn_t *c, ob_ureq_t *u, ob_err_t err, const char *why) {
 
 /* The response is complete on the wire. */
 static void finish(ob_uconn_t *c, ob_ureq_t *u) {
-  bool written = c->req_written || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+  bool written = c->req_written || evbuffer_get_length(ob_sock_output(c->sock)) == 0;
   bool reuse = c->keep_alive && written && !c->eof && c->framing != OB_H1_BODY_UNTIL_CLOSE &&
-               evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+               evbuffer_get_length(ob_sock_input(c->sock)) == 0;
   unpair(c, u);
   if (reuse) {
     c->reused = false;
@@ -107,7 +107,7 @@ static void finish(ob_uconn_t *c, ob_ureq_t *u) {
 /* Returns 1 when the final head was handled (or a 1xx skipped), 0 when more
  * input is needed, -1 when u and c are gone. */
 static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
-  struct evbuffer *in = bufferevent_get_input(c->bev);
+  struct evbuffer *in = ob_sock_input(c->sock);
   size_t len = evbuffer_get_length(in);
   if (len == 0) return 0;
   size_t max = u->up->gcfg->limits.max_header_bytes ? u->up->gcfg->limits.max_header_bytes : 65536;
@@ -162,7 +162,7 @@ static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
 /* Move what the framing allows into u->rbody. Returns 1 when the body is
  * complete, 0 when more is to come, -1 when u and c are gone. */
 static int read_body(ob_uconn_t *c, ob_ureq_t *u) {
-  struct evbuffer *in = bufferevent_get_input(c->bev);
+  struct evbuffer *in = ob_sock_input(c->sock);
   switch (c->framing) {
   case OB_H1_BODY_NONE:
     return 1;
@@ -262,14 +262,14 @@ void ob_net_uh1_on_read(ob_uconn_t *c) {
     ob_net_up_conn_free(c);
     return;
   }
-  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) c->got_bytes = true;
+  if (evbuffer_get_length(ob_sock_input(c->sock)) > 0) c->got_bytes = true;
   process(c, u);
 }
 
 void ob_net_uh1_on_write(ob_uconn_t *c) {
   ob_ureq_t *u = c->ureq;
   if (!u || u->state != U_ACTIVE || c->req_written) return;
-  if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) return;
+  if (evbuffer_get_length(ob_sock_output(c->sock)) > 0) return;
   c->req_written = true;
   if (!c->got_bytes && !u->paused) ob_net_up_arm(u->timer, u->up->tv_first_byte);
 }
@@ -286,7 +286,7 @@ void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
      * side. Unsent output keeps the connection out of the idle pool. (A TLS
      * bufferevent stops reading too after any error, so there the error is
      * final.) */
-    bufferevent_disable(c->bev, EV_WRITE);
+    ob_sock_disable(c->sock, EV_WRITE);
     return;
   }
   c->eof = true;
@@ -296,7 +296,7 @@ void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
 void ob_net_uh1_resume(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
-  if (!c->eof) bufferevent_enable(c->bev, EV_READ);
+  if (!c->eof) ob_sock_enable(c->sock, EV_READ);
   ob_net_up_arm(u->timer, c->got_bytes ? ob_net_up_idle_tv(u) : u->up->tv_first_byte);
   process(c, u);
 }

@@ -474,7 +474,7 @@ void ob_net_uh2_conn_fail(ob_uconn_t *c, const char *why) {
 
 void ob_net_uh2_flush(ob_uconn_t *c) {
   if (c->state != C_OPEN || !c->session || c->in_nghttp2) return;
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = ob_sock_output(c->sock);
   for (;;) {
     while (evbuffer_get_length(out) < OB_UP_H2_OUTPUT_HIGH) {
       const uint8_t *data;
@@ -504,7 +504,7 @@ void ob_net_uh2_flush(ob_uconn_t *c) {
 
 void ob_net_uh2_on_read(ob_uconn_t *c) {
   if (c->state != C_OPEN || !c->session) return;
-  struct evbuffer *in = bufferevent_get_input(c->bev);
+  struct evbuffer *in = ob_sock_input(c->sock);
   while (evbuffer_get_length(in) > 0) {
     struct evbuffer_iovec v;
     if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) break;

@@ -124,7 +124,7 @@ struct ob_uconn {
   bool in_idle;
   bool h2;
   ob_uconn_state_t state;
-  struct bufferevent *bev;
+  ob_sock_t *sock;
   struct event *timer;            /* connect timeout, then keep-alive idle */
   struct event *flush_ev;         /* h2: deferred send; both: deferred connect failure */
   bool connect_failed;            /* set with flush_ev when connect failed synchronously */

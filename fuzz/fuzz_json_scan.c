@@ -2,10 +2,59 @@
  * fuzz_json_scan.c: the raw JSON member scanner of routes/ (used to patch the
  * model name in place). It must never read outside the input, and a member
  * it reports must lie inside the input with its value starting a JSON value.
+ *
+ * Also the one-pass inference scan (ob_json_infer_scan), differentially:
+ * whenever it accepts a body, cJSON must parse it too and every fact must
+ * agree with what the tree says (the oracle below is the tree walk
+ * routes/inference.c used before the scan existed).
  */
 #include "routes.h"
 
+#include <cjson/cJSON.h>
 #include <stdlib.h>
+
+static uint64_t text_chars(const cJSON *v, int depth) {
+  if (!v || depth > 8) return 0;
+  if (cJSON_IsString(v)) return strlen(v->valuestring);
+  uint64_t n = 0;
+  if (cJSON_IsArray(v)) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) n += text_chars(e, depth + 1);
+  } else if (cJSON_IsObject(v)) {
+    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "content"), depth + 1);
+    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "text"), depth + 1);
+  }
+  return n;
+}
+
+static void check_infer_scan(ob_iov_t in) {
+  ob_infer_scan_t sc;
+  if (!ob_json_infer_scan(in, &sc)) return;
+  cJSON *root = cJSON_ParseWithLength(in.base, in.len);
+  if (!root || !cJSON_IsObject(root)) abort();
+  uint64_t chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
+                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
+                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
+  if (chars != sc.text_chars) abort();
+  if (sc.has_messages != (cJSON_GetObjectItemCaseSensitive(root, "messages") != NULL)) abort();
+  if (sc.has_prompt != (cJSON_GetObjectItemCaseSensitive(root, "prompt") != NULL)) abort();
+  if (sc.has_input != (cJSON_GetObjectItemCaseSensitive(root, "input") != NULL)) abort();
+  const cJSON *mct = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
+  if (sc.mct_number != cJSON_IsNumber(mct) || sc.mt_number != cJSON_IsNumber(mt)) abort();
+  if (sc.mct_number && sc.mct != mct->valuedouble) abort();
+  if (sc.mt_number && sc.mt != mt->valuedouble) abort();
+  const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+  if ((sc.model_count > 0) != (m != NULL)) abort();
+  if (sc.model_count > 0) {
+    bool str = sc.model.base[0] == '"';
+    if (str != (bool)cJSON_IsString(m)) abort();
+    if (str && !memchr(sc.model.base, '\\', sc.model.len) &&
+        (strlen(m->valuestring) != sc.model.len - 2 || memcmp(m->valuestring, sc.model.base + 1, sc.model.len - 2)))
+      abort();
+  }
+  cJSON_Delete(root);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -27,6 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         abort();
     }
   }
+  check_infer_scan(in);
   free(buf);
   return 0;
 }

@@ -14,7 +14,9 @@
  *    the response as it streams past (ob_usage_t), replaces it at release.
  *    An aborted stream is charged its prompt plus one token per SSE event
  *    delivered.
- * The cJSON tree lives only inside prepare().
+ * Bodies are read in one pass (ob_json_infer_scan); a cJSON tree is built,
+ * inside prepare() only, when that pass gives up or deterministic_only
+ * needs it.
  */
 #include "routes_int.h"
 
@@ -90,20 +92,67 @@ static infer_x_t *state(ob_exchange_t *x) {
   return x->class_state;
 }
 
-static void estimate(ob_exchange_t *x, const cJSON *root) {
-  uint64_t chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
-                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
-                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
-  x->prompt_tokens_est = (chars + 3) / 4;
+/* What prepare reads from the body: from ob_json_infer_scan, or from a
+ * cJSON tree when the scan gives up. */
+typedef struct facts {
+  bool has_model;      /* a top-level "model" member */
+  bool model_ok;       /* it is a string and the only "model" member */
+  const char *model;   /* its decoded value (arena), when model_ok */
+  ob_json_member_t mem; /* its raw span, when model_ok */
+  uint64_t chars;      /* text the model reads (text_chars) */
+  bool has_mt;         /* max_completion_tokens, else max_tokens, is a usable number */
+  uint64_t mt;
+  bool embeddings;     /* input and neither messages nor prompt: no output tokens */
+} facts_t;
+
+static void set_max_tokens(facts_t *f, bool mct_number, double mct, bool mt_number, double mt) {
+  double v = mct_number ? mct : mt;
+  f->has_mt = (mct_number || mt_number) && v >= 0 && v < 1e9;
+  f->mt = f->has_mt ? (uint64_t)v : 0;
+}
+
+static bool facts_scan(ob_exchange_t *x, ob_iov_t body, facts_t *f) {
+  ob_infer_scan_t sc;
+  if (!ob_json_infer_scan(body, &sc)) return false;
+  memset(f, 0, sizeof *f);
+  f->has_model = sc.model_count > 0;
+  if (f->has_model && sc.model.len >= 2 && sc.model.base[0] == '"') {
+    if (memchr(sc.model.base, '\\', sc.model.len)) return false; /* escaped: the tree decodes it */
+    f->model_ok = sc.model_count == 1;
+    f->model = ob_arena_dup(x->arena, ob_iov(sc.model.base + 1, sc.model.len - 2)).base;
+    f->mem.key = OB_IOV_LIT("model");
+    f->mem.value = sc.model;
+  }
+  f->chars = sc.text_chars;
+  set_max_tokens(f, sc.mct_number, sc.mct, sc.mt_number, sc.mt);
+  f->embeddings = sc.has_input && !sc.has_messages && !sc.has_prompt;
+  return true;
+}
+
+static void facts_tree(ob_exchange_t *x, const cJSON *root, ob_iov_t body, facts_t *f) {
+  memset(f, 0, sizeof *f);
+  const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+  f->has_model = m != NULL;
+  if (cJSON_IsString(m) && ob_json_find_member(body, OB_IOV_LIT("model"), &f->mem) == 1) {
+    f->model_ok = true;
+    f->model = ob_arena_strdup(x->arena, m->valuestring);
+  }
+  f->chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
+             text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
+             text_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
+  const cJSON *mct = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
+  set_max_tokens(f, cJSON_IsNumber(mct), cJSON_IsNumber(mct) ? mct->valuedouble : 0, cJSON_IsNumber(mt),
+                 cJSON_IsNumber(mt) ? mt->valuedouble : 0);
+  f->embeddings = cJSON_GetObjectItemCaseSensitive(root, "input") && !cJSON_GetObjectItemCaseSensitive(root, "messages") &&
+                  !cJSON_GetObjectItemCaseSensitive(root, "prompt");
+}
+
+static void estimate(ob_exchange_t *x, const facts_t *f) {
+  x->prompt_tokens_est = (f->chars + 3) / 4;
   if (x->prompt_tokens_est == 0) x->prompt_tokens_est = 1;
-  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
-  if (!cJSON_IsNumber(mt)) mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
-  uint64_t dflt = ob_exchange_admission(x)->default_max_tokens;
-  x->max_tokens = cJSON_IsNumber(mt) && mt->valuedouble >= 0 && mt->valuedouble < 1e9 ? (uint64_t)mt->valuedouble : dflt;
-  /* Embeddings produce no tokens. */
-  if (cJSON_GetObjectItemCaseSensitive(root, "input") && !cJSON_GetObjectItemCaseSensitive(root, "messages") &&
-      !cJSON_GetObjectItemCaseSensitive(root, "prompt"))
-    x->max_tokens = 0;
+  x->max_tokens = f->has_mt ? f->mt : ob_exchange_admission(x)->default_max_tokens;
+  if (f->embeddings) x->max_tokens = 0;
   infer_x_t *ix = state(x);
   ix->counting = true;
 }
@@ -187,6 +236,47 @@ static bool cache_first(ob_exchange_t *x, ob_routes_t *t, ob_iov_t body, bool *d
   return ob_routes_cache_prepare(x, t, x->route->cfg, NULL, body, &state(x)->cache);
 }
 
+/* Pick the upstream from the model and run the cache step; root may be
+ * NULL (the cache then works from the body alone). */
+static ob_err_t route(ob_exchange_t *x, ob_routes_t *t, const facts_t *f, const cJSON *root, ob_iov_t body,
+                      bool cached) {
+  if (!f->has_model) {
+    estimate(x, f);
+    if (!x->upstream) model_not_found(x, NULL);
+    else if (!cached) cache_step(x, t, root, body);
+    return OB_OK;
+  }
+  if (!f->model_ok) {
+    ob_exchange_reply_error(x, 400, "`model` must be a single string member of the request object.",
+                            "invalid_request_error", "invalid_model");
+    return OB_OK;
+  }
+  x->model = ob_iov_str(f->model);
+  estimate(x, f);
+  const ob_config_model_t *cm = find_model(t->cfg, f->model);
+  if (!cm) {
+    if (!x->upstream) model_not_found(x, f->model);
+    else if (!cached) cache_step(x, t, root, body);
+    return OB_OK;
+  }
+  if (ob_exchange_set_upstream(x, cm->upstream) != OB_OK) return OB_ERR_CONFIG;
+  if (!cached && cache_step(x, t, root, body)) return OB_OK;
+  if (cm->upstream_model) {
+    const ob_json_member_t *mem = &f->mem;
+    ob_buf_t v;
+    ob_buf_init(&v);
+    ob_buf_append_json_str(&v, ob_iov_str(cm->upstream_model));
+    ob_iov_t parts[3] = {
+        ob_iov(body.base, (size_t)(mem->value.base - body.base)),
+        ob_arena_dup(x->arena, ob_buf_iov(&v)),
+        ob_iov(mem->value.base + mem->value.len, body.len - (size_t)(mem->value.base + mem->value.len - body.base)),
+    };
+    ob_buf_dispose(&v);
+    ob_exchange_set_body(x, parts, 3);
+  }
+  return OB_OK;
+}
+
 static ob_err_t prepare(ob_exchange_t *x, void *data) {
   ob_routes_t *t = data;
   ob_sreq_t *s = x->req;
@@ -202,57 +292,22 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
     return OB_OK;
   }
   if (cache_first(x, t, body, &cached)) return OB_OK;
-  cJSON *root = cJSON_ParseWithLength(body.base, body.len);
-  if (!root || !cJSON_IsObject(root)) {
-    cJSON_Delete(root);
-    ob_exchange_reply_error(x, 400, "The request body is not a valid JSON object.", "invalid_request_error",
-                            "invalid_json");
-    return OB_OK;
+  /* The tree only when the scan gives up or deterministic_only reads it. */
+  facts_t f;
+  cJSON *root = NULL;
+  if ((cache_applies(x, t) && t->cfg->cache.deterministic_only) || !facts_scan(x, body, &f)) {
+    root = cJSON_ParseWithLength(body.base, body.len);
+    if (!root || !cJSON_IsObject(root)) {
+      cJSON_Delete(root);
+      ob_exchange_reply_error(x, 400, "The request body is not a valid JSON object.", "invalid_request_error",
+                              "invalid_json");
+      return OB_OK;
+    }
+    facts_tree(x, root, body, &f);
   }
-  const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
-  if (!m) {
-    estimate(x, root);
-    if (!x->upstream) model_not_found(x, NULL);
-    else if (!cached) cache_step(x, t, root, body);
-    cJSON_Delete(root);
-    return OB_OK;
-  }
-  ob_json_member_t mem;
-  if (!cJSON_IsString(m) || ob_json_find_member(body, OB_IOV_LIT("model"), &mem) != 1) {
-    cJSON_Delete(root);
-    ob_exchange_reply_error(x, 400, "`model` must be a single string member of the request object.",
-                            "invalid_request_error", "invalid_model");
-    return OB_OK;
-  }
-  x->model = ob_arena_dup(x->arena, ob_iov_str(m->valuestring));
-  estimate(x, root);
-  const ob_config_model_t *cm = find_model(t->cfg, m->valuestring);
-  if (!cm) {
-    if (!x->upstream) model_not_found(x, m->valuestring);
-    else if (!cached) cache_step(x, t, root, body);
-    cJSON_Delete(root);
-    return OB_OK;
-  }
-  if (ob_exchange_set_upstream(x, cm->upstream) != OB_OK) {
-    cJSON_Delete(root);
-    return OB_ERR_CONFIG;
-  }
-  bool done = !cached && cache_step(x, t, root, body);
+  ob_err_t rv = route(x, t, &f, root, body, cached);
   cJSON_Delete(root);
-  if (done) return OB_OK;
-  if (cm->upstream_model) {
-    ob_buf_t v;
-    ob_buf_init(&v);
-    ob_buf_append_json_str(&v, ob_iov_str(cm->upstream_model));
-    ob_iov_t parts[3] = {
-        ob_iov(body.base, (size_t)(mem.value.base - body.base)),
-        ob_arena_dup(x->arena, ob_buf_iov(&v)),
-        ob_iov(mem.value.base + mem.value.len, body.len - (size_t)(mem.value.base + mem.value.len - body.base)),
-    };
-    ob_buf_dispose(&v);
-    ob_exchange_set_body(x, parts, 3);
-  }
-  return OB_OK;
+  return rv;
 }
 
 const ob_route_class_t ob_routes_inference_class = {

@@ -60,6 +60,26 @@ typedef struct ob_json_member {
 int ob_json_find_member(ob_iov_t json, ob_iov_t key, ob_json_member_t *out);
 
 /*
+ * What the inference class reads from a request body, found in one strict
+ * pass over the raw text (RFC 8259: no trailing bytes, only the four
+ * white-space characters, depth bounded) instead of a cJSON tree. Returns
+ * false when the text is not plainly valid or holds something the pass
+ * does not decode (an escaped top-level key, "content" or "text" key, an
+ * escaped model name, \u0000, a number longer than 63 characters); the
+ * caller then parses with cJSON, which decides. Spans point into the input.
+ */
+typedef struct ob_infer_scan {
+  int model_count;         /* top-level "model" members */
+  ob_iov_t model;          /* the first one's raw value (a string keeps its quotes) */
+  bool has_messages, has_prompt, has_input;
+  uint64_t text_chars;     /* decoded bytes of the strings in messages / prompt / input that the model reads */
+  bool mct_number, mt_number; /* the first max_completion_tokens / max_tokens is a number */
+  double mct, mt;
+} ob_infer_scan_t;
+
+bool ob_json_infer_scan(ob_iov_t json, ob_infer_scan_t *out);
+
+/*
  * Streaming scanner for the token usage of an OpenAI-style response (JSON
  * body or SSE stream), fed the body span by span as it passes; no bytes are
  * kept. Caller storage; ob_usage_init before the first feed.

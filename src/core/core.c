@@ -6,6 +6,7 @@
 #include "core.h"
 
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -223,14 +224,82 @@ void ob_arena_init(ob_arena_t *a, size_t block_size) {
   a->block_size = block_size ? block_size : 4096;
 }
 
+/*
+ * Freed blocks of the usual sizes (a power of two from 1 KiB to 16 KiB) are
+ * kept per thread for the next arena: every exchange takes a few blocks,
+ * and blocks this size are beyond malloc's per-thread cache, so each one
+ * would otherwise cost a trip through malloc's bins and back. At most
+ * ARENA_KEEP per size, freed when the thread exits.
+ */
+#define ARENA_MIN_SHIFT 10
+#define ARENA_SIZES 5
+#define ARENA_KEEP 16
+
+typedef struct {
+  ob_arena_block_t *free[ARENA_SIZES];
+  unsigned count[ARENA_SIZES];
+  bool registered; /* with arena_key, whose destructor frees the blocks */
+} arena_cache_t;
+
+static _Thread_local arena_cache_t arena_cache;
+static pthread_key_t arena_key;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_cache_free(void *arg) {
+  arena_cache_t *c = arg;
+  for (int i = 0; i < ARENA_SIZES; i++) {
+    while (c->free[i]) {
+      ob_arena_block_t *b = c->free[i];
+      c->free[i] = b->next;
+      free(b);
+    }
+    c->count[i] = 0;
+  }
+}
+
+static void arena_key_init(void) { pthread_key_create(&arena_key, arena_cache_free); }
+
+/* The cache slot for blocks of cap bytes, or -1. */
+static int arena_slot(size_t cap) {
+  if (cap & (cap - 1)) return -1;
+  for (int i = 0; i < ARENA_SIZES; i++)
+    if (cap == (size_t)1 << (ARENA_MIN_SHIFT + i)) return i;
+  return -1;
+}
+
 void ob_arena_dispose(ob_arena_t *a) {
   ob_arena_block_t *b = a->head;
   while (b) {
     ob_arena_block_t *next = b->next;
-    free(b);
+    int i = arena_slot(b->cap);
+    if (i >= 0 && arena_cache.count[i] < ARENA_KEEP) {
+      if (!arena_cache.registered) {
+        pthread_once(&arena_once, arena_key_init);
+        pthread_setspecific(arena_key, &arena_cache);
+        arena_cache.registered = true;
+      }
+      b->next = arena_cache.free[i];
+      arena_cache.free[i] = b;
+      arena_cache.count[i]++;
+    } else {
+      free(b);
+    }
     b = next;
   }
   a->head = NULL;
+}
+
+static ob_arena_block_t *arena_block_new(size_t cap) {
+  int i = arena_slot(cap);
+  if (i >= 0 && arena_cache.free[i]) {
+    ob_arena_block_t *b = arena_cache.free[i];
+    arena_cache.free[i] = b->next;
+    arena_cache.count[i]--;
+    return b;
+  }
+  ob_arena_block_t *b = ob_xmalloc(sizeof *b + cap);
+  b->cap = cap;
+  return b;
 }
 
 void *ob_arena_alloc(ob_arena_t *a, size_t n) {
@@ -238,8 +307,8 @@ void *ob_arena_alloc(ob_arena_t *a, size_t n) {
   ob_arena_block_t *b = a->head;
   if (!b || b->cap - b->used < n) {
     size_t cap = n > a->block_size ? n : a->block_size;
-    b = ob_xmalloc(sizeof *b + cap);
-    b->used = 0, b->cap = cap;
+    b = arena_block_new(cap);
+    b->used = 0;
     /* An oversized block goes behind the head so the head's free space is
      * not abandoned for the next small allocation. */
     if (a->head && n > a->block_size) {

@@ -88,7 +88,39 @@ static void test_usage(void) {
   TAP_CHECK(!u.found, "a truncated usage object is not used");
 }
 
+static void test_infer_scan(void) {
+  ob_infer_scan_t sc;
+  const char *chat = "{\"model\":\"llama\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"hello\"},"
+                     "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"h\\u00e9\\n\"}]}]}";
+  TAP_CHECK(ob_json_infer_scan(ob_iov_str(chat), &sc), "a chat request is read in one pass");
+  TAP_EQ_INT(sc.model_count, 1, "one model member");
+  TAP_CHECK(ob_iov_eq(sc.model, OB_IOV_LIT("\"llama\"")), "model span with quotes");
+  /* "hello" 5 + "h" 1 + U+00E9 2 + newline 1; "role" and "type" do not count */
+  TAP_EQ_INT((long long)sc.text_chars, 9, "decoded bytes of content and text only");
+  TAP_CHECK(sc.has_messages && !sc.has_prompt && !sc.has_input, "members present");
+  TAP_CHECK(sc.mt_number && sc.mt == 16 && !sc.mct_number, "max_tokens read");
+  TAP_CHECK(ob_json_infer_scan(OB_IOV_LIT("{\"input\":[\"ab\",\"\\ud83d\\ude00\"],\"max_tokens\":\"x\"}"), &sc) &&
+                sc.text_chars == 6 && sc.has_input && !sc.mt_number && sc.model_count == 0,
+            "embeddings input, surrogate pair is 4 bytes, a string max_tokens is not a number");
+  TAP_CHECK(ob_json_infer_scan(OB_IOV_LIT("{\"model\":\"a\",\"model\":\"b\"}"), &sc) && sc.model_count == 2,
+            "duplicate model members are counted");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"model\":\"a\"} x"), &sc), "trailing bytes: give up");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"mod\\u0065l\":\"a\"}"), &sc), "escaped key: give up");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"prompt\":\"a\\u0000b\"}"), &sc), "\\u0000: give up");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"prompt\":\"\\udc00\"}"), &sc), "lone low surrogate: give up");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"a\":01}"), &sc), "leading zero: not JSON");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("[1]"), &sc), "not an object");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"a\":\"\x01\"}"), &sc), "raw control character: not JSON");
+  char deep[600];
+  memset(deep, '[', 300);
+  memset(deep + 300, ']', 300);
+  char doc[700];
+  snprintf(doc, sizeof doc, "{\"a\":%.*s}", 600, deep);
+  TAP_CHECK(!ob_json_infer_scan(ob_iov_str(doc), &sc), "nesting beyond the bound: give up");
+}
+
 int main(void) {
+  test_infer_scan();
   test_usage();
   test_scan();
   test_table();

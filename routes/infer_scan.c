@@ -115,7 +115,8 @@ static bool lit(js_t *s, const char *w, size_t n) {
   return true;
 }
 
-static bool key_is(ob_iov_t k, const char *w) { return ob_iov_eq(k, ob_iov_str(w)); }
+/* Key comparison against a literal: the length first, no strlen. */
+#define KEY_IS(k, lit) ((k).len == sizeof(lit) - 1 && memcmp((k).base, lit, sizeof(lit) - 1) == 0)
 
 /* At a '"' in key position: the raw key (no escapes allowed) and the ':'. */
 static bool key(js_t *s, ob_iov_t *k) {
@@ -177,10 +178,10 @@ static bool val(js_t *s, int depth, int text, uint64_t *chars) {
       ob_iov_t k;
       if (s->p >= s->end || *s->p != '"' || !key(s, &k)) return false;
       int t = -1;
-      if (key_is(k, "content")) {
+      if (KEY_IS(k, "content")) {
         if (!seen_content) t = sub;
         seen_content = true;
-      } else if (key_is(k, "text")) {
+      } else if (KEY_IS(k, "text")) {
         if (!seen_text) t = sub;
         seen_text = true;
       }
@@ -218,11 +219,11 @@ bool ob_json_infer_scan(ob_iov_t json, ob_infer_scan_t *out) {
       if (s.p >= s.end || *s.p != '"' || !key(&s, &k)) return false;
       const char *v = s.p;
       bool ok;
-      if (key_is(k, "messages") || key_is(k, "prompt") || key_is(k, "input")) {
+      if (KEY_IS(k, "messages") || KEY_IS(k, "prompt") || KEY_IS(k, "input")) {
         bool *has = k.base[0] == 'm' ? &out->has_messages : k.base[0] == 'p' ? &out->has_prompt : &out->has_input;
         ok = val(&s, 1, *has ? -1 : 0, &out->text_chars);
         *has = true;
-      } else if ((key_is(k, "max_completion_tokens") && !seen_mct) || (key_is(k, "max_tokens") && !seen_mt)) {
+      } else if ((KEY_IS(k, "max_completion_tokens") && !seen_mct) || (KEY_IS(k, "max_tokens") && !seen_mt)) {
         bool mct = k.len == 21;
         bool *seen = mct ? &seen_mct : &seen_mt;
         *seen = true;
@@ -235,7 +236,7 @@ bool ob_json_infer_scan(ob_iov_t json, ob_infer_scan_t *out) {
         }
       } else {
         ok = val(&s, 1, -1, &out->text_chars);
-        if (ok && key_is(k, "model") && out->model_count++ == 0) out->model = ob_iov(v, (size_t)(s.p - v));
+        if (ok && KEY_IS(k, "model") && out->model_count++ == 0) out->model = ob_iov(v, (size_t)(s.p - v));
       }
       if (!ok) return false;
       ws(&s);

@@ -72,8 +72,6 @@ bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b) {
   return true;
 }
 
-bool ob_iov_eq_str_nocase(ob_iov_t a, const char *s) { return ob_iov_eq_nocase(a, ob_iov_str(s)); }
-
 bool ob_iov_starts_with(ob_iov_t a, ob_iov_t prefix) {
   return a.len >= prefix.len && (prefix.len == 0 || memcmp(a.base, prefix.base, prefix.len) == 0);
 }
@@ -233,7 +231,7 @@ void ob_arena_init(ob_arena_t *a, size_t block_size) {
  */
 #define ARENA_MIN_SHIFT 10
 #define ARENA_SIZES 5
-#define ARENA_KEEP 16
+#define ARENA_KEEP 64
 
 typedef struct {
   ob_arena_block_t *free[ARENA_SIZES];

@@ -74,7 +74,12 @@ static inline ob_iov_t ob_iov_str(const char *s) { return (ob_iov_t){s, s ? strl
 bool ob_iov_eq(ob_iov_t a, ob_iov_t b);
 /* ASCII case-insensitive comparison (header names, tokens). */
 bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b);
-bool ob_iov_eq_str_nocase(ob_iov_t a, const char *s);
+/* Inline so that with a literal s the length is known at compile time and a
+ * name of another length costs one comparison. */
+static inline bool ob_iov_eq_str_nocase(ob_iov_t a, const char *s) {
+  size_t n = strlen(s);
+  return a.len == n && ob_iov_eq_nocase(a, ob_iov(s, n));
+}
 bool ob_iov_starts_with(ob_iov_t a, ob_iov_t prefix);
 /* Trim optional white space (SP / HTAB) at both ends. */
 ob_iov_t ob_iov_trim(ob_iov_t a);

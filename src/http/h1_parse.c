@@ -188,8 +188,11 @@ bool ob_http_is_hop_by_hop(ob_iov_t name, ob_iov_t conn_tokens) {
       {"te", 2},          {"transfer-encoding", 17},  {"upgrade", 7},
       {"trailer", 7},     {"proxy-authenticate", 18}, {"proxy-authorization", 19},
   };
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-    if (eq_lit(name, fixed[i].s, fixed[i].n)) return true;
+  /* Most names have none of the fixed names' lengths. */
+  const uint32_t lengths = 1u << 2 | 1u << 7 | 1u << 10 | 1u << 16 | 1u << 17 | 1u << 18 | 1u << 19;
+  if (name.len < 32 && (lengths >> name.len & 1u))
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+      if (eq_lit(name, fixed[i].s, fixed[i].n)) return true;
   if (name.len == 0) return false;
   list_iter_t it = list_begin(conn_tokens);
   ob_iov_t tok;

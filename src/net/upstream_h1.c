@@ -47,9 +47,9 @@ void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_h1_append_header(&head, OB_IOV_LIT("Host"), u->authority.len ? u->authority : ob_iov_str(ep->authority));
   for (size_t i = 0; i < u->num_headers; i++) ob_h1_append_header(&head, u->headers[i].name, u->headers[i].value);
   if (u->body_len || method_wants_length(u->method)) {
-    char num[24];
-    int n = snprintf(num, sizeof num, "%" PRIu64, u->body_len);
-    ob_h1_append_header(&head, OB_IOV_LIT("Content-Length"), ob_iov(num, (size_t)n));
+    char num[OB_U64_CHARS];
+    size_t n = ob_fmt_u64(num, u->body_len);
+    ob_h1_append_header(&head, OB_IOV_LIT("Content-Length"), ob_iov(num, n));
   }
   ob_buf_append(&head, "\r\n", 2);
 

@@ -31,6 +31,22 @@ ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, o
   return k;
 }
 
+ob_cache_key_t ob_cache_key_raw(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t body) {
+  XXH3_state_t st;
+  XXH3_128bits_reset(&st);
+  /* Not a cache key: tagged so it can never equal one. */
+  put_len(&st, OB_IOV_LIT("raw"));
+  put_len(&st, scope);
+  put_len(&st, route);
+  put_len(&st, upstream);
+  put_len(&st, body);
+  XXH128_hash_t h = XXH3_128bits_digest(&st);
+  ob_cache_key_t k;
+  memcpy(k.b, &h.low64, 8);
+  memcpy(k.b + 8, &h.high64, 8);
+  return k;
+}
+
 ob_cache_directives_t ob_cache_directives(ob_iov_t v) {
   ob_cache_directives_t d = {false, false};
   size_t i = 0;

@@ -166,24 +166,36 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
     mark(x, "bypass");
     return false;
   }
-  const char *skip[64] = {"user", "stream_options"};
-  size_t nskip = 2;
-  for (size_t i = 0; i < cfg->num_exclude_fields && nskip < 64; i++) skip[nskip++] = cfg->exclude_fields[i];
-  ob_buf_t canon;
-  ob_buf_init(&canon);
-  if (!ob_cache_canonical(body, skip, nskip, &canon)) {
+  const char *scope = scope_of(x, rc);
+  ob_cache_key_t body_id = ob_cache_key_raw(ob_iov_str(scope), x->route->prefix, ob_iov_str(x->upstream_name), body);
+  struct key_memo *memo = &t->key_memo[body_id.b[0]];
+  ob_cache_key_t key;
+  if (memo->used && memcmp(memo->body_id.b, body_id.b, sizeof body_id.b) == 0) {
+    key = memo->key;
+  } else {
+    const char *skip[64] = {"user", "stream_options"};
+    size_t nskip = 2;
+    for (size_t i = 0; i < cfg->num_exclude_fields && nskip < 64; i++) skip[nskip++] = cfg->exclude_fields[i];
+    ob_buf_t canon;
+    ob_buf_init(&canon);
+    if (!ob_cache_canonical(body, skip, nskip, &canon)) {
+      ob_buf_dispose(&canon);
+      mark(x, "bypass");
+      return false;
+    }
+    key = ob_cache_key(ob_iov_str(scope), x->route->prefix, ob_iov_str(x->upstream_name), ob_buf_iov(&canon));
     ob_buf_dispose(&canon);
-    mark(x, "bypass");
-    return false;
+    memo->body_id = body_id;
+    memo->key = key;
+    memo->used = true;
   }
   cache_x_t *c = ob_arena_alloc(x->arena, sizeof *c);
   memset(c, 0, sizeof *c);
   c->t = t;
   c->x = x;
-  c->scope = scope_of(x, rc);
+  c->scope = scope;
   c->ttl_s = rc && rc->cache_ttl_s ? rc->cache_ttl_s : cfg->ttl_s;
-  c->key = ob_cache_key(ob_iov_str(c->scope), x->route->prefix, ob_iov_str(x->upstream_name), ob_buf_iov(&canon));
-  ob_buf_dispose(&canon);
+  c->key = key;
   ob_buf_init(&c->body);
   *out = c;
 

@@ -15,6 +15,14 @@ struct ob_routes {
   bool *allowed;        /* the routes' tenant_allowed arrays, one block */
   ob_cache_store_t *store;          /* borrowed; NULL: lookups miss, nothing is stored */
   struct cache_x *flight[256];      /* cache leaders in flight, by the first key byte */
+  /* Bodies seen lately -> their cache key (ob_cache_key_raw -> ob_cache_key),
+   * direct-mapped by the first byte: canonicalizing a body costs more than
+   * the rest of a hit's key work. Per table, so per config generation (the
+   * excluded fields are part of the mapping) and per worker (no lock). */
+  struct key_memo {
+    ob_cache_key_t body_id, key;
+    bool used;
+  } key_memo[256];
   long long started;    /* unix time, the "created" of /v1/models entries */
 };
 

@@ -90,7 +90,14 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
   struct evbuffer_iovec v[2];
   int nv = evbuffer_reserve_space(s->in, (ev_ssize_t)want, v, 2);
   if (nv < 1) abort();
-  if (nv == 2 && v[0].iov_len >= want) nv = 1;
+  /* The reservation may be larger than asked (a chunk's whole free space):
+   * read no more than want, so the high watermark holds. */
+  if (v[0].iov_len >= want) {
+    v[0].iov_len = want;
+    nv = 1;
+  } else if (nv == 2 && v[1].iov_len > want - v[0].iov_len) {
+    v[1].iov_len = want - v[0].iov_len;
+  }
   ssize_t n = readv(fd, (struct iovec *)v, nv);
   if (n <= 0) {
     evbuffer_commit_space(s->in, v, 0);
@@ -284,5 +291,9 @@ void ob_sock_set_write_timeout(ob_sock_t *s, const struct timeval *tv) {
     bufferevent_set_timeouts(s->bev, NULL, tv);
     return;
   }
-  if (s->waiting) event_add(s->wev, tv);
+  if (s->waiting) {
+    /* event_add with no timeout would keep the old one. */
+    event_del(s->wev);
+    event_add(s->wev, tv);
+  }
 }

@@ -97,7 +97,7 @@ struct ob_client_conn {
 };
 
 /* Hand a connection whose protocol is known to its protocol file. Any bytes
- * already read stay in the bufferevent's input. */
+ * already read stay in the connection's input (ob_sock). */
 void ob_net_h1_start(ob_client_conn_t *c);
 void ob_net_h2_start(ob_client_conn_t *c);
 void ob_net_h1_drain(ob_client_conn_t *c);
@@ -105,7 +105,7 @@ void ob_net_h2_drain(ob_client_conn_t *c);
 void ob_net_h1_free(ob_client_conn_t *c);
 void ob_net_h2_free(ob_client_conn_t *c);
 
-/* Remove c from the list, free its bufferevent and c itself; called by the
+/* Remove c from the list, free its socket (ob_sock) and c itself; called by the
  * protocol files once their own state is gone. */
 void ob_net_client_release(ob_client_conn_t *c);
 

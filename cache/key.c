@@ -16,13 +16,15 @@ static void put_len(XXH3_state_t *st, ob_iov_t v) {
   if (v.len) XXH3_128bits_update(st, v.base, v.len);
 }
 
-ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical) {
+/* XXH3-128 over the length-prefixed fields, after tag when there is one. */
+static ob_cache_key_t hash_tuple(const char *tag, ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t body) {
   XXH3_state_t st;
   XXH3_128bits_reset(&st);
+  if (tag) put_len(&st, ob_iov_str(tag));
   put_len(&st, scope);
   put_len(&st, route);
   put_len(&st, upstream);
-  put_len(&st, canonical);
+  put_len(&st, body);
   XXH128_hash_t h = XXH3_128bits_digest(&st);
   XXH128_canonical_t c;
   XXH128_canonicalFromHash(&c, h);
@@ -31,20 +33,13 @@ ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, o
   return k;
 }
 
+ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical) {
+  return hash_tuple(NULL, scope, route, upstream, canonical);
+}
+
 ob_cache_key_t ob_cache_key_raw(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t body) {
-  XXH3_state_t st;
-  XXH3_128bits_reset(&st);
   /* Not a cache key: tagged so it can never equal one. */
-  put_len(&st, OB_IOV_LIT("raw"));
-  put_len(&st, scope);
-  put_len(&st, route);
-  put_len(&st, upstream);
-  put_len(&st, body);
-  XXH128_hash_t h = XXH3_128bits_digest(&st);
-  ob_cache_key_t k;
-  memcpy(k.b, &h.low64, 8);
-  memcpy(k.b + 8, &h.high64, 8);
-  return k;
+  return hash_tuple("raw", scope, route, upstream, body);
 }
 
 ob_cache_directives_t ob_cache_directives(ob_iov_t v) {

@@ -5,37 +5,20 @@
  *
  * Also the one-pass inference scan (ob_json_infer_scan), differentially:
  * whenever it accepts a body, cJSON must parse it too and every fact must
- * agree with what the tree says (the oracle below is the tree walk
- * routes/inference.c used before the scan existed).
+ * agree with what the tree says (the text count is the tree walk that
+ * routes/inference.c falls back to, ob_json_tree_text_chars).
  */
 #include "routes.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 
-static uint64_t text_chars(const cJSON *v, int depth) {
-  if (!v || depth > 8) return 0;
-  if (cJSON_IsString(v)) return strlen(v->valuestring);
-  uint64_t n = 0;
-  if (cJSON_IsArray(v)) {
-    const cJSON *e;
-    cJSON_ArrayForEach(e, v) n += text_chars(e, depth + 1);
-  } else if (cJSON_IsObject(v)) {
-    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "content"), depth + 1);
-    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "text"), depth + 1);
-  }
-  return n;
-}
-
 static void check_infer_scan(ob_iov_t in) {
   ob_infer_scan_t sc;
   if (!ob_json_infer_scan(in, &sc)) return;
   cJSON *root = cJSON_ParseWithLength(in.base, in.len);
   if (!root || !cJSON_IsObject(root)) abort();
-  uint64_t chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
-                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
-                   text_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
-  if (chars != sc.text_chars) abort();
+  if (ob_json_tree_text_chars(root) != sc.text_chars) abort();
   if (sc.has_messages != (cJSON_GetObjectItemCaseSensitive(root, "messages") != NULL)) abort();
   if (sc.has_prompt != (cJSON_GetObjectItemCaseSensitive(root, "prompt") != NULL)) abort();
   if (sc.has_input != (cJSON_GetObjectItemCaseSensitive(root, "input") != NULL)) abort();

@@ -7,6 +7,7 @@
  */
 #include "routes.h"
 
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 
 #define MAX_DEPTH 64
@@ -251,4 +252,26 @@ bool ob_json_infer_scan(ob_iov_t json, ob_infer_scan_t *out) {
   }
   ws(&s);
   return s.p == s.end;
+}
+
+/* The same count over a cJSON tree: what the pass must agree with, used
+ * when it gives up. */
+static uint64_t tree_chars(const cJSON *v, int depth) {
+  if (!v || depth > TEXT_DEPTH) return 0;
+  if (cJSON_IsString(v)) return strlen(v->valuestring);
+  uint64_t n = 0;
+  if (cJSON_IsArray(v)) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) n += tree_chars(e, depth + 1);
+  } else if (cJSON_IsObject(v)) {
+    n += tree_chars(cJSON_GetObjectItemCaseSensitive(v, "content"), depth + 1);
+    n += tree_chars(cJSON_GetObjectItemCaseSensitive(v, "text"), depth + 1);
+  }
+  return n;
+}
+
+uint64_t ob_json_tree_text_chars(const cJSON *root) {
+  return tree_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
+         tree_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
+         tree_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
 }

@@ -59,22 +59,6 @@ static void model_not_found(ob_exchange_t *x, const char *model) {
   ob_exchange_reply_error(x, 404, msg, "invalid_request_error", "model_not_found");
 }
 
-/* Characters of text the model reads: strings in content / prompt / input,
- * including arrays of strings and arrays of {"text": ...} parts. */
-static uint64_t text_chars(const cJSON *v, int depth) {
-  if (!v || depth > 8) return 0;
-  if (cJSON_IsString(v)) return strlen(v->valuestring);
-  uint64_t n = 0;
-  if (cJSON_IsArray(v)) {
-    const cJSON *e;
-    cJSON_ArrayForEach(e, v) n += text_chars(e, depth + 1);
-  } else if (cJSON_IsObject(v)) {
-    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "content"), depth + 1);
-    n += text_chars(cJSON_GetObjectItemCaseSensitive(v, "text"), depth + 1);
-  }
-  return n;
-}
-
 /* Per exchange: the usage scanner and the cache state. */
 typedef struct infer_x {
   ob_usage_t usage;
@@ -98,8 +82,8 @@ typedef struct facts {
   bool has_model;      /* a top-level "model" member */
   bool model_ok;       /* it is a string and the only "model" member */
   const char *model;   /* its decoded value (arena), when model_ok */
-  ob_json_member_t mem; /* its raw span, when model_ok */
-  uint64_t chars;      /* text the model reads (text_chars) */
+  ob_iov_t model_raw;  /* its raw value with the quotes, when model_ok */
+  uint64_t chars;      /* text the model reads (ob_json_infer_scan's text_chars) */
   bool has_mt;         /* max_completion_tokens, else max_tokens, is a usable number */
   uint64_t mt;
   bool embeddings;     /* input and neither messages nor prompt: no output tokens */
@@ -120,8 +104,7 @@ static bool facts_scan(ob_exchange_t *x, ob_iov_t body, facts_t *f) {
     if (memchr(sc.model.base, '\\', sc.model.len)) return false; /* escaped: the tree decodes it */
     f->model_ok = sc.model_count == 1;
     f->model = ob_arena_dup(x->arena, ob_iov(sc.model.base + 1, sc.model.len - 2)).base;
-    f->mem.key = OB_IOV_LIT("model");
-    f->mem.value = sc.model;
+    f->model_raw = sc.model;
   }
   f->chars = sc.text_chars;
   set_max_tokens(f, sc.mct_number, sc.mct, sc.mt_number, sc.mt);
@@ -133,13 +116,13 @@ static void facts_tree(ob_exchange_t *x, const cJSON *root, ob_iov_t body, facts
   memset(f, 0, sizeof *f);
   const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
   f->has_model = m != NULL;
-  if (cJSON_IsString(m) && ob_json_find_member(body, OB_IOV_LIT("model"), &f->mem) == 1) {
+  ob_json_member_t mem;
+  if (cJSON_IsString(m) && ob_json_find_member(body, OB_IOV_LIT("model"), &mem) == 1) {
     f->model_ok = true;
+    f->model_raw = mem.value;
     f->model = ob_arena_strdup(x->arena, m->valuestring);
   }
-  f->chars = text_chars(cJSON_GetObjectItemCaseSensitive(root, "messages"), 0) +
-             text_chars(cJSON_GetObjectItemCaseSensitive(root, "prompt"), 0) +
-             text_chars(cJSON_GetObjectItemCaseSensitive(root, "input"), 0);
+  f->chars = ob_json_tree_text_chars(root);
   const cJSON *mct = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
   const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
   set_max_tokens(f, cJSON_IsNumber(mct), cJSON_IsNumber(mct) ? mct->valuedouble : 0, cJSON_IsNumber(mt),
@@ -262,14 +245,14 @@ static ob_err_t route(ob_exchange_t *x, ob_routes_t *t, const facts_t *f, const 
   if (ob_exchange_set_upstream(x, cm->upstream) != OB_OK) return OB_ERR_CONFIG;
   if (!cached && cache_step(x, t, root, body)) return OB_OK;
   if (cm->upstream_model) {
-    const ob_json_member_t *mem = &f->mem;
+    ob_iov_t mv = f->model_raw;
     ob_buf_t v;
     ob_buf_init(&v);
     ob_buf_append_json_str(&v, ob_iov_str(cm->upstream_model));
     ob_iov_t parts[3] = {
-        ob_iov(body.base, (size_t)(mem->value.base - body.base)),
+        ob_iov(body.base, (size_t)(mv.base - body.base)),
         ob_arena_dup(x->arena, ob_buf_iov(&v)),
-        ob_iov(mem->value.base + mem->value.len, body.len - (size_t)(mem->value.base + mem->value.len - body.base)),
+        ob_iov(mv.base + mv.len, body.len - (size_t)(mv.base + mv.len - body.base)),
     };
     ob_buf_dispose(&v);
     ob_exchange_set_body(x, parts, 3);

@@ -78,6 +78,10 @@ typedef struct ob_infer_scan {
 } ob_infer_scan_t;
 
 bool ob_json_infer_scan(ob_iov_t json, ob_infer_scan_t *out);
+/* text_chars computed from a parsed request object instead (the path taken
+ * when the scan gives up); root borrowed. */
+struct cJSON;
+uint64_t ob_json_tree_text_chars(const struct cJSON *root);
 
 /*
  * Streaming scanner for the token usage of an OpenAI-style response (JSON

@@ -219,17 +219,30 @@ static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *av
 
 /* ================================================================ connections */
 
+/* The idle and spare lists share one pair of links: an h1 connection
+ * without a request is on one of them at most. */
+static void plist_push(ob_uconn_t **head, ob_uconn_t *c) {
+  c->plist = head;
+  c->iprev = NULL;
+  c->inext = *head;
+  if (*head) (*head)->iprev = c;
+  *head = c;
+}
+
+static void plist_remove(ob_uconn_t *c) {
+  if (!c->plist) return;
+  if (c->iprev)
+    c->iprev->inext = c->inext;
+  else
+    *c->plist = c->inext;
+  if (c->inext) c->inext->iprev = c->iprev;
+  c->iprev = c->inext = NULL;
+  c->plist = NULL;
+}
+
 static void conn_unlink(ob_uconn_t *c) {
   ob_endpoint_t *ep = c->ep;
-  if (c->in_idle) {
-    if (c->iprev)
-      c->iprev->inext = c->inext;
-    else
-      ep->idle = c->inext;
-    if (c->inext) c->inext->iprev = c->iprev;
-    c->iprev = c->inext = NULL;
-    c->in_idle = false;
-  }
+  plist_remove(c);
   if (c->prev || ep->conns == c) {
     if (c->prev)
       c->prev->next = c->next;
@@ -253,11 +266,7 @@ void ob_net_up_conn_free(ob_uconn_t *c) {
 void ob_net_up_conn_idle(ob_uconn_t *c) {
   ob_endpoint_t *ep = c->ep;
   c->ureq = NULL;
-  c->in_idle = true;
-  c->iprev = NULL;
-  c->inext = ep->idle;
-  if (ep->idle) ep->idle->iprev = c;
-  ep->idle = c;
+  plist_push(&ep->idle, c);
   /* Keep reading so a close by the server is noticed while idle. */
   ob_sock_enable(c->sock, EV_READ);
   ob_net_up_arm(c->timer, ep->up->tv_keepalive);
@@ -265,13 +274,14 @@ void ob_net_up_conn_idle(ob_uconn_t *c) {
 
 void ob_net_up_conn_schedule(ob_uconn_t *c) { event_active(c->flush_ev, EV_TIMEOUT, 0); }
 
+void ob_net_up_conn_spare(ob_uconn_t *c) {
+  if (!c->connect_failed) plist_push(&c->ep->spare, c);
+}
+
 static ob_uconn_t *idle_pop(ob_endpoint_t *ep) {
   ob_uconn_t *c = ep->idle;
   if (!c) return NULL;
-  ep->idle = c->inext;
-  if (ep->idle) ep->idle->iprev = NULL;
-  c->inext = c->iprev = NULL;
-  c->in_idle = false;
+  plist_remove(c);
   event_del(c->timer);
   return c;
 }
@@ -321,6 +331,7 @@ static void conn_connected(ob_uconn_t *c) {
     }
   }
   event_del(c->timer);
+  plist_remove(c); /* off the spare list */
   c->state = C_OPEN;
   ep->backoff_until_ms = 0;
   if (!ep->cfg->tls) ob_sock_detach_bev(c->sock);
@@ -514,9 +525,7 @@ static void dispatch(ob_ureq_t *u, ob_endpoint_t *ep, bool fresh) {
       return;
     }
     /* A connection still connecting for a request that was cancelled. */
-    if (!fresh)
-      for (c = ep->conns; c; c = c->next)
-        if (c->state == C_CONNECTING && !c->ureq && !c->connect_failed) break;
+    if (!fresh && (c = ep->spare)) plist_remove(c);
     if (!c) c = conn_new(ep);
     c->ureq = u;
     u->conn = c;

@@ -305,8 +305,12 @@ void ob_net_uh1_abort(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   unpair(c, u);
-  /* A connection still connecting stays: it joins the idle pool. */
-  if (u->state == U_ACTIVE) ob_net_up_conn_free(c);
+  /* A connection still connecting stays for the next request (then the
+   * idle pool). */
+  if (u->state == U_ACTIVE)
+    ob_net_up_conn_free(c);
+  else
+    ob_net_up_conn_spare(c);
 }
 
 void ob_net_uh1_timeout(ob_ureq_t *u) {

@@ -120,8 +120,8 @@ struct ob_ureq {
 struct ob_uconn {
   ob_endpoint_t *ep;
   ob_uconn_t *prev, *next;        /* ep->conns */
-  ob_uconn_t *iprev, *inext;      /* ep->idle (h1), most recent first */
-  bool in_idle;
+  ob_uconn_t *iprev, *inext;      /* on *plist, most recent first */
+  ob_uconn_t **plist;             /* &ep->idle, &ep->spare or NULL: h1 connections without a request */
   bool h2;
   ob_uconn_state_t state;
   ob_sock_t *sock;
@@ -162,6 +162,7 @@ struct ob_endpoint {
   uint64_t backoff_until_ms;      /* 0 = not backed off */
   ob_uconn_t *conns;              /* every connection */
   ob_uconn_t *idle;               /* h1 idle connections, LIFO */
+  ob_uconn_t *spare;              /* h1 connections still connecting whose request went away */
 };
 
 struct ob_upstream {
@@ -225,6 +226,9 @@ void ob_net_up_conn_free(ob_uconn_t *c);
 
 /* An h1 connection finished an exchange cleanly: keep it for reuse. */
 void ob_net_up_conn_idle(ob_uconn_t *c);
+/* c (h1, still connecting) lost its request: the next request takes it
+ * instead of opening another connection. */
+void ob_net_up_conn_spare(ob_uconn_t *c);
 
 /* Schedule c->flush_ev (h2 send on the next turn). */
 void ob_net_up_conn_schedule(ob_uconn_t *c);

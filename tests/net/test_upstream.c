@@ -902,14 +902,21 @@ static void test_pause(void) {
 }
 
 static void test_cancel(void) {
-  rec_t a, b, c;
+  rec_t a, b, c, d;
   rec_init(&a);
   rec_init(&b);
   rec_init(&c);
+  rec_init(&d);
   /* Cancelled while its connection is still connecting (a pool with no idle
-   * connection). */
+   * connection); the next request takes that connection instead of opening
+   * another. */
+  int conns0 = h1.conns;
   start("h1q", "GET", "/len", &a);
   ob_ureq_cancel(a.u);
+  start("h1q", "GET", "/len", &d);
+  TAP_CHECK(run_until(rec_done, &d, 3000), "cancel (queued): the next request finished");
+  TAP_EQ_INT(d.status, 200, "cancel (queued): the next request answered");
+  TAP_EQ_INT(h1.conns - conns0, 1, "cancel (queued): the next request took the cancelled one's connection");
   /* Cancelled while waiting for the response. */
   start("h1", "GET", "/never", &b);
   run_for(50);
@@ -925,6 +932,7 @@ static void test_cancel(void) {
   rec_dispose(&a);
   rec_dispose(&b);
   rec_dispose(&c);
+  rec_dispose(&d);
 }
 
 /* ================================================================ h2 tests */

@@ -10,9 +10,7 @@
  */
 #include "cache.h"
 
-#include <errno.h>
 #include <lmdb.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -23,7 +21,7 @@
 #define FILL_LOW 0.70
 #define SWEEP_S 30
 
-enum { OP_PUT, OP_DEL_EXPIRED, OP_PURGE, OP_SYNC };
+enum { OP_PUT, OP_DEL_EXPIRED, OP_PURGE };
 
 typedef struct op {
   struct op *next;
@@ -39,14 +37,11 @@ struct ob_cache_store {
   MDB_env *env;
   MDB_dbi entries, expiry;
   uint64_t map_bytes;
-  pthread_t writer;
-  pthread_mutex_t mu;
-  pthread_cond_t wake, synced;
-  op_t *head, *tail;
+  ob_bg_t writer;         /* its lock guards the queue and stats */
+  op_t *head, *tail;      /* queued changes */
   size_t queued_bytes;
-  uint64_t enq_syncs, done_syncs;
-  bool stop;
-  ob_cache_stats_t stats; /* under mu */
+  op_t *batch;            /* the writer's: what this round applies */
+  ob_cache_stats_t stats;
 };
 
 static uint64_t now_ms(void) {
@@ -204,53 +199,41 @@ static void apply_batch(ob_cache_store_t *s, op_t *ops) {
     used = used_bytes(s, txn, &n);
     mdb_txn_abort(txn);
   }
-  pthread_mutex_lock(&s->mu);
+  ob_bg_lock(&s->writer);
   s->stats.evicted += evicted;
   s->stats.expired += expired;
   s->stats.write_errors += errors;
   s->stats.entries = n;
   s->stats.bytes_used = used;
-  pthread_mutex_unlock(&s->mu);
+  ob_bg_unlock(&s->writer);
 }
 
-static void *writer_main(void *arg) {
+/* Under the writer's lock: the queue becomes this round's batch. */
+static void take(void *arg) {
   ob_cache_store_t *s = arg;
-  pthread_mutex_lock(&s->mu);
-  for (;;) {
-    while (!s->head && !s->stop) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += SWEEP_S;
-      if (pthread_cond_timedwait(&s->wake, &s->mu, &ts) == ETIMEDOUT) break;
-    }
-    op_t *ops = s->head;
-    s->head = s->tail = NULL;
-    s->queued_bytes = 0;
-    bool stop = s->stop;
-    pthread_mutex_unlock(&s->mu);
-    apply_batch(s, ops); /* also the periodic sweep when ops is NULL */
-    uint64_t syncs = 0;
-    while (ops) {
-      op_t *next = ops->next;
-      if (ops->kind == OP_SYNC) syncs++;
-      free(ops->scope);
-      free(ops);
-      ops = next;
-    }
-    pthread_mutex_lock(&s->mu);
-    s->done_syncs += syncs;
-    pthread_cond_broadcast(&s->synced);
-    if (stop && !s->head) break;
+  s->batch = s->head;
+  s->head = s->tail = NULL;
+  s->queued_bytes = 0;
+}
+
+static void run(void *arg) {
+  ob_cache_store_t *s = arg;
+  op_t *ops = s->batch;
+  s->batch = NULL;
+  apply_batch(s, ops); /* also the periodic sweep when ops is NULL */
+  while (ops) {
+    op_t *next = ops->next;
+    free(ops->scope);
+    free(ops);
+    ops = next;
   }
-  pthread_mutex_unlock(&s->mu);
-  return NULL;
 }
 
 static void enqueue(ob_cache_store_t *s, op_t *o) {
-  pthread_mutex_lock(&s->mu);
+  ob_bg_lock(&s->writer);
   if (o->kind == OP_PUT && s->queued_bytes + o->len > QUEUE_MAX_BYTES) {
     s->stats.write_errors++;
-    pthread_mutex_unlock(&s->mu);
+    ob_bg_unlock(&s->writer);
     free(o);
     return;
   }
@@ -259,9 +242,8 @@ static void enqueue(ob_cache_store_t *s, op_t *o) {
   else s->head = o;
   s->tail = o;
   s->queued_bytes += o->len;
-  if (o->kind == OP_SYNC) s->enq_syncs++;
-  pthread_cond_signal(&s->wake);
-  pthread_mutex_unlock(&s->mu);
+  ob_bg_kick(&s->writer);
+  ob_bg_unlock(&s->writer);
 }
 
 ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, const char **why) {
@@ -286,25 +268,15 @@ ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, cons
     free(s);
     return NULL;
   }
-  pthread_mutex_init(&s->mu, NULL);
-  pthread_cond_init(&s->wake, NULL);
-  pthread_cond_init(&s->synced, NULL);
   s->stats.map_bytes = max_bytes;
-  if (pthread_create(&s->writer, NULL, writer_main, s) != 0) abort();
+  ob_bg_start(&s->writer, SWEEP_S * 1000, take, run, s);
   return s;
 }
 
 void ob_cache_store_close(ob_cache_store_t *s) {
   if (!s) return;
-  pthread_mutex_lock(&s->mu);
-  s->stop = true;
-  pthread_cond_signal(&s->wake);
-  pthread_mutex_unlock(&s->mu);
-  pthread_join(s->writer, NULL);
+  ob_bg_stop(&s->writer); /* its last round applied what was queued */
   mdb_env_close(s->env);
-  pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->wake);
-  pthread_cond_destroy(&s->synced);
   free(s);
 }
 
@@ -351,20 +323,10 @@ void ob_cache_store_purge(ob_cache_store_t *s, const char *scope) {
   enqueue(s, o);
 }
 
-void ob_cache_store_sync(ob_cache_store_t *s) {
-  op_t *o = ob_xcalloc(1, sizeof *o);
-  o->kind = OP_SYNC;
-  pthread_mutex_lock(&s->mu);
-  uint64_t want = s->enq_syncs + 1;
-  pthread_mutex_unlock(&s->mu);
-  enqueue(s, o);
-  pthread_mutex_lock(&s->mu);
-  while (s->done_syncs < want) pthread_cond_wait(&s->synced, &s->mu);
-  pthread_mutex_unlock(&s->mu);
-}
+void ob_cache_store_sync(ob_cache_store_t *s) { ob_bg_sync(&s->writer); }
 
 void ob_cache_store_stats(ob_cache_store_t *s, ob_cache_stats_t *out) {
-  pthread_mutex_lock(&s->mu);
+  ob_bg_lock(&s->writer);
   *out = s->stats;
-  pthread_mutex_unlock(&s->mu);
+  ob_bg_unlock(&s->writer);
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <time.h>
 
 const char *ob_err_name(ob_err_t e) {
@@ -337,4 +338,70 @@ uint64_t ob_clock_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---------------------------------------------------------------- background thread */
+
+static void *bg_main(void *arg) {
+  ob_bg_t *b = arg;
+  pthread_mutex_lock(&b->mu);
+  for (;;) {
+    if (!b->kicked && !b->stop) {
+      if (b->period_ms) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)b->period_ms * 1000000u;
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        while (!b->kicked && !b->stop)
+          if (pthread_cond_timedwait(&b->wake, &b->mu, &ts) == ETIMEDOUT) break;
+      } else {
+        while (!b->kicked && !b->stop) pthread_cond_wait(&b->wake, &b->mu);
+      }
+    }
+    b->kicked = false;
+    bool stop = b->stop;
+    uint64_t asked = b->asked;
+    if (b->take) b->take(b->arg);
+    pthread_mutex_unlock(&b->mu);
+    b->run(b->arg);
+    pthread_mutex_lock(&b->mu);
+    b->finished = asked;
+    pthread_cond_broadcast(&b->done);
+    if (stop && !b->kicked) break;
+  }
+  pthread_mutex_unlock(&b->mu);
+  return NULL;
+}
+
+void ob_bg_start(ob_bg_t *b, uint32_t period_ms, void (*take)(void *), void (*run)(void *), void *arg) {
+  *b = (ob_bg_t){.period_ms = period_ms, .take = take, .run = run, .arg = arg};
+  pthread_mutex_init(&b->mu, NULL);
+  pthread_cond_init(&b->wake, NULL);
+  pthread_cond_init(&b->done, NULL);
+  if (pthread_create(&b->th, NULL, bg_main, b) != 0) abort();
+}
+
+void ob_bg_kick(ob_bg_t *b) {
+  b->kicked = true;
+  pthread_cond_signal(&b->wake);
+}
+
+void ob_bg_sync(ob_bg_t *b) {
+  pthread_mutex_lock(&b->mu);
+  uint64_t want = ++b->asked;
+  ob_bg_kick(b);
+  while (b->finished < want) pthread_cond_wait(&b->done, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+}
+
+void ob_bg_stop(ob_bg_t *b) {
+  pthread_mutex_lock(&b->mu);
+  b->stop = true;
+  pthread_cond_signal(&b->wake);
+  pthread_mutex_unlock(&b->mu);
+  pthread_join(b->th, NULL);
+  pthread_mutex_destroy(&b->mu);
+  pthread_cond_destroy(&b->wake);
+  pthread_cond_destroy(&b->done);
 }

@@ -11,6 +11,7 @@
 #ifndef OB_CORE_H
 #define OB_CORE_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -190,5 +191,40 @@ void ob_log_access(const char *msg, size_t len); /* msg: the line without prefix
 size_t ob_log_pending(void);
 /* Write this thread's buffered access lines now. */
 void ob_log_flush(void);
+
+/* ---------------------------------------------------------------- background thread */
+
+/*
+ * One thread for work that must stay off the event loops (ledger lines,
+ * LMDB writes). The owner embeds an ob_bg_t and queues work into its own
+ * fields under ob_bg_lock, then ob_bg_kick. The thread runs rounds: under
+ * the lock take(arg) moves the queued work aside (may be NULL), then,
+ * without the lock, run(arg) does it. A round runs when kicked, and every
+ * period_ms when that is not 0. ob_bg_stop runs a last round for whatever
+ * was queued, joins the thread and destroys the lock; arg (borrowed) must
+ * stay valid until then.
+ */
+typedef struct ob_bg {
+  pthread_t th;
+  pthread_mutex_t mu;
+  pthread_cond_t wake, done;
+  uint32_t period_ms;
+  void (*take)(void *arg);
+  void (*run)(void *arg);
+  void *arg;
+  bool kicked, stop;              /* under mu */
+  uint64_t asked, finished;       /* ob_bg_sync rounds; under mu */
+} ob_bg_t;
+
+/* Aborts if the thread cannot be created (as for memory). */
+void ob_bg_start(ob_bg_t *b, uint32_t period_ms, void (*take)(void *), void (*run)(void *), void *arg);
+static inline void ob_bg_lock(ob_bg_t *b) { pthread_mutex_lock(&b->mu); }
+static inline void ob_bg_unlock(ob_bg_t *b) { pthread_mutex_unlock(&b->mu); }
+/* With the lock held: run a round soon. */
+void ob_bg_kick(ob_bg_t *b);
+/* Without the lock: wait until a round that began after this call is done
+ * (so everything queued before it has been run). */
+void ob_bg_sync(ob_bg_t *b);
+void ob_bg_stop(ob_bg_t *b);
 
 #endif /* OB_CORE_H */

@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -24,12 +23,10 @@ struct ob_ledger {
   uint32_t max_files;
   int fd;
   uint64_t size;
-  pthread_t th;
-  pthread_mutex_t mu;
-  pthread_cond_t wake;
-  ob_buf_t pending; /* under mu */
-  bool stop;
-  uint64_t lines, dropped, write_errors; /* under mu */
+  ob_bg_t bg;
+  ob_buf_t pending; /* under bg's lock */
+  ob_buf_t out;     /* the writer thread's: what it writes this round */
+  uint64_t lines, dropped, write_errors; /* under bg's lock */
 };
 
 static int open_file(const char *path) { return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640); }
@@ -55,39 +52,30 @@ static void write_all(ob_ledger_t *l, const char *p, size_t n) {
     ssize_t w = write(l->fd, p, n);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
-      pthread_mutex_lock(&l->mu);
+      ob_bg_lock(&l->bg);
       l->write_errors++;
-      pthread_mutex_unlock(&l->mu);
+      ob_bg_unlock(&l->bg);
       return;
     }
     p += w, n -= (size_t)w, l->size += (uint64_t)w;
   }
 }
 
-static void *writer(void *arg) {
+/* Under the lock: swap the queued lines for the empty out buffer, so the
+ * round writes them without holding it. */
+static void take(void *arg) {
   ob_ledger_t *l = arg;
-  ob_buf_t out;
-  ob_buf_init(&out);
-  pthread_mutex_lock(&l->mu);
-  for (;;) {
-    while (!l->pending.len && !l->stop) pthread_cond_wait(&l->wake, &l->mu);
-    ob_buf_t tmp = out;
-    out = l->pending;
-    l->pending = tmp;
-    ob_buf_reset(&l->pending);
-    bool stop = l->stop;
-    pthread_mutex_unlock(&l->mu);
-    if (out.len) {
-      if (l->max_bytes && l->size + out.len > l->max_bytes && l->size > 0) rotate(l);
-      write_all(l, out.base, out.len);
-      ob_buf_reset(&out);
-    }
-    pthread_mutex_lock(&l->mu);
-    if (stop && !l->pending.len) break;
-  }
-  pthread_mutex_unlock(&l->mu);
-  ob_buf_dispose(&out);
-  return NULL;
+  ob_buf_t tmp = l->out;
+  l->out = l->pending;
+  l->pending = tmp;
+}
+
+static void run(void *arg) {
+  ob_ledger_t *l = arg;
+  if (!l->out.len) return;
+  if (l->max_bytes && l->size + l->out.len > l->max_bytes && l->size > 0) rotate(l);
+  write_all(l, l->out.base, l->out.len);
+  ob_buf_reset(&l->out);
 }
 
 ob_ledger_t *ob_ledger_open(const ob_config_ledger_t *cfg) {
@@ -105,31 +93,25 @@ ob_ledger_t *ob_ledger_open(const ob_config_ledger_t *cfg) {
   struct stat st;
   if (fstat(fd, &st) == 0) l->size = (uint64_t)st.st_size;
   ob_buf_init(&l->pending);
-  pthread_mutex_init(&l->mu, NULL);
-  pthread_cond_init(&l->wake, NULL);
-  if (pthread_create(&l->th, NULL, writer, l) != 0) abort();
+  ob_buf_init(&l->out);
+  ob_bg_start(&l->bg, 0, take, run, l);
   return l;
 }
 
 void ob_ledger_close(ob_ledger_t *l) {
   if (!l) return;
-  pthread_mutex_lock(&l->mu);
-  l->stop = true;
-  pthread_cond_signal(&l->wake);
-  pthread_mutex_unlock(&l->mu);
-  pthread_join(l->th, NULL);
+  ob_bg_stop(&l->bg); /* its last round wrote what was queued */
   if (l->fd >= 0) close(l->fd);
   ob_buf_dispose(&l->pending);
-  pthread_mutex_destroy(&l->mu);
-  pthread_cond_destroy(&l->wake);
+  ob_buf_dispose(&l->out);
   free(l->path);
   free(l);
 }
 
 void ob_ledger_counts(ob_ledger_t *l, uint64_t *lines, uint64_t *dropped, uint64_t *errors) {
-  pthread_mutex_lock(&l->mu);
+  ob_bg_lock(&l->bg);
   *lines = l->lines, *dropped = l->dropped, *errors = l->write_errors;
-  pthread_mutex_unlock(&l->mu);
+  ob_bg_unlock(&l->bg);
 }
 
 static void jstr(ob_buf_t *b, const char *key, const char *v) {
@@ -182,14 +164,14 @@ void ob_ledger_record(ob_ledger_t *l, const ob_exchange_t *x, const ob_sreq_t *s
   if (x->note) jstr(&b, "note", x->note);
   ob_buf_printf(&b, ",\"completed\":%s}\n", completed ? "true" : "false");
 
-  pthread_mutex_lock(&l->mu);
+  ob_bg_lock(&l->bg);
   if (l->pending.len + b.len > l->buffer_bytes) {
     l->dropped++;
   } else {
     ob_buf_append(&l->pending, b.base, b.len);
     l->lines++;
-    pthread_cond_signal(&l->wake);
+    ob_bg_kick(&l->bg);
   }
-  pthread_mutex_unlock(&l->mu);
+  ob_bg_unlock(&l->bg);
   ob_buf_dispose(&b);
 }

@@ -17,7 +17,6 @@
 
 #include <errno.h>
 #include <lmdb.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -30,11 +29,7 @@ struct ob_budget_store {
   MDB_dbi dbi;
   ob_budgets_t *b; /* borrowed */
   uint32_t interval_ms;
-  pthread_t th;
-  pthread_mutex_t mu;
-  pthread_cond_t wake, flushed;
-  bool stop;                      /* under mu */
-  uint64_t flush_asked, flush_done; /* under mu */
+  ob_bg_t bg;                      /* the writer thread: a round every interval_ms */
   bool failing;                   /* writer thread only: the last round failed (log once per streak) */
   char pruned_day[OB_BUDGET_PERIOD_ID_MAX]; /* writer thread only: the day of the last prune */
   ob_buf_t rows, gone;            /* writer thread only, reused */
@@ -75,7 +70,9 @@ static int write_rows(ob_budget_store_t *s, ob_iov_t rows, ob_iov_t gone) {
   return mdb_txn_commit(txn);
 }
 
-static void write_round(ob_budget_store_t *s) {
+/* One round of the writer thread. */
+static void write_round(void *arg) {
+  ob_budget_store_t *s = arg;
   ob_buf_reset(&s->rows);
   ob_buf_reset(&s->gone);
   ob_budgets_take_dirty(s->b, &s->rows);
@@ -101,31 +98,6 @@ static void write_round(ob_budget_store_t *s) {
   ob_budgets_add_write_errors(s->b, 1);
   if (!s->failing) ob_log_warn("budgets: cannot write counters: %s; kept in memory, retrying", mdb_strerror(rc));
   s->failing = true;
-}
-
-static void *writer(void *arg) {
-  ob_budget_store_t *s = arg;
-  pthread_mutex_lock(&s->mu);
-  for (;;) {
-    if (!s->stop && s->flush_asked == s->flush_done) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->interval_ms * 1000000u;
-      ts.tv_sec += (time_t)(ns / 1000000000u);
-      ts.tv_nsec = (long)(ns % 1000000000u);
-      pthread_cond_timedwait(&s->wake, &s->mu, &ts);
-    }
-    uint64_t asked = s->flush_asked;
-    bool stop = s->stop;
-    pthread_mutex_unlock(&s->mu);
-    write_round(s);
-    pthread_mutex_lock(&s->mu);
-    s->flush_done = asked;
-    pthread_cond_broadcast(&s->flushed);
-    if (stop) break;
-  }
-  pthread_mutex_unlock(&s->mu);
-  return NULL;
 }
 
 /* Load the rows of current periods; rows that are over or malformed are
@@ -187,33 +159,19 @@ ob_budget_store_t *ob_budget_store_open(const char *path, ob_budgets_t *b, uint3
     free(s);
     return NULL;
   }
-  pthread_mutex_init(&s->mu, NULL);
-  pthread_cond_init(&s->wake, NULL);
-  pthread_cond_init(&s->flushed, NULL);
-  if (pthread_create(&s->th, NULL, writer, s) != 0) abort();
+  ob_bg_start(&s->bg, s->interval_ms, NULL, write_round, s);
   return s;
 }
 
 void ob_budget_store_flush(ob_budget_store_t *s) {
   if (!s) return;
-  pthread_mutex_lock(&s->mu);
-  uint64_t want = ++s->flush_asked;
-  pthread_cond_signal(&s->wake);
-  while (s->flush_done < want) pthread_cond_wait(&s->flushed, &s->mu);
-  pthread_mutex_unlock(&s->mu);
+  ob_bg_sync(&s->bg);
 }
 
 void ob_budget_store_close(ob_budget_store_t *s) {
   if (!s) return;
-  pthread_mutex_lock(&s->mu);
-  s->stop = true;
-  pthread_cond_signal(&s->wake);
-  pthread_mutex_unlock(&s->mu);
-  pthread_join(s->th, NULL); /* its last round wrote what changed */
+  ob_bg_stop(&s->bg); /* its last round wrote what changed */
   mdb_env_close(s->env);
-  pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->wake);
-  pthread_cond_destroy(&s->flushed);
   ob_buf_dispose(&s->rows);
   ob_buf_dispose(&s->gone);
   free(s);

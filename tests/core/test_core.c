@@ -1,8 +1,10 @@
-/* Unit tests for src/core: slices, buffers, JSON string escaping, arena. */
+/* Unit tests for src/core: slices, buffers, JSON string escaping, arena,
+ * background thread. */
 #include "core.h"
 #include "tap.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 static void test_iov(void) {
   TAP_CHECK(ob_iov_eq_nocase(OB_IOV_LIT("Content-Length"), OB_IOV_LIT("content-length")), "nocase equal");
@@ -47,9 +49,61 @@ static void test_arena(void) {
   ob_arena_dispose(&a);
 }
 
+/* A background thread's owner: items queued under the lock, summed by the
+ * rounds. */
+typedef struct {
+  ob_bg_t bg;
+  int queued, taken; /* under bg's lock */
+  int done;          /* the thread's; read after sync / stop */
+  int rounds;
+} bg_owner_t;
+
+static void bg_take(void *arg) {
+  bg_owner_t *o = arg;
+  o->taken = o->queued;
+  o->queued = 0;
+}
+
+static void bg_run(void *arg) {
+  bg_owner_t *o = arg;
+  o->done += o->taken;
+  o->taken = 0;
+  o->rounds++;
+}
+
+static void bg_queue(bg_owner_t *o, int n) {
+  ob_bg_lock(&o->bg);
+  o->queued += n;
+  ob_bg_kick(&o->bg);
+  ob_bg_unlock(&o->bg);
+}
+
+static void test_bg(void) {
+  bg_owner_t o = {0};
+  ob_bg_start(&o.bg, 0, bg_take, bg_run, &o);
+  bg_queue(&o, 3);
+  bg_queue(&o, 4);
+  ob_bg_sync(&o.bg);
+  TAP_EQ_INT(o.done, 7, "bg: sync returns once everything queued before it ran");
+  ob_bg_sync(&o.bg);
+  TAP_EQ_INT(o.done, 7, "bg: a second sync with nothing queued returns");
+  for (int i = 0; i < 1000; i++) bg_queue(&o, 1);
+  ob_bg_stop(&o.bg);
+  TAP_EQ_INT(o.done, 1007, "bg: stop runs a last round for what was queued");
+
+  /* Periodic: rounds run without a kick. */
+  bg_owner_t p = {0};
+  ob_bg_start(&p.bg, 5, NULL, bg_run, &p);
+  struct timespec ts = {0, 60 * 1000000L};
+  nanosleep(&ts, NULL);
+  ob_bg_stop(&p.bg);
+  TAP_CHECK(p.rounds >= 3, "bg: periodic rounds run unkicked");
+}
+
 int main(void) {
   test_iov();
   test_buf();
   test_arena();
+  test_bg();
   return tap_done();
 }

@@ -25,10 +25,12 @@
 
 /* ================================================================ lists */
 
+/* The ureq of a stream: nghttp2's stream user data, set at submit and
+ * cleared when the ureq leaves c->streams, so a stream whose ureq went
+ * away finds nothing (one lookup in nghttp2's stream map, not a walk over
+ * every stream of the connection for each header and DATA chunk). */
 static ob_ureq_t *find_stream(ob_uconn_t *c, int32_t id) {
-  for (ob_ureq_t *u = c->streams; u; u = u->snext)
-    if (u->stream_id == id) return u;
-  return NULL;
+  return c->session ? nghttp2_session_get_stream_user_data(c->session, id) : NULL;
 }
 
 static void list_unlink(ob_ureq_t **head, ob_ureq_t **tail, ob_ureq_t *u) {
@@ -44,6 +46,7 @@ static void list_unlink(ob_ureq_t **head, ob_ureq_t **tail, ob_ureq_t *u) {
 }
 
 static void stream_unlink(ob_uconn_t *c, ob_ureq_t *u) {
+  if (c->session) nghttp2_session_set_stream_user_data(c->session, u->stream_id, NULL);
   list_unlink(&c->streams, NULL, u);
   c->num_streams--;
 }
@@ -352,7 +355,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   u->unconsumed = 0;
 
   nghttp2_data_provider prd = {.source.ptr = NULL, .read_callback = read_body_cb};
-  int32_t id = nghttp2_submit_request(c->session, NULL, nva, n, u->num_body || u->streamed ? &prd : NULL, NULL);
+  int32_t id = nghttp2_submit_request(c->session, NULL, nva, n, u->num_body || u->streamed ? &prd : NULL, u);
   if (id < 0) {
     ob_log_warn("%s: cannot submit request: %s", ob_net_up_conn_name(c), nghttp2_strerror(id));
     c->goaway = true; /* take no more streams here */

@@ -568,7 +568,7 @@ static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
      * upstream's input buffer), so nghttp2 copies them; the names live in
      * the stream's arena until the HEADERS frame is out. */
     nv[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)hdr[i].value.base, hdr[i].name.len, hdr[i].value.len,
-                           NGHTTP2_NV_FLAG_NO_COPY_NAME};
+                           NGHTTP2_NV_FLAG_NO_COPY_NAME | ob_net_h2_nv_flags(hdr[i].name)};
   }
   if (cl >= 0) {
     char *v = ob_arena_alloc(&s->arena, OB_U64_CHARS);

@@ -14,9 +14,17 @@
 #include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/listener.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
 typedef struct ob_client_conn ob_client_conn_t;
+
+/* HPACK flags for a field we send (either side): a value new in every
+ * message (the request id) is not indexed, since adding it to the dynamic
+ * table would only evict entries that do repeat. */
+static inline uint8_t ob_net_h2_nv_flags(ob_iov_t name) {
+  return ob_iov_eq_str_nocase(name, "x-request-id") ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
+}
 
 struct ob_net {
   struct event_base *base;

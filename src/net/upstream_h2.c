@@ -329,7 +329,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   size_t n = 0;
 #define NV(nm, val)                                                                           \
   (nva[n++] = (nghttp2_nv){(uint8_t *)(nm).base, (uint8_t *)(val).base, (nm).len, (val).len, \
-                           NGHTTP2_NV_FLAG_NONE})
+                           ob_net_h2_nv_flags(nm)})
   NV(OB_IOV_LIT(":method"), u->method);
   NV(OB_IOV_LIT(":scheme"), ep->tls ? OB_IOV_LIT("https") : OB_IOV_LIT("http"));
   NV(OB_IOV_LIT(":authority"), authority);
@@ -339,9 +339,8 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   bool wants_len = ob_iov_eq_str_nocase(u->method, "POST") || ob_iov_eq_str_nocase(u->method, "PUT") ||
                    ob_iov_eq_str_nocase(u->method, "PATCH");
   if (!u->streamed && (u->body_len || wants_len)) {
-    char *num = ob_arena_alloc(a, 24);
-    int len = snprintf(num, 24, "%" PRIu64, u->body_len);
-    NV(OB_IOV_LIT("content-length"), ob_iov(num, (size_t)len));
+    char *num = ob_arena_alloc(a, OB_U64_CHARS);
+    NV(OB_IOV_LIT("content-length"), ob_iov(num, ob_fmt_u64(num, u->body_len)));
   }
 #undef NV
 

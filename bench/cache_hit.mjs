@@ -87,14 +87,18 @@ const gwUrl = gw.url;
 const first = await h2request(gwUrl, PATH, reqBody, headers);
 if (first.status !== 200 || first.headers['x-obleth-cache'] !== 'miss')
   fail(`warm-up: expected a 200 miss, got ${first.status} ${first.headers['x-obleth-cache']}:\n${first.body}`);
+// A repeat sent before the store landed misses too and stores its own
+// answer: the hit repeats one of the misses.
 let hit;
+const misses = [first];
 for (let i = 0; i < 100; i++) {
   hit = await h2request(gwUrl, PATH, reqBody, headers);
   if (hit.headers['x-obleth-cache'] === 'hit') break;
+  misses.push(hit);
   await sleep(20);
 }
 if (hit.headers['x-obleth-cache'] !== 'hit') fail('warm-up: no hit after 2 s');
-if (!hit.body.equals(first.body)) fail('warm-up: the hit differs from the original response');
+if (!misses.some((m) => hit.body.equals(m.body))) fail('warm-up: the hit differs from every original response');
 
 // nghttpd serves the same bytes as a static file at the same path.
 const www = join(dir, 'www');

@@ -40,8 +40,18 @@ void *ob_xmalloc(size_t n) {
 }
 
 void *ob_xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size ? size : 1);
-  if (!p) oom(n * size);
+  size_t total;
+  if (__builtin_mul_overflow(n ? n : 1, size ? size : 1, &total)) oom(SIZE_MAX);
+  /* glibc's calloc never takes from malloc's per-thread cache; the
+   * per-request objects are small, so malloc + memset reuses a chunk
+   * freed a moment ago instead of going through the bins. */
+  if (total <= 1024) {
+    void *p = malloc(total);
+    if (!p) oom(total);
+    return memset(p, 0, total);
+  }
+  void *p = calloc(1, total);
+  if (!p) oom(total);
   return p;
 }
 

@@ -20,6 +20,7 @@
 #define FILL_HIGH 0.85
 #define FILL_LOW 0.70
 #define SWEEP_S 30
+#define READERS_KEPT 8
 
 enum { OP_PUT, OP_DEL_EXPIRED, OP_PURGE };
 
@@ -42,6 +43,12 @@ struct ob_cache_store {
   size_t queued_bytes;
   op_t *batch;            /* the writer's: what this round applies */
   ob_cache_stats_t stats;
+  /* Read transactions kept reset for the next lookup: renewing one costs
+   * far less than beginning one (an allocation and a reader-slot search).
+   * MDB_NOTLS lets any thread renew any of them. */
+  pthread_mutex_t readers_mu;
+  MDB_txn *readers[READERS_KEPT];
+  int num_readers;
 };
 
 static uint64_t now_ms(void) {
@@ -269,6 +276,7 @@ ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, cons
     return NULL;
   }
   s->stats.map_bytes = max_bytes;
+  pthread_mutex_init(&s->readers_mu, NULL);
   ob_bg_start(&s->writer, SWEEP_S * 1000, take, run, s);
   return s;
 }
@@ -276,13 +284,39 @@ ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, cons
 void ob_cache_store_close(ob_cache_store_t *s) {
   if (!s) return;
   ob_bg_stop(&s->writer); /* its last round applied what was queued */
+  for (int i = 0; i < s->num_readers; i++) mdb_txn_abort(s->readers[i]);
+  pthread_mutex_destroy(&s->readers_mu);
   mdb_env_close(s->env);
   free(s);
 }
 
+static MDB_txn *reader_begin(ob_cache_store_t *s) {
+  MDB_txn *txn = NULL;
+  pthread_mutex_lock(&s->readers_mu);
+  if (s->num_readers) txn = s->readers[--s->num_readers];
+  pthread_mutex_unlock(&s->readers_mu);
+  if (txn && mdb_txn_renew(txn) != 0) {
+    mdb_txn_abort(txn);
+    txn = NULL;
+  }
+  if (!txn && mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0) return NULL;
+  return txn;
+}
+
+static void reader_end(ob_cache_store_t *s, MDB_txn *txn) {
+  mdb_txn_reset(txn);
+  pthread_mutex_lock(&s->readers_mu);
+  if (s->num_readers < READERS_KEPT) {
+    s->readers[s->num_readers++] = txn;
+    txn = NULL;
+  }
+  pthread_mutex_unlock(&s->readers_mu);
+  if (txn) mdb_txn_abort(txn);
+}
+
 int ob_cache_store_get(ob_cache_store_t *s, const ob_cache_key_t *key, uint64_t now, ob_buf_t *out) {
-  MDB_txn *txn;
-  if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0) return 0;
+  MDB_txn *txn = reader_begin(s);
+  if (!txn) return 0;
   MDB_val k = {16, (void *)key->b}, v;
   int hit = 0;
   uint64_t exp = 0;
@@ -293,7 +327,7 @@ int ob_cache_store_get(ob_cache_store_t *s, const ob_cache_key_t *key, uint64_t 
       hit = 1;
     }
   }
-  mdb_txn_abort(txn);
+  reader_end(s, txn);
   if (!hit && exp) {
     /* Expired (or unreadable): lazily deleted by the writer. */
     op_t *o = ob_xcalloc(1, sizeof *o);

@@ -26,7 +26,7 @@ static bool string_tok(cur_t *c, ob_iov_t *out) {
   const char *s = c->p;
   if (c->p >= c->end || *c->p != '"') return false;
   c->p++;
-  while (c->p < c->end) {
+  while ((c->p = ob_json_str_run(c->p, c->end)) < c->end) {
     unsigned char ch = (unsigned char)*c->p;
     if (ch == '"') {
       c->p++;

@@ -42,7 +42,7 @@ static bool str(js_t *s, uint64_t *len, bool *plain) {
   bool esc = false;
   for (;;) {
     const char *q = p;
-    while (q < s->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
+    q = ob_json_str_run(q, s->end);
     n += (uint64_t)(q - p);
     if (q >= s->end || (unsigned char)*q < 0x20) return false;
     if (*q == '"') {

@@ -21,6 +21,8 @@ static void ws(scan_t *s) {
 static bool skip_string(scan_t *s) {
   s->p++;
   while (s->p < s->end) {
+    s->p = ob_json_str_run(s->p, s->end);
+    if (s->p >= s->end) return false;
     char c = *s->p++;
     if (c == '"') return true;
     if (c == '\\') {

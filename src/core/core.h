@@ -121,6 +121,28 @@ static inline ob_iov_t ob_buf_iov(const ob_buf_t *b) { return (ob_iov_t){b->base
 /* Append a JSON string literal (with quotes) escaping as RFC 8259 requires. */
 void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s);
 
+/*
+ * Inside a JSON string: the first byte at or after p (before end) that is a
+ * quote, a backslash or a control character, or end. Eight bytes per step:
+ * string contents (prompts, messages) are most of a request body, and
+ * every scanner over bodies (routes, cache keys) walks them.
+ */
+static inline const char *ob_json_str_run(const char *p, const char *end) {
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  while (end - p >= 8) {
+    uint64_t w, q, b;
+    memcpy(&w, p, 8);
+    q = w ^ (ones * '"');
+    b = w ^ (ones * '\\');
+    /* A zero byte in q or b, or a byte below 0x20 in w (bytes >= 0x80 never
+     * count: ~w clears their high bit). */
+    if (((q - ones) & ~q & highs) | ((b - ones) & ~b & highs) | ((w - ones * 0x20) & ~w & highs)) break;
+    p += 8;
+  }
+  while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+  return p;
+}
+
 /* ---------------------------------------------------------------- counted buffers */
 
 /*

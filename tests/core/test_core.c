@@ -49,6 +49,25 @@ static void test_arena(void) {
   ob_arena_dispose(&a);
 }
 
+/* ob_json_str_run against a byte-by-byte scan: every special byte (and
+ * some that are not: 0x20, 0x7f, 0x80, 0xff) at every position of strings
+ * up to 40 bytes, so each 8-byte step and the tail are covered. */
+static void test_json_str_run(void) {
+  static const unsigned char probes[] = {'"', '\\', 0x00, 0x01, 0x1f, 0x20, 'a', 0x7f, 0x80, 0xa2, 0xdc, 0xff};
+  int bad = 0;
+  char buf[48];
+  for (size_t len = 0; len <= 40; len++)
+    for (size_t pos = 0; pos < (len ? len : 1); pos++)
+      for (size_t k = 0; k < sizeof probes; k++) {
+        memset(buf, 'x', sizeof buf);
+        if (len) buf[pos] = (char)probes[k];
+        const char *want = buf;
+        while (want < buf + len && *want != '"' && *want != '\\' && (unsigned char)*want >= 0x20) want++;
+        if (ob_json_str_run(buf, buf + len) != want) bad++;
+      }
+  TAP_EQ_INT(bad, 0, "json_str_run: stops at the first quote, backslash or control byte, never past the end");
+}
+
 /* A background thread's owner: items queued under the lock, summed by the
  * rounds. */
 typedef struct {
@@ -104,6 +123,7 @@ int main(void) {
   test_iov();
   test_buf();
   test_arena();
+  test_json_str_run();
   test_bg();
   return tap_done();
 }

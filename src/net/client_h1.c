@@ -55,10 +55,8 @@ static void process(h1_conn_t *h);
 
 static ob_config_t *cfg_of(h1_conn_t *h) { return h->c->net->cfg; }
 
-static void arm_timer(h1_conn_t *h, uint32_t ms) {
-  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-  evtimer_add(h->timer, &tv);
-}
+/* ms: a configured duration (see ob_net_arm). */
+static void arm_timer(h1_conn_t *h, uint32_t ms) { ob_net_arm(h->c->net, h->timer, ms); }
 
 static void schedule_flush(h1_conn_t *h) { event_active(h->flush, EV_TIMEOUT, 0); }
 
@@ -68,7 +66,12 @@ static void arm_body_timer(h1_conn_t *h) {
   uint64_t now = ob_clock_ms();
   uint64_t left = h->body_deadline_ms > now ? h->body_deadline_ms - now : 0;
   uint32_t idle = cfg_of(h)->timeouts.idle_ms;
-  arm_timer(h, left < idle ? (uint32_t)left : idle);
+  if (left < idle) {
+    struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+    evtimer_add(h->timer, &tv);
+  } else {
+    arm_timer(h, idle);
+  }
 }
 
 /* Free the connection. A request the handler holds is closed first. */

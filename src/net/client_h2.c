@@ -88,11 +88,7 @@ static const ob_sreq_ops_t h2_ops;
 static ob_config_t *cfg_of(h2_conn_t *h) { return h->c->net->cfg; }
 static void schedule_flush(h2_conn_t *h) { event_active(h->flush, EV_TIMEOUT, 0); }
 
-static void arm_idle(h2_conn_t *h) {
-  uint32_t ms = cfg_of(h)->timeouts.keepalive_ms;
-  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-  evtimer_add(h->idle, &tv);
-}
+static void arm_idle(h2_conn_t *h) { ob_net_arm(h->c->net, h->idle, cfg_of(h)->timeouts.keepalive_ms); }
 
 static void req_free(h2_req_t *r) {
   if (r->timer) event_free(r->timer);
@@ -143,9 +139,12 @@ static void stream_progress(h2_req_t *r) {
   if (!r->remote_ended && !r->s.body_streaming && !r->timed_out) {
     uint64_t now = ob_clock_ms();
     uint64_t left = r->body_deadline_ms > now ? r->body_deadline_ms - now : 0;
-    arm_ms(r->timer, left < t->idle_ms ? left : t->idle_ms);
+    if (left < t->idle_ms)
+      arm_ms(r->timer, left);
+    else
+      ob_net_arm(r->h->c->net, r->timer, t->idle_ms);
   } else if (evbuffer_get_length(r->out) > 0 && !r->reset) {
-    arm_ms(r->timer, t->idle_ms);
+    ob_net_arm(r->h->c->net, r->timer, t->idle_ms);
   } else {
     evtimer_del(r->timer);
   }
@@ -261,7 +260,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
   ob_net_sreq_init(&r->s, h->c, &h2_ops, 20);
   r->out = evbuffer_new();
   r->timer = evtimer_new(h->c->net->base, on_stream_timer, r);
-  arm_ms(r->timer, cfg_of(h)->timeouts.client_header_ms);
+  ob_net_arm(h->c->net, r->timer, cfg_of(h)->timeouts.client_header_ms);
   nghttp2_session_set_stream_user_data(s, r->id, r);
   r->next = h->streams;
   if (h->streams) h->streams->prev = r;

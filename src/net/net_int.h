@@ -19,6 +19,8 @@
 
 typedef struct ob_client_conn ob_client_conn_t;
 
+#define OB_NET_TIMEOUTS 32
+
 /* HPACK flags for a field we send (either side): a value new in every
  * message (the request id) is not indexed, since adding it to the dynamic
  * table would only evict entries that do repeat. */
@@ -48,12 +50,31 @@ struct ob_net {
   ob_upstream_t *retired;         /* pools a reload replaced, freed once no request uses them */
   struct event *retire_timer;
 
+  /* Configured durations as libevent common timeouts (see ob_net_timeout). */
+  struct {
+    uint32_t ms;
+    const struct timeval *tv;
+  } timeouts[OB_NET_TIMEOUTS];
+  size_t num_timeouts;
+
   bool shutting_down;
   bool reuseport;              /* workers > 1: every listener is bound with SO_REUSEPORT */
   struct event *grace_timer;
   void (*shutdown_done)(void *arg);
   void *shutdown_arg;
 };
+
+/*
+ * A timeval for a configured duration (a timeout from the config, not one
+ * computed from a deadline) on n's base: a libevent "common timeout", so
+ * every timer of that duration sits in one queue, O(1) to add and remove,
+ * instead of in the timer heap (thousands of streams re-arm their timers
+ * for every request). own: filled and returned when libevent has no room
+ * for another duration. The pointer lives as long as the base.
+ */
+const struct timeval *ob_net_timeout(ob_net_t *n, uint32_t ms, struct timeval *own);
+/* evtimer_add(ev) after ms, a configured duration. */
+void ob_net_arm(ob_net_t *n, struct event *ev, uint32_t ms);
 
 /* ---- upstream pools (upstream.c) ---- */
 

@@ -316,6 +316,27 @@ static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, unsigned p
   return true;
 }
 
+const struct timeval *ob_net_timeout(ob_net_t *n, uint32_t ms, struct timeval *own) {
+  own->tv_sec = ms / 1000;
+  own->tv_usec = (suseconds_t)(ms % 1000) * 1000;
+  for (size_t i = 0; i < n->num_timeouts; i++)
+    if (n->timeouts[i].ms == ms) return n->timeouts[i].tv;
+  const struct timeval *ct = event_base_init_common_timeout(n->base, own);
+  if (!ct) return own;
+  /* Reloads can bring new durations; past the table's end libevent's own
+   * (slower) lookup still finds them. */
+  if (n->num_timeouts < OB_NET_TIMEOUTS) {
+    n->timeouts[n->num_timeouts].ms = ms;
+    n->timeouts[n->num_timeouts++].tv = ct;
+  }
+  return ct;
+}
+
+void ob_net_arm(ob_net_t *n, struct event *ev, uint32_t ms) {
+  struct timeval own;
+  evtimer_add(ev, ob_net_timeout(n, ms, &own));
+}
+
 ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx) {
   return ob_net_create_worker(base, cfg, handler, ctx, NULL);
 }

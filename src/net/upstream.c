@@ -42,15 +42,10 @@ void ob_net_up_arm(struct event *ev, const struct timeval *tv) {
     event_del(ev);
 }
 
-/* The pool's timers share a few durations: libevent's common timeouts keep
- * them in a queue instead of the heap. own: where to keep a plain copy if
- * the base has no room for another common timeout. */
-static const struct timeval *common_timeout(struct event_base *base, uint32_t ms, struct timeval *own) {
-  if (ms == 0) return NULL;
-  own->tv_sec = ms / 1000;
-  own->tv_usec = (suseconds_t)(ms % 1000) * 1000;
-  const struct timeval *ct = event_base_init_common_timeout(base, own);
-  return ct ? ct : own;
+/* The pool's timers share a few durations: common timeouts (see
+ * ob_net_timeout); NULL for 0, no limit. */
+static const struct timeval *pool_timeout(ob_net_t *n, uint32_t ms, struct timeval *own) {
+  return ms ? ob_net_timeout(n, ms, own) : NULL;
 }
 
 const char *ob_net_up_conn_name(const ob_uconn_t *c) {
@@ -769,10 +764,10 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *c
   }
   if (tls && !(up->ssl = tls_client_ctx(cfg, up->h2))) goto fail_eps;
   const ob_config_timeouts_t *t = &n->cfg->timeouts;
-  up->tv_connect = common_timeout(n->base, t->connect_ms, &up->tv_own[0]);
-  up->tv_first_byte = common_timeout(n->base, t->first_byte_ms, &up->tv_own[1]);
-  up->tv_idle = common_timeout(n->base, t->idle_ms, &up->tv_own[2]);
-  up->tv_keepalive = common_timeout(n->base, t->upstream_keepalive_ms, &up->tv_own[3]);
+  up->tv_connect = pool_timeout(n, t->connect_ms, &up->tv_own[0]);
+  up->tv_first_byte = pool_timeout(n, t->first_byte_ms, &up->tv_own[1]);
+  up->tv_idle = pool_timeout(n, t->idle_ms, &up->tv_own[2]);
+  up->tv_keepalive = pool_timeout(n, t->upstream_keepalive_ms, &up->tv_own[3]);
   return up;
 
 fail_eps:

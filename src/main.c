@@ -147,20 +147,14 @@ typedef struct app {
   ob_budget_store_t *budget_store;
   bool stopping;
   size_t drained;           /* workers whose connections are all closed (atomic) */
-  int drained_fd[2];        /* the last worker to drain wakes the first's loop */
-  struct event *drained_ev;
+  ob_waker_t *drained_waker; /* the last worker to drain wakes the first's loop */
 } app_t;
 
 /* Every worker drained: the first worker's loop (signals, admin) ends last. */
-static void all_drained(app_t *a) {
+static void all_drained(void *arg) {
+  app_t *a = arg;
   ob_log_info("all connections closed; exiting");
   event_base_loopexit(a->base, NULL);
-}
-
-static void on_all_drained(evutil_socket_t fd, short what, void *arg) {
-  (void)what;
-  char c;
-  if (read(fd, &c, 1) == 1) all_drained(arg);
 }
 
 static void on_drained(void *arg) {
@@ -171,8 +165,7 @@ static void on_drained(void *arg) {
   if (w->index == 0) {
     all_drained(a);
   } else {
-    ssize_t r = write(a->drained_fd[1], "d", 1);
-    (void)r;
+    ob_waker_wake(a->drained_waker);
   }
 }
 
@@ -353,7 +346,6 @@ static int run(const char *path) {
   worker_t *first = &app.workers[0];
   first->app = &app;
   app.base = first->base = event_base_new();
-  app.drained_fd[0] = app.drained_fd[1] = -1;
   warn_keys(cfg);
   app.cache = open_cache(cfg);
   ob_proxy_gen_spec_t spec;
@@ -385,13 +377,10 @@ static int run(const char *path) {
     rc = 1;
     goto out;
   }
-  if (pipe(app.drained_fd) != 0) {
-    ob_log_error("pipe: %s", strerror(errno));
+  if (!(app.drained_waker = ob_waker_new(app.base, all_drained, &app))) {
     rc = 1;
     goto out;
   }
-  app.drained_ev = event_new(app.base, app.drained_fd[0], EV_READ | EV_PERSIST, on_all_drained, &app);
-  event_add(app.drained_ev, NULL);
   if (app.num_workers > 1) ob_log_info("%zu workers (event-loop threads) share one scheduler", app.num_workers);
   /* Signals go to this thread's loop: the others block them. */
   sigset_t block, old;
@@ -429,9 +418,7 @@ out:
     if (app.workers[i].started) pthread_join(app.workers[i].thread, NULL);
   for (int i = 0; i < 3; i++)
     if (sigs[i]) event_free(sigs[i]);
-  if (app.drained_ev) event_free(app.drained_ev);
-  for (int i = 0; i < 2; i++)
-    if (app.drained_fd[i] >= 0) close(app.drained_fd[i]);
+  ob_waker_free(app.drained_waker);
   ob_admin_destroy(app.admin);
   /* Every net before any proxy: closing a connection may hand its slot to
    * a request of another worker, whose proxy must still be there. */

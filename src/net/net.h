@@ -297,4 +297,15 @@ void ob_net_shutdown(ob_net_t *n, void (*done)(void *arg), void *arg);
  * the handler other than on_close. NULL is a no-op. */
 void ob_net_destroy(ob_net_t *n);
 
+/*
+ * A wake-up from any thread into base's loop: cb(arg) runs there soon
+ * after ob_waker_wake, once for any number of wake-ups in between. cb and
+ * arg are borrowed until ob_waker_free (on the loop's thread, NULL is a
+ * no-op). NULL (logged) if no pipe could be made.
+ */
+typedef struct ob_waker ob_waker_t;
+ob_waker_t *ob_waker_new(struct event_base *base, void (*cb)(void *arg), void *arg);
+void ob_waker_wake(ob_waker_t *w);
+void ob_waker_free(ob_waker_t *w);
+
 #endif /* OB_NET_H */

@@ -16,12 +16,10 @@
  */
 #include "proxy_int.h"
 
-#include <errno.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include <unistd.h>
 
 /* ---------------------------------------------------------------- setup */
 
@@ -50,8 +48,7 @@ void ob_proxy_wake(ob_proxy_t *w) {
   __atomic_store_n(&w->pending, true, __ATOMIC_RELAXED);
   if (w->woken || (w->loop_running && pthread_equal(w->thread, pthread_self()))) return;
   w->woken = true;
-  ssize_t r = write(w->wake_fd[1], "w", 1);
-  (void)r; /* a full pipe already holds a wake-up */
+  ob_waker_wake(w->waker);
 }
 
 static void inbox_post(ob_exchange_t *x, int kind) {
@@ -151,12 +148,8 @@ void ob_proxy_drain_inbox(ob_proxy_t *p) {
   p->draining = false;
 }
 
-static void on_wake(evutil_socket_t fd, short what, void *arg) {
-  (void)what;
+static void on_wake(void *arg) {
   ob_proxy_t *p = arg;
-  char buf[64];
-  while (read(fd, buf, sizeof buf) > 0) {
-  }
   ob_proxy_lock(p);
   p->woken = false;
   ob_proxy_unlock(p);
@@ -290,13 +283,7 @@ void ob_proxy_admission_share(ob_proxy_t *p, ob_proxy_t *first) {
 
 void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
   p->expiry = evtimer_new(base, on_expiry, p);
-  if (pipe(p->wake_fd) != 0) {
-    ob_log_error("pipe: %s", strerror(errno));
-    abort(); /* at start-up, before anything is served */
-  }
-  for (int i = 0; i < 2; i++) evutil_make_socket_nonblocking(p->wake_fd[i]), evutil_make_socket_closeonexec(p->wake_fd[i]);
-  p->wake_ev = event_new(base, p->wake_fd[0], EV_READ | EV_PERSIST, on_wake, p);
-  event_add(p->wake_ev, NULL);
+  if (!(p->waker = ob_waker_new(base, on_wake, p))) abort(); /* at start-up, before anything is served */
 }
 
 void ob_proxy_admission_changed(ob_proxy_t *p) {
@@ -310,10 +297,7 @@ void ob_proxy_admission_changed(ob_proxy_t *p) {
 
 void ob_proxy_admission_dispose(ob_proxy_t *p) {
   if (p->expiry) event_free(p->expiry);
-  if (p->wake_ev) {
-    event_free(p->wake_ev);
-    close(p->wake_fd[0]), close(p->wake_fd[1]);
-  }
+  ob_waker_free(p->waker);
   ob_proxy_shared_t *sh = p->sh;
   if (!sh || p->index != 0) return; /* the first worker owns the shared state and goes last */
   ob_fs_destroy(sh->fs);

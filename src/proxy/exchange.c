@@ -652,7 +652,6 @@ ob_proxy_t *ob_proxy_create_worker(ob_proxy_t *first, const ob_proxy_gen_spec_t 
   if (fd < 0 || read(fd, &p->rid_seed, sizeof p->rid_seed) != sizeof p->rid_seed) p->rid_seed = ob_clock_us();
   if (fd >= 0) close(fd);
   pthread_mutex_init(&p->metrics_mu, NULL);
-  p->wake_fd[0] = p->wake_fd[1] = -1;
   ob_proxy_admission_share(p, first);
   if (first) {
     p->ledger = first->ledger;

@@ -101,8 +101,7 @@ struct ob_proxy {
   bool loop_running;           /* posted calls wait for this loop; else they run at once */
   bool thread_set, loop_done;  /* thread is p's loop thread; it has left its loop for good */
   pthread_t thread;
-  int wake_fd[2];
-  struct event *wake_ev;
+  ob_waker_t *waker;            /* other threads' way into this loop (the inbox) */
   bool draining;               /* this thread is emptying the inbox */
   struct event *expiry;
   struct event *log_flush;     /* writes buffered access lines soon after the first */

@@ -14,6 +14,7 @@
 // bench/README.md.
 import { mkdirSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
 import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import {
   sleep, fail, workDir, spawnLogged, waitFor, freePort, sh, startSim, startObleth, requireTools, requireBinaries,
   cpuSeconds, h2request, parseH2load, clean, h2loadSummary, mean, stop, parseArgs,
@@ -71,7 +72,14 @@ const bodyFile = join(dir, 'request.json');
 writeFileSync(bodyFile, reqBody);
 const headers = { 'content-type': 'application/json', authorization: `Bearer ${KEY}` };
 
-const sim = await startSim(dir, [], { name: 'sim' });
+// Placement as in proxy_path.mjs: the server under test (obleth, then
+// nghttpd) alone on CPU 1, h2load and the simulator on the others, so both
+// servers get the same CPU and neither competes with the load.
+const ncpu = availableParallelism();
+const SERVER_CPU = ncpu > 1 ? '1' : null;
+const LOAD_CPUS = ncpu > 1 ? ['0', ...(ncpu > 2 ? [`2-${ncpu - 1}`] : [])].join(',') : null;
+
+const sim = await startSim(dir, [], { name: 'sim', pin: LOAD_CPUS });
 const simRequests = async () => (await (await fetch(`${sim.url}/sim/stats`)).json()).requests;
 
 const gw = await startObleth(dir, {
@@ -80,7 +88,7 @@ const gw = await startObleth(dir, {
   tenants: [{ name: 'bench', keys: [{ id: 'bench-1', secret: KEY }] }],
   cache: { path: join(dir, 'cache.mdb') },
   ...(opt.logLevel ? { log_level: opt.logLevel } : {}),
-});
+}, { pin: SERVER_CPU });
 const gwUrl = gw.url;
 
 // Warm the cache: the first request is a miss, then poll until it is a hit.
@@ -105,7 +113,7 @@ const www = join(dir, 'www');
 mkdirSync(join(www, 'v1', 'chat'), { recursive: true });
 writeFileSync(join(www, 'v1', 'chat', 'completions'), hit.body);
 const ngPort = await freePort();
-const ng = spawnLogged(dir, 'nghttpd', ['--no-tls', '-a', '127.0.0.1', '-n', '1', '-d', www, String(ngPort)], 'nghttpd.log');
+const ng = spawnLogged(dir, 'nghttpd', ['--no-tls', '-a', '127.0.0.1', '-n', '1', '-d', www, String(ngPort)], 'nghttpd.log', { pin: SERVER_CPU });
 const ngUrl = `http://127.0.0.1:${ngPort}`;
 const stat = await waitFor('nghttpd', async () => {
   try { return await h2request(ngUrl, PATH, reqBody, headers); } catch { return null; }
@@ -132,7 +140,7 @@ for (let r = 0; r < opt.rounds; r++) {
     // Server CPU over h2load's measuring window (after its warm-up).
     let cpu0 = null;
     const timer = setTimeout(() => { cpu0 = cpuSeconds(t.pid); }, opt.warmup * 1000 + 100);
-    const out = await sh('h2load', h2loadArgs(t.url));
+    const out = await sh('h2load', h2loadArgs(t.url), { pin: LOAD_CPUS });
     clearTimeout(timer);
     const cpu = cpu0 === null ? NaN : cpuSeconds(t.pid) - cpu0;
     if (out.code !== 0) fail(`h2load against ${name} failed:\n${out.stdout}${out.stderr}`);

@@ -300,7 +300,7 @@ void ob_net_destroy(ob_net_t *n);
 /*
  * A wake-up from any thread into base's loop: cb(arg) runs there soon
  * after ob_waker_wake, once for any number of wake-ups in between. cb and
- * arg are borrowed until ob_waker_free (on the loop's thread, NULL is a
+ * arg are borrowed until ob_waker_free (on the loop's thread; both take NULL as a
  * no-op). NULL (logged) if no pipe could be made.
  */
 typedef struct ob_waker ob_waker_t;

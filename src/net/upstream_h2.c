@@ -340,7 +340,8 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
                    ob_iov_eq_str_nocase(u->method, "PATCH");
   if (!u->streamed && (u->body_len || wants_len)) {
     char *num = ob_arena_alloc(a, OB_U64_CHARS);
-    NV(OB_IOV_LIT("content-length"), ob_iov(num, ob_fmt_u64(num, u->body_len)));
+    size_t num_len = ob_fmt_u64(num, u->body_len);
+    NV(OB_IOV_LIT("content-length"), ob_iov(num, num_len));
   }
 #undef NV
 

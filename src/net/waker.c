@@ -43,6 +43,7 @@ ob_waker_t *ob_waker_new(struct event_base *base, void (*cb)(void *arg), void *a
 }
 
 void ob_waker_wake(ob_waker_t *w) {
+  if (!w) return; /* not set up yet (a worker whose start-up failed) */
   ssize_t r = write(w->fd[1], "w", 1);
   (void)r; /* a full pipe already holds a wake-up */
 }

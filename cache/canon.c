@@ -55,30 +55,11 @@ static bool string_tok(cur_t *c, ob_iov_t *out) {
   return false;
 }
 
-static bool digits(cur_t *c) {
-  const char *s = c->p;
-  while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
-  return c->p > s;
-}
-
 static bool number_tok(cur_t *c, ob_iov_t *out) {
-  const char *s = c->p;
-  if (c->p < c->end && *c->p == '-') c->p++;
-  if (c->p < c->end && *c->p == '0') {
-    c->p++;
-  } else if (!digits(c)) {
-    return false;
-  }
-  if (c->p < c->end && *c->p == '.') {
-    c->p++;
-    if (!digits(c)) return false;
-  }
-  if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
-    c->p++;
-    if (c->p < c->end && (*c->p == '+' || *c->p == '-')) c->p++;
-    if (!digits(c)) return false;
-  }
-  *out = ob_iov(s, (size_t)(c->p - s));
+  const char *e = ob_json_num_end(c->p, c->end);
+  if (!e) return false;
+  *out = ob_iov(c->p, (size_t)(e - c->p));
+  c->p = e;
   return true;
 }
 

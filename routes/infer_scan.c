@@ -78,27 +78,11 @@ static bool str(js_t *s, uint64_t *len, bool *plain) {
   }
 }
 
-static bool digits(js_t *s) {
-  const char *p = s->p;
-  while (s->p < s->end && *s->p >= '0' && *s->p <= '9') s->p++;
-  return s->p > p;
-}
-
 /* A number token; *val (when asked) is what strtod makes of it. */
 static bool num(js_t *s, double *val) {
-  const char *start = s->p;
-  if (s->p < s->end && *s->p == '-') s->p++;
-  if (s->p < s->end && *s->p == '0') s->p++;
-  else if (!digits(s)) return false;
-  if (s->p < s->end && *s->p == '.') {
-    s->p++;
-    if (!digits(s)) return false;
-  }
-  if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
-    s->p++;
-    if (s->p < s->end && (*s->p == '+' || *s->p == '-')) s->p++;
-    if (!digits(s)) return false;
-  }
+  const char *start = s->p, *e = ob_json_num_end(s->p, s->end);
+  if (!e) return false;
+  s->p = e;
   if (val) {
     char buf[64];
     size_t n = (size_t)(s->p - start);

@@ -350,6 +350,27 @@ uint64_t ob_clock_us(void) {
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* ---------------------------------------------------------------- JSON numbers */
+
+static const char *json_digits(const char *p, const char *end) {
+  const char *s = p;
+  while (p < end && *p >= '0' && *p <= '9') p++;
+  return p > s ? p : NULL;
+}
+
+const char *ob_json_num_end(const char *p, const char *end) {
+  if (p < end && *p == '-') p++;
+  if (p < end && *p == '0') p++;
+  else if (!(p = json_digits(p, end))) return NULL;
+  if (p < end && *p == '.' && !(p = json_digits(p + 1, end))) return NULL;
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < end && (*p == '+' || *p == '-')) p++;
+    if (!(p = json_digits(p, end))) return NULL;
+  }
+  return p;
+}
+
 /* ---------------------------------------------------------------- background thread */
 
 static void *bg_main(void *arg) {

@@ -121,6 +121,10 @@ static inline ob_iov_t ob_buf_iov(const ob_buf_t *b) { return (ob_iov_t){b->base
 /* Append a JSON string literal (with quotes) escaping as RFC 8259 requires. */
 void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s);
 
+/* A JSON number (RFC 8259 grammar) starting at p: the byte after it, or
+ * NULL when p..end does not start with one. */
+const char *ob_json_num_end(const char *p, const char *end);
+
 /*
  * Inside a JSON string: the first byte at or after p (before end) that is a
  * quote, a backslash or a control character, or end. Eight bytes per step:

@@ -29,10 +29,10 @@ typedef struct ob_cache_key {
 /* XXH3-128 over scope, route, upstream and the canonical body, each
  * length-prefixed so no two different tuples collide by concatenation. */
 ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical);
-/* The same tuple with the body as sent (not canonical), hashed apart from
- * any cache key: what a memo of body -> cache key is indexed by, so a body
- * seen before is not canonicalized again. */
-ob_cache_key_t ob_cache_key_raw(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t body);
+/* XXH3-128 of a request body as sent (not canonical), seeded apart from
+ * any cache key: what a memo of body -> model and cache key is indexed by,
+ * so a body seen before is neither scanned nor canonicalized again. */
+ob_cache_key_t ob_cache_body_id(ob_iov_t body);
 
 /* Request Cache-Control: no-store skips lookup and store; no-cache skips
  * the lookup only. */

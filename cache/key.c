@@ -16,16 +16,7 @@ static void put_len(XXH3_state_t *st, ob_iov_t v) {
   if (v.len) XXH3_128bits_update(st, v.base, v.len);
 }
 
-/* XXH3-128 over the length-prefixed fields, after tag when there is one. */
-static ob_cache_key_t hash_tuple(const char *tag, ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t body) {
-  XXH3_state_t st;
-  XXH3_128bits_reset(&st);
-  if (tag) put_len(&st, ob_iov_str(tag));
-  put_len(&st, scope);
-  put_len(&st, route);
-  put_len(&st, upstream);
-  put_len(&st, body);
-  XXH128_hash_t h = XXH3_128bits_digest(&st);
+static ob_cache_key_t to_key(XXH128_hash_t h) {
   XXH128_canonical_t c;
   XXH128_canonicalFromHash(&c, h);
   ob_cache_key_t k;
@@ -34,12 +25,19 @@ static ob_cache_key_t hash_tuple(const char *tag, ob_iov_t scope, ob_iov_t route
 }
 
 ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical) {
-  return hash_tuple(NULL, scope, route, upstream, canonical);
+  XXH3_state_t st;
+  XXH3_128bits_reset(&st);
+  put_len(&st, scope);
+  put_len(&st, route);
+  put_len(&st, upstream);
+  put_len(&st, canonical);
+  return to_key(XXH3_128bits_digest(&st));
 }
 
-ob_cache_key_t ob_cache_key_raw(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t body) {
-  /* Not a cache key: tagged so it can never equal one. */
-  return hash_tuple("raw", scope, route, upstream, body);
+ob_cache_key_t ob_cache_body_id(ob_iov_t body) {
+  /* One call over the whole body: the streaming state costs more than the
+   * hash on bodies this size. The seed keeps it apart from cache keys. */
+  return to_key(XXH3_128bits_withSeed(body.base, body.len, 0x6f626c657468ull));
 }
 
 ob_cache_directives_t ob_cache_directives(ob_iov_t v) {

@@ -51,12 +51,6 @@ struct ob_cache_store {
   int num_readers;
 };
 
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void expiry_key(uint8_t out[24], uint64_t exp, const ob_cache_key_t *k) {
   for (int i = 0; i < 8; i++) out[i] = (uint8_t)(exp >> (56 - 8 * i));
   memcpy(out + 8, k->b, 16);
@@ -150,7 +144,7 @@ static void apply_purge(ob_cache_store_t *s, MDB_txn *txn, const char *scope) {
 
 /* Apply a batch in one transaction; on MAP_FULL evict and try again. */
 static void apply_batch(ob_cache_store_t *s, op_t *ops) {
-  uint64_t now = now_ms();
+  uint64_t now = ob_clock_wall_ms();
   uint64_t evicted = 0, expired = 0, errors = 0;
   for (int attempt = 0; attempt < 4; attempt++) {
     MDB_txn *txn;

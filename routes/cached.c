@@ -32,12 +32,6 @@ struct cache_x {
   cache_x_t *fnext;
 };
 
-static uint64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static cache_x_t **bucket(ob_routes_t *t, const ob_cache_key_t *k) { return &t->flight[k->b[0]]; }
 
 static void unregister(cache_x_t *c) {
@@ -156,8 +150,18 @@ static void follower_head(cache_x_t *f, cache_x_t *lead) {
   if (lead->body.len) ob_sreq_send_bytes(x->req, lead->body.base, lead->body.len, false);
 }
 
+struct body_memo *ob_routes_body_memo(ob_routes_t *t, const ob_cache_key_t *id) {
+  struct body_memo *m = &t->body_memo[id->b[0]];
+  if (!m->used || memcmp(m->body_id.b, id->b, sizeof id->b) != 0) {
+    memset(m, 0, sizeof *m);
+    m->body_id = *id;
+    m->used = true;
+  }
+  return m;
+}
+
 bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_route_t *rc, const cJSON *root,
-                             ob_iov_t body, cache_x_t **out) {
+                             ob_iov_t body, const ob_cache_key_t *body_id, cache_x_t **out) {
   *out = NULL;
   const ob_config_cache_t *cfg = &t->cfg->cache;
   const ob_http_header_t *cc = ob_sreq_header(x->req, "cache-control");
@@ -167,10 +171,10 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
     return false;
   }
   const char *scope = scope_of(x, rc);
-  ob_cache_key_t body_id = ob_cache_key_raw(ob_iov_str(scope), x->route->prefix, ob_iov_str(x->upstream_name), body);
-  struct key_memo *memo = &t->key_memo[body_id.b[0]];
+  ob_cache_key_t id = body_id ? *body_id : ob_cache_body_id(body);
+  struct body_memo *memo = ob_routes_body_memo(t, &id);
   ob_cache_key_t key;
-  if (memo->used && memcmp(memo->body_id.b, body_id.b, sizeof body_id.b) == 0) {
+  if (memo->route == x->route && memo->upstream == x->upstream_name && strcmp(memo->scope, scope) == 0) {
     key = memo->key;
   } else {
     const char *skip[64] = {"user", "stream_options"};
@@ -185,9 +189,12 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
     }
     key = ob_cache_key(ob_iov_str(scope), x->route->prefix, ob_iov_str(x->upstream_name), ob_buf_iov(&canon));
     ob_buf_dispose(&canon);
-    memo->body_id = body_id;
-    memo->key = key;
-    memo->used = true;
+    if (strlen(scope) < sizeof memo->scope) {
+      memo->key = key;
+      memo->route = x->route;
+      memo->upstream = x->upstream_name;
+      strcpy(memo->scope, scope);
+    }
   }
   cache_x_t *c = ob_arena_alloc(x->arena, sizeof *c);
   memset(c, 0, sizeof *c);
@@ -202,7 +209,7 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
   if (!d.no_cache) {
     ob_buf_t raw;
     ob_buf_init(&raw);
-    if (t->store && ob_cache_store_get(t->store, &c->key, wall_ms(), &raw) == 1) {
+    if (t->store && ob_cache_store_get(t->store, &c->key, ob_clock_wall_ms(), &raw) == 1) {
       mark(x, "hit");
       answer_hit(x, ob_buf_iov(&raw), cfg->fresh_id);
       ob_buf_dispose(&raw);
@@ -281,7 +288,7 @@ void ob_routes_cache_end(ob_exchange_t *x, cache_x_t *c, const ob_usage_t *u) {
   release_followers(c, true, 0);
   if (c->overflow || c->status != 200 || !c->t->store) return;
   ob_cache_entry_t e = {
-      .expires_ms = wall_ms() + (uint64_t)c->ttl_s * 1000,
+      .expires_ms = ob_clock_wall_ms() + (uint64_t)c->ttl_s * 1000,
       .status = 200,
       .streamed = c->ctype.len >= 17 && ob_iov_eq_str_nocase(ob_iov(c->ctype.base, 17), "text/event-stream"),
       .prompt_tokens = u && u->found ? u->prompt_tokens : 0,

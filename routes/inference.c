@@ -193,7 +193,7 @@ static bool cache_applies(ob_exchange_t *x, ob_routes_t *t) {
  * when the request was answered from the cache or follows a twin. */
 static bool cache_step(ob_exchange_t *x, ob_routes_t *t, const cJSON *root, ob_iov_t body) {
   if (!cache_applies(x, t) || !x->upstream_name) return false;
-  return ob_routes_cache_prepare(x, t, x->route->cfg, root, body, &state(x)->cache);
+  return ob_routes_cache_prepare(x, t, x->route->cfg, root, body, NULL, &state(x)->cache);
 }
 
 /*
@@ -207,16 +207,27 @@ static bool cache_step(ob_exchange_t *x, ob_routes_t *t, const cJSON *root, ob_i
 static bool cache_first(ob_exchange_t *x, ob_routes_t *t, ob_iov_t body, bool *done) {
   *done = false;
   if (!cache_applies(x, t) || t->cfg->cache.deterministic_only) return false;
-  ob_json_member_t mem;
-  if (ob_json_find_member(body, OB_IOV_LIT("model"), &mem) != 1 || mem.value.len < 2 || mem.value.base[0] != '"' ||
-      memchr(mem.value.base, '\\', mem.value.len))
-    return false;
-  ob_iov_t name = ob_arena_dup(x->arena, ob_iov(mem.value.base + 1, mem.value.len - 2));
+  ob_cache_key_t id = ob_cache_body_id(body);
+  struct body_memo *memo = ob_routes_body_memo(t, &id);
+  ob_iov_t name;
+  if (memo->has_model) {
+    name = ob_arena_dup(x->arena, ob_iov_str(memo->model));
+  } else {
+    ob_json_member_t mem;
+    if (ob_json_find_member(body, OB_IOV_LIT("model"), &mem) != 1 || mem.value.len < 2 || mem.value.base[0] != '"' ||
+        memchr(mem.value.base, '\\', mem.value.len))
+      return false;
+    name = ob_arena_dup(x->arena, ob_iov(mem.value.base + 1, mem.value.len - 2));
+    if (name.len < sizeof memo->model && !memchr(name.base, '\0', name.len)) {
+      memcpy(memo->model, name.base, name.len + 1);
+      memo->has_model = true;
+    }
+  }
   const ob_config_model_t *cm = find_model(t->cfg, name.base);
   if (cm ? ob_exchange_set_upstream(x, cm->upstream) != OB_OK : !x->upstream) return false;
   x->model = name;
   *done = true;
-  return ob_routes_cache_prepare(x, t, x->route->cfg, NULL, body, &state(x)->cache);
+  return ob_routes_cache_prepare(x, t, x->route->cfg, NULL, body, &id, &state(x)->cache);
 }
 
 /* Pick the upstream from the model and run the cache step; root may be

@@ -76,10 +76,12 @@ static inline unsigned char lower(unsigned char c) { return (c >= 'A' && c <= 'Z
 
 bool ob_iov_eq(ob_iov_t a, ob_iov_t b) { return a.len == b.len && (a.len == 0 || memcmp(a.base, b.base, a.len) == 0); }
 
-bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b) {
-  if (a.len != b.len) return false;
-  for (size_t i = 0; i < a.len; i++)
-    if (lower((unsigned char)a.base[i]) != lower((unsigned char)b.base[i])) return false;
+bool ob_mem_eq_nocase(const char *a, const char *b, size_t n) {
+  /* Names are mostly compared with what they already are: HTTP/2 field
+   * names arrive in lower case, and we look them up in lower case. */
+  if (memcmp(a, b, n) == 0) return true;
+  for (size_t i = 0; i < n; i++)
+    if (lower((unsigned char)a[i]) != lower((unsigned char)b[i])) return false;
   return true;
 }
 
@@ -242,7 +244,7 @@ void ob_arena_init(ob_arena_t *a, size_t block_size) {
  */
 #define ARENA_MIN_SHIFT 10
 #define ARENA_SIZES 5
-#define ARENA_KEEP 64
+#define ARENA_KEEP 512
 
 typedef struct {
   ob_arena_block_t *free[ARENA_SIZES];
@@ -349,6 +351,15 @@ uint64_t ob_clock_us(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
+
+static uint64_t clock_ms(clockid_t id) {
+  struct timespec ts;
+  clock_gettime(id, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t ob_clock_ms(void) { return clock_ms(CLOCK_MONOTONIC_COARSE); }
+uint64_t ob_clock_wall_ms(void) { return clock_ms(CLOCK_REALTIME_COARSE); }
 
 /* ---------------------------------------------------------------- JSON numbers */
 

@@ -73,13 +73,18 @@ static inline ob_iov_t ob_iov(const char *base, size_t len) { return (ob_iov_t){
 static inline ob_iov_t ob_iov_str(const char *s) { return (ob_iov_t){s, s ? strlen(s) : 0}; }
 
 bool ob_iov_eq(ob_iov_t a, ob_iov_t b);
-/* ASCII case-insensitive comparison (header names, tokens). */
-bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b);
-/* Inline so that with a literal s the length is known at compile time and a
- * name of another length costs one comparison. */
+/* ASCII case-insensitive comparison of n bytes. */
+bool ob_mem_eq_nocase(const char *a, const char *b, size_t n);
+/* ASCII case-insensitive comparison (header names, tokens). Inline so that
+ * a name of another length, the usual case when looking for a header,
+ * costs one comparison and no call; with a literal s its length is known
+ * at compile time. */
+static inline bool ob_iov_eq_nocase(ob_iov_t a, ob_iov_t b) {
+  return a.len == b.len && ob_mem_eq_nocase(a.base, b.base, a.len);
+}
 static inline bool ob_iov_eq_str_nocase(ob_iov_t a, const char *s) {
   size_t n = strlen(s);
-  return a.len == n && ob_iov_eq_nocase(a, ob_iov(s, n));
+  return a.len == n && ob_mem_eq_nocase(a.base, s, n);
 }
 bool ob_iov_starts_with(ob_iov_t a, ob_iov_t prefix);
 /* Trim optional white space (SP / HTAB) at both ends. */
@@ -188,7 +193,15 @@ char *ob_arena_strdup(ob_arena_t *a, const char *s);
 
 /* Monotonic time. Pure modules take time as a parameter instead. */
 uint64_t ob_clock_us(void);
-static inline uint64_t ob_clock_ms(void) { return ob_clock_us() / 1000; }
+/* Monotonic milliseconds of the coarse clock (the kernel's tick, up to a few
+ * ms behind ob_clock_us): for deadlines, timeouts and back-offs, where that
+ * is precise enough. Several are read per request, and on a VM the coarse
+ * clock costs an eighth of the precise one. Compare only with other
+ * ob_clock_ms values, never with ob_clock_us() / 1000. */
+uint64_t ob_clock_ms(void);
+/* Wall-clock milliseconds, coarse as above: cache expiry times, which must
+ * survive a restart. */
+uint64_t ob_clock_wall_ms(void);
 
 /* ---------------------------------------------------------------- logging */
 

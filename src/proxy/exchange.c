@@ -66,9 +66,8 @@ static void put_u64(line_t *l, uint64_t v) {
   put(l, b, ob_fmt_u64(b, v));
 }
 
-static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed) {
+static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed, uint64_t now) {
   if (!ob_log_enabled(OB_LOG_INFO)) return;
-  uint64_t now = ob_clock_us();
   char ms[32];
   line_t l;
   l.n = 0;
@@ -593,7 +592,7 @@ static void on_close(ob_sreq_t *s, bool completed, void *ctx) {
   uint64_t now = ob_clock_us();
   ob_proxy_metrics_record(x->proxy, x, s, now);
   if (x->proxy->ledger) ob_ledger_record(x->proxy->ledger, x, s, now, completed);
-  log_line(x, s, completed);
+  log_line(x, s, completed, now);
   if (ob_log_pending() && x->proxy->log_flush && !evtimer_pending(x->proxy->log_flush, NULL)) {
     /* Access lines go out within 10 ms, batched under load. */
     static const struct timeval soon = {0, 10000};

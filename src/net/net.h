@@ -28,6 +28,16 @@ typedef struct ob_ureq ob_ureq_t;
 
 /* ================================================================ client side */
 
+/* Bytes the handler keeps per client connection between its requests (the
+ * proxy: the key that identified the last one). Zero when the connection
+ * opens; wiped with explicit_bzero when it is released, since it may hold
+ * secrets. Owned by the connection, valid while the sreq is; only the
+ * connection's thread touches it. */
+#define OB_CONN_SCRATCH 160
+typedef struct {
+  _Alignas(16) unsigned char bytes[OB_CONN_SCRATCH];
+} ob_conn_scratch_t;
+
 /*
  * One request from a client and the response to it: an HTTP/1.1 exchange on
  * a connection or one HTTP/2 stream. Owned by its connection. The fields
@@ -60,6 +70,7 @@ struct ob_sreq {
   struct evbuffer *body_in_;      /* private: streamed body bytes not yet sent upstream */
   bool body_ended_;               /* private: the client ended the request body */
   struct ob_ureq *sink_;          /* private: the ureq reading body_in_, or NULL */
+  ob_conn_scratch_t *scratch_;    /* private: the connection's, for ob_sreq_conn_scratch */
 };
 
 /*
@@ -121,6 +132,9 @@ size_t ob_sreq_pending(const ob_sreq_t *s);
 /* Find a request header by name (case-insensitive); first match or NULL.
  * Borrowed from the sreq. */
 const ob_http_header_t *ob_sreq_header(const ob_sreq_t *s, const char *name);
+
+/* The connection's scratch bytes (ob_conn_scratch_t, above). */
+ob_conn_scratch_t *ob_sreq_conn_scratch(ob_sreq_t *s);
 
 /* ================================================================ upstream side */
 

@@ -123,6 +123,7 @@ struct ob_client_conn {
   struct event *detect_timer; /* until the protocol is known: the deadline for the handshake and first bytes */
   char peer[64];
   void *proto_state;
+  ob_conn_scratch_t scratch; /* the handler's (ob_sreq_conn_scratch); wiped at release */
 };
 
 /* Hand a connection whose protocol is known to its protocol file. Any bytes

@@ -67,7 +67,10 @@ void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *op
   s->scheme = c->tls ? OB_IOV_LIT("https") : OB_IOV_LIT("http");
   s->body = ob_rcbuf_create();
   s->start_us = ob_clock_us();
+  s->scratch_ = &c->scratch;
 }
+
+ob_conn_scratch_t *ob_sreq_conn_scratch(ob_sreq_t *s) { return s->scratch_; }
 
 void ob_net_sreq_dispose(ob_sreq_t *s) {
   /* The handler cancels a ureq reading this body before the sreq goes;
@@ -94,6 +97,7 @@ void ob_net_client_release(ob_client_conn_t *c) {
   c->detect_timer = NULL;
   ob_sock_free(c->sock);
   c->sock = NULL;
+  explicit_bzero(&c->scratch, sizeof c->scratch);
   free(c);
   n->num_conns--;
   ob_net_conn_gone(n);

@@ -319,8 +319,11 @@ bool ob_proxy_identify(ob_exchange_t *x) {
   if (!ob_tenants_required(dir)) return true;
   const ob_http_header_t *auth = ob_sreq_header(x->req, "authorization");
   const ob_http_header_t *xkey = ob_sreq_header(x->req, "x-api-key");
-  ob_auth_t a = ob_tenants_identify(dir, auth ? auth->value : OB_IOV_LIT(""),
-                                    xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
+  _Static_assert(sizeof(ob_tenant_memo_t) <= sizeof(ob_conn_scratch_t), "the memo lives in the connection's scratch");
+  ob_conn_scratch_t *scratch = ob_sreq_conn_scratch(x->req);
+  ob_tenant_memo_t *memo = scratch ? (ob_tenant_memo_t *)scratch->bytes : NULL;
+  ob_auth_t a = ob_tenants_identify_memo(dir, memo, auth ? auth->value : OB_IOV_LIT(""),
+                                         xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
   if (a == OB_AUTH_OK) {
     ob_proxy_lock(p);
     if (ob_proxy_tstate(p, x->gen, x->who.tenant_index)->disabled) a = OB_AUTH_DISABLED; /* set by the admin API */

@@ -31,6 +31,7 @@ typedef struct slot {
 
 struct ob_tenants {
   const ob_config_t *cfg; /* borrowed */
+  uint64_t serial;        /* unique per directory in the process (memos name it) */
   slot_t *slots;
   size_t mask; /* capacity - 1; capacity is a power of two */
 };
@@ -73,8 +74,10 @@ static void sha256(ob_iov_t in, uint8_t out[32]) {
 }
 
 ob_tenants_t *ob_tenants_create(const ob_config_t *cfg) {
+  static uint64_t serials;
   ob_tenants_t *t = ob_xcalloc(1, sizeof *t);
   t->cfg = cfg;
+  t->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
   size_t nkeys = 0;
   for (size_t i = 0; cfg && i < cfg->num_tenants; i++) nkeys += cfg->tenants[i].num_keys;
   size_t cap = 8;
@@ -125,10 +128,22 @@ static ob_iov_t bearer_token(ob_iov_t auth) {
 }
 
 ob_auth_t ob_tenants_identify(const ob_tenants_t *t, ob_iov_t authorization, ob_iov_t x_api_key, ob_identity_t *out) {
+  return ob_tenants_identify_memo(t, NULL, authorization, x_api_key, out);
+}
+
+ob_auth_t ob_tenants_identify_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, ob_iov_t authorization,
+                                   ob_iov_t x_api_key, ob_identity_t *out) {
   ob_iov_t key = bearer_token(authorization);
   if (!key.len) key = ob_iov_trim(x_api_key);
   if (!key.len) return OB_AUTH_MISSING;
   if (!t) return OB_AUTH_UNKNOWN;
+  /* Constant time over the key: on a connection an edge balancer shares
+   * between clients, timing must not tell one client another's key (only
+   * whether it has the same length). */
+  if (m && m->serial == t->serial && m->len == key.len && CRYPTO_memcmp(m->key, key.base, key.len) == 0) {
+    if (out) *out = m->who;
+    return m->result;
+  }
 
   uint8_t d[32];
   sha256(key, d);
@@ -144,9 +159,23 @@ ob_auth_t ob_tenants_identify(const ob_tenants_t *t, ob_iov_t authorization, ob_
   if (!hit) return OB_AUTH_UNKNOWN;
 
   const ob_config_tenant_t *tn = &t->cfg->tenants[hit->tenant];
-  if (out) *out = (ob_identity_t){.tenant = tn, .key = hit->key, .tenant_index = hit->tenant};
-  return hit->key->disabled || tn->disabled ? OB_AUTH_DISABLED : OB_AUTH_OK;
+  ob_identity_t who = {.tenant = tn, .key = hit->key, .tenant_index = hit->tenant};
+  ob_auth_t result = hit->key->disabled || tn->disabled ? OB_AUTH_DISABLED : OB_AUTH_OK;
+  if (out) *out = who;
+  /* Only keys that are known are remembered: a client guessing keys pays
+   * for every guess. */
+  if (m && key.len <= sizeof m->key) {
+    if (m->serial) ob_tenant_memo_wipe(m);
+    m->serial = t->serial;
+    m->result = result;
+    m->who = who;
+    m->len = (uint8_t)key.len;
+    memcpy(m->key, key.base, key.len);
+  }
+  return result;
 }
+
+void ob_tenant_memo_wipe(ob_tenant_memo_t *m) { explicit_bzero(m, sizeof *m); }
 
 bool ob_tenant_allows_model(const ob_config_tenant_t *t, ob_iov_t model) {
   if (!t) return false;

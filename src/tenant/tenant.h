@@ -2,7 +2,8 @@
  * tenant: who is calling. Builds a key directory from a config snapshot and
  * resolves the API key of a request (Authorization: Bearer, or x-api-key)
  * to a tenant and key, in O(1) on the key's SHA-256 and with a
- * constant-time comparison of digests. No plaintext key is kept. Uses core
+ * constant-time comparison of digests. The directory keeps no plaintext
+ * key (a connection's memo, below, keeps its own last one). Uses core
  * and config (the config snapshot holds the tenants; this module indexes
  * them).
  *
@@ -50,6 +51,30 @@ bool ob_tenants_required(const ob_tenants_t *t);
  * Borrowed for the call. On OB_AUTH_OK and OB_AUTH_DISABLED *out is filled.
  */
 ob_auth_t ob_tenants_identify(const ob_tenants_t *t, ob_iov_t authorization, ob_iov_t x_api_key, ob_identity_t *out);
+
+/*
+ * What one client connection remembers of the last key it identified, so
+ * that its next request with the same key skips the SHA-256 and the lookup
+ * (most connections carry one key). It holds that key in plain text, as the
+ * connection's HPACK table does for HTTP/2 anyway; the directory itself
+ * still keeps none. Owned by the caller (zero-initialized = empty), used on
+ * one thread; wipe it with ob_tenant_memo_wipe when the connection goes. An
+ * entry made with another directory (a reload) is never used: directories
+ * have process-unique serials. Keys of up to 100 bytes are remembered.
+ */
+typedef struct ob_tenant_memo {
+  uint64_t serial;      /* of the directory that identified the key; 0: empty */
+  ob_identity_t who;
+  ob_auth_t result;     /* OB_AUTH_OK or OB_AUTH_DISABLED */
+  uint8_t len;
+  char key[100];
+} ob_tenant_memo_t;
+
+/* ob_tenants_identify, answered from m when it holds the same key for t,
+ * else looked up and remembered in m (m may be NULL). */
+ob_auth_t ob_tenants_identify_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, ob_iov_t authorization,
+                                   ob_iov_t x_api_key, ob_identity_t *out);
+void ob_tenant_memo_wipe(ob_tenant_memo_t *m);
 
 /* The tenant's model allow-list admits model ("*" admits all). */
 bool ob_tenant_allows_model(const ob_config_tenant_t *t, ob_iov_t model);

@@ -3,11 +3,14 @@
 // to another server and adds and removes a listener; an invalid file (bad
 // JSON, an unknown key, a port that cannot be bound) changes nothing; new
 // keys work at once and removed keys stop at once while a request already
-// running under a removed key finishes; queued requests keep their place;
-// listeners come and go.
+// running under a removed key finishes, also on a connection that used it
+// before (each connection remembers its last key); queued requests keep
+// their place; listeners come and go.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import http from 'node:http';
+import http2 from 'node:http2';
 import { writeFileSync } from 'node:fs';
 import { startSim, startObleth, stop, curl, chatBody, sseData, sleep } from './lib.mjs';
 
@@ -230,6 +233,70 @@ test('new keys work at once, removed keys stop at once, a request running under 
     assert.equal(events.length, 30 + 3);
     await waitLog(gw, /" 200 \d+ [^\n]*tenant=bob group=batch key=bob-1 /); // logged under the tenant it started with
   } finally {
+    await r$.close();
+  }
+});
+
+// One request on an open connection: HTTP/1.1 through a keep-alive agent
+// with one socket, or a stream of an HTTP/2 session.
+function onConn(conn, key) {
+  const body = JSON.stringify(chatBody({ max_tokens: 1 }));
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${key}` };
+  return new Promise((resolve, reject) => {
+    if (conn.session) {
+      const st = conn.session.request({ ':method': 'POST', ':path': '/v1/chat/completions', ...headers });
+      let text = '', status = 0;
+      st.setEncoding('utf8');
+      st.on('response', (h) => { status = h[':status']; });
+      st.on('data', (d) => { text += d; });
+      st.on('end', () => resolve({ status, text }));
+      st.on('error', reject);
+      st.end(body);
+      return;
+    }
+    const req = http.request(`${conn.url}/v1/chat/completions`, { method: 'POST', agent: conn.agent, headers }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text, socket: res.socket }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+test('a connection that used a key before a reload is answered by the new keys (HTTP/1.1 and HTTP/2)', { timeout: 30000 }, async () => {
+  const r$ = rig();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  let session;
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim));
+    session = http2.connect(gw.url);
+    const h1 = { url: gw.url, agent }, h2 = { session };
+    const first = await onConn(h1, 'sk-bob');
+    for (const c of [h1, h2]) {
+      assert.equal((await onConn(c, 'sk-bob')).status, 200);
+      assert.equal((await onConn(c, 'sk-bob')).status, 200, 'the same key again on the same connection');
+    }
+    // bob moves to another key, alice to another tenant.
+    rewrite(gw, config(sim, { tenants: [tenant('carol', 'prod', 'sk-alice'), tenant('bob', 'batch', 'sk-bob2')] }));
+    assert.equal((await adminReload(gw)).status, 200);
+    for (const [name, c] of [['HTTP/1.1', h1], ['HTTP/2', h2]]) {
+      const bob = await onConn(c, 'sk-bob');
+      assert.equal(bob.status, 401, `${name}: the removed key stops on a connection that used it`);
+      assert.equal(JSON.parse(bob.text).error.code, 'invalid_api_key');
+      assert.equal((await onConn(c, 'sk-alice')).status, 200);
+      assert.equal((await onConn(c, 'sk-alice')).status, 200);
+    }
+    const last = await onConn(h1, 'sk-bob2');
+    assert.equal(last.status, 200);
+    assert.equal(last.socket, first.socket, 'the HTTP/1.1 requests shared one connection');
+    await waitLog(gw, /" 200 \d+ [^\n]*tenant=carol group=prod key=carol-1 /); // alice's key now names carol
+    assert.doesNotMatch(gw.output.text, /tenant=alice /, 'no request was logged under alice');
+  } finally {
+    session?.close();
+    agent.destroy();
     await r$.close();
   }
 });

@@ -3,7 +3,7 @@
  * snapshot. Lookup by Authorization: Bearer, by x-api-key and with both;
  * scheme case and spacing; missing, unknown and disabled keys and tenants;
  * the model allow-list; the hash_key test vector; an anonymous snapshot;
- * and 1000 tenants with 3 keys each all found.
+ * and 1000 tenants with 3 keys each all found; a connection's memo.
  */
 #include "config.h"
 #include "tap.h"
@@ -167,8 +167,76 @@ static void test_many(void) {
   ob_config_destroy(c);
 }
 
+static ob_auth_t ident_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, const char *auth, ob_identity_t *out) {
+  *out = (ob_identity_t){0};
+  return ob_tenants_identify_memo(t, m, ob_iov_str(auth), OB_IOV_LIT(""), out);
+}
+
+static bool all_zero(const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++)
+    if (b[i]) return false;
+  return true;
+}
+
+/* A connection's memo: the same key is answered from it, another key, a
+ * reloaded directory and keys that are not known are not. */
+static void test_memo(void) {
+  const char *v1 = "{" HEAD ", \"tenants\": [{\"name\": \"a\", \"keys\": [{\"id\": \"a1\", \"secret\": \"ka\"}, "
+                   "{\"id\": \"a2\", \"secret\": \"kd\", \"disabled\": true}]}, "
+                   "{\"name\": \"b\", \"keys\": [{\"id\": \"b1\", \"secret\": \"kb\"}]}]}";
+  /* The reload moves ka to tenant b, drops kb and adds a key longer than
+   * a memo holds. */
+  char longkey[128], v2[512];
+  memset(longkey, 'x', sizeof longkey - 1);
+  longkey[sizeof longkey - 1] = '\0';
+  snprintf(v2, sizeof v2,
+           "{" HEAD ", \"tenants\": [{\"name\": \"b\", \"keys\": [{\"id\": \"b9\", \"secret\": \"ka\"}, "
+           "{\"id\": \"long\", \"secret\": \"%s\"}]}]}",
+           longkey);
+  ob_config_t *c1 = parse(v1), *c2 = parse(v2);
+  TAP_CHECK(c1 && c2, "memo configs parse");
+  if (!c1 || !c2) return;
+  ob_tenants_t *t1 = ob_tenants_create(c1), *t2 = ob_tenants_create(c2);
+  ob_tenant_memo_t m = {0};
+  ob_identity_t id;
+  TAP_CHECK(ident_memo(t1, &m, "Bearer ka", &id) == OB_AUTH_OK && id.key == &c1->tenants[0].keys[0],
+            "memo: first request identified");
+  TAP_CHECK(m.serial != 0 && m.len == 2 && memcmp(m.key, "ka", 2) == 0, "memo: the key is remembered");
+  m.who.tenant_index = 7; /* marks an answer that came from the memo */
+  TAP_CHECK(ident_memo(t1, &m, "Bearer ka", &id) == OB_AUTH_OK && id.tenant_index == 7,
+            "memo: the same key is answered from the memo");
+  TAP_CHECK(ident_memo(t1, &m, "Bearer kb", &id) == OB_AUTH_OK && id.tenant_index == 1 && strcmp(id.key->id, "b1") == 0,
+            "memo: another key is looked up");
+  TAP_CHECK(m.len == 2 && memcmp(m.key, "kb", 2) == 0 && m.who.tenant_index == 1, "memo: and replaces the memo");
+  TAP_CHECK(ident_memo(t1, &m, "Bearer kc", &id) == OB_AUTH_UNKNOWN && memcmp(m.key, "kb", 2) == 0,
+            "memo: an unknown key is not remembered");
+  TAP_CHECK(ident_memo(t1, &m, "Bearer k", &id) == OB_AUTH_UNKNOWN, "memo: a prefix of the remembered key is unknown");
+  TAP_CHECK(ident_memo(t1, &m, "Bearer kb2", &id) == OB_AUTH_UNKNOWN, "memo: a longer key is unknown");
+  TAP_CHECK(ident_memo(t1, &m, "Bearer kd", &id) == OB_AUTH_DISABLED && ident_memo(t1, &m, "Bearer kd", &id) ==
+                OB_AUTH_DISABLED && strcmp(id.key->id, "a2") == 0,
+            "memo: a disabled key stays disabled from the memo");
+  TAP_CHECK(ident_memo(t1, &m, "Bearer ka", &id) == OB_AUTH_OK, "memo: ka again");
+  TAP_CHECK(ident_memo(t2, &m, "Bearer ka", &id) == OB_AUTH_OK && id.tenant == &c2->tenants[0] &&
+                strcmp(id.key->id, "b9") == 0,
+            "memo: after a reload the new directory answers, not the memo");
+  TAP_CHECK(ident_memo(t2, &m, "Bearer kb", &id) == OB_AUTH_UNKNOWN, "memo: a key the reload dropped is unknown");
+  ob_tenant_memo_t before = m;
+  TAP_CHECK(ob_tenants_identify_memo(t2, &m, OB_IOV_LIT(""), ob_iov_str(longkey), &id) == OB_AUTH_OK &&
+                strcmp(id.key->id, "long") == 0 && memcmp(&before, &m, sizeof m) == 0,
+            "memo: a key longer than the memo holds is identified and leaves the memo as it was");
+  TAP_CHECK(ident_memo(t2, NULL, "Bearer ka", &id) == OB_AUTH_OK, "memo: NULL memo works");
+  ob_tenant_memo_wipe(&m);
+  TAP_CHECK(all_zero(&m, sizeof m), "memo: wipe leaves no byte of the key");
+  ob_tenants_destroy(t1);
+  ob_tenants_destroy(t2);
+  ob_config_destroy(c1);
+  ob_config_destroy(c2);
+}
+
 int main(void) {
   test_hash_key();
+  test_memo();
   test_lookup();
   test_anonymous();
   test_many();

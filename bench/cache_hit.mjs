@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import {
   sleep, fail, workDir, spawnLogged, waitFor, freePort, sh, startSim, startObleth, requireTools, requireBinaries,
-  cpuSeconds, h2request, parseH2load, clean, h2loadSummary, mean, stop, parseArgs,
+  cpuSeconds, h2request, parseH2load, clean, h2loadSummary, median, stop, parseArgs,
 } from './lib.mjs';
 
 const TARGET = 1.2; // a hit may cost at most 1.2x the static file: obleth rps >= nghttpd rps / 1.2
@@ -165,7 +165,9 @@ const simAfter = await simRequests();
 
 // ---- summary ----
 
-const sum = (name, k) => mean(results[name].map((p) => p[k]));
+// Medians, as in proxy_path.mjs: on a shared VM one disturbed round would
+// move a mean by more than the effect measured.
+const sum = (name, k) => median(results[name].map((p) => p[k]));
 const o = sum('obleth', 'rps'), n = sum('nghttpd', 'rps');
 const oc = sum('obleth', 'cpu_us_per_req'), nc = sum('nghttpd', 'cpu_us_per_req');
 const allOk = Object.values(results).flat().every((p) => clean(p, opt.c * opt.m));
@@ -175,7 +177,11 @@ console.log(`obleth (cache hit)   ${o.toFixed(0)} req/s  ${oc.toFixed(1)} us cpu
 console.log(`nghttpd (static)     ${n.toFixed(0)} req/s  ${nc.toFixed(1)} us cpu/req`);
 console.log(`cost of a hit: ${ratio.toFixed(3)}x the static file by req/s (obleth at ${(100 * o / n).toFixed(1)} % of nghttpd), ` +
   `${(oc / nc).toFixed(3)}x by server CPU per request`);
-console.log(`${ratio <= TARGET ? 'PASS' : 'MISS'} target: a hit costs at most ${TARGET}x the static file (obleth >= ${(n / TARGET).toFixed(0)} req/s)`);
+// "Costs" read both ways: the throughput the server reaches and the CPU it
+// spends per request; both must be within the target.
+const cpuRatio = oc / nc;
+console.log(`${ratio <= TARGET && cpuRatio <= TARGET ? 'PASS' : 'MISS'} target: a hit costs at most ${TARGET}x the static file, ` +
+  `by req/s (obleth >= ${(n / TARGET).toFixed(0)} req/s) and by CPU per request (<= ${(nc * TARGET).toFixed(2)} us)`);
 console.log(`${simAfter === simBefore ? 'PASS' : 'MISS'} upstream untouched: simulator requests ${simBefore} before, ${simAfter} after`);
 if (opt.logLevel && opt.logLevel !== 'info' && opt.logLevel !== 'debug')
   console.log(`n/a  every obleth request a hit (no access lines at log_level ${opt.logLevel}; the simulator count above still holds)`);
@@ -183,7 +189,7 @@ else console.log(`${nonHits === 0 && hits > 0 ? 'PASS' : 'MISS'} every logged ob
 console.log(`${allOk ? 'PASS' : 'MISS'} every request answered 2xx (no failures, no errors, no other status)`);
 
 if (opt.json) writeFileSync(opt.json, JSON.stringify({ opt, hit_bytes: hit.body.length, request_bytes: reqBody.length, results,
-  obleth_rps: o, nghttpd_rps: n, ratio, sim_requests_before: simBefore, sim_requests_after: simAfter, hits, non_hits: nonHits }, null, 2));
+  obleth_rps: o, nghttpd_rps: n, ratio, cpu_ratio: cpuRatio, sim_requests_before: simBefore, sim_requests_after: simAfter, hits, non_hits: nonHits }, null, 2));
 
 for (const p of [ng, gw.proc, sim.proc]) await stop(p);
 if (gw.proc.exitInfo.code !== 0) fail(`obleth exited ${gw.proc.exitInfo.code ?? gw.proc.exitInfo.sig} on SIGTERM`);

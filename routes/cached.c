@@ -32,6 +32,8 @@ struct cache_x {
   cache_x_t *fnext;
 };
 
+#define HIT_BUF_KEEP (64 * 1024)
+
 static cache_x_t **bucket(ob_routes_t *t, const ob_cache_key_t *k) { return &t->flight[k->b[0]]; }
 
 static void unregister(cache_x_t *c) {
@@ -150,6 +152,27 @@ static void follower_head(cache_x_t *f, cache_x_t *lead) {
   if (lead->body.len) ob_sreq_send_bytes(x->req, lead->body.base, lead->body.len, false);
 }
 
+/* Read key from the store into the table's reused buffer; a hit is
+ * answered (true). */
+static bool lookup(ob_exchange_t *x, ob_routes_t *t, const ob_cache_key_t *key, bool fresh_id) {
+  /* A hit answered inside another hit's answer gets a buffer of its own. */
+  bool shared = !t->hit_buf_busy;
+  ob_buf_t own = {0}, *raw = shared ? &t->hit_buf : &own;
+  raw->len = 0;
+  t->hit_buf_busy = true;
+  bool hit = ob_cache_store_get(t->store, key, ob_clock_wall_ms(), raw) == 1;
+  if (hit) {
+    mark(x, "hit");
+    answer_hit(x, ob_buf_iov(raw), fresh_id);
+  }
+  if (shared) t->hit_buf_busy = false;
+  if (!shared || raw->cap > HIT_BUF_KEEP) {
+    ob_buf_dispose(raw);
+    ob_buf_init(raw);
+  }
+  return hit;
+}
+
 struct body_memo *ob_routes_body_memo(ob_routes_t *t, const ob_cache_key_t *id) {
   struct body_memo *m = &t->body_memo[id->b[0]];
   if (!m->used || memcmp(m->body_id.b, id->b, sizeof id->b) != 0) {
@@ -206,16 +229,8 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
   ob_buf_init(&c->body);
   *out = c;
 
+  if (!d.no_cache && t->store && lookup(x, t, &c->key, cfg->fresh_id)) return true;
   if (!d.no_cache) {
-    ob_buf_t raw;
-    ob_buf_init(&raw);
-    if (t->store && ob_cache_store_get(t->store, &c->key, ob_clock_wall_ms(), &raw) == 1) {
-      mark(x, "hit");
-      answer_hit(x, ob_buf_iov(&raw), cfg->fresh_id);
-      ob_buf_dispose(&raw);
-      return true;
-    }
-    ob_buf_dispose(&raw);
     for (cache_x_t *l = *bucket(t, &c->key); l; l = l->next) {
       if (memcmp(l->key.b, c->key.b, 16) != 0 || l->overflow || l->done) continue;
       /* Follow the leader: no upstream, no slot. */

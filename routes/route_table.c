@@ -85,6 +85,7 @@ void ob_routes_set_cache(ob_routes_t *t, ob_cache_store_t *store) { t->store = s
 void ob_routes_destroy(ob_routes_t *t) {
   if (!t) return;
   ob_config_release(t->cfg);
+  ob_buf_dispose(&t->hit_buf);
   free(t->routes);
   free(t->allowed);
   free(t);

@@ -32,6 +32,11 @@ struct ob_routes {
     bool has_model;
     bool used;
   } body_memo[256];
+  /* A hit's stored entry is read into this buffer, kept between hits (while
+   * at most HIT_BUF_KEEP bytes) so that a hit does not allocate for it;
+   * hit_buf_busy guards against a hit answered inside another's answer. */
+  ob_buf_t hit_buf;
+  bool hit_buf_busy;
   long long started;    /* unix time, the "created" of /v1/models entries */
 };
 

@@ -70,7 +70,7 @@ struct ob_sreq {
   struct evbuffer *body_in_;      /* private: streamed body bytes not yet sent upstream */
   bool body_ended_;               /* private: the client ended the request body */
   struct ob_ureq *sink_;          /* private: the ureq reading body_in_, or NULL */
-  ob_conn_scratch_t *scratch_;    /* private: the connection's, for ob_sreq_conn_scratch */
+  struct ob_client_conn *conn_;   /* private: the connection it came on */
 };
 
 /*

@@ -41,6 +41,7 @@ struct ob_net {
   size_t num_listeners;
   SSL_CTX **listener_ssl;         /* per listener, NULL for cleartext */
 
+  struct evbuffer *staging;       /* ob_sreq_send_bytes's, empty between calls */
   ob_client_conn_t *conns;        /* doubly linked list of live client connections */
   size_t num_conns;
   ob_net_conn_stats_t conn_stats; /* by protocol, for metrics */

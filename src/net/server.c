@@ -32,10 +32,12 @@ ob_err_t ob_sreq_send_head(ob_sreq_t *s, int status, const ob_http_header_t *hea
 void ob_sreq_send_data(ob_sreq_t *s, struct evbuffer *data, bool end_stream) { s->ops_->send_data(s, data, end_stream); }
 
 void ob_sreq_send_bytes(ob_sreq_t *s, const void *p, size_t n, bool end_stream) {
-  struct evbuffer *b = evbuffer_new();
+  /* Through the net's one staging buffer rather than a new evbuffer per
+   * call: send_data moves or drops all of it before anything else runs. */
+  struct evbuffer *b = s->conn_->net->staging;
   if (n) evbuffer_add(b, p, n);
   s->ops_->send_data(s, b, end_stream);
-  evbuffer_free(b);
+  evbuffer_drain(b, evbuffer_get_length(b)); /* already empty; never carried to the next call */
 }
 
 void ob_sreq_send_trailers(ob_sreq_t *s, const ob_http_header_t *trailers, size_t n) {
@@ -67,10 +69,10 @@ void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *op
   s->scheme = c->tls ? OB_IOV_LIT("https") : OB_IOV_LIT("http");
   s->body = ob_rcbuf_create();
   s->start_us = ob_clock_us();
-  s->scratch_ = &c->scratch;
+  s->conn_ = c;
 }
 
-ob_conn_scratch_t *ob_sreq_conn_scratch(ob_sreq_t *s) { return s->scratch_; }
+ob_conn_scratch_t *ob_sreq_conn_scratch(ob_sreq_t *s) { return s->conn_ ? &s->conn_->scratch : NULL; }
 
 void ob_net_sreq_dispose(ob_sreq_t *s) {
   /* The handler cancels a ureq reading this body before the sreq goes;
@@ -353,6 +355,7 @@ ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const 
   n->cfg = ob_config_acquire(cfg);
   n->handler = handler;
   n->ctx = ctx;
+  n->staging = evbuffer_new();
   n->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
   if (!n->dns) n->dns = evdns_base_new(base, 0); /* no resolv.conf: numeric hosts still work */
 
@@ -539,6 +542,7 @@ void ob_net_destroy(ob_net_t *n) {
   free(n->listener_ssl);
   if (n->grace_timer) event_free(n->grace_timer);
   if (n->dns) evdns_base_free(n->dns, 0);
+  evbuffer_free(n->staging);
   ob_config_release(n->cfg);
   free(n);
 }

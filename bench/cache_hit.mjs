@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import {
   sleep, fail, workDir, spawnLogged, waitFor, freePort, sh, startSim, startObleth, requireTools, requireBinaries,
-  cpuSeconds, h2request, parseH2load, clean, h2loadSummary, median, stop, parseArgs,
+  cpuSplit, h2request, parseH2load, clean, h2loadSummary, median, stop, parseArgs,
 } from './lib.mjs';
 
 const TARGET = 1.2; // a hit may cost at most 1.2x the static file: obleth rps >= nghttpd rps / 1.2
@@ -139,15 +139,18 @@ for (let r = 0; r < opt.rounds; r++) {
     const t = targets[name];
     // Server CPU over h2load's measuring window (after its warm-up).
     let cpu0 = null;
-    const timer = setTimeout(() => { cpu0 = cpuSeconds(t.pid); }, opt.warmup * 1000 + 100);
+    const timer = setTimeout(() => { cpu0 = cpuSplit(t.pid); }, opt.warmup * 1000 + 100);
     const out = await sh('h2load', h2loadArgs(t.url), { pin: LOAD_CPUS });
     clearTimeout(timer);
-    const cpu = cpu0 === null ? NaN : cpuSeconds(t.pid) - cpu0;
+    const cpu1 = cpuSplit(t.pid);
+    const cpu = cpu0 === null ? NaN : cpu1.user + cpu1.sys - cpu0.user - cpu0.sys;
+    const sys = cpu0 === null ? NaN : cpu1.sys - cpu0.sys;
     if (out.code !== 0) fail(`h2load against ${name} failed:\n${out.stdout}${out.stderr}`);
     const p = parseH2load(out.stdout);
     if (!clean(p, opt.c * opt.m))
       console.log(`round ${r + 1} ${name}: h2load reports something other than ${p.done} clean 2xx:\n${h2loadSummary(out.stdout)}`);
     p.cpu_us_per_req = (cpu * 1e6) / (p.rps * (opt.duration - 0.1));
+    p.sys_us_per_req = (sys * 1e6) / (p.rps * (opt.duration - 0.1)); // of which in the kernel
     p.cpu_s = cpu;
     if (name === 'obleth') {
       await sleep(200); // the last log lines
@@ -158,7 +161,8 @@ for (let r = 0; r < opt.rounds; r++) {
     }
     results[name].push(p);
     console.log(`round ${r + 1} ${name.padEnd(7)} ${p.rps.toFixed(0).padStart(8)} req/s  ${p.succeeded} ok ${p.failed} failed ${p.errored} errored, ` +
-      `${p.s2xx} 2xx, mean ${p.mean_ms.toFixed(2)} ms, server cpu ${p.cpu_us_per_req.toFixed(1)} us/req`);
+      `${p.s2xx} 2xx, mean ${p.mean_ms.toFixed(2)} ms, server cpu ${p.cpu_us_per_req.toFixed(1)} us/req ` +
+      `(${(p.cpu_us_per_req - p.sys_us_per_req).toFixed(1)} user + ${p.sys_us_per_req.toFixed(1)} kernel)`);
   }
 }
 const simAfter = await simRequests();
@@ -173,8 +177,9 @@ const oc = sum('obleth', 'cpu_us_per_req'), nc = sum('nghttpd', 'cpu_us_per_req'
 const allOk = Object.values(results).flat().every((p) => clean(p, opt.c * opt.m));
 const ratio = n / o;
 console.log('');
-console.log(`obleth (cache hit)   ${o.toFixed(0)} req/s  ${oc.toFixed(1)} us cpu/req`);
-console.log(`nghttpd (static)     ${n.toFixed(0)} req/s  ${nc.toFixed(1)} us cpu/req`);
+const split = (name) => { const k = sum(name, 'sys_us_per_req'); return `(${(sum(name, 'cpu_us_per_req') - k).toFixed(1)} user + ${k.toFixed(1)} kernel)`; };
+console.log(`obleth (cache hit)   ${o.toFixed(0)} req/s  ${oc.toFixed(1)} us cpu/req ${split('obleth')}`);
+console.log(`nghttpd (static)     ${n.toFixed(0)} req/s  ${nc.toFixed(1)} us cpu/req ${split('nghttpd')}`);
 console.log(`cost of a hit: ${ratio.toFixed(3)}x the static file by req/s (obleth at ${(100 * o / n).toFixed(1)} % of nghttpd), ` +
   `${(oc / nc).toFixed(3)}x by server CPU per request`);
 // "Costs" read both ways: the throughput the server reaches and the CPU it

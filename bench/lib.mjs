@@ -215,11 +215,17 @@ export async function startHaproxy(dir, backendPort, { pin = null, wrap = [], ma
 
 // ---- /proc readings ----
 
-// CPU seconds (user + system) a process has used so far.
-export function cpuSeconds(pid) {
+// CPU seconds a process has used so far, in user space and in the kernel
+// (utime, stime: clock ticks of USER_HZ 100).
+export function cpuSplit(pid) {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  return { user: Number(fields[11]) / 100, sys: Number(fields[12]) / 100 };
+}
+// CPU seconds (user + system) a process has used so far.
+export function cpuSeconds(pid) {
+  const c = cpuSplit(pid);
+  return c.user + c.sys;
 }
 
 // The pid and all its descendants (nghttpx and HAProxy may fork workers).
@@ -234,7 +240,11 @@ export function processTree(pid) {
   }
   return out;
 }
-export const treeCpuSeconds = (pid) => processTree(pid).reduce((s, p) => { try { return s + cpuSeconds(p); } catch { return s; } }, 0);
+// The same summed over the process tree: { user, sys } seconds.
+export const treeCpuSplit = (pid) => processTree(pid).reduce((s, p) => {
+  try { const c = cpuSplit(p); return { user: s.user + c.user, sys: s.sys + c.sys }; } catch { return s; }
+}, { user: 0, sys: 0 });
+export const treeCpuSeconds = (pid) => { const c = treeCpuSplit(pid); return c.user + c.sys; };
 
 // Per-CPU busy and total jiffies from /proc/stat: [{busy, total}] by CPU
 // number. Utilisation over a window: busy delta / total delta.

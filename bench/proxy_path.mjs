@@ -35,7 +35,7 @@ import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import {
   sleep, fail, workDir, freePort, sh, requireTools, requireBinaries, startSim, startObleth,
-  treeCpuSeconds, cpuTimes, cpuUtil, h2request, parseH2load, clean, h2loadSummary, readH2loadLog, pct, median, mdTable,
+  treeCpuSeconds, treeCpuSplit, cpuTimes, cpuUtil, h2request, parseH2load, clean, h2loadSummary, readH2loadLog, pct, median, mdTable,
   machine, stop, nofileWrap, nofileLimits, metric, startNghttpx, startHaproxy, proxyConfig,
   parseArgs, list,
 } from './lib.mjs';
@@ -145,7 +145,8 @@ async function run(name, shape, extra = [], logFile = null) {
   // (the direct path's server is the simulators)
   const sample = () => {
     const sim = treeCpuSeconds(simH1.proc.pid) + treeCpuSeconds(simH2.proc.pid);
-    return { cpu: s.proc ? treeCpuSeconds(s.proc.pid) : sim, sim, cores: cpuTimes() };
+    const own = s.proc ? treeCpuSplit(s.proc.pid) : null;
+    return { cpu: own ? own.user + own.sys : sim, sys: own ? own.sys : NaN, sim, cores: cpuTimes() };
   };
   let t0 = null;
   const timer = setTimeout(() => { t0 = sample(); }, opt.warmup * 1000 + 100);
@@ -161,6 +162,7 @@ async function run(name, shape, extra = [], logFile = null) {
     p.server_cpu = (t1.cpu - t0.cpu) / secs;          // cores used by the server
     p.sim_cpu = (t1.sim - t0.sim) / secs;
     p.cpu_us_per_req = ((t1.cpu - t0.cpu) * 1e6) / (p.rps * secs);
+    p.sys_us_per_req = ((t1.sys - t0.sys) * 1e6) / (p.rps * secs); // of which in the kernel
     p.core_util = cpuUtil(t0.cores, t1.cores);
   }
   truncateLogs();
@@ -243,6 +245,13 @@ console.log(mdTable(['load', ...shown.map((n) => servers[n].label)], SHAPES.map(
   const u = median(ps.map((p) => p.core_util?.[0]).filter(Number.isFinite));
   const srv = med(ps, 'server_cpu');
   return `${f2(med(ps, 'cpu_us_per_req'))} µs (server ${pc(srv)}, load CPU ${pc(u)})`;
+})])));
+console.log('\nThe same CPU per request split into user space and the kernel (system calls, and on loopback the TCP ' +
+  'delivery to the receiving socket, which Linux charges to the sender):\n');
+console.log(mdTable(['load', ...proxies.map((n) => servers[n].label)], SHAPES.map((s) => [s.label, ...proxies.map((n) => {
+  const ps = tput[s.name][n];
+  const all = med(ps, 'cpu_us_per_req'), sys = med(ps, 'sys_us_per_req');
+  return `${f2(all - sys)} user + ${f2(sys)} kernel`;
 })])));
 console.log('\nRatios by server CPU per request (what each server would do with the whole CPU: the fair comparison when a ' +
   'proxy was not CPU-bound, see the CPU-bound lines below):\n');

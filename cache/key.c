@@ -8,6 +8,8 @@
 #include "cache.h"
 
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack: no allocation per key */
+#include <endian.h>
+#include <string.h>
 #include <xxhash.h>
 
 static void put_len(XXH3_state_t *st, ob_iov_t v) {
@@ -83,27 +85,34 @@ void ob_cache_entry_encode(const ob_cache_entry_t *e, ob_buf_t *out) {
   }
 }
 
-static uint64_t get(const uint8_t *p, int n) {
-  uint64_t v = 0;
-  for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
-  return v;
+/* Little-endian fields; read whole (a hit decodes its entry twice: the
+ * store checks the expiry, the answer takes the parts). */
+static uint64_t get64(const uint8_t *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return le64toh(v);
+}
+static uint32_t get32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return le32toh(v);
 }
 
 bool ob_cache_entry_decode(ob_iov_t v, ob_cache_entry_t *e) {
   const uint8_t *p = (const uint8_t *)v.base;
   size_t n = v.len, off = 31;
   if (n < off || memcmp(p, "OBC1", 4) != 0) return false;
-  e->expires_ms = get(p + 4, 8);
-  e->status = (uint16_t)get(p + 12, 2);
+  e->expires_ms = get64(p + 4);
+  e->status = (uint16_t)(p[12] | p[13] << 8);
   /* The encoder writes 0 or 1; anything else is not an entry it made. */
   if (p[14] > 1) return false;
   e->streamed = p[14];
-  e->prompt_tokens = get(p + 15, 8);
-  e->completion_tokens = get(p + 23, 8);
+  e->prompt_tokens = get64(p + 15);
+  e->completion_tokens = get64(p + 23);
   ob_iov_t *parts[3] = {&e->scope, &e->content_type, &e->body};
   for (int i = 0; i < 3; i++) {
     if (n - off < 4) return false;
-    uint64_t len = get(p + off, 4);
+    uint64_t len = get32(p + off);
     off += 4;
     if (len > n - off) return false;
     *parts[i] = ob_iov(v.base + off, (size_t)len);

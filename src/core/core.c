@@ -392,17 +392,21 @@ size_t ob_pool_class_size(unsigned c) {
   return ((size_t)1 << k) + ((size_t)(q + 1) << (k - 2u));
 }
 
-static unsigned pool_keep(unsigned c) {
-  size_t n = POOL_KEEP_BYTES / ob_pool_class_size(c);
-  return n < 64 ? 64 : (unsigned)n;
-}
-
 #if OB_POOL_DISABLED
 void *ob_pool_malloc(size_t n) { return malloc(n ? n : 1); }
 void *ob_pool_calloc(size_t nmemb, size_t size) { return calloc(nmemb ? nmemb : 1, size ? size : 1); }
 void *ob_pool_realloc(void *p, size_t n) { return realloc(p, n ? n : 1); }
 void ob_pool_free(void *p) { free(p); }
 #else
+/* Blocks kept per class: POOL_KEEP_BYTES of them, at least 64. */
+#define KEEP_(sz) ((POOL_KEEP_BYTES / (sz)) < 64 ? 64u : (unsigned)(POOL_KEEP_BYTES / (sz)))
+#define KEEP_Q_(k) KEEP_((1u << (k)) + (1u << ((k) - 2))), KEEP_((1u << (k)) + (2u << ((k) - 2))), \
+                   KEEP_((1u << (k)) + (3u << ((k) - 2))), KEEP_(2u << (k))
+static const unsigned pool_keep[POOL_CLASSES] = {
+    KEEP_(16),  KEEP_(32),  KEEP_(48),  KEEP_(64),  KEEP_(80),  KEEP_(96),  KEEP_(112), KEEP_(128),
+    KEEP_(144), KEEP_(160), KEEP_(176), KEEP_(192), KEEP_(208), KEEP_(224), KEEP_(240), KEEP_(256),
+    KEEP_Q_(8), KEEP_Q_(9), KEEP_Q_(10), KEEP_Q_(11)};
+
 void *ob_pool_malloc(size_t n) {
   if (n > OB_POOL_MAX) {
     if (n > SIZE_MAX - sizeof(pool_hdr_t)) return NULL;
@@ -432,7 +436,7 @@ void ob_pool_free(void *p) {
   uint32_t c = h->cls;
   /* A block may be freed on another thread than the one that allocated
    * it: it simply joins this thread's cache. */
-  if (c != POOL_LARGE && tcache.pool_count[c] < pool_keep(c)) {
+  if (c != POOL_LARGE && tcache.pool_count[c] < pool_keep[c]) {
     thread_cache_register();
     pool_free_t *f = (pool_free_t *)h;
     f->next = tcache.pool[c];

@@ -47,6 +47,8 @@ typedef struct h2_req {
   struct evbuffer *out;       /* response body queued for DATA frames */
   struct event *timer;        /* the deadline of the stream's phase (see the top of the file); in
                                * the same allocation, after the struct */
+  uint64_t due_ms;            /* that deadline (ob_clock_ms); 0: none in this phase */
+  uint64_t fire_ms;           /* when the timer is due to fire; 0: not armed */
   uint64_t body_deadline_ms;  /* a buffered body must be in by then */
   ob_http_header_t *trailers; /* pending trailers, arena memory */
   size_t num_trailers;
@@ -132,22 +134,42 @@ static void arm_ms(struct event *ev, uint64_t ms) {
   evtimer_add(ev, &tv);
 }
 
-/* The stream made progress (or changed phase): restart its timer for the
- * phase it is in now. The header phase is armed once, in on_begin_headers. */
+/*
+ * The phase deadline is kept lazily, as nginx and HAProxy keep theirs: a
+ * request moves through four or five phases and makes progress many times,
+ * and re-adding the timer each time was several libevent calls per
+ * request. The timer is only (re)armed when the new deadline is earlier
+ * than when it fires; otherwise it fires early, on_stream_timer sees the
+ * deadline still ahead (or gone) and re-arms for the rest (or does
+ * nothing). ms: the deadline as a configured duration from now (a common
+ * timeout), or 0 for an arbitrary one.
+ */
+static void set_due(h2_req_t *r, uint64_t now, uint64_t due, uint32_t ms) {
+  r->due_ms = due;
+  if (r->fire_ms && r->fire_ms <= due) return;
+  if (ms)
+    ob_net_arm(r->h->c->net, r->timer, ms);
+  else
+    arm_ms(r->timer, due > now ? due - now : 0);
+  r->fire_ms = due;
+}
+
+/* The stream made progress (or changed phase): restart its deadline for
+ * the phase it is in now. The header phase starts in on_begin_headers. */
 static void stream_progress(h2_req_t *r) {
   if (!r->head_done) return;
   const ob_config_timeouts_t *t = &cfg_of(r->h)->timeouts;
   if (!r->remote_ended && !r->s.body_streaming && !r->timed_out) {
     uint64_t now = ob_clock_ms();
-    uint64_t left = r->body_deadline_ms > now ? r->body_deadline_ms - now : 0;
-    if (left < t->idle_ms)
-      arm_ms(r->timer, left);
+    if (r->body_deadline_ms < now + t->idle_ms)
+      set_due(r, now, r->body_deadline_ms > now ? r->body_deadline_ms : now, 0);
     else
-      ob_net_arm(r->h->c->net, r->timer, t->idle_ms);
+      set_due(r, now, now + t->idle_ms, t->idle_ms);
   } else if (evbuffer_get_length(r->out) > 0 && !r->reset) {
-    ob_net_arm(r->h->c->net, r->timer, t->idle_ms);
+    uint64_t now = ob_clock_ms();
+    set_due(r, now, now + t->idle_ms, t->idle_ms);
   } else {
-    evtimer_del(r->timer);
+    r->due_ms = 0; /* the timer, if armed, fires to find nothing due */
   }
 }
 
@@ -156,6 +178,14 @@ static void on_stream_timer(evutil_socket_t fd, short what, void *arg) {
   h2_req_t *r = arg;
   h2_conn_t *h = r->h;
   const ob_config_timeouts_t *t = &cfg_of(h)->timeouts;
+  r->fire_ms = 0;
+  if (!r->due_ms) return;
+  uint64_t now = ob_clock_ms();
+  if (r->due_ms > now) { /* progress since it was armed: wait for the rest */
+    set_due(r, now, r->due_ms, 0);
+    return;
+  }
+  r->due_ms = 0;
   if (!r->head_done) {
     /* Nothing else may be sent on the connection in the middle of a header
      * block, so the whole connection goes; the GOAWAY's last stream id
@@ -264,7 +294,8 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
   r->out = evbuffer_new();
   r->timer = (struct event *)(r + 1);
   evtimer_assign(r->timer, h->c->net->base, on_stream_timer, r);
-  ob_net_arm(h->c->net, r->timer, cfg_of(h)->timeouts.client_header_ms);
+  uint64_t now = ob_clock_ms();
+  set_due(r, now, now + cfg_of(h)->timeouts.client_header_ms, cfg_of(h)->timeouts.client_header_ms);
   nghttp2_session_set_stream_user_data(s, r->id, r);
   r->next = h->streams;
   if (h->streams) h->streams->prev = r;
@@ -430,7 +461,7 @@ static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why) 
   r->end_queued = true;
   nghttp2_data_provider dp = {.source.ptr = r, .read_callback = read_cb};
   nghttp2_submit_response(h->session, r->id, nv, 3, &dp);
-  if (!evtimer_pending(r->timer, NULL)) stream_progress(r);
+  if (!r->due_ms) stream_progress(r);
   ob_log_info("%s - \"%.*s %.*s\" %d %s", h->c->peer, (int)r->s.method.len, r->s.method.base, (int)r->s.path.len,
               r->s.path.base, status, why);
   schedule_flush(h);
@@ -599,7 +630,7 @@ static void h2_send_data(ob_sreq_t *s, struct evbuffer *data, bool end) {
   }
   s->bytes_out += len;
   evbuffer_add_buffer(r->out, data);
-  if (!evtimer_pending(r->timer, NULL)) stream_progress(r);
+  if (!r->due_ms) stream_progress(r);
   if (evbuffer_get_length(r->out) > cfg_of(r->h)->limits.stream_window_bytes) r->above_window = true;
   if (end) r->end_queued = true;
   nghttp2_session_resume_data(r->h->session, r->id);

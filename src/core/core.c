@@ -253,14 +253,21 @@ void ob_arena_init(ob_arena_t *a, size_t block_size) {
 #define POOL_LARGE UINT32_MAX    /* header mark: a plain malloc block past OB_POOL_MAX */
 #define POOL_KEEP_BYTES (128u << 10) /* per class and thread: bounded, so a burst is not held forever */
 
-typedef struct pool_free {
-  struct pool_free *next;
-} pool_free_t;
+/* Every pool block starts with this header; the caller's pointer is 16
+ * bytes in, so malloc's alignment is kept. */
+typedef struct pool_hdr {
+  uint32_t cls;          /* class index, or POOL_LARGE */
+  uint32_t magic;        /* POOL_LIVE or POOL_FREED: a double free or a block from malloc is caught */
+  struct pool_hdr *next; /* in a free list */
+} pool_hdr_t;
+_Static_assert(sizeof(pool_hdr_t) == 16, "pool header keeps 16-byte alignment");
+#define POOL_LIVE 0x0b9001u
+#define POOL_FREED 0x0b9deadu
 
 typedef struct {
   ob_arena_block_t *free[ARENA_SIZES];
   unsigned count[ARENA_SIZES];
-  pool_free_t *pool[POOL_CLASSES]; /* headers of free blocks, linked through their payload */
+  pool_hdr_t *pool[POOL_CLASSES]; /* free blocks */
   unsigned pool_count[POOL_CLASSES];
   bool registered; /* with thread_key, whose destructor frees the blocks */
 } thread_cache_t;
@@ -281,12 +288,15 @@ static void thread_cache_free(void *arg) {
   }
   for (int i = 0; i < POOL_CLASSES; i++) {
     while (c->pool[i]) {
-      pool_free_t *f = c->pool[i];
+      pool_hdr_t *f = c->pool[i];
       c->pool[i] = f->next;
       free(f);
     }
     c->pool_count[i] = 0;
   }
+  /* A block freed on this thread after this ran (another key's
+   * destructor) registers again, and glibc runs this once more. */
+  c->registered = false;
 }
 
 static void thread_key_init(void) { pthread_key_create(&thread_key, thread_cache_free); }
@@ -371,13 +381,6 @@ char *ob_arena_strdup(ob_arena_t *a, const char *s) { return (char *)ob_arena_du
 
 /* ---------------------------------------------------------------- pool */
 
-/* Every block starts with this header; the caller's pointer is 16 bytes
- * in, so malloc's alignment is kept. */
-typedef struct {
-  uint32_t cls; /* class index, or POOL_LARGE */
-  uint32_t pad_[3];
-} pool_hdr_t;
-_Static_assert(sizeof(pool_hdr_t) == 16, "pool header keeps 16-byte alignment");
 
 unsigned ob_pool_class(size_t n) {
   if (n <= 256) return n ? (unsigned)((n + 15) >> 4) - 1 : 0;
@@ -394,7 +397,11 @@ size_t ob_pool_class_size(unsigned c) {
 
 #if OB_POOL_DISABLED
 void *ob_pool_malloc(size_t n) { return malloc(n ? n : 1); }
-void *ob_pool_calloc(size_t nmemb, size_t size) { return calloc(nmemb ? nmemb : 1, size ? size : 1); }
+void *ob_pool_calloc(size_t nmemb, size_t size) {
+  size_t n;
+  if (__builtin_mul_overflow(nmemb, size, &n)) return NULL; /* as the pool does (ASan would abort) */
+  return calloc(1, n ? n : 1);
+}
 void *ob_pool_realloc(void *p, size_t n) { return realloc(p, n ? n : 1); }
 void ob_pool_free(void *p) { free(p); }
 #else
@@ -413,34 +420,41 @@ void *ob_pool_malloc(size_t n) {
     pool_hdr_t *h = malloc(sizeof *h + n);
     if (!h) return NULL;
     h->cls = POOL_LARGE;
+    h->magic = POOL_LIVE;
     return h + 1;
   }
   unsigned c = ob_pool_class(n);
-  pool_free_t *f = tcache.pool[c];
-  if (f) {
-    tcache.pool[c] = f->next;
+  pool_hdr_t *h = tcache.pool[c];
+  if (h) {
+    tcache.pool[c] = h->next;
     tcache.pool_count[c]--;
-    pool_hdr_t *h = (pool_hdr_t *)f;
-    h->cls = c;
+    h->magic = POOL_LIVE;
     return h + 1;
   }
-  pool_hdr_t *h = malloc(sizeof *h + ob_pool_class_size(c));
+  h = malloc(sizeof *h + ob_pool_class_size(c));
   if (!h) return NULL;
   h->cls = c;
+  h->magic = POOL_LIVE;
   return h + 1;
+}
+
+static _Noreturn void bad_pool_block(void *p) {
+  fprintf(stderr, "obleth: ob_pool_free/realloc(%p): not a live pool block (freed twice, or from malloc)\n", p);
+  abort();
 }
 
 void ob_pool_free(void *p) {
   if (!p) return;
   pool_hdr_t *h = (pool_hdr_t *)p - 1;
   uint32_t c = h->cls;
+  if (h->magic != POOL_LIVE || (c >= POOL_CLASSES && c != POOL_LARGE)) bad_pool_block(p);
+  h->magic = POOL_FREED;
   /* A block may be freed on another thread than the one that allocated
    * it: it simply joins this thread's cache. */
   if (c != POOL_LARGE && tcache.pool_count[c] < pool_keep[c]) {
     thread_cache_register();
-    pool_free_t *f = (pool_free_t *)h;
-    f->next = tcache.pool[c];
-    tcache.pool[c] = f;
+    h->next = tcache.pool[c];
+    tcache.pool[c] = h;
     tcache.pool_count[c]++;
     return;
   }
@@ -457,6 +471,7 @@ void *ob_pool_calloc(size_t nmemb, size_t size) {
 void *ob_pool_realloc(void *p, size_t n) {
   if (!p) return ob_pool_malloc(n);
   pool_hdr_t *h = (pool_hdr_t *)p - 1;
+  if (h->magic != POOL_LIVE || (h->cls >= POOL_CLASSES && h->cls != POOL_LARGE)) bad_pool_block(p);
   if (h->cls == POOL_LARGE) {
     if (n > OB_POOL_MAX) {
       if (n > SIZE_MAX - sizeof *h) return NULL;

@@ -251,7 +251,7 @@ void ob_arena_init(ob_arena_t *a, size_t block_size) {
  * two to OB_POOL_MAX (at most a quarter of a block is rounding). */
 #define POOL_CLASSES 32
 #define POOL_LARGE UINT32_MAX    /* header mark: a plain malloc block past OB_POOL_MAX */
-#define POOL_KEEP_BYTES (128u << 10) /* per class and thread: bounded, so a burst is not held forever */
+#define POOL_KEEP_BYTES (512u << 10) /* per class and thread: bounded, so a burst is not held forever */
 
 /* Every pool block starts with this header; the caller's pointer is 16
  * bytes in, so malloc's alignment is kept. */

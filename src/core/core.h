@@ -193,11 +193,12 @@ char *ob_arena_strdup(ob_arena_t *a, const char *s);
 
 /*
  * malloc-compatible allocation for objects made and freed at a high rate
- * (nghttp2's per-stream and per-frame state): blocks up to OB_POOL_MAX
+ * (nghttp2's per-stream and per-frame state, libevent's evbuffer chains and
+ * events: main() makes it libevent's allocator): blocks up to OB_POOL_MAX
  * bytes come from per-thread free lists by size class, so the common case
  * is a list pop, not a trip through malloc's bins (glibc's own per-thread
  * cache holds only 7 blocks per size, far fewer than a connection with
- * hundreds of streams frees at a time). Each class keeps at most 128 KiB
+ * hundreds of streams frees at a time). Each class keeps at most 512 KiB
  * (or 64 blocks) per thread; the rest goes back to malloc; a thread's
  * blocks are freed when it exits. A block may be freed on any thread.
  * Memory from these functions must be freed with ob_pool_free, never

@@ -492,11 +492,6 @@ static int cache_purge(const char *path, const char *tenant) {
 }
 
 int main(int argc, char **argv) {
-  /* libevent's allocations (evbuffer chains, events: several per request)
-   * come from core's per-thread pool too. This must come before libevent
-   * allocates anything, and memory libevent hands out (evhttp_uridecode in
-   * admin.c) is freed with ob_pool_free. */
-  event_set_mem_functions(ob_pool_malloc, ob_pool_realloc, ob_pool_free);
   if (argc == 2 && strcmp(argv[1], "--version") == 0) {
     printf("obleth %s\n", OB_VERSION);
     return 0;

@@ -236,7 +236,7 @@ static void handle(struct evhttp_request *req, void *arg) {
   } else {
     reply_error(req, 404, "no such admin endpoint");
   }
-  ob_pool_free(path); /* libevent's memory: see main() */
+  free(path);
 }
 
 ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_t *proxy, ob_cache_store_t *cache,

@@ -6,9 +6,7 @@
  * a token is configured. Uses proxy and cache; runs on the proxy's loop.
  *
  * Ownership: created by main after the proxy is attached; proxy, cache and
- * base are borrowed and must outlive it; cfg is acquired. Memory evhttp
- * hands out is freed with ob_pool_free: the process must have made the
- * pool libevent's allocator (event_set_mem_functions, as main does).
+ * base are borrowed and must outlive it; cfg is acquired.
  */
 #ifndef OB_ADMIN_H
 #define OB_ADMIN_H

@@ -240,44 +240,24 @@ void ob_arena_init(ob_arena_t *a, size_t block_size) {
  * kept per thread for the next arena: every exchange takes a few blocks,
  * and blocks this size are beyond malloc's per-thread cache, so each one
  * would otherwise cost a trip through malloc's bins and back. At most
- * ARENA_KEEP per size, freed when the thread exits (with the pool's
- * classes, below: one cache, one thread-exit destructor).
+ * ARENA_KEEP per size, freed when the thread exits.
  */
 #define ARENA_MIN_SHIFT 10
 #define ARENA_SIZES 5
 #define ARENA_KEEP 512
 
-/* Small-object pool classes: 16-byte steps to 256, then four per power of
- * two to OB_POOL_MAX (at most a quarter of a block is rounding). */
-#define POOL_CLASSES 32
-#define POOL_LARGE UINT32_MAX    /* header mark: a plain malloc block past OB_POOL_MAX */
-#define POOL_KEEP_BYTES (512u << 10) /* per class and thread: bounded, so a burst is not held forever */
-
-/* Every pool block starts with this header; the caller's pointer is 16
- * bytes in, so malloc's alignment is kept. */
-typedef struct pool_hdr {
-  uint32_t cls;          /* class index, or POOL_LARGE */
-  uint32_t magic;        /* POOL_LIVE or POOL_FREED: a double free or a block from malloc is caught */
-  struct pool_hdr *next; /* in a free list */
-} pool_hdr_t;
-_Static_assert(sizeof(pool_hdr_t) == 16, "pool header keeps 16-byte alignment");
-#define POOL_LIVE 0x0b9001u
-#define POOL_FREED 0x0b9deadu
-
 typedef struct {
   ob_arena_block_t *free[ARENA_SIZES];
   unsigned count[ARENA_SIZES];
-  pool_hdr_t *pool[POOL_CLASSES]; /* free blocks */
-  unsigned pool_count[POOL_CLASSES];
-  bool registered; /* with thread_key, whose destructor frees the blocks */
-} thread_cache_t;
+  bool registered; /* with arena_key, whose destructor frees the blocks */
+} arena_cache_t;
 
-static _Thread_local thread_cache_t tcache;
-static pthread_key_t thread_key;
-static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
+static _Thread_local arena_cache_t arena_cache;
+static pthread_key_t arena_key;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
 
-static void thread_cache_free(void *arg) {
-  thread_cache_t *c = arg;
+static void arena_cache_free(void *arg) {
+  arena_cache_t *c = arg;
   for (int i = 0; i < ARENA_SIZES; i++) {
     while (c->free[i]) {
       ob_arena_block_t *b = c->free[i];
@@ -286,28 +266,12 @@ static void thread_cache_free(void *arg) {
     }
     c->count[i] = 0;
   }
-  for (int i = 0; i < POOL_CLASSES; i++) {
-    while (c->pool[i]) {
-      pool_hdr_t *f = c->pool[i];
-      c->pool[i] = f->next;
-      free(f);
-    }
-    c->pool_count[i] = 0;
-  }
   /* A block freed on this thread after this ran (another key's
    * destructor) registers again, and glibc runs this once more. */
   c->registered = false;
 }
 
-static void thread_key_init(void) { pthread_key_create(&thread_key, thread_cache_free); }
-
-/* Before this thread keeps a first block: its destructor must know. */
-static void thread_cache_register(void) {
-  if (tcache.registered) return;
-  pthread_once(&thread_once, thread_key_init);
-  pthread_setspecific(thread_key, &tcache);
-  tcache.registered = true;
-}
+static void arena_key_init(void) { pthread_key_create(&arena_key, arena_cache_free); }
 
 /* The cache slot for blocks of cap bytes, or -1. */
 static int arena_slot(size_t cap) {
@@ -322,11 +286,15 @@ void ob_arena_dispose(ob_arena_t *a) {
   while (b) {
     ob_arena_block_t *next = b->next;
     int i = arena_slot(b->cap);
-    if (i >= 0 && tcache.count[i] < ARENA_KEEP) {
-      thread_cache_register();
-      b->next = tcache.free[i];
-      tcache.free[i] = b;
-      tcache.count[i]++;
+    if (i >= 0 && arena_cache.count[i] < ARENA_KEEP) {
+      if (!arena_cache.registered) {
+        pthread_once(&arena_once, arena_key_init);
+        pthread_setspecific(arena_key, &arena_cache);
+        arena_cache.registered = true;
+      }
+      b->next = arena_cache.free[i];
+      arena_cache.free[i] = b;
+      arena_cache.count[i]++;
     } else {
       free(b);
     }
@@ -337,10 +305,10 @@ void ob_arena_dispose(ob_arena_t *a) {
 
 static ob_arena_block_t *arena_block_new(size_t cap) {
   int i = arena_slot(cap);
-  if (i >= 0 && tcache.free[i]) {
-    ob_arena_block_t *b = tcache.free[i];
-    tcache.free[i] = b->next;
-    tcache.count[i]--;
+  if (i >= 0 && arena_cache.free[i]) {
+    ob_arena_block_t *b = arena_cache.free[i];
+    arena_cache.free[i] = b->next;
+    arena_cache.count[i]--;
     return b;
   }
   ob_arena_block_t *b = ob_xmalloc(sizeof *b + cap);
@@ -378,128 +346,6 @@ ob_iov_t ob_arena_dup(ob_arena_t *a, ob_iov_t v) {
 }
 
 char *ob_arena_strdup(ob_arena_t *a, const char *s) { return (char *)ob_arena_dup(a, ob_iov_str(s)).base; }
-
-/* ---------------------------------------------------------------- pool */
-
-
-unsigned ob_pool_class(size_t n) {
-  if (n <= 256) return n ? (unsigned)((n + 15) >> 4) - 1 : 0;
-  size_t m = n - 1;
-  unsigned k = 63u - (unsigned)__builtin_clzll((unsigned long long)m); /* 8..11 */
-  return 16u + (k - 8u) * 4u + (unsigned)((m >> (k - 2u)) & 3u);
-}
-
-size_t ob_pool_class_size(unsigned c) {
-  if (c < 16) return (size_t)(c + 1) * 16;
-  unsigned k = 8u + (c - 16u) / 4u, q = (c - 16u) % 4u;
-  return ((size_t)1 << k) + ((size_t)(q + 1) << (k - 2u));
-}
-
-#if OB_POOL_DISABLED
-void *ob_pool_malloc(size_t n) { return malloc(n ? n : 1); }
-void *ob_pool_calloc(size_t nmemb, size_t size) {
-  size_t n;
-  if (__builtin_mul_overflow(nmemb, size, &n)) return NULL; /* as the pool does (ASan would abort) */
-  return calloc(1, n ? n : 1);
-}
-void *ob_pool_realloc(void *p, size_t n) { return realloc(p, n ? n : 1); }
-void ob_pool_free(void *p) { free(p); }
-#else
-/* Blocks kept per class: POOL_KEEP_BYTES of them, at least 64. */
-#define KEEP_(sz) ((POOL_KEEP_BYTES / (sz)) < 64 ? 64u : (unsigned)(POOL_KEEP_BYTES / (sz)))
-#define KEEP_Q_(k) KEEP_((1u << (k)) + (1u << ((k) - 2))), KEEP_((1u << (k)) + (2u << ((k) - 2))), \
-                   KEEP_((1u << (k)) + (3u << ((k) - 2))), KEEP_(2u << (k))
-static const unsigned pool_keep[POOL_CLASSES] = {
-    KEEP_(16),  KEEP_(32),  KEEP_(48),  KEEP_(64),  KEEP_(80),  KEEP_(96),  KEEP_(112), KEEP_(128),
-    KEEP_(144), KEEP_(160), KEEP_(176), KEEP_(192), KEEP_(208), KEEP_(224), KEEP_(240), KEEP_(256),
-    KEEP_Q_(8), KEEP_Q_(9), KEEP_Q_(10), KEEP_Q_(11)};
-
-void *ob_pool_malloc(size_t n) {
-  if (n > OB_POOL_MAX) {
-    if (n > SIZE_MAX - sizeof(pool_hdr_t)) return NULL;
-    pool_hdr_t *h = malloc(sizeof *h + n);
-    if (!h) return NULL;
-    h->cls = POOL_LARGE;
-    h->magic = POOL_LIVE;
-    return h + 1;
-  }
-  unsigned c = ob_pool_class(n);
-  pool_hdr_t *h = tcache.pool[c];
-  if (h) {
-    tcache.pool[c] = h->next;
-    tcache.pool_count[c]--;
-    h->magic = POOL_LIVE;
-    return h + 1;
-  }
-  h = malloc(sizeof *h + ob_pool_class_size(c));
-  if (!h) return NULL;
-  h->cls = c;
-  h->magic = POOL_LIVE;
-  return h + 1;
-}
-
-static _Noreturn void bad_pool_block(void *p) {
-  fprintf(stderr, "obleth: ob_pool_free/realloc(%p): not a live pool block (freed twice, or from malloc)\n", p);
-  abort();
-}
-
-void ob_pool_free(void *p) {
-  if (!p) return;
-  pool_hdr_t *h = (pool_hdr_t *)p - 1;
-  uint32_t c = h->cls;
-  if (h->magic != POOL_LIVE || (c >= POOL_CLASSES && c != POOL_LARGE)) bad_pool_block(p);
-  h->magic = POOL_FREED;
-  /* A block may be freed on another thread than the one that allocated
-   * it: it simply joins this thread's cache. */
-  if (c != POOL_LARGE && tcache.pool_count[c] < pool_keep[c]) {
-    thread_cache_register();
-    h->next = tcache.pool[c];
-    tcache.pool[c] = h;
-    tcache.pool_count[c]++;
-    return;
-  }
-  free(h);
-}
-
-void *ob_pool_calloc(size_t nmemb, size_t size) {
-  size_t n;
-  if (__builtin_mul_overflow(nmemb, size, &n)) return NULL;
-  void *p = ob_pool_malloc(n);
-  return p ? memset(p, 0, n) : NULL;
-}
-
-void *ob_pool_realloc(void *p, size_t n) {
-  if (!p) return ob_pool_malloc(n);
-  pool_hdr_t *h = (pool_hdr_t *)p - 1;
-  if (h->magic != POOL_LIVE || (h->cls >= POOL_CLASSES && h->cls != POOL_LARGE)) bad_pool_block(p);
-  if (h->cls == POOL_LARGE) {
-    if (n > OB_POOL_MAX) {
-      if (n > SIZE_MAX - sizeof *h) return NULL;
-      pool_hdr_t *r = realloc(h, sizeof *h + n);
-      return r ? r + 1 : NULL;
-    }
-    /* Shrinking below the pool's limit: copy into a pooled block. */
-    void *q = ob_pool_malloc(n);
-    if (!q) return NULL;
-    memcpy(q, p, n);
-    free(h);
-    return q;
-  }
-  size_t have = ob_pool_class_size(h->cls);
-  if (n <= have) return p;
-  void *q = ob_pool_malloc(n);
-  if (!q) return NULL;
-  memcpy(q, p, n < have ? n : have);
-  ob_pool_free(p);
-  return q;
-}
-#endif
-
-void *ob_pool_xcalloc(size_t n) {
-  void *p = ob_pool_calloc(1, n);
-  if (!p) oom(n);
-  return p;
-}
 
 /* ---------------------------------------------------------------- clock */
 

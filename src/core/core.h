@@ -189,45 +189,6 @@ void *ob_arena_alloc(ob_arena_t *a, size_t n);
 ob_iov_t ob_arena_dup(ob_arena_t *a, ob_iov_t v);
 char *ob_arena_strdup(ob_arena_t *a, const char *s);
 
-/* ---------------------------------------------------------------- pool */
-
-/*
- * malloc-compatible allocation for objects made and freed at a high rate
- * (nghttp2's per-stream and per-frame state, libevent's evbuffer chains and
- * events: main() makes it libevent's allocator): blocks up to OB_POOL_MAX
- * bytes come from per-thread free lists by size class, so the common case
- * is a list pop, not a trip through malloc's bins (glibc's own per-thread
- * cache holds only 7 blocks per size, far fewer than a connection with
- * hundreds of streams frees at a time). Each class keeps at most 512 KiB
- * (or 64 blocks) per thread; the rest goes back to malloc; a thread's
- * blocks are freed when it exits. A block may be freed on any thread.
- * Memory from these functions must be freed with ob_pool_free, never
- * free(). Unlike ob_xmalloc they return NULL when memory runs out (nghttp2
- * handles that). Under AddressSanitizer they are plain malloc and free,
- * so the sanitizer still sees every use after free.
- */
-#if defined(__SANITIZE_ADDRESS__)
-#define OB_POOL_DISABLED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define OB_POOL_DISABLED 1
-#endif
-#endif
-#ifndef OB_POOL_DISABLED
-#define OB_POOL_DISABLED 0
-#endif
-#define OB_POOL_MAX 4096
-void *ob_pool_malloc(size_t n);
-void *ob_pool_calloc(size_t nmemb, size_t size);
-void *ob_pool_realloc(void *p, size_t n);
-void ob_pool_free(void *p); /* NULL is a no-op */
-/* n zeroed bytes from the pool; out of memory aborts, as in ob_xmalloc. */
-void *ob_pool_xcalloc(size_t n);
-/* The size class of an n-byte block (n <= OB_POOL_MAX) and the bytes a
- * class holds; exposed for the unit test. */
-unsigned ob_pool_class(size_t n);
-size_t ob_pool_class_size(unsigned c);
-
 /* ---------------------------------------------------------------- clock */
 
 /* Monotonic time. Pure modules take time as a parameter instead. */

@@ -97,7 +97,7 @@ static void req_free(h2_req_t *r) {
   event_del(r->timer);
   if (r->out) evbuffer_free(r->out);
   ob_net_sreq_dispose(&r->s);
-  ob_pool_free(r);
+  free(r);
 }
 
 /* Tell the handler the stream is over (once) and free it. */
@@ -287,7 +287,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   /* The timer rides in the stream's own allocation (sized at run time, as
    * libevent's ABI wants): one malloc less per stream. */
-  h2_req_t *r = ob_pool_xcalloc(sizeof *r + event_get_struct_event_size()); /* one per stream: pooled */
+  h2_req_t *r = ob_xcalloc(1, sizeof *r + event_get_struct_event_size());
   r->h = h;
   r->id = frame->hd.stream_id;
   ob_net_sreq_init(&r->s, h->c, &h2_ops, 20);
@@ -731,8 +731,7 @@ void ob_net_h2_start(ob_client_conn_t *c) {
    * NGHTTP2_ERR_FLOODED and the connection is closed. (1000 is also
    * nghttp2's default; stated here because the bound matters.) */
   nghttp2_option_set_max_outbound_ack(opt, 1000);
-  nghttp2_mem mem = ob_net_h2_mem();
-  nghttp2_session_server_new3(&h->session, cb, h, opt, &mem);
+  nghttp2_session_server_new2(&h->session, cb, h, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
   nghttp2_settings_entry iv[] = {

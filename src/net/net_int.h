@@ -28,17 +28,6 @@ static inline uint8_t ob_net_h2_nv_flags(ob_iov_t name) {
   return ob_iov_eq_str_nocase(name, "x-request-id") ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
 }
 
-/* nghttp2's allocations (streams, queued frames, header tables: several
- * made and freed per request) go through core's per-thread pool. nghttp2
- * copies the struct, so one per call is fine. */
-static inline void *ob_net_h2mem_malloc(size_t n, void *u) { (void)u; return ob_pool_malloc(n); }
-static inline void ob_net_h2mem_free(void *p, void *u) { (void)u; ob_pool_free(p); }
-static inline void *ob_net_h2mem_calloc(size_t k, size_t n, void *u) { (void)u; return ob_pool_calloc(k, n); }
-static inline void *ob_net_h2mem_realloc(void *p, size_t n, void *u) { (void)u; return ob_pool_realloc(p, n); }
-static inline nghttp2_mem ob_net_h2_mem(void) {
-  return (nghttp2_mem){NULL, ob_net_h2mem_malloc, ob_net_h2mem_free, ob_net_h2mem_calloc, ob_net_h2mem_realloc};
-}
-
 struct ob_net {
   struct event_base *base;
   struct evdns_base *dns;         /* asynchronous name resolution for upstream hosts */

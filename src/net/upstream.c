@@ -75,7 +75,7 @@ static void ureq_free(ob_ureq_t *u) {
   evbuffer_free(u->rbody);
   ob_rcbuf_release(u->owner);
   ob_arena_dispose(&u->arena);
-  ob_pool_free(u);
+  free(u);
 }
 
 static void cancel_now(ob_ureq_t *u) {
@@ -607,7 +607,7 @@ static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
 ob_ureq_t *ob_upstream_request(ob_upstream_t *up, const ob_ureq_spec_t *spec, const ob_ureq_handler_t *h,
                                void *data) {
   struct event_base *base = up->net->base;
-  ob_ureq_t *u = ob_pool_xcalloc(sizeof *u); /* one per request: pooled */
+  ob_ureq_t *u = ob_xcalloc(1, sizeof *u);
   u->up = up;
   u->h = *h;
   u->data = data;

@@ -390,8 +390,7 @@ bool ob_net_uh2_start(ob_uconn_t *c) {
   if (nghttp2_option_new(&opt) != 0) abort();
   nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_option_set_peer_max_concurrent_streams(opt, OB_UP_H2_DEFAULT_STREAMS);
-  nghttp2_mem mem = ob_net_h2_mem();
-  int rv = nghttp2_session_client_new3(&c->session, cbs, c, opt, &mem);
+  int rv = nghttp2_session_client_new2(&c->session, cbs, c, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
   if (rv != 0) abort();

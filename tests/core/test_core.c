@@ -3,11 +3,6 @@
 #include "core.h"
 #include "tap.h"
 
-#include <pthread.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <stdlib.h>
 #include <time.h>
 
@@ -124,84 +119,11 @@ static void test_bg(void) {
   TAP_CHECK(p.rounds >= 3, "bg: periodic rounds run unkicked");
 }
 
-/* The pool: every size maps to the smallest class that holds it, blocks
- * keep their bytes through realloc, are reused after free, may be freed
- * on another thread, and the thread's cache is freed at exit (the ASan
- * build, where the pool is plain malloc, checks that nothing leaks). */
-static void *pool_other_thread_free(void *arg) {
-  void **blocks = arg;
-  for (int i = 0; i < 100; i++) ob_pool_free(blocks[i]);
-  void *p = ob_pool_malloc(100); /* this thread's cache now has blocks */
-  ob_pool_free(p);
-  return NULL;
-}
-
-static void test_pool(void) {
-  bool classes_ok = true;
-  for (size_t n = 1; n <= OB_POOL_MAX; n++) {
-    unsigned c = ob_pool_class(n);
-    size_t have = ob_pool_class_size(c);
-    if (have < n || (c > 0 && ob_pool_class_size(c - 1) >= n) || have - n > have / 4 + 16) classes_ok = false;
-  }
-  TAP_CHECK(classes_ok, "pool: each size gets the smallest class that holds it, rounding at most a quarter");
-  TAP_EQ_INT(ob_pool_class(OB_POOL_MAX), 31, "pool: 32 classes up to OB_POOL_MAX");
-
-  char *p = ob_pool_malloc(40);
-  memset(p, 'a', 40);
-  p = ob_pool_realloc(p, 48); /* same class: same block */
-  p = ob_pool_realloc(p, 3000);
-  bool kept = true;
-  for (int i = 0; i < 40; i++) kept = kept && p[i] == 'a';
-  p = ob_pool_realloc(p, 10000); /* past the pool: a plain malloc block */
-  for (int i = 0; i < 40; i++) kept = kept && p[i] == 'a';
-  p = ob_pool_realloc(p, 20);
-  for (int i = 0; i < 20; i++) kept = kept && p[i] == 'a';
-  TAP_CHECK(kept, "pool: realloc keeps the bytes across classes and past OB_POOL_MAX");
-  ob_pool_free(p);
-
-  unsigned char *z = ob_pool_calloc(10, 30);
-  bool zero = true;
-  for (int i = 0; i < 300; i++) zero = zero && z[i] == 0;
-  TAP_CHECK(zero, "pool: calloc zeroes a reused block");
-  ob_pool_free(z);
-  TAP_CHECK(ob_pool_calloc(SIZE_MAX / 2, 4) == NULL, "pool: calloc overflow is NULL");
-  ob_pool_free(NULL);
-
-#if !OB_POOL_DISABLED
-  void *a = ob_pool_malloc(200);
-  ob_pool_free(a);
-  TAP_CHECK(ob_pool_malloc(195) == a, "pool: a freed block is reused for the same class");
-  ob_pool_free(a);
-  /* A double free aborts instead of linking the block twice (under ASan
-   * the pool is plain malloc and ASan reports it instead). */
-  fflush(stdout);
-  pid_t child = fork();
-  if (child == 0) {
-    if (!freopen("/dev/null", "w", stderr)) _exit(2);
-    void *d = ob_pool_malloc(64);
-    ob_pool_free(d);
-    ob_pool_free(d);
-    _exit(0);
-  }
-  int st = 0;
-  waitpid(child, &st, 0);
-  TAP_CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "pool: a double free aborts");
-#endif
-
-  void *blocks[100];
-  for (int i = 0; i < 100; i++) blocks[i] = ob_pool_malloc((size_t)(i * 37 % 5000) + 1);
-  pthread_t th;
-  pthread_create(&th, NULL, pool_other_thread_free, blocks);
-  pthread_join(th, NULL);
-  TAP_CHECK(true, "pool: blocks freed on another thread, its cache freed at its exit");
-}
-
 int main(void) {
   test_iov();
   test_buf();
   test_arena();
   test_json_str_run();
   test_bg();
-  test_pool();
   return tap_done();
 }

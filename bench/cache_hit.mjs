@@ -12,11 +12,11 @@
 // and exits 0 once it has run; 1 only when something cannot be started or
 // the set-up is wrong (no hit after warming, different bytes). See
 // bench/README.md.
-import { mkdirSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
+import { writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import {
-  sleep, fail, workDir, spawnLogged, waitFor, freePort, sh, startSim, startObleth, requireTools, requireBinaries,
+  sleep, fail, workDir, sh, startSim, startObleth, startNghttpd, requireTools, requireBinaries,
   cpuSplit, h2request, parseH2load, clean, h2loadSummary, median, stop, parseArgs,
 } from './lib.mjs';
 
@@ -109,16 +109,8 @@ if (hit.headers['x-obleth-cache'] !== 'hit') fail('warm-up: no hit after 2 s');
 if (!misses.some((m) => hit.body.equals(m.body))) fail('warm-up: the hit differs from every original response');
 
 // nghttpd serves the same bytes as a static file at the same path.
-const www = join(dir, 'www');
-mkdirSync(join(www, 'v1', 'chat'), { recursive: true });
-writeFileSync(join(www, 'v1', 'chat', 'completions'), hit.body);
-const ngPort = await freePort();
-const ng = spawnLogged(dir, 'nghttpd', ['--no-tls', '-a', '127.0.0.1', '-n', '1', '-d', www, String(ngPort)], 'nghttpd.log', { pin: SERVER_CPU });
-const ngUrl = `http://127.0.0.1:${ngPort}`;
-const stat = await waitFor('nghttpd', async () => {
-  try { return await h2request(ngUrl, PATH, reqBody, headers); } catch { return null; }
-});
-if (stat.status !== 200 || !stat.body.equals(hit.body)) fail('nghttpd does not serve the same bytes');
+const ngd = await startNghttpd(dir, PATH, hit.body, { body: reqBody, headers }, { pin: SERVER_CPU });
+const ng = ngd.proc, ngUrl = ngd.url;
 
 // ---- rounds ----
 

@@ -28,7 +28,9 @@
 // Reference (unless --no-peers): nghttpx and HAProxy as plain proxies on
 // the proxy-h2 load, and obleth again, measured by the difference of two
 // whole runs (see peer() below), so that obleth's count can be set against
-// the proxies that bench/proxy_path.mjs compares it with.
+// the proxies that bench/proxy_path.mjs compares it with; and nghttpd
+// serving the cached answer as a static file on the cache-hit load, what
+// bench/cache_hit.mjs compares a hit with.
 //
 // Exits 0 once it has run; 1 when something cannot be started or a check
 // fails. See bench/README.md.
@@ -36,7 +38,7 @@ import { writeFileSync, readdirSync, readFileSync, mkdirSync, cpSync } from 'nod
 import { join } from 'node:path';
 import {
   sleep, fail, workDir, startSim, startObleth, requireBinaries, requireTools, sh, freePort, parseH2load, h2loadSummary, h2request,
-  machine, mdTable, stop, metric, proxyConfig, startNghttpx, startHaproxy,
+  machine, mdTable, stop, metric, proxyConfig, startNghttpx, startHaproxy, startNghttpd,
   parseArgs, list,
 } from './lib.mjs';
 
@@ -47,8 +49,8 @@ const opt = parseArgs({ requests: 2000, warmup: 200, c: 8, only: null, top: 6, k
   '--quick': (o) => { o.quick = true; o.requests = 300; o.warmup = 50; },
 }, 'node bench/cpu.mjs [--requests N] [--warm-up N] [-c N] [--only proxy-h2,proxy-h1,cache-hit,admission] [--no-peers] [--top N] ' +
   '[--keep DIR] [--json FILE] [--quick]');
-requireTools(['valgrind', 'callgrind_control', 'callgrind_annotate', 'h2load', ...(opt.peers ? ['nghttpx', 'haproxy'] : [])],
-  'apt-get install valgrind nghttp2-client nghttp2-proxy haproxy');
+requireTools(['valgrind', 'callgrind_control', 'callgrind_annotate', 'h2load', ...(opt.peers ? ['nghttpx', 'haproxy', 'nghttpd'] : [])],
+  'apt-get install valgrind nghttp2-client nghttp2-proxy nghttp2-server haproxy');
 requireBinaries();
 
 const dir = workDir('obleth-bench-cpu-');
@@ -91,6 +93,8 @@ async function command(pid, args, pokeUrl) {
 const h2load = (url, n, h1) => sh('h2load', [...(h1 ? ['--h1'] : ['-m', '1']), '-c', String(opt.c), '-n', String(n),
   '-d', bodyFile, '-H', `content-type: ${headers['content-type']}`, '-H', `authorization: ${headers.authorization}`, url + PATH]);
 
+let hitBody = null; // the cached answer, for nghttpd's reference run
+
 async function measure(path) {
   const t0 = Date.now();
   const adminPort = await freePort();
@@ -109,8 +113,10 @@ async function measure(path) {
     // the first request stores the entry (written by a thread): wait for a hit
     let hit = null;
     for (let i = 0; i < 100 && hit !== 'hit'; i++) {
-      hit = (await h2request(ob.url, PATH, reqBody, headers)).headers['x-obleth-cache'];
+      const r = await h2request(ob.url, PATH, reqBody, headers);
+      hit = r.headers['x-obleth-cache'];
       if (hit !== 'hit') await sleep(50);
+      else hitBody = r.body;
     }
     if (hit !== 'hit') fail('cache-hit: no hit after warming');
   }
@@ -168,7 +174,8 @@ async function peer(name) {
     const wrap = ['valgrind', '--tool=callgrind', `--callgrind-out-file=${join(d, 'callgrind.%p')}`, '--dump-instr=no'];
     const s = name === 'nghttpx' ? await startNghttpx(d, sim.port, { wrap, ms: 60000 })
       : name === 'haproxy' ? await startHaproxy(d, sim.port, { wrap, ms: 60000 })
-        : await startObleth(d, proxyConfig(sim.url, KEY), { wrap, ms: 60000 });
+        : name === 'nghttpd' ? await startNghttpd(d, PATH, hitBody, { body: reqBody, headers }, { wrap, ms: 60000 })
+          : await startObleth(d, proxyConfig(sim.url, KEY), { wrap, ms: 60000 });
     const p = parseH2load((await h2load(s.h2 ?? s.url, n, false)).stdout);
     if (p.s2xx !== n) fail(`${name}: ${p.s2xx} of ${n} answered 2xx`);
     await stop(s.proc, 30000);
@@ -189,7 +196,7 @@ console.log(`# valgrind --tool=callgrind; per path: ${opt.warmup} warm-up reques
 const results = [];
 for (const path of PATHS) results.push(await measure(path));
 const peers = [];
-if (opt.peers) for (const name of ['nghttpx', 'haproxy', 'obleth']) peers.push(await peer(name));
+if (opt.peers) for (const name of ['nghttpx', 'haproxy', 'obleth', ...(hitBody ? ['nghttpd'] : [])]) peers.push(await peer(name));
 await stop(sim.proc);
 
 console.log(`\n## Results (${((Date.now() - t00) / 1000).toFixed(0)} s in all)\n`);
@@ -200,11 +207,14 @@ console.log(mdTable(['path', 'client', 'requests', 'Ir per request', 'checks'], 
     `**${Math.round(r.ir_per_request).toLocaleString('en-US')}**`, checks];
 })));
 if (peers.length) {
-  const label = { nghttpx: 'nghttpx (plain proxy, `-n1`)', haproxy: 'HAProxy (plain proxy, `nbthread 1`)', obleth: 'obleth `proxy-h2`, measured the same way' };
-  console.log(`\nReference, on the \`proxy-h2\` load: whole-process totals at exit, (W + N requests) − (W requests), over N = ${opt.requests}:\n`);
+  const label = { nghttpx: 'nghttpx (plain proxy, `-n1`)', haproxy: 'HAProxy (plain proxy, `nbthread 1`)', obleth: 'obleth `proxy-h2`, measured the same way',
+    nghttpd: 'nghttpd (`-n 1`) serving the cached answer as a static file, against obleth `cache-hit`' };
+  const hitIr = results.find((r) => r.path === 'cache-hit')?.ir_per_request;
+  console.log(`\nReference, on the \`proxy-h2\` load (nghttpd: on the \`cache-hit\` load): whole-process totals at exit, ` +
+    `(W + N requests) − (W requests), over N = ${opt.requests}:\n`);
   console.log(mdTable(['server', 'Ir per request', 'obleth / server'], peers.map((p) => [label[p.name],
     `**${Math.round(p.ir_per_request).toLocaleString('en-US')}**`,
-    p.name === 'obleth' ? '—' : `${(peers.find((x) => x.name === 'obleth').ir_per_request / p.ir_per_request).toFixed(2)}×`])));
+    p.name === 'obleth' ? '—' : `${((p.name === 'nghttpd' ? hitIr : peers.find((x) => x.name === 'obleth').ir_per_request) / p.ir_per_request).toFixed(2)}×`])));
 }
 console.log('');
 let ok = true;

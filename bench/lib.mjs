@@ -7,7 +7,7 @@
 // Every process started here is recorded and killed (by its pid) when the
 // benchmark exits, however it exits; the scratch folders are removed.
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, openSync, closeSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, openSync, closeSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, availableParallelism } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -211,6 +211,23 @@ export async function startHaproxy(dir, backendPort, { pin = null, wrap = [], ma
   const proc = spawnWrapped(dir, wrap, 'haproxy', ['-db', '-f', cfg], 'haproxy.log', pin);
   await ready(dir, 'haproxy', proc, [p2, p1], ms);
   return { proc, h2: `http://127.0.0.1:${p2}`, h1: `http://127.0.0.1:${p1}` };
+}
+
+// nghttpd (no TLS, one thread) serving `body` as the static file at `path`
+// (the physical limit a cache hit is compared with); ready once it answers
+// `probe` (a request: {body, headers}) with those bytes: {proc, url}.
+export async function startNghttpd(dir, path, body, probe, { pin = null, wrap = [], ms = 10000 } = {}) {
+  const www = join(dir, 'www');
+  mkdirSync(join(www, dirname(path)), { recursive: true });
+  writeFileSync(join(www, path), body);
+  const port = await freePort();
+  const proc = spawnWrapped(dir, wrap, 'nghttpd', ['--no-tls', '-a', '127.0.0.1', '-n', '1', '-d', www, String(port)], 'nghttpd.log', pin);
+  const url = `http://127.0.0.1:${port}`;
+  const got = await waitFor('nghttpd', async () => {
+    try { return await h2request(url, path, probe.body, probe.headers); } catch { return null; }
+  }, ms);
+  if (got.status !== 200 || !got.body.equals(Buffer.from(body))) fail('nghttpd does not serve the same bytes');
+  return { proc, url };
 }
 
 // ---- /proc readings ----

@@ -70,6 +70,26 @@ static void test_entry(void) {
                 ob_iov_eq(d.content_type, e.content_type) && ob_iov_eq(d.body, e.body),
             "entry round trip");
   TAP_CHECK(!ob_cache_entry_decode(ob_iov(b.base, b.len - 1), &d), "a truncated entry is refused");
+
+  /* Every field wider than a byte, so a reader of the wrong width or byte
+   * order shows; and the stored layout is little-endian (entries outlive
+   * the process, so it must not change). */
+  char big[300];
+  memset(big, 'z', sizeof big);
+  ob_cache_entry_t w = {1796601301123ull, 503, false, 0x1122334455ull, 0x0102030405060708ull, OB_IOV_LIT("g:batch"),
+                        OB_IOV_LIT("application/json"), ob_iov(big, sizeof big)};
+  ob_buf_t wb;
+  ob_buf_init(&wb);
+  ob_cache_entry_encode(&w, &wb);
+  const uint8_t *raw = (const uint8_t *)wb.base;
+  TAP_CHECK(raw[4] == (uint8_t)(w.expires_ms & 0xff) && raw[11] == (uint8_t)(w.expires_ms >> 56) && raw[12] == (503 & 0xff) &&
+                raw[13] == (503 >> 8) && raw[23] == 0x08 && raw[30] == 0x01,
+            "entry fields are stored little-endian at fixed offsets");
+  TAP_CHECK(ob_cache_entry_decode(ob_buf_iov(&wb), &d) && d.expires_ms == w.expires_ms && d.status == 503 && !d.streamed &&
+                d.prompt_tokens == w.prompt_tokens && d.completion_tokens == w.completion_tokens && ob_iov_eq(d.scope, w.scope) &&
+                ob_iov_eq(d.content_type, w.content_type) && ob_iov_eq(d.body, w.body),
+            "entry round trip with multi-byte values in every field");
+  ob_buf_dispose(&wb);
   /* Found by fuzz_canon (corpus regress_entry_flags): any other flag byte
    * decoded, and the entry encoded back differently. */
   b.base[14] = 0x72;

@@ -239,11 +239,6 @@ export function cpuSplit(pid) {
   const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
   return { user: Number(fields[11]) / 100, sys: Number(fields[12]) / 100 };
 }
-// CPU seconds (user + system) a process has used so far.
-export function cpuSeconds(pid) {
-  const c = cpuSplit(pid);
-  return c.user + c.sys;
-}
 
 // The pid and all its descendants (nghttpx and HAProxy may fork workers).
 export function processTree(pid) {

@@ -7,8 +7,8 @@
  * Checks with abort(), as fuzz_h1_request.c does (the chunked checks are the
  * same code, kept in each target so a target is one file):
  *  - results in range, views inside the input, names tokens, values valid;
- *    status 100-599; no body for HEAD, 1xx, 204, 304; UNTIL_CLOSE never
- *    keep-alive;
+ *    status 100-599; no body for HEAD, 1xx, 204, 304; "head" framed as GET;
+ *    UNTIL_CLOSE never keep-alive;
  *  - every prefix gives INCOMPLETE or exactly the whole input's answer;
  *  - tighter max_head_bytes / max_headers give 431;
  *  - a head written back with the serializer means the same;
@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static int parse(const char *p, size_t n, ob_h1_response_t *resp, ob_http_header_t *h, size_t maxh, size_t maxb,
                  bool was_head, const char **why) {
   *why = NULL;
-  int r = ob_h1_parse_response(p, n, resp, h, maxh, maxb, was_head, why);
+  int r = ob_h1_parse_response(p, n, resp, h, maxh, maxb, was_head ? OB_IOV_LIT("HEAD") : OB_IOV_LIT("GET"), why);
   CHECK(r > 0 || r == OB_ERR_INCOMPLETE || r == OB_ERR_BAD_RESPONSE || r == OB_ERR_HEADERS_TOO_LARGE);
   CHECK(r == OB_ERR_INCOMPLETE || r > 0 || *why != NULL);
   if (r > 0) {
@@ -52,6 +52,14 @@ static int parse(const char *p, size_t n, ob_h1_response_t *resp, ob_http_header
     CHECK(resp->body != OB_H1_BODY_CHUNKED || resp->minor_version == 1);
     CHECK(resp->body == OB_H1_BODY_LENGTH || resp->content_length == 0);
     CHECK(resp->content_length <= (uint64_t)INT64_MAX);
+    if (!was_head) {
+      /* Methods are case-sensitive: an answer to "head" is framed as GET's. */
+      ob_http_header_t h2[MAXH];
+      ob_h1_response_t again;
+      const char *why2;
+      CHECK(ob_h1_parse_response(p, n, &again, h2, maxh, maxb, OB_IOV_LIT("head"), &why2) == r &&
+            again.body == resp->body && again.content_length == resp->content_length);
+    }
   }
   return r;
 }

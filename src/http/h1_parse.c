@@ -201,6 +201,16 @@ bool ob_http_is_hop_by_hop(ob_iov_t name, ob_iov_t conn_tokens) {
   return false;
 }
 
+/* ---------------------------------------------------------------- semantics */
+
+bool ob_http_response_bodyless(ob_iov_t method, int status) {
+  return status < 200 || status == 204 || status == 304 || ob_iov_eq(method, OB_IOV_LIT("HEAD"));
+}
+
+bool ob_http_method_wants_length(ob_iov_t m) {
+  return ob_iov_eq(m, OB_IOV_LIT("POST")) || ob_iov_eq(m, OB_IOV_LIT("PUT")) || ob_iov_eq(m, OB_IOV_LIT("PATCH"));
+}
+
 /* ---------------------------------------------------------------- heads */
 
 /*
@@ -514,7 +524,7 @@ int ob_h1_parse_request(const char *buf, size_t len, ob_h1_request_t *req, ob_ht
 }
 
 int ob_h1_parse_response(const char *buf, size_t len, ob_h1_response_t *resp, ob_http_header_t *headers,
-                         size_t max_headers, size_t max_head_bytes, bool request_was_head, const char **why) {
+                         size_t max_headers, size_t max_head_bytes, ob_iov_t request_method, const char **why) {
   head_t h;
   head_init(&h, buf, len, max_head_bytes, OB_ERR_BAD_RESPONSE, why, headers, max_headers);
   memset(resp, 0, sizeof *resp);
@@ -556,8 +566,7 @@ int ob_h1_parse_response(const char *buf, size_t len, ob_h1_response_t *resp, ob
   /* RFC 9112 6.3, in order: HEAD, 1xx, 204, 304 have no body whatever the
    * fields say (they were still validated above); then chunked; then
    * Content-Length; else the body runs until the connection closes. */
-  int s = resp->status;
-  if (request_was_head || s < 200 || s == 204 || s == 304) {
+  if (ob_http_response_bodyless(request_method, resp->status)) {
     resp->body = OB_H1_BODY_NONE;
   } else if (fi.has_te) {
     resp->body = OB_H1_BODY_CHUNKED;

@@ -82,14 +82,15 @@ int ob_h1_parse_request(const char *buf, size_t len, ob_h1_request_t *req, ob_ht
                         size_t max_headers, size_t max_head_bytes, const char **why);
 
 /*
- * Parse one response head. request_was_head: the request was HEAD, so no body
- * follows whatever the headers say. 1xx, 204 and 304 have no body. A response
- * with neither Content-Length nor chunked is OB_H1_BODY_UNTIL_CLOSE.
+ * Parse one response head. request_method: the method of the request it
+ * answers (borrowed for the call); when ob_http_response_bodyless says so, no
+ * body follows whatever the headers say. A response with neither
+ * Content-Length nor chunked is OB_H1_BODY_UNTIL_CLOSE.
  * Returns as ob_h1_parse_request, with OB_ERR_BAD_RESPONSE for malformed input
  * (including Content-Length + Transfer-Encoding and differing Content-Length).
  */
 int ob_h1_parse_response(const char *buf, size_t len, ob_h1_response_t *resp, ob_http_header_t *headers,
-                         size_t max_headers, size_t max_head_bytes, bool request_was_head, const char **why);
+                         size_t max_headers, size_t max_head_bytes, ob_iov_t request_method, const char **why);
 
 /*
  * Incremental decoder for the chunked transfer coding. Framing is consumed,
@@ -116,6 +117,23 @@ void ob_h1_chunked_init(ob_h1_chunked_t *d);
  * chunk size that does not fit in 63 bits, is an error.
  */
 int ob_h1_chunked_step(ob_h1_chunked_t *d, const char *in, size_t len, size_t *data_len, const char **why);
+
+/* ---------------------------------------------------------------- semantics */
+
+/*
+ * True when a response with this status to a request with this method has no
+ * content, whatever its fields say (RFC 9110 9.3.2, 15.2, 15.3.5, 15.4.5;
+ * RFC 9112 6.3): the method is exactly "HEAD", or the status is 1xx, 204 or
+ * 304. Methods are case-sensitive (RFC 9110 9.1): "head" is another method,
+ * whose answer has a body. Both sides of the proxy ask this one function, so
+ * the bytes read from an upstream and the bytes framed for a client can
+ * never disagree on where a response ends.
+ */
+bool ob_http_response_bodyless(ob_iov_t method, int status);
+
+/* True for the methods whose request carries content by definition (exactly
+ * POST, PUT, PATCH), so an empty body is still sent with Content-Length: 0. */
+bool ob_http_method_wants_length(ob_iov_t method);
 
 /* ---------------------------------------------------------------- serializing */
 

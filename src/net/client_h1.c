@@ -28,7 +28,7 @@ typedef enum { H1_IDLE, H1_HEAD, H1_BODY, H1_WAIT, H1_CLOSING } h1_state_t;
 typedef struct h1_req {
   ob_sreq_t s; /* first: ob_sreq_t * and h1_req_t * convert */
   struct h1_conn *h;
-  bool head_only;
+  bool no_body; /* the response has no content (ob_http_response_bodyless) */
   bool chunked_out;
   bool head_sent;
   bool complete;
@@ -151,7 +151,6 @@ static bool adopt_head(h1_conn_t *h, const ob_h1_request_t *rq, const char **why
   h->cur = r;
   ob_arena_t *a = &r->s.arena;
   r->s.method = ob_arena_dup(a, rq->method);
-  r->head_only = ob_iov_eq(rq->method, OB_IOV_LIT("HEAD"));
   ob_iov_t target = rq->target;
   ob_iov_t authority = rq->host;
   if (ob_iov_eq(rq->method, OB_IOV_LIT("CONNECT"))) {
@@ -405,13 +404,13 @@ static ob_err_t h1_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
   ob_buf_init(&out);
   ob_h1_append_status_line(&out, status);
   for (size_t i = 0; i < n; i++) ob_h1_append_header(&out, hdr[i].name, hdr[i].value);
-  bool bodyless = status == 204 || status == 304 || (status >= 100 && status < 200);
-  if (!bodyless) {
-    if (cl >= 0) {
-      ob_buf_printf(&out, "content-length: %lld\r\n", (long long)cl);
-    } else if (r->head_only) {
-      /* unknown length, no body follows */
-    } else if (s->http_version >= 11) {
+  r->no_body = ob_http_response_bodyless(s->method, status);
+  /* A HEAD answer keeps the length its GET would have (RFC 9110 9.3.2);
+   * 1xx and 204 must not carry one, and 304 need not. */
+  if (cl >= 0 && !ob_http_response_bodyless(OB_IOV_LIT("GET"), status)) {
+    ob_buf_printf(&out, "content-length: %lld\r\n", (long long)cl);
+  } else if (!r->no_body) {
+    if (s->http_version >= 11) {
       ob_buf_append_str(&out, "transfer-encoding: chunked\r\n");
       r->chunked_out = true;
     } else {
@@ -423,14 +422,14 @@ static ob_err_t h1_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
   ob_buf_append(&out, "\r\n", 2);
   evbuffer_add(ob_sock_output(h->c->sock), out.base, out.len);
   ob_buf_dispose(&out);
-  if (end || bodyless) complete(r);
+  if (end || r->no_body) complete(r);
   return OB_OK;
 }
 
 static void h1_send_data(ob_sreq_t *s, struct evbuffer *data, bool end) {
   h1_req_t *r = (h1_req_t *)s;
   size_t len = evbuffer_get_length(data);
-  if (r->reset || r->complete || !r->head_sent || r->head_only) {
+  if (r->reset || r->complete || !r->head_sent || r->no_body) {
     evbuffer_drain(data, len);
   } else if (len) {
     struct evbuffer *out = ob_sock_output(r->h->c->sock);

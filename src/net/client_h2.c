@@ -61,7 +61,7 @@ typedef struct h2_req {
   bool reset;
   bool above_window;
   bool has_body;              /* request declared a body */
-  bool head_only;
+  bool no_body;               /* the response has no content (ob_http_response_bodyless) */
   bool remote_ended;          /* the client's END_STREAM arrived */
   bool head_done;             /* the request header block ended */
   bool timed_out;             /* answered 408 for a late body; reset once that is out */
@@ -396,7 +396,6 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
       reply_error(h, r, r->s.method.len && r->s.path.len ? 501 : 400, "unsupported or incomplete request");
       return 0;
     }
-    r->head_only = ob_iov_eq(r->s.method, OB_IOV_LIT("HEAD"));
     const ob_sreq_handler_t *hd = h->c->net->handler;
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && hd->stream_body && hd->stream_body(&r->s, h->c->net->ctx)) {
       r->s.body_streaming = true;
@@ -586,6 +585,7 @@ static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
   if (r->reset || r->head_sent) return OB_ERR_CONN;
   r->head_sent = true;
   s->status = status;
+  r->no_body = ob_http_response_bodyless(s->method, status);
   nghttp2_nv *nv = ob_arena_alloc(&s->arena, (n + 2) * sizeof *nv);
   char *st = ob_arena_alloc(&s->arena, OB_U64_CHARS);
   ob_fmt_u64(st, status >= 100 && status <= 999 ? (uint64_t)status : 500);
@@ -610,7 +610,7 @@ static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
     nv[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)v, 14, len, NGHTTP2_NV_FLAG_NONE};
   }
   int rv;
-  if (end || r->head_only) {
+  if (end || r->no_body) {
     r->end_queued = true;
     rv = nghttp2_submit_response(r->h->session, r->id, nv, k, NULL);
   } else {
@@ -624,7 +624,7 @@ static ob_err_t h2_send_head(ob_sreq_t *s, int status, const ob_http_header_t *h
 static void h2_send_data(ob_sreq_t *s, struct evbuffer *data, bool end) {
   h2_req_t *r = (h2_req_t *)s;
   size_t len = evbuffer_get_length(data);
-  if (r->reset || r->end_queued || r->head_only) {
+  if (r->reset || r->end_queued || r->no_body) {
     evbuffer_drain(data, len);
     return;
   }

@@ -561,7 +561,6 @@ void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
 static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
   ob_arena_t *a = &u->arena;
   u->method = ob_arena_dup(a, spec->method);
-  u->is_head = ob_iov_eq_str_nocase(spec->method, "HEAD");
   u->path = spec->path.len ? ob_arena_dup(a, spec->path) : OB_IOV_LIT("/");
   if (spec->authority.len) u->authority = ob_arena_dup(a, spec->authority);
   u->expect_trailers = spec->expect_trailers;

@@ -20,10 +20,6 @@ enum { RS_HEAD, RS_BODY };
 
 static void release_ref(const void *data, size_t len, void *extra) { ob_rcbuf_release(extra); }
 
-static bool method_wants_length(ob_iov_t m) {
-  return ob_iov_eq_str_nocase(m, "POST") || ob_iov_eq_str_nocase(m, "PUT") || ob_iov_eq_str_nocase(m, "PATCH");
-}
-
 void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_upstream_t *up = u->up;
   const ob_config_endpoint_t *ep = c->ep->cfg;
@@ -46,7 +42,7 @@ void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_h1_append_request_line(&head, u->method, target);
   ob_h1_append_header(&head, OB_IOV_LIT("Host"), u->authority.len ? u->authority : ob_iov_str(ep->authority));
   for (size_t i = 0; i < u->num_headers; i++) ob_h1_append_header(&head, u->headers[i].name, u->headers[i].value);
-  if (u->body_len || method_wants_length(u->method)) {
+  if (u->body_len || ob_http_method_wants_length(u->method)) {
     char num[OB_U64_CHARS];
     size_t n = ob_fmt_u64(num, u->body_len);
     ob_h1_append_header(&head, OB_IOV_LIT("Content-Length"), ob_iov(num, n));
@@ -116,7 +112,7 @@ static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
   ob_h1_response_t resp;
   ob_http_header_t hdrs[OB_HTTP_MAX_HEADERS];
   const char *why = NULL;
-  int rv = ob_h1_parse_response(p, n, &resp, hdrs, OB_HTTP_MAX_HEADERS, max, u->is_head, &why);
+  int rv = ob_h1_parse_response(p, n, &resp, hdrs, OB_HTTP_MAX_HEADERS, max, u->method, &why);
   if (rv == OB_ERR_INCOMPLETE) {
     if (n < max) return 0;
     rv = OB_ERR_HEADERS_TOO_LARGE;

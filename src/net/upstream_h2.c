@@ -336,9 +336,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   NV(OB_IOV_LIT(":path"), target);
   for (size_t i = 0; i < u->num_headers; i++) NV(u->headers[i].name, u->headers[i].value);
   if (u->expect_trailers) NV(OB_IOV_LIT("te"), OB_IOV_LIT("trailers"));
-  bool wants_len = ob_iov_eq_str_nocase(u->method, "POST") || ob_iov_eq_str_nocase(u->method, "PUT") ||
-                   ob_iov_eq_str_nocase(u->method, "PATCH");
-  if (!u->streamed && (u->body_len || wants_len)) {
+  if (!u->streamed && (u->body_len || ob_http_method_wants_length(u->method))) {
     char *num = ob_arena_alloc(a, OB_U64_CHARS);
     size_t num_len = ob_fmt_u64(num, u->body_len);
     NV(OB_IOV_LIT("content-length"), ob_iov(num, num_len));

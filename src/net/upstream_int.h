@@ -71,7 +71,6 @@ struct ob_ureq {
   uint64_t body_len;
   ob_rcbuf_t *owner;              /* counted */
   bool expect_trailers;
-  bool is_head;                   /* HEAD: the response has no body */
   bool long_lived;                /* no idle timeout once the response started (event streams) */
   bool pinned;                    /* must be served by the endpoint chosen first */
   bool streamed;                  /* the body is read from src as it arrives */

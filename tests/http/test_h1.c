@@ -16,8 +16,8 @@ static const char *why;
 
 /* Literals may hold NULs, so their length comes from sizeof. */
 #define REQ(lit) ob_h1_parse_request((lit), sizeof(lit) - 1, &req, hdrs, MAXH, HEAD_LIMIT, &why)
-#define RESP(lit) ob_h1_parse_response((lit), sizeof(lit) - 1, &resp, hdrs, MAXH, HEAD_LIMIT, false, &why)
-#define RESP_HEAD(lit) ob_h1_parse_response((lit), sizeof(lit) - 1, &resp, hdrs, MAXH, HEAD_LIMIT, true, &why)
+#define RESP(lit) ob_h1_parse_response((lit), sizeof(lit) - 1, &resp, hdrs, MAXH, HEAD_LIMIT, OB_IOV_LIT("GET"), &why)
+#define RESP_HEAD(lit) ob_h1_parse_response((lit), sizeof(lit) - 1, &resp, hdrs, MAXH, HEAD_LIMIT, OB_IOV_LIT("HEAD"), &why)
 #define LEN(lit) ((int)(sizeof(lit) - 1))
 
 static bool iov_is(ob_iov_t v, const char *s) { return ob_iov_eq(v, ob_iov_str(s)); }
@@ -134,7 +134,7 @@ static void test_incomplete(void) {
   static const char r1[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n";
   bad = -1;
   for (size_t i = 0; i < sizeof r1 - 1; i++) {
-    int r = ob_h1_parse_response(r1, i, &resp, hdrs, MAXH, HEAD_LIMIT, false, &why);
+    int r = ob_h1_parse_response(r1, i, &resp, hdrs, MAXH, HEAD_LIMIT, OB_IOV_LIT("GET"), &why);
     if (r != OB_ERR_INCOMPLETE && bad < 0) bad = (int)i;
   }
   TAP_EQ_INT(bad, -1, "response: every split point is INCOMPLETE");
@@ -277,7 +277,7 @@ static void test_limits(void) {
   ob_buf_dispose(&b);
   TAP_EQ_INT(ob_h1_parse_request("", 0, &req, hdrs, MAXH, HEAD_LIMIT, &why), OB_ERR_INCOMPLETE, "empty input");
   TAP_EQ_INT(ob_h1_parse_request(NULL, 0, &req, hdrs, MAXH, HEAD_LIMIT, &why), OB_ERR_INCOMPLETE, "NULL, 0 input");
-  TAP_EQ_INT(ob_h1_parse_response(NULL, 0, &resp, hdrs, MAXH, HEAD_LIMIT, false, &why), OB_ERR_INCOMPLETE,
+  TAP_EQ_INT(ob_h1_parse_response(NULL, 0, &resp, hdrs, MAXH, HEAD_LIMIT, OB_IOV_LIT("GET"), &why), OB_ERR_INCOMPLETE,
              "NULL, 0 response input");
 }
 
@@ -292,6 +292,19 @@ static void test_responses(void) {
   TAP_CHECK(resp.body == OB_H1_BODY_LENGTH && resp.content_length == 5 && resp.keep_alive, "200: LENGTH, keep-alive");
   TAP_CHECK(RESP_HEAD(ok) == LEN(ok) - 5 && resp.body == OB_H1_BODY_NONE && resp.keep_alive,
             "response to HEAD: no body");
+  /* Methods are case-sensitive: "head" is not HEAD, its answer has a body
+   * (reading it as bodyless left the body on a pooled connection). */
+  TAP_CHECK(ob_h1_parse_response(ok, LEN(ok), &resp, hdrs, MAXH, HEAD_LIMIT, OB_IOV_LIT("head"), &why) == LEN(ok) - 5 &&
+                resp.body == OB_H1_BODY_LENGTH && resp.content_length == 5,
+            "response to \"head\": its Content-Length body");
+  TAP_CHECK(!ob_http_response_bodyless(OB_IOV_LIT("head"), 200) && !ob_http_response_bodyless(OB_IOV_LIT("Head"), 200) &&
+                !ob_http_response_bodyless(OB_IOV_LIT("HEADX"), 200) && ob_http_response_bodyless(OB_IOV_LIT("HEAD"), 200) &&
+                ob_http_response_bodyless(OB_IOV_LIT("GET"), 204) && ob_http_response_bodyless(OB_IOV_LIT("GET"), 304) &&
+                ob_http_response_bodyless(OB_IOV_LIT("GET"), 101) && !ob_http_response_bodyless(OB_IOV_LIT("GET"), 200),
+            "bodyless: exactly HEAD, 1xx, 204, 304");
+  TAP_CHECK(ob_http_method_wants_length(OB_IOV_LIT("POST")) && ob_http_method_wants_length(OB_IOV_LIT("PATCH")) &&
+                !ob_http_method_wants_length(OB_IOV_LIT("post")) && !ob_http_method_wants_length(OB_IOV_LIT("GET")),
+            "wants Content-Length: exactly POST, PUT, PATCH");
 
   static const char nc[] = "HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n";
   TAP_CHECK(RESP(nc) == LEN(nc) && resp.body == OB_H1_BODY_NONE && resp.keep_alive, "204: no body");
@@ -342,7 +355,7 @@ static void test_responses(void) {
   REJECT_RESP("HTTP/1.1 200 OK\r\nX : a\r\n\r\n", "response space before colon");
   REJECT_RESP("HTTP/1.1 304 Not Modified\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
               "CL + TE rejected even when there is no body");
-  TAP_EQ_INT(ob_h1_parse_response("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n", 31, &resp, hdrs, 1, HEAD_LIMIT, false,
+  TAP_EQ_INT(ob_h1_parse_response("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n", 31, &resp, hdrs, 1, HEAD_LIMIT, OB_IOV_LIT("GET"),
                                   &why),
              OB_ERR_HEADERS_TOO_LARGE, "response with too many fields: 431");
 }
@@ -534,7 +547,7 @@ static void test_serialize(void) {
   ob_buf_append(&b, "\r\n", 2);
   static const char want431[] = "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n";
   TAP_CHECK(b.len == sizeof want431 - 1 && memcmp(b.base, want431, b.len) == 0, "431 head bytes");
-  TAP_CHECK(ob_h1_parse_response(b.base, b.len, &resp, hdrs, MAXH, HEAD_LIMIT, false, &why) == (int)b.len &&
+  TAP_CHECK(ob_h1_parse_response(b.base, b.len, &resp, hdrs, MAXH, HEAD_LIMIT, OB_IOV_LIT("GET"), &why) == (int)b.len &&
                 resp.status == 431 && !resp.keep_alive,
             "serialized response parses back");
   ob_buf_dispose(&b);

@@ -1,0 +1,168 @@
+// What obleth forwards and how it frames answers, against a tiny upstream
+// written on node:net so the test controls the exact wire bytes: response
+// framing for odd-case and unknown methods (a body left unread on a pooled
+// connection would become another client's answer).
+// Clients: raw sockets (h1) and node:http2.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import http2 from 'node:http2';
+import { startObleth, stop } from './lib.mjs';
+
+// The upstream. /echo... answers at once with what it received (method,
+// path, every header line as sent). Any other path answers "answer to
+// <METHOD> <path>": exactly HEAD gets the head only; every other method,
+// whatever its case, gets its head first and its body later, once the
+// next bytes arrive on that connection or after a short while, as a slow
+// backend would. The held body is itself shaped like an HTTP response, as
+// an attacker's would be.
+function startUpstream() {
+  const seen = [];
+  let nsock = 0;
+  const server = net.createServer((sock) => {
+    const id = ++nsock;
+    let buf = Buffer.alloc(0);
+    let held = null;
+    const flush = () => { if (held) { const h = held; held = null; clearTimeout(h.timer); sock.write(h.body); } };
+    sock.on('error', () => {});
+    sock.on('close', () => { if (held) clearTimeout(held.timer); });
+    sock.on('data', (d) => {
+      flush();
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+        const [method, path] = lines[0].split(' ');
+        const headers = lines.slice(1).map((l) => { const i = l.indexOf(':'); return [l.slice(0, i).toLowerCase(), l.slice(i + 1).trim()]; });
+        const cl = Number(headers.find(([n]) => n === 'content-length')?.[1] ?? 0);
+        if (buf.length < end + 4 + cl) return;
+        buf = buf.subarray(end + 4 + cl);
+        seen.push({ sock: id, method, path, headers });
+        if (path.startsWith('/echo')) {
+          const body = JSON.stringify({ method, path, headers, lines: lines.slice(1) });
+          sock.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+          continue;
+        }
+        const inner = `answer to ${method} ${path}`;
+        const body = `HTTP/1.1 200 OK\r\ncontent-length: ${inner.length}\r\n\r\n${inner}`;
+        sock.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n\r\n`);
+        if (method === 'HEAD') continue;
+        held = { body, timer: setTimeout(flush, 150) };
+      }
+    });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () =>
+    resolve({ server, seen, url: `http://127.0.0.1:${server.address().port}` })));
+}
+
+// One HTTP/1.1 exchange on a raw socket: resolves `head` once the response
+// head is in, `done` with {status, headers, body} once Content-Length bytes
+// of body followed (none for HEAD), or with what came when the server closed.
+function h1(port, request, { head = false } = {}) {
+  const s = net.connect(port, '127.0.0.1');
+  let data = Buffer.alloc(0);
+  let onHead, onDone;
+  const headP = new Promise((r) => { onHead = r; });
+  const doneP = new Promise((r) => { onDone = r; });
+  let parsed = null;
+  const check = (closed) => {
+    if (!parsed) {
+      const end = data.indexOf('\r\n\r\n');
+      if (end < 0) { if (closed) onDone({ status: 0, headers: {}, body: data.toString('latin1'), closed }); return; }
+      const lines = data.subarray(0, end).toString('latin1').split('\r\n');
+      const headers = {};
+      for (const l of lines.slice(1)) { const i = l.indexOf(':'); headers[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim(); }
+      parsed = { status: Number(lines[0].split(' ')[1]), headers, start: end + 4 };
+      onHead(parsed);
+    }
+    const want = head ? 0 : Number(parsed.headers['content-length'] ?? -1);
+    const have = data.length - parsed.start;
+    if ((want >= 0 && have >= want) || closed)
+      onDone({ status: parsed.status, headers: parsed.headers, body: data.subarray(parsed.start).toString('latin1'), closed });
+  };
+  s.on('data', (d) => { data = Buffer.concat([data, d]); check(false); });
+  s.on('close', () => check(true));
+  s.on('error', () => {});
+  s.write(request);
+  return { head: headP, done: doneP.finally(() => s.destroy()) };
+}
+
+// One HTTP/2 exchange with node:http2 (prior knowledge): resolves `head`
+// with the response headers, `done` with {status, body}.
+function h2(url, headers, { body } = {}) {
+  const session = http2.connect(url);
+  session.on('error', () => {});
+  const req = session.request(headers, { endStream: body === undefined });
+  if (body !== undefined) req.end(body);
+  const head = new Promise((r) => req.on('response', r));
+  const done = new Promise((resolve) => {
+    let status = 0;
+    const chunks = [];
+    req.on('response', (h) => { status = h[':status']; });
+    req.on('data', (c) => chunks.push(c));
+    const end = (err) => { session.close(); resolve({ status, body: Buffer.concat(chunks).toString('latin1'), err }); };
+    req.on('end', () => end());
+    req.on('error', (e) => end(e));
+  });
+  return { head, done };
+}
+
+const inner = (method, path) => `answer to ${method} ${path}`;
+const framed = (method, path) => `HTTP/1.1 200 OK\r\ncontent-length: ${inner(method, path).length}\r\n\r\n${inner(method, path)}`;
+
+let up, gw;
+
+test.before(async () => {
+  up = await startUpstream();
+  gw = await startObleth({
+    upstreams: [{ name: 'odd', endpoints: [up.url] }],
+    routes: [{ prefix: '/', class: 'passthrough', upstream: 'odd' }],
+  });
+});
+
+test.after(async () => {
+  await stop(gw.proc);
+  up.server.close();
+});
+
+for (const method of ['head', 'Head', 'PURGE']) {
+  test(`h1: the body of an answer to "${method}" reaches its client, and the next request on the pooled connection gets its own answer`, async () => {
+    const a = h1(gw.port, `${method} /a-${method} HTTP/1.1\r\nhost: x\r\n\r\n`);
+    await a.head;
+    // Another client, once the first answer's head went out: under the old
+    // rule its request went out on the connection still holding /a's body.
+    const b = await h1(gw.port, `GET /b-${method} HTTP/1.1\r\nhost: x\r\n\r\n`).done;
+    assert.equal(b.status, 200);
+    assert.equal(b.body, framed('GET', `/b-${method}`));
+    const r = await a.done;
+    assert.equal(r.status, 200);
+    assert.equal(r.body, framed(method, `/a-${method}`));
+  });
+}
+
+test('h1: HEAD keeps its Content-Length and gets no body; the connection stays usable', async () => {
+  const a = await h1(gw.port, 'HEAD /h HTTP/1.1\r\nhost: x\r\n\r\n', { head: true }).done;
+  assert.equal(a.status, 200);
+  assert.equal(a.headers['content-length'], String(framed('HEAD', '/h').length));
+  const b = await h1(gw.port, 'GET /after-head HTTP/1.1\r\nhost: x\r\n\r\n').done;
+  assert.equal(b.body, framed('GET', '/after-head'));
+});
+
+test('h2: the body of an answer to "head" reaches its client, and the next request gets its own answer', async () => {
+  const a = h2(gw.url, { ':method': 'head', ':path': '/h2-a' });
+  await a.head;
+  const b = await h2(gw.url, { ':method': 'GET', ':path': '/h2-b' }).done;
+  assert.equal(b.status, 200);
+  assert.equal(b.body, framed('GET', '/h2-b'));
+  const r = await a.done;
+  assert.equal(r.err, undefined);
+  assert.equal(r.status, 200);
+  assert.equal(r.body, framed('head', '/h2-a'));
+  // The same from an h1 client after an h2 "head".
+  const c = h2(gw.url, { ':method': 'head', ':path': '/h2-c' });
+  await c.head;
+  const d = await h1(gw.port, 'GET /h1-d HTTP/1.1\r\nhost: x\r\n\r\n').done;
+  assert.equal(d.body, framed('GET', '/h1-d'));
+  assert.equal((await c.done).body, framed('head', '/h2-c'));
+});

@@ -134,6 +134,11 @@ bool ob_http_is_valid_value(ob_iov_t v) {
   return v.len == 0 || skip_value(p, p + v.len) == p + v.len;
 }
 
+bool ob_http_is_valid_target(ob_iov_t v) {
+  const unsigned char *p = (const unsigned char *)v.base;
+  return v.len > 0 && skip_target(p, p + v.len) == p + v.len;
+}
+
 static inline int fail(const char **why, int err, const char *msg) {
   if (why) *why = msg;
   return err;
@@ -209,6 +214,13 @@ bool ob_http_response_bodyless(ob_iov_t method, int status) {
 
 bool ob_http_method_wants_length(ob_iov_t m) {
   return ob_iov_eq(m, OB_IOV_LIT("POST")) || ob_iov_eq(m, OB_IOV_LIT("PUT")) || ob_iov_eq(m, OB_IOV_LIT("PATCH"));
+}
+
+bool ob_http_is_hop_by_hop_in(ob_iov_t name, const ob_http_header_t *msg, size_t n) {
+  if (ob_http_is_hop_by_hop(name, ob_iov(NULL, 0))) return true;
+  for (size_t i = 0; i < n; i++)
+    if (eq_lit(msg[i].name, "connection", 10) && ob_http_is_hop_by_hop(name, msg[i].value)) return true;
+  return false;
 }
 
 /* ---------------------------------------------------------------- heads */

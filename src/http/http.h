@@ -142,6 +142,10 @@ bool ob_http_method_wants_length(ob_iov_t method);
  * Trailer, Proxy-Authenticate, Proxy-Authorization; plus every field named in
  * the message's own Connection header (conn_tokens, may be empty). */
 bool ob_http_is_hop_by_hop(ob_iov_t name, ob_iov_t conn_tokens);
+/* ob_http_is_hop_by_hop against the tokens of every Connection field of the
+ * message msg[0..n) (borrowed for the call): a second Connection field names
+ * hop-by-hop fields as much as the first does (RFC 9110 5.3, 7.6.1). */
+bool ob_http_is_hop_by_hop_in(ob_iov_t name, const ob_http_header_t *msg, size_t n);
 
 /* Append "METHOD target HTTP/1.1\r\n" to out. Headers are appended with
  * ob_h1_append_header, the head is closed with ob_buf_append(out, "\r\n", 2). */
@@ -221,5 +225,9 @@ int ob_pb_find_bytes(ob_iov_t msg, uint32_t field, ob_iov_t *out);
 bool ob_http_is_token(ob_iov_t v);
 /* A field value free of CR, LF, NUL and other control characters except HTAB. */
 bool ob_http_is_valid_value(ob_iov_t v);
+/* A non-empty request target of visible ASCII only (0x21-0x7E): the rule the
+ * HTTP/1.1 parser applies, for HTTP/2's :path too, so a target no HTTP/1.1
+ * client could send cannot come in over HTTP/2 either. */
+bool ob_http_is_valid_target(ob_iov_t v);
 
 #endif /* OB_HTTP_H */

@@ -396,6 +396,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
       reply_error(h, r, r->s.method.len && r->s.path.len ? 501 : 400, "unsupported or incomplete request");
       return 0;
     }
+    if (!ob_http_is_valid_target(r->s.path)) {
+      reply_error(h, r, 400, "invalid character in :path");
+      return 0;
+    }
     const ob_sreq_handler_t *hd = h->c->net->handler;
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && hd->stream_body && hd->stream_body(&r->s, h->c->net->ctx)) {
       r->s.body_streaming = true;

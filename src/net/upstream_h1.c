@@ -41,7 +41,24 @@ void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_buf_init(&head);
   ob_h1_append_request_line(&head, u->method, target);
   ob_h1_append_header(&head, OB_IOV_LIT("Host"), u->authority.len ? u->authority : ob_iov_str(ep->authority));
-  for (size_t i = 0; i < u->num_headers; i++) ob_h1_append_header(&head, u->headers[i].name, u->headers[i].value);
+  bool cookie_sent = false;
+  for (size_t i = 0; i < u->num_headers; i++) {
+    /* HTTP/2 clients may split Cookie into crumbs; an HTTP/1.1 upstream gets
+     * them as one field joined with "; " (RFC 9113 8.2.3). Names are lower
+     * case here (copy_spec). */
+    if (ob_iov_eq(u->headers[i].name, OB_IOV_LIT("cookie"))) {
+      if (cookie_sent) continue;
+      cookie_sent = true;
+      ob_buf_append_str(&head, "cookie: ");
+      const char *sep = "";
+      for (size_t j = i; j < u->num_headers; j++)
+        if (ob_iov_eq(u->headers[j].name, OB_IOV_LIT("cookie")))
+          ob_buf_append_str(&head, sep), ob_buf_append_iov(&head, u->headers[j].value), sep = "; ";
+      ob_buf_append(&head, "\r\n", 2);
+      continue;
+    }
+    ob_h1_append_header(&head, u->headers[i].name, u->headers[i].value);
+  }
   if (u->body_len || ob_http_method_wants_length(u->method)) {
     char num[OB_U64_CHARS];
     size_t n = ob_fmt_u64(num, u->body_len);
@@ -137,17 +154,13 @@ static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
   c->keep_alive = resp.keep_alive;
   if (c->framing == OB_H1_BODY_CHUNKED) ob_h1_chunked_init(&c->chunked);
 
-  /* Hop-by-hop fields, including those the Connection fields name. */
-  ob_iov_t conn_tokens[8];
-  size_t nct = 0;
-  for (size_t i = 0; i < resp.num_headers && nct < 8; i++)
-    if (ob_iov_eq_str_nocase(hdrs[i].name, "connection")) conn_tokens[nct++] = hdrs[i].value;
+  /* Hop-by-hop fields, including those any Connection field names; judged
+   * before the in-place filtering moves a Connection field away. */
+  bool hop[OB_HTTP_MAX_HEADERS];
+  for (size_t i = 0; i < resp.num_headers; i++) hop[i] = ob_http_is_hop_by_hop_in(hdrs[i].name, hdrs, resp.num_headers);
   size_t k = 0;
-  for (size_t i = 0; i < resp.num_headers; i++) {
-    bool hop = ob_http_is_hop_by_hop(hdrs[i].name, ob_iov(NULL, 0));
-    for (size_t j = 0; j < nct && !hop; j++) hop = ob_http_is_hop_by_hop(hdrs[i].name, conn_tokens[j]);
-    if (!hop) hdrs[k++] = hdrs[i];
-  }
+  for (size_t i = 0; i < resp.num_headers; i++)
+    if (!hop[i]) hdrs[k++] = hdrs[i];
   c->rstate = RS_BODY;
   /* The fields point into the input buffer: drain only after on_head. */
   if (!ob_net_up_call_head(u, resp.status, hdrs, k)) return -1;

@@ -25,11 +25,27 @@ static void make_request_id(ob_proxy_t *p, char out[40]) {
   out[32] = '\0';
 }
 
-static bool is_request_hop(ob_iov_t name, ob_iov_t conn) {
-  /* Host and Content-Length are set by net for the upstream connection. */
-  return ob_http_is_hop_by_hop(name, conn) || ob_iov_eq_str_nocase(name, "host") ||
+/* A client's x-request-id is kept only when it is one word of visible
+ * ASCII without quotes or backslashes: it is logged, forwarded and echoed,
+ * and anything else is replaced by an id of our own. */
+static bool is_plain_char(unsigned char c) { return c > 0x20 && c < 0x7f && c != '"' && c != '\\'; }
+
+static bool is_plain_request_id(ob_iov_t v) {
+  for (size_t i = 0; i < v.len; i++)
+    if (!is_plain_char((unsigned char)v.base[i])) return false;
+  return true;
+}
+
+static bool is_request_hop(ob_iov_t name, const ob_sreq_t *s) {
+  /* Host and Content-Length are set by net for the upstream connection;
+   * X-Forwarded-For, X-Forwarded-Proto and X-Request-Id by ob_proxy_forward
+   * (a client's X-Forwarded-Proto next to ours would give the upstream two
+   * answers). Expect was answered here already (client side 100), so an
+   * upstream must not answer it again. */
+  return ob_http_is_hop_by_hop_in(name, s->headers, s->num_headers) || ob_iov_eq_str_nocase(name, "host") ||
          ob_iov_eq_str_nocase(name, "content-length") || ob_iov_eq_str_nocase(name, "x-forwarded-for") ||
-         ob_iov_eq_str_nocase(name, "x-request-id") || ob_iov_eq_str_nocase(name, "http2-settings");
+         ob_iov_eq_str_nocase(name, "x-forwarded-proto") || ob_iov_eq_str_nocase(name, "x-request-id") ||
+         ob_iov_eq_str_nocase(name, "http2-settings") || ob_iov_eq_str_nocase(name, "expect");
 }
 
 /* The caller's key never travels upstream once it identified a tenant. */
@@ -61,6 +77,22 @@ static void put(line_t *l, const char *s, size_t n) {
 }
 static void put_str(line_t *l, const char *s) { put(l, s, strlen(s)); }
 static void put_iov(line_t *l, ob_iov_t v) { put(l, v.base, v.len); }
+/* Client-chosen text (path, model, request id): bytes outside visible ASCII,
+ * '"' and '\\' become \xHH, as nginx's access log escapes them, so no value
+ * can end its field early or forge the fields after it. */
+static void put_esc(line_t *l, ob_iov_t v) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t run = 0;
+  for (size_t i = 0; i < v.len; i++) {
+    unsigned char c = (unsigned char)v.base[i];
+    if (is_plain_char(c)) continue;
+    put(l, v.base + run, i - run);
+    char e[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+    put(l, e, 4);
+    run = i + 1;
+  }
+  put(l, v.base + run, v.len - run);
+}
 static void put_u64(line_t *l, uint64_t v) {
   char b[OB_U64_CHARS];
   put(l, b, ob_fmt_u64(b, v));
@@ -76,7 +108,7 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed, uint6
   put_str(&l, " \"");
   put_iov(&l, s->method);
   put(&l, " ", 1);
-  put_iov(&l, s->path);
+  put_esc(&l, s->path);
   put_str(&l, s->http_version == 20 ? " HTTP/2\" " : (s->http_version == 10 ? " HTTP/1.0\" " : " HTTP/1.1\" "));
   put_u64(&l, (uint64_t)s->status);
   put(&l, " ", 1);
@@ -88,7 +120,7 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed, uint6
   put_str(&l, " upstream=");
   put_str(&l, x->endpoint ? x->endpoint : "-");
   put_str(&l, " model=");
-  put_iov(&l, x->model.len ? x->model : OB_IOV_LIT("-"));
+  put_esc(&l, x->model.len ? x->model : OB_IOV_LIT("-"));
   put_str(&l, " tenant=");
   put_str(&l, t ? t->name : "-");
   put_str(&l, " group=");
@@ -100,7 +132,7 @@ static void log_line(ob_exchange_t *x, const ob_sreq_t *s, bool completed, uint6
   put_str(&l, " queue=");
   put_str(&l, ms_text(ms, x->queue_us));
   put_str(&l, " rid=");
-  put_str(&l, x->request_id);
+  put_esc(&l, ob_iov_str(x->request_id));
   if (x->grpc) {
     put_str(&l, " grpc-status=");
     if (x->grpc_status >= 0) put_u64(&l, (uint64_t)x->grpc_status);
@@ -453,16 +485,18 @@ void ob_proxy_forward(ob_exchange_t *x) {
   for (size_t i = 0; i < cfg->num_upstreams; i++)
     if (strcmp(cfg->upstreams[i].name, x->upstream_name) == 0) ucfg = &cfg->upstreams[i];
   bool strip_key = ob_tenants_required(x->gen->tenants) || (ucfg && ucfg->credential_header);
-  ob_iov_t conn = OB_IOV_LIT("");
-  const ob_http_header_t *ch = ob_sreq_header(s, "connection");
-  if (ch) conn = ch->value;
   ob_http_header_t *h = ob_arena_alloc(x->arena, (s->num_headers + 5) * sizeof *h);
   size_t k = 0;
-  ob_iov_t xff = OB_IOV_LIT("");
+  /* x-forwarded-for: every value the client side sent (an edge may split
+   * the list over several fields), then the client's address, as nginx's
+   * $proxy_add_x_forwarded_for. */
+  ob_buf_t b;
+  ob_buf_init(&b);
   for (size_t i = 0; i < s->num_headers; i++) {
     ob_iov_t name = s->headers[i].name;
-    if (ob_iov_eq_str_nocase(name, "x-forwarded-for")) xff = s->headers[i].value;
-    if (is_request_hop(name, conn) || (strip_key && is_client_credential(name))) continue;
+    if (ob_iov_eq_str_nocase(name, "x-forwarded-for") && s->headers[i].value.len)
+      ob_buf_append_iov(&b, s->headers[i].value), ob_buf_append_str(&b, ", ");
+    if (is_request_hop(name, s) || (strip_key && is_client_credential(name))) continue;
     if (ucfg && ucfg->credential_header && ob_iov_eq_str_nocase(name, ucfg->credential_header)) continue;
     h[k] = s->headers[i];
     for (size_t r = 0; r < x->num_replace; r++)
@@ -471,10 +505,6 @@ void ob_proxy_forward(ob_exchange_t *x) {
   }
   if (ucfg && ucfg->credential_header)
     h[k++] = (ob_http_header_t){ob_iov_str(ucfg->credential_header), ob_iov_str(ucfg->credential_value)};
-  /* x-forwarded-for: append the client address to what the edge said. */
-  ob_buf_t b;
-  ob_buf_init(&b);
-  if (xff.len) ob_buf_append_iov(&b, xff), ob_buf_append_str(&b, ", ");
   ob_buf_append_str(&b, s->peer_addr);
   h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-for"), ob_arena_dup(x->arena, ob_buf_iov(&b))};
   ob_buf_dispose(&b);
@@ -511,7 +541,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
   x->arena = &s->arena;
   s->handler_data = x;
   const ob_http_header_t *rid = ob_sreq_header(s, "x-request-id");
-  if (rid && rid->value.len > 0 && rid->value.len < sizeof x->request_id && ob_http_is_valid_value(rid->value))
+  if (rid && rid->value.len > 0 && rid->value.len < sizeof x->request_id && is_plain_request_id(rid->value))
     memcpy(x->request_id, rid->value.base, rid->value.len), x->request_id[rid->value.len] = '\0';
   else make_request_id(p, x->request_id);
   x->body_parts[0] = ob_buf_iov(&s->body->buf);

@@ -620,6 +620,21 @@ static void test_checks(void) {
   TAP_CHECK(!ob_http_is_hop_by_hop(OB_IOV_LIT("X-Foo-Bar"), conn) && !ob_http_is_hop_by_hop(OB_IOV_LIT("X"), conn),
             "names not listed in Connection are not");
   TAP_CHECK(!ob_http_is_hop_by_hop(OB_IOV_LIT(""), conn), "empty name never matches an empty list element");
+  const ob_http_header_t msg[] = {
+      {OB_IOV_LIT("Connection"), OB_IOV_LIT("keep-alive")},
+      {OB_IOV_LIT("X-Secret"), OB_IOV_LIT("1")},
+      {OB_IOV_LIT("connection"), OB_IOV_LIT("x-secret")},
+  };
+  TAP_CHECK(ob_http_is_hop_by_hop_in(OB_IOV_LIT("x-secret"), msg, 3) &&
+                ob_http_is_hop_by_hop_in(OB_IOV_LIT("Keep-Alive"), msg, 3) &&
+                !ob_http_is_hop_by_hop_in(OB_IOV_LIT("x-other"), msg, 3) &&
+                !ob_http_is_hop_by_hop_in(OB_IOV_LIT("x-secret"), msg, 2),
+            "every Connection field of a message names hop-by-hop fields");
+  TAP_CHECK(ob_http_is_valid_target(OB_IOV_LIT("/a/b?c=%C3%A9")) && ob_http_is_valid_target(OB_IOV_LIT("*")) &&
+                !ob_http_is_valid_target(OB_IOV_LIT("")) && !ob_http_is_valid_target(OB_IOV_LIT("/\xc3\xa9")) &&
+                !ob_http_is_valid_target(OB_IOV_LIT("/a b")) && !ob_http_is_valid_target(OB_IOV_LIT("/a\x7f")) &&
+                !ob_http_is_valid_target(OB_IOV_LIT("/0123456789abcdef\x80")),
+            "request target: visible ASCII only, as the parser");
 }
 
 static void test_grpc_timeout(void) {

@@ -1,13 +1,15 @@
 // What obleth forwards and how it frames answers, against a tiny upstream
 // written on node:net so the test controls the exact wire bytes: response
 // framing for odd-case and unknown methods (a body left unread on a pooled
-// connection would become another client's answer).
-// Clients: raw sockets (h1) and node:http2.
+// connection would become another client's answer), X-Forwarded-*, every
+// Connection field, cookie crumbs, Expect, x-request-id in the access log,
+// and :path bytes.
+// Clients: raw sockets (h1), node:http2, curl and nghttp.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import http2 from 'node:http2';
-import { startObleth, stop } from './lib.mjs';
+import { startObleth, stop, curl, run } from './lib.mjs';
 
 // The upstream. /echo... answers at once with what it received (method,
 // path, every header line as sent). Any other path answers "answer to
@@ -110,6 +112,7 @@ function h2(url, headers, { body } = {}) {
 
 const inner = (method, path) => `answer to ${method} ${path}`;
 const framed = (method, path) => `HTTP/1.1 200 OK\r\ncontent-length: ${inner(method, path).length}\r\n\r\n${inner(method, path)}`;
+const hdr = (echo) => Object.fromEntries(echo.headers.map(([n, v]) => [n, v]));
 
 let up, gw;
 
@@ -166,3 +169,74 @@ test('h2: the body of an answer to "head" reaches its client, and the next reque
   assert.equal(d.body, framed('GET', '/h1-d'));
   assert.equal((await c.done).body, framed('head', '/h2-c'));
 });
+
+test('X-Forwarded-Proto is ours alone; X-Forwarded-For keeps every client value and adds the peer; Forwarded passes as sent', async () => {
+  const r = await h1(gw.port, 'GET /echo/xf HTTP/1.1\r\nhost: x\r\nx-forwarded-proto: https\r\nx-forwarded-for: 203.0.113.1\r\n' +
+    'X-Forwarded-For: 198.51.100.2\r\nforwarded: for=192.0.2.60;proto=https\r\n\r\n').done;
+  const echo = JSON.parse(r.body);
+  const proto = echo.headers.filter(([n]) => n === 'x-forwarded-proto');
+  assert.deepEqual(proto, [['x-forwarded-proto', 'http']]);
+  const xff = echo.headers.filter(([n]) => n === 'x-forwarded-for');
+  assert.deepEqual(xff, [['x-forwarded-for', '203.0.113.1, 198.51.100.2, 127.0.0.1']]);
+  assert.equal(hdr(echo).forwarded, 'for=192.0.2.60;proto=https');
+});
+
+test('every Connection field names hop-by-hop fields, not only the first', async () => {
+  const r = await h1(gw.port, 'GET /echo/conn HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\nconnection: x-secret\r\n' +
+    'x-secret: 1\r\nx-kept: 2\r\n\r\n').done;
+  const h = hdr(JSON.parse(r.body));
+  assert.equal(h['x-secret'], undefined);
+  assert.equal(h['x-kept'], '2');
+});
+
+test('h2 cookie crumbs reach an HTTP/1.1 upstream as one field joined with "; "', async () => {
+  const r = await run('nghttp', ['-H', 'cookie: a=1', '-H', 'cookie: b=2', '-H', 'cookie: c=3', gw.url + '/echo/cookie']);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = JSON.parse(r.stdout).lines.filter((l) => /^cookie:/i.test(l));
+  assert.deepEqual(lines, ['cookie: a=1; b=2; c=3']);
+});
+
+test('Expect: 100-continue is answered by obleth and not forwarded', async () => {
+  const r = await curl(['--http1.1', '-H', 'expect: 100-continue', '--data-binary', 'x'.repeat(2000), gw.url + '/echo/expect']);
+  assert.equal(r.status, 200);
+  const echo = JSON.parse(r.body);
+  assert.equal(hdr(echo).expect, undefined);
+  assert.equal(hdr(echo)['content-length'], '2000');
+});
+
+test('a client x-request-id with spaces or quotes is replaced, and cannot forge access-log fields', async () => {
+  const r = await h1(gw.port, 'GET /echo/rid HTTP/1.1\r\nhost: x\r\nx-request-id: a" tenant=evil key="k\r\n\r\n').done;
+  const rid = hdr(JSON.parse(r.body))['x-request-id'];
+  assert.match(rid, /^[0-9a-f]{32}$/);
+  assert.equal(r.headers['x-request-id'], rid);
+  const line = await waitFor(() => gw.output.text.split('\n').find((l) => l.includes(`rid=${rid}`)));
+  assert.doesNotMatch(line, /tenant=evil/);
+  // A plain client id is still kept end to end.
+  const k = await h1(gw.port, 'GET /echo/rid2 HTTP/1.1\r\nhost: x\r\nx-request-id: abc-123\r\n\r\n').done;
+  assert.equal(hdr(JSON.parse(k.body))['x-request-id'], 'abc-123');
+  // A quote in the path is escaped in the access line.
+  await h1(gw.port, 'GET /echo/q"uote HTTP/1.1\r\nhost: x\r\nx-request-id: quote-path\r\n\r\n').done;
+  const q = await waitFor(() => gw.output.text.split('\n').find((l) => l.includes('rid=quote-path')));
+  assert.match(q, /"GET \/echo\/q\\x22uote HTTP\/1\.1"/);
+});
+
+test('h2 :path bytes >= 0x80 are refused with 400, as the HTTP/1.1 parser refuses them', async () => {
+  const before = up.seen.length;
+  const r = await h2(gw.url, { ':method': 'GET', ':path': '/echo/\u00e9t\u00e9' }).done;
+  assert.equal(r.status, 400);
+  const h1r = await h1(gw.port, Buffer.concat([Buffer.from('GET /echo/'), Buffer.from([0xc3, 0xa9]), Buffer.from(' HTTP/1.1\r\nhost: x\r\n\r\n')])).done;
+  assert.equal(h1r.status, 400);
+  assert.equal(up.seen.length, before, 'nothing reached the upstream');
+  const ok = await h2(gw.url, { ':method': 'GET', ':path': '/echo/%C3%A9t%C3%A9' }).done;
+  assert.equal(JSON.parse(ok.body).path, '/echo/%C3%A9t%C3%A9');
+});
+
+// Poll the gateway's output (access lines are flushed by the worker on its
+// own schedule) until pick() finds something.
+async function waitFor(pick) {
+  for (;;) {
+    const v = pick();
+    if (v) return v;
+    await new Promise((r) => gw.proc.stderr.once('data', r));
+  }
+}

@@ -33,8 +33,12 @@ static void list_models(ob_exchange_t *x, ob_routes_t *t) {
   ob_buf_t b;
   ob_buf_init(&b);
   ob_buf_append_str(&b, "{\"object\":\"list\",\"data\":[");
+  const char *sep = "";
   for (size_t i = 0; i < t->cfg->num_models; i++) {
-    if (i) ob_buf_append(&b, ",", 1);
+    /* Only what the caller may use: the list must not tell a tenant the
+     * names of models kept for others. */
+    if (x->who.tenant && !ob_tenant_allows_model(x->who.tenant, ob_iov_str(t->cfg->models[i].name))) continue;
+    ob_buf_append_str(&b, sep), sep = ",";
     ob_buf_append_str(&b, "{\"id\":");
     ob_buf_append_json_str(&b, ob_iov_str(t->cfg->models[i].name));
     ob_buf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"obleth\"}", t->started);

@@ -322,8 +322,18 @@ bool ob_proxy_identify(ob_exchange_t *x) {
   _Static_assert(sizeof(ob_tenant_memo_t) <= sizeof(ob_conn_scratch_t), "the memo lives in the connection's scratch");
   ob_conn_scratch_t *scratch = ob_sreq_conn_scratch(x->req);
   ob_tenant_memo_t *memo = scratch ? (ob_tenant_memo_t *)scratch->bytes : NULL;
-  ob_auth_t a = ob_tenants_identify_memo(dir, memo, auth ? auth->value : OB_IOV_LIT(""),
-                                         xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
+  /* Two fields of one name are as ambiguous as two names for two keys:
+   * answering 400 beats guessing which the client meant. */
+  size_t n_auth = 0, n_xkey = 0;
+  for (size_t i = 0; i < x->req->num_headers; i++) {
+    ob_iov_t name = x->req->headers[i].name;
+    n_auth += ob_iov_eq_str_nocase(name, "authorization");
+    n_xkey += ob_iov_eq_str_nocase(name, "x-api-key");
+  }
+  ob_auth_t a = n_auth > 1 || n_xkey > 1
+                    ? OB_AUTH_AMBIGUOUS
+                    : ob_tenants_identify_memo(dir, memo, auth ? auth->value : OB_IOV_LIT(""),
+                                               xkey ? xkey->value : OB_IOV_LIT(""), &x->who);
   if (a == OB_AUTH_OK) {
     ob_proxy_lock(p);
     if (ob_proxy_tstate(p, x->gen, x->who.tenant_index)->disabled) a = OB_AUTH_DISABLED; /* set by the admin API */
@@ -341,6 +351,12 @@ bool ob_proxy_identify(ob_exchange_t *x) {
     return false;
   case OB_AUTH_DISABLED:
     ob_exchange_reply_error(x, 403, "This API key or its tenant is disabled.", "permission_error", "tenant_disabled");
+    return false;
+  case OB_AUTH_AMBIGUOUS:
+    ob_exchange_reply_error(x, 400,
+                            "The request carries more than one API key. Send one key, in the Authorization header "
+                            "(Bearer) or in x-api-key.",
+                            "invalid_request_error", "ambiguous_api_key");
     return false;
   }
   return false;

@@ -134,7 +134,9 @@ ob_auth_t ob_tenants_identify(const ob_tenants_t *t, ob_iov_t authorization, ob_
 ob_auth_t ob_tenants_identify_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, ob_iov_t authorization,
                                    ob_iov_t x_api_key, ob_identity_t *out) {
   ob_iov_t key = bearer_token(authorization);
-  if (!key.len) key = ob_iov_trim(x_api_key);
+  ob_iov_t alt = ob_iov_trim(x_api_key);
+  if (!key.len) key = alt;
+  else if (alt.len && (alt.len != key.len || CRYPTO_memcmp(alt.base, key.base, key.len) != 0)) return OB_AUTH_AMBIGUOUS;
   if (!key.len) return OB_AUTH_MISSING;
   if (!t) return OB_AUTH_UNKNOWN;
   /* Constant time over the key: on a connection an edge balancer shares

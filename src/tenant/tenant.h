@@ -35,6 +35,7 @@ typedef enum {
   OB_AUTH_MISSING,   /* no key in the request: 401 */
   OB_AUTH_UNKNOWN,   /* no such key: 401 */
   OB_AUTH_DISABLED,  /* the key or its tenant is disabled: 403 */
+  OB_AUTH_AMBIGUOUS, /* Authorization and x-api-key name different keys: 400 */
 } ob_auth_t;
 
 /* Index cfg's keys (cfg borrowed; must outlive the directory). */
@@ -47,8 +48,10 @@ bool ob_tenants_required(const ob_tenants_t *t);
 /*
  * Resolve a request's key. authorization: the Authorization header value
  * ("Bearer <key>", scheme case-insensitive), or empty; x_api_key: the
- * x-api-key header value, or empty. Authorization wins when both are set.
- * Borrowed for the call. On OB_AUTH_OK and OB_AUTH_DISABLED *out is filled.
+ * x-api-key header value, or empty. When both carry a key they must be the
+ * same key, else OB_AUTH_AMBIGUOUS (no key is looked up: which one the
+ * client meant is unknown). Borrowed for the call. On OB_AUTH_OK and
+ * OB_AUTH_DISABLED *out is filled.
  */
 ob_auth_t ob_tenants_identify(const ob_tenants_t *t, ob_iov_t authorization, ob_iov_t x_api_key, ob_identity_t *out);
 

@@ -3,7 +3,7 @@
 // framing for odd-case and unknown methods (a body left unread on a pooled
 // connection would become another client's answer), X-Forwarded-*, every
 // Connection field, cookie crumbs, Expect, x-request-id in the access log,
-// and :path bytes.
+// :path bytes, ambiguous API keys and the /v1/models list per tenant.
 // Clients: raw sockets (h1), node:http2, curl and nghttp.
 import test from 'node:test';
 import assert from 'node:assert/strict';
@@ -240,3 +240,40 @@ async function waitFor(pick) {
     await new Promise((r) => gw.proc.stderr.once('data', r));
   }
 }
+
+test('API keys: two Authorization fields, or Authorization and x-api-key naming different keys, are 400', async () => {
+  const keyed = await startObleth({
+    upstreams: [{ name: 'odd', endpoints: [up.url] }],
+    routes: [{ prefix: '/v1/', class: 'inference', upstream: 'odd' }, { prefix: '/', class: 'passthrough', upstream: 'odd' }],
+    models: [{ name: 'm-alice', upstream: 'odd' }, { name: 'm-bob', upstream: 'odd' }, { name: 'm-shared', upstream: 'odd' }],
+    groups: [{ name: 'g' }],
+    tenants: [
+      { name: 'alice', group: 'g', keys: [{ id: 'a', secret: 'sk-alice' }], models: ['m-alice', 'm-shared'] },
+      { name: 'bob', group: 'g', keys: [{ id: 'b', secret: 'sk-bob' }], models: ['m-bob', 'm-shared'] },
+    ],
+  });
+  try {
+    const ask = (lines) => h1(keyed.port, `GET /echo/k HTTP/1.1\r\nhost: x\r\n${lines}\r\n`).done;
+    for (const lines of [
+      'authorization: Bearer sk-alice\r\nauthorization: Bearer sk-bob\r\n',
+      'authorization: Bearer sk-alice\r\nauthorization: Bearer sk-alice\r\n',
+      'authorization: Bearer sk-alice\r\nx-api-key: sk-bob\r\n',
+      'x-api-key: sk-bob\r\nx-api-key: sk-alice\r\n',
+    ]) {
+      const r = await ask(lines);
+      assert.equal(r.status, 400, lines);
+      const e = JSON.parse(r.body).error;
+      assert.equal(e.type, 'invalid_request_error');
+      assert.equal(e.code, 'ambiguous_api_key');
+    }
+    assert.equal((await ask('authorization: Bearer sk-alice\r\nx-api-key: sk-alice\r\n')).status, 200, 'the same key twice');
+    assert.equal((await ask('x-api-key: sk-bob\r\n')).status, 200);
+
+    // /v1/models lists the models the caller may use, no others.
+    const ids = async (key) => JSON.parse((await curl(['-H', `authorization: Bearer ${key}`, keyed.url + '/v1/models'])).body).data.map((m) => m.id);
+    assert.deepEqual(await ids('sk-alice'), ['m-alice', 'm-shared']);
+    assert.deepEqual(await ids('sk-bob'), ['m-bob', 'm-shared']);
+  } finally {
+    await stop(keyed.proc);
+  }
+});

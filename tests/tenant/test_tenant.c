@@ -64,10 +64,14 @@ static void test_lookup(void) {
   TAP_CHECK(ident(t, "", "key-b", &id) == OB_AUTH_OK && id.tenant_index == 1 && strcmp(id.key->id, "b1") == 0,
             "x-api-key finds the key");
   TAP_CHECK(ident(t, "", "  key-b\t", &id) == OB_AUTH_OK && id.tenant_index == 1, "x-api-key is trimmed");
-  TAP_CHECK(ident(t, "Bearer abc", "key-b", &id) == OB_AUTH_OK && id.tenant_index == 0,
-            "Authorization wins over x-api-key");
-  TAP_CHECK(ident(t, "Bearer nope", "key-b", &id) == OB_AUTH_UNKNOWN,
-            "a Bearer token is used even when unknown (no fallback)");
+  TAP_CHECK(ident(t, "Bearer abc", "key-b", &id) == OB_AUTH_AMBIGUOUS,
+            "Authorization and x-api-key naming different keys: ambiguous, not first wins");
+  TAP_CHECK(ident(t, "Bearer nope", "key-b", &id) == OB_AUTH_AMBIGUOUS,
+            "an unknown Bearer token next to a known x-api-key: ambiguous (no fallback)");
+  TAP_CHECK(ident(t, "Bearer key-b", " key-b ", &id) == OB_AUTH_OK && id.tenant_index == 1,
+            "the same key in both: that key");
+  TAP_CHECK(ident(t, "Basic abc", "key-b", &id) == OB_AUTH_OK && id.tenant_index == 1,
+            "a non-Bearer Authorization carries no key: x-api-key is the one");
   TAP_CHECK(ident(t, "bEARER abc", "", &id) == OB_AUTH_OK && id.tenant_index == 0, "scheme is case-insensitive");
   TAP_CHECK(ident(t, "  Bearer   \t abc  ", "", &id) == OB_AUTH_OK && id.tenant_index == 0,
             "several spaces and outer white space");

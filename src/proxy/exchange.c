@@ -508,7 +508,8 @@ void ob_proxy_forward(ob_exchange_t *x) {
   ob_buf_append_str(&b, s->peer_addr);
   h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-for"), ob_arena_dup(x->arena, ob_buf_iov(&b))};
   ob_buf_dispose(&b);
-  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-proto"), s->scheme};
+  /* What the connection was, not the :scheme an HTTP/2 client wrote. */
+  h[k++] = (ob_http_header_t){OB_IOV_LIT("x-forwarded-proto"), s->tls ? OB_IOV_LIT("https") : OB_IOV_LIT("http")};
   h[k++] = (ob_http_header_t){OB_IOV_LIT("x-request-id"), ob_iov_str(x->request_id)};
   if (x->grpc && x->deadline_us && !grpc_deadline(x, h, k)) return;
   ob_ureq_spec_t spec = {

@@ -179,6 +179,9 @@ test('X-Forwarded-Proto is ours alone; X-Forwarded-For keeps every client value 
   const xff = echo.headers.filter(([n]) => n === 'x-forwarded-for');
   assert.deepEqual(xff, [['x-forwarded-for', '203.0.113.1, 198.51.100.2, 127.0.0.1']]);
   assert.equal(hdr(echo).forwarded, 'for=192.0.2.60;proto=https');
+  // Over HTTP/2 the client writes :scheme itself: the connection decides.
+  const r2 = await h2(gw.url, { ':method': 'GET', ':path': '/echo/xf2', ':scheme': 'https', 'x-forwarded-proto': 'https' }).done;
+  assert.deepEqual(JSON.parse(r2.body).headers.filter(([n]) => n === 'x-forwarded-proto'), [['x-forwarded-proto', 'http']]);
 });
 
 test('every Connection field names hop-by-hop fields, not only the first', async () => {

@@ -33,8 +33,9 @@
  *   WAIT    the request is with the handler; nothing is read
  *   SEND    the answer is being written (body deadline: a client must take it)
  *   LINGER  after an answer that closes the connection: our side is shut
- *           down, and whatever the client still sends is read and dropped for
- *           a short while, so the kernel does not reset the connection for
+ *           down, and whatever the client still sends is read and dropped
+ *           (up to a bound, then no longer read) until it closes or a short
+ *           while passed, so the kernel does not reset the connection for
  *           unread input and lose the answer before the client read it
  *           (nginx's lingering close)
  */
@@ -55,8 +56,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Lingering close: at most this long, and this many dropped bytes. */
-#define LINGER_MS 1000
+/* Lingering close: the connection stays this long after the answer (less
+ * if the client closes first), and at most this many bytes are read and
+ * dropped meanwhile. */
+#define LINGER_MS 2000
 #define LINGER_BYTES ((size_t)256 << 10)
 /* Body bytes read from the socket per turn before they are moved into the
  * request's buffer. */
@@ -314,7 +317,10 @@ static void process(admin_conn_t *c) {
       struct evbuffer *in = bufferevent_get_input(c->bev);
       c->lingered += evbuffer_get_length(in);
       evbuffer_drain(in, evbuffer_get_length(in));
-      if (c->lingered > LINGER_BYTES) conn_free(c);
+      /* A client that keeps sending is not read any further, but the
+       * connection stays until the timer: closing now, with its bytes
+       * unread, would reset it before it read the answer. */
+      if (c->lingered > LINGER_BYTES) bufferevent_disable(c->bev, EV_READ);
       return;
     }
     bool more = c->state == C_HEAD ? read_head(c) : c->state == C_BODY ? read_body(c) : false;

@@ -63,6 +63,14 @@ function connect(port) {
   return c;
 }
 
+// True once c's data matches re, false if it closes first.
+const seen = (c, re) => new Promise((res) => {
+  const check = () => { if (re.test(c.data)) res(true); };
+  c.s.on('data', check);
+  c.s.once('close', () => res(false));
+  check();
+});
+
 // Resolves with what p resolves with, or with `timedOut` after ms: the
 // bound on waiting for an event that the fixed gateway sends within a
 // fraction of it (and that a gateway without the fix never sends).
@@ -241,8 +249,8 @@ test('an admin body above admin.max_body_bytes is answered 413 in JSON; a body u
   }
 });
 
-test('malformed heads get a JSON 400; pipelined requests are answered in order; past admin.max_connections a 503', { timeout: 30000 }, async () => {
-  const r = await rig({ max_connections: 3 });
+test('malformed heads get a JSON 400; pipelined requests are answered in order', { timeout: 30000 }, async () => {
+  const r = await rig();
   try {
     let c = connect(r.gw.adminPort);
     await c.connected;
@@ -266,14 +274,23 @@ test('malformed heads get a JSON 400; pipelined requests are answered in order; 
     assert.equal(rs[3].headers.connection, 'close');
     c.s.destroy();
     await c.closed;
+  } finally {
+    await r.close();
+  }
+});
 
-    // three open connections (the limit) and a fourth
+test('past admin.max_connections open connections a new one is answered 503 and closed', { timeout: 30000 }, async () => {
+  // A gateway of its own: no connection of another test may still be
+  // closing on the server side.
+  const r = await rig({ max_connections: 3 });
+  try {
+    // three open connections (the limit), each answered once, and a fourth
     const held = [];
     for (let i = 0; i < 3; i++) { const h = connect(r.gw.adminPort); await h.connected; held.push(h); }
     // the gateway has accepted them once each has been answered
     for (const h of held) {
       h.s.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
-      while (!h.data.includes('ok\n')) await new Promise((res) => h.s.once('data', res));
+      assert.equal(await within(seen(h, /\r\n\r\nok\n$/), 15000), true, `answered: ${h.data}`);
     }
     const over = connect(r.gw.adminPort);
     assert.notEqual(await within(over.closed, 15000), 'timeout');

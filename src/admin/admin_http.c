@@ -171,6 +171,12 @@ static void answer_error(admin_conn_t *c, int status, const char *msg) {
   ob_buf_dispose(&b);
 }
 
+static void body_too_large(admin_conn_t *c) {
+  char msg[120];
+  snprintf(msg, sizeof msg, "request body above admin.max_body_bytes (%llu bytes)", (unsigned long long)c->lim.body_bytes);
+  answer_error(c, 413, msg);
+}
+
 static void dispatch(admin_conn_t *c) {
   c->body_read = true;
   c->state = C_WAIT;
@@ -251,9 +257,7 @@ static bool read_head(admin_conn_t *c) {
   c->state = C_WAIT; /* the handler has the request now, even if only its head */
   if (!c->s->cbs.on_head(q, c->s->ctx)) return false; /* answered, the body unread */
   if (h.body == OB_H1_BODY_LENGTH && c->body_remaining > c->lim.body_bytes) {
-    char msg[120];
-    snprintf(msg, sizeof msg, "request body above admin.max_body_bytes (%llu bytes)", (unsigned long long)c->lim.body_bytes);
-    answer_error(c, 413, msg);
+    body_too_large(c);
     return false;
   }
   if (!q->has_body) {
@@ -292,10 +296,7 @@ static bool read_body(admin_conn_t *c) {
       }
       if (data) {
         if (b->len + data > c->lim.body_bytes) {
-          char msg[120];
-          snprintf(msg, sizeof msg, "request body above admin.max_body_bytes (%llu bytes)",
-                   (unsigned long long)c->lim.body_bytes);
-          answer_error(c, 413, msg);
+          body_too_large(c);
           return false;
         }
         ob_buf_append(b, p + off, data);

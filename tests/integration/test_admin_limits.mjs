@@ -159,8 +159,8 @@ test('a request head streamed without end is refused 431 in JSON; memory and CPU
   }
 });
 
-test('a head trickled a byte at a time is answered 408 and closed after admin.header_timeout_ms; an idle connection is closed silently', { timeout: 60000 }, async () => {
-  const r = await rig({ header_timeout_ms: 1000 });
+test('a head trickled a byte at a time is answered 408 and closed after admin.header_timeout_ms, a body after admin.body_timeout_ms; an idle connection is closed silently', { timeout: 60000 }, async () => {
+  const r = await rig({ header_timeout_ms: 1000, body_timeout_ms: 1000 });
   try {
     const pid = r.gw.proc.pid;
     const c = connect(r.gw.adminPort);
@@ -177,6 +177,19 @@ test('a head trickled a byte at a time is answered 408 and closed after admin.he
     assertJsonError(c.data, 408, 'request_timeout');
     assert.ok(cpuTicks(pid) - cpu0 < 50, 'no busy loop while waiting');
     assert.equal((await chat(r.gw)).status, 200);
+
+    // a body trickled likewise
+    const b = connect(r.gw.adminPort);
+    await b.connected;
+    const t1 = Date.now();
+    b.s.write(`PUT /admin/tenants/alice HTTP/1.1\r\nHost: x\r\n${AUTH}Content-Length: 100\r\n\r\n{`);
+    const slow = setInterval(() => { if (!b.s.destroyed) b.s.write(' '); }, 100);
+    const gotBody = await within(b.end, 15000);
+    clearInterval(slow);
+    assert.notEqual(gotBody, 'timeout', 'a trickled body is cut off');
+    assert.ok(Date.now() - t1 >= 900, 'after the body timeout, not before');
+    assertJsonError(b.data, 408, 'request_timeout');
+    b.s.destroy();
 
     // nothing sent at all: closed without an answer
     const idle = connect(r.gw.adminPort);

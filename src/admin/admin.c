@@ -1,16 +1,18 @@
 /*
- * admin.c: the admin endpoints. Small, rare requests: evhttp buffers them
- * whole, answers are built in one buffer. Every write is logged.
+ * admin.c: the admin endpoints. Small, rare requests: admin_http.c buffers
+ * them whole (under the admin block's limits), answers are built in one
+ * buffer. Every write is logged. Input is parsed strictly (one JSON object,
+ * nothing after it, no repeated key) and every string reflected into an
+ * answer is JSON-escaped.
  */
 #include "admin.h"
 
+#include "admin_int.h"
+
 #include <cjson/cJSON.h>
-#include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,21 +21,18 @@ struct ob_admin {
   ob_config_t *cfg;
   ob_proxy_t *proxy;
   ob_cache_store_t *cache;
-  struct evhttp *http;
+  ob_admin_http_t *http;
   ob_admin_reload_fn reload;
   void *reload_arg;
 };
 
-static void reply(struct evhttp_request *req, int code, const char *ctype, const char *body, size_t len) {
-  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-  evhttp_add_header(h, "Content-Type", ctype);
-  struct evbuffer *b = evbuffer_new();
-  evbuffer_add(b, body, len);
-  evhttp_send_reply(req, code, NULL, b);
-  evbuffer_free(b);
+typedef ob_admin_req_t admin_req_t;
+
+static void reply(admin_req_t *req, int code, const char *ctype, const char *body, size_t len) {
+  ob_admin_http_reply(req, code, ctype, body, len, NULL);
 }
 
-static void reply_error(struct evhttp_request *req, int code, const char *msg) {
+static void reply_error(admin_req_t *req, int code, const char *msg) {
   ob_buf_t b;
   ob_buf_init(&b);
   ob_http_error_json(&b, code, msg, NULL, NULL);
@@ -41,26 +40,66 @@ static void reply_error(struct evhttp_request *req, int code, const char *msg) {
   ob_buf_dispose(&b);
 }
 
-static void reply_buf(struct evhttp_request *req, int code, const char *ctype, ob_buf_t *b) {
+static void reply_buf(admin_req_t *req, int code, const char *ctype, ob_buf_t *b) {
   reply(req, code, ctype, b->base, b->len);
 }
 
-static bool authorized(ob_admin_t *a, struct evhttp_request *req) {
+static bool authorized(ob_admin_t *a, const admin_req_t *req) {
   if (!a->cfg->admin.token) return true;
-  const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+  const char *auth = req->authorization;
   size_t tl = strlen(a->cfg->admin.token);
   if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl) return false;
   return CRYPTO_memcmp(auth + 7, a->cfg->admin.token, tl) == 0;
 }
 
-/* The JSON request body, parsed; NULL (answered 400) when it is not an object. */
-static cJSON *json_body(struct evhttp_request *req) {
-  struct evbuffer *in = evhttp_request_get_input_buffer(req);
-  size_t n = evbuffer_get_length(in);
-  cJSON *j = n && n < 65536 ? cJSON_ParseWithLength((const char *)evbuffer_pullup(in, -1), n) : NULL;
+/* Admin bodies are objects of a few scalar members (each handler refuses
+ * any other key or value), so more members than this is refused outright
+ * and repeats are found by comparing pairs. */
+#define MAX_BODY_KEYS 16
+
+/* The first key of object j that appears twice, or NULL. */
+static const char *repeated_key(const cJSON *j) {
+  for (const cJSON *it = j->child; it; it = it->next)
+    for (const cJSON *o = it->next; o; o = o->next)
+      if (strcmp(it->string, o->string) == 0) return it->string;
+  return NULL;
+}
+
+/* The JSON request body, parsed strictly: one object and nothing after it
+ * but white space, no key twice (cJSON keeps both copies and would read the
+ * first, where other parsers read the last). NULL (answered 400) otherwise. */
+static cJSON *json_body(admin_req_t *req) {
+  const char *p = req->body.base, *end = NULL;
+  size_t n = req->body.len;
+  cJSON *j = n ? cJSON_ParseWithLengthOpts(p, n, &end, false) : NULL;
   if (!cJSON_IsObject(j)) {
     cJSON_Delete(j);
     reply_error(req, 400, "expected a JSON object body");
+    return NULL;
+  }
+  while (end < p + n && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')) end++;
+  if (end < p + n) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "unexpected data after the JSON object (at byte %zu of %zu)", (size_t)(end - p), n);
+    cJSON_Delete(j);
+    reply_error(req, 400, msg);
+    return NULL;
+  }
+  if (cJSON_GetArraySize(j) > MAX_BODY_KEYS) {
+    cJSON_Delete(j);
+    reply_error(req, 400, "more keys than any admin body has");
+    return NULL;
+  }
+  const char *dup = repeated_key(j);
+  if (dup) {
+    ob_buf_t m;
+    ob_buf_init(&m);
+    ob_buf_append_str(&m, "repeated key ");
+    ob_buf_append_json_str(&m, ob_iov_str(dup));
+    ob_buf_append(&m, "", 1);
+    cJSON_Delete(j);
+    reply_error(req, 400, m.base);
+    ob_buf_dispose(&m);
     return NULL;
   }
   return j;
@@ -76,7 +115,7 @@ static bool weight_of(const cJSON *j, uint32_t *w, bool *present) {
   return true;
 }
 
-static void put_tenant(ob_admin_t *a, struct evhttp_request *req, const char *name) {
+static void put_tenant(ob_admin_t *a, admin_req_t *req, const char *name) {
   cJSON *j = json_body(req);
   if (!j) return;
   uint32_t w = 0;
@@ -107,7 +146,7 @@ static void put_tenant(ob_admin_t *a, struct evhttp_request *req, const char *na
   ob_buf_dispose(&b);
 }
 
-static void put_group(ob_admin_t *a, struct evhttp_request *req, const char *name) {
+static void put_group(ob_admin_t *a, admin_req_t *req, const char *name) {
   cJSON *j = json_body(req);
   if (!j) return;
   uint32_t w = 0;
@@ -127,7 +166,7 @@ static void put_group(ob_admin_t *a, struct evhttp_request *req, const char *nam
   reply(req, 200, "application/json", body, (size_t)n);
 }
 
-static void purge(ob_admin_t *a, struct evhttp_request *req, const char *query) {
+static void purge(ob_admin_t *a, admin_req_t *req, const char *query) {
   if (!a->cache) {
     reply_error(req, 404, "no cache is configured (or it could not be opened)");
     return;
@@ -141,14 +180,18 @@ static void purge(ob_admin_t *a, struct evhttp_request *req, const char *query) 
   ob_cache_store_purge(a->cache, tenant ? scope : NULL);
   ob_log_info("admin: cache purge %s", tenant ? scope : "(all)");
   evhttp_clear_headers(&q);
-  char body[400];
-  int n = snprintf(body, sizeof body, "{\"purged\":\"%s\"}", tenant ? scope : "*");
-  reply(req, 200, "application/json", body, (size_t)n);
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_buf_append_str(&b, "{\"purged\":");
+  ob_buf_append_json_str(&b, ob_iov_str(tenant ? scope : "*"));
+  ob_buf_append_str(&b, "}");
+  reply_buf(req, 200, "application/json", &b);
+  ob_buf_dispose(&b);
 }
 
 /* 200 {"reloaded":true}, or 400 with every reason (an invalid file changes
  * nothing). The reload itself runs here, on the loop, like SIGHUP's. */
-static void do_reload(ob_admin_t *a, struct evhttp_request *req) {
+static void do_reload(ob_admin_t *a, admin_req_t *req) {
   ob_buf_t why, b;
   ob_buf_init(&why);
   ob_buf_init(&b);
@@ -164,27 +207,42 @@ static void do_reload(ob_admin_t *a, struct evhttp_request *req) {
   ob_buf_dispose(&b);
 }
 
-static void handle(struct evhttp_request *req, void *arg) {
+/* Methods are case-sensitive (RFC 9110 9.1); HEAD is answered as GET. */
+static bool is_get(const admin_req_t *req) { return strcmp(req->method, "GET") == 0 || req->is_head; }
+static bool is_method(const admin_req_t *req, const char *m) { return strcmp(req->method, m) == 0; }
+
+static bool open_path(const char *path) { return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0; }
+
+static void refuse_unauthorized(admin_req_t *req) {
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_http_error_json(&b, 401, "admin endpoints need Authorization: Bearer <admin.token>", NULL, NULL);
+  ob_admin_http_reply(req, 401, "application/json", b.base, b.len, "WWW-Authenticate: Bearer\r\n");
+  ob_buf_dispose(&b);
+}
+
+/* The token is checked at the head, so a request without it is refused
+ * before a byte of its body is read. */
+static bool on_head(admin_req_t *req, void *arg) {
   ob_admin_t *a = arg;
-  const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-  const char *raw = evhttp_uri_get_path(uri);
-  char *path = raw ? evhttp_uridecode(raw, 0, NULL) : NULL;
-  const char *query = evhttp_uri_get_query(uri);
-  enum evhttp_cmd_type m = evhttp_request_get_command(req);
-  if (!path) {
-    reply_error(req, 400, "bad path");
-    return;
-  }
+  if (open_path(req->path) || authorized(a, req)) return true;
+  refuse_unauthorized(req);
+  return false;
+}
+
+static void handle(admin_req_t *req, void *arg) {
+  ob_admin_t *a = arg;
+  const char *path = req->path;
+  const char *query = req->query;
   if (strcmp(path, "/healthz") == 0) {
     reply(req, 200, "text/plain", "ok\n", 3);
   } else if (strcmp(path, "/readyz") == 0) {
     bool ready = ob_proxy_ready(a->proxy);
     reply(req, ready ? 200 : 503, "text/plain", ready ? "ready\n" : "no upstream endpoint is reachable\n",
           ready ? 6 : 34);
-  } else if (!authorized(a, req)) {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-    reply_error(req, 401, "admin endpoints need Authorization: Bearer <admin.token>");
-  } else if (strcmp(path, "/metrics") == 0 && m == EVHTTP_REQ_GET) {
+  } else if (!authorized(a, req)) { /* the token changed (reload) while the body came */
+    refuse_unauthorized(req);
+  } else if (strcmp(path, "/metrics") == 0 && is_get(req)) {
     ob_buf_t b;
     ob_buf_init(&b);
     ob_proxy_write_metrics(a->proxy, &b);
@@ -205,7 +263,7 @@ static void handle(struct evhttp_request *req, void *arg) {
     }
     reply_buf(req, 200, "text/plain; version=0.0.4", &b);
     ob_buf_dispose(&b);
-  } else if (strcmp(path, "/admin/fairshare") == 0 && m == EVHTTP_REQ_GET) {
+  } else if (strcmp(path, "/admin/fairshare") == 0 && is_get(req)) {
     ob_buf_t b;
     ob_buf_init(&b);
     ob_proxy_write_fairshare(a->proxy, &b);
@@ -213,9 +271,9 @@ static void handle(struct evhttp_request *req, void *arg) {
     ob_buf_dispose(&b);
   } else if (strncmp(path, "/admin/tenants/", 15) == 0 && path[15]) {
     const char *name = path + 15;
-    if (m == EVHTTP_REQ_PUT) {
+    if (is_method(req, "PUT")) {
       put_tenant(a, req, name);
-    } else if (m == EVHTTP_REQ_GET) {
+    } else if (is_get(req)) {
       ob_buf_t b;
       ob_buf_init(&b);
       if (ob_proxy_write_tenant(a->proxy, name, &b)) reply_buf(req, 200, "application/json", &b);
@@ -225,18 +283,17 @@ static void handle(struct evhttp_request *req, void *arg) {
       reply_error(req, 405, "use GET or PUT");
     }
   } else if (strncmp(path, "/admin/groups/", 14) == 0 && path[14]) {
-    if (m == EVHTTP_REQ_PUT) put_group(a, req, path + 14);
+    if (is_method(req, "PUT")) put_group(a, req, path + 14);
     else reply_error(req, 405, "use PUT");
   } else if (strcmp(path, "/admin/reload") == 0) {
-    if (m == EVHTTP_REQ_POST) do_reload(a, req);
+    if (is_method(req, "POST")) do_reload(a, req);
     else reply_error(req, 405, "use POST");
   } else if (strcmp(path, "/admin/cache/purge") == 0) {
-    if (m == EVHTTP_REQ_POST) purge(a, req, query);
+    if (is_method(req, "POST")) purge(a, req, query);
     else reply_error(req, 405, "use POST");
   } else {
     reply_error(req, 404, "no such admin endpoint");
   }
-  free(path);
 }
 
 ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_t *proxy, ob_cache_store_t *cache,
@@ -247,24 +304,16 @@ ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_
   a->cfg = ob_config_acquire(cfg);
   a->proxy = proxy;
   a->cache = cache;
-  a->http = evhttp_new(base);
-  evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_PUT | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
-  evhttp_set_max_body_size(a->http, 65536);
-  evhttp_set_gencb(a->http, handle, a);
-  struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(a->http, cfg->admin.host, cfg->admin.port);
-  if (!bound) {
-    ob_log_error("admin: cannot listen on %s", cfg->admin.address);
+  static const ob_admin_http_cbs_t cbs = {.on_head = on_head, .on_request = handle};
+  unsigned port = 0;
+  a->http = ob_admin_http_create(base, cfg, &cbs, a, &port);
+  if (!a->http) {
     ob_admin_destroy(a);
     return NULL;
   }
   /* The bound port, not the configured one: port 0 picks a free port, and
      the operator (or a test) reads it from this line. Worded unlike the
      client listeners' "listening on" lines so the two are never confused. */
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  unsigned port = cfg->admin.port;
-  if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &sl) == 0)
-    port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
   ob_log_info("admin API on %s:%u%s", cfg->admin.host, port, cfg->admin.token ? " (token required)" : "");
   return a;
 }
@@ -273,11 +322,12 @@ void ob_admin_set_config(ob_admin_t *a, ob_config_t *cfg) {
   ob_config_t *old = a->cfg;
   a->cfg = ob_config_acquire(cfg);
   ob_config_release(old);
+  ob_admin_http_set_limits(a->http, cfg);
 }
 
 void ob_admin_destroy(ob_admin_t *a) {
   if (!a) return;
-  if (a->http) evhttp_free(a->http);
+  ob_admin_http_destroy(a->http);
   ob_config_release(a->cfg);
   free(a);
 }

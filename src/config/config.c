@@ -1548,10 +1548,20 @@ static void default_budgets_path(ctx_t *cx, bool key_present) {
 }
 
 enum { AD_ADDRESS, AD_TOKEN };
+#define ADF(k, w, lo, hi, d) {.key = #k, .off = offsetof(ob_config_admin_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
+/* The limits follow nginx's defaults for a small API (client_max_body_size
+ * 1m, a 16 KiB head as HAProxy's tune.bufsize), with nginx's 60 s header
+ * timeout shortened: an admin request is one small head from a script. */
 static const field_t admin_fields[] = {
   [AD_ADDRESS] = {.key = "address"},
   [AD_TOKEN] = {.key = "token"},
+  ADF(max_header_bytes, false, 1024, 1u << 20, 16u << 10),
+  ADF(max_body_bytes, true, 1024, 1u << 30, 1u << 20),
+  ADF(header_timeout_ms, false, 1, 3600000, 10000),
+  ADF(body_timeout_ms, false, 1, 3600000, 10000),
+  ADF(max_connections, false, 1, 65536, 64),
 };
+#undef ADF
 
 static bool is_loopback(const char *host) {
   return strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 || strncmp(host, "127.", 4) == 0;
@@ -1559,6 +1569,10 @@ static bool is_loopback(const char *host) {
 
 static void on_admin_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_admin_t *a = target;
+  if (idx != AD_ADDRESS && idx != AD_TOKEN) {
+    on_int_field(cx, idx, v, &(int_target_t){a, admin_fields});
+    return;
+  }
   const char *s = want_string(cx, v, true);
   if (!s) return;
   if (idx == AD_TOKEN) {
@@ -1920,6 +1934,7 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   c->admin.host = ob_xstrdup("127.0.0.1");
   c->admin.port = 9901;
   c->admin.loopback = true;
+  apply_defaults(&c->admin, admin_fields, NFIELDS(admin_fields));
   cx.c = c;
 
   cx.up_names = collect_names(root, "upstreams", &cx.num_up_names);

@@ -195,6 +195,13 @@ typedef struct ob_config_admin {
   uint16_t port;
   bool loopback;        /* the host is a loopback address */
   char *token;          /* "token": Bearer token for everything but /healthz and /readyz; NULL = none */
+  uint32_t max_header_bytes;  /* "max_header_bytes": request line + fields, default 16 KiB (431 above) */
+  uint64_t max_body_bytes;    /* "max_body_bytes": default 1 MiB (413 above) */
+  uint32_t header_timeout_ms; /* "header_timeout_ms", default 10000: a head must arrive within, from the connection
+                                 opening or the previous answer (408); also the idle keep-alive time */
+  uint32_t body_timeout_ms;   /* "body_timeout_ms", default 10000: a body must arrive within, after its head (408),
+                                 and an answer must be taken within */
+  uint32_t max_connections;   /* "max_connections", default 64: more are answered 503 and closed */
 } ob_config_admin_t;
 
 /* "budgets": where token budget counters are kept across restarts. */

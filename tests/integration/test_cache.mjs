@@ -934,3 +934,37 @@ test('read-your-writes: a repeat sent as soon as a miss completed is a hit, on a
     await r$.close();
   }
 });
+
+test('the key covers the upstream model: a reload that points an alias at another upstream_model does not serve the old answers', { timeout: 30000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const cfg = (upstreamModel) => config(sim, {
+      path: join(tempDir(), 'alias.mdb'),
+      routes: [{ prefix: '/echo/', class: 'inference', upstream: 'sim', rewrite: '/sim/echo/' }],
+      extra: { listeners: [{ address: '127.0.0.1:0' }], models: [{ name: 'alias', upstream: 'sim', upstream_model: upstreamModel }] },
+    });
+    const first = cfg('sim-a');
+    const gw = await r$.gateway(first);
+    const body = chatBody({ model: 'alias', messages: [{ role: 'user', content: 'which model' }] });
+    const sentModel = (r) => JSON.parse(JSON.parse(r.payload).body).model;
+    const a = await post(gw, body, { path: '/echo/x' });
+    assert.equal(a.cache, 'miss');
+    assert.equal(sentModel(a), 'sim-a');
+    assert.equal((await post(gw, body, { path: '/echo/x' })).cache, 'hit');
+
+    writeFileSync(gw.configPath, JSON.stringify({ ...first, models: [{ name: 'alias', upstream: 'sim', upstream_model: 'sim-b' }] }));
+    const from = gw.output.text.length;
+    gw.proc.kill('SIGHUP');
+    while (!/ reloaded /.test(gw.output.text.slice(from))) {
+      assert.doesNotMatch(gw.output.text.slice(from), /refused/);
+      await new Promise((r) => gw.proc.stderr.once('data', r));
+    }
+    const b = await post(gw, body, { path: '/echo/x' });
+    assert.equal(b.cache, 'miss', 'another upstream model is another key');
+    assert.equal(sentModel(b), 'sim-b', 'the answer of the model now configured');
+    assert.equal((await post(gw, body, { path: '/echo/x' })).cache, 'hit');
+  } finally {
+    await r$.close();
+  }
+});

@@ -221,8 +221,7 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
    * the request line as forwarded (method, path after `rewrite`, query),
    * where it goes and the model the upstream is asked for. */
   const ob_iov_t parts[] = {
-      ob_iov_str(scope),      x->req->method,   x->route->prefix,
-      x->up_path,             ob_iov_str(x->upstream_name), up_model,
+      ob_iov_str(scope), x->req->method, x->route->prefix, x->up_path, ob_iov_str(x->upstream_name), up_model,
       ob_iov((const char *)memo->canon.b, sizeof memo->canon.b),
   };
   ob_cache_key_t key = ob_cache_key(parts, sizeof parts / sizeof parts[0]);

@@ -133,11 +133,22 @@ static int get(ob_cache_store_t *s, const char *name, uint64_t now) {
   return hit;
 }
 
-static void test_store(void) {
-  char dir[] = "/tmp/obleth-cache-XXXXXX";
+/* A fresh folder and the path of a cache file in it. */
+static void temp_file(char dir[25], char path[128]) {
+  strcpy(dir, "/tmp/obleth-cache-XXXXXX");
   if (!mkdtemp(dir)) abort();
-  char path[128];
-  snprintf(path, sizeof path, "%s/cache.mdb", dir);
+  snprintf(path, 128, "%s/cache.mdb", dir);
+}
+
+static void remove_dir(const char *dir) {
+  char cmd[200];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) printf("# could not remove %s\n", dir);
+}
+
+static void test_store(void) {
+  char dir[25], path[128];
+  temp_file(dir, path);
   const char *why = NULL;
   ob_cache_store_t *s = ob_cache_store_open(path, 1 << 20, &why);
   TAP_CHECK(s != NULL, "a missing file is created (%s)", why ? why : "ok");
@@ -183,9 +194,7 @@ static void test_store(void) {
   snprintf(path, sizeof path, "%s/no/such/dir/cache.mdb", dir);
   s = ob_cache_store_open(path, 1 << 20, &why);
   TAP_CHECK(s == NULL && why != NULL, "an unusable path is refused with a reason (%s)", why ? why : "-");
-  char cmd[200];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) printf("# could not remove %s\n", dir);
+  remove_dir(dir);
 }
 
 /* A child process that holds the file's LMDB write lock until told to let
@@ -231,10 +240,8 @@ static void release(int go, pid_t pid) {
 /* What gets see while changes are queued and not written: their own puts
  * at once, never an entry a purge covers, never a put begun before it. */
 static void test_store_ordering(void) {
-  char dir[] = "/tmp/obleth-cache-XXXXXX";
-  if (!mkdtemp(dir)) abort();
-  char path[128];
-  snprintf(path, sizeof path, "%s/cache.mdb", dir);
+  char dir[25], path[128];
+  temp_file(dir, path);
   const char *why = NULL;
   ob_cache_store_t *s = ob_cache_store_open(path, 1 << 20, &why);
   if (!s) abort();
@@ -283,9 +290,7 @@ static void test_store_ordering(void) {
   s = ob_cache_store_open(path, 1 << 20, &why);
   TAP_CHECK(s && !get(s, "q", now) && !get(s, "p1", now), "purge all: nothing comes back after a reopen");
   ob_cache_store_close(s);
-  char cmd[200];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) printf("# could not remove %s\n", dir);
+  remove_dir(dir);
 }
 
 int main(void) {

@@ -26,9 +26,12 @@ typedef struct ob_cache_key {
   uint8_t b[16];
 } ob_cache_key_t;
 
-/* XXH3-128 over scope, route, upstream and the canonical body, each
- * length-prefixed so no two different tuples collide by concatenation. */
-ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical);
+/* XXH3-128 over a tuple of n parts (borrowed for the call), each
+ * length-prefixed so no two different tuples collide by concatenation. A
+ * response's key is the tuple of everything the answer depends on (see
+ * routes/cached.c): scope, method, route, forwarded path and query,
+ * upstream, upstream model and the canonical body's own key. */
+ob_cache_key_t ob_cache_key(const ob_iov_t *parts, size_t n);
 /* XXH3-128 of a request body as sent (not canonical), seeded apart from
  * any cache key: what a memo of body -> model and cache key is indexed by,
  * so a body seen before is neither scanned nor canonicalized again. */
@@ -75,15 +78,34 @@ ob_cache_store_t *ob_cache_store_open(const char *path, uint64_t max_bytes, cons
 /* Finish the queued writes, stop the writer, close. NULL is a no-op. */
 void ob_cache_store_close(ob_cache_store_t *s);
 
+/*
+ * Ordering, for every thread of the process (all workers share one store):
+ *  - read-your-writes: once ob_cache_store_put returned, a get of that key
+ *    from any thread sees the entry (writes still queued for the writer are
+ *    looked up in memory first), unless the write was dropped (a stale
+ *    generation, or the queue over its bound: counted as a write error);
+ *  - purges: once ob_cache_store_purge returned, no get returns an entry
+ *    the purge covers that was put before it (queued writes it covers are
+ *    forgotten at once, and stored ones are hidden until the writer has
+ *    deleted them); a put of an older generation is dropped.
+ */
+
+/* The store's generation: bumped by every purge. Read it when a response
+ * starts being produced (before its lookup) and pass it to the put that
+ * stores it, so a response begun before a purge is never stored after it. */
+uint64_t ob_cache_store_generation(ob_cache_store_t *s);
 /* Look key up at now_ms: 1 and the raw entry appended to out on a hit; 0
  * on a miss (an expired entry is a miss, and is deleted by the writer). */
 int ob_cache_store_get(ob_cache_store_t *s, const ob_cache_key_t *key, uint64_t now_ms, ob_buf_t *out);
-/* Queue a write of an encoded entry (copied). Never blocks on the disk;
- * when the queue is over its bound the write is dropped and counted. */
+/* Queue a write of an encoded entry (copied), visible to gets at once.
+ * Never blocks on the disk; when the queue is over its bound the write is
+ * dropped and counted. gen: ob_cache_store_generation() from before the
+ * response was produced; a purge since then drops the write. */
 void ob_cache_store_put(ob_cache_store_t *s, const ob_cache_key_t *key, const void *entry, size_t len,
-                        uint64_t expires_ms);
-/* Queue the deletion of every entry (scope NULL) or of those whose scope
- * is exactly scope. */
+                        uint64_t expires_ms, uint64_t gen);
+/* Delete every entry (scope NULL) or those whose scope is exactly scope:
+ * in effect for gets when this returns (see above), on disk when the
+ * writer gets to it. */
 void ob_cache_store_purge(ob_cache_store_t *s, const char *scope);
 /* Wait until everything queued so far is on disk (tests, shutdown, CLI). */
 void ob_cache_store_sync(ob_cache_store_t *s);

@@ -26,13 +26,10 @@ static ob_cache_key_t to_key(XXH128_hash_t h) {
   return k;
 }
 
-ob_cache_key_t ob_cache_key(ob_iov_t scope, ob_iov_t route, ob_iov_t upstream, ob_iov_t canonical) {
+ob_cache_key_t ob_cache_key(const ob_iov_t *parts, size_t n) {
   XXH3_state_t st;
   XXH3_128bits_reset(&st);
-  put_len(&st, scope);
-  put_len(&st, route);
-  put_len(&st, upstream);
-  put_len(&st, canonical);
+  for (size_t i = 0; i < n; i++) put_len(&st, parts[i]);
   return to_key(XXH3_128bits_digest(&st));
 }
 

@@ -7,6 +7,19 @@
  * transaction; every change goes through a queue to one writer thread,
  * which batches it into write transactions, evicts before the map is full
  * and sweeps expired entries twice a minute.
+ *
+ * Ordering (the guarantees in cache.h) rests on three things kept under
+ * the writer's lock. The pending table indexes every queued put by key
+ * (the newest one per key), from its enqueue until the writer has
+ * committed it, so a get finds a put that has not reached the file yet:
+ * it looks in the table first, then in LMDB, in that order, so an entry
+ * leaving the table is already committed when the read transaction
+ * begins. The pending purges list holds every purge queued and not yet
+ * committed; while it is not empty a get reads LMDB with the lock held
+ * and treats an entry a pending purge covers as a miss (an entry put after
+ * the purge would still be in the table, which is looked at first). The
+ * generation counts purges; a put made for an older generation is dropped,
+ * so a response produced before a purge never lands after it.
  */
 #include "cache.h"
 
@@ -25,7 +38,9 @@
 enum { OP_PUT, OP_DEL_EXPIRED, OP_PURGE };
 
 typedef struct op {
-  struct op *next;
+  struct op *next;   /* in the queue, then in the writer's batch */
+  struct op *pnext;  /* OP_PUT: in its pending-table chain; OP_PURGE: in the pending purges */
+  bool indexed;      /* OP_PUT: in the pending table */
   int kind;
   ob_cache_key_t key;
   uint64_t expires_ms;
@@ -42,6 +57,10 @@ struct ob_cache_store {
   op_t *head, *tail;      /* queued changes */
   size_t queued_bytes;
   op_t *batch;            /* the writer's: what this round applies */
+  op_t **pending;         /* the pending table: queued puts by key, pending_cap chains */
+  size_t pending_cap, num_pending;
+  op_t *purges;           /* purges queued or being applied, not committed yet */
+  uint64_t gen;           /* purges so far; written under the lock, read atomically */
   ob_cache_stats_t stats;
   /* Read transactions kept reset for the next lookup: renewing one costs
    * far less than beginning one (an allocation and a reader-slot search).
@@ -60,6 +79,76 @@ static uint64_t expiry_of(const MDB_val *v) {
   ob_cache_entry_t e;
   return ob_cache_entry_decode(ob_iov(v->mv_data, v->mv_size), &e) ? e.expires_ms : 0;
 }
+
+/* ---------------------------------------------------------------- pending table (under the lock) */
+
+static op_t **chain(ob_cache_store_t *s, const ob_cache_key_t *key) {
+  uint64_t h;
+  memcpy(&h, key->b, sizeof h); /* keys are hashes already */
+  return &s->pending[h & (s->pending_cap - 1)];
+}
+
+static op_t *pending_find(ob_cache_store_t *s, const ob_cache_key_t *key) {
+  if (!s->num_pending) return NULL;
+  for (op_t *o = *chain(s, key); o; o = o->pnext)
+    if (memcmp(o->key.b, key->b, 16) == 0) return o;
+  return NULL;
+}
+
+static void pending_remove(ob_cache_store_t *s, op_t *o) {
+  if (!o->indexed) return;
+  for (op_t **p = chain(s, &o->key); *p; p = &(*p)->pnext)
+    if (*p == o) {
+      *p = o->pnext;
+      break;
+    }
+  o->pnext = NULL;
+  o->indexed = false;
+  s->num_pending--;
+}
+
+/* Index o, replacing an older put of its key (which stays queued: the
+ * writer applies both in order, so the newest lands last). */
+static void pending_add(ob_cache_store_t *s, op_t *o) {
+  if (s->num_pending >= s->pending_cap) {
+    size_t cap = s->pending_cap ? s->pending_cap * 2 : 256;
+    op_t **old = s->pending, **fresh = ob_xcalloc(cap, sizeof *fresh);
+    size_t old_cap = s->pending_cap;
+    s->pending = fresh;
+    s->pending_cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+      for (op_t *p = old[i], *next; p; p = next) {
+        next = p->pnext;
+        op_t **c = chain(s, &p->key);
+        p->pnext = *c;
+        *c = p;
+      }
+    free(old);
+  }
+  op_t *prev = pending_find(s, &o->key);
+  if (prev) pending_remove(s, prev);
+  op_t **c = chain(s, &o->key);
+  o->pnext = *c;
+  *c = o;
+  o->indexed = true;
+  s->num_pending++;
+}
+
+/* Whether an entry of scope e_scope is covered by a purge of scope (NULL:
+ * all). */
+static bool covers(const char *scope, ob_iov_t e_scope) {
+  return !scope || ob_iov_eq(e_scope, ob_iov_str(scope));
+}
+
+static bool purge_pending_covers(ob_cache_store_t *s, const MDB_val *v) {
+  ob_cache_entry_t e;
+  if (!ob_cache_entry_decode(ob_iov(v->mv_data, v->mv_size), &e)) return true;
+  for (op_t *p = s->purges; p; p = p->pnext)
+    if (covers(p->scope, e.scope)) return true;
+  return false;
+}
+
+/* ---------------------------------------------------------------- applying changes (writer thread) */
 
 /* Delete the entry under key and its expiry index row. */
 static void del_entry(ob_cache_store_t *s, MDB_txn *txn, const ob_cache_key_t *key) {
@@ -201,6 +290,19 @@ static void apply_batch(ob_cache_store_t *s, op_t *ops) {
     mdb_txn_abort(txn);
   }
   ob_bg_lock(&s->writer);
+  /* Committed (or failed, and counted): from here on a get finds these in
+   * the file, no longer in memory. */
+  for (op_t *o = ops; o; o = o->next) {
+    if (o->kind == OP_PUT) {
+      pending_remove(s, o);
+    } else if (o->kind == OP_PURGE) {
+      for (op_t **p = &s->purges; *p; p = &(*p)->pnext)
+        if (*p == o) {
+          *p = o->pnext;
+          break;
+        }
+    }
+  }
   s->stats.evicted += evicted;
   s->stats.expired += expired;
   s->stats.write_errors += errors;
@@ -230,20 +332,19 @@ static void run(void *arg) {
   }
 }
 
-static void enqueue(ob_cache_store_t *s, op_t *o) {
-  ob_bg_lock(&s->writer);
-  if (o->kind == OP_PUT && s->queued_bytes + o->len > QUEUE_MAX_BYTES) {
-    s->stats.write_errors++;
-    ob_bg_unlock(&s->writer);
-    free(o);
-    return;
-  }
+/* Under the lock. */
+static void enqueue_locked(ob_cache_store_t *s, op_t *o) {
   o->next = NULL;
   if (s->tail) s->tail->next = o;
   else s->head = o;
   s->tail = o;
   s->queued_bytes += o->len;
   ob_bg_kick(&s->writer);
+}
+
+static void enqueue(ob_cache_store_t *s, op_t *o) {
+  ob_bg_lock(&s->writer);
+  enqueue_locked(s, o);
   ob_bg_unlock(&s->writer);
 }
 
@@ -281,6 +382,7 @@ void ob_cache_store_close(ob_cache_store_t *s) {
   for (int i = 0; i < s->num_readers; i++) mdb_txn_abort(s->readers[i]);
   pthread_mutex_destroy(&s->readers_mu);
   mdb_env_close(s->env);
+  free(s->pending);
   free(s);
 }
 
@@ -308,32 +410,52 @@ static void reader_end(ob_cache_store_t *s, MDB_txn *txn) {
   if (txn) mdb_txn_abort(txn);
 }
 
+uint64_t ob_cache_store_generation(ob_cache_store_t *s) { return __atomic_load_n(&s->gen, __ATOMIC_ACQUIRE); }
+
 int ob_cache_store_get(ob_cache_store_t *s, const ob_cache_key_t *key, uint64_t now, ob_buf_t *out) {
+  ob_bg_lock(&s->writer);
+  op_t *o = pending_find(s, key);
+  if (o) {
+    /* Newer than anything in the file. */
+    int hit = o->expires_ms > now;
+    if (hit) ob_buf_append(out, o->data, o->len);
+    ob_bg_unlock(&s->writer);
+    return hit;
+  }
+  /* While a purge is pending, the read happens under the lock so that the
+   * list it is checked against is the one of the snapshot read. Purges are
+   * rare; otherwise the read holds no lock but the readers'. */
+  bool purging = s->purges != NULL;
+  if (!purging) ob_bg_unlock(&s->writer);
   MDB_txn *txn = reader_begin(s);
-  if (!txn) return 0;
-  MDB_val k = {16, (void *)key->b}, v;
   int hit = 0;
   uint64_t exp = 0;
-  if (mdb_get(txn, s->entries, &k, &v) == 0) {
-    exp = expiry_of(&v);
-    if (exp > now) {
-      ob_buf_append(out, v.mv_data, v.mv_size);
-      hit = 1;
+  if (txn) {
+    MDB_val k = {16, (void *)key->b}, v;
+    if (mdb_get(txn, s->entries, &k, &v) == 0) {
+      exp = expiry_of(&v);
+      if (exp > now && !(purging && purge_pending_covers(s, &v))) {
+        ob_buf_append(out, v.mv_data, v.mv_size);
+        hit = 1;
+      } else if (exp > now) {
+        exp = 0; /* purged, not expired: the purge deletes it */
+      }
     }
+    reader_end(s, txn);
   }
-  reader_end(s, txn);
+  if (purging) ob_bg_unlock(&s->writer);
   if (!hit && exp) {
     /* Expired (or unreadable): lazily deleted by the writer. */
-    op_t *o = ob_xcalloc(1, sizeof *o);
-    o->kind = OP_DEL_EXPIRED;
-    o->key = *key;
-    enqueue(s, o);
+    op_t *d = ob_xcalloc(1, sizeof *d);
+    d->kind = OP_DEL_EXPIRED;
+    d->key = *key;
+    enqueue(s, d);
   }
   return hit;
 }
 
 void ob_cache_store_put(ob_cache_store_t *s, const ob_cache_key_t *key, const void *entry, size_t len,
-                        uint64_t expires_ms) {
+                        uint64_t expires_ms, uint64_t gen) {
   op_t *o = ob_xmalloc(sizeof *o + len);
   memset(o, 0, sizeof *o);
   o->kind = OP_PUT;
@@ -341,14 +463,39 @@ void ob_cache_store_put(ob_cache_store_t *s, const ob_cache_key_t *key, const vo
   o->expires_ms = expires_ms;
   o->len = len;
   memcpy(o->data, entry, len);
-  enqueue(s, o);
+  ob_bg_lock(&s->writer);
+  if (gen != s->gen || s->queued_bytes + len > QUEUE_MAX_BYTES) {
+    /* Produced before a purge: dropped, as if it had been purged. Over the
+     * bound: the disk is behind, counted. */
+    if (gen == s->gen) s->stats.write_errors++;
+    ob_bg_unlock(&s->writer);
+    free(o);
+    return;
+  }
+  enqueue_locked(s, o);
+  pending_add(s, o);
+  ob_bg_unlock(&s->writer);
 }
 
 void ob_cache_store_purge(ob_cache_store_t *s, const char *scope) {
   op_t *o = ob_xcalloc(1, sizeof *o);
   o->kind = OP_PURGE;
   o->scope = scope ? ob_xstrdup(scope) : NULL;
-  enqueue(s, o);
+  ob_bg_lock(&s->writer);
+  __atomic_store_n(&s->gen, s->gen + 1, __ATOMIC_RELEASE);
+  /* Queued puts it covers are forgotten now (they stay queued ahead of it,
+   * and it deletes them from the file after they land). */
+  for (size_t i = 0; s->num_pending && i < s->pending_cap; i++)
+    for (op_t *p = s->pending[i], *next; p; p = next) {
+      next = p->pnext;
+      ob_cache_entry_t e;
+      if (!ob_cache_entry_decode(ob_iov((const char *)p->data, p->len), &e) || covers(scope, e.scope))
+        pending_remove(s, p);
+    }
+  o->pnext = s->purges;
+  s->purges = o;
+  enqueue_locked(s, o);
+  ob_bg_unlock(&s->writer);
 }
 
 void ob_cache_store_sync(ob_cache_store_t *s) { ob_bg_sync(&s->writer); }

@@ -18,6 +18,7 @@ struct cache_x {
   ob_cache_key_t key;
   const char *scope;
   uint32_t ttl_s;
+  uint64_t gen;               /* the store's generation before the lookup: a purge since drops the put */
   /* leader */
   bool leader;
   cache_x_t *next;            /* in the in-flight bucket */
@@ -184,8 +185,12 @@ struct body_memo *ob_routes_body_memo(ob_routes_t *t, const ob_cache_key_t *id) 
 }
 
 bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_route_t *rc, const cJSON *root,
-                             ob_iov_t body, const ob_cache_key_t *body_id, cache_x_t **out) {
+                             ob_iov_t body, const ob_cache_key_t *body_id, ob_iov_t up_model, cache_x_t **out) {
   *out = NULL;
+  /* A hit or a follower is answered here, past the admission stage that
+   * would refuse a model the tenant may not use: refuse it first, or a
+   * shared (group, global) entry would answer it. */
+  if (!ob_exchange_authorize(x)) return true;
   const ob_config_cache_t *cfg = &t->cfg->cache;
   const ob_http_header_t *cc = ob_sreq_header(x->req, "cache-control");
   ob_cache_directives_t d = ob_cache_directives(cc ? cc->value : OB_IOV_LIT(""));
@@ -196,10 +201,7 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
   const char *scope = scope_of(x, rc);
   ob_cache_key_t id = body_id ? *body_id : ob_cache_body_id(body);
   struct body_memo *memo = ob_routes_body_memo(t, &id);
-  ob_cache_key_t key;
-  if (memo->route == x->route && memo->upstream == x->upstream_name && strcmp(memo->scope, scope) == 0) {
-    key = memo->key;
-  } else {
+  if (!memo->has_canon) {
     const char *skip[64] = {"user", "stream_options"};
     size_t nskip = 2;
     for (size_t i = 0; i < cfg->num_exclude_fields && nskip < 64; i++) skip[nskip++] = cfg->exclude_fields[i];
@@ -210,15 +212,19 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
       mark(x, "bypass");
       return false;
     }
-    key = ob_cache_key(ob_iov_str(scope), x->route->prefix, ob_iov_str(x->upstream_name), ob_buf_iov(&canon));
+    ob_iov_t whole = ob_buf_iov(&canon);
+    memo->canon = ob_cache_key(&whole, 1);
+    memo->has_canon = true;
     ob_buf_dispose(&canon);
-    if (strlen(scope) < sizeof memo->scope) {
-      memo->key = key;
-      memo->route = x->route;
-      memo->upstream = x->upstream_name;
-      strcpy(memo->scope, scope);
-    }
   }
+  /* Everything the answer depends on besides the body: who may share it,
+   * the request line as forwarded (method, path after `rewrite`, query),
+   * where it goes and the model the upstream is asked for. */
+  const ob_iov_t parts[] = {
+      ob_iov_str(scope), x->req->method, x->route->prefix, x->up_path, ob_iov_str(x->upstream_name), up_model,
+      ob_iov((const char *)memo->canon.b, sizeof memo->canon.b),
+  };
+  ob_cache_key_t key = ob_cache_key(parts, sizeof parts / sizeof parts[0]);
   cache_x_t *c = ob_arena_alloc(x->arena, sizeof *c);
   memset(c, 0, sizeof *c);
   c->t = t;
@@ -226,13 +232,16 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
   c->scope = scope;
   c->ttl_s = rc && rc->cache_ttl_s ? rc->cache_ttl_s : cfg->ttl_s;
   c->key = key;
+  c->gen = t->store ? ob_cache_store_generation(t->store) : 0;
   ob_buf_init(&c->body);
   *out = c;
 
   if (!d.no_cache && t->store && lookup(x, t, &c->key, cfg->fresh_id)) return true;
   if (!d.no_cache) {
     for (cache_x_t *l = *bucket(t, &c->key); l; l = l->next) {
-      if (memcmp(l->key.b, c->key.b, 16) != 0 || l->overflow || l->done) continue;
+      /* Not a leader that began before a purge: its answer is what the
+       * purge removed. */
+      if (memcmp(l->key.b, c->key.b, 16) != 0 || l->overflow || l->done || l->gen != c->gen) continue;
       /* Follow the leader: no upstream, no slot. */
       mark(x, "coalesced");
       c->lead = l;
@@ -300,23 +309,27 @@ void ob_routes_cache_end(ob_exchange_t *x, cache_x_t *c, const ob_usage_t *u) {
   if (!c || !c->leader || c->done) return;
   c->done = true;
   unregister(c);
+  /* Stored before anyone's last byte is sent (this runs before the end of
+   * the response goes out, and followers are released after), so an
+   * identical request sent once a response was complete is a hit. */
+  if (!c->overflow && c->status == 200 && c->t->store) {
+    ob_cache_entry_t e = {
+        .expires_ms = ob_clock_wall_ms() + (uint64_t)c->ttl_s * 1000,
+        .status = 200,
+        .streamed = c->ctype.len >= 17 && ob_iov_eq_str_nocase(ob_iov(c->ctype.base, 17), "text/event-stream"),
+        .prompt_tokens = u && u->found ? u->prompt_tokens : 0,
+        .completion_tokens = u && u->found ? u->completion_tokens : 0,
+        .scope = ob_iov_str(c->scope),
+        .content_type = c->ctype,
+        .body = ob_buf_iov(&c->body),
+    };
+    ob_buf_t enc;
+    ob_buf_init(&enc);
+    ob_cache_entry_encode(&e, &enc);
+    ob_cache_store_put(c->t->store, &c->key, enc.base, enc.len, e.expires_ms, c->gen);
+    ob_buf_dispose(&enc);
+  }
   release_followers(c, true, 0);
-  if (c->overflow || c->status != 200 || !c->t->store) return;
-  ob_cache_entry_t e = {
-      .expires_ms = ob_clock_wall_ms() + (uint64_t)c->ttl_s * 1000,
-      .status = 200,
-      .streamed = c->ctype.len >= 17 && ob_iov_eq_str_nocase(ob_iov(c->ctype.base, 17), "text/event-stream"),
-      .prompt_tokens = u && u->found ? u->prompt_tokens : 0,
-      .completion_tokens = u && u->found ? u->completion_tokens : 0,
-      .scope = ob_iov_str(c->scope),
-      .content_type = c->ctype,
-      .body = ob_buf_iov(&c->body),
-  };
-  ob_buf_t enc;
-  ob_buf_init(&enc);
-  ob_cache_entry_encode(&e, &enc);
-  ob_cache_store_put(c->t->store, &c->key, enc.base, enc.len, e.expires_ms);
-  ob_buf_dispose(&enc);
   (void)x;
 }
 

@@ -195,9 +195,15 @@ static bool cache_applies(ob_exchange_t *x, ob_routes_t *t) {
 
 /* The cache step, once the upstream is known (it is part of the key). True
  * when the request was answered from the cache or follows a twin. */
-static bool cache_step(ob_exchange_t *x, ob_routes_t *t, const cJSON *root, ob_iov_t body) {
+static bool cache_step(ob_exchange_t *x, ob_routes_t *t, const cJSON *root, ob_iov_t body, ob_iov_t up_model) {
   if (!cache_applies(x, t) || !x->upstream_name) return false;
-  return ob_routes_cache_prepare(x, t, x->route->cfg, root, body, NULL, &state(x)->cache);
+  return ob_routes_cache_prepare(x, t, x->route->cfg, root, body, NULL, up_model, &state(x)->cache);
+}
+
+/* The model name the upstream receives: the configured upstream_model, else
+ * the client's. */
+static ob_iov_t upstream_model(const ob_config_model_t *cm, ob_iov_t name) {
+  return cm && cm->upstream_model ? ob_iov_str(cm->upstream_model) : name;
 }
 
 /*
@@ -231,7 +237,7 @@ static bool cache_first(ob_exchange_t *x, ob_routes_t *t, ob_iov_t body, bool *d
   if (cm ? ob_exchange_set_upstream(x, cm->upstream) != OB_OK : !x->upstream) return false;
   x->model = name;
   *done = true;
-  return ob_routes_cache_prepare(x, t, x->route->cfg, NULL, body, &id, &state(x)->cache);
+  return ob_routes_cache_prepare(x, t, x->route->cfg, NULL, body, &id, upstream_model(cm, name), &state(x)->cache);
 }
 
 /* Pick the upstream from the model and run the cache step; root may be
@@ -241,7 +247,7 @@ static ob_err_t route(ob_exchange_t *x, ob_routes_t *t, const facts_t *f, const 
   if (!f->has_model) {
     estimate(x, f);
     if (!x->upstream) model_not_found(x, NULL);
-    else if (!cached) cache_step(x, t, root, body);
+    else if (!cached) cache_step(x, t, root, body, OB_IOV_LIT(""));
     return OB_OK;
   }
   if (!f->model_ok) {
@@ -254,11 +260,11 @@ static ob_err_t route(ob_exchange_t *x, ob_routes_t *t, const facts_t *f, const 
   const ob_config_model_t *cm = find_model(t->cfg, f->model);
   if (!cm) {
     if (!x->upstream) model_not_found(x, f->model);
-    else if (!cached) cache_step(x, t, root, body);
+    else if (!cached) cache_step(x, t, root, body, x->model);
     return OB_OK;
   }
   if (ob_exchange_set_upstream(x, cm->upstream) != OB_OK) return OB_ERR_CONFIG;
-  if (!cached && cache_step(x, t, root, body)) return OB_OK;
+  if (!cached && cache_step(x, t, root, body, upstream_model(cm, x->model))) return OB_OK;
   if (cm->upstream_model) {
     ob_iov_t mv = f->model_raw;
     ob_buf_t v;

@@ -16,18 +16,15 @@ struct ob_routes {
   ob_cache_store_t *store;          /* borrowed; NULL: lookups miss, nothing is stored */
   struct cache_x *flight[256];      /* cache leaders in flight, by the first key byte */
   /* Bodies seen lately (by ob_cache_body_id), direct-mapped by the first
-   * byte of the id: their model name and their cache key for the scope,
-   * route and upstream they last came with. A repeat then neither scans its
-   * body for the model nor canonicalizes it, which together cost more than
-   * the rest of a hit. Per table, so per config generation (models,
-   * upstreams and excluded fields are part of the mapping, and the route
-   * and upstream pointers compared below live as long as it) and per worker
-   * (no lock). */
+   * byte of the id: their model name and the key of their canonical form.
+   * A repeat then neither scans its body for the model nor canonicalizes
+   * it, which together cost more than the rest of a hit. Per table, so per
+   * config generation (excluded fields shape the canonical form) and per
+   * worker (no lock). */
   struct body_memo {
-    ob_cache_key_t body_id, key;
-    const void *route;      /* ob_route_t of the key; NULL: no key */
-    const char *upstream;   /* upstream name of the key (config string) */
-    char scope[48];         /* scope of the key, NUL-terminated */
+    ob_cache_key_t body_id;
+    ob_cache_key_t canon;   /* ob_cache_key of the canonical body, when has_canon */
+    bool has_canon;
     char model[47];         /* model name, NUL-terminated */
     bool has_model;
     bool used;
@@ -47,11 +44,14 @@ extern const ob_route_class_t ob_routes_grpc_health_class;
 
 /* cached.c: the response cache on inference routes (see there). */
 typedef struct cache_x cache_x_t;
-/* True when x was answered (hit) or parked (coalesced follower); *out is
- * the exchange's cache state (NULL when the request bypasses the cache).
- * body_id: ob_cache_body_id(body) when the caller has it, else NULL. */
+/* True when x was answered (hit, coalesced follower, or a refusal the
+ * cache may not skip: see ob_exchange_authorize); *out is the exchange's
+ * cache state (NULL when the request bypasses the cache). body_id:
+ * ob_cache_body_id(body) when the caller has it, else NULL. up_model: the
+ * model name the upstream receives (after `upstream_model`), borrowed for
+ * the call; empty when the body names none. */
 bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_route_t *rc, const cJSON *root,
-                             ob_iov_t body, const ob_cache_key_t *body_id, cache_x_t **out);
+                             ob_iov_t body, const ob_cache_key_t *body_id, ob_iov_t up_model, cache_x_t **out);
 /* The memo entry of body id (ob_routes_t.body_memo), reset to hold only that
  * id when it held another body. */
 struct body_memo *ob_routes_body_memo(ob_routes_t *t, const ob_cache_key_t *id);

@@ -528,17 +528,20 @@ static uint64_t client_deadline_us(ob_exchange_t *x) {
   return 0;
 }
 
+bool ob_exchange_authorize(ob_exchange_t *x) {
+  if (!x->who.tenant || !x->model.len || ob_tenant_allows_model(x->who.tenant, x->model)) return true;
+  char msg[256];
+  snprintf(msg, sizeof msg, "This key may not use the model `%.*s`.", (int)(x->model.len > 200 ? 200 : x->model.len),
+           x->model.base);
+  ob_exchange_reply_error(x, 403, msg, "permission_error", "model_not_allowed");
+  return false;
+}
+
 void ob_proxy_admit(ob_exchange_t *x) {
   ob_proxy_t *p = x->proxy;
   const ob_config_admission_t *a = &x->gen->cfg->admission;
   const ob_route_class_t *cls = x->route->cls;
-  if (x->who.tenant && x->model.len && !ob_tenant_allows_model(x->who.tenant, x->model)) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "This key may not use the model `%.*s`.", (int)(x->model.len > 200 ? 200 : x->model.len),
-             x->model.base);
-    ob_exchange_reply_error(x, 403, msg, "permission_error", "model_not_allowed");
-    return;
-  }
+  if (!ob_exchange_authorize(x)) return;
   if (!cls->admitted || x->not_admitted) {
     /* Authenticated but never queued. */
     x->admission = "fast";

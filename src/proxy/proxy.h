@@ -195,6 +195,14 @@ void ob_exchange_add_response_header(ob_exchange_t *x, const char *name, ob_iov_
 #define OB_EXCHANGE_HEAD_EXTRA 12
 size_t ob_exchange_head_headers(ob_exchange_t *x, ob_http_header_t *h);
 
+/* The refusals that depend on what prepare learned (the tenant's model
+ * allow-list, checked against x->model): answers 403 model_not_allowed and
+ * returns false when one applies. Admission runs it for every request; a
+ * route class that answers without going upstream (a cache hit, a
+ * coalesced follower) must run it first, so that a request is refused
+ * whether or not an answer is at hand. */
+bool ob_exchange_authorize(ob_exchange_t *x);
+
 /* The admission config of the proxy, for route classes (borrowed). */
 const ob_config_admission_t *ob_exchange_admission(const ob_exchange_t *x);
 

@@ -6,8 +6,10 @@
 #include "cache.h"
 #include "tap.h"
 
+#include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,12 +49,14 @@ static void test_canonical(void) {
 }
 
 static void test_keys(void) {
-  ob_cache_key_t a = ob_cache_key(OB_IOV_LIT("t:a"), OB_IOV_LIT("/v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}"));
-  ob_cache_key_t b = ob_cache_key(OB_IOV_LIT("t:b"), OB_IOV_LIT("/v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}"));
-  ob_cache_key_t c = ob_cache_key(OB_IOV_LIT("t:a"), OB_IOV_LIT("/v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}"));
-  ob_cache_key_t d = ob_cache_key(OB_IOV_LIT("t:a/"), OB_IOV_LIT("v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}"));
-  TAP_CHECK(memcmp(a.b, c.b, 16) == 0 && memcmp(a.b, b.b, 16) != 0 && memcmp(a.b, d.b, 16) != 0,
-            "same tuple same key; another scope or a shifted boundary another key");
+  const ob_iov_t ta[] = {OB_IOV_LIT("t:a"), OB_IOV_LIT("/v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}")};
+  const ob_iov_t tb[] = {OB_IOV_LIT("t:b"), OB_IOV_LIT("/v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}")};
+  const ob_iov_t tc[] = {OB_IOV_LIT("t:a"), OB_IOV_LIT("/v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}")};
+  const ob_iov_t td[] = {OB_IOV_LIT("t:a/"), OB_IOV_LIT("v1/"), OB_IOV_LIT("sim"), OB_IOV_LIT("{}")};
+  ob_cache_key_t a = ob_cache_key(ta, 4), b = ob_cache_key(tb, 4), c = ob_cache_key(tc, 4), d = ob_cache_key(td, 4);
+  ob_cache_key_t e = ob_cache_key(ta, 3);
+  TAP_CHECK(memcmp(a.b, c.b, 16) == 0 && memcmp(a.b, b.b, 16) != 0 && memcmp(a.b, d.b, 16) != 0 && memcmp(a.b, e.b, 16) != 0,
+            "same tuple same key; another scope, a shifted boundary or a part fewer another key");
   ob_cache_directives_t dir = ob_cache_directives(OB_IOV_LIT("max-age=0, No-Store"));
   TAP_CHECK(dir.no_store && !dir.no_cache, "Cache-Control no-store (any case, among others)");
   dir = ob_cache_directives(OB_IOV_LIT("no-cache"));
@@ -97,21 +101,31 @@ static void test_entry(void) {
   ob_buf_dispose(&b);
 }
 
-static void put(ob_cache_store_t *s, const char *name, const char *scope, size_t body_len, uint64_t exp) {
+static ob_cache_key_t key_of(const char *name) {
+  ob_iov_t part = ob_iov_str(name);
+  return ob_cache_key(&part, 1);
+}
+
+static void put_gen(ob_cache_store_t *s, const char *name, const char *scope, size_t body_len, uint64_t exp,
+                    uint64_t gen) {
   char *body = malloc(body_len);
   memset(body, 'x', body_len);
   ob_cache_entry_t e = {exp, 200, false, 0, 0, ob_iov_str(scope), OB_IOV_LIT("application/json"), ob_iov(body, body_len)};
   ob_buf_t b;
   ob_buf_init(&b);
   ob_cache_entry_encode(&e, &b);
-  ob_cache_key_t k = ob_cache_key(OB_IOV_LIT(""), OB_IOV_LIT(""), OB_IOV_LIT(""), ob_iov_str(name));
-  ob_cache_store_put(s, &k, b.base, b.len, exp);
+  ob_cache_key_t k = key_of(name);
+  ob_cache_store_put(s, &k, b.base, b.len, exp, gen);
   ob_buf_dispose(&b);
   free(body);
 }
 
+static void put(ob_cache_store_t *s, const char *name, const char *scope, size_t body_len, uint64_t exp) {
+  put_gen(s, name, scope, body_len, exp, ob_cache_store_generation(s));
+}
+
 static int get(ob_cache_store_t *s, const char *name, uint64_t now) {
-  ob_cache_key_t k = ob_cache_key(OB_IOV_LIT(""), OB_IOV_LIT(""), OB_IOV_LIT(""), ob_iov_str(name));
+  ob_cache_key_t k = key_of(name);
   ob_buf_t b;
   ob_buf_init(&b);
   int hit = ob_cache_store_get(s, &k, now, &b);
@@ -119,11 +133,22 @@ static int get(ob_cache_store_t *s, const char *name, uint64_t now) {
   return hit;
 }
 
-static void test_store(void) {
-  char dir[] = "/tmp/obleth-cache-XXXXXX";
+/* A fresh folder and the path of a cache file in it. */
+static void temp_file(char dir[25], char path[128]) {
+  strcpy(dir, "/tmp/obleth-cache-XXXXXX");
   if (!mkdtemp(dir)) abort();
-  char path[128];
-  snprintf(path, sizeof path, "%s/cache.mdb", dir);
+  snprintf(path, 128, "%s/cache.mdb", dir);
+}
+
+static void remove_dir(const char *dir) {
+  char cmd[200];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) printf("# could not remove %s\n", dir);
+}
+
+static void test_store(void) {
+  char dir[25], path[128];
+  temp_file(dir, path);
   const char *why = NULL;
   ob_cache_store_t *s = ob_cache_store_open(path, 1 << 20, &why);
   TAP_CHECK(s != NULL, "a missing file is created (%s)", why ? why : "ok");
@@ -169,9 +194,103 @@ static void test_store(void) {
   snprintf(path, sizeof path, "%s/no/such/dir/cache.mdb", dir);
   s = ob_cache_store_open(path, 1 << 20, &why);
   TAP_CHECK(s == NULL && why != NULL, "an unusable path is refused with a reason (%s)", why ? why : "-");
-  char cmd[200];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) printf("# could not remove %s\n", dir);
+  remove_dir(dir);
+}
+
+/* A child process that holds the file's LMDB write lock until told to let
+ * go: the store's writer then waits in mdb_txn_begin, and every change
+ * queued meanwhile is pending, deterministically. Returns the pipe to
+ * close for the release (the child is reaped by release()). */
+static int hold_writer(const char *path, pid_t *pid) {
+  int ready[2], go[2];
+  if (pipe(ready) != 0 || pipe(go) != 0) abort();
+  fflush(stdout);
+  *pid = fork();
+  if (*pid < 0) abort();
+  if (*pid == 0) {
+    close(ready[0]);
+    close(go[1]);
+    MDB_env *env;
+    MDB_txn *txn;
+    if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 2) || mdb_env_set_mapsize(env, 1 << 20) ||
+        mdb_env_open(env, path, MDB_NOSUBDIR | MDB_NOTLS, 0600) || mdb_txn_begin(env, NULL, 0, &txn))
+      _exit(1);
+    if (write(ready[1], "r", 1) != 1) _exit(1);
+    char c;
+    while (read(go[0], &c, 1) > 0) {}
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    _exit(0);
+  }
+  close(ready[1]);
+  close(go[0]);
+  char c;
+  TAP_CHECK(read(ready[0], &c, 1) == 1, "a second process holds the write lock");
+  close(ready[0]);
+  return go[1];
+}
+
+static void release(int go, pid_t pid) {
+  close(go);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  TAP_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the lock holder exited cleanly");
+}
+
+/* What gets see while changes are queued and not written: their own puts
+ * at once, never an entry a purge covers, never a put begun before it. */
+static void test_store_ordering(void) {
+  char dir[25], path[128];
+  temp_file(dir, path);
+  const char *why = NULL;
+  ob_cache_store_t *s = ob_cache_store_open(path, 1 << 20, &why);
+  if (!s) abort();
+  uint64_t now = (uint64_t)time(NULL) * 1000, exp = now + 60000;
+  put(s, "old", "t:x", 100, exp);
+  put(s, "other-old", "t:y", 100, exp);
+  ob_cache_store_sync(s);
+  TAP_CHECK(get(s, "old", now) && get(s, "other-old", now), "stored entries are hits");
+
+  pid_t pid;
+  int go = hold_writer(path, &pid);
+  put(s, "p1", "t:x", 100, exp);
+  put(s, "p2", "t:y", 100, exp);
+  TAP_CHECK(get(s, "p1", now) && get(s, "p2", now), "a queued write is read back at once, before the writer ran");
+  TAP_CHECK(!get(s, "p1", exp), "a queued write past its expiry is a miss");
+  uint64_t before = ob_cache_store_generation(s);
+  ob_cache_store_purge(s, "t:x");
+  TAP_CHECK(ob_cache_store_generation(s) != before, "a purge starts a new generation");
+  TAP_CHECK(!get(s, "p1", now), "a queued write the purge covers is gone when the purge returns");
+  TAP_CHECK(!get(s, "old", now), "a stored entry the purge covers is hidden before the writer deleted it");
+  TAP_CHECK(get(s, "p2", now) && get(s, "other-old", now), "entries of another scope stay, queued or stored");
+  put_gen(s, "late", "t:x", 100, exp, before);
+  TAP_CHECK(!get(s, "late", now), "a write begun before the purge is dropped");
+  put(s, "fresh", "t:x", 100, exp);
+  TAP_CHECK(get(s, "fresh", now), "a write after the purge is read back at once");
+  put(s, "p1", "t:x", 100, exp);
+  TAP_CHECK(get(s, "p1", now), "a purged key written again after the purge is a hit again");
+  release(go, pid);
+  ob_cache_store_sync(s);
+  TAP_CHECK(!get(s, "old", now) && !get(s, "late", now), "once written: the purge deleted the old entry, the late write never landed");
+  TAP_CHECK(get(s, "p1", now) && get(s, "p2", now) && get(s, "fresh", now) && get(s, "other-old", now),
+            "once written: what was put after the purge, and the other scope, are on disk");
+  ob_cache_stats_t st;
+  ob_cache_store_stats(s, &st);
+  TAP_CHECK(st.entries == 4 && st.write_errors == 0, "4 entries on disk (%llu), no write errors (%llu)",
+            (unsigned long long)st.entries, (unsigned long long)st.write_errors);
+
+  /* A purge of everything while a write is queued, then a reopen: nothing
+   * put before it survives. */
+  go = hold_writer(path, &pid);
+  put(s, "q", "t:z", 100, exp);
+  ob_cache_store_purge(s, NULL);
+  TAP_CHECK(!get(s, "q", now) && !get(s, "p2", now) && !get(s, "fresh", now), "purge all: queued and stored entries are gone at once");
+  release(go, pid);
+  ob_cache_store_close(s);
+  s = ob_cache_store_open(path, 1 << 20, &why);
+  TAP_CHECK(s && !get(s, "q", now) && !get(s, "p1", now), "purge all: nothing comes back after a reopen");
+  ob_cache_store_close(s);
+  remove_dir(dir);
 }
 
 int main(void) {
@@ -179,5 +298,6 @@ int main(void) {
   test_keys();
   test_entry();
   test_store();
+  test_store_ordering();
   return tap_done();
 }

@@ -788,3 +788,183 @@ test('cache.fresh_id: a hit carries a new id of the same shape; every other byte
     await r$.close();
   }
 });
+
+// ---- what a hit may answer, what a key covers, ordering (no waiting: each holds at once) ----
+
+test('a model the tenant may not use is refused on group and global routes, also after another tenant cached it', { timeout: 30000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, {
+      routes: [
+        { prefix: '/grp/', class: 'inference', upstream: 'sim', rewrite: '/', cache: { scope: 'group' } },
+        { prefix: '/all/', class: 'inference', upstream: 'sim', rewrite: '/', cache: { scope: 'global' } },
+      ],
+      extra: {
+        tenants: [
+          { name: 'alice', group: 'prod', models: ['sim-model'], keys: [{ id: 'alice-1', secret: 'sk-alice' }] },
+          { name: 'bob', group: 'prod', models: ['other-model'], keys: [{ id: 'bob-1', secret: 'sk-bob' }] },
+          { name: 'carol', group: 'batch', keys: [{ id: 'carol-1', secret: 'sk-carol' }] },
+        ],
+      },
+    }));
+    for (const prefix of ['/grp', '/all']) {
+      const body = chatBody({ messages: [{ role: 'user', content: `allowed models on ${prefix}` }] });
+      const as = (key, o = {}) => post(gw, body, { key, path: `${prefix}/v1/chat/completions`, ...o });
+      const uncached = await as('sk-bob', { headers: ['cache-control: no-store'] });
+      assert.equal(uncached.status, 403, `${prefix}: the control, uncached: ${uncached.payload}`);
+      assert.equal(JSON.parse(uncached.payload).error.code, 'model_not_allowed');
+
+      assert.equal((await as('sk-alice')).cache, 'miss');
+      assert.equal((await as('sk-alice')).cache, 'hit', `${prefix}: alice's repeat is a hit`);
+      const before = await requests(sim);
+      for (const proto of ['h1', 'h2']) {
+        const r = await as('sk-bob', { proto });
+        assert.equal(r.status, 403, `${prefix} ${proto}: bob may not use sim-model, cached or not: ${r.cache} ${r.payload}`);
+        assert.equal(JSON.parse(r.payload).error.code, 'model_not_allowed');
+        assert.equal(r.cache, undefined, 'refused before the cache step');
+      }
+      assert.equal(await requests(sim), before, 'nothing went upstream');
+      if (prefix === '/all') assert.equal((await as('sk-carol')).cache, 'hit', 'the control: a tenant without an allow-list reads the entry');
+    }
+
+    // Nor may bob follow a twin in flight.
+    const body = chatBody({ messages: [{ role: 'user', content: 'a twin in flight' }] });
+    const path = '/all/v1/chat/completions';
+    const before = await requests(sim);
+    const lead = h1post({ url: `${gw.url}/all` }, body, { 'x-sim-delay-ms': '3000' });
+    while ((await requests(sim)) === before) await new Promise((r) => setImmediate(r));
+    const bob = await post(gw, body, { key: 'sk-bob', path });
+    assert.equal(bob.status, 403, `bob does not follow alice's request in flight: ${bob.cache} ${bob.payload}`);
+    const l = await lead;
+    assert.equal(l.status, 200);
+    assert.equal(l.headers['x-obleth-cache'], 'miss');
+  } finally {
+    await r$.close();
+  }
+});
+
+test('the key covers the forwarded path and query: /v1/embeddings and /v1/completions with one body are separate entries', { timeout: 30000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const gw = await r$.gateway(config(sim, {
+      routes: [
+        { prefix: '/v1/', class: 'inference', upstream: 'sim' },
+        { prefix: '/echo/', class: 'inference', upstream: 'sim', rewrite: '/sim/echo/' },
+      ],
+    }));
+    const body = { model: 'sim-model', prompt: 'one body, two endpoints', input: 'one body, two endpoints', max_tokens: 4 };
+    const completion = await post(gw, body, { path: '/v1/completions' });
+    assert.equal(completion.status, 200, completion.payload);
+    assert.equal(completion.cache, 'miss');
+    assert.equal(JSON.parse(completion.payload).object, 'text_completion');
+    const embedding = await post(gw, body, { path: '/v1/embeddings' });
+    assert.equal(embedding.status, 200, embedding.payload);
+    assert.equal(embedding.cache, 'miss', 'another path is another key');
+    assert.equal(JSON.parse(embedding.payload).object, 'list', `an embeddings answer, not the cached completion: ${embedding.payload.slice(0, 200)}`);
+    const again = await post(gw, body, { path: '/v1/embeddings' });
+    assert.equal(again.cache, 'hit');
+    assert.equal(again.payload, embedding.payload);
+    assert.equal((await post(gw, body, { path: '/v1/completions' })).payload, completion.payload);
+
+    // The upstream echoes the path it got: a hit may only ever repeat its own.
+    const chat = chatBody({ messages: [{ role: 'user', content: 'queries' }] });
+    const echoed = (r) => JSON.parse(r.payload).path;
+    for (const q of ['?a=1', '?a=2', '', '?a=1&b=2']) {
+      const r = await post(gw, chat, { path: `/echo/x${q}` });
+      assert.equal(r.status, 200, r.payload);
+      assert.equal(r.cache, 'miss', `"${q}": another query is another key`);
+      assert.equal(echoed(r), `/sim/echo/x${q}`);
+    }
+    for (const q of ['?a=1', '?a=2', '', '?a=1&b=2']) {
+      const r = await post(gw, chat, { path: `/echo/x${q}` });
+      assert.equal(r.cache, 'hit');
+      assert.equal(echoed(r), `/sim/echo/x${q}`, 'the entry of this query');
+    }
+    assert.equal((await post(gw, chat, { path: '/echo/y?a=1' })).cache, 'miss', 'another path after the route prefix');
+  } finally {
+    await r$.close();
+  }
+});
+
+test('read-your-writes: a repeat sent as soon as a miss completed is a hit, on any worker, streamed or not', { timeout: 60000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim(['--itl-ms', '1']);
+    const gw = await r$.gateway(config(sim, { extra: { workers: 2 } }));
+    for (let i = 0; i < 20; i++) {
+      for (const proto of ['h1', 'h2']) {
+        const body = chatBody({ stream: i % 2 === 1, max_tokens: 4, messages: [{ role: 'user', content: `repeat ${i} ${proto}` }] });
+        const miss = await post(gw, body, { proto });
+        assert.equal(miss.status, 200, miss.payload);
+        assert.equal(miss.cache, 'miss');
+        // Each curl is a new connection: SO_REUSEPORT spreads them over both workers.
+        const before = await requests(sim);
+        const hit = await post(gw, body, { proto: proto === 'h1' ? 'h2' : 'h1' });
+        assert.equal(hit.cache, 'hit', `round ${i} ${proto}: the repeat right after the miss`);
+        assert.equal(hit.payload, miss.payload, 'byte-identical');
+        assert.equal(await requests(sim), before);
+      }
+    }
+    // Node's http on one keep-alive connection: the next request goes out the moment the response ended.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      for (let i = 0; i < 20; i++) {
+        const body = chatBody({ messages: [{ role: 'user', content: `keep-alive ${i}` }] });
+        const send = () => new Promise((resolve, reject) => {
+          const req = http.request(`${gw.url}/v1/chat/completions`, { method: 'POST', agent,
+            headers: { 'content-type': 'application/json', authorization: 'Bearer sk-alice' } }, (res) => {
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('end', () => resolve({ cache: res.headers['x-obleth-cache'], body: Buffer.concat(chunks).toString() }));
+          });
+          req.on('error', reject);
+          req.end(JSON.stringify(body));
+        });
+        const a = await send();
+        const b = await send();
+        assert.deepEqual([a.cache, b.cache], ['miss', 'hit'], `keep-alive round ${i}`);
+        assert.equal(b.body, a.body);
+      }
+    } finally {
+      agent.destroy();
+    }
+  } finally {
+    await r$.close();
+  }
+});
+
+test('the key covers the upstream model: a reload that points an alias at another upstream_model does not serve the old answers', { timeout: 30000 }, async () => {
+  const r$ = rig();
+  try {
+    const sim = await r$.sim();
+    const cfg = (upstreamModel) => config(sim, {
+      path: join(tempDir(), 'alias.mdb'),
+      routes: [{ prefix: '/echo/', class: 'inference', upstream: 'sim', rewrite: '/sim/echo/' }],
+      extra: { listeners: [{ address: '127.0.0.1:0' }], models: [{ name: 'alias', upstream: 'sim', upstream_model: upstreamModel }] },
+    });
+    const first = cfg('sim-a');
+    const gw = await r$.gateway(first);
+    const body = chatBody({ model: 'alias', messages: [{ role: 'user', content: 'which model' }] });
+    const sentModel = (r) => JSON.parse(JSON.parse(r.payload).body).model;
+    const a = await post(gw, body, { path: '/echo/x' });
+    assert.equal(a.cache, 'miss');
+    assert.equal(sentModel(a), 'sim-a');
+    assert.equal((await post(gw, body, { path: '/echo/x' })).cache, 'hit');
+
+    writeFileSync(gw.configPath, JSON.stringify({ ...first, models: [{ name: 'alias', upstream: 'sim', upstream_model: 'sim-b' }] }));
+    const from = gw.output.text.length;
+    gw.proc.kill('SIGHUP');
+    while (!/ reloaded /.test(gw.output.text.slice(from))) {
+      assert.doesNotMatch(gw.output.text.slice(from), /refused/);
+      await new Promise((r) => gw.proc.stderr.once('data', r));
+    }
+    const b = await post(gw, body, { path: '/echo/x' });
+    assert.equal(b.cache, 'miss', 'another upstream model is another key');
+    assert.equal(sentModel(b), 'sim-b', 'the answer of the model now configured');
+    assert.equal((await post(gw, body, { path: '/echo/x' })).cache, 'hit');
+  } finally {
+    await r$.close();
+  }
+});

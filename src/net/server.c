@@ -20,7 +20,8 @@
 #include <sys/socket.h>
 
 static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-#define H2_PREFACE_LEN (sizeof H2_PREFACE - 1)
+/* Its first line, "PRI * HTTP/2.0\r\n". */
+#define H2_PREFACE_LINE_LEN 16
 
 /* ---------------------------------------------------------------- sreq dispatch */
 
@@ -135,18 +136,22 @@ static void start_proto(ob_client_conn_t *c, ob_conn_proto_t p) {
 }
 
 /* Cleartext: HTTP/2 with prior knowledge starts with the connection preface;
- * anything else is HTTP/1.1. Decide as soon as the bytes disagree. */
+ * anything else is HTTP/1.1. Decide as soon as the bytes disagree, or once
+ * the preface's first line ("PRI * HTTP/2.0\r\n", which no HTTP/1.1 server
+ * can serve) is in: from there the client speaks HTTP/2, and a bad rest of
+ * the preface is HTTP/2's connection error (GOAWAY PROTOCOL_ERROR, RFC 9113
+ * 3.4), not an HTTP/1.1 answer it would not read. */
 static void detect_read(ob_sock_t *sock, void *arg) {
   ob_client_conn_t *c = arg;
   struct evbuffer *in = ob_sock_input(sock);
   size_t len = evbuffer_get_length(in);
-  size_t want = len < H2_PREFACE_LEN ? len : H2_PREFACE_LEN;
+  size_t want = len < H2_PREFACE_LINE_LEN ? len : H2_PREFACE_LINE_LEN;
   unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)want);
   if (memcmp(p, H2_PREFACE, want) != 0) {
     start_proto(c, OB_CONN_H1);
     return;
   }
-  if (want == H2_PREFACE_LEN) start_proto(c, OB_CONN_H2);
+  if (want == H2_PREFACE_LINE_LEN) start_proto(c, OB_CONN_H2);
 }
 
 static void detect_event(ob_sock_t *sock, short what, void *arg) {

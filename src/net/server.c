@@ -154,6 +154,18 @@ static void detect_read(ob_sock_t *sock, void *arg) {
   if (want == H2_PREFACE_LINE_LEN) start_proto(c, OB_CONN_H2);
 }
 
+/* Text for an OpenSSL error code, never NULL: ERR_reason_error_string has
+ * none for a system error (a missing file) or an empty queue, and such a
+ * NULL printed as "(null)". buf: room for the fallback text. */
+static const char *tls_reason(unsigned long e, char *buf, size_t len) {
+  if (!e) return "unknown error";
+  if (ERR_GET_LIB(e) == ERR_LIB_SYS) return strerror(ERR_GET_REASON(e));
+  const char *r = ERR_reason_error_string(e);
+  if (r) return r;
+  ERR_error_string_n(e, buf, len);
+  return buf;
+}
+
 static void detect_event(ob_sock_t *sock, short what, void *arg) {
   ob_client_conn_t *c = arg;
   if (what & BEV_EVENT_CONNECTED) {
@@ -168,7 +180,8 @@ static void detect_event(ob_sock_t *sock, short what, void *arg) {
   if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF | BEV_EVENT_TIMEOUT)) {
     if (c->tls && (what & BEV_EVENT_ERROR)) {
       unsigned long e = bufferevent_get_openssl_error(ob_sock_bev(sock));
-      if (e) ob_log_debug("tls handshake with %s failed: %s", c->peer, ERR_reason_error_string(e));
+      char buf[256];
+      if (e) ob_log_debug("tls handshake with %s failed: %s", c->peer, tls_reason(e, buf, sizeof buf));
     }
     ob_net_client_release(c);
   }
@@ -256,15 +269,18 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  char buf[256];
   if (SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) != 1) {
     ob_log_error("listener %s: cannot load certificate %s: %s", l->address, l->tls_cert,
-                 ERR_reason_error_string(ERR_get_error()));
+                 tls_reason(ERR_get_error(), buf, sizeof buf));
+    ERR_clear_error();
     SSL_CTX_free(ctx);
     return NULL;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
     ob_log_error("listener %s: cannot load key %s: %s", l->address, l->tls_key,
-                 ERR_reason_error_string(ERR_get_error()));
+                 tls_reason(ERR_get_error(), buf, sizeof buf));
+    ERR_clear_error();
     SSL_CTX_free(ctx);
     return NULL;
   }

@@ -412,7 +412,7 @@ test('a queued response\'s idle deadline is not restarted by the client\'s frame
   }
   const rst = await reset;
   assert.equal(rst.payload.readUInt32BE(0), E.CANCEL);
-  assert.ok(sent < 20, `reset only after ${sent} DATA frames (${sent * 200} ms): ${summary(s)}`);
+  assert.ok(sent < 40, `no reset while the client kept sending (${sent} DATA frames, ${sent * 200} ms): ${summary(s)}`);
   s.destroy();
 }));
 

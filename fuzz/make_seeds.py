@@ -124,6 +124,18 @@ def h2_server_seeds():
     s["ack_flood_not_reading"] = (toggle_reading() + headers(1, request("/big")) + window(0, 1 << 20) + window(1, 1 << 20) +
                                   pause() + b"".join(settings() for _ in range(1100)) + pause())
     s["data_on_idle_stream"] = frame(DATA, END_STREAM, 5, b"nobody") + headers(1, request("/"))
+    # RFC 9113 5.1.1: a lower stream id, after the higher stream is done or
+    # while it is open; trailers on streams closed before the client ended
+    # them (reset, answered early) are still let through.
+    s["lower_stream_id"] = headers(5, request("/")) + pause() + headers(3, request("/"))
+    s["lower_stream_id_open"] = headers(7, request("/later")) + headers(1, request("/"))
+    s["trailers_after_close"] = (headers(1, request("/reset", "POST"), False) + headers(3, request("/stream", "POST"), False) +
+                                 pause() + headers(1, block([("x-trailer", "t")])) + headers(3, block([("x-trailer", "t")])) +
+                                 headers(5, request("/")))
+    # An error at the end of the header block while the client's window is
+    # shut and it goes on sending a body.
+    s["head_error_zero_window"] = (settings((4, 0)) + headers(1, request("/", "POST", [("x-h%d" % i, "v" * 100) for i in range(60)]), False) +
+                                   pause() + b"".join(frame(DATA, 0, 1, b"b" * 10) for _ in range(20)) + frame(DATA, END_STREAM, 1))
     return s
 
 

@@ -1994,6 +1994,43 @@ static char *folder_of(const char *path) {
   return dir;
 }
 
+/* A file the gateway opens at start-up and on reload (a certificate, a key,
+ * a CA bundle) must be readable now, so that --check-config finds what
+ * start-up would, under the key's JSON path. Only ob_config_load looks at
+ * the file system: ob_config_parse stays pure. */
+static void check_readable(ob_config_errors_t *errs, const char *json_path, const char *file) {
+  if (!file) return;
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  int e = fd < 0 ? errno : 0;
+  struct stat st;
+  if (!e && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) e = EISDIR;
+  if (fd >= 0) close(fd);
+  if (!e) return;
+  char *msg = NULL;
+  if (asprintf(&msg, "cannot read %s: %s", file, strerror(e)) < 0) {
+    fprintf(stderr, "obleth: out of memory formatting a config error\n");
+    abort();
+  }
+  file_error(errs, json_path, msg);
+  free(msg);
+}
+
+static bool files_readable(const ob_config_t *c, ob_config_errors_t *errs) {
+  size_t before = errs->len;
+  char jp[64];
+  for (size_t i = 0; i < c->num_listeners; i++) {
+    snprintf(jp, sizeof jp, "listeners[%zu].tls.cert", i);
+    check_readable(errs, jp, c->listeners[i].tls_cert);
+    snprintf(jp, sizeof jp, "listeners[%zu].tls.key", i);
+    check_readable(errs, jp, c->listeners[i].tls_key);
+  }
+  for (size_t i = 0; i < c->num_upstreams; i++) {
+    snprintf(jp, sizeof jp, "upstreams[%zu].tls_ca", i);
+    check_readable(errs, jp, c->upstreams[i].tls_ca);
+  }
+  return errs->len == before;
+}
+
 ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -2041,6 +2078,10 @@ ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
   free(dir);
   if (b.base) OPENSSL_cleanse(b.base, b.len);
   ob_buf_dispose(&b);
+  if (c && !files_readable(c, errs)) {
+    ob_config_destroy(c);
+    return NULL;
+  }
   if (c) c->path = ob_xstrdup(path);
   return c;
 }

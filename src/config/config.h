@@ -262,7 +262,9 @@ void ob_config_errors_dispose(ob_config_errors_t *e);
 ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir, ob_config_errors_t *errs);
 
 /* Read the file at path and ob_config_parse it with its folder as base_dir.
- * An unreadable file is reported as one error "<path>: <strerror>". */
+ * An unreadable file is reported as one error "<path>: <strerror>". The TLS
+ * files it names (listeners' cert and key, upstreams' tls_ca) must be
+ * readable too: "listeners[0].tls.cert: cannot read <file>: <strerror>". */
 ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs);
 
 ob_config_t *ob_config_acquire(ob_config_t *c);

@@ -38,6 +38,9 @@
 
 typedef struct h2_conn h2_conn_t;
 
+/* How many streams closed on the client's behalf are remembered. */
+#define LEFT_OPEN 16
+
 typedef struct h2_req {
   ob_sreq_t s; /* first */
   h2_conn_t *h;
@@ -81,6 +84,9 @@ struct h2_conn {
   bool lingering;             /* session over, GOAWAY written: draining input until the client closes */
   uint64_t resets_since_ms;   /* start of the current window of client resets */
   uint32_t resets;            /* RST_STREAM frames from the client in that window */
+  int32_t max_stream_id;      /* highest stream id the client opened */
+  int32_t left_open[LEFT_OPEN]; /* the last streams closed before the client's END_STREAM (see on_begin_frame) */
+  unsigned left_open_next;
 };
 
 /* The window over which limits.max_client_resets counts. */
@@ -156,6 +162,17 @@ static void set_due(h2_req_t *r, uint64_t now, uint64_t due, uint32_t ms) {
 
 /* The stream made progress (or changed phase): restart its deadline for
  * the phase it is in now. The header phase starts in on_begin_headers. */
+static void stream_progress(h2_req_t *r);
+
+/* The client sent something on the stream. While a response is queued and
+ * not moving, only the client reading it (our DATA going out) is progress:
+ * a client that keeps sending but never opens its window must not hold the
+ * stream past idle_ms. */
+static void client_progress(h2_req_t *r) {
+  if (r->head_sent && evbuffer_get_length(r->out) > 0 && !r->reset) return;
+  stream_progress(r);
+}
+
 static void stream_progress(h2_req_t *r) {
   if (!r->head_done) return;
   const ob_config_timeouts_t *t = &cfg_of(r->h)->timeouts;
@@ -361,7 +378,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
   }
   nghttp2_session_consume_stream(s, id, len);
   if (!r) return 0;
-  stream_progress(r);
+  client_progress(r);
   if (r->bad || r->dispatched) return 0;
   ob_buf_t *body = &r->s.body->buf;
   if (body->len + len > cfg_of(r->h)->limits.max_body_bytes) {
@@ -387,6 +404,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
   if (!r) return 0;
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
     r->head_done = true;
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) r->remote_ended = true;
     r->body_deadline_ms = ob_clock_ms() + cfg_of(h)->timeouts.client_body_ms;
     if (r->bad) {
       reply_error(h, r, 431, "request header block is larger than the limit");
@@ -418,7 +436,34 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
       enqueue_ready(h, r);
     }
   }
-  stream_progress(r);
+  client_progress(r);
+  return 0;
+}
+
+/*
+ * RFC 9113 5.1.1: a client opens each stream with an id above all it used
+ * before; HEADERS on a lower id is a connection error. nghttp2 catches that
+ * only while it still holds the stream (open, or closed and kept for a
+ * while); a HEADERS frame on an id it no longer knows, never opened or
+ * long closed, it ignores. It does so on purpose: after we reset a stream
+ * (or answered it early) the client may already have sent its trailers,
+ * and that must not cost the connection. So the ids of the last LEFT_OPEN
+ * streams that closed before the client's END_STREAM are remembered, and
+ * HEADERS below the highest id on any other unknown stream ends the
+ * connection with PROTOCOL_ERROR, as h2o does.
+ */
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *arg) {
+  h2_conn_t *h = arg;
+  if (hd->type != NGHTTP2_HEADERS || !(hd->stream_id & 1)) return 0; /* even ids: nghttp2's error */
+  if (hd->stream_id > h->max_stream_id) {
+    h->max_stream_id = hd->stream_id;
+    return 0;
+  }
+  if (nghttp2_session_find_stream(s, hd->stream_id)) return 0;
+  for (unsigned i = 0; i < LEFT_OPEN; i++)
+    if (h->left_open[i] == hd->stream_id) return 0;
+  ob_log_debug("%s: HEADERS on stream %d after stream %d; closing", h->c->peer, hd->stream_id, h->max_stream_id);
+  nghttp2_session_terminate_session(s, NGHTTP2_PROTOCOL_ERROR);
   return 0;
 }
 
@@ -427,6 +472,7 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error_code, 
   h2_conn_t *h = arg;
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, id);
   if (!r) return 0;
+  if (!r->remote_ended) h->left_open[h->left_open_next++ % LEFT_OPEN] = id;
   nghttp2_session_set_stream_user_data(s, id, NULL);
   /* A stream still on the ready list was never handed over. */
   for (h2_req_t **p = &h->ready_head, *prev = NULL; *p; prev = *p, p = &(*p)->next_ready) {
@@ -464,7 +510,9 @@ static void reply_error(h2_conn_t *h, h2_req_t *r, int status, const char *why) 
   r->end_queued = true;
   nghttp2_data_provider dp = {.source.ptr = r, .read_callback = read_cb};
   nghttp2_submit_response(h->session, r->id, nv, 3, &dp);
-  if (!r->due_ms) stream_progress(r);
+  /* A phase change: answered at the end of the header block, the stream
+   * leaves that block's deadline for the response's (or the body's). */
+  stream_progress(r);
   ob_log_info("%s - \"%.*s %.*s\" %d %s", h->c->peer, (int)r->s.method.len, r->s.method.base, (int)r->s.path.len,
               r->s.path.base, status, why);
   schedule_flush(h);
@@ -717,17 +765,22 @@ void ob_net_h2_start(ob_client_conn_t *c) {
   c->proto_state = h;
   ob_net_t *n = c->net;
   nghttp2_session_callbacks *cb;
-  nghttp2_session_callbacks_new(&cb);
+  nghttp2_option *opt;
+  /* These fail only for want of memory. That costs this connection, not
+   * the process: the client is closed before anything was sent. */
+  int rv = nghttp2_session_callbacks_new(&cb);
+  if (rv != 0) goto fail;
+  rv = nghttp2_option_new(&opt);
+  if (rv != 0) goto fail_cb;
   nghttp2_session_callbacks_set_send_callback(cb, send_cb);
   nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
   nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-  nghttp2_option *opt;
-  nghttp2_option_new(&opt);
   nghttp2_option_set_max_send_header_block_length(opt, n->cfg->limits.max_header_bytes * 2u);
   nghttp2_option_set_no_auto_window_update(opt, 1);
   /* A client that floods SETTINGS or PING and never reads the ACKs makes
@@ -735,9 +788,18 @@ void ob_net_h2_start(ob_client_conn_t *c) {
    * NGHTTP2_ERR_FLOODED and the connection is closed. (1000 is also
    * nghttp2's default; stated here because the bound matters.) */
   nghttp2_option_set_max_outbound_ack(opt, 1000);
-  nghttp2_session_server_new2(&h->session, cb, h, opt);
+  rv = nghttp2_session_server_new2(&h->session, cb, h, opt);
   nghttp2_option_del(opt);
+fail_cb:
   nghttp2_session_callbacks_del(cb);
+fail:
+  if (rv != 0) {
+    ob_log_error("%s: cannot start an HTTP/2 session: %s; closing", c->peer, nghttp2_strerror(rv));
+    free(h);
+    c->proto_state = NULL;
+    ob_net_client_release(c);
+    return;
+  }
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, n->cfg->limits.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20},

@@ -20,7 +20,8 @@
 #include <sys/socket.h>
 
 static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-#define H2_PREFACE_LEN (sizeof H2_PREFACE - 1)
+/* Its first line, "PRI * HTTP/2.0\r\n". */
+#define H2_PREFACE_LINE_LEN 16
 
 /* ---------------------------------------------------------------- sreq dispatch */
 
@@ -135,18 +136,34 @@ static void start_proto(ob_client_conn_t *c, ob_conn_proto_t p) {
 }
 
 /* Cleartext: HTTP/2 with prior knowledge starts with the connection preface;
- * anything else is HTTP/1.1. Decide as soon as the bytes disagree. */
+ * anything else is HTTP/1.1. Decide as soon as the bytes disagree, or once
+ * the preface's first line ("PRI * HTTP/2.0\r\n", which no HTTP/1.1 server
+ * can serve) is in: from there the client speaks HTTP/2, and a bad rest of
+ * the preface is HTTP/2's connection error (GOAWAY PROTOCOL_ERROR, RFC 9113
+ * 3.4), not an HTTP/1.1 answer it would not read. */
 static void detect_read(ob_sock_t *sock, void *arg) {
   ob_client_conn_t *c = arg;
   struct evbuffer *in = ob_sock_input(sock);
   size_t len = evbuffer_get_length(in);
-  size_t want = len < H2_PREFACE_LEN ? len : H2_PREFACE_LEN;
+  size_t want = len < H2_PREFACE_LINE_LEN ? len : H2_PREFACE_LINE_LEN;
   unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)want);
   if (memcmp(p, H2_PREFACE, want) != 0) {
     start_proto(c, OB_CONN_H1);
     return;
   }
-  if (want == H2_PREFACE_LEN) start_proto(c, OB_CONN_H2);
+  if (want == H2_PREFACE_LINE_LEN) start_proto(c, OB_CONN_H2);
+}
+
+/* Text for an OpenSSL error code, never NULL: ERR_reason_error_string has
+ * none for a system error (a missing file) or an empty queue, and such a
+ * NULL printed as "(null)". buf: room for the fallback text. */
+static const char *tls_reason(unsigned long e, char *buf, size_t len) {
+  if (!e) return "unknown error";
+  if (ERR_GET_LIB(e) == ERR_LIB_SYS) return strerror(ERR_GET_REASON(e));
+  const char *r = ERR_reason_error_string(e);
+  if (r) return r;
+  ERR_error_string_n(e, buf, len);
+  return buf;
 }
 
 static void detect_event(ob_sock_t *sock, short what, void *arg) {
@@ -163,7 +180,8 @@ static void detect_event(ob_sock_t *sock, short what, void *arg) {
   if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF | BEV_EVENT_TIMEOUT)) {
     if (c->tls && (what & BEV_EVENT_ERROR)) {
       unsigned long e = bufferevent_get_openssl_error(ob_sock_bev(sock));
-      if (e) ob_log_debug("tls handshake with %s failed: %s", c->peer, ERR_reason_error_string(e));
+      char buf[256];
+      if (e) ob_log_debug("tls handshake with %s failed: %s", c->peer, tls_reason(e, buf, sizeof buf));
     }
     ob_net_client_release(c);
   }
@@ -251,15 +269,18 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  char buf[256];
   if (SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) != 1) {
     ob_log_error("listener %s: cannot load certificate %s: %s", l->address, l->tls_cert,
-                 ERR_reason_error_string(ERR_get_error()));
+                 tls_reason(ERR_get_error(), buf, sizeof buf));
+    ERR_clear_error();
     SSL_CTX_free(ctx);
     return NULL;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
     ob_log_error("listener %s: cannot load key %s: %s", l->address, l->tls_key,
-                 ERR_reason_error_string(ERR_get_error()));
+                 tls_reason(ERR_get_error(), buf, sizeof buf));
+    ERR_clear_error();
     SSL_CTX_free(ctx);
     return NULL;
   }

@@ -509,8 +509,23 @@ static void test_load(void) {
   TAP_CHECK(c == NULL && e.len == 1 && strstr(e.items[0], ": Is a directory"), "directory refused");
   ob_config_errors_dispose(&e);
 
-  char path[PATH_MAX + 64], want[PATH_MAX + 64];
+  char path[PATH_MAX + 64], want[PATH_MAX + 160], certs[PATH_MAX + 64], cert[PATH_MAX + 64], key[PATH_MAX + 64];
   snprintf(path, sizeof path, "%s/obleth.json", tmpl);
+  snprintf(certs, sizeof certs, "%s/certs", tmpl);
+  snprintf(cert, sizeof cert, "%s/certs/c.pem", tmpl);
+  snprintf(key, sizeof key, "%s/k.pem", tmpl);
+  mkdir(certs, 0700);
+  write_file(cert, "loading only checks that it can be read\n");
+  write_file(key, "\n");
+  write_file(path, "{\"listeners\": [{\"address\": \"127.0.0.1:0\", \"tls\": {\"cert\": \"certs/c.pem\", "
+                   "\"key\": \"k.pem\"}}], \"upstreams\": [{\"name\": \"a\", \"endpoints\": [\"https://h\"], "
+                   "\"tls_ca\": \"certs\"}]}");
+  c = ob_config_load(path, &e);
+  snprintf(want, sizeof want, "upstreams[0].tls_ca: cannot read %s/certs: Is a directory", tmpdir);
+  TAP_CHECK(c == NULL && e.len == 1, "an unreadable tls_ca fails the load");
+  TAP_EQ_STR(e.len ? e.items[0] : NULL, want, "with its JSON path");
+  ob_config_errors_dispose(&e);
+
   write_file(path, "{\"listeners\": [{\"address\": \"127.0.0.1:0\", \"tls\": {\"cert\": \"certs/c.pem\", "
                    "\"key\": \"k.pem\"}}], \"upstreams\": []}");
   c = ob_config_load(path, &e);
@@ -522,6 +537,16 @@ static void test_load(void) {
     TAP_EQ_STR(c->listeners[0].tls_cert, want, "relative cert resolved against the file's folder");
   }
   ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  unlink(key);
+  c = ob_config_load(path, &e);
+  snprintf(want, sizeof want, "listeners[0].tls.key: cannot read %s/k.pem: No such file or directory", tmpdir);
+  TAP_CHECK(c == NULL && e.len == 1, "a missing key fails the load");
+  TAP_EQ_STR(e.len ? e.items[0] : NULL, want, "with its JSON path");
+  ob_config_errors_dispose(&e);
+  unlink(cert);
+  rmdir(certs);
 
   write_file(path, "{\"listeners\": 1}");
   c = ob_config_load(path, &e);

@@ -16,6 +16,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { startSim, startObleth, stop, curl, simStats, sleep } from './lib.mjs';
+import { until, rawConnect, T, F, E, PREFACE, frame, settingsFrame, rstFrame, hpLit, hpLitIndexed, hpIndexed, requestBlock, h2Connect,
+  summary } from './h2raw.mjs';
 
 // ASan keeps freed memory in a quarantine (256 MiB by default), which would
 // read as growth in the RSS bounds below; a small one still catches
@@ -40,17 +42,6 @@ function rssBounded(t, pid, rss0, label, peak = rss(pid)) {
   const grew = (peak - rss0) / MiB;
   t.diagnostic(`${label}: RSS ${(rss0 / MiB).toFixed(1)} MiB at the start, ${grew >= 0 ? '+' : ''}${grew.toFixed(1)} MiB`);
   assert.ok(peak - rss0 < RSS_BOUND, `${label}: RSS grew by ${grew.toFixed(1)} MiB`);
-}
-
-// Poll fn until it returns a truthy value; fail with what() after ms.
-async function until(fn, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
-    await sleep(25);
-  }
 }
 
 // Everything a test starts, stopped in reverse order; a sanitizer report or
@@ -108,21 +99,6 @@ async function serves(gw) {
 
 // ---- raw TCP ----
 
-// A socket that records what it receives and when it was closed.
-function rawConnect(port) {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.text = '';
-    s.received = 0;
-    s.closedAt = null;
-    s.gone = new Promise((r) => s.once('close', () => { s.closedAt = Date.now(); r(); }));
-    s.on('data', (d) => { s.received += d.length; if (s.text.length < 65536) s.text += d.toString('latin1'); });
-    s.on('error', () => {});
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-}
-
 // Write data one byte every ms milliseconds until the socket closes or the
 // data runs out; resolves with the number of bytes written.
 async function drip(s, data, ms) {
@@ -132,149 +108,6 @@ async function drip(s, data, ms) {
     await sleep(ms);
   }
   return i;
-}
-
-// ---- HTTP/2 frames ----
-
-const T = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 };
-const F = { END_STREAM: 1, ACK: 1, END_HEADERS: 4 };
-const E = { NO_ERROR: 0, PROTOCOL_ERROR: 1, CANCEL: 8, ENHANCE_YOUR_CALM: 11 };
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-
-function frame(type, flags, id, payload = Buffer.alloc(0)) {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(id, 5);
-  return Buffer.concat([h, payload]);
-}
-
-function settingsFrame(pairs) {
-  const b = Buffer.alloc(6 * pairs.length);
-  pairs.forEach(([k, v], i) => { b.writeUInt16BE(k, 6 * i); b.writeUInt32BE(v, 6 * i + 2); });
-  return frame(T.SETTINGS, 0, 0, b);
-}
-
-const rstFrame = (id, code) => { const b = Buffer.alloc(4); b.writeUInt32BE(code); return frame(T.RST_STREAM, 0, id, b); };
-
-// HPACK (RFC 7541) integers and plain (non-Huffman) strings.
-function hpInt(flags, prefix, n) {
-  const max = (1 << prefix) - 1;
-  if (n < max) return Buffer.from([flags | n]);
-  const out = [flags | max];
-  n -= max;
-  while (n >= 128) { out.push((n & 127) | 128); n = Math.floor(n / 128); }
-  out.push(n);
-  return Buffer.from(out);
-}
-const hpStr = (s) => { const b = Buffer.from(s); return Buffer.concat([hpInt(0, 7, b.length), b]); };
-// Literal field with a new name, not indexed / with incremental indexing.
-const hpLit = (name, value) => Buffer.concat([Buffer.from([0]), hpStr(name), hpStr(value)]);
-const hpLitIndexed = (name, value) => Buffer.concat([Buffer.from([0x40]), hpStr(name), hpStr(value)]);
-const hpIndexed = (i) => hpInt(0x80, 7, i);
-
-function requestBlock(method, path, extra = []) {
-  return Buffer.concat([hpLit(':method', method), hpLit(':scheme', 'http'), hpLit(':path', path),
-    hpLit(':authority', '127.0.0.1'), ...extra.map(([n, v]) => hpLit(n, v))]);
-}
-
-// The :status of a response header block. The client announces a header
-// table size of 0, so the gateway's encoder uses the static table and
-// literals only; a Huffman-coded status is made of digits, whose codes are
-// all this needs (RFC 7541 Appendix B).
-function decodeStatus(block) {
-  const readInt = (i, prefix) => {
-    const max = (1 << prefix) - 1;
-    let n = block[i] & max;
-    i++;
-    if (n < max) return [n, i];
-    let m = 0;
-    for (;;) { const b = block[i++]; n += (b & 127) * 2 ** m; m += 7; if (!(b & 128)) break; }
-    return [n, i];
-  };
-  const readStr = (i) => {
-    const huff = block[i] & 0x80;
-    const [len, j] = readInt(i, 7);
-    const raw = block.subarray(j, j + len);
-    return [huff ? huffDigits(raw) : raw.toString('latin1'), j + len];
-  };
-  const STATIC_STATUS = { 8: '200', 9: '204', 10: '206', 11: '304', 12: '400', 13: '404', 14: '500' };
-  let i = 0;
-  while (i < block.length) {
-    const b = block[i];
-    if (b & 0x80) {
-      const [idx, j] = readInt(i, 7);
-      if (STATIC_STATUS[idx]) return Number(STATIC_STATUS[idx]);
-      i = j;
-    } else if ((b & 0xe0) === 0x20) {
-      i = readInt(i, 5)[1]; // dynamic table size update
-    } else {
-      const [nameIdx, j] = readInt(i, b & 0x40 ? 6 : 4);
-      let k = j;
-      if (nameIdx === 0) k = readStr(k)[1];
-      const [value, next] = readStr(k);
-      if (nameIdx >= 8 && nameIdx <= 14) return Number(value);
-      i = next;
-    }
-  }
-  return null;
-}
-
-function huffDigits(buf) {
-  let bits = '';
-  for (const b of buf) bits += b.toString(2).padStart(8, '0');
-  let out = '';
-  let i = 0;
-  while (i + 5 <= bits.length) {
-    const five = parseInt(bits.slice(i, i + 5), 2);
-    if (five <= 2) { out += String(five); i += 5; continue; }
-    if (i + 6 > bits.length) break;
-    const six = parseInt(bits.slice(i, i + 6), 2);
-    if (six >= 0x19 && six <= 0x1f) { out += String(six - 0x19 + 3); i += 6; continue; }
-    break; // EOS padding (all ones) or a non-digit
-  }
-  return out;
-}
-
-// A raw HTTP/2 client connection: sends the preface and its SETTINGS (header
-// table size 0 plus any given), acknowledges the server's SETTINGS unless
-// told not to, and records every frame it receives.
-async function h2Connect(port, { settings = [], ack = true } = {}) {
-  const s = await rawConnect(port);
-  s.frames = [];
-  let buf = Buffer.alloc(0);
-  s.removeAllListeners('data');
-  s.on('data', (d) => {
-    s.received += d.length;
-    buf = buf.length ? Buffer.concat([buf, d]) : d;
-    while (buf.length >= 9) {
-      const len = buf.readUIntBE(0, 3);
-      if (buf.length < 9 + len) break;
-      const f = { type: buf[3], flags: buf[4], id: buf.readUInt32BE(5) & 0x7fffffff, payload: buf.subarray(9, 9 + len), at: Date.now() };
-      buf = buf.subarray(9 + len);
-      if (s.frames.length < 100000) s.frames.push(f);
-      if (ack && f.type === T.SETTINGS && !(f.flags & F.ACK)) s.write(frame(T.SETTINGS, F.ACK, 0));
-    }
-  });
-  s.write(Buffer.concat([PREFACE, settingsFrame([[1, 0], ...settings])]));
-  s.find = (pred) => s.frames.find(pred);
-  s.waitFor = (pred, ms, what) => until(() => s.find(pred), ms, () => `${what}; frames: ${summary(s)}`);
-  s.status = (id) => {
-    const h = s.find((f) => f.type === T.HEADERS && f.id === id);
-    return h ? decodeStatus(h.payload) : null;
-  };
-  s.goaway = () => {
-    const g = s.find((f) => f.type === T.GOAWAY);
-    return g ? { lastId: g.payload.readUInt32BE(0) & 0x7fffffff, code: g.payload.readUInt32BE(4) } : null;
-  };
-  return s;
-}
-
-function summary(s) {
-  const names = Object.fromEntries(Object.entries(T).map(([k, v]) => [v, k]));
-  return s.frames.slice(-12).map((f) => `${names[f.type] ?? f.type}(${f.id}${f.type === T.RST_STREAM || f.type === T.GOAWAY ? ' code ' + f.payload.readUInt32BE(f.type === T.GOAWAY ? 4 : 0) : ''})`).join(' ') +
-    ` (${s.frames.length} in all, closed: ${!!s.closedAt})`;
 }
 
 // ---- slowloris ----

@@ -2,7 +2,7 @@
 // path, exit 1), unknown keys, relative paths.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { OBLETH, run, tempDir } from './lib.mjs';
 
@@ -46,6 +46,38 @@ test('a missing TLS file is reported relative to the config folder', async () =>
   const r = await run(OBLETH, ['--config', p], { timeout: 5000 });
   assert.equal(r.code, 1);
   assert.ok(r.stderr.includes(join(d, 'nope.pem')), r.stderr);
+  assert.doesNotMatch(r.stderr, /\(null\)/);
+});
+
+test('--check-config fails on missing or unreadable TLS files, with their JSON paths', async () => {
+  const d = tempDir();
+  mkdirSync(join(d, 'adir'));
+  writeFileSync(join(d, 'key.pem'), 'not read by --check-config\n');
+  const p = join(d, 'tls.json');
+  writeFileSync(p, JSON.stringify({
+    listeners: [{ address: '127.0.0.1:0', tls: { cert: 'nope.pem', key: 'key.pem' } }, { address: '127.0.0.1:0', tls: { cert: 'adir', key: 'gone.key' } }],
+    upstreams: [{ name: 'a', endpoints: ['https://127.0.0.1:1'], tls_ca: '/nonexistent/ca.pem' }],
+    routes: [],
+  }));
+  const r = await run(OBLETH, ['--check-config', p]);
+  assert.equal(r.code, 1, r.stdout);
+  assert.ok(r.stderr.includes(`listeners[0].tls.cert: cannot read ${join(d, 'nope.pem')}: No such file or directory`), r.stderr);
+  assert.ok(r.stderr.includes(`listeners[1].tls.cert: cannot read ${join(d, 'adir')}: Is a directory`), r.stderr);
+  assert.ok(r.stderr.includes(`listeners[1].tls.key: cannot read ${join(d, 'gone.key')}: No such file or directory`), r.stderr);
+  assert.ok(r.stderr.includes('upstreams[0].tls_ca: cannot read /nonexistent/ca.pem: No such file or directory'), r.stderr);
+  assert.doesNotMatch(r.stderr, /listeners\[0\]\.tls\.key/);
+  assert.match(r.stderr, /4 problems/);
+});
+
+test('a TLS file that is not PEM stops start-up with OpenSSL\'s reason, never "(null)"', async () => {
+  const d = tempDir();
+  writeFileSync(join(d, 'bad.pem'), 'garbage\n');
+  const p = join(d, 'tls.json');
+  writeFileSync(p, JSON.stringify({ listeners: [{ address: '127.0.0.1:0', tls: { cert: 'bad.pem', key: 'bad.pem' } }], upstreams: [], routes: [] }));
+  const r = await run(OBLETH, ['--config', p], { timeout: 5000 });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /cannot load certificate \S+bad\.pem: no start line/);
+  assert.doesNotMatch(r.stderr, /\(null\)/);
 });
 
 test('unknown command line is a usage error', async () => {

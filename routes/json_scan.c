@@ -17,7 +17,9 @@ typedef struct {
 
 static void on_member(void *ud, ob_iov_t key, ob_iov_t value) {
   find_t *f = ud;
-  if (f->found || ob_json_str_cmp(key, f->key) != 0) return;
+  bool eq = key.len == f->key.len ? memcmp(key.base, f->key.base, key.len) == 0
+                                   : memchr(key.base, '\\', key.len) && ob_json_str_cmp(key, f->key) == 0;
+  if (f->found || !eq) return;
   f->found = 1;
   f->out->key = key;
   f->out->value = value;

@@ -173,17 +173,25 @@ const char *ob_json_str_end(const char *p, const char *end, bool *nul);
  * "mod\u0065l" equals "model". Like memcmp: <0, 0, >0. */
 int ob_json_str_cmp(ob_iov_t a, ob_iov_t b);
 
-/* Whether two of keys[0..n) (string contents, as for ob_json_str_cmp) are
- * equal decoded. May reorder keys. O(n log n) comparisons. */
-bool ob_json_keys_dup(ob_iov_t *keys, size_t n);
+/* A key of an object (string contents, as for ob_json_str_cmp, borrowed
+ * from the text) with a summary of its decoded form (ob_json_keys_add). */
+typedef struct ob_json_key {
+  ob_iov_t raw;
+  size_t dlen;   /* decoded length */
+  uint64_t head; /* its first eight decoded bytes, zero-padded */
+} ob_json_key_t;
 
-/* A list of key spans (borrowed from the text), inline up to 32 keys, on
- * the heap beyond. Caller storage; init before use, dispose after. It must
- * not be copied or moved while in use (k may point into it). */
+/* Whether two of keys[0..n) are equal decoded. May reorder keys.
+ * O(n log n) comparisons. */
+bool ob_json_keys_dup(ob_json_key_t *keys, size_t n);
+
+/* A list of keys, inline up to 32, on the heap beyond. Caller storage;
+ * init before use, dispose after. It must not be copied or moved while in
+ * use (k may point into it). */
 typedef struct ob_json_keys {
-  ob_iov_t *k;
+  ob_json_key_t *k;
   size_t n, cap;
-  ob_iov_t inl[32];
+  ob_json_key_t inl[32];
 } ob_json_keys_t;
 
 static inline void ob_json_keys_init(ob_json_keys_t *ks) {

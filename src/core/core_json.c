@@ -120,20 +120,44 @@ int ob_json_str_cmp(ob_iov_t a, ob_iov_t b) {
   }
 }
 
-static int by_decoded(const void *a, const void *b) { return ob_json_str_cmp(*(const ob_iov_t *)a, *(const ob_iov_t *)b); }
+/* Decoded length and first eight decoded bytes: keys equal decoded have
+ * equal summaries, so most unequal pairs are told apart without decoding. */
+static void summarize(ob_json_key_t *k) {
+  k->head = 0;
+  if (!memchr(k->raw.base, '\\', k->raw.len)) {
+    k->dlen = k->raw.len;
+    memcpy(&k->head, k->raw.base, k->raw.len < 8 ? k->raw.len : 8);
+    return;
+  }
+  dec_t d = {.p = k->raw.base, .end = k->raw.base + k->raw.len};
+  unsigned char head[8] = {0};
+  size_t n = 0;
+  for (int c; (c = dec_next(&d)) >= 0; n++)
+    if (n < 8) head[n] = (unsigned char)c;
+  k->dlen = n;
+  memcpy(&k->head, head, 8);
+}
 
-bool ob_json_keys_dup(ob_iov_t *keys, size_t n) {
+static int key_cmp(const ob_json_key_t *a, const ob_json_key_t *b) {
+  if (a->dlen != b->dlen) return a->dlen < b->dlen ? -1 : 1;
+  if (a->head != b->head) return a->head < b->head ? -1 : 1;
+  return a->dlen <= 8 ? 0 : ob_json_str_cmp(a->raw, b->raw);
+}
+
+static int by_key(const void *a, const void *b) { return key_cmp(a, b); }
+
+bool ob_json_keys_dup(ob_json_key_t *keys, size_t n) {
   /* A handful of keys (most objects) are compared pairwise; more are
    * sorted, so thousands of keys cost n log n comparisons, not n^2. */
   if (n <= 8) {
     for (size_t i = 1; i < n; i++)
       for (size_t j = 0; j < i; j++)
-        if (ob_json_str_cmp(keys[i], keys[j]) == 0) return true;
+        if (key_cmp(&keys[i], &keys[j]) == 0) return true;
     return false;
   }
-  qsort(keys, n, sizeof *keys, by_decoded);
+  qsort(keys, n, sizeof *keys, by_key);
   for (size_t i = 1; i < n; i++)
-    if (ob_json_str_cmp(keys[i - 1], keys[i]) == 0) return true;
+    if (key_cmp(&keys[i - 1], &keys[i]) == 0) return true;
   return false;
 }
 
@@ -148,7 +172,9 @@ void ob_json_keys_add(ob_json_keys_t *ks, ob_iov_t key) {
     }
     ks->cap = cap;
   }
-  ks->k[ks->n++] = key;
+  ob_json_key_t *k = &ks->k[ks->n++];
+  k->raw = key;
+  summarize(k);
 }
 
 void ob_json_keys_dispose(ob_json_keys_t *ks) {

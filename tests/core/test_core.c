@@ -114,6 +114,13 @@ static void test_json_check(void) {
   TAP_EQ_INT(check("{\"m\":[\"a\\u0000\"],\"n\":{\"o\":\"\\u0000\"}}", 1, NULL), 0,
              "check: \\u0000 in array elements and deeper members passes");
 
+  TAP_EQ_INT(check("{\"long_key_prefix_1\":1,\"long_key_prefix_2\":2,\"long_key_prefix_3\":3,\"long_key_prefix_4\":4,"
+                   "\"long_key_prefix_5\":5,\"long_key_prefix_6\":6,\"long_key_prefix_7\":7,\"long_key_prefix_8\":8,"
+                   "\"long_key_prefix_9\":9,\"long_key_prefix_10\":10,\"l\\u006fng_key_prefix_\\u0031\":11}",
+                   1, NULL),
+             OB_JSON_AMBIGUOUS, "check: an escaped duplicate among long keys with one prefix (sorted path)");
+  TAP_EQ_INT(check("{\"long_key_prefix_a\":1,\"long_key_prefix_\\u0062\":2}", 1, NULL), 0,
+             "check: long keys equal in their first eight bytes and length are told apart");
   /* Many keys: a duplicate among thousands is found (sorted, not pairwise). */
   ob_buf_t big;
   ob_buf_init(&big);

@@ -7,6 +7,11 @@
  * whenever it accepts a body, cJSON must parse it too and every fact must
  * agree with what the tree says (the text count is the tree walk that
  * routes/inference.c falls back to, ob_json_tree_text_chars).
+ *
+ * And core's strict walk (ob_json_check), which decides on every body the
+ * gateway reads: what it passes at level 1, cJSON parses with no two
+ * top-level keys equal as cJSON decodes them, and a member found by key is
+ * the member cJSON finds; a deeper level never passes more.
  */
 #include "routes.h"
 
@@ -39,6 +44,26 @@ static void check_infer_scan(ob_iov_t in) {
   cJSON_Delete(root);
 }
 
+static void check_strict(ob_iov_t in) {
+  int r1 = ob_json_check(in, 1, NULL, NULL, NULL), r0 = ob_json_check(in, 0, NULL, NULL, NULL);
+  if (r1 == 0 && r0 != 0) abort();
+  if (ob_json_check(in, 2, NULL, NULL, NULL) == 0 && r1 != 0) abort();
+  if (r1 != 0) return;
+  cJSON *root = cJSON_ParseWithLength(in.base, in.len);
+  if (!root) return; /* lone surrogates: grammatical, cJSON refuses them */
+  if (cJSON_IsObject(root)) {
+    for (const cJSON *a = root->child; a; a = a->next)
+      for (const cJSON *b = a->next; b; b = b->next)
+        if (strcmp(a->string, b->string) == 0) abort();
+    ob_json_member_t m;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "model");
+    int f = ob_json_find_member(in, OB_IOV_LIT("model"), &m);
+    if (f != (t != NULL)) abort();
+    if (t && cJSON_IsString(t) && (m.value.base[0] != '"' || strlen(t->valuestring) > m.value.len)) abort();
+  }
+  cJSON_Delete(root);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -60,6 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   }
   check_infer_scan(in);
+  check_strict(in);
   free(buf);
   return 0;
 }

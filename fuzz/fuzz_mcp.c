@@ -25,10 +25,24 @@ static void sse(const ob_mcp_filter_t *f, const char *p, size_t n, size_t step, 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *p = (const char *)data;
   ob_mcp_body_t b;
-  if (ob_mcp_inspect(p, size, &b) == 0) {
-    for (size_t i = 0; i < b.n; i++)
+  int rc = ob_mcp_inspect(p, size, &b);
+  if (rc == 0) {
+    /* What the policy read is unambiguous: no message, and no params
+     * object, has two keys that cJSON decodes equal. */
+    const cJSON *one = b.root;
+    for (size_t i = 0; i < b.n; i++) {
       if (b.msgs[i].tool && !b.msgs[i].method) abort();
+      const cJSON *m = b.batch ? (i == 0 ? b.root->child : one->next) : b.root;
+      one = m;
+      const cJSON *params = cJSON_GetObjectItemCaseSensitive(m, "params");
+      for (const cJSON *o = m; o; o = o == m && cJSON_IsObject(params) ? params : NULL)
+        for (const cJSON *x = o->child; x; x = x->next)
+          for (const cJSON *y = x->next; y; y = y->next)
+            if (strcmp(x->string, y->string) == 0) abort();
+    }
     ob_mcp_body_dispose(&b);
+  } else if (rc != -32700 && rc != -32600) {
+    abort();
   }
 
   char *ids[] = {"1", "\"a\""};

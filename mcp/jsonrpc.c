@@ -29,6 +29,15 @@ static void inspect_one(cJSON *m, ob_mcp_msg_t *out) {
 
 int ob_mcp_inspect(const char *p, size_t n, ob_mcp_body_t *out) {
   memset(out, 0, sizeof *out);
+  /* Strict first, two object levels deep: the envelope (jsonrpc, method,
+   * id, params) of each message and its params (name), everything the tool
+   * policy and the tools/list filter read. cJSON keeps the first of two
+   * equal keys and cuts strings at \u0000; the servers (JSON.parse,
+   * json.loads) keep the last and the whole, so such a body could call
+   * another tool than the one checked. */
+  int rc = ob_json_check(ob_iov(p, n), 2, NULL, NULL, &out->why);
+  if (rc == OB_JSON_AMBIGUOUS) return -32600;
+  if (rc != 0) return -32700;
   cJSON *root = cJSON_ParseWithLength(p, n);
   if (!root) return -32700;
   if (cJSON_IsObject(root)) {

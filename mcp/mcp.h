@@ -48,11 +48,14 @@ typedef struct ob_mcp_body {
   bool batch;
   ob_mcp_msg_t *msgs; /* owned */
   size_t n;
+  const char *why;    /* static: what was wrong, when inspection failed (may be NULL) */
 } ob_mcp_body_t;
 
 /* Inspect a POST body: 0 and *out filled (dispose it), or -32700 when it is
- * not JSON, -32600 when it is not a JSON-RPC message or a non-empty array
- * of objects. */
+ * not strict JSON (ob_json_check), -32600 when it is not a JSON-RPC message
+ * or a non-empty array of objects, or when a message or its params hold two
+ * keys equal decoded, or \u0000 in a key or string member (ambiguous: the
+ * server may read another member than the gateway). */
 int ob_mcp_inspect(const char *p, size_t n, ob_mcp_body_t *out);
 void ob_mcp_body_dispose(ob_mcp_body_t *b);
 

@@ -282,9 +282,14 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   ob_mcp_body_t b;
   int rc = ob_mcp_inspect(body.base, body.len, &b);
   if (rc != 0) {
-    reply_rpc_error(x, 400, NULL, rc,
-                    rc == -32700 ? "Parse error: the body is not JSON"
-                                 : "Invalid Request: expected a JSON-RPC message or a non-empty array of them");
+    char msg[200];
+    if (rc == -32700)
+      snprintf(msg, sizeof msg, "Parse error: the body is not JSON%s%s", b.why ? ": " : "", b.why ? b.why : "");
+    else if (b.why)
+      snprintf(msg, sizeof msg, "Invalid Request: %s (the server could read another member than the gateway)", b.why);
+    else
+      snprintf(msg, sizeof msg, "Invalid Request: expected a JSON-RPC message or a non-empty array of them");
+    reply_rpc_error(x, 400, NULL, rc, msg);
     return OB_OK;
   }
   note(x, &b);

@@ -196,46 +196,56 @@ bool ob_json_infer_scan(ob_iov_t json, ob_infer_scan_t *out) {
   s.p++;
   ws(&s);
   bool seen_mct = false, seen_mt = false;
+  /* Top-level keys, for the duplicate check: the upstream reads the last of
+   * two equal keys, this pass the first. Keys here are plain (key()), so
+   * raw equality is decoded equality. */
+  ob_json_keys_t keys;
+  ob_json_keys_init(&keys);
+  bool ok = false;
   if (s.p < s.end && *s.p == '}') {
     s.p++;
   } else {
     for (;;) {
       ob_iov_t k;
-      if (s.p >= s.end || *s.p != '"' || !key(&s, &k)) return false;
+      if (s.p >= s.end || *s.p != '"' || !key(&s, &k)) goto out;
+      ob_json_keys_add(&keys, k);
       const char *v = s.p;
-      bool ok;
+      bool vok;
       if (KEY_IS(k, "messages") || KEY_IS(k, "prompt") || KEY_IS(k, "input")) {
         bool *has = k.base[0] == 'm' ? &out->has_messages : k.base[0] == 'p' ? &out->has_prompt : &out->has_input;
-        ok = val(&s, 1, *has ? -1 : 0, &out->text_chars);
+        vok = val(&s, 1, *has ? -1 : 0, &out->text_chars);
         *has = true;
       } else if ((KEY_IS(k, "max_completion_tokens") && !seen_mct) || (KEY_IS(k, "max_tokens") && !seen_mt)) {
         bool mct = k.len == 21;
         bool *seen = mct ? &seen_mct : &seen_mt;
         *seen = true;
         if (s.p < s.end && (*s.p == '-' || (*s.p >= '0' && *s.p <= '9'))) {
-          ok = num(&s, mct ? &out->mct : &out->mt);
+          vok = num(&s, mct ? &out->mct : &out->mt);
           if (mct) out->mct_number = true;
           else out->mt_number = true;
         } else {
-          ok = val(&s, 1, -1, &out->text_chars);
+          vok = val(&s, 1, -1, &out->text_chars);
         }
       } else {
-        ok = val(&s, 1, -1, &out->text_chars);
-        if (ok && KEY_IS(k, "model") && out->model_count++ == 0) out->model = ob_iov(v, (size_t)(s.p - v));
+        vok = val(&s, 1, -1, &out->text_chars);
+        if (vok && KEY_IS(k, "model") && out->model_count++ == 0) out->model = ob_iov(v, (size_t)(s.p - v));
       }
-      if (!ok) return false;
+      if (!vok) goto out;
       ws(&s);
-      if (s.p >= s.end) return false;
+      if (s.p >= s.end) goto out;
       if (*s.p == '}') {
         s.p++;
         break;
       }
-      if (*s.p++ != ',') return false;
+      if (*s.p++ != ',') goto out;
       ws(&s);
     }
   }
   ws(&s);
-  return s.p == s.end;
+  ok = s.p == s.end && !ob_json_keys_dup(keys.k, keys.n);
+out:
+  ob_json_keys_dispose(&keys);
+  return ok;
 }
 
 /* The same count over a cJSON tree: what the pass must agree with, used

@@ -300,11 +300,15 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
   facts_t f;
   cJSON *root = NULL;
   if ((cache_applies(x, t) && t->cfg->cache.deterministic_only) || !facts_scan(x, body, &f)) {
-    root = cJSON_ParseWithLength(body.base, body.len);
-    if (!root || !cJSON_IsObject(root)) {
+    /* Strict first: cJSON keeps the first of two equal keys and cuts a
+     * string at \u0000, the upstream may keep the last and the whole. */
+    const char *why = NULL;
+    if (ob_json_check(body, 1, NULL, NULL, &why) != 0 || !(root = cJSON_ParseWithLength(body.base, body.len)) ||
+        !cJSON_IsObject(root)) {
       cJSON_Delete(root);
-      ob_exchange_reply_error(x, 400, "The request body is not a valid JSON object.", "invalid_request_error",
-                              "invalid_json");
+      char msg[160];
+      snprintf(msg, sizeof msg, "The request body is not a valid JSON object%s%s.", why ? ": " : "", why ? why : "");
+      ob_exchange_reply_error(x, 400, msg, "invalid_request_error", "invalid_json");
       return OB_OK;
     }
     facts_tree(x, root, body, &f);

@@ -52,10 +52,12 @@ typedef struct ob_json_member {
 } ob_json_member_t;
 
 /*
- * Find the top-level member whose raw key equals key in the JSON object
- * text. Returns 1 and fills *out when found once, 0 when absent, -1 when the
- * text is not a JSON object or the key occurs more than once (an ambiguous
- * document: parsers disagree on which duplicate wins).
+ * Find the top-level member whose key, decoded, equals key (plain text, no
+ * escapes) in the JSON object text. Returns 1 and fills *out when found, 0
+ * when absent, -1 when the text is not a strict JSON object or is ambiguous
+ * (ob_json_check at level 1: two top-level keys equal decoded, or \u0000 in
+ * a top-level key or string value; parsers disagree on which duplicate wins
+ * and cJSON cuts strings at \u0000).
  */
 int ob_json_find_member(ob_iov_t json, ob_iov_t key, ob_json_member_t *out);
 
@@ -65,11 +67,12 @@ int ob_json_find_member(ob_iov_t json, ob_iov_t key, ob_json_member_t *out);
  * white-space characters, depth bounded) instead of a cJSON tree. Returns
  * false when the text is not plainly valid or holds something the pass
  * does not decode (an escaped top-level key, "content" or "text" key, an
- * escaped model name, \u0000, a number longer than 63 characters); the
- * caller then parses with cJSON, which decides. Spans point into the input.
+ * escaped model name, \u0000, a number longer than 63 characters) or two
+ * equal top-level keys; the caller then checks the text (ob_json_check)
+ * and parses it with cJSON, which decide. Spans point into the input.
  */
 typedef struct ob_infer_scan {
-  int model_count;         /* top-level "model" members */
+  int model_count;         /* top-level "model" members (0 or 1: keys are unique) */
   ob_iov_t model;          /* the first one's raw value (a string keeps its quotes) */
   bool has_messages, has_prompt, has_input;
   uint64_t text_chars;     /* decoded bytes of the strings in messages / prompt / input that the model reads */

@@ -152,6 +152,80 @@ static inline const char *ob_json_str_run(const char *p, const char *end) {
   return p;
 }
 
+/* ---------------------------------------------------------------- strict JSON */
+
+/*
+ * The strict JSON pieces shared by every scanner that reads a body the
+ * gateway decides policy on (core_json.c). Keys are compared decoded: the
+ * upstream decodes "mod\u0065l" to "model".
+ */
+
+/* A JSON string token at p (on its opening quote): the byte after its
+ * closing quote, or NULL when it is not RFC 8259 (unterminated, a raw
+ * control character, an unknown escape, \u without four hex digits). Lone
+ * surrogates are grammatical and pass. *nul (when not NULL) is set when the
+ * string holds \u0000, and left alone otherwise. */
+const char *ob_json_str_end(const char *p, const char *end, bool *nul);
+
+/* Order two string contents (the bytes between the quotes, escapes as
+ * written, valid as ob_json_str_end checks) by their decoded UTF-8 bytes: a
+ * surrogate pair counts as its code point, so "\u00e9" equals "é" and
+ * "mod\u0065l" equals "model". Like memcmp: <0, 0, >0. */
+int ob_json_str_cmp(ob_iov_t a, ob_iov_t b);
+
+/* A key of an object (string contents, as for ob_json_str_cmp, borrowed
+ * from the text) with a summary of its decoded form (ob_json_keys_add). */
+typedef struct ob_json_key {
+  ob_iov_t raw;
+  size_t dlen;   /* decoded length */
+  uint64_t head; /* its first eight decoded bytes, zero-padded */
+} ob_json_key_t;
+
+/* Whether two of keys[0..n) are equal decoded. May reorder keys.
+ * O(n log n) comparisons. */
+bool ob_json_keys_dup(ob_json_key_t *keys, size_t n);
+
+/* A list of keys, inline up to 32, on the heap beyond. Caller storage;
+ * init before use, dispose after. It must not be copied or moved while in
+ * use (k may point into it). */
+typedef struct ob_json_keys {
+  ob_json_key_t *k;
+  size_t n, cap;
+  ob_json_key_t inl[32];
+} ob_json_keys_t;
+
+static inline void ob_json_keys_init(ob_json_keys_t *ks) {
+  ks->k = ks->inl;
+  ks->n = 0;
+  ks->cap = sizeof ks->inl / sizeof ks->inl[0];
+}
+void ob_json_keys_add(ob_json_keys_t *ks, ob_iov_t key);
+void ob_json_keys_dispose(ob_json_keys_t *ks);
+
+#define OB_JSON_MAX_DEPTH 128 /* containers nested in one another */
+#define OB_JSON_INVALID (-1)   /* not JSON (RFC 8259) */
+#define OB_JSON_AMBIGUOUS (-2) /* JSON that parsers would read differently */
+
+/* Called for each member of a top-level object, in order: key is the raw
+ * key between its quotes, value the raw value text (a string keeps its
+ * quotes). Both borrowed from the checked text for the call. */
+typedef void ob_json_member_cb(void *ud, ob_iov_t key, ob_iov_t value);
+
+/*
+ * Check that json is one strict RFC 8259 value (exact literals, the number
+ * grammar, valid escapes, only the four white-space characters, nothing
+ * after it, nesting at most OB_JSON_MAX_DEPTH) and that no object nested at
+ * most `levels` objects deep (1: the top-level object, or each object of a
+ * top-level array; arrays do not count) holds two keys equal decoded, a key
+ * with \u0000, or a string member value with \u0000 (which cJSON, the
+ * gateway's tree, would read cut short). cb (may be NULL) sees the members
+ * of a top-level object as the walk passes them, before the walk has
+ * decided. Returns 0, OB_JSON_INVALID or OB_JSON_AMBIGUOUS with *why (when
+ * not NULL) a static description. Allocates only for more than 32 keys on
+ * the checked path.
+ */
+int ob_json_check(ob_iov_t json, int levels, ob_json_member_cb *cb, void *ud, const char **why);
+
 /* ---------------------------------------------------------------- counted buffers */
 
 /*

@@ -68,6 +68,73 @@ static void test_json_str_run(void) {
   TAP_EQ_INT(bad, 0, "json_str_run: stops at the first quote, backslash or control byte, never past the end");
 }
 
+/* The strict walk and decoded key comparison (core_json.c). */
+static int check(const char *json, int levels, const char **why) {
+  return ob_json_check(ob_iov_str(json), levels, NULL, NULL, why);
+}
+
+static void test_json_check(void) {
+  TAP_CHECK(ob_json_str_cmp(OB_IOV_LIT("model"), OB_IOV_LIT("mod\\u0065l")) == 0 &&
+                ob_json_str_cmp(OB_IOV_LIT("\\u006D\\u006f\\u0064\\u0065\\u006c"), OB_IOV_LIT("model")) == 0,
+            "str_cmp: escaped letters equal their plain spelling (either hex case)");
+  TAP_CHECK(ob_json_str_cmp(OB_IOV_LIT("\\u00e9"), OB_IOV_LIT("\xc3\xa9")) == 0 &&
+                ob_json_str_cmp(OB_IOV_LIT("\\ud83d\\ude00"), OB_IOV_LIT("\xf0\x9f\x98\x80")) == 0 &&
+                ob_json_str_cmp(OB_IOV_LIT("a\\/b\\n"), OB_IOV_LIT("a/b\n")) == 0,
+            "str_cmp: two- and four-byte UTF-8, a surrogate pair, short escapes");
+  TAP_CHECK(ob_json_str_cmp(OB_IOV_LIT("model"), OB_IOV_LIT("model\\u0000")) < 0 &&
+                ob_json_str_cmp(OB_IOV_LIT("b"), OB_IOV_LIT("\\u0061")) > 0 &&
+                ob_json_str_cmp(OB_IOV_LIT("\\\\u0065"), OB_IOV_LIT("e")) != 0,
+            "str_cmp: a prefix sorts first, order is by decoded bytes, an escaped backslash is not an escape");
+
+  const char *why = NULL;
+  TAP_EQ_INT(check(" {\"a\":[1,-2.5e3,true,false,null,\"x\\u00e9\"],\"b\":{}} ", 1, &why), 0, "check: valid JSON");
+  TAP_EQ_INT(check("{\"a\":tru}", 0, &why), OB_JSON_INVALID, "check: tru is no literal");
+  TAP_EQ_STR(why, "bad literal", "check: why");
+  TAP_EQ_INT(check("[nul]", 0, NULL), OB_JSON_INVALID, "check: nul is no literal");
+  TAP_EQ_INT(check("[truex]", 0, NULL), OB_JSON_INVALID, "check: truex is no literal");
+  TAP_EQ_INT(check("[01]", 0, NULL), OB_JSON_INVALID, "check: leading zero");
+  TAP_EQ_INT(check("[\"\\x\"]", 0, NULL), OB_JSON_INVALID, "check: unknown escape");
+  TAP_EQ_INT(check("[\"\\u12\"]", 0, NULL), OB_JSON_INVALID, "check: short \\u");
+  TAP_EQ_INT(check("{\"a\":1,}", 0, NULL), OB_JSON_INVALID, "check: trailing comma");
+  TAP_EQ_INT(check("{\"a\":1} {}", 0, NULL), OB_JSON_INVALID, "check: trailing bytes");
+  TAP_EQ_INT(check("\xef\xbb\xbf{}", 0, NULL), OB_JSON_INVALID, "check: a BOM is not JSON text");
+
+  TAP_EQ_INT(check("{\"model\":\"sim-model\",\"mod\\u0065l\":\"llama-3-8b\"}", 1, &why), OB_JSON_AMBIGUOUS,
+             "check: an escaped duplicate key");
+  TAP_EQ_STR(why, "duplicate key", "check: why");
+  TAP_EQ_INT(check("{\"model\":\"sim-model\",\"mod\\u0065l\":\"llama-3-8b\"}", 0, NULL), 0, "check: level 0 reads no keys");
+  TAP_EQ_INT(check("{\"p\":{\"name\":\"a\",\"name\":\"b\"}}", 2, NULL), OB_JSON_AMBIGUOUS, "check: level 2 duplicate");
+  TAP_EQ_INT(check("{\"p\":{\"name\":\"a\",\"name\":\"b\"}}", 1, NULL), 0, "check: below the levels, duplicates pass");
+  TAP_EQ_INT(check("[{\"a\":1},{\"p\":{\"n\":1,\"\\u006e\":2}}]", 2, NULL), OB_JSON_AMBIGUOUS,
+             "check: arrays do not count as levels (a batch's params)");
+  TAP_EQ_INT(check("{\"a\":{\"k\":1},\"b\":{\"k\":2},\"k\":3}", 2, NULL), 0,
+             "check: equal keys in sibling and nested objects are no duplicates");
+  TAP_EQ_INT(check("{\"model\":\"a\\u0000b\"}", 1, &why), OB_JSON_AMBIGUOUS, "check: \\u0000 in a string member read");
+  TAP_EQ_INT(check("{\"m\\u0000\":1}", 1, NULL), OB_JSON_AMBIGUOUS, "check: \\u0000 in a key read");
+  TAP_EQ_INT(check("{\"m\":[\"a\\u0000\"],\"n\":{\"o\":\"\\u0000\"}}", 1, NULL), 0,
+             "check: \\u0000 in array elements and deeper members passes");
+
+  TAP_EQ_INT(check("{\"long_key_prefix_1\":1,\"long_key_prefix_2\":2,\"long_key_prefix_3\":3,\"long_key_prefix_4\":4,"
+                   "\"long_key_prefix_5\":5,\"long_key_prefix_6\":6,\"long_key_prefix_7\":7,\"long_key_prefix_8\":8,"
+                   "\"long_key_prefix_9\":9,\"long_key_prefix_10\":10,\"l\\u006fng_key_prefix_\\u0031\":11}",
+                   1, NULL),
+             OB_JSON_AMBIGUOUS, "check: an escaped duplicate among long keys with one prefix (sorted path)");
+  TAP_EQ_INT(check("{\"long_key_prefix_a\":1,\"long_key_prefix_\\u0062\":2}", 1, NULL), 0,
+             "check: long keys equal in their first eight bytes and length are told apart");
+  /* Many keys: a duplicate among thousands is found (sorted, not pairwise). */
+  ob_buf_t big;
+  ob_buf_init(&big);
+  ob_buf_append_str(&big, "{");
+  for (int i = 0; i < 20000; i++) ob_buf_printf(&big, "%s\"k%d\":%d", i ? "," : "", i, i);
+  ob_buf_append_str(&big, "}");
+  TAP_EQ_INT(ob_json_check(ob_buf_iov(&big), 1, NULL, NULL, NULL), 0, "check: 20000 distinct keys");
+  big.len--;
+  ob_buf_append_str(&big, ",\"k\\u0031\\u0032\\u0033\\u0034\\u0035\":0}");
+  TAP_EQ_INT(ob_json_check(ob_buf_iov(&big), 1, NULL, NULL, NULL), OB_JSON_AMBIGUOUS,
+             "check: an escaped duplicate of key 12345 of 20000");
+  ob_buf_dispose(&big);
+}
+
 /* A background thread's owner: items queued under the lock, summed by the
  * rounds. */
 typedef struct {
@@ -124,6 +191,7 @@ int main(void) {
   test_buf();
   test_arena();
   test_json_str_run();
+  test_json_check();
   test_bg();
   return tap_done();
 }

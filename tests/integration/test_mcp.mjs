@@ -656,6 +656,55 @@ test('a body that is not JSON is 400 with a -32700 JSON-RPC error from the gatew
   }
 });
 
+// A body the gateway's parser (cJSON: the first of two equal keys, strings
+// cut at \u0000) and the server's (JSON.parse: the last key, the whole
+// string) read differently would have the gateway check one call and the
+// server run another. Each is 400 with a -32600 JSON-RPC error and reaches
+// no server; the session keeps working.
+test('ambiguous JSON-RPC bodies (duplicate keys, also escaped, in a message, its params or a batch; \\u0000) are 400 -32600 and never reach the server', { timeout: 20000 }, async () => {
+  const env = rig();
+  try {
+    const ev = await env.everything();
+    const gw = await env.gateway(mcpConfig([ev]));
+    const url = `${gw.url}/mcp`;
+    const s = await rawSession(url, 'sk-alice', 'ambiguous', '2025-06-18');
+    const attacks = {
+      'duplicate params.name': `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"${DENIED}","arguments":{}}}`,
+      'escaped duplicate params.name': `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","n\\u0061me":"${DENIED}","arguments":{}}}`,
+      'duplicate method': `{"jsonrpc":"2.0","id":3,"method":"tools/list","method":"tools/call","params":{"name":"${DENIED}","arguments":{}}}`,
+      'two params objects': `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"message":"x"}},"params":{"name":"${DENIED}","arguments":{}}}`,
+      'duplicate id (the tools/list filter follows the first)': '{"jsonrpc":"2.0","id":5,"id":6,"method":"tools/list"}',
+      'duplicate params.name in a batch': `[{"jsonrpc":"2.0","id":7,"method":"tools/list"},{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","name":"${DENIED}","arguments":{}}}]`,
+      '\\u0000 in the tool name': `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo\\u0000${DENIED}","arguments":{}}}`,
+      '\\u0000 in a params key': `{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name\\u0000":"echo","name":"${DENIED}","arguments":{}}}`,
+    };
+    const before = ev.rec.records.length;
+    for (const [what, body] of Object.entries(attacks)) {
+      JSON.parse(body); // each is JSON as far as the server is concerned
+      const r = await post(url, body, { key: 'sk-alice', sid: s.sid, version: s.version });
+      assert.equal(r.status, 400, `${what}: ${r.status} ${r.text}`);
+      assert.match(r.contentType, /^application\/json/, what);
+      const e = JSON.parse(r.text);
+      assert.equal(e.jsonrpc, '2.0', what);
+      assert.equal(e.id, null, what);
+      assert.equal(e.error?.code, -32600, `${what}: ${r.text}`);
+      assert.equal(typeof e.error.message, 'string', what);
+    }
+    const tru = await post(url, '{"jsonrpc":"2.0","id":11,"method":"tools/list","params":{"cursor":tru}}', { key: 'sk-alice', sid: s.sid, version: s.version });
+    assert.equal(tru.status, 400, tru.text);
+    assert.equal(JSON.parse(tru.text).error?.code, -32700, `tru is not JSON: ${tru.text}`);
+    // The gateway decides before it forwards; this allowed call is the next
+    // thing the server sees.
+    const ok = await post(url, { jsonrpc: '2.0', id: 12, method: 'tools/call', params: { name: 'echo', arguments: { message: 'still here' } } }, { key: 'sk-alice', sid: s.sid, version: s.version });
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal(ok.messages.find((m) => m.id === 12)?.result?.content[0].text, 'Echo: still here');
+    const reached = ev.rec.records.slice(before).map((r) => r.rpc);
+    assert.deepEqual(reached, [[{ method: 'tools/call', id: 12, tool: 'echo' }]], `only the allowed call reached the server: ${JSON.stringify(reached)}`);
+  } finally {
+    await env.close();
+  }
+});
+
 // ---------------------------------------------------------------- 6
 
 test('GET streams: at most max_streams per tenant (429 beyond, before the server), freed on close; not counted as in-flight, while POSTs are', { timeout: 20000 }, async () => {

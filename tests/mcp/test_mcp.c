@@ -29,6 +29,37 @@ static void test_inspect(void) {
                 !b.msgs[2].method,
             "notification without id, tools/call without a name is the empty tool, a response has no method");
   ob_mcp_body_dispose(&b);
+  /* Ambiguous bodies: cJSON reads the first of two keys, the servers the
+   * last, so the gateway would check another tool than the server calls. */
+  static const char *const ambiguous[][2] = {
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search\",\"name\":\"delete_all\"}}",
+       "duplicate params.name"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"method\":\"tools/call\",\"params\":{\"name\":\"delete_all\"}}",
+       "duplicate method"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search\"},\"params\":{\"name\":\"delete_all\"}}",
+       "two params objects"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search\",\"n\\u0061me\":\"delete_all\"}}",
+       "an escaped duplicate params.name"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"id\":2,\"method\":\"tools/list\"}", "duplicate id (the tools/list filter matches ids)"},
+      {"[{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"},"
+       "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search\",\"name\":\"delete_all\"}}]",
+       "duplicate params.name in a batch"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search\\u0000delete_all\"}}",
+       "\\u0000 in the tool name"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\\u0000\":\"search\",\"name\":\"delete_all\"}}",
+       "\\u0000 in a params key"},
+  };
+  for (size_t i = 0; i < sizeof ambiguous / sizeof ambiguous[0]; i++) {
+    TAP_EQ_INT(ob_mcp_inspect(ambiguous[i][0], strlen(ambiguous[i][0]), &b), -32600, ambiguous[i][1]);
+    TAP_CHECK(b.why && !b.root && !b.msgs, "%s: a reason, nothing to dispose", ambiguous[i][1]);
+  }
+  const char *tru = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{\"x\":tru}}";
+  TAP_EQ_INT(ob_mcp_inspect(tru, strlen(tru), &b), -32700, "tru: parse error");
+  const char *args = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\","
+                     "\"arguments\":{\"k\":1,\"k\":2,\"s\":\"a\\u0000b\"}}}";
+  TAP_EQ_INT(ob_mcp_inspect(args, strlen(args), &b), 0, "the tool's own arguments are not read: duplicates there pass");
+  TAP_CHECK(b.n == 1 && strcmp(b.msgs[0].tool, "echo") == 0, "and the tool is read");
+  ob_mcp_body_dispose(&b);
   char *tools[] = {"echo", "add"};
   ob_config_mcp_tools_t allow = {"everything", tools, 2};
   TAP_CHECK(ob_mcp_tool_allowed(&allow, "add") && !ob_mcp_tool_allowed(&allow, "secret") &&

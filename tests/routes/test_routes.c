@@ -20,6 +20,26 @@ static void test_scan(void) {
   TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT(" {\"n\": -1.5e3, \"t\": true, \"model\": null}\n"), OB_IOV_LIT("model"), &m), 1,
              "numbers, literals");
   TAP_CHECK(ob_iov_eq(m.value, OB_IOV_LIT("null")), "literal span");
+  /* Keys compare decoded, and an ambiguous object has no answer. */
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"model\":\"sim-model\",\"mod\\u0065l\":\"llama-3-8b\"}"),
+                                 OB_IOV_LIT("model"), &m),
+             -1, "an escaped duplicate key is ambiguous");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"stream\":false,\"model\":\"a\",\"str\\u0065am\":true}"),
+                                 OB_IOV_LIT("model"), &m),
+             -1, "any duplicate top-level key is ambiguous, not only the one asked for");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"mod\\u0065l\":\"x\"}"), OB_IOV_LIT("model"), &m), 1,
+             "an escaped key is found decoded");
+  TAP_CHECK(ob_iov_eq(m.value, OB_IOV_LIT("\"x\"")) && ob_iov_eq(m.key, OB_IOV_LIT("mod\\u0065l")), "its raw spans");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"model\":\"sim-model\\u0000llama\"}"), OB_IOV_LIT("model"), &m), -1,
+             "\\u0000 in the model name: no answer (a tree would read it cut short)");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"model\\u0000\":\"a\"}"), OB_IOV_LIT("model"), &m), -1,
+             "\\u0000 in a top-level key: no answer");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"a\":tru,\"model\":\"x\"}"), OB_IOV_LIT("model"), &m), -1,
+             "tru is not a literal");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"a\":[nul],\"model\":\"x\"}"), OB_IOV_LIT("model"), &m), -1,
+             "nor is nul, nested");
+  TAP_EQ_INT(ob_json_find_member(OB_IOV_LIT("{\"a\":{\"k\":1,\"k\":2},\"model\":\"x\"}"), OB_IOV_LIT("model"), &m), 1,
+             "duplicates below the top level are not read and pass");
   char deep[600];
   memset(deep, '[', 300);
   memset(deep + 300, ']', 300);
@@ -102,8 +122,10 @@ static void test_infer_scan(void) {
   TAP_CHECK(ob_json_infer_scan(OB_IOV_LIT("{\"input\":[\"ab\",\"\\ud83d\\ude00\"],\"max_tokens\":\"x\"}"), &sc) &&
                 sc.text_chars == 6 && sc.has_input && !sc.mt_number && sc.model_count == 0,
             "embeddings input, surrogate pair is 4 bytes, a string max_tokens is not a number");
-  TAP_CHECK(ob_json_infer_scan(OB_IOV_LIT("{\"model\":\"a\",\"model\":\"b\"}"), &sc) && sc.model_count == 2,
-            "duplicate model members are counted");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"model\":\"a\",\"model\":\"b\"}"), &sc), "duplicate model: give up");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"max_tokens\":1,\"model\":\"a\",\"max_tokens\":100000}"), &sc),
+            "duplicate max_tokens (the upstream reads the last): give up");
+  TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"stream\":false,\"stream\":true}"), &sc), "duplicate stream: give up");
   TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"model\":\"a\"} x"), &sc), "trailing bytes: give up");
   TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"mod\\u0065l\":\"a\"}"), &sc), "escaped key: give up");
   TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"prompt\":\"a\\u0000b\"}"), &sc), "\\u0000: give up");

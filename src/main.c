@@ -50,6 +50,10 @@ static ob_config_t *load_or_report(const char *path, bool summary) {
 static int check_config(const char *path) {
   ob_config_t *c = load_or_report(path, true);
   if (!c) return 1;
+  if (!ob_net_tls_check(c)) {
+    ob_config_release(c);
+    return 1;
+  }
   printf("%s: ok\n", path);
   ob_config_release(c);
   return 0;

@@ -276,6 +276,14 @@ ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq
 ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx,
                                const ob_net_t *first);
 
+/* Whether every TLS context cfg (borrowed for the call) asks for can be
+ * built: each TLS listener's certificate chain and key load and match,
+ * each https upstream's CA bundle loads. Logs each failure (listener or
+ * upstream, file, OpenSSL's reason) and returns false; binds nothing. For
+ * --check-config, which would otherwise pass a file that exists but is not
+ * a certificate. */
+bool ob_net_tls_check(const ob_config_t *cfg);
+
 /* The address listener i is bound to ("127.0.0.1:43121"), for ephemeral
  * ports; borrowed from the net. */
 const char *ob_net_listener_address(const ob_net_t *n, size_t i);

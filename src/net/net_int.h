@@ -161,4 +161,8 @@ void ob_net_client_close(ob_client_conn_t *c);
 /* Called by a connection when it is gone, so shutdown can finish. */
 void ob_net_conn_gone(ob_net_t *n);
 
+/* Whether cfg's TLS client context (its CA bundle) can be built; logs why
+ * not. For --check-config; true for an upstream without https endpoints. */
+bool ob_net_up_tls_check(const ob_config_upstream_t *cfg);
+
 #endif /* OB_NET_INT_H */

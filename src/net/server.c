@@ -288,6 +288,18 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
   return ctx;
 }
 
+bool ob_net_tls_check(const ob_config_t *cfg) {
+  bool ok = true;
+  for (size_t i = 0; i < cfg->num_listeners; i++) {
+    if (!cfg->listeners[i].tls) continue;
+    SSL_CTX *ctx = server_tls(&cfg->listeners[i]);
+    if (!ctx) ok = false;
+    SSL_CTX_free(ctx);
+  }
+  for (size_t i = 0; i < cfg->num_upstreams; i++) ok &= ob_net_up_tls_check(&cfg->upstreams[i]);
+  return ok;
+}
+
 /* ---------------------------------------------------------------- the net */
 
 /* The port at the end of a bound address ("127.0.0.1:8080", "[::1]:8080"). */

@@ -743,6 +743,15 @@ static SSL_CTX *tls_client_ctx(const ob_config_upstream_t *cfg, bool h2) {
   return ctx;
 }
 
+bool ob_net_up_tls_check(const ob_config_upstream_t *cfg) {
+  bool tls = false;
+  for (size_t i = 0; i < cfg->num_endpoints; i++) tls |= cfg->endpoints[i].tls;
+  if (!tls) return true;
+  SSL_CTX *ctx = tls_client_ctx(cfg, false);
+  SSL_CTX_free(ctx);
+  return ctx != NULL;
+}
+
 ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *cfg) {
   ob_upstream_t *up = ob_xcalloc(1, sizeof *up);
   up->net = n;

@@ -4,7 +4,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { OBLETH, run, tempDir } from './lib.mjs';
+import { OBLETH, makeCerts, run, tempDir } from './lib.mjs';
 
 test('--version prints the version', async () => {
   const r = await run(OBLETH, ['--version']);
@@ -78,6 +78,36 @@ test('a TLS file that is not PEM stops start-up with OpenSSL\'s reason, never "(
   assert.equal(r.code, 1);
   assert.match(r.stderr, /cannot load certificate \S+bad\.pem: no start line/);
   assert.doesNotMatch(r.stderr, /\(null\)/);
+});
+
+test('--check-config loads TLS files as start-up does: not PEM, a key of another certificate, a bad CA bundle', async () => {
+  const c = await makeCerts();
+  const d = tempDir();
+  writeFileSync(join(d, 'bad.pem'), 'garbage\n');
+  const p = join(d, 'tls.json');
+  const cfg = (listener, ca) => ({
+    listeners: [{ address: '127.0.0.1:0', tls: listener }],
+    upstreams: [{ name: 'a', endpoints: ['https://127.0.0.1:1'], tls_ca: ca }],
+    routes: [],
+  });
+  const check = async (o) => { writeFileSync(p, JSON.stringify(o)); return run(OBLETH, ['--check-config', p]); };
+
+  let r = await check(cfg({ cert: c.cert, key: c.key }, c.ca));
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /: ok$/m);
+
+  r = await check(cfg({ cert: 'bad.pem', key: c.key }, c.ca));
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /listener 127\.0\.0\.1:0: cannot load certificate \S+bad\.pem: no start line/);
+
+  r = await check(cfg({ cert: c.ca, key: c.key }, c.ca)); // the CA's certificate with the server's key
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /cannot load key \S+server\.key: \S/);
+
+  r = await check(cfg({ cert: c.cert, key: c.key }, join(d, 'bad.pem')));
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /upstream a: cannot load CA certificates \S+bad\.pem/);
+  for (const e of [r.stderr]) assert.doesNotMatch(e, /\(null\)/);
 });
 
 test('unknown command line is a usage error', async () => {

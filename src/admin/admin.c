@@ -171,22 +171,41 @@ static void purge(ob_admin_t *a, admin_req_t *req, const char *query) {
     reply_error(req, 404, "no cache is configured (or it could not be opened)");
     return;
   }
+  /* Nothing (every entry) or exactly one non-empty tenant=NAME. A query
+   * evhttp cannot parse ("tenant=bob&x") comes back empty, and a misspelt
+   * key is not found: both read as "no tenant" and wiped every tenant's
+   * entries where one tenant's were asked for. */
   struct evkeyvalq q;
   TAILQ_INIT(&q);
-  if (query) evhttp_parse_query_str(query, &q);
-  const char *tenant = evhttp_find_header(&q, "tenant");
-  char scope[300];
-  if (tenant) snprintf(scope, sizeof scope, "t:%s", tenant);
-  ob_cache_store_purge(a->cache, tenant ? scope : NULL);
-  ob_log_info("admin: cache purge %s", tenant ? scope : "(all)");
+  const char *tenant = NULL;
+  bool ok = !query || evhttp_parse_query_str(query, &q) == 0;
+  for (struct evkeyval *kv = q.tqh_first; ok && kv; kv = kv->next.tqe_next) {
+    ok = strcmp(kv->key, "tenant") == 0 && !tenant && kv->value[0];
+    tenant = kv->value;
+  }
+  if (!ok) {
+    evhttp_clear_headers(&q);
+    reply_error(req, 400, "expected no query (purge everything) or exactly one ?tenant=NAME");
+    return;
+  }
+  ob_buf_t scope;
+  ob_buf_init(&scope);
+  if (tenant) {
+    ob_buf_append_str(&scope, "t:");
+    ob_buf_append_str(&scope, tenant);
+    ob_buf_append(&scope, "", 1);
+  }
   evhttp_clear_headers(&q);
+  ob_cache_store_purge(a->cache, tenant ? scope.base : NULL);
+  ob_log_info("admin: cache purge %s", tenant ? scope.base : "(all)");
   ob_buf_t b;
   ob_buf_init(&b);
   ob_buf_append_str(&b, "{\"purged\":");
-  ob_buf_append_json_str(&b, ob_iov_str(tenant ? scope : "*"));
+  ob_buf_append_json_str(&b, ob_iov_str(tenant ? scope.base : "*"));
   ob_buf_append_str(&b, "}");
   reply_buf(req, 200, "application/json", &b);
   ob_buf_dispose(&b);
+  ob_buf_dispose(&scope);
 }
 
 /* 200 {"reloaded":true}, or 400 with every reason (an invalid file changes

@@ -350,6 +350,44 @@ test('PUT bodies are parsed strictly (trailing data, repeated keys: 400); the pu
   }
 });
 
+test('a purge query other than none or one ?tenant=NAME is 400 and purges nothing', { timeout: 30000 }, async () => {
+  const r = await rig({}, { cache: { path: join(tempDir(), 'cache.mdb') } });
+  try {
+    const ask = async () => {
+      const res = await curl(['--http1.1', '-i', '-H', 'content-type: application/json', '-H', 'authorization: Bearer sk-alice',
+        '--data-binary', JSON.stringify(chatBody({ max_tokens: 4, temperature: 0 })), r.gw.url + '/v1/chat/completions']);
+      assert.equal(res.status, 200, res.body);
+      return (res.body.match(/^x-obleth-cache: *(\S+)/mi) || [])[1];
+    };
+    const purge = async (query) => {
+      const res = await fetch(`${r.gw.adminUrl}/admin/cache/purge${query}`, {
+        method: 'POST', headers: { authorization: `Bearer ${TOKEN}` },
+      });
+      return { status: res.status, json: await res.json() };
+    };
+    assert.equal(await ask(), 'miss');
+    assert.equal(await ask(), 'hit');
+    // evhttp's query parser gives up on "tenant=alice&x" (a key without "=")
+    // and a misspelt key is not found: either read as "purge everything".
+    for (const q of ['?tenant=bob&x', '?tennant=bob', '?tenant=', '?tenant=bob&tenant=alice', '?tenant=bob&all=1', '?Tenant=bob']) {
+      const res = await purge(q);
+      assert.equal(res.status, 400, `${q}: ${JSON.stringify(res.json)}`);
+      assert.match(res.json.error.message, /tenant=NAME/, `${q}: ${JSON.stringify(res.json)}`);
+      assert.equal(await ask(), 'hit', `${q} purged alice's entry`);
+    }
+    let res = await purge('?tenant=bob');
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    assert.equal(await ask(), 'hit', "a purge of bob keeps alice's entry");
+    res = await purge(`?tenant=${'x'.repeat(400)}`);
+    assert.deepEqual(res.json, { purged: `t:${'x'.repeat(400)}` }, 'a long name is not cut short');
+    res = await purge('?tenant=alice');
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    assert.equal(await ask(), 'miss');
+  } finally {
+    await r.close();
+  }
+});
+
 test('--check-config: admin limits are validated with their JSON path', { timeout: 30000 }, async () => {
   const dir = tempDir();
   const base = {

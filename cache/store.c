@@ -235,12 +235,10 @@ static void apply_purge(ob_cache_store_t *s, MDB_txn *txn, const char *scope) {
 static void apply_batch(ob_cache_store_t *s, op_t *ops) {
   uint64_t now = ob_clock_wall_ms();
   uint64_t evicted = 0, expired = 0, errors = 0;
+  bool committed = false;
   for (int attempt = 0; attempt < 4; attempt++) {
     MDB_txn *txn;
-    if (mdb_txn_begin(s->env, NULL, 0, &txn) != 0) {
-      errors++;
-      break;
-    }
+    if (mdb_txn_begin(s->env, NULL, 0, &txn) != 0) break;
     int rc = 0;
     for (op_t *o = ops; o && rc == 0; o = o->next) {
       if (o->kind == OP_PUT) {
@@ -261,16 +259,12 @@ static void apply_batch(ob_cache_store_t *s, op_t *ops) {
       uint64_t n;
       used_bytes(s, txn, &n);
       size_t went = drop_oldest(s, txn, (size_t)(n / 4) + 1, 0);
-      if (mdb_txn_commit(txn) != 0 || went == 0) {
-        errors++;
-        break;
-      }
+      if (mdb_txn_commit(txn) != 0 || went == 0) break;
       evicted += went;
       continue;
     }
     if (rc != 0) {
       mdb_txn_abort(txn);
-      errors++;
       break;
     }
     /* Keep room so that the next batch does not hit MAP_FULL. */
@@ -280,8 +274,25 @@ static void apply_batch(ob_cache_store_t *s, op_t *ops) {
       evicted += drop_oldest(s, txn, drop, 0);
     }
     expired += drop_oldest(s, txn, SIZE_MAX, now);
-    if (mdb_txn_commit(txn) != 0) errors++;
+    committed = mdb_txn_commit(txn) == 0;
     break;
+  }
+  if (!committed) {
+    /* The batch is lost (its puts counted as one error; the last try
+     * above may also have ended on MAP_FULL), but its purges must still
+     * happen: below they leave the pending list, and gets stop hiding
+     * what they cover. Deletions alone fit where the batch did not. */
+    errors++;
+    MDB_txn *txn;
+    bool purges = false;
+    for (op_t *o = ops; o; o = o->next) purges |= o->kind == OP_PURGE;
+    if (purges && mdb_txn_begin(s->env, NULL, 0, &txn) == 0) {
+      for (op_t *o = ops; o; o = o->next)
+        if (o->kind == OP_PURGE) apply_purge(s, txn, o->scope);
+      if (mdb_txn_commit(txn) != 0) errors++;
+    } else if (purges) {
+      errors++;
+    }
   }
   MDB_txn *txn;
   uint64_t n = 0, used = 0;

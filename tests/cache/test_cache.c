@@ -293,11 +293,51 @@ static void test_store_ordering(void) {
   remove_dir(dir);
 }
 
+/* A batch the writer cannot commit (a put larger than the whole map fails
+ * with MAP_FULL however much is evicted) still carries out the purge queued
+ * in it: the purge stops hiding its entries once the writer is done with
+ * it, so whatever it did not delete would be served again. */
+static void test_store_failed_batch(void) {
+  char dir[25], path[128];
+  temp_file(dir, path);
+  const char *why = NULL;
+  ob_cache_store_t *s = ob_cache_store_open(path, 1 << 20, &why);
+  if (!s) abort();
+  uint64_t now = (uint64_t)time(NULL) * 1000;
+  char name[16];
+  for (int i = 0; i < 64; i++) {
+    snprintf(name, sizeof name, "a%d", i);
+    put(s, name, "t:a", 100, now + 60000 + (uint64_t)i);
+  }
+  ob_cache_store_sync(s);
+  /* The writer takes what is queued once, then waits for the lock: the
+   * purge shares a batch with one of the two oversized puts. */
+  pid_t pid;
+  int go = hold_writer(path, &pid);
+  put(s, "huge1", "t:b", 2u << 20, now + 60000);
+  ob_cache_store_purge(s, "t:a");
+  put(s, "huge2", "t:b", 2u << 20, now + 60000);
+  release(go, pid);
+  ob_cache_store_sync(s);
+  int hits = 0;
+  for (int i = 0; i < 64; i++) {
+    snprintf(name, sizeof name, "a%d", i);
+    hits += get(s, name, now);
+  }
+  TAP_CHECK(hits == 0, "a purge in a batch that failed still deleted its entries (%d of 64 served again)", hits);
+  ob_cache_stats_t st;
+  ob_cache_store_stats(s, &st);
+  TAP_CHECK(st.write_errors >= 1, "the failed batch is counted (%llu)", (unsigned long long)st.write_errors);
+  ob_cache_store_close(s);
+  remove_dir(dir);
+}
+
 int main(void) {
   test_canonical();
   test_keys();
   test_entry();
   test_store();
   test_store_ordering();
+  test_store_failed_batch();
   return tap_done();
 }

@@ -254,6 +254,10 @@ bool ob_routes_cache_prepare(ob_exchange_t *x, ob_routes_t *t, const ob_config_r
     }
   }
   mark(x, "miss");
+  /* The entry is replayed with its Content-Type only, to clients that may
+   * not accept a coding another one asked for (followers too): ask the
+   * upstream for the plain bytes. */
+  ob_exchange_replace_header(x, "accept-encoding", OB_IOV_LIT("identity"));
   c->leader = true;
   c->next = *bucket(t, &c->key);
   *bucket(t, &c->key) = c;
@@ -264,8 +268,13 @@ void ob_routes_cache_head(ob_exchange_t *x, cache_x_t *c, int status, const ob_h
   if (!c || !c->leader) return;
   c->status = status;
   c->head_seen = true;
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     if (ob_iov_eq_str_nocase(h[i].name, "content-type")) c->ctype = ob_arena_dup(x->arena, h[i].value);
+    /* Asked for identity (prepare); an upstream that codes anyway is not
+     * stored: the coding is not part of the entry. */
+    if (ob_iov_eq_str_nocase(h[i].name, "content-encoding") && !ob_iov_eq_str_nocase(ob_iov_trim(h[i].value), "identity"))
+      c->overflow = true;
+  }
   if (status != 200) c->overflow = true; /* only 200s are stored; followers still get this answer */
   for (cache_x_t *f = c->followers; f; f = f->fnext) follower_head(f, c);
 }

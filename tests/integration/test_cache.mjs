@@ -968,3 +968,44 @@ test('the key covers the upstream model: a reload that points an alias at anothe
     await r$.close();
   }
 });
+
+test('an upstream that compresses for one client is asked for identity: the entry is served to every client as plain bytes', { timeout: 30000 }, async () => {
+  const { gzipSync } = await import('node:zlib');
+  const asked = [];
+  const up = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => {
+      asked.push(req.headers['accept-encoding']);
+      const json = JSON.stringify({ id: 'chatcmpl-1', object: 'chat.completion', model: 'sim-model',
+        choices: [{ index: 0, message: { role: 'assistant', content: `answer to ${body.length} bytes` }, finish_reason: 'stop' }] });
+      if (/\bgzip\b/.test(req.headers['accept-encoding'] ?? '')) {
+        const z = gzipSync(json);
+        res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip', 'content-length': z.length });
+        res.end(z);
+      } else {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(json) });
+        res.end(json);
+      }
+    });
+  });
+  await new Promise((r) => up.listen(0, '127.0.0.1', r));
+  const r$ = rig();
+  try {
+    const gw = await r$.gateway(config({ url: `http://127.0.0.1:${up.address().port}` }));
+    const body = chatBody({ messages: [{ role: 'user', content: 'compressed upstream' }] });
+    // curl without --compressed: what it receives is printed as it came.
+    const gz = await post(gw, body, { headers: ['accept-encoding: gzip'] });
+    assert.equal(gz.status, 200, gz.body);
+    assert.equal(gz.cache, 'miss');
+    assert.equal(asked.length, 1);
+    assert.ok(!/gzip/.test(asked[0] ?? ''), `the upstream was asked for identity, not ${asked[0]}`);
+    assert.equal(hdr(gz.head, 'content-encoding'), undefined, gz.head);
+    const plain = await post(gw, body);
+    assert.equal(plain.cache, 'hit');
+    assert.equal(hdr(plain.head, 'content-encoding'), undefined, plain.head);
+    assert.match(JSON.parse(plain.payload).choices[0].message.content, /^answer to /, 'plain JSON for a client that asked for no coding');
+  } finally {
+    try { await r$.close(); } finally { up.close(); up.closeAllConnections?.(); }
+  }
+});

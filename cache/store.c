@@ -475,9 +475,12 @@ void ob_cache_store_put(ob_cache_store_t *s, const ob_cache_key_t *key, const vo
   o->len = len;
   memcpy(o->data, entry, len);
   ob_bg_lock(&s->writer);
-  if (gen != s->gen || s->queued_bytes + len > QUEUE_MAX_BYTES) {
+  if (gen != s->gen || s->queued_bytes + len > QUEUE_MAX_BYTES || len > s->map_bytes / 4) {
     /* Produced before a purge: dropped, as if it had been purged. Over the
-     * bound: the disk is behind, counted. */
+     * bound: the disk is behind, counted. Over a quarter of the map (what
+     * one eviction round frees): it may never fit, and every try to make
+     * room for it would evict a quarter of the cache and lose its batch;
+     * counted. */
     if (gen == s->gen) s->stats.write_errors++;
     ob_bg_unlock(&s->writer);
     free(o);

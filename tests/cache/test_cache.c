@@ -293,8 +293,8 @@ static void test_store_ordering(void) {
   remove_dir(dir);
 }
 
-/* A batch the writer cannot commit (a put larger than the whole map fails
- * with MAP_FULL however much is evicted) still carries out the purge queued
+/* A batch the writer cannot commit (puts that together exceed the whole
+ * map fail with MAP_FULL however much is evicted) still carries out the purge queued
  * in it: the purge stops hiding its entries once the writer is done with
  * it, so whatever it did not delete would be served again. */
 static void test_store_failed_batch(void) {
@@ -311,12 +311,19 @@ static void test_store_failed_batch(void) {
   }
   ob_cache_store_sync(s);
   /* The writer takes what is queued once, then waits for the lock: the
-   * purge shares a batch with one of the two oversized puts. */
+   * purge shares a batch with one of the two runs of puts, each over the
+   * map. */
   pid_t pid;
   int go = hold_writer(path, &pid);
-  put(s, "huge1", "t:b", 2u << 20, now + 60000);
+  for (int i = 0; i < 5; i++) {
+    snprintf(name, sizeof name, "before%d", i);
+    put(s, name, "t:b", 250u << 10, now + 60000);
+  }
   ob_cache_store_purge(s, "t:a");
-  put(s, "huge2", "t:b", 2u << 20, now + 60000);
+  for (int i = 0; i < 5; i++) {
+    snprintf(name, sizeof name, "after%d", i);
+    put(s, name, "t:b", 250u << 10, now + 60000);
+  }
   release(go, pid);
   ob_cache_store_sync(s);
   int hits = 0;
@@ -328,6 +335,22 @@ static void test_store_failed_batch(void) {
   ob_cache_stats_t st;
   ob_cache_store_stats(s, &st);
   TAP_CHECK(st.write_errors >= 1, "the failed batch is counted (%llu)", (unsigned long long)st.write_errors);
+  /* An entry that cannot fit is refused at once: it costs no entry. */
+  for (int i = 0; i < 16; i++) {
+    snprintf(name, sizeof name, "c%d", i);
+    put(s, name, "t:c", 100, now + 60000 + (uint64_t)i);
+  }
+  put(s, "huge3", "t:c", 2u << 20, now + 60000);
+  ob_cache_store_sync(s);
+  hits = 0;
+  for (int i = 0; i < 16; i++) {
+    snprintf(name, sizeof name, "c%d", i);
+    hits += get(s, name, now);
+  }
+  ob_cache_stats_t st2;
+  ob_cache_store_stats(s, &st2);
+  TAP_CHECK(hits == 16 && !get(s, "huge3", now) && st2.write_errors == st.write_errors + 1,
+            "an entry larger than the map is refused and counted; nothing was evicted for it (%d of 16 kept)", hits);
   ob_cache_store_close(s);
   remove_dir(dir);
 }

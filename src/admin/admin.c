@@ -178,7 +178,8 @@ static void purge(ob_admin_t *a, admin_req_t *req, const char *query) {
   struct evkeyvalq q;
   TAILQ_INIT(&q);
   const char *tenant = NULL;
-  bool ok = !query || evhttp_parse_query_str(query, &q) == 0;
+  /* A %00 would cut the decoded name short ("a%00b" purging tenant a). */
+  bool ok = !query || (!strstr(query, "%00") && evhttp_parse_query_str(query, &q) == 0);
   for (struct evkeyval *kv = q.tqh_first; ok && kv; kv = kv->next.tqe_next) {
     ok = strcmp(kv->key, "tenant") == 0 && !tenant && kv->value[0];
     tenant = kv->value;

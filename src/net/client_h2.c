@@ -467,6 +467,19 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
   return 0;
 }
 
+/* A HEADERS frame nghttp2 answered with RST_STREAM before the stream was
+ * ever ours (REFUSED_STREAM past a SETTINGS_MAX_CONCURRENT_STREAMS the
+ * client had not acknowledged yet): the client opened that stream and may
+ * have its trailers in flight, as for a stream closed early. */
+static int on_invalid_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, int lib_error_code, void *arg) {
+  h2_conn_t *h = arg;
+  (void)lib_error_code;
+  int32_t id = frame->hd.stream_id;
+  if (frame->hd.type == NGHTTP2_HEADERS && (id & 1) && id <= h->max_stream_id && !nghttp2_session_get_stream_user_data(s, id))
+    h->left_open[h->left_open_next++ % LEFT_OPEN] = id;
+  return 0;
+}
+
 static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t error_code, void *arg) {
   (void)error_code;
   h2_conn_t *h = arg;
@@ -775,6 +788,7 @@ void ob_net_h2_start(ob_client_conn_t *c) {
   nghttp2_session_callbacks_set_send_callback(cb, send_cb);
   nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
   nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame_recv);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);

@@ -224,6 +224,29 @@ test('§5.1.2: a stream past SETTINGS_MAX_CONCURRENT_STREAMS is refused', async 
   s.destroy();
 });
 
+// A refused stream was opened all the same (RFC 9113 §5.1.1, §8.7): the
+// client may have sent its trailers before the RST_STREAM reached it, and
+// they must not cost the streams the connection still serves. A client that
+// has not acknowledged the server's SETTINGS yet is refused with
+// RST_STREAM REFUSED_STREAM (after the acknowledgement, nghttp2 makes it a
+// connection error).
+test('§5.1.2: trailers on a stream refused past SETTINGS_MAX_CONCURRENT_STREAMS are ignored', async () => {
+  const s = await h2({ settings: [[4, 0]], ack: false });
+  await s.next((f) => f.type === T.SETTINGS && (f.flags & F.ACK), 'the ACK of our SETTINGS');
+  s.write(Buffer.concat([headers(1, GET()), headers(3, GET())]));
+  await s.next((f) => f.type === T.HEADERS && f.id === 3, 'the second response head');
+  s.write(headers(5, requestBlock('POST', '/sim/stats'), F.END_HEADERS));
+  const f = await s.next((x) => (x.type === T.RST_STREAM && x.id === 5) || x.type === T.GOAWAY, 'the third stream refused');
+  assert.equal(f.type, T.RST_STREAM, summary(s));
+  assert.equal(f.payload.readUInt32BE(0), E.REFUSED_STREAM, summary(s));
+  s.write(headers(5, hpLit('x-trailer', '1')));
+  await alive(s, 'trailers on refused stream 5');
+  s.write(windowUpdate(1, 1 << 20));
+  s.write(windowUpdate(0, 1 << 20));
+  assert.equal(await response(s, 1), 200);
+  s.destroy();
+});
+
 // ---------------------------------------------------------------- §6 frame definitions
 
 test('§6.1/§6.2: DATA and HEADERS on stream 0 are connection errors PROTOCOL_ERROR', async () => {

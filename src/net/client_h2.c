@@ -79,6 +79,7 @@ struct h2_conn {
   h2_req_t *streams;          /* nghttp2_session_del does not report open streams, so we keep them */
   size_t num_streams;
   bool goaway_sent;
+  int32_t goaway_last_id;     /* the last stream id that GOAWAY named */
   bool in_recv;
   bool calm;                  /* closing for too many client resets */
   bool lingering;             /* session over, GOAWAY written: draining input until the client closes */
@@ -459,6 +460,9 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
     h->max_stream_id = hd->stream_id;
     return 0;
   }
+  /* Past our GOAWAY's last stream id, the client opened streams before it
+   * read the GOAWAY; nghttp2 ignores them (RFC 9113 6.8), trailers too. */
+  if (h->goaway_sent && hd->stream_id > h->goaway_last_id) return 0;
   if (nghttp2_session_find_stream(s, hd->stream_id)) return 0;
   for (unsigned i = 0; i < LEFT_OPEN; i++)
     if (h->left_open[i] == hd->stream_id) return 0;
@@ -840,9 +844,9 @@ void ob_net_h2_drain(ob_client_conn_t *c) {
   }
   if (h->goaway_sent) return;
   h->goaway_sent = true;
+  h->goaway_last_id = nghttp2_session_get_last_proc_stream_id(h->session);
   /* Streams already started finish; no new ones are accepted. */
-  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->session),
-                        NGHTTP2_NO_ERROR, NULL, 0);
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, h->goaway_last_id, NGHTTP2_NO_ERROR, NULL, 0);
   if (h->num_streams == 0) nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
   schedule_flush(h);
 }

@@ -439,6 +439,27 @@ test('a queued response\'s idle deadline is not restarted by the client\'s frame
   s.destroy();
 }));
 
+test('while draining, trailers on a stream opened after the GOAWAY was sent do not end the connection', () => deadlineGateway(async (g) => {
+  // Stream 3 crossed the GOAWAY on the wire: the gateway ignores it (RFC
+  // 9113 6.8), and its trailers too, while stream 1 finishes. The zero
+  // window holds stream 1's body until the client opens it.
+  const s = await h2({ port: g.port, settings: [[4, 0]] });
+  s.write(headers(1, GET()));
+  await s.next((f) => f.type === T.HEADERS && f.id === 1, 'the response head');
+  g.proc.kill('SIGTERM');
+  const goaway = await s.next((f) => f.type === T.GOAWAY, 'the GOAWAY of the drain');
+  assert.equal(goaway.payload.readUInt32BE(4), E.NO_ERROR);
+  s.write(headers(3, requestBlock('POST', '/sim/stats'), F.END_HEADERS));
+  s.write(headers(3, hpLit('x-trailer', '1')));
+  await alive(s, 'trailers on ignored stream 3');
+  s.write(Buffer.concat([windowUpdate(1, 1 << 20), windowUpdate(0, 1 << 20)]));
+  assert.equal(await response(s, 1), 200);
+  assert.equal(s.frames.filter((f) => f.type === T.GOAWAY).length, 1, summary(s));
+  s.destroy();
+  const exit = await new Promise((r) => (g.proc.exitInfo ? r(g.proc.exitInfo) : g.proc.once('exit', (code, sig) => r({ code, sig }))));
+  assert.equal(exit.code, 0);
+}));
+
 test('the gateway keeps serving after all of the above', async () => {
   const s = await h2();
   s.write(headers(1, GET()));

@@ -119,7 +119,7 @@ static bool key(js_t *s, ob_iov_t *k) {
 
 /*
  * One value. text >= 0: its strings count toward *chars at that text depth
- * (strings directly, arrays element by element, objects through their first
+ * (strings directly, arrays element by element, objects through all their
  * "content" and "text" members), as deep as TEXT_DEPTH.
  */
 static bool val(js_t *s, int depth, int text, uint64_t *chars) {
@@ -158,18 +158,13 @@ static bool val(js_t *s, int depth, int text, uint64_t *chars) {
       s->p++;
       return true;
     }
-    bool seen_content = false, seen_text = false;
     for (;;) {
       ob_iov_t k;
       if (s->p >= s->end || *s->p != '"' || !key(s, &k)) return false;
-      int t = -1;
-      if (KEY_IS(k, "content")) {
-        if (!seen_content) t = sub;
-        seen_content = true;
-      } else if (KEY_IS(k, "text")) {
-        if (!seen_text) t = sub;
-        seen_text = true;
-      }
+      /* Every "content" and "text" counts, a repeated one too: the upstream
+       * reads the last of two equal keys, cJSON the first, and text must
+       * not hide from the estimate behind the one counted. */
+      int t = KEY_IS(k, "content") || KEY_IS(k, "text") ? sub : -1;
       if (!val(s, depth + 1, t, chars)) return false;
       ws(s);
       if (s->p >= s->end) return false;
@@ -258,8 +253,10 @@ static uint64_t tree_chars(const cJSON *v, int depth) {
     const cJSON *e;
     cJSON_ArrayForEach(e, v) n += tree_chars(e, depth + 1);
   } else if (cJSON_IsObject(v)) {
-    n += tree_chars(cJSON_GetObjectItemCaseSensitive(v, "content"), depth + 1);
-    n += tree_chars(cJSON_GetObjectItemCaseSensitive(v, "text"), depth + 1);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+      if (strcmp(e->string, "content") == 0 || strcmp(e->string, "text") == 0) n += tree_chars(e, depth + 1);
+    }
   }
   return n;
 }

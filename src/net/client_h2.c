@@ -79,6 +79,7 @@ struct h2_conn {
   h2_req_t *streams;          /* nghttp2_session_del does not report open streams, so we keep them */
   size_t num_streams;
   bool goaway_sent;
+  int32_t goaway_last_id;     /* the last stream id that GOAWAY named */
   bool in_recv;
   bool calm;                  /* closing for too many client resets */
   bool lingering;             /* session over, GOAWAY written: draining input until the client closes */
@@ -459,11 +460,27 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
     h->max_stream_id = hd->stream_id;
     return 0;
   }
+  /* Past our GOAWAY's last stream id, the client opened streams before it
+   * read the GOAWAY; nghttp2 ignores them (RFC 9113 6.8), trailers too. */
+  if (h->goaway_sent && hd->stream_id > h->goaway_last_id) return 0;
   if (nghttp2_session_find_stream(s, hd->stream_id)) return 0;
   for (unsigned i = 0; i < LEFT_OPEN; i++)
     if (h->left_open[i] == hd->stream_id) return 0;
   ob_log_debug("%s: HEADERS on stream %d after stream %d; closing", h->c->peer, hd->stream_id, h->max_stream_id);
   nghttp2_session_terminate_session(s, NGHTTP2_PROTOCOL_ERROR);
+  return 0;
+}
+
+/* A HEADERS frame nghttp2 answered with RST_STREAM before the stream was
+ * ever ours (REFUSED_STREAM past a SETTINGS_MAX_CONCURRENT_STREAMS the
+ * client had not acknowledged yet): the client opened that stream and may
+ * have its trailers in flight, as for a stream closed early. */
+static int on_invalid_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, int lib_error_code, void *arg) {
+  h2_conn_t *h = arg;
+  (void)lib_error_code;
+  int32_t id = frame->hd.stream_id;
+  if (frame->hd.type == NGHTTP2_HEADERS && (id & 1) && id <= h->max_stream_id && !nghttp2_session_get_stream_user_data(s, id))
+    h->left_open[h->left_open_next++ % LEFT_OPEN] = id;
   return 0;
 }
 
@@ -775,6 +792,7 @@ void ob_net_h2_start(ob_client_conn_t *c) {
   nghttp2_session_callbacks_set_send_callback(cb, send_cb);
   nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
   nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame_recv);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
@@ -826,9 +844,9 @@ void ob_net_h2_drain(ob_client_conn_t *c) {
   }
   if (h->goaway_sent) return;
   h->goaway_sent = true;
+  h->goaway_last_id = nghttp2_session_get_last_proc_stream_id(h->session);
   /* Streams already started finish; no new ones are accepted. */
-  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->session),
-                        NGHTTP2_NO_ERROR, NULL, 0);
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, h->goaway_last_id, NGHTTP2_NO_ERROR, NULL, 0);
   if (h->num_streams == 0) nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
   schedule_flush(h);
 }

@@ -224,6 +224,29 @@ test('§5.1.2: a stream past SETTINGS_MAX_CONCURRENT_STREAMS is refused', async 
   s.destroy();
 });
 
+// A refused stream was opened all the same (RFC 9113 §5.1.1, §8.7): the
+// client may have sent its trailers before the RST_STREAM reached it, and
+// they must not cost the streams the connection still serves. A client that
+// has not acknowledged the server's SETTINGS yet is refused with
+// RST_STREAM REFUSED_STREAM (after the acknowledgement, nghttp2 makes it a
+// connection error).
+test('§5.1.2: trailers on a stream refused past SETTINGS_MAX_CONCURRENT_STREAMS are ignored', async () => {
+  const s = await h2({ settings: [[4, 0]], ack: false });
+  await s.next((f) => f.type === T.SETTINGS && (f.flags & F.ACK), 'the ACK of our SETTINGS');
+  s.write(Buffer.concat([headers(1, GET()), headers(3, GET())]));
+  await s.next((f) => f.type === T.HEADERS && f.id === 3, 'the second response head');
+  s.write(headers(5, requestBlock('POST', '/sim/stats'), F.END_HEADERS));
+  const f = await s.next((x) => (x.type === T.RST_STREAM && x.id === 5) || x.type === T.GOAWAY, 'the third stream refused');
+  assert.equal(f.type, T.RST_STREAM, summary(s));
+  assert.equal(f.payload.readUInt32BE(0), E.REFUSED_STREAM, summary(s));
+  s.write(headers(5, hpLit('x-trailer', '1')));
+  await alive(s, 'trailers on refused stream 5');
+  s.write(windowUpdate(1, 1 << 20));
+  s.write(windowUpdate(0, 1 << 20));
+  assert.equal(await response(s, 1), 200);
+  s.destroy();
+});
+
 // ---------------------------------------------------------------- §6 frame definitions
 
 test('§6.1/§6.2: DATA and HEADERS on stream 0 are connection errors PROTOCOL_ERROR', async () => {
@@ -414,6 +437,27 @@ test('a queued response\'s idle deadline is not restarted by the client\'s frame
   assert.equal(rst.payload.readUInt32BE(0), E.CANCEL);
   assert.ok(sent < 40, `no reset while the client kept sending (${sent} DATA frames, ${sent * 200} ms): ${summary(s)}`);
   s.destroy();
+}));
+
+test('while draining, trailers on a stream opened after the GOAWAY was sent do not end the connection', () => deadlineGateway(async (g) => {
+  // Stream 3 crossed the GOAWAY on the wire: the gateway ignores it (RFC
+  // 9113 6.8), and its trailers too, while stream 1 finishes. The zero
+  // window holds stream 1's body until the client opens it.
+  const s = await h2({ port: g.port, settings: [[4, 0]] });
+  s.write(headers(1, GET()));
+  await s.next((f) => f.type === T.HEADERS && f.id === 1, 'the response head');
+  g.proc.kill('SIGTERM');
+  const goaway = await s.next((f) => f.type === T.GOAWAY, 'the GOAWAY of the drain');
+  assert.equal(goaway.payload.readUInt32BE(4), E.NO_ERROR);
+  s.write(headers(3, requestBlock('POST', '/sim/stats'), F.END_HEADERS));
+  s.write(headers(3, hpLit('x-trailer', '1')));
+  await alive(s, 'trailers on ignored stream 3');
+  s.write(Buffer.concat([windowUpdate(1, 1 << 20), windowUpdate(0, 1 << 20)]));
+  assert.equal(await response(s, 1), 200);
+  assert.equal(s.frames.filter((f) => f.type === T.GOAWAY).length, 1, summary(s));
+  s.destroy();
+  const exit = await new Promise((r) => (g.proc.exitInfo ? r(g.proc.exitInfo) : g.proc.once('exit', (code, sig) => r({ code, sig }))));
+  assert.equal(exit.code, 0);
 }));
 
 test('the gateway keeps serving after all of the above', async () => {

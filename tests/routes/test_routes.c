@@ -3,6 +3,8 @@
 #include "routes.h"
 #include "tap.h"
 
+#include <cjson/cJSON.h>
+
 static void test_scan(void) {
   ob_json_member_t m;
   const char *j = "{ \"a\": [1, {\"model\": \"inner\"}], \"model\" : \"llama\" , \"z\": {\"k\": \"v\\\"}\"}}";
@@ -122,6 +124,15 @@ static void test_infer_scan(void) {
   TAP_CHECK(ob_json_infer_scan(OB_IOV_LIT("{\"input\":[\"ab\",\"\\ud83d\\ude00\"],\"max_tokens\":\"x\"}"), &sc) &&
                 sc.text_chars == 6 && sc.has_input && !sc.mt_number && sc.model_count == 0,
             "embeddings input, surrogate pair is 4 bytes, a string max_tokens is not a number");
+  /* A repeated content or text (the upstream reads the last, cJSON the
+   * first) counts in full, in the pass and in the tree alike. */
+  const char *dup = "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\",\"content\":\"0123456789\"},"
+                    "{\"content\":[{\"text\":\"x\",\"text\":\"yz\"}]}]}";
+  TAP_CHECK(ob_json_infer_scan(ob_iov_str(dup), &sc), "nested repeated keys: read in one pass");
+  TAP_EQ_INT((long long)sc.text_chars, 15, "every repeated content and text counts");
+  cJSON *root = cJSON_Parse(dup);
+  TAP_EQ_INT((long long)ob_json_tree_text_chars(root), 15, "the tree counts them alike");
+  cJSON_Delete(root);
   TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"model\":\"a\",\"model\":\"b\"}"), &sc), "duplicate model: give up");
   TAP_CHECK(!ob_json_infer_scan(OB_IOV_LIT("{\"max_tokens\":1,\"model\":\"a\",\"max_tokens\":100000}"), &sc),
             "duplicate max_tokens (the upstream reads the last): give up");

@@ -6,6 +6,7 @@
  */
 #include "mcp.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 /* ---------------------------------------------------------------- inspection */
@@ -53,6 +54,18 @@ int ob_mcp_inspect(const char *p, size_t n, ob_mcp_body_t *out) {
   } else {
     cJSON_Delete(root);
     return -32600;
+  }
+  /* MCP ids are strings or integers. A number that is not an exact
+   * integer (1e400, 0.5) may come back from the server as another text
+   * (1e400 is echoed as null), and the tools/list filter, which finds a
+   * response by its id's text, would pass the unfiltered list. */
+  for (cJSON *it = cJSON_IsArray(root) ? root->child : root; it; it = cJSON_IsArray(root) ? it->next : NULL) {
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+    if (cJSON_IsNumber(id) && !(fabs(id->valuedouble) <= 9007199254740992.0 && id->valuedouble == floor(id->valuedouble))) {
+      cJSON_Delete(root);
+      out->why = "a JSON-RPC id must be a string or an integer";
+      return -32600;
+    }
   }
   out->root = root;
   out->msgs = ob_xcalloc(out->n, sizeof *out->msgs);

@@ -48,11 +48,17 @@ static void test_inspect(void) {
        "\\u0000 in the tool name"},
       {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\\u0000\":\"search\",\"name\":\"delete_all\"}}",
        "\\u0000 in a params key"},
+      {"{\"jsonrpc\":\"2.0\",\"id\":1e400,\"method\":\"tools/list\"}", "an id the server echoes as null"},
+      {"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"},{\"jsonrpc\":\"2.0\",\"id\":0.5,\"method\":\"tools/list\"}]",
+       "a fractional id in a batch"},
   };
   for (size_t i = 0; i < sizeof ambiguous / sizeof ambiguous[0]; i++) {
     TAP_EQ_INT(ob_mcp_inspect(ambiguous[i][0], strlen(ambiguous[i][0]), &b), -32600, ambiguous[i][1]);
     TAP_CHECK(b.why && !b.root && !b.msgs, "%s: a reason, nothing to dispose", ambiguous[i][1]);
   }
+  const char *big = "{\"jsonrpc\":\"2.0\",\"id\":-9007199254740992,\"method\":\"tools/list\"}";
+  TAP_EQ_INT(ob_mcp_inspect(big, strlen(big), &b), 0, "an integer id at the edge of exact doubles passes");
+  ob_mcp_body_dispose(&b);
   const char *tru = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{\"x\":tru}}";
   TAP_EQ_INT(ob_mcp_inspect(tru, strlen(tru), &b), -32700, "tru: parse error");
   const char *args = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\","

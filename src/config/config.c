@@ -2000,14 +2000,17 @@ static char *folder_of(const char *path) {
  * the file system: ob_config_parse stays pure. */
 static void check_readable(ob_config_errors_t *errs, const char *json_path, const char *file) {
   if (!file) return;
-  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO named by mistake would block a reload (on the event
+   * loop) until something wrote to it. Only regular files are certificates. */
+  int fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   int e = fd < 0 ? errno : 0;
   struct stat st;
   if (!e && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) e = EISDIR;
+  bool irregular = !e && !S_ISREG(st.st_mode);
   if (fd >= 0) close(fd);
-  if (!e) return;
+  if (!e && !irregular) return;
   char *msg = NULL;
-  if (asprintf(&msg, "cannot read %s: %s", file, strerror(e)) < 0) {
+  if (asprintf(&msg, "cannot read %s: %s", file, irregular ? "not a regular file" : strerror(e)) < 0) {
     fprintf(stderr, "obleth: out of memory formatting a config error\n");
     abort();
   }

@@ -67,6 +67,14 @@ test('--check-config fails on missing or unreadable TLS files, with their JSON p
   assert.ok(r.stderr.includes('upstreams[0].tls_ca: cannot read /nonexistent/ca.pem: No such file or directory'), r.stderr);
   assert.doesNotMatch(r.stderr, /listeners\[0\]\.tls\.key/);
   assert.match(r.stderr, /4 problems/);
+
+  // A FIFO would block the check (and a reload, on the event loop) until written to.
+  const fifo = join(d, 'fifo.pem');
+  assert.equal((await run('mkfifo', [fifo])).code, 0);
+  writeFileSync(p, JSON.stringify({ listeners: [{ address: '127.0.0.1:0', tls: { cert: fifo, key: fifo } }], upstreams: [], routes: [] }));
+  const f = await run(OBLETH, ['--check-config', p]);
+  assert.equal(f.code, 1, f.stdout);
+  assert.ok(f.stderr.includes(`listeners[0].tls.cert: cannot read ${fifo}: not a regular file`), f.stderr);
 });
 
 test('a TLS file that is not PEM stops start-up with OpenSSL\'s reason, never "(null)"', async () => {

@@ -82,8 +82,15 @@ static void put_iov(line_t *l, ob_iov_t v) { put(l, v.base, v.len); }
  * can end its field early or forge the fields after it. */
 static void put_esc(line_t *l, ob_iov_t v) {
   static const char hex[] = "0123456789ABCDEF";
+  size_t i = 0;
+  /* The usual value needs no escape: find that first, copy it whole. */
+  while (i < v.len && is_plain_char((unsigned char)v.base[i])) i++;
+  if (i == v.len) {
+    put(l, v.base, v.len);
+    return;
+  }
   size_t run = 0;
-  for (size_t i = 0; i < v.len; i++) {
+  for (; i < v.len; i++) {
     unsigned char c = (unsigned char)v.base[i];
     if (is_plain_char(c)) continue;
     put(l, v.base + run, i - run);

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 static const char *canon(const char *in, const char *const *skip, size_t n) {
   static ob_buf_t b;
@@ -57,6 +58,27 @@ static void test_keys(void) {
   ob_cache_key_t e = ob_cache_key(ta, 3);
   TAP_CHECK(memcmp(a.b, c.b, 16) == 0 && memcmp(a.b, b.b, 16) != 0 && memcmp(a.b, d.b, 16) != 0 && memcmp(a.b, e.b, 16) != 0,
             "same tuple same key; another scope, a shifted boundary or a part fewer another key");
+  /* Short tuples are hashed in one call, long ones streamed: both must be
+   * XXH3-128 of the length-prefixed parts, whichever side of the stack
+   * buffer's size a tuple falls. */
+  static char big[1200];
+  memset(big, 'x', sizeof big);
+  bool agree = true;
+  for (size_t n = 0; n <= sizeof big && agree; n += (n < 520 ? 1 : 97)) {
+    const ob_iov_t parts[] = {OB_IOV_LIT("t:a"), ob_iov(big, n)};
+    unsigned char flat[1300];
+    uint64_t l0 = 3, l1 = n;
+    memcpy(flat, &l0, 8);
+    memcpy(flat + 8, "t:a", 3);
+    memcpy(flat + 11, &l1, 8);
+    memcpy(flat + 19, big, n);
+    XXH128_canonical_t want;
+    XXH128_canonicalFromHash(&want, XXH3_128bits(flat, 19 + n));
+    ob_cache_key_t got = ob_cache_key(parts, 2);
+    agree = memcmp(got.b, want.digest, 16) == 0;
+    if (!agree) printf("#   differs at a %zu-byte part\n", n);
+  }
+  TAP_CHECK(agree, "a key is XXH3-128 of the length-prefixed parts, short (one call) or long (streamed)");
   ob_cache_directives_t dir = ob_cache_directives(OB_IOV_LIT("max-age=0, No-Store"));
   TAP_CHECK(dir.no_store && !dir.no_cache, "Cache-Control no-store (any case, among others)");
   dir = ob_cache_directives(OB_IOV_LIT("no-cache"));

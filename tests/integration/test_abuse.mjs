@@ -16,6 +16,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { startSim, startObleth, stop, curl, simStats, sleep } from './lib.mjs';
+import { waitFor, WAIT_MS } from './lib.mjs';
 
 // ASan keeps freed memory in a quarantine (256 MiB by default), which would
 // read as growth in the RSS bounds below; a small one still catches
@@ -42,16 +43,10 @@ function rssBounded(t, pid, rss0, label, peak = rss(pid)) {
   assert.ok(peak - rss0 < RSS_BOUND, `${label}: RSS grew by ${grew.toFixed(1)} MiB`);
 }
 
-// Poll fn until it returns a truthy value; fail with what() after ms.
-async function until(fn, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
-    await sleep(25);
-  }
-}
+// Poll fn until it returns a truthy value; fail with what() after a bound.
+// ms is only a floor for that bound: every wait here is for an event, and a
+// loaded machine may take many times the usual latency to show it.
+const until = (fn, ms, what) => waitFor(fn, what, Math.max(ms, WAIT_MS));
 
 // Everything a test starts, stopped in reverse order; a sanitizer report or
 // an unclean exit fails the test.

@@ -16,6 +16,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { startObleth, stop, clientRequire, sleep } from './lib.mjs';
+import { WAIT_MS } from './lib.mjs';
 import { startEverything } from '../mcp/everything.mjs';
 import { startRecorder } from '../mcp/recorder.mjs';
 import { startJsonServer } from '../mcp/json-server.mjs';
@@ -219,12 +220,15 @@ async function rawSession(url, key, name, version = '2025-06-18') {
   return { sid: init.sid, version, init };
 }
 
-async function until(pred, ms = 3000, step = 20) {
+// Poll pred until it returns a truthy value, which is returned; falsy after
+// a bound that ms only raises (the waits are for events, and a loaded
+// machine may take many times the usual latency to show them).
+async function until(pred, ms = WAIT_MS, step = 20) {
   const t0 = Date.now();
   for (;;) {
     const v = await pred();
     if (v) return v;
-    if (Date.now() - t0 > ms) return v;
+    if (Date.now() - t0 > Math.max(ms, WAIT_MS)) return v;
     await sleep(step);
   }
 }

@@ -8,6 +8,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { startSim, startObleth, stop, curl, simStats, chatBody, sleep } from './lib.mjs';
+import { WAIT_MS } from './lib.mjs';
 import { writeFileSync } from 'node:fs';
 
 const json = ['-H', 'content-type: application/json'];
@@ -52,7 +53,7 @@ function fresh(gw, k, extraHeaders = {}, body = chatBody({ max_tokens: 1 })) {
   });
 }
 
-async function until(cond, ms = 5000) {
+async function until(cond, ms = WAIT_MS) {
   for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await cond()) return true;
   return false;
 }

@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startSim, startObleth, stop, run, simStats, chatBody, sseData, sleep, tempDir, clientRequire } from './lib.mjs';
+import { waitFor } from './lib.mjs';
 
 const OpenAI = clientRequire('openai').default ?? clientRequire('openai');
 const grpc = clientRequire('@grpc/grpc-js');
@@ -25,6 +26,25 @@ const Echo = grpc.loadPackageDefinition(protoLoader.loadSync(join(protoDir, 'ech
 const TOKEN = 'adm-budget-5e2f';
 
 // ---- set-up ----
+
+// The values stored for a name's counters, read straight from the LMDB file
+// (rows "<kind><name>\0<period>" -> 8 bytes big-endian; a leaf node is a
+// header ending in the 16-bit key length, the key, then the value). Old
+// copy-on-write pages may hold older values too: a count is only ever
+// looked for, never read as "the" value.
+function storedCounts(path, name) {
+  let buf;
+  try { buf = readFileSync(path); } catch { return []; }
+  const out = [];
+  const needle = Buffer.from(name + '\0');
+  for (let i = buf.indexOf(needle, 3); i > 0; i = buf.indexOf(needle, i + 1)) {
+    const keyAt = i - 1;
+    const klen = buf.readUInt16LE(keyAt - 2);
+    if (klen < needle.length + 1 || keyAt + klen + 8 > buf.length) continue;
+    out.push(Number(buf.readBigUInt64BE(keyAt + klen)));
+  }
+  return out;
+}
 
 // obleth in front of the simulator: /v1/ inference, /echo/ passthrough,
 // with an admin listener on an ephemeral port (gw.adminUrl).
@@ -226,12 +246,12 @@ test('budgets.path keeps the counts across restarts: graceful, and killed after 
 
   // A higher budget in the new config: the same count, room again. The
   // charge is written by the writer thread within its 500 ms interval, so
-  // a kill after that loses nothing.
+  // a kill once it is in the file loses nothing.
   tenants[0].budget_tokens = 10000;
   gw = await r.gateway(sim, { tenants, budgets: { path } });
   const more = await chat(gw, 'sk-acme');
   assert.equal(more.status, 200);
-  await sleep(1200);
+  await waitFor(() => storedCounts(path, 'acme').includes(used + usedBy(more)), () => `the new count in the file (${storedCounts(path, 'acme')})`);
   await r.stop(gw.proc, 'SIGKILL');
 
   gw = await r.gateway(sim, { tenants, budgets: { path } });
@@ -260,7 +280,8 @@ test('cache hits and passthrough routes are neither charged nor refused; streams
   const body = chatBody({ temperature: 0 });
   const miss = await chat(gw, 'sk-acme', body);
   assert.equal(miss.headers.get('x-obleth-cache'), 'miss');
-  await sleep(400); // the cache's writer thread stores the answer
+  // the cache's writer thread stores the answer: wait until it is there
+  await waitFor(async () => /^obleth_cache_entries [1-9]/m.test((await admin(gw, '/metrics')).text), 'the answer stored in the cache');
   const hit = await chat(gw, 'sk-acme', body);
   assert.equal(hit.headers.get('x-obleth-cache'), 'hit');
   assert.equal((await tenantView(gw, 'acme')).budget.used, usedBy(miss), 'the hit was not charged');

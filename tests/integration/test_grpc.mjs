@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startObleth, stop, curl, makeCerts, clientRequire, sleep } from './lib.mjs';
-import { waitFor } from './lib.mjs';
+import { waitFor, WAIT_MS } from './lib.mjs';
 
 const grpc = clientRequire('@grpc/grpc-js');
 const protoLoader = clientRequire('@grpc/proto-loader');
@@ -35,7 +35,7 @@ function startEcho(args = []) {
     servers.add(p);
     p.output = { text: '' };
     let done = false;
-    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`echo server not ready:\n${p.output.text}`)); } }, 10000);
+    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`echo server not ready:\n${p.output.text}`)); } }, WAIT_MS);
     const onData = (c) => {
       p.output.text += c.toString();
       const m = p.output.text.match(/^listening (\d+)$/m);

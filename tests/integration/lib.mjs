@@ -46,6 +46,20 @@ export async function waitFor(cond, what = 'the condition', ms = WAIT_MS) {
   }
 }
 
+// A chat request that holds an upstream slot until release(): the
+// simulator delays it far beyond any test, and release() hangs up (the
+// gateway gives the slot back when its client goes). Tests queue others
+// behind it however long that takes on a loaded machine; done settles once
+// the client side is gone.
+export function holdSlot(url, key) {
+  const ac = new AbortController();
+  const done = fetch(`${url}/v1/chat/completions`, {
+    method: 'POST', signal: ac.signal, body: JSON.stringify(chatBody({ max_tokens: 1 })),
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}`, 'x-sim-delay-ms': '600000' },
+  }).then((r) => r.text()).catch(() => {});
+  return { release: () => ac.abort(), done };
+}
+
 // Spawn a process and resolve once a line of its output matches re.
 function startAndWait(cmd, args, re, stream, opts = {}) {
   return new Promise((resolve, reject) => {

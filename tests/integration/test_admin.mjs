@@ -15,7 +15,7 @@ import net from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSim, startObleth, stop, curl, run, simStats, chatBody, sseData, sleep, tempDir, OBLETH } from './lib.mjs';
-import { waitFor } from './lib.mjs';
+import { waitFor, holdSlot } from './lib.mjs';
 
 const TOKEN = 'adm-7c1d9e0b5a';
 const json = ['-H', 'content-type: application/json'];
@@ -514,11 +514,7 @@ test('/admin/fairshare and the pool gauges show requests in flight and queued wh
 
     // alice's first request holds the only slot until the view is checked
     // (its client then hangs up), however long the others take to queue.
-    const ac = new AbortController();
-    const holder = fetch(gw.url + '/v1/chat/completions', {
-      method: 'POST', signal: ac.signal, body: JSON.stringify(chatBody({ max_tokens: 1 })),
-      headers: { 'content-type': 'application/json', authorization: 'Bearer sk-alice', 'x-sim-delay-ms': '600000' },
-    }).catch(() => {});
+    const holder = holdSlot(gw.url, 'sk-alice');
     await waitFor(async () => (await admin(gw, '/admin/fairshare')).json.inflight === 1, 'the holder has the slot');
     const reqs = [];
     for (const k of ['sk-alice', 'sk-bob', 'sk-bob']) {
@@ -551,8 +547,8 @@ test('/admin/fairshare and the pool gauges show requests in flight and queued wh
     fs = (await admin(gw, '/admin/fairshare')).json;
     assert.equal(fs.queued, 3, JSON.stringify(fs));
 
-    ac.abort();
-    await holder;
+    holder.release();
+    await holder.done;
     for (const r of await Promise.all(reqs)) assert.equal(r.status, 200, r.body);
     // the last slot is given back as its exchange ends, just after its answer
     await waitFor(async () => (fs = (await admin(gw, '/admin/fairshare')).json).inflight === 0, () => `the slot back: ${JSON.stringify(fs)}`);

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import http2 from 'node:http2';
 import { startSim, startObleth, stop, curl, simStats, chatBody, sseData, sleep } from './lib.mjs';
-import { WAIT_MS } from './lib.mjs';
+import { WAIT_MS, holdSlot } from './lib.mjs';
 
 const json = ['-H', 'content-type: application/json'];
 const key = (k) => ['-H', `authorization: Bearer ${k}`];
@@ -276,11 +276,7 @@ async function grantOrder(sim, gw, plan) {
   const queued = async () => (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).queued;
   // The holder keeps the slot until the plan is queued, however long that
   // takes, and then leaves (the slot comes back when the client goes).
-  const ac = new AbortController();
-  const holder = fetch(gw.url + '/v1/chat/completions', {
-    method: 'POST', signal: ac.signal, body: JSON.stringify(chatBody({ max_tokens: 1 })),
-    headers: { 'content-type': 'application/json', authorization: 'Bearer sk-alice', 'x-sim-delay-ms': '600000' },
-  }).catch(() => {});
+  const holder = holdSlot(gw.url, 'sk-alice');
   assert.ok(await until(async () => (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).inflight === 1), 'the holder has the slot');
   const all = [];
   for (const [k, tag] of plan) {
@@ -289,8 +285,8 @@ async function grantOrder(sim, gw, plan) {
     assert.ok(await until(async () => (await queued()) > before), `${tag} queued`);
   }
   assert.equal(await queued(), plan.length, 'every request of the plan waited behind the holder');
-  ac.abort();
-  await holder;
+  holder.release();
+  await holder.done;
   for (const r of await Promise.all(all)) assert.equal(r.status, 200, r.body);
   // each request is logged when it completes: wait for the last line
   const lines = () => [...gw.output.text.matchAll(/"GET \/plain\/sim\/echo\/(\w+) HTTP/g)].map((m) => m[1]);

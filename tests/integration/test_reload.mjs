@@ -13,7 +13,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import { writeFileSync } from 'node:fs';
 import { startSim, startObleth, stop, curl, chatBody, sseData, sleep } from './lib.mjs';
-import { simStats, waitFor, WAIT_MS } from './lib.mjs';
+import { simStats, waitFor, WAIT_MS, holdSlot } from './lib.mjs';
 
 const TOKEN = 'adm-reload-3f9a';
 
@@ -315,11 +315,7 @@ test('queued requests keep their place across a reload', { timeout: 30000 }, asy
     // A holder keeps the only slot until the reload is done (its client
     // then hangs up); each request is sent once the one before it is
     // queued, so the arrival order is known however slow the machine.
-    const ac = new AbortController();
-    const holder = fetch(`${gw.url}/v1/chat/completions`, {
-      method: 'POST', signal: ac.signal, body: JSON.stringify(chatBody({ max_tokens: 1 })),
-      headers: { 'content-type': 'application/json', authorization: 'Bearer sk-bob', 'x-sim-delay-ms': '600000' },
-    }).catch(() => {});
+    const holder = holdSlot(gw.url, 'sk-bob');
     await waitFor(async () => (await fairshare()).inflight === 1, 'the holder has the slot');
     const order = [];
     const reqs = [];
@@ -333,8 +329,8 @@ test('queued requests keep their place across a reload', { timeout: 30000 }, asy
     // Weights and caps change; the queue must survive it.
     rewrite(gw, { ...cfg, groups: [{ name: 'prod', weight: 1 }, { name: 'batch', weight: 9 }], admission: { queue_timeout_ms: 20000 } });
     assert.match(await hup(gw), /reloaded /);
-    ac.abort();
-    await holder;
+    holder.release();
+    await holder.done;
     const rs = await Promise.all(reqs);
     for (const r of rs) assert.equal(r.status, 200, r.text);
     assert.ok(rs.filter((r) => r.admission === 'queued').length >= 4);

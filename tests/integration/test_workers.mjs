@@ -8,7 +8,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { startSim, startObleth, stop, curl, simStats, chatBody, sleep } from './lib.mjs';
-import { WAIT_MS } from './lib.mjs';
+import { WAIT_MS, holdSlot } from './lib.mjs';
 import { writeFileSync } from 'node:fs';
 
 const json = ['-H', 'content-type: application/json'];
@@ -37,17 +37,11 @@ const metric = (text, series) => {
   return m ? Number(m[1]) : 0;
 };
 
-// A request that holds the only slot until release() (its client hangs up),
-// however long the test takes to set up what must wait behind it.
+// alice holds the only slot until release() (see holdSlot).
 async function hold(gw) {
-  const req = http.request(gw.url + '/v1/chat/completions', {
-    method: 'POST', agent: false,
-    headers: { 'content-type': 'application/json', authorization: 'Bearer sk-alice', 'x-sim-delay-ms': '600000' },
-  });
-  req.on('error', () => {});
-  req.end(JSON.stringify(chatBody({ max_tokens: 1 })));
+  const h = holdSlot(gw.url, 'sk-alice');
   assert.ok(await until(async () => (await fairshare(gw)).inflight === 1), 'the holder has the slot');
-  return { release: () => req.destroy() };
+  return h;
 }
 
 // One request on its own TCP connection (the kernel picks the worker).

@@ -142,6 +142,7 @@ typedef struct {
   int queued, taken; /* under bg's lock */
   int done;          /* the thread's; read after sync / stop */
   int rounds;
+  int ticks; /* rounds begun; under bg's lock */
 } bg_owner_t;
 
 static void bg_take(void *arg) {
@@ -149,6 +150,8 @@ static void bg_take(void *arg) {
   o->taken = o->queued;
   o->queued = 0;
 }
+
+static void bg_tick(void *arg) { ((bg_owner_t *)arg)->ticks++; }
 
 static void bg_run(void *arg) {
   bg_owner_t *o = arg;
@@ -177,11 +180,17 @@ static void test_bg(void) {
   ob_bg_stop(&o.bg);
   TAP_EQ_INT(o.done, 1007, "bg: stop runs a last round for what was queued");
 
-  /* Periodic: rounds run without a kick. */
+  /* Periodic: rounds run without a kick. Waited for (a loaded machine may
+   * run a 5 ms period late), with a 30 s backstop. */
   bg_owner_t p = {0};
-  ob_bg_start(&p.bg, 5, NULL, bg_run, &p);
-  struct timespec ts = {0, 60 * 1000000L};
-  nanosleep(&ts, NULL);
+  ob_bg_start(&p.bg, 5, bg_tick, bg_run, &p);
+  struct timespec ts = {0, 5 * 1000000L};
+  for (int i = 0, seen = 0; i < 6000 && seen < 3; i++) {
+    nanosleep(&ts, NULL);
+    ob_bg_lock(&p.bg);
+    seen = p.ticks;
+    ob_bg_unlock(&p.bg);
+  }
   ob_bg_stop(&p.bg);
   TAP_CHECK(p.rounds >= 3, "bg: periodic rounds run unkicked");
 }

@@ -4,18 +4,13 @@
 // not send malformed or hostile frames, so the tests that need them use these.
 import net from 'node:net';
 import tls from 'node:tls';
-import { sleep } from './lib.mjs';
+import { waitFor, WAIT_MS } from './lib.mjs';
 
-// Poll fn until it returns a truthy value; fail with what() after ms.
-export async function until(fn, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
-    await sleep(25);
-  }
-}
+// Poll fn until it returns a truthy value; fail with what() after a bound.
+// ms is only a floor for that bound: every wait here is for an event (a
+// frame, a close), and a loaded machine may take many times the usual
+// latency to show it.
+export const until = (fn, ms, what) => waitFor(fn, what, Math.max(ms, WAIT_MS));
 
 // A socket that records what it receives and when it was closed. With
 // tls ({ ca }), a TLS connection to localhost offering ALPN h2 only.

@@ -30,6 +30,36 @@ export function tempDir() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Poll cond() (sync or async) until it returns a truthy value, and return
+// that value. Tests wait for an event they can observe (a counter, a log
+// line, a close), never for a time: WAIT_MS is only a backstop far beyond
+// any loaded machine's latency, and past it the test fails naming what it
+// waited for (what: a string or a function giving one).
+export const WAIT_MS = 30000;
+export async function waitFor(cond, what = 'the condition', ms = WAIT_MS) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`waited ${ms} ms for ${typeof what === 'function' ? what() : what}`);
+    await sleep(10);
+  }
+}
+
+// A chat request that holds an upstream slot until release(): the
+// simulator delays it far beyond any test, and release() hangs up (the
+// gateway gives the slot back when its client goes). Tests queue others
+// behind it however long that takes on a loaded machine; done settles once
+// the client side is gone.
+export function holdSlot(url, key) {
+  const ac = new AbortController();
+  const done = fetch(`${url}/v1/chat/completions`, {
+    method: 'POST', signal: ac.signal, body: JSON.stringify(chatBody({ max_tokens: 1 })),
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}`, 'x-sim-delay-ms': '600000' },
+  }).then((r) => r.text()).catch(() => {});
+  return { release: () => ac.abort(), done };
+}
+
 // Spawn a process and resolve once a line of its output matches re.
 function startAndWait(cmd, args, re, stream, opts = {}) {
   return new Promise((resolve, reject) => {
@@ -39,7 +69,7 @@ function startAndWait(cmd, args, re, stream, opts = {}) {
     p.output = out;
     p.isObleth = cmd === OBLETH;
     let done = false;
-    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`${cmd} not ready:\n${out.text}`)); } }, 10000);
+    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`${cmd} not ready:\n${out.text}`)); } }, WAIT_MS);
     const onData = (chunk) => {
       out.text += chunk.toString();
       const m = out.text.match(re);

@@ -91,9 +91,9 @@ async function withGateway(extra, simArgs, fn) {
 }
 
 async function serves(gw) {
-  const r = await curl(['--max-time', '5', `${gw.url}/v1/models`]);
+  const r = await curl(['--max-time', '30', `${gw.url}/v1/models`]);
   assert.equal(r.status, 200, `the gateway still serves: ${r.stderr}`);
-  const r2 = await curl(['--max-time', '5', '--http2-prior-knowledge', `${gw.url}/v1/models`]);
+  const r2 = await curl(['--max-time', '30', '--http2-prior-knowledge', `${gw.url}/v1/models`]);
   assert.equal(r2.status, 200, `the gateway still serves h2: ${r2.stderr}`);
 }
 
@@ -123,7 +123,9 @@ test('slow request heads are cut at client_header_ms: HTTP/1.1, the h2c preface,
   await h1.gone;
   assert.ok(sent < head.length, 'closed before the head was complete');
   assert.match(h1.text, /^HTTP\/1\.1 408 /, h1.text);
-  assert.ok(h1.closedAt - t1 >= 450 && h1.closedAt - t1 < 2000, `closed after ${h1.closedAt - t1} ms`);
+  // (the bounds are loose above: a loaded machine delays timers, and the
+  // 408 before the head was complete already says the timer cut it)
+  assert.ok(h1.closedAt - t1 >= 450 && h1.closedAt - t1 < 10000, `closed after ${h1.closedAt - t1} ms`);
 
   // The h2c preface trickled a byte at a time: every byte used to restart
   // the wait, so 24 bytes could hold a connection for 24 timeouts.
@@ -132,7 +134,7 @@ test('slow request heads are cut at client_header_ms: HTTP/1.1, the h2c preface,
   const preSent = await drip(pre, PREFACE, 100);
   await pre.gone;
   assert.ok(preSent < PREFACE.length, `closed before the preface was complete (${preSent} bytes sent)`);
-  assert.ok(pre.closedAt - t2 < 2000, `closed after ${pre.closedAt - t2} ms`);
+  assert.ok(pre.closedAt - t2 < 10000, `closed after ${pre.closedAt - t2} ms`);
 
   // HTTP/2: HEADERS without END_HEADERS, then a CONTINUATION every 300 ms
   // (fewer than nghttp2's own limit on their number, where it has one).
@@ -147,13 +149,17 @@ test('slow request heads are cut at client_header_ms: HTTP/1.1, the h2c preface,
     await sleep(300);
   }
   await until(() => h2.closedAt, 3000, () => `the connection closed: ${summary(h2)}`);
-  assert.ok(h2.closedAt - t3 >= 450 && h2.closedAt - t3 < 2000, `closed after ${h2.closedAt - t3} ms`);
+  assert.ok(h2.closedAt - t3 >= 450 && h2.closedAt - t3 < 10000, `closed after ${h2.closedAt - t3} ms`);
   assert.ok(h2.goaway(), `GOAWAY before the close: ${summary(h2)}`);
 
   await serves(gw);
 }));
 
-const SLOW_BODIES = { timeouts: { idle_ms: 600, client_body_ms: 1500 } };
+// A drip every 100 ms is far inside idle_ms, and client_body_ms is far past
+// idle_ms, so a loaded machine's delays cannot make one timer look like the
+// other: what was cut by which is told by which bound it falls under.
+const IDLE_MS = 1000, BODY_MS = 4000;
+const SLOW_BODIES = { timeouts: { idle_ms: IDLE_MS, client_body_ms: BODY_MS } };
 
 test('stalled request bodies are cut at idle_ms and trickled ones at client_body_ms (HTTP/1.1 and HTTP/2)', () => withGateway(SLOW_BODIES, async ({ gw }) => {
   const body = JSON.stringify({ model: 'sim-model', messages: [{ role: 'user', content: 'x'.repeat(400) }], max_tokens: 2 });
@@ -165,7 +171,7 @@ test('stalled request bodies are cut at idle_ms and trickled ones at client_body
   stalled.write(h1head + body.slice(0, 40));
   await stalled.gone;
   assert.match(stalled.text, /^HTTP\/1\.1 408 /, stalled.text);
-  assert.ok(stalled.closedAt - t1 >= 550 && stalled.closedAt - t1 < 2000, `closed after ${stalled.closedAt - t1} ms`);
+  assert.ok(stalled.closedAt - t1 >= IDLE_MS - 50 && stalled.closedAt - t1 < BODY_MS - 100, `closed after ${stalled.closedAt - t1} ms`);
 
   // HTTP/1.1, trickled: a byte every 100 ms is progress for idle_ms, but the
   // whole body has client_body_ms.
@@ -175,7 +181,7 @@ test('stalled request bodies are cut at idle_ms and trickled ones at client_body
   await drip(trickled, Buffer.from(body), 100);
   await trickled.gone;
   assert.match(trickled.text, /^HTTP\/1\.1 408 /, trickled.text);
-  assert.ok(trickled.closedAt - t2 >= 1400 && trickled.closedAt - t2 < 3000, `closed after ${trickled.closedAt - t2} ms`);
+  assert.ok(trickled.closedAt - t2 >= BODY_MS - 100, `closed after ${trickled.closedAt - t2} ms`);
 
   // HTTP/2: stream 1 stalls, stream 3 trickles; each gets 408 and is reset
   // while the connection goes on serving stream 5.
@@ -185,7 +191,7 @@ test('stalled request bodies are cut at idle_ms and trickled ones at client_body
   h2.write(frame(T.HEADERS, F.END_HEADERS, 1, hdrs));
   h2.write(frame(T.DATA, 0, 1, Buffer.from(body.slice(0, 40))));
   h2.write(frame(T.HEADERS, F.END_HEADERS, 3, hdrs));
-  for (let i = 0; i < 40 && !h2.find((f) => f.type === T.RST_STREAM && f.id === 3); i++) {
+  for (let i = 0; i < body.length && !h2.find((f) => f.type === T.RST_STREAM && f.id === 3); i++) {
     h2.write(frame(T.DATA, 0, 3, Buffer.from(body.slice(i, i + 1))));
     await sleep(100);
   }
@@ -193,8 +199,8 @@ test('stalled request bodies are cut at idle_ms and trickled ones at client_body
   const rst3 = await h2.waitFor((f) => f.type === T.RST_STREAM && f.id === 3, 3000, 'RST_STREAM on stream 3');
   assert.equal(h2.status(1), 408, summary(h2));
   assert.equal(h2.status(3), 408, summary(h2));
-  assert.ok(rst1.at - t3 >= 550 && rst1.at - t3 < 1500, `stream 1 reset after ${rst1.at - t3} ms`);
-  assert.ok(rst3.at - t3 >= 1400 && rst3.at - t3 < 3000, `stream 3 reset after ${rst3.at - t3} ms`);
+  assert.ok(rst1.at - t3 >= IDLE_MS - 50 && rst1.at - t3 < BODY_MS - 100, `stream 1 reset after ${rst1.at - t3} ms`);
+  assert.ok(rst3.at - t3 >= BODY_MS - 100, `stream 3 reset after ${rst3.at - t3} ms`);
   h2.write(frame(T.HEADERS, F.END_HEADERS | F.END_STREAM, 5, requestBlock('GET', '/v1/models')));
   await h2.waitFor((f) => f.type === T.DATA && f.id === 5 && (f.flags & F.END_STREAM), 3000, 'the answer on stream 5');
   assert.equal(h2.status(5), 200);
@@ -353,12 +359,12 @@ test('header-list bombs are refused with 431 without unbounded memory (HTTP/1.1,
   const t0 = Date.now();
   endless.write(frame(T.HEADERS, 0, 1, requestBlock('GET', '/v1/models')));
   const cont = frame(T.CONTINUATION, 0, 1, hpLit('x-more', 'e'.repeat(8000)));
-  while (!endless.closedAt && Date.now() - t0 < 5000) {
+  while (!endless.closedAt && Date.now() - t0 < 10000) {
     if (!endless.write(Buffer.concat(Array(16).fill(cont)))) await Promise.race([new Promise((r) => endless.once('drain', r)), sleep(100)]);
     else await new Promise((r) => setImmediate(r));
   }
   await until(() => endless.closedAt, 3000, 'the endless block cut');
-  assert.ok(endless.closedAt - t0 < 2500, `cut after ${endless.closedAt - t0} ms`);
+  assert.ok(endless.closedAt - t0 < 10000, `cut while it was still being sent (after ${endless.closedAt - t0} ms)`);
   assert.ok(endless.goaway(), summary(endless));
   rssBounded(t, pid, rss0, 'after the endless header block');
   h2.destroy();
@@ -432,7 +438,7 @@ test('an upstream that accepts and never answers: 504 after first_byte_ms and th
       });
       const adminUrl = `http://127.0.0.1:${gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/)[1]}`;
       const body = JSON.stringify({ model: 'sim-model', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 });
-      const ask = (h2) => curl([...(h2 ? ['--http2-prior-knowledge'] : []), '--max-time', '5', '-H', 'content-type: application/json',
+      const ask = (h2) => curl([...(h2 ? ['--http2-prior-knowledge'] : []), '--max-time', '30', '-H', 'content-type: application/json',
         '--data-binary', body, `${gw.url}/v1/chat/completions`]);
       // One slot: were it kept, the next request would wait in the queue
       // and get 503 after queue_timeout_ms instead of its own 504.
@@ -441,9 +447,10 @@ test('an upstream that accepts and never answers: 504 after first_byte_ms and th
         const r = await ask(h2);
         const ms = Date.now() - t0;
         assert.equal(r.status, 504, `${protocol} upstream: ${r.body}`);
-        assert.ok(ms >= 650 && ms < 3000, `${protocol} upstream: answered after ${ms} ms`);
-        const fs = await (await fetch(`${adminUrl}/admin/fairshare`)).json();
-        assert.equal(fs.inflight, 0, JSON.stringify(fs));
+        assert.ok(ms >= 650 && ms < 10000, `${protocol} upstream: answered after ${ms} ms`);
+        // the slot is given back as the exchange ends, just after the answer
+        let fs;
+        await until(async () => (fs = await (await fetch(`${adminUrl}/admin/fairshare`)).json()).inflight === 0, 0, () => `the slot back: ${JSON.stringify(fs)}`);
         assert.deepEqual(fs.pools.map((p) => p.inflight), [0]);
       }
       assert.ok(accepted.length >= 1, 'the upstream accepted');

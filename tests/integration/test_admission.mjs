@@ -6,7 +6,9 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import http2 from 'node:http2';
 import { startSim, startObleth, stop, curl, simStats, chatBody, sseData, sleep } from './lib.mjs';
+import { WAIT_MS, holdSlot } from './lib.mjs';
 
 const json = ['-H', 'content-type: application/json'];
 const key = (k) => ['-H', `authorization: Bearer ${k}`];
@@ -44,9 +46,14 @@ async function queued(gw) {
   const m = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
   return (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).queued;
 }
+// Requests holding a slot, from the same view.
+async function inflight(gw) {
+  const m = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
+  return (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).inflight;
+}
 
 // Poll until cond() holds (a loaded machine starts curl late); false after ms.
-async function until(cond, ms = 3000) {
+async function until(cond, ms = WAIT_MS) {
   for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await cond()) return true;
   return false;
 }
@@ -141,11 +148,12 @@ test('a full queue answers 429 with Retry-After; a long wait answers 503', async
     assert.equal((await holder).status, 200);
     // a client deadline shortens the wait
     const h2 = chat(gw, 'sk-bob');
-    await sleep(50);
-    const t0 = Date.now();
+    assert.ok(await until(async () => (await inflight(gw)) === 1), 'the new holder has the slot');
     const d = await chat(gw, 'sk-bob', chatBody(), ['-H', 'x-request-timeout-ms: 100']);
     assert.equal(d.status, 503);
-    assert.ok(Date.now() - t0 < 350, `deadline honoured (${Date.now() - t0} ms)`);
+    // the gateway's own count of the wait (curl's start-up is not in it)
+    const q = Number(hdr(d.body, 'x-obleth-queue-ms'));
+    assert.ok(q < 350, `deadline honoured: ${q} ms in the queue, where queue_timeout_ms is 400`);
     await h2;
   } finally {
     await stop(gw.proc); await stop(sim.proc);
@@ -183,16 +191,23 @@ test('a client that disconnects while queued leaves the queue and never reaches 
   const gw = await gateway(sim, { upstream: { max_inflight: 1 } });
   try {
     const holder = chat(gw, 'sk-alice');
-    await sleep(50);
+    assert.ok(await until(async () => (await inflight(gw)) === 1), 'the holder has the slot');
     // h1: close the socket while queued
     const body = JSON.stringify(chatBody());
     const s = net.connect(gw.port, '127.0.0.1');
+    s.on('error', () => {});
     s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-bob\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
-    // h2: curl gives up while queued (RST_STREAM)
-    const h2gone = curl(['--http2-prior-knowledge', '--max-time', '0.2', ...json, ...key('sk-bob'), '--data-binary', body, gw.url + '/v1/chat/completions']);
-    await sleep(150);
+    // h2: the client resets its stream while queued (RST_STREAM CANCEL)
+    const session = http2.connect(gw.url);
+    session.on('error', () => {});
+    const h2req = session.request({ ':method': 'POST', ':path': '/v1/chat/completions', 'content-type': 'application/json', authorization: 'Bearer sk-bob' });
+    h2req.on('error', () => {});
+    h2req.end(body);
+    assert.ok(await until(async () => (await queued(gw)) === 2), 'both clients are queued');
     s.destroy();
-    await h2gone;
+    h2req.close(http2.constants.NGHTTP2_CANCEL);
+    assert.ok(await until(async () => (await queued(gw)) === 0), 'both left the queue');
+    session.close();
     const next = await chat(gw, 'sk-alice');
     assert.equal(next.status, 200);
     assert.equal(hdr(next.body, 'x-obleth-admission'), 'queued');
@@ -216,10 +231,10 @@ test('the slot is released on every path: complete, client gone (h1, h2), upstre
   try {
     await fast('start');
     await curl(['--http1.1', '--max-time', '0.3', ...json, ...key('sk-alice'), '--data-binary', stream, gw.url + '/v1/chat/completions']);
-    await sleep(100);
+    assert.ok(await until(async () => (await inflight(gw)) === 0), 'the slot came back');
     await fast('h1 client gone mid-stream');
     await curl(['--http2-prior-knowledge', '--max-time', '0.3', ...json, ...key('sk-alice'), '--data-binary', stream, gw.url + '/v1/chat/completions']);
-    await sleep(100);
+    assert.ok(await until(async () => (await inflight(gw)) === 0), 'the slot came back');
     await fast('h2 client reset mid-stream');
     await curl(['--http1.1', ...json, ...key('sk-alice'), '-H', 'x-sim-abort-after: 2', '--data-binary', stream, gw.url + '/v1/chat/completions']);
     await fast('upstream abort');
@@ -260,19 +275,24 @@ async function grantOrder(sim, gw, plan) {
   const m = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
   assert.ok(m, 'grantOrder needs an admin listener');
   const queued = async () => (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).queued;
-  const holder = chat(gw, 'sk-alice', chatBody({ max_tokens: 1 }), ['-H', 'x-sim-delay-ms: 1500']);
-  await sleep(100);
+  // The holder keeps the slot until the plan is queued, however long that
+  // takes, and then leaves (the slot comes back when the client goes).
+  const holder = holdSlot(gw.url, 'sk-alice');
+  assert.ok(await until(async () => (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).inflight === 1), 'the holder has the slot');
   const all = [];
   for (const [k, tag] of plan) {
     const before = await queued();
     all.push(curl(['--http1.1', ...key(k), gw.url + `/plain/sim/echo/${tag}`]));
-    for (const end = Date.now() + 3000; (await queued()) === before && Date.now() < end;) await sleep(5);
+    assert.ok(await until(async () => (await queued()) > before), `${tag} queued`);
   }
   assert.equal(await queued(), plan.length, 'every request of the plan waited behind the holder');
-  await holder;
+  holder.release();
+  await holder.done;
   for (const r of await Promise.all(all)) assert.equal(r.status, 200, r.body);
-  await sleep(100);
-  return [...gw.output.text.matchAll(/"GET \/plain\/sim\/echo\/(\w+) HTTP/g)].map((m) => m[1]);
+  // each request is logged when it completes: wait for the last line
+  const lines = () => [...gw.output.text.matchAll(/"GET \/plain\/sim\/echo\/(\w+) HTTP/g)].map((m) => m[1]);
+  assert.ok(await until(() => lines().length === plan.length), gw.output.text);
+  return lines();
 }
 
 test('weighted grant order inside a group follows tenant weights (1:3)', async () => {

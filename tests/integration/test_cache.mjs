@@ -18,6 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSim, startObleth, stop, curl, run, simStats, chatBody, sseData, sleep, tempDir, clientRequire, OBLETH } from './lib.mjs';
+import { waitFor } from './lib.mjs';
 
 const OpenAI = clientRequire('openai').default ?? clientRequire('openai');
 
@@ -181,7 +182,8 @@ test('a repeated request is a hit over HTTP/1.1 and h2, with the same body, and 
     const usage = JSON.parse(r.payload).usage;
     const { r: h } = await untilHit(sim, () => post(gw, chatBody()));
     assert.equal(h.cache, 'hit');
-    await sleep(50);
+    // a line is logged as its exchange ends, just after the answer
+    await waitFor(() => new RegExp(`cache=hit tokens_saved=${usage.prompt_tokens + usage.completion_tokens}\\b`).test(gw.output.text), 'the hit logged');
     const lines = gw.output.text.split('\n').filter((l) => /cache=hit/.test(l));
     assert.ok(lines.length >= 5, `every hit is logged:\n${gw.output.text.slice(-2000)}`);
     assert.match(lines.at(-1), new RegExp(`cache=hit tokens_saved=${usage.prompt_tokens + usage.completion_tokens}\\b`));
@@ -437,7 +439,7 @@ test("coalesced followers share their leader's failure, and a failed leader stor
     const b1 = chatBody({ messages: [{ role: 'user', content: 'a failing leader' }] });
     let before = await requests(sim);
     const lead = h1post(gw, b1, { 'x-sim-status': '503', 'x-sim-delay-ms': '400' });
-    await sleep(100);
+    await waitFor(async () => (await requests(sim)) === before + 1, 'the leader at the upstream');
     const followers = await Promise.all(Array.from({ length: 4 }, () => h1post(gw, b1)));
     const l = await lead;
     assert.equal(l.status, 503);
@@ -456,8 +458,9 @@ test("coalesced followers share their leader's failure, and a failed leader stor
     // The leader's stream is cut after 2 events: its followers' streams are cut too.
     const b2 = chatBody({ stream: true, max_tokens: 10, messages: [{ role: 'user', content: 'an aborted leader' }] });
     before = await requests(sim);
-    const lead2 = h1post(gw, b2, { 'x-sim-abort-after': '2' });
-    await sleep(100);
+    // (the delay keeps the leader running while its followers arrive)
+    const lead2 = h1post(gw, b2, { 'x-sim-abort-after': '2', 'x-sim-delay-ms': '1000' });
+    await waitFor(async () => (await requests(sim)) === before + 1, 'the leader at the upstream');
     const f2 = await Promise.all(Array.from({ length: 4 }, () => h1post(gw, b2)));
     const l2 = await lead2;
     assert.ok(l2.error || !l2.complete, 'the leader saw an incomplete stream');
@@ -732,15 +735,16 @@ test('a hit is answered before admission: it needs no free slot', { timeout: 200
     assert.equal((await post(gw, body)).cache, 'miss');
     assert.equal((await untilHit(sim, () => post(gw, body))).r.cache, 'hit');
 
-    // The only slot is held for 1.5 s by another request.
-    const slow = post(gw, chatBody({ messages: [{ role: 'user', content: 'hold the slot' }] }), { headers: ['x-sim-delay-ms: 1500'] });
-    await sleep(200);
-    const t0 = Date.now();
+    // The only slot is held for 3 s by another request.
+    let slowDone = false;
+    const before = await requests(sim);
+    const slow = post(gw, chatBody({ messages: [{ role: 'user', content: 'hold the slot' }] }), { headers: ['x-sim-delay-ms: 3000'] })
+      .then((x) => { slowDone = true; return x; });
+    await waitFor(async () => (await requests(sim)) === before + 1, 'the holder at the upstream');
     const r = await post(gw, body);
-    const ms = Date.now() - t0;
     assert.equal(r.status, 200);
     assert.equal(r.cache, 'hit');
-    assert.ok(ms < 500, `the hit waited ${ms} ms for a slot`);
+    assert.equal(slowDone, false, 'the hit was answered while the holder still had the slot');
     assert.notEqual(hdr(r.head, 'x-obleth-admission'), 'queued');
     const s = await slow;
     assert.equal(s.status, 200);

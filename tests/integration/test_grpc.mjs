@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startObleth, stop, curl, makeCerts, clientRequire, sleep } from './lib.mjs';
+import { waitFor, WAIT_MS } from './lib.mjs';
 
 const grpc = clientRequire('@grpc/grpc-js');
 const protoLoader = clientRequire('@grpc/proto-loader');
@@ -34,7 +35,7 @@ function startEcho(args = []) {
     servers.add(p);
     p.output = { text: '' };
     let done = false;
-    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`echo server not ready:\n${p.output.text}`)); } }, 10000);
+    const timer = setTimeout(() => { if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`echo server not ready:\n${p.output.text}`)); } }, WAIT_MS);
     const onData = (c) => {
       p.output.text += c.toString();
       const m = p.output.text.match(/^listening (\d+)$/m);
@@ -150,6 +151,19 @@ function readStream(call) {
     call.on('error', (e) => { out.err = e; });
     call.on('status', (s) => { out.status = s; setImmediate(() => resolve(out)); });
   });
+}
+
+// Wait until the echo server has seen n Echo calls, asked directly (the
+// gateway's only slot may be held by the call waited for).
+async function upstreamCalls(env, echo, n) {
+  const direct = env.client(echoClient(echo.port));
+  await waitFor(async () => (await unary(direct, {}, md(), deadline(5000), 'Stats')).res?.seq >= n, `${n} call(s) at the upstream`);
+}
+
+// Calls waiting in the gateway's queues, from its admin listener.
+async function queued(gw) {
+  const m = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
+  return (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).queued;
 }
 
 function assertCode(r, code, what) {
@@ -381,15 +395,16 @@ test('a full tenant queue and the rpm limit are RESOURCE_EXHAUSTED with retry-af
   const env = rig();
   try {
     const echo = await env.echo();
-    const gw = await env.gateway(echo);
+    const gw = await env.gateway(echo, { extra: { admin: { address: '127.0.0.1:0' } } });
     const client = env.client(echoClient(gw.port));
     const holder = unary(client, { text: 'hold', delay_ms: 1000 }, withKey('sk-alice'), deadline(5000));
-    await sleep(150);
+    await upstreamCalls(env, echo, 1);
     const waiter = unary(client, { text: 'wait' }, withKey('sk-dave'), deadline(5000));
-    await sleep(150);
+    await waitFor(async () => (await queued(gw)) === 1, 'the waiter queued');
     const full = await unary(client, { text: 'full' }, withKey('sk-dave'), deadline(5000));
     assertCode(full, Code.RESOURCE_EXHAUSTED, 'dave max_queue 1');
-    assert.ok(full.ms < 500, `refused at once (${full.ms} ms)`);
+    // refused, not queued: a queued call would have been served after the
+    // holder and the waiter, not refused
     const ra = full.err.metadata.get('retry-after');
     assert.equal(ra.length, 1, 'retry-after trailer');
     assert.ok(Number(ra[0]) >= 1, `retry-after ${ra[0]}`);
@@ -416,7 +431,7 @@ test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Onl
     const gw = await env.gateway(echo);
     const client = env.client(echoClient(gw.port));
     const holder = unary(client, { text: 'hold', delay_ms: 1500 }, withKey('sk-alice'), deadline(5000));
-    await sleep(150);
+    await upstreamCalls(env, echo, 1);
     // raw h2: grpc-js would give up on its own at the deadline, so read the
     // gateway's own answer on the wire
     const r = await rawGrpc(gw.port, '/obleth.test.Echo/Unary', { 'grpc-timeout': '300m', authorization: 'Bearer sk-bob' }, frame({ text: 'late' }));
@@ -427,11 +442,12 @@ test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Onl
     assert.equal(r.endStreamOnHeaders, true, 'Trailers-Only: END_STREAM on the HEADERS frame');
     assert.equal(r.trailers, null);
     assert.equal(r.data.length, 0);
-    assert.ok(r.ms >= 250 && r.ms < 1200, `answered at the deadline (${r.ms} ms)`);
+    // not before the deadline; had the wait gone on, the call would have
+    // reached the upstream, which the count at the end rules out
+    assert.ok(r.ms >= 250, `answered at the deadline (${r.ms} ms)`);
     // grpc-js: DEADLINE_EXCEEDED either way
     const g = await unary(client, { text: 'late' }, withKey('sk-bob'), deadline(300));
     assertCode(g, Code.DEADLINE_EXCEEDED, 'grpc-js deadline while queued');
-    assert.ok(g.ms < 1200, `${g.ms} ms`);
     assert.ifError((await holder).err);
     const st = await unary(client, {}, withKey('sk-alice'), deadline(5000), 'Stats');
     assert.equal(st.res.seq, 1, 'the expired calls never reached the upstream, only the holder did');
@@ -452,10 +468,10 @@ test('UNAVAILABLE when the queue wait passes queue_timeout_ms and when the upstr
     });
     const client = env.client(echoClient(gw.port));
     const holder = unary(client, { text: 'hold', delay_ms: 1200 }, withKey('sk-alice'), deadline(5000));
-    await sleep(150);
+    await upstreamCalls(env, echo, 1);
     const q = await unary(client, { text: 'queued' }, withKey('sk-bob'), deadline(5000));
     assertCode(q, Code.UNAVAILABLE, 'queue_timeout_ms');
-    assert.ok(q.ms >= 250 && q.ms < 1000, `after the queue timeout (${q.ms} ms)`);
+    assert.ok(q.ms >= 250, `after the queue timeout (${q.ms} ms)`);
     assert.ifError((await holder).err);
     const r = await rawUnary(gw.port, '/obleth.test.Dead/Unary', { text: 'x' }, withKey('sk-alice'), deadline(5000));
     assertCode(r, Code.UNAVAILABLE, 'connection refused');
@@ -473,8 +489,8 @@ test('deadlines propagate: the upstream sees the client deadline less the time s
     const fast = await unary(client, { text: 'd' }, withKey('sk-alice'), deadline(5000));
     assert.ifError(fast.err);
     assert.ok(fast.res.deadline_ms > 4000 && fast.res.deadline_ms < 5000, `upstream deadline ${fast.res.deadline_ms} ms of 5000`);
-    const holder = unary(client, { text: 'hold', delay_ms: 800 }, withKey('sk-alice'), deadline(5000));
-    await sleep(100);
+    const holder = unary(client, { text: 'hold', delay_ms: 2000 }, withKey('sk-alice'), deadline(5000));
+    await upstreamCalls(env, echo, 2);
     const t0 = Date.now();
     const queued = await unary(client, { text: 'q' }, withKey('sk-bob'), deadline(5000));
     const waited = Date.now() - t0;
@@ -506,17 +522,16 @@ test('a cancelled call releases its slot and cancels the upstream call', { timeo
     const status = new Promise((r) => call.on('status', r));
     call.cancel();
     assert.equal((await status).code, Code.CANCELLED);
-    // the only slot is free again: this call does not wait
-    const next = await unary(client, { text: 'after' }, withKey('sk-bob'), deadline(2000));
+    // the only slot is free again (a leaked one would hold this call until
+    // its deadline)
+    const next = await unary(client, { text: 'after' }, withKey('sk-bob'), deadline(10000));
     assert.ifError(next.err);
-    assert.ok(next.ms < 500, `admitted promptly (${next.ms} ms)`);
     let after;
-    for (let i = 0; i < 20; i++) {
-      after = await unary(client, {}, withKey('sk-alice'), deadline(2000), 'Stats');
+    await waitFor(async () => {
+      after = await unary(client, {}, withKey('sk-alice'), deadline(5000), 'Stats');
       assert.ifError(after.err);
-      if (after.res.count > before.res.count) break;
-      await sleep(50);
-    }
+      return after.res.count > before.res.count;
+    }, 'the upstream to see its call cancelled');
     assert.equal(after.res.count, before.res.count + 1, 'the upstream saw its call cancelled');
   } finally {
     await env.close();
@@ -611,11 +626,11 @@ test('the gateway ends a call at its deadline when the upstream ignores grpc-tim
     assert.equal(r.endStreamOnHeaders, false, 'the upstream head was passed on first');
     assert.ok(r.trailers, 'the call ended with trailers');
     assert.equal(r.trailers['grpc-status'], '4', JSON.stringify(r.trailers));
-    assert.ok(r.ms >= 350 && r.ms < 1500, `ended at the deadline (${r.ms} ms)`);
+    assert.ok(r.ms >= 350 && r.ms < 10000, `ended at the deadline (${r.ms} ms)`);
     assert.equal(seen.length, 1);
     assert.match(seen[0].timeout, /^\d{1,8}[umS]$/, 'grpc-timeout forwarded');
     assert.equal(seen[0].te, 'trailers');
-    for (let i = 0; i < 50 && seen[0].closedBy === null; i++) await sleep(20);
+    await waitFor(() => seen[0].closedBy !== null, 'the upstream stream closed');
     assert.equal(seen[0].closedBy, http2.constants.NGHTTP2_CANCEL, 'the upstream stream was cancelled');
     // the slot (max_inflight 1) is free again
     const again = await rawGrpc(gw.port, '/obleth.test.Echo/Unary', { 'grpc-timeout': '200m', authorization: 'Bearer sk-alice' }, frame({ text: 'y' }));

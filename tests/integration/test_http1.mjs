@@ -6,6 +6,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { startSim, startObleth, stop, curl, simStats, chatBody, sseData, sleep } from './lib.mjs';
+import { WAIT_MS } from './lib.mjs';
 
 let sim, gw;
 
@@ -38,17 +39,21 @@ test.after(async () => {
 const post = (path, body, extra = []) =>
   curl(['--http1.1', '-H', 'content-type: application/json', '--data-binary', typeof body === 'string' ? body : JSON.stringify(body), ...extra, gw.url + path]);
 
-// Send raw bytes, collect everything until the server closes (or timeout).
-function raw(bytes, { waitMs = 2000 } = {}) {
+// Send raw bytes, collect everything until the server closes, or until
+// done(data) holds for a connection that stays open (or a backstop).
+function raw(bytes, { waitMs = WAIT_MS, done } = {}) {
   return new Promise((resolve) => {
     const s = net.connect(gw.port, '127.0.0.1');
     let data = '';
     let closed = false;
-    s.on('data', (d) => { data += d.toString('latin1'); });
-    s.on('close', () => { closed = true; resolve({ data, closed }); });
+    s.on('data', (d) => {
+      data += d.toString('latin1');
+      if (done && !closed && done(data)) { closed = true; clearTimeout(t); s.destroy(); resolve({ data, closed: false }); }
+    });
+    s.on('close', () => { closed = true; clearTimeout(t); resolve({ data, closed }); });
     s.on('error', () => {});
     s.write(bytes);
-    setTimeout(() => { if (!closed) { s.destroy(); resolve({ data, closed: false }); } }, waitMs);
+    const t = setTimeout(() => { if (!closed) { s.destroy(); resolve({ data, closed: false }); } }, waitMs);
   });
 }
 
@@ -82,8 +87,10 @@ test('streamed tokens reach the client before the upstream has finished', async 
     }
   }
   const total = Date.now() - t0;
-  // 30 tokens at 50 ms each take 1.5 s upstream; the first must arrive long before.
-  assert.ok(firstTokenAt > 0 && firstTokenAt < total - 700, `first token at ${firstTokenAt} ms of ${total} ms`);
+  // 30 tokens at 50 ms each take 1.5 s upstream; the first must arrive
+  // before the end, while the upstream is still generating (the simulator's
+  // count says so; a time margin would only measure the machine's load).
+  assert.ok(firstTokenAt > 0 && firstTokenAt < total, `first token at ${firstTokenAt} ms of ${total} ms`);
   assert.equal(statsAtFirst.in_flight, 1, 'the upstream was still generating when the first token arrived');
   const events = sseData(text);
   assert.equal(events.at(-1), '[DONE]');
@@ -203,7 +210,7 @@ for (const [name, bytes] of Object.entries(smuggling)) {
 test('pipelined requests are answered in order on one connection', async () => {
   const one = JSON.stringify(chatBody({ max_tokens: 3 }));
   const req = (id) => `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-request-id: req-${id}\r\nContent-Type: application/json\r\nContent-Length: ${one.length}\r\n\r\n${one}`;
-  const r = await raw(req(1) + req(2) + `GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, { waitMs: 5000 });
+  const r = await raw(req(1) + req(2) + `GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
   const ids = [...r.data.matchAll(/x-request-id: (\S+)/gi)].map((m) => m[1]);
   assert.deepEqual(ids.slice(0, 2), ['req-1', 'req-2']);
   assert.equal((r.data.match(/HTTP\/1\.1 200/g) || []).length, 3);
@@ -220,7 +227,7 @@ test('chunked request bodies are accepted and forwarded with a length', async ()
 });
 
 test('Upgrade: h2c is ignored and answered over HTTP/1.1', async () => {
-  const r = await raw('GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n', { waitMs: 500 });
+  const r = await raw('GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n', { done: (d) => d.includes('\r\n\r\n') });
   assert.match(r.data, /^HTTP\/1\.1 200 /);
   assert.doesNotMatch(r.data, /101 Switching/);
 });

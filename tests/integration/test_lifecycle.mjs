@@ -4,6 +4,15 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { startSim, startObleth, stop, curl, chatBody, sseData, sleep } from './lib.mjs';
+import net from 'node:net';
+import { simStats, waitFor } from './lib.mjs';
+
+// True once a TCP connect to port is refused (the listener is closed).
+const refuses = (port) => new Promise((resolve) => {
+  const s = net.connect(port, '127.0.0.1');
+  s.on('connect', () => { s.destroy(); resolve(false); });
+  s.on('error', () => resolve(true));
+});
 
 test('SIGTERM lets an in-flight stream finish, refuses new connections, exits 0', async () => {
   const sim = await startSim(['--itl-ms', '100']);
@@ -15,9 +24,9 @@ test('SIGTERM lets an in-flight stream finish, refuses new connections, exits 0'
   const body = JSON.stringify(chatBody({ stream: true, max_tokens: 15 }));
   const inflight = curl(['--http1.1', '-N', '-H', 'content-type: application/json', '--data-binary', body, gw.url + '/v1/chat/completions']);
   const inflightH2 = curl(['--http2-prior-knowledge', '-N', '-H', 'content-type: application/json', '--data-binary', body, gw.url + '/v1/chat/completions']);
-  await sleep(400);
+  await waitFor(async () => (await simStats(sim)).requests === 2, 'both streams at the upstream');
   const exited = stop(gw.proc, 'SIGTERM');
-  await sleep(200);
+  await waitFor(() => refuses(gw.port), 'the listener closed');
   const refused = await curl(['--http1.1', '--max-time', '2', gw.url + '/v1/models']);
   assert.equal(refused.status, 0, 'new connections are refused while draining');
   const [r1, r2] = await Promise.all([inflight, inflightH2]);
@@ -42,11 +51,12 @@ test('streams still running when the grace period ends are cut, and the process 
   });
   const body = JSON.stringify(chatBody({ stream: true, max_tokens: 50 }));
   const inflight = curl(['--http1.1', '-N', '-H', 'content-type: application/json', '--data-binary', body, gw.url + '/v1/chat/completions']);
-  await sleep(300);
+  await waitFor(async () => (await simStats(sim)).requests === 1, 'the stream at the upstream');
   const t0 = Date.now();
   const { code } = await stop(gw.proc, 'SIGTERM');
   assert.equal(code, 0);
-  assert.ok(Date.now() - t0 < 3000);
+  // the stream alone would run 10 s more
+  assert.ok(Date.now() - t0 < 7000, `exited after ${Date.now() - t0} ms`);
   const r = await inflight;
   assert.notEqual(r.code, 0, 'the cut stream is visibly truncated');
   await stop(sim.proc);

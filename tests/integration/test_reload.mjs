@@ -13,6 +13,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import { writeFileSync } from 'node:fs';
 import { startSim, startObleth, stop, curl, chatBody, sseData, sleep } from './lib.mjs';
+import { simStats, waitFor, WAIT_MS, holdSlot } from './lib.mjs';
 
 const TOKEN = 'adm-reload-3f9a';
 
@@ -57,7 +58,7 @@ function rewrite(gw, cfg) {
 
 // The log reaches us on its own pipe, possibly after an HTTP answer that
 // was sent later: poll for a line rather than reading once.
-async function waitLog(gw, re, ms = 5000) {
+async function waitLog(gw, re, ms = WAIT_MS) {
   const end = Date.now() + ms;
   while (!re.test(gw.output.text) && Date.now() < end) await sleep(10);
   assert.match(gw.output.text, re);
@@ -72,7 +73,7 @@ async function adminReload(gw) {
 async function hup(gw) {
   const from = gw.output.text.length;
   gw.proc.kill('SIGHUP');
-  const end = Date.now() + 5000;
+  const end = Date.now() + WAIT_MS;
   for (;;) {
     const t = gw.output.text.slice(from);
     if (/reloaded |reload of .* refused/.test(t)) return t;
@@ -121,7 +122,10 @@ test('a reload under continuous load fails no request (weights, keys, upstream m
     const base = config(simA);
     const gw = await r$.gateway(base);
     l = load(() => gw.url, ['sk-alice', 'sk-bob'], 8, done);
-    await sleep(400);
+    // the load runs across each config: some answers before the first
+    // reload and between every two (counted, not timed)
+    const answers = (n) => waitFor(() => l.results.length >= n, () => `${n} answers (${l.results.length} so far)`);
+    await answers(10);
     const variants = [
       { ...base, groups: [{ name: 'prod', weight: 1 }, { name: 'batch', weight: 5 }] },
       { ...base, upstreams: [{ name: 'llm', endpoints: [simB.url], max_inflight: 4 }] },
@@ -140,7 +144,7 @@ test('a reload under continuous load fails no request (weights, keys, upstream m
       } else {
         assert.match(await hup(gw), /reloaded /);
       }
-      await sleep(350);
+      await answers(l.results.length + 10);
     }
     done.stop = true;
     await l.all;
@@ -217,7 +221,7 @@ test('new keys work at once, removed keys stop at once, a request running under 
     assert.equal((await chat(gw.url, 'sk-carol')).status, 401);
     // bob starts a stream of 30 tokens x 40 ms (about 1.2 s).
     const running = chat(gw.url, 'sk-bob', chatBody({ stream: true, max_tokens: 30 }));
-    await sleep(300);
+    await waitFor(async () => (await simStats(sim)).requests === 1, 'bob\'s stream at the upstream');
     rewrite(gw, config(sim, { tenants: [tenant('alice', 'prod', 'sk-alice'), tenant('carol', 'batch', 'sk-carol')] }));
     const r = await adminReload(gw);
     assert.equal(r.status, 200, r.text);
@@ -307,25 +311,33 @@ test('queued requests keep their place across a reload', { timeout: 30000 }, asy
     const sim = await r$.sim(['--ttft-ms', '150']);
     const cfg = config(sim, { upstreams: [{ name: 'llm', endpoints: [sim.url], max_inflight: 1 }] });
     const gw = await r$.gateway(cfg);
+    const fairshare = async () => (await fetch(gw.adminUrl + '/admin/fairshare', { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+    // A holder keeps the only slot until the reload is done (its client
+    // then hangs up); each request is sent once the one before it is
+    // queued, so the arrival order is known however slow the machine.
+    const holder = holdSlot(gw.url, 'sk-bob');
+    await waitFor(async () => (await fairshare()).inflight === 1, 'the holder has the slot');
     const order = [];
     const reqs = [];
     for (let i = 0; i < 6; i++) {
       reqs.push(chat(gw.url, 'sk-alice', chatBody({ max_tokens: 1, messages: [{ role: 'user', content: `q${i}` }] }))
         .then((r) => { order.push(i); return r; }));
-      await sleep(15); // arrival order
+      await waitFor(async () => (await fairshare()).queued === i + 1, `q${i} queued`);
     }
-    await sleep(100);
-    const fs = await (await fetch(gw.adminUrl + '/admin/fairshare', { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+    const fs = await fairshare();
     assert.ok(fs.queued >= 4, `requests are queued before the reload: ${JSON.stringify(fs)}`);
     // Weights and caps change; the queue must survive it.
     rewrite(gw, { ...cfg, groups: [{ name: 'prod', weight: 1 }, { name: 'batch', weight: 9 }], admission: { queue_timeout_ms: 20000 } });
     assert.match(await hup(gw), /reloaded /);
+    holder.release();
+    await holder.done;
     const rs = await Promise.all(reqs);
     for (const r of rs) assert.equal(r.status, 200, r.text);
     assert.ok(rs.filter((r) => r.admission === 'queued').length >= 4);
     assert.deepEqual(order, [0, 1, 2, 3, 4, 5], 'served in arrival order, none lost or re-queued at the back');
-    const after = await (await fetch(gw.adminUrl + '/admin/fairshare', { headers: { authorization: `Bearer ${TOKEN}` } })).json();
-    assert.equal(after.inflight, 0, 'every slot given back');
+    // the last slot is given back as its exchange ends, just after its answer
+    let after;
+    await waitFor(async () => (after = await fairshare()).inflight === 0, () => `every slot given back: ${JSON.stringify(after)}`);
     assert.equal(after.queued, 0);
     assert.equal(after.groups.find((g) => g.name === 'batch').weight, 9, 'the new weights are in force');
   } finally {
@@ -343,8 +355,7 @@ test('listeners are added and removed by a reload; the others keep serving', { t
     rewrite(gw, { ...cfg, listeners: [{ address: '127.0.0.1:0' }, { address: '127.0.0.1:0' }] });
     assert.equal((await adminReload(gw)).status, 200);
     // The log reaches us on its own pipe, possibly after the HTTP answer.
-    const end = Date.now() + 5000;
-    while (!/ reloaded /.test(gw.output.text.slice(from)) && Date.now() < end) await sleep(10);
+    await waitFor(() => / reloaded /.test(gw.output.text.slice(from)), 'the reload logged');
     const ports = [...gw.output.text.slice(from).matchAll(/listening on 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
     assert.equal(ports.length, 2, gw.output.text.slice(from));
     assert.equal(ports[0], gw.port, 'the first listener kept its socket');

@@ -8,6 +8,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { startSim, startObleth, stop, curl, simStats, chatBody, sleep } from './lib.mjs';
+import { WAIT_MS, holdSlot } from './lib.mjs';
 import { writeFileSync } from 'node:fs';
 
 const json = ['-H', 'content-type: application/json'];
@@ -36,6 +37,13 @@ const metric = (text, series) => {
   return m ? Number(m[1]) : 0;
 };
 
+// alice holds the only slot until release() (see holdSlot).
+async function hold(gw) {
+  const h = holdSlot(gw.url, 'sk-alice');
+  assert.ok(await until(async () => (await fairshare(gw)).inflight === 1), 'the holder has the slot');
+  return h;
+}
+
 // One request on its own TCP connection (the kernel picks the worker).
 function fresh(gw, k, extraHeaders = {}, body = chatBody({ max_tokens: 1 })) {
   return new Promise((resolve) => {
@@ -52,7 +60,7 @@ function fresh(gw, k, extraHeaders = {}, body = chatBody({ max_tokens: 1 })) {
   });
 }
 
-async function until(cond, ms = 5000) {
+async function until(cond, ms = WAIT_MS) {
   for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await cond()) return true;
   return false;
 }
@@ -91,8 +99,7 @@ test('fairness is process-wide: grants across workers follow the weights (1:3)',
     // A holder takes the only slot; then 4 + 4 requests queue, each on its
     // own connection, so both workers queue some and the slot freed on one
     // worker is granted to requests of the other.
-    const holder = fresh(gw, 'sk-alice', { 'x-sim-delay-ms': '1200' });
-    assert.ok(await until(async () => (await fairshare(gw)).inflight === 1), 'holder admitted');
+    const holder = await hold(gw);
     const plan = [];
     for (let i = 0; i < 4; i++) plan.push(['sk-alice', `a${i}`]);
     for (let i = 0; i < 4; i++) plan.push(['sk-bob', `b${i}`]);
@@ -103,7 +110,7 @@ test('fairness is process-wide: grants across workers follow the weights (1:3)',
       assert.ok(await until(async () => (await fairshare(gw)).queued > before), `${tag} queued`);
     }
     assert.equal((await fairshare(gw)).queued, plan.length);
-    assert.equal((await holder).status, 200);
+    holder.release();
     const done = await Promise.all(all);
     for (const r of done) {
       assert.equal(r.status, 200, r.text);
@@ -126,8 +133,7 @@ test('queue timeouts and clients that leave release every slot on every worker',
   const sim = await startSim();
   const gw = await startObleth(config(sim, { admission: { cost: 'requests', queue_timeout_ms: 300 } }));
   try {
-    const holder = fresh(gw, 'sk-alice', { 'x-sim-delay-ms': '1500' });
-    assert.ok(await until(async () => (await fairshare(gw)).inflight === 1));
+    const holder = await hold(gw);
     // Timed out in the queue: 503 with Retry-After, from whichever worker.
     const timedOut = await Promise.all(Array.from({ length: 12 }, () => fresh(gw, 'sk-bob')));
     for (const r of timedOut) {
@@ -148,7 +154,7 @@ test('queue timeouts and clients that leave release every slot on every worker',
     assert.ok(await until(async () => (await fairshare(gw)).queued === 12), 'all 12 queued');
     for (const r of reqs) r.destroy();
     assert.ok(await until(async () => (await fairshare(gw)).queued === 0), 'the queue empties when clients leave');
-    assert.equal((await holder).status, 200);
+    holder.release();
     assert.ok(await until(async () => (await fairshare(gw)).inflight === 0), 'the slot comes back');
     // Nothing leaked: the one slot is free for the next request at once.
     const after = await Promise.all(Array.from({ length: 6 }, () => fresh(gw, 'sk-alice')));
@@ -177,8 +183,9 @@ test('a reload reaches every worker; SIGTERM drains every worker and exits 0', a
     const m = await metrics(gw);
     assert.ok(metric(m, 'obleth_worker_connections_total{worker="0"}') > 0 && metric(m, 'obleth_worker_connections_total{worker="1"}') > 0, m);
     // Slow streams on many connections (so on both workers) finish after SIGTERM.
+    const arrived = (await simStats(sim)).requests;
     const slow = Array.from({ length: 16 }, () => fresh(gw, 'sk-alice', { 'x-sim-delay-ms': '400' }));
-    await sleep(150);
+    assert.ok(await until(async () => (await simStats(sim)).requests === arrived + 16), 'every slow request reached the upstream');
     gw.proc.kill('SIGTERM');
     for (const r of await Promise.all(slow)) assert.equal(r.status, 200, r.text);
     // Wait for it to exit by itself: stop() would send a second SIGTERM,

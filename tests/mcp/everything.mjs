@@ -45,7 +45,7 @@ function startOnce(port) {
     let done = false;
     const timer = setTimeout(() => {
       if (!done) { done = true; p.kill('SIGKILL'); reject(new Error(`server-everything not ready:\n${p.output.text}`)); }
-    }, 10000);
+    }, 30000); // a backstop: a loaded machine starts node slowly
     const onData = (c) => {
       p.output.text += c.toString();
       if (!done && /listening on port (\d+)/.test(p.output.text)) {

@@ -88,12 +88,15 @@ export async function startRecorder(targetPort, { host = '127.0.0.1', name = `re
     rpcCalls(method) { return records.filter((r) => r.rpc.some((m) => m.method === method)); },
     // The session ids the server issued (on its initialize answers).
     sessionsCreated() { return records.filter((r) => r.resSessionId && r.rpc.some((m) => m.method === 'initialize')).map((r) => r.resSessionId); },
-    async waitFor(pred, ms = 3000) {
+    // The first record pred accepts, waited for; undefined after a bound
+    // that ms only raises (30 s: a loaded machine may take many times the
+    // usual latency to forward a request).
+    async waitFor(pred, ms = 30000) {
       const t0 = Date.now();
       for (;;) {
         const r = records.find(pred);
         if (r) return r;
-        if (Date.now() - t0 > ms) return undefined;
+        if (Date.now() - t0 > Math.max(ms, 30000)) return undefined;
         await new Promise((res) => setTimeout(res, 20));
       }
     },

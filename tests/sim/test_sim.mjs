@@ -16,6 +16,16 @@ if (!SIM) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Poll cond() until it returns a truthy value, which is returned. A wait is
+// for an event; the 30 s bound is only a backstop for a loaded machine.
+async function waitFor(cond, what, ms = 30000) {
+  for (const end = Date.now() + ms; ; await sleep(5)) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`waited ${ms} ms for ${what}`);
+  }
+}
+
 // Start a simulator on an ephemeral port; resolves once it printed its line.
 function startSim(args = []) {
   return new Promise((resolve, reject) => {
@@ -23,7 +33,7 @@ function startSim(args = []) {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const rl = createInterface({ input: proc.stdout });
-    const timer = setTimeout(() => reject(new Error('sim did not start')), 5000);
+    const timer = setTimeout(() => reject(new Error('sim did not start')), 30000);
     proc.once('error', reject);
     proc.once('exit', (code) => reject(new Error(`sim exited early: ${code}`)));
     rl.once('line', (line) => {
@@ -118,7 +128,7 @@ function h2req(session, { method = 'POST', path, headers = {}, body }) {
 }
 
 // Raw HTTP/1.1 exchange over a socket; resolves with everything read until close.
-function rawHttp(port, payload, { waitMs = 2000 } = {}) {
+function rawHttp(port, payload, { waitMs = 30000 } = {}) {
   return new Promise((resolve, reject) => {
     const sock = net.connect(port, '127.0.0.1');
     let data = '';
@@ -419,9 +429,9 @@ describe('HTTP/1.1 slots, timing and aborts', () => {
     await fetch(sim.base + '/sim/reset', { method: 'POST' });
     const t0 = Date.now();
     const a = postJSON(sim.base, '/v1/chat/completions', chatBody());
-    await sleep(20);
+    await waitFor(async () => (await stats(sim.base)).in_flight === 1, 'the first holding the slot');
     const b = postJSON(sim.base, '/v1/chat/completions', chatBody());
-    await sleep(80);
+    await waitFor(async () => (await stats(sim.base)).queued === 1, 'the second waiting');
     const s = await stats(sim.base);
     assert.equal(s.in_flight, 1);
     assert.equal(s.queued, 1);
@@ -440,18 +450,17 @@ describe('HTTP/1.1 slots, timing and aborts', () => {
   test('a waiting client that disconnects leaves the queue', async () => {
     await fetch(sim.base + '/sim/reset', { method: 'POST' });
     const a = postJSON(sim.base, '/v1/chat/completions', chatBody());
-    await sleep(20);
+    await waitFor(async () => (await stats(sim.base)).in_flight === 1, 'the first holding the slot');
     const ac = new AbortController();
     const b = fetch(sim.base + '/v1/chat/completions', {
       method: 'POST',
       body: JSON.stringify(chatBody()),
       signal: ac.signal,
     }).catch((e) => e);
-    await sleep(50);
-    assert.equal((await stats(sim.base)).queued, 1);
+    await waitFor(async () => (await stats(sim.base)).queued === 1, 'the second waiting');
     ac.abort();
     await b;
-    await sleep(50);
+    await waitFor(async () => (await stats(sim.base)).client_gone === 1, 'the disconnect seen');
     const s = await stats(sim.base);
     assert.equal(s.queued, 0);
     assert.equal(s.client_gone, 1);
@@ -560,19 +569,26 @@ describe('h2c', () => {
   });
 
   test('multiplexing: concurrent streams interleave', async () => {
+    // Judged by the order of events, not by a duration: served one after
+    // the other, no stream would get data before the one ahead of it ended.
+    let seq = 0;
     const reqs = [];
-    const t0 = Date.now();
-    for (let i = 0; i < 20; i++)
-      reqs.push(
-        h2req(session, {
-          path: '/v1/chat/completions',
-          body: chatBody({ stream: true, max_tokens: 10 }),
-        }),
-      );
+    for (let i = 0; i < 20; i++) {
+      reqs.push(new Promise((resolve, reject) => {
+        const out = { text: '', first: null, end: null };
+        const req = session.request({ ':method': 'POST', ':path': '/v1/chat/completions' });
+        req.setEncoding('utf8');
+        req.on('data', (d) => { out.first ??= ++seq; out.text += d; });
+        req.on('end', () => { out.end = ++seq; resolve(out); });
+        req.on('error', reject);
+        req.end(JSON.stringify(chatBody({ stream: true, max_tokens: 10 })));
+      }));
+    }
     const out = await Promise.all(reqs);
     for (const r of out) assert.equal(sseData(r.text).at(-1), '[DONE]');
-    // 20 x 10 tokens at 5 ms each would take 1 s serially
-    assert.ok(Date.now() - t0 < 600, `took ${Date.now() - t0} ms`);
+    const firstEnd = Math.min(...out.map((r) => r.end));
+    const started = out.filter((r) => r.first < firstEnd).length;
+    assert.ok(started >= 2, `${started} streams had data before the first one ended`);
   });
 
   test('x-sim-abort-after resets the stream with INTERNAL_ERROR', async () => {
@@ -624,8 +640,10 @@ describe('h2c', () => {
     req.end(JSON.stringify(chatBody({ stream: true, max_tokens: 200 })));
     await new Promise((r) => req.once('data', r));
     req.close(http2.constants.NGHTTP2_CANCEL);
-    await sleep(50);
-    const s = JSON.parse((await h2req(session, { method: 'GET', path: '/sim/stats' })).text);
+    const s = await waitFor(async () => {
+      const st = JSON.parse((await h2req(session, { method: 'GET', path: '/sim/stats' })).text);
+      return st.client_gone === 1 && st;
+    }, 'the reset seen');
     assert.equal(s.client_gone, 1);
     assert.equal(s.in_flight, 0);
   });
@@ -639,6 +657,9 @@ describe('threads', () => {
   after(async () => sim.stop());
 
   test('global slots across threads', async () => {
+    // Six requests, two slots in all (not per thread): never more than two
+    // run, so they take at least three rounds of ttft.
+    const t0 = Date.now();
     const reqs = [];
     for (let i = 0; i < 6; i++) {
       // separate connections so they spread over the threads
@@ -649,13 +670,16 @@ describe('threads', () => {
         }).then((r) => r.json()),
       );
     }
-    await sleep(50);
-    const s = await stats(sim.base);
-    assert.equal(s.in_flight, 2);
-    assert.equal(s.queued, 4);
-    const t0 = Date.now();
-    const out = await Promise.all(reqs);
+    let done = false;
+    const all = Promise.all(reqs).finally(() => { done = true; });
+    let most = 0;
+    while (!done) {
+      most = Math.max(most, (await stats(sim.base)).in_flight);
+      await sleep(5);
+    }
+    const out = await all;
     assert.ok(out.every((j) => j.object === 'chat.completion'));
-    assert.ok(Date.now() - t0 >= 200, 'three waves of 100 ms');
+    assert.ok(most <= 2, `at most two in flight (saw ${most})`);
+    assert.ok(Date.now() - t0 >= 290, `three rounds of 100 ms (${Date.now() - t0} ms)`);
   });
 });

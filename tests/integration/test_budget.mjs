@@ -10,7 +10,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startSim, startObleth, stop, run, simStats, chatBody, sseData, sleep, tempDir, clientRequire } from './lib.mjs';
@@ -27,49 +27,23 @@ const TOKEN = 'adm-budget-5e2f';
 
 // ---- set-up ----
 
-// The counts budgets.path holds for a name as of its last commit, read
-// straight from the LMDB file (rows "<kind><name>\0<period>" -> 8 bytes
-// big-endian in the named database "counters"). Only what the newest meta
-// page reaches counts: LMDB writes a commit's pages, syncs them and only
-// then its meta page, so a count seen in a page is not yet durable.
-// LMDB 0.9 layout: a page is a 16-byte header (pgno, pad, flags, lower,
-// upper), then 16-bit node offsets; a node is lo, hi, flags, key size (16
-// bits each), the key, then the data (a leaf) or, in a branch, the child's
-// page number in lo | hi << 16 | flags << 32. Pages 0 and 1 are the metas:
-// the free database's md_pad holds the page size, the main database's root
-// is at 128 and the txnid at 144.
-function storedCounts(path, name) {
-  let buf;
-  try { buf = readFileSync(path); } catch { return []; }
-  if (buf.length < 8192) return [];
-  const psize = buf.readUInt32LE(16 + 24);
-  const metas = [0, psize].map((o) => ({ root: buf.readBigUInt64LE(o + 128), txnid: buf.readBigUInt64LE(o + 144) }));
-  const meta = metas[0].txnid > metas[1].txnid ? metas[0] : metas[1];
-  const nodes = function* (pgno) {
-    if (pgno === 0xffffffffffffffffn) return;
-    const at = Number(pgno) * psize;
-    if (at + psize > buf.length) throw new Error('page past the end');
-    const flags = buf.readUInt16LE(at + 10), lower = buf.readUInt16LE(at + 12);
-    for (let i = 16; i < lower; i += 2) {
-      const n = at + buf.readUInt16LE(at + i);
-      const ksize = buf.readUInt16LE(n + 6);
-      const key = buf.subarray(n + 8, n + 8 + ksize);
-      if (flags & 1) {
-        yield* nodes(BigInt(buf.readUInt16LE(n)) | BigInt(buf.readUInt16LE(n + 2)) << 16n | BigInt(buf.readUInt16LE(n + 4)) << 32n);
-      } else {
-        yield { key, data: buf.subarray(n + 8 + ksize, n + 8 + ksize + (buf.readUInt16LE(n) | buf.readUInt16LE(n + 2) << 16)) };
-      }
-    }
-  };
+// The counts budgets.path holds for a name as of its last commit (rows
+// "<kind><name>\0<period>" -> 8 bytes big-endian in the named database
+// "counters"), read by LMDB's own mdb_dump in a read transaction: what it
+// sees is committed, so it survives a kill.
+async function storedCounts(path, name) {
+  if (!existsSync(path)) return [];
+  const r = await run('mdb_dump', ['-n', '-s', 'counters', path]);
+  if (r.code !== 0) return [];
+  const lines = r.stdout.split('\n');
+  const data = lines.indexOf('HEADER=END');
+  if (data < 0) return [];
+  const want = Buffer.from(name + '\0');
   const out = [];
-  try {
-    const sub = [...nodes(meta.root)].find((x) => x.key.toString() === 'counters');
-    if (!sub) return [];
-    const want = Buffer.from(name + '\0');
-    for (const { key, data } of nodes(sub.data.readBigUInt64LE(40))) {
-      if (key.subarray(1, 1 + want.length).equals(want) && data.length === 8) out.push(Number(data.readBigUInt64BE(0)));
-    }
-  } catch { return []; } // read while a commit was being written: look again
+  for (let i = data + 1; i + 1 < lines.length && lines[i] !== 'DATA=END'; i += 2) {
+    const key = Buffer.from(lines[i].trim(), 'hex'), val = Buffer.from(lines[i + 1].trim(), 'hex');
+    if (key.subarray(1, 1 + want.length).equals(want) && val.length === 8) out.push(Number(val.readBigUInt64BE(0)));
+  }
   return out;
 }
 
@@ -278,7 +252,8 @@ test('budgets.path keeps the counts across restarts: graceful, and killed after 
   gw = await r.gateway(sim, { tenants, budgets: { path } });
   const more = await chat(gw, 'sk-acme');
   assert.equal(more.status, 200);
-  await waitFor(() => storedCounts(path, 'acme').includes(used + usedBy(more)), () => `the new count in the file (${storedCounts(path, 'acme')})`);
+  let seen = [];
+  await waitFor(async () => (seen = await storedCounts(path, 'acme')).includes(used + usedBy(more)), () => `the new count in the file (${seen})`);
   await r.stop(gw.proc, 'SIGKILL');
 
   gw = await r.gateway(sim, { tenants, budgets: { path } });

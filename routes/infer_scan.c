@@ -21,19 +21,6 @@ static void ws(js_t *s) {
   while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) s->p++;
 }
 
-static int hex4(const char *p) {
-  int v = 0;
-  for (int i = 0; i < 4; i++) {
-    char c = p[i];
-    v <<= 4;
-    if (c >= '0' && c <= '9') v |= c - '0';
-    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-    else return -1;
-  }
-  return v;
-}
-
 /* At a '"': past the closing quote. *len: decoded bytes (UTF-8); *plain:
  * no escapes. */
 static bool str(js_t *s, uint64_t *len, bool *plain) {
@@ -56,13 +43,13 @@ static bool str(js_t *s, uint64_t *len, bool *plain) {
     char e = q[1];
     if (e == 'u') {
       if (s->end - q < 6) return false;
-      int c = hex4(q + 2);
+      int c = ob_json_hex4(q + 2);
       if (c <= 0) return false; /* \u0000 would end the C string a tree holds */
       p = q + 6;
       if (c >= 0xDC00 && c <= 0xDFFF) return false;
       if (c >= 0xD800 && c <= 0xDBFF) {
         if (s->end - p < 6 || p[0] != '\\' || p[1] != 'u') return false;
-        int lo = hex4(p + 2);
+        int lo = ob_json_hex4(p + 2);
         if (lo < 0xDC00 || lo > 0xDFFF) return false;
         p += 6;
         n += 4;

@@ -160,6 +160,10 @@ static inline const char *ob_json_str_run(const char *p, const char *end) {
  * upstream decodes "mod\u0065l" to "model".
  */
 
+/* The four hex digits of a "\u" escape at p (p must have four bytes):
+ * 0..0xFFFF, or -1 when one is not a hex digit. */
+int ob_json_hex4(const char *p);
+
 /* A JSON string token at p (on its opening quote): the byte after its
  * closing quote, or NULL when it is not RFC 8259 (unterminated, a raw
  * control character, an unknown escape, \u without four hex digits). Lone

@@ -17,8 +17,7 @@ static const char *ws(const char *p, const char *end) {
   return p;
 }
 
-/* Four hex digits at p (which has at least four bytes): 0..0xFFFF, or -1. */
-static int hex4(const char *p) {
+int ob_json_hex4(const char *p) {
   int v = 0;
   for (int i = 0; i < 4; i++) {
     char c = p[i];
@@ -44,7 +43,7 @@ const char *ob_json_str_end(const char *p, const char *end, bool *nul) {
       p += 2;
       break;
     case 'u': {
-      int v = end - p >= 6 ? hex4(p + 2) : -1;
+      int v = end - p >= 6 ? ob_json_hex4(p + 2) : -1;
       if (v < 0) return NULL;
       if (v == 0 && nul) *nul = true;
       p += 6;
@@ -83,11 +82,11 @@ static int dec_next(dec_t *d) {
   case 'u': break;
   default: d->p++; return (unsigned char)e;
   }
-  int cp = d->end - d->p >= 5 ? hex4(d->p + 1) : -1;
+  int cp = d->end - d->p >= 5 ? ob_json_hex4(d->p + 1) : -1;
   if (cp < 0) return c;
   d->p += 5;
   if (cp >= 0xD800 && cp <= 0xDBFF && d->end - d->p >= 6 && d->p[0] == '\\' && d->p[1] == 'u') {
-    int lo = hex4(d->p + 2);
+    int lo = ob_json_hex4(d->p + 2);
     if (lo >= 0xDC00 && lo <= 0xDFFF) {
       cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
       d->p += 6;

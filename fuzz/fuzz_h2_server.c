@@ -204,7 +204,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   small_buffers(sv[0]);
   small_buffers(sv[1]);
   struct sockaddr_in peer = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  ob_net_client_accept(net, sv[0], (struct sockaddr *)&peer, sizeof peer, NULL);
+  ob_net_client_accept(net, sv[0], (struct sockaddr *)&peer, sizeof peer, NULL, false);
   CHECK(net->num_conns == 1);
 
   /* Preface and an empty SETTINGS frame: every input starts past the

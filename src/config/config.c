@@ -568,10 +568,11 @@ static void on_tls_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     l->tls_key = path;
 }
 
-enum { L_ADDRESS, L_TLS };
+enum { L_ADDRESS, L_TLS, L_XFF };
 static const field_t listener_fields[] = {
   [L_ADDRESS] = {.key = "address", .required = true},
   [L_TLS] = {.key = "tls"},
+  [L_XFF] = {.key = "x_forwarded_for"},
 };
 
 static void on_listener_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
@@ -601,6 +602,12 @@ static void on_listener_field(ctx_t *cx, size_t idx, const cJSON *v, void *targe
     }
     l->tls = true;
     walk_object(cx, v, tls_fields, sizeof tls_fields / sizeof tls_fields[0], on_tls_field, l);
+  } else if (idx == L_XFF) {
+    const char *s = cJSON_IsString(v) ? v->valuestring : "";
+    if (strcmp(s, "replace") == 0)
+      l->xff_replace = true;
+    else if (strcmp(s, "append") != 0)
+      errf(cx, "expected \"append\" or \"replace\"");
   }
 }
 

@@ -31,6 +31,10 @@ typedef struct ob_config_listener {
   bool tls;
   char *tls_cert;  /* absolute or config-relative path already resolved; NULL without tls */
   char *tls_key;
+  /* "x_forwarded_for": "append" (default: the client's values, then the
+   * peer, for a listener behind a trusted edge) or "replace" (the peer
+   * alone, for a listener clients reach directly). */
+  bool xff_replace;
 } ob_config_listener_t;
 
 typedef struct ob_config_endpoint {

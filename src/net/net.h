@@ -56,6 +56,7 @@ struct ob_sreq {
   int http_version;         /* 10, 11 or 20 */
   const char *peer_addr;    /* client IP as text */
   bool tls;
+  bool xff_replace;         /* the listener's x_forwarded_for is "replace" */
   uint64_t start_us;        /* when the request head began to arrive */
   void *handler_data;       /* for the handler's own use */
   /* Streamed request body (HTTP/2 only, when the handler's stream_body said

@@ -119,6 +119,7 @@ struct ob_client_conn {
   ob_net_t *net;
   ob_sock_t *sock;
   bool tls;
+  bool xff_replace;         /* its listener's x_forwarded_for is "replace" */
   ob_conn_proto_t proto;
   bool draining;            /* graceful shutdown started */
   struct event *detect_timer; /* until the protocol is known: the deadline for the handshake and first bytes */
@@ -153,7 +154,8 @@ void ob_net_up_body_ready(struct ob_ureq *u);
 void ob_net_up_body_unlink(struct ob_ureq *u);
 
 /* Take over an accepted socket. tls: the listener's SSL_CTX or NULL. */
-void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls);
+void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls,
+                          bool xff_replace);
 /* Start graceful shutdown of one connection (GOAWAY / Connection: close). */
 void ob_net_client_drain(ob_client_conn_t *c);
 /* Close now; streams in flight get on_close(completed = false). */

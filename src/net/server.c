@@ -67,6 +67,7 @@ void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *op
   s->http_version = http_version;
   s->peer_addr = c->peer;
   s->tls = c->tls;
+  s->xff_replace = c->xff_replace;
   s->scheme = c->tls ? OB_IOV_LIT("https") : OB_IOV_LIT("http");
   s->body = ob_rcbuf_create();
   s->start_us = ob_clock_us();
@@ -194,7 +195,8 @@ static void detect_timeout(evutil_socket_t fd, short what, void *arg) {
   ob_net_client_release(c);
 }
 
-void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls) {
+void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr *sa, int salen, SSL_CTX *tls,
+                          bool xff_replace) {
   (void)salen;
   if (n->shutting_down || n->num_conns >= n->cfg->limits.max_connections) {
     evutil_closesocket(fd);
@@ -203,6 +205,7 @@ void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr
   ob_client_conn_t *c = ob_xcalloc(1, sizeof *c);
   c->net = n;
   c->tls = tls != NULL;
+  c->xff_replace = xff_replace;
   if (sa->sa_family == AF_INET)
     inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof c->peer);
   else if (sa->sa_family == AF_INET6)
@@ -239,9 +242,15 @@ void ob_net_client_accept(ob_net_t *n, evutil_socket_t fd, const struct sockaddr
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
   ob_net_t *n = arg;
   SSL_CTX *tls = NULL;
+  bool xff_replace = false;
+  /* The listener arrays follow the current config's listeners, in order
+   * (a reload rebuilds them); a removed listener no longer accepts. */
   for (size_t i = 0; i < n->num_listeners; i++)
-    if (n->listeners[i] == l) tls = n->listener_ssl[i];
-  ob_net_client_accept(n, fd, sa, salen, tls);
+    if (n->listeners[i] == l) {
+      tls = n->listener_ssl[i];
+      xff_replace = i < n->cfg->num_listeners && n->cfg->listeners[i].xff_replace;
+    }
+  ob_net_client_accept(n, fd, sa, salen, tls, xff_replace);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg) {

@@ -496,12 +496,13 @@ void ob_proxy_forward(ob_exchange_t *x) {
   size_t k = 0;
   /* x-forwarded-for: every value the client side sent (an edge may split
    * the list over several fields), then the client's address, as nginx's
-   * $proxy_add_x_forwarded_for. */
+   * $proxy_add_x_forwarded_for; on a listener clients reach directly
+   * ("replace"), the address alone, as nginx's $remote_addr. */
   ob_buf_t b;
   ob_buf_init(&b);
   for (size_t i = 0; i < s->num_headers; i++) {
     ob_iov_t name = s->headers[i].name;
-    if (ob_iov_eq_str_nocase(name, "x-forwarded-for") && s->headers[i].value.len)
+    if (!s->xff_replace && ob_iov_eq_str_nocase(name, "x-forwarded-for") && s->headers[i].value.len)
       ob_buf_append_iov(&b, s->headers[i].value), ob_buf_append_str(&b, ", ");
     if (is_request_hop(name, s) || (strip_key && is_client_credential(name))) continue;
     if (ucfg && ucfg->credential_header && ob_iov_eq_str_nocase(name, ucfg->credential_header)) continue;

@@ -272,6 +272,8 @@ static void test_listener_errors(void) {
   EXPECT_ERRS("listener not an object", "{\"listeners\": [1], " UPSTREAMS "}", "listeners[0]: expected an object");
   EXPECT_ERRS("address type", "{\"listeners\": [{\"address\": 8080}], " UPSTREAMS "}",
               "listeners[0].address: expected a string");
+  EXPECT_ERRS("x_forwarded_for", "{\"listeners\": [{\"address\": \"127.0.0.1:1\", \"x_forwarded_for\": \"trust\"}], " UPSTREAMS "}",
+              "listeners[0].x_forwarded_for: expected \"append\" or \"replace\"");
   EXPECT_ERRS("address missing", "{\"listeners\": [{}], " UPSTREAMS "}",
               "listeners[0]: missing required key \"address\"");
   EXPECT_ERRS("address without port", "{\"listeners\": [{\"address\": \"localhost\"}], " UPSTREAMS "}",

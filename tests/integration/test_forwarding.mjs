@@ -119,6 +119,8 @@ let up, gw;
 test.before(async () => {
   up = await startUpstream();
   gw = await startObleth({
+    // The second listener is one clients reach directly: its X-Forwarded-For is the peer alone.
+    listeners: [{ address: '127.0.0.1:0' }, { address: '127.0.0.1:0', x_forwarded_for: 'replace' }],
     upstreams: [{ name: 'odd', endpoints: [up.url] }],
     routes: [{ prefix: '/', class: 'passthrough', upstream: 'odd' }],
   });
@@ -182,6 +184,17 @@ test('X-Forwarded-Proto is ours alone; X-Forwarded-For keeps every client value 
   // Over HTTP/2 the client writes :scheme itself: the connection decides.
   const r2 = await h2(gw.url, { ':method': 'GET', ':path': '/echo/xf2', ':scheme': 'https', 'x-forwarded-proto': 'https' }).done;
   assert.deepEqual(JSON.parse(r2.body).headers.filter(([n]) => n === 'x-forwarded-proto'), [['x-forwarded-proto', 'http']]);
+});
+
+test('a listener with x_forwarded_for "replace" sends the peer alone, whatever the client wrote', async () => {
+  const req = 'GET /echo/xr HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 203.0.113.1\r\nX-Forwarded-For: 198.51.100.2\r\n\r\n';
+  const replaced = JSON.parse((await h1(gw.ports[1], req).done).body);
+  assert.deepEqual(replaced.headers.filter(([n]) => n === 'x-forwarded-for'), [['x-forwarded-for', '127.0.0.1']]);
+  const r2 = await h2(`http://127.0.0.1:${gw.ports[1]}`, { ':method': 'GET', ':path': '/echo/xr2', 'x-forwarded-for': '203.0.113.1' }).done;
+  assert.deepEqual(JSON.parse(r2.body).headers.filter(([n]) => n === 'x-forwarded-for'), [['x-forwarded-for', '127.0.0.1']]);
+  // The default listener appends, on the same gateway.
+  const appended = JSON.parse((await h1(gw.ports[0], req).done).body);
+  assert.deepEqual(appended.headers.filter(([n]) => n === 'x-forwarded-for'), [['x-forwarded-for', '203.0.113.1, 198.51.100.2, 127.0.0.1']]);
 });
 
 test('every Connection field names hop-by-hop fields, not only the first', async () => {

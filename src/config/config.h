@@ -214,6 +214,27 @@ typedef struct ob_config_budgets {
                             the key is present or any tenant or key has a budget_tokens; else NULL */
 } ob_config_budgets_t;
 
+/* "cluster": several replicas share caps, queues, limits and budgets
+ * through one Redis (docs/cluster.md); absent = a single process, no Redis. */
+typedef enum { OB_CLUSTER_SPLIT = 0, OB_CLUSTER_LOCAL } ob_cluster_fallback_t;
+typedef struct ob_config_cluster {
+  bool enabled;             /* the key is present */
+  char *redis;              /* "redis" as written, with any password replaced by "***" (safe to log) */
+  char *host;               /* redis://: host without brackets; NULL for unix: */
+  uint16_t port;            /* redis://: explicit or 6379 */
+  char *unix_path;          /* unix:/path: the socket, resolved against the config's folder; NULL for redis:// */
+  uint32_t db;              /* redis://.../db, default 0 (unix: "?db=N" is not supported) */
+  char *username;           /* redis://user:pass@...: ACL user; NULL = default user */
+  char *password;           /* from the URL or "password_file" (first line, trailing newline dropped);
+                               NULL = none. Secret: never logged, wiped on free */
+  char *password_file;      /* "password_file", resolved; NULL when absent */
+  char *ns;                 /* "namespace": key prefix, default "obleth"; 1..64 of [A-Za-z0-9_.:-] */
+  char *replica_id;         /* "replica_id": default "<hostname>:<pid>"; 1..128 printable ASCII, no spaces */
+  uint32_t lease_ms;        /* "lease_ms", default 3000, 300..600000 */
+  uint32_t op_timeout_ms;   /* "op_timeout_ms", default 200, 10..60000 and at most lease_ms / 3 */
+  ob_cluster_fallback_t fallback; /* "fallback": "split" (default) | "local" */
+} ob_config_cluster_t;
+
 typedef struct ob_config {
   int refs;                 /* private */
   char *path;               /* file it came from, NULL for ob_config_parse */
@@ -242,6 +263,7 @@ typedef struct ob_config {
   ob_config_admin_t admin;
   ob_config_ledger_t ledger;
   ob_config_budgets_t budgets;
+  ob_config_cluster_t cluster;
 } ob_config_t;
 
 /* Problems found while validating. Each entry is one line

@@ -3,10 +3,11 @@
  * counted ob_config_t snapshot, or into a list of "json.path: message" lines
  * naming every problem found. It owns the schema (docs/config.md is its
  * prose twin: change both together), the defaults and the error wording. It
- * must not touch sockets, files other than the one ob_config_load reads, or
- * global state of its own (cJSON still records its last error position in a
- * global, which nothing here reads); the cJSON tree lives only inside
- * ob_config_parse.
+ * must not touch sockets, files other than those ob_config_load reads (the
+ * config itself, cluster.password_file, and the TLS files it checks are
+ * readable), or global state of its own (cJSON still records its last error
+ * position in a global, which nothing here reads); ob_config_parse touches
+ * no file at all, and the cJSON tree lives only inside it.
  *
  * How validation works: every object is walked child by child in document
  * order through walk_object(), which knows the object's keys from a static
@@ -27,7 +28,10 @@
  * left in it and the NUL-terminated copy of the input are wiped as well, so
  * no plaintext key or upstream credential survives in freed memory of ours.
  * (The caller's own buffer is the caller's to wipe; ob_config_load wipes
- * the one it reads the file into.)
+ * the one it reads the file into.) The Redis password of "cluster" must be
+ * kept, as the upstream credentials are: it is wiped when the snapshot is
+ * freed, never appears in an error line, and "redis" is stored with it
+ * masked.
  */
 #include "config.h"
 
@@ -44,6 +48,7 @@
 #include <stdlib.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* A configuration file is a few kilobytes; anything this large is a mistake
@@ -329,10 +334,8 @@ static bool want_uint(ctx_t *cx, const cJSON *v, uint64_t min, uint64_t max, uin
   return false;
 }
 
-/* A file path, resolved against the config file's folder when relative. */
-static char *want_file(ctx_t *cx, const cJSON *v) {
-  const char *s = want_string(cx, v, true);
-  if (!s) return NULL;
+/* s resolved against the config file's folder when relative; a new string. */
+static char *resolve_path(ctx_t *cx, const char *s) {
   if (s[0] == '/' || !cx->base_dir || !cx->base_dir[0]) return ob_xstrdup(s);
   ob_buf_t b;
   ob_buf_init(&b);
@@ -341,6 +344,12 @@ static char *want_file(ctx_t *cx, const cJSON *v) {
   ob_buf_append_str(&b, s);
   *ob_buf_reserve(&b, 1) = '\0';
   return b.base;
+}
+
+/* A file path, resolved against the config file's folder when relative. */
+static char *want_file(ctx_t *cx, const cJSON *v) {
+  const char *s = want_string(cx, v, true);
+  return s ? resolve_path(cx, s) : NULL;
 }
 
 static bool name_in(const char *const *names, size_t n, const char *name) {
@@ -1444,7 +1453,7 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
 /* ---------------------------------------------------------------- top level */
 
 enum { T_LISTENERS, T_UPSTREAMS, T_ROUTES, T_MODELS, T_GROUPS, T_TENANTS, T_ADMISSION, T_LIMITS, T_TIMEOUTS, T_LOG_LEVEL,
-       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER, T_BUDGETS, T_WORKERS };
+       T_GRPC, T_MCP, T_CACHE, T_ADMIN, T_METRICS, T_LEDGER, T_BUDGETS, T_WORKERS, T_CLUSTER };
 static const field_t top_fields[] = {
   [T_LISTENERS] = {.key = "listeners", .required = true},
   [T_UPSTREAMS] = {.key = "upstreams", .required = true},
@@ -1464,6 +1473,7 @@ static const field_t top_fields[] = {
   [T_LEDGER] = {.key = "ledger"},
   [T_BUDGETS] = {.key = "budgets"},
   [T_WORKERS] = {.key = "workers"},
+  [T_CLUSTER] = {.key = "cluster"},
 };
 
 enum { CA_PATH, CA_DETERMINISTIC, CA_EXCLUDE, CA_FRESH_ID, CA_MAX_BYTES, CA_MAX_ENTRY, CA_TTL };
@@ -1644,6 +1654,277 @@ static void on_grpc_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
 }
 
 
+/* ---------------------------------------------------------------- cluster */
+
+/*
+ * "cluster": the one Redis the replicas share (docs/cluster.md). Its password
+ * is a secret like a key's: no error line ever shows the URL's text (a bad
+ * URL gets its reason only), "redis" is kept with the password replaced by
+ * "***" so it can be logged, and every copy is wiped when freed.
+ * "password_file" is only resolved here; ob_config_load reads it, so that
+ * ob_config_parse stays pure (no file system, as the fuzzer needs).
+ */
+#define REDIS_DEFAULT_PORT 6379
+#define REDIS_MAX_DB 15
+#define CLUSTER_NS_MAX 64
+#define CLUSTER_REPLICA_MAX 128
+/* Room for a socket path: sun_path holds it with its NUL. */
+#define UNIX_PATH_ROOM sizeof(((struct sockaddr_un *)0)->sun_path)
+_Static_assert(UNIX_PATH_ROOM == 108, "the message about long socket paths says 107 bytes");
+/* The password file's first line must end within this many bytes. */
+#define PASSWORD_LINE_MAX 65536
+
+static void free_secret(char *s) {
+  if (s) OPENSSL_cleanse(s, strlen(s));
+  free(s);
+}
+
+/* The n bytes at s with every %XX decoded, as a new string; NULL when an
+ * escape is malformed or decodes to a NUL byte (which would cut it short).
+ * Nothing is left behind on failure: the result may be a password. */
+static char *percent_decode(const char *s, size_t n) {
+  char *out = ob_xmalloc(n + 1);
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] != '%') {
+      out[o++] = s[i];
+      continue;
+    }
+    int hi = i + 2 < n ? hex_value((unsigned char)s[i + 1]) : -1;
+    int lo = hi >= 0 ? hex_value((unsigned char)s[i + 2]) : -1;
+    if (lo < 0 || (hi | lo) == 0) {
+      OPENSSL_cleanse(out, n + 1);
+      free(out);
+      return NULL;
+    }
+    out[o++] = (char)(hi << 4 | lo);
+    i += 2;
+  }
+  out[o] = '\0';
+  return out;
+}
+
+/* What "redis" gives, before it is moved into the snapshot. */
+typedef struct redis_url {
+  char *redacted, *host, *unix_path, *username, *password;
+  uint16_t port;
+  uint32_t db;
+} redis_url_t;
+
+static void redis_url_dispose(redis_url_t *u) {
+  free(u->redacted), free(u->host), free(u->unix_path), free(u->username);
+  free_secret(u->password);
+  *u = (redis_url_t){0};
+}
+
+/*
+ * "redis://[[user]:password@]host[:port][/db]" or "unix:PATH". The user info
+ * ends at the last "@" before the first "/", and the user name at its first
+ * ":", so only "/" and "%" must be %-encoded in a password. Returns a static
+ * reason on failure (never the text, which may hold the password); u is the
+ * caller's to dispose either way.
+ */
+static const char *parse_redis_url(ctx_t *cx, const char *s, redis_url_t *u) {
+  if (strncasecmp(s, "unix:", 5) == 0) {
+    const char *p = s + 5;
+    if (!*p) return "unix: needs a socket path";
+    if (strchr(p, '?')) return "a unix: URL takes no query (\"?db=N\" is not supported)";
+    u->unix_path = resolve_path(cx, p);
+    if (strlen(u->unix_path) >= UNIX_PATH_ROOM) return "unix socket path too long (at most 107 bytes once resolved)";
+    u->redacted = ob_xstrdup(s);
+    return NULL;
+  }
+  if (strncasecmp(s, "redis://", 8) != 0) return "not a redis:// or unix: URL";
+  const char *auth = s + 8;
+  size_t alen = strcspn(auth, "/");
+  const char *at = memrchr(auth, '@', alen);
+  const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+  if (at) {
+    size_t ulen = colon ? (size_t)(colon - auth) : (size_t)(at - auth);
+    if (ulen == 0 && !colon) return "invalid redis:// URL (empty user name before \"@\")";
+    if (ulen && !(u->username = percent_decode(auth, ulen)))
+      return "invalid redis:// URL (bad %-escape in the user name)";
+    if (colon && colon + 1 == at) return "invalid redis:// URL (empty password)";
+    if (colon && !(u->password = percent_decode(colon + 1, (size_t)(at - colon - 1))))
+      return "invalid redis:// URL (bad %-escape in the password)";
+  }
+  const char *hp = at ? at + 1 : auth;
+  long port;
+  const char *why = split_host_port(hp, (size_t)(auth + alen - hp), &u->host, &port);
+  if (why) {
+    if (strncmp(why, "port ", 5) == 0) return "invalid redis:// URL (port must be 1..65535)";
+    if (strcmp(why, "missing host") == 0) return "invalid redis:// URL (missing host)";
+    if (strncmp(why, "IPv6", 4) == 0) return "invalid redis:// URL (IPv6 addresses need brackets, as in [::1]:6379)";
+    return "invalid redis:// URL (bad host)";
+  }
+  if (port == 0) return "invalid redis:// URL (port must be 1..65535)";
+  u->port = (uint16_t)(port > 0 ? port : REDIS_DEFAULT_PORT);
+  const char *db = auth + alen; /* "", "/" or "/N" */
+  if (db[0] && db[1]) {
+    const char *d = db + 1;
+    size_t dlen = strlen(d);
+    bool digits = dlen <= 2 && d[0] >= '0' && d[0] <= '9' && (dlen == 1 || (d[1] >= '0' && d[1] <= '9'));
+    uint32_t n = digits ? (uint32_t)strtoul(d, NULL, 10) : REDIS_MAX_DB + 1;
+    if (n > REDIS_MAX_DB) return "invalid redis:// URL (db must be 0..15)";
+    u->db = n;
+  }
+  if (u->password) { /* as written, the password's bytes replaced */
+    ob_buf_t b;
+    ob_buf_init(&b);
+    ob_buf_append(&b, s, (size_t)(colon + 1 - s));
+    ob_buf_append_str(&b, "***");
+    ob_buf_append_str(&b, at);
+    *ob_buf_reserve(&b, 1) = '\0';
+    u->redacted = b.base;
+  } else {
+    u->redacted = ob_xstrdup(s);
+  }
+  return NULL;
+}
+
+enum { CL_REDIS, CL_PASSWORD_FILE, CL_NAMESPACE, CL_REPLICA_ID, CL_LEASE_MS, CL_OP_TIMEOUT_MS, CL_FALLBACK };
+#define CLF(k, lo, hi, d) {.key = #k, .off = offsetof(ob_config_cluster_t, k), .min = (lo), .max = (hi), .def = (d)}
+static const field_t cluster_fields[] = {
+  [CL_REDIS] = {.key = "redis", .required = true},
+  [CL_PASSWORD_FILE] = {.key = "password_file"},
+  [CL_NAMESPACE] = {.key = "namespace"},
+  [CL_REPLICA_ID] = {.key = "replica_id"},
+  [CL_LEASE_MS] = CLF(lease_ms, 300, 600000, 3000),
+  [CL_OP_TIMEOUT_MS] = CLF(op_timeout_ms, 10, 60000, 200),
+  [CL_FALLBACK] = {.key = "fallback"},
+};
+#undef CLF
+
+typedef struct cluster_state {
+  ob_config_cluster_t *cl;
+  bool ints_ok;         /* lease_ms and op_timeout_ms hold valid values, given or default */
+  bool op_timeout_given;
+} cluster_state_t;
+
+/* Redis key prefixes: no white space, quotes or braces (a "{" would change
+ * which slot a Redis Cluster hashes the key to). */
+static bool valid_namespace(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > CLUSTER_NS_MAX) return false;
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
+          ch == ':' || ch == '-'))
+      return false;
+  }
+  return true;
+}
+
+/* Printable ASCII without spaces: it shows up in Redis values, logs and
+ * metrics as one token. */
+static bool valid_replica_id(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > CLUSTER_REPLICA_MAX) return false;
+  for (; *s; s++)
+    if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f) return false;
+  return true;
+}
+
+/* "<hostname>:<pid>". Whatever a replica_id may not hold in the host name
+ * becomes "_" and a long one is cut, so the default is always valid. */
+static char *default_replica_id(void) {
+  char host[256];
+  if (gethostname(host, sizeof host) != 0 || !host[0]) snprintf(host, sizeof host, "localhost");
+  host[CLUSTER_REPLICA_MAX - 24] = '\0'; /* room for ":" and any pid */
+  for (char *p = host; *p; p++)
+    if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) *p = '_';
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_buf_printf(&b, "%s:%ld", host, (long)getpid());
+  *ob_buf_reserve(&b, 1) = '\0';
+  return b.base;
+}
+
+static void on_cluster_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  cluster_state_t *st = target;
+  ob_config_cluster_t *cl = st->cl;
+  switch (idx) {
+  case CL_REDIS: {
+    const char *s = want_string(cx, v, true);
+    if (!s) return;
+    redis_url_t u = {0};
+    const char *why = parse_redis_url(cx, s, &u);
+    if (why) {
+      errf(cx, "%s", why);
+      redis_url_dispose(&u);
+      return;
+    }
+    cl->redis = u.redacted, cl->host = u.host, cl->port = u.port, cl->unix_path = u.unix_path, cl->db = u.db;
+    cl->username = u.username, cl->password = u.password;
+    break;
+  }
+  case CL_PASSWORD_FILE:
+    cl->password_file = want_file(cx, v);
+    break;
+  case CL_NAMESPACE:
+  case CL_REPLICA_ID: {
+    const char *s = want_string(cx, v, false);
+    if (!s) return;
+    bool ns = idx == CL_NAMESPACE;
+    if (ns ? valid_namespace(s) : valid_replica_id(s)) {
+      *(ns ? &cl->ns : &cl->replica_id) = ob_xstrdup(s);
+      return;
+    }
+    char *q = quote(s);
+    if (ns)
+      errf(cx, "invalid namespace %s (use 1..64 letters, digits, \"_\", \".\", \":\" and \"-\")", q);
+    else
+      errf(cx, "invalid replica_id %s (use 1..128 printable ASCII characters, no spaces)", q);
+    free(q);
+    break;
+  }
+  case CL_FALLBACK: {
+    const char *s = cJSON_IsString(v) ? v->valuestring : "";
+    if (strcmp(s, "split") == 0)
+      cl->fallback = OB_CLUSTER_SPLIT;
+    else if (strcmp(s, "local") == 0)
+      cl->fallback = OB_CLUSTER_LOCAL;
+    else
+      errf(cx, "expected \"split\" or \"local\"");
+    break;
+  }
+  default: {
+    uint64_t n;
+    const field_t *f = &cluster_fields[idx];
+    if (idx == CL_OP_TIMEOUT_MS) st->op_timeout_given = true;
+    if (want_uint(cx, v, f->min, f->max, &n))
+      set_int(cl, f, n);
+    else
+      st->ints_ok = false;
+    break;
+  }
+  }
+}
+
+static void on_cluster(ctx_t *cx, const cJSON *obj) {
+  ob_config_cluster_t *cl = &cx->c->cluster;
+  cluster_state_t st = {.cl = cl, .ints_ok = true};
+  cl->enabled = true;
+  cl->fallback = OB_CLUSTER_SPLIT;
+  apply_defaults(cl, cluster_fields, NFIELDS(cluster_fields));
+  uint32_t seen = walk_object(cx, obj, cluster_fields, NFIELDS(cluster_fields), on_cluster_field, &st);
+  if (!cl->ns) cl->ns = ob_xstrdup("obleth");
+  if (!cl->replica_id) cl->replica_id = default_replica_id();
+  if (st.ints_ok && cl->op_timeout_ms > cl->lease_ms / 3) {
+    size_t mark = path_key(cx, "op_timeout_ms");
+    errf(cx,
+         "must be at most lease_ms / 3 = %u (it is %u%s), so that a Redis call that times out still leaves time to "
+         "renew the lease before it expires",
+         (unsigned)(cl->lease_ms / 3), (unsigned)cl->op_timeout_ms, st.op_timeout_given ? "" : ", the default");
+    path_pop(cx, mark);
+  }
+  bool has_file = seen & (1u << CL_PASSWORD_FILE);
+  if (cl->password && has_file)
+    errf(cx, "give the password in \"redis\" or in \"password_file\", not both");
+  else if (cl->username && !cl->password && !has_file)
+    errf(cx, "the user name in \"redis\" needs a password (in the URL or in \"password_file\")");
+}
+
 _Static_assert(NFIELDS(upstream_fields) <= 32 && NFIELDS(timeout_fields) <= 32 && NFIELDS(top_fields) <= 32 &&
                    NFIELDS(tenant_fields) <= 32 && NFIELDS(admission_fields) <= 32 && NFIELDS(key_fields) <= 32,
                "walk_object tracks keys in a 32-bit set");
@@ -1666,7 +1947,8 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   size_t n;
   /* The sections that are objects; the lists and log_level check their own shape. */
   bool object = idx == T_ADMISSION || idx == T_LIMITS || idx == T_TIMEOUTS || idx == T_GRPC || idx == T_MCP ||
-                idx == T_LEDGER || idx == T_BUDGETS || idx == T_ADMIN || idx == T_METRICS || idx == T_CACHE;
+                idx == T_LEDGER || idx == T_BUDGETS || idx == T_ADMIN || idx == T_METRICS || idx == T_CACHE ||
+                idx == T_CLUSTER;
   if (object && !cJSON_IsObject(v)) {
     errf(cx, "expected an object");
     return;
@@ -1748,6 +2030,9 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
       cJSON def = {.type = cJSON_String, .valuestring = "obleth-cache.mdb"};
       c->cache.path = want_file(cx, &def);
     }
+    break;
+  case T_CLUSTER:
+    on_cluster(cx, v);
     break;
   case T_WORKERS: {
     uint64_t w;
@@ -1881,6 +2166,10 @@ static void free_config(ob_config_t *c) {
   free(c->cache.exclude_fields);
   if (c->mcp_session_secret) OPENSSL_cleanse(c->mcp_session_secret, strlen(c->mcp_session_secret));
   free(c->mcp_session_secret);
+  ob_config_cluster_t *cl = &c->cluster;
+  free(cl->redis), free(cl->host), free(cl->unix_path), free(cl->username), free(cl->password_file);
+  free(cl->ns), free(cl->replica_id);
+  free_secret(cl->password);
   free(c->log_level), free(c->path), free(c->dir);
   free(c);
 }
@@ -2041,6 +2330,58 @@ static bool files_readable(const ob_config_t *c, ob_config_errors_t *errs) {
   return errs->len == before;
 }
 
+/* cluster.password_file: the password is its first line, without the line
+ * end ("\n" or "\r\n"). Read here rather than by ob_config_parse, which
+ * never opens files; a reload reads it again, so a rotated password is
+ * picked up. Every buffer that held its bytes is wiped. */
+static bool read_password_file(ob_config_t *c, ob_config_errors_t *errs) {
+  const char *file = c->cluster.password_file;
+  if (!file) return true;
+  const char *jp = "cluster.password_file";
+  /* O_NONBLOCK and regular files only, as for certificates: a FIFO would
+   * block a reload on the event loop. */
+  int fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int e = fd < 0 ? errno : 0;
+  struct stat st;
+  if (!e && fstat(fd, &st) != 0) e = errno;
+  if (!e && S_ISDIR(st.st_mode)) e = EISDIR;
+  const char *why = !e && !S_ISREG(st.st_mode) ? "not a regular file" : NULL;
+  char buf[PASSWORD_LINE_MAX + 1];
+  size_t len = 0;
+  while (!e && !why && len < sizeof buf && !memchr(buf, '\n', len)) {
+    ssize_t r = read(fd, buf + len, sizeof buf - len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) e = errno;
+    if (r <= 0) break;
+    len += (size_t)r;
+  }
+  if (fd >= 0) close(fd);
+  char *msg = NULL;
+  int n = 0;
+  const char *nl = memchr(buf, '\n', len);
+  size_t line = nl ? (size_t)(nl - buf) : len;
+  if (line && buf[line - 1] == '\r') line--;
+  if (e || why)
+    n = asprintf(&msg, "cannot read %s: %s", file, why ? why : strerror(e));
+  else if (!nl && len == sizeof buf)
+    n = asprintf(&msg, "the first line of %s is longer than %d bytes", file, PASSWORD_LINE_MAX);
+  else if (line == 0)
+    n = asprintf(&msg, "empty password (the first line of %s is empty)", file);
+  else if (memchr(buf, '\0', line))
+    n = asprintf(&msg, "the first line of %s contains a NUL byte", file);
+  else
+    c->cluster.password = ob_xstrndup(buf, line);
+  OPENSSL_cleanse(buf, sizeof buf);
+  if (n < 0) {
+    fprintf(stderr, "obleth: out of memory formatting a config error\n");
+    abort();
+  }
+  if (!msg) return true;
+  file_error(errs, jp, msg);
+  free(msg);
+  return false;
+}
+
 ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -2088,7 +2429,9 @@ ob_config_t *ob_config_load(const char *path, ob_config_errors_t *errs) {
   free(dir);
   if (b.base) OPENSSL_cleanse(b.base, b.len);
   ob_buf_dispose(&b);
-  if (c && !files_readable(c, errs)) {
+  bool ok = c && files_readable(c, errs);
+  ok = c && read_password_file(c, errs) && ok; /* both report */
+  if (c && !ok) {
     ob_config_destroy(c);
     return NULL;
   }

@@ -879,6 +879,303 @@ static void test_budget_keys(void) {
   EXPECT_ERRS("budgets not an object", WITH("\"budgets\": \"b.mdb\""), "budgets: expected an object");
 }
 
+/* ------------------------------------------------------------ cluster */
+
+static void test_cluster(void) {
+  ob_config_errors_t e = {0};
+  ob_config_t *c = parse(MINIMAL, &e);
+  TAP_CHECK(c && !c->cluster.enabled && !c->cluster.redis && !c->cluster.host && !c->cluster.ns &&
+                !c->cluster.replica_id && !c->cluster.password && c->cluster.lease_ms == 0,
+            "no cluster block: not enabled, nothing set");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  c = parse(WITH("\"cluster\": {\"redis\": \"redis://127.0.0.1:6379/0\", \"password_file\": \"redis.pass\", "
+                 "\"namespace\": \"prod:gw-a_1.x\", \"replica_id\": \"gw-1\", \"lease_ms\": 6000, \"op_timeout_ms\": 2000, "
+                 "\"fallback\": \"local\"}"),
+            &e);
+  TAP_CHECK(c && e.len == 0, "full cluster block parses");
+  if (c) {
+    const ob_config_cluster_t *cl = &c->cluster;
+    TAP_CHECK(cl->enabled, "cluster enabled");
+    TAP_EQ_STR(cl->redis, "redis://127.0.0.1:6379/0", "redis as written without a password");
+    TAP_EQ_STR(cl->host, "127.0.0.1", "redis host");
+    TAP_EQ_INT(cl->port, 6379, "redis port");
+    TAP_EQ_INT(cl->db, 0, "redis db");
+    TAP_CHECK(!cl->unix_path && !cl->username, "no unix path, no user");
+    TAP_CHECK(cl->password == NULL, "ob_config_parse leaves a password_file's password to ob_config_load");
+    TAP_EQ_STR(cl->password_file, BASE_DIR "/redis.pass", "password_file resolved against base_dir");
+    TAP_EQ_STR(cl->ns, "prod:gw-a_1.x", "namespace");
+    TAP_EQ_STR(cl->replica_id, "gw-1", "replica_id");
+    TAP_EQ_INT(cl->lease_ms, 6000, "lease_ms");
+    TAP_EQ_INT(cl->op_timeout_ms, 2000, "op_timeout_ms at exactly lease_ms / 3");
+    TAP_EQ_INT(cl->fallback, OB_CLUSTER_LOCAL, "fallback local");
+  } else {
+    dump_errs(&e);
+  }
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  c = parse(WITH("\"cluster\": {\"redis\": \"redis://redis.internal\"}"), &e);
+  TAP_CHECK(c && e.len == 0, "cluster block with only redis parses");
+  if (c) {
+    const ob_config_cluster_t *cl = &c->cluster;
+    char host[256], want[300];
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    snprintf(want, sizeof want, "%s:%ld", host, (long)getpid());
+    TAP_CHECK(cl->enabled, "enabled");
+    TAP_EQ_STR(cl->host, "redis.internal", "host name");
+    TAP_EQ_INT(cl->port, 6379, "port defaults to 6379");
+    TAP_EQ_INT(cl->db, 0, "db defaults to 0");
+    TAP_EQ_STR(cl->ns, "obleth", "namespace defaults to obleth");
+    TAP_EQ_STR(cl->replica_id, want, "replica_id defaults to <hostname>:<pid>");
+    TAP_EQ_INT(cl->lease_ms, 3000, "lease_ms defaults to 3000");
+    TAP_EQ_INT(cl->op_timeout_ms, 200, "op_timeout_ms defaults to 200");
+    TAP_EQ_INT(cl->fallback, OB_CLUSTER_SPLIT, "fallback defaults to split");
+    TAP_CHECK(!cl->username && !cl->password && !cl->password_file && !cl->unix_path, "no user, password or socket");
+  } else {
+    dump_errs(&e);
+  }
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  /* User and password are %-decoded; "redis" keeps the URL with only the
+   * password's bytes replaced. */
+  c = parse(WITH("\"cluster\": {\"redis\": \"REDIS://gw%40corp:p%3a@ss%2FTopSecret%25@[::1]:6380/15\"}"), &e);
+  TAP_CHECK(c && e.len == 0, "URL with user, password, IPv6 host, port and db parses");
+  if (c) {
+    const ob_config_cluster_t *cl = &c->cluster;
+    TAP_EQ_STR(cl->username, "gw@corp", "user %-decoded");
+    TAP_EQ_STR(cl->password, "p:@ss/TopSecret%", "password %-decoded, split at the last \"@\"");
+    TAP_EQ_STR(cl->host, "::1", "IPv6 host without brackets");
+    TAP_EQ_INT(cl->port, 6380, "explicit port");
+    TAP_EQ_INT(cl->db, 15, "db 15");
+    TAP_EQ_STR(cl->redis, "REDIS://gw%40corp:***@[::1]:6380/15", "redis is redacted");
+    TAP_CHECK(!strstr(cl->redis, "TopSecret"), "redacted URL does not hold the password");
+  } else {
+    dump_errs(&e);
+  }
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  c = parse(WITH("\"cluster\": {\"redis\": \"redis://:hunter2@10.1.2.3/\"}"), &e);
+  TAP_CHECK(c && c->cluster.password && strcmp(c->cluster.password, "hunter2") == 0 && !c->cluster.username &&
+                strcmp(c->cluster.redis, "redis://:***@10.1.2.3/") == 0 && c->cluster.db == 0,
+            "password without user: default user, redacted, \"/\" is db 0");
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  c = parse(WITH("\"cluster\": {\"redis\": \"unix:run/redis.sock\", \"password_file\": \"/etc/obleth/redis.pass\"}"), &e);
+  TAP_CHECK(c && c->cluster.unix_path && strcmp(c->cluster.unix_path, BASE_DIR "/run/redis.sock") == 0 &&
+                !c->cluster.host && c->cluster.port == 0 && c->cluster.db == 0 &&
+                strcmp(c->cluster.redis, "unix:run/redis.sock") == 0 &&
+                strcmp(c->cluster.password_file, "/etc/obleth/redis.pass") == 0,
+            "unix: relative socket path resolved against base_dir, no host");
+  if (!c) dump_errs(&e);
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+  c = parse(WITH("\"cluster\": {\"redis\": \"unix:/var/run/redis/redis.sock\"}"), &e);
+  TAP_CHECK(c && strcmp(c->cluster.unix_path, "/var/run/redis/redis.sock") == 0, "unix: absolute path kept");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  c = parse(WITH("\"cluster\": {\"redis\": \"redis://h\", \"lease_ms\": 600000, \"op_timeout_ms\": 60000}"), &e);
+  TAP_CHECK(c && c->cluster.lease_ms == 600000 && c->cluster.op_timeout_ms == 60000, "largest lease_ms and op_timeout_ms");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+#define CLUSTER(body) WITH("\"cluster\": {" body "}")
+  EXPECT_ERRS("cluster not an object", WITH("\"cluster\": \"redis://h\""), "cluster: expected an object");
+  EXPECT_ERRS("cluster without redis", CLUSTER("\"namespace\": \"x\""), "cluster: missing required key \"redis\"");
+  EXPECT_ERRS("redis not a string / empty", CLUSTER("\"redis\": 6379"), "cluster.redis: expected a string");
+  EXPECT_ERRS("redis empty", CLUSTER("\"redis\": \"\""), "cluster.redis: must not be empty");
+  EXPECT_ERRS("bad URL scheme", CLUSTER("\"redis\": \"http://127.0.0.1:6379\""),
+              "cluster.redis: not a redis:// or unix: URL");
+  EXPECT_ERRS("rediss:// (TLS) is not supported", CLUSTER("\"redis\": \"rediss://:pw@h\""),
+              "cluster.redis: not a redis:// or unix: URL");
+  EXPECT_ERRS("bare host", CLUSTER("\"redis\": \"127.0.0.1:6379\""), "cluster.redis: not a redis:// or unix: URL");
+  EXPECT_ERRS("port 0", CLUSTER("\"redis\": \"redis://h:0\""), "cluster.redis: invalid redis:// URL (port must be 1..65535)");
+  EXPECT_ERRS("port too large", CLUSTER("\"redis\": \"redis://h:65536/0\""),
+              "cluster.redis: invalid redis:// URL (port must be 1..65535)");
+  EXPECT_ERRS("port not a number", CLUSTER("\"redis\": \"redis://h:abc\""),
+              "cluster.redis: invalid redis:// URL (port must be 1..65535)");
+  EXPECT_ERRS("empty port", CLUSTER("\"redis\": \"redis://h:\""),
+              "cluster.redis: invalid redis:// URL (port must be 1..65535)");
+  EXPECT_ERRS("missing host", CLUSTER("\"redis\": \"redis://:pw@:6379\""),
+              "cluster.redis: invalid redis:// URL (missing host)");
+  EXPECT_ERRS("IPv6 without brackets", CLUSTER("\"redis\": \"redis://::1\""),
+              "cluster.redis: invalid redis:// URL (IPv6 addresses need brackets, as in [::1]:6379)");
+  EXPECT_ERRS("bad host", CLUSTER("\"redis\": \"redis://h h\""), "cluster.redis: invalid redis:// URL (bad host)");
+  EXPECT_ERRS("db 16", CLUSTER("\"redis\": \"redis://h/16\""), "cluster.redis: invalid redis:// URL (db must be 0..15)");
+  EXPECT_ERRS("db not a number", CLUSTER("\"redis\": \"redis://h:6379/x\""),
+              "cluster.redis: invalid redis:// URL (db must be 0..15)");
+  EXPECT_ERRS("db with a path", CLUSTER("\"redis\": \"redis://h/1/2\""),
+              "cluster.redis: invalid redis:// URL (db must be 0..15)");
+  EXPECT_ERRS("db with a query", CLUSTER("\"redis\": \"redis://h/1?timeout=1\""),
+              "cluster.redis: invalid redis:// URL (db must be 0..15)");
+  EXPECT_ERRS("db -1", CLUSTER("\"redis\": \"redis://h/-1\""), "cluster.redis: invalid redis:// URL (db must be 0..15)");
+  EXPECT_ERRS("unix: without a path", CLUSTER("\"redis\": \"unix:\""), "cluster.redis: unix: needs a socket path");
+  EXPECT_ERRS("unix: with ?db=", CLUSTER("\"redis\": \"unix:/run/redis.sock?db=2\""),
+              "cluster.redis: a unix: URL takes no query (\"?db=N\" is not supported)");
+  EXPECT_ERRS("unix: path too long",
+              CLUSTER("\"redis\": \"unix:/run/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\""),
+              "cluster.redis: unix socket path too long (at most 107 bytes once resolved)");
+  EXPECT_ERRS("empty password in the URL", CLUSTER("\"redis\": \"redis://user:@h\""),
+              "cluster.redis: invalid redis:// URL (empty password)");
+  EXPECT_ERRS("empty user before @", CLUSTER("\"redis\": \"redis://@h\""),
+              "cluster.redis: invalid redis:// URL (empty user name before \"@\")");
+  EXPECT_ERRS("bad %-escape in the password", CLUSTER("\"redis\": \"redis://:Top%zzSecret@h\""),
+              "cluster.redis: invalid redis:// URL (bad %-escape in the password)");
+  EXPECT_ERRS("%00 in the password", CLUSTER("\"redis\": \"redis://:TopSecret%00@h\""),
+              "cluster.redis: invalid redis:// URL (bad %-escape in the password)");
+  EXPECT_ERRS("truncated %-escape in the user", CLUSTER("\"redis\": \"redis://us%4:pw@h\""),
+              "cluster.redis: invalid redis:// URL (bad %-escape in the user name)");
+  EXPECT_ERRS("user without any password", CLUSTER("\"redis\": \"redis://gw@h\""),
+              "cluster: the user name in \"redis\" needs a password (in the URL or in \"password_file\")");
+  EXPECT_ERRS("password in the URL and password_file",
+              CLUSTER("\"redis\": \"redis://:TopSecret@h\", \"password_file\": \"redis.pass\""),
+              "cluster: give the password in \"redis\" or in \"password_file\", not both");
+  EXPECT_ERRS("password_file empty / not a string", CLUSTER("\"redis\": \"redis://h\", \"password_file\": \"\""),
+              "cluster.password_file: must not be empty");
+  EXPECT_ERRS("op_timeout_ms above lease_ms / 3",
+              CLUSTER("\"redis\": \"redis://h\", \"lease_ms\": 600, \"op_timeout_ms\": 201"),
+              "cluster.op_timeout_ms: must be at most lease_ms / 3 = 200 (it is 201), so that a Redis call that times "
+              "out still leaves time to renew the lease before it expires");
+  EXPECT_ERRS("a short lease_ms with the default op_timeout_ms", CLUSTER("\"redis\": \"redis://h\", \"lease_ms\": 500"),
+              "cluster.op_timeout_ms: must be at most lease_ms / 3 = 166 (it is 200, the default), so that a Redis "
+              "call that times out still leaves time to renew the lease before it expires");
+  EXPECT_ERRS("lease_ms and op_timeout_ms out of range",
+              CLUSTER("\"redis\": \"redis://h\", \"lease_ms\": 299, \"op_timeout_ms\": 60001"),
+              "cluster.lease_ms: expected an integer >= 300",
+              "cluster.op_timeout_ms: expected an integer >= 10 no larger than 60000");
+  EXPECT_ERRS("lease_ms too large, op_timeout_ms too small",
+              CLUSTER("\"redis\": \"redis://h\", \"lease_ms\": 600001, \"op_timeout_ms\": 9.5"),
+              "cluster.lease_ms: expected an integer >= 300 no larger than 600000",
+              "cluster.op_timeout_ms: expected an integer >= 10");
+  EXPECT_ERRS("bad fallback", CLUSTER("\"redis\": \"redis://h\", \"fallback\": \"fail\""),
+              "cluster.fallback: expected \"split\" or \"local\"");
+  EXPECT_ERRS("fallback not a string", CLUSTER("\"redis\": \"redis://h\", \"fallback\": true"),
+              "cluster.fallback: expected \"split\" or \"local\"");
+  EXPECT_ERRS("unknown and repeated keys", CLUSTER("\"redis\": \"redis://h\", \"sentinel\": \"x\", \"redis\": \"redis://g\""),
+              "cluster.sentinel: unknown key", "cluster.redis: duplicate key");
+  EXPECT_ERRS("bad namespace chars", CLUSTER("\"redis\": \"redis://h\", \"namespace\": \"a b{x}\""),
+              "cluster.namespace: invalid namespace \"a b{x}\" (use 1..64 letters, digits, \"_\", \".\", \":\" and \"-\")");
+  EXPECT_ERRS("empty namespace", CLUSTER("\"redis\": \"redis://h\", \"namespace\": \"\""),
+              "cluster.namespace: invalid namespace \"\" (use 1..64 letters, digits, \"_\", \".\", \":\" and \"-\")");
+  EXPECT_ERRS("namespace of 65 characters",
+              CLUSTER("\"redis\": \"redis://h\", \"namespace\": "
+                      "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\""),
+              "cluster.namespace: invalid namespace \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\" "
+              "(use 1..64 letters, digits, \"_\", \".\", \":\" and \"-\")");
+  EXPECT_ERRS("replica_id with a space", CLUSTER("\"redis\": \"redis://h\", \"replica_id\": \"gw 1\""),
+              "cluster.replica_id: invalid replica_id \"gw 1\" (use 1..128 printable ASCII characters, no spaces)");
+  EXPECT_ERRS("replica_id not ASCII", CLUSTER("\"redis\": \"redis://h\", \"replica_id\": \"gw-\u00e9\""),
+              "cluster.replica_id: invalid replica_id \"gw-\u00e9\" (use 1..128 printable ASCII characters, no spaces)");
+  EXPECT_ERRS("namespace not a string", CLUSTER("\"redis\": \"redis://h\", \"namespace\": 1"),
+              "cluster.namespace: expected a string");
+
+  /* The password never shows in an error line, whatever else is wrong. */
+  const char *const leaky[] = {
+    CLUSTER("\"redis\": \"redis://:TopSecret@h:0\""),
+    CLUSTER("\"redis\": \"redis://:TopSecret@h/99\""),
+    CLUSTER("\"redis\": \"redis://:TopSecret@h h\""),
+    CLUSTER("\"redis\": \"redis://:TopSecret@\""),
+    CLUSTER("\"redis\": \"redis://:TopSecret%4@h\""),
+    CLUSTER("\"redis\": \"redis://TopSecret@h\""),
+    CLUSTER("\"redis\": \"rediss://:TopSecret@h\""),
+    CLUSTER("\"redis\": \"redis://:TopSecret@h\", \"password_file\": \"p\", \"lease_ms\": 1, \"x\": 1"),
+  };
+  for (size_t i = 0; i < sizeof leaky / sizeof leaky[0]; i++) {
+    c = parse(leaky[i], &e);
+    bool clean = c == NULL && e.len > 0;
+    for (size_t j = 0; clean && j < e.len; j++) clean = !strstr(e.items[j], "TopSecret");
+    TAP_CHECK(clean, "bad cluster block %zu: the password is in no error line", i);
+    if (!clean) dump_errs(&e);
+    ob_config_destroy(c);
+    ob_config_errors_dispose(&e);
+  }
+#undef CLUSTER
+}
+
+/* password_file is read by ob_config_load: its first line is the password. */
+static void test_cluster_load(void) {
+  char dir[] = "/tmp/obleth-test-cluster-XXXXXX";
+  if (!mkdtemp(dir)) {
+    TAP_CHECK(false, "mkdtemp: %s", strerror(errno));
+    return;
+  }
+  char real[PATH_MAX], path[PATH_MAX + 64], pass[PATH_MAX + 64], want[PATH_MAX + 160];
+  if (!realpath(dir, real)) snprintf(real, sizeof real, "%s", dir);
+  snprintf(path, sizeof path, "%s/obleth.json", dir);
+  snprintf(pass, sizeof pass, "%s/redis.pass", dir);
+  ob_config_errors_t e = {0};
+
+  write_file(path, WITH("\"cluster\": {\"redis\": \"redis://gw@127.0.0.1:6379/2\", \"password_file\": \"redis.pass\"}"));
+  write_file(pass, "TopSecret pass\r\nsecond line\n");
+  ob_config_t *c = ob_config_load(path, &e);
+  TAP_CHECK(c && e.len == 0, "load with cluster.password_file");
+  if (c) {
+    snprintf(want, sizeof want, "%s/redis.pass", real);
+    TAP_EQ_STR(c->cluster.password_file, want, "password_file resolved against the file's folder");
+    TAP_EQ_STR(c->cluster.password, "TopSecret pass", "password: first line without CR LF");
+    TAP_EQ_STR(c->cluster.username, "gw", "user from the URL");
+    TAP_EQ_STR(c->cluster.redis, "redis://gw@127.0.0.1:6379/2", "redis has no password to hide");
+  } else {
+    dump_errs(&e);
+  }
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  write_file(pass, "no-newline");
+  c = ob_config_load(path, &e);
+  TAP_CHECK(c && strcmp(c->cluster.password, "no-newline") == 0, "a password file without a line end");
+  ob_config_destroy(c);
+  ob_config_errors_dispose(&e);
+
+  write_file(pass, "\nTopSecret\n");
+  c = ob_config_load(path, &e);
+  snprintf(want, sizeof want, "cluster.password_file: empty password (the first line of %s/redis.pass is empty)", real);
+  TAP_CHECK(c == NULL && e.len == 1, "an empty first line fails the load");
+  TAP_EQ_STR(e.len ? e.items[0] : NULL, want, "with its JSON path, without the rest of the file");
+  ob_config_errors_dispose(&e);
+
+  write_file(pass, "\r\n");
+  c = ob_config_load(path, &e);
+  TAP_CHECK(c == NULL && e.len == 1 && strstr(e.items[0], "empty password"), "a first line of only CR LF is empty too");
+  ob_config_errors_dispose(&e);
+
+  unlink(pass);
+  c = ob_config_load(path, &e);
+  snprintf(want, sizeof want, "cluster.password_file: cannot read %s/redis.pass: No such file or directory", real);
+  TAP_CHECK(c == NULL && e.len == 1, "a missing password_file fails the load");
+  TAP_EQ_STR(e.len ? e.items[0] : NULL, want, "cannot read <file>: <strerror>");
+  ob_config_errors_dispose(&e);
+
+  mkdir(pass, 0700);
+  c = ob_config_load(path, &e);
+  snprintf(want, sizeof want, "cluster.password_file: cannot read %s/redis.pass: Is a directory", real);
+  TAP_EQ_STR(e.len ? e.items[0] : NULL, want, "a folder as password_file");
+  TAP_CHECK(c == NULL, "fails the load");
+  ob_config_errors_dispose(&e);
+  rmdir(pass);
+
+  write_file(path, WITH("\"cluster\": {\"redis\": \"redis://:TopSecret@h\", \"password_file\": \"redis.pass\"}"));
+  write_file(pass, "other\n");
+  c = ob_config_load(path, &e);
+  TAP_CHECK(c == NULL && e.len == 1 && strcmp(e.items[0], "cluster: give the password in \"redis\" or in "
+                                                          "\"password_file\", not both") == 0,
+            "URL password and password_file: refused");
+  if (e.len != 1) dump_errs(&e);
+  ob_config_errors_dispose(&e);
+
+  unlink(pass);
+  unlink(path);
+  rmdir(dir);
+}
+
 /* Inputs the fuzzer found worth keeping live here as well as in the corpus. */
 static void test_regressions(void) {
   EXPECT_ERRS("escape at the very end", "{\"a\\", "$: invalid JSON near byte 2");
@@ -906,6 +1203,8 @@ int main(void) {
   test_admission_credential_errors();
   test_budget_keys();
   test_load();
+  test_cluster();
+  test_cluster_load();
   test_regressions();
   return tap_done();
 }

@@ -221,6 +221,11 @@ static void warn_fixed(const ob_config_t *o, const ob_config_t *n) {
     ob_log_warn("reload: the budget file stays as it was (budgets.path changes need a restart)");
   if (o->workers != n->workers)
     ob_log_warn("reload: %u worker(s) keep running (workers changes need a restart)", o->workers);
+  const ob_config_cluster_t *oc = &o->cluster, *nc = &n->cluster;
+  if (oc->enabled != nc->enabled || !same(oc->redis, nc->redis) || !same(oc->password, nc->password) ||
+      !same(oc->ns, nc->ns) || !same(oc->replica_id, nc->replica_id) || oc->lease_ms != nc->lease_ms ||
+      oc->op_timeout_ms != nc->op_timeout_ms || oc->fallback != nc->fallback)
+    ob_log_warn("reload: the cluster link stays as it was (cluster changes need a restart)");
 }
 
 /* A further worker's part of a reload, on its own loop. */
@@ -371,6 +376,12 @@ static int run(const char *path) {
     goto out;
   }
   ob_proxy_attach(app.proxy, app.net, app.base);
+  const char *why = NULL;
+  if (!ob_proxy_cluster_start(app.proxy, &why)) {
+    ob_log_error("cluster: %s (\"%s\"); not starting", why, cfg->cluster.replica_id);
+    rc = 1;
+    goto out;
+  }
   for (size_t i = 1; i < app.num_workers; i++) {
     if (!worker_create(&app, i)) {
       rc = 1;
@@ -427,6 +438,8 @@ out:
   /* Every net before any proxy: closing a connection may hand its slot to
    * a request of another worker, whose proxy must still be there. */
   for (size_t i = app.num_workers; i-- > 0;) ob_net_destroy(app.workers[i].net);
+  /* After every exchange is gone: leaving gives back whatever is left. */
+  if (app.proxy) ob_proxy_cluster_stop(app.proxy);
   for (size_t i = app.num_workers; i-- > 0;) ob_proxy_destroy(app.workers[i].proxy); /* and their parts */
   ob_ledger_close(app.ledger); /* every line of the run reaches the file */
   ob_budget_store_close(app.budget_store); /* the last charges reach the file */

@@ -9,6 +9,8 @@
 
 #include "admin_int.h"
 
+#include "cluster.h"
+
 #include <cjson/cJSON.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -24,6 +26,7 @@ struct ob_admin {
   ob_admin_http_t *http;
   ob_admin_reload_fn reload;
   void *reload_arg;
+  struct fleet_ask *asks;   /* fleet views waiting for Redis */
 };
 
 typedef ob_admin_req_t admin_req_t;
@@ -166,6 +169,25 @@ static void put_group(ob_admin_t *a, admin_req_t *req, const char *name) {
   reply(req, 200, "application/json", body, (size_t)n);
 }
 
+/* The cache's scope of a tenant's entries ("t:<name>\0"); nothing for all. */
+static void purge_scope(ob_buf_t *scope, const char *tenant) {
+  if (!tenant) return;
+  ob_buf_append_str(scope, "t:");
+  ob_buf_append_str(scope, tenant);
+  ob_buf_append(scope, "", 1);
+}
+
+/* Another replica purged: so does this one (cluster mode). */
+static void on_fleet_purge(void *arg, const char *tenant) {
+  ob_admin_t *a = arg;
+  if (!a->cache) return;
+  ob_buf_t scope;
+  ob_buf_init(&scope);
+  purge_scope(&scope, tenant);
+  ob_cache_store_purge(a->cache, tenant ? scope.base : NULL);
+  ob_buf_dispose(&scope);
+}
+
 static void purge(ob_admin_t *a, admin_req_t *req, const char *query) {
   if (!a->cache) {
     reply_error(req, 404, "no cache is configured (or it could not be opened)");
@@ -191,14 +213,11 @@ static void purge(ob_admin_t *a, admin_req_t *req, const char *query) {
   }
   ob_buf_t scope;
   ob_buf_init(&scope);
-  if (tenant) {
-    ob_buf_append_str(&scope, "t:");
-    ob_buf_append_str(&scope, tenant);
-    ob_buf_append(&scope, "", 1);
-  }
-  evhttp_clear_headers(&q);
+  purge_scope(&scope, tenant);
   ob_cache_store_purge(a->cache, tenant ? scope.base : NULL);
   ob_log_info("admin: cache purge %s", tenant ? scope.base : "(all)");
+  ob_proxy_cluster_purged(a->proxy, tenant); /* every other replica purges its own cache too */
+  evhttp_clear_headers(&q);
   ob_buf_t b;
   ob_buf_init(&b);
   ob_buf_append_str(&b, "{\"purged\":");
@@ -225,6 +244,69 @@ static void do_reload(ob_admin_t *a, admin_req_t *req) {
   }
   ob_buf_dispose(&why);
   ob_buf_dispose(&b);
+}
+
+/* ---------------------------------------------------------------- fleet views */
+
+/* Views that, in cluster mode, show the fleet's counts: asked of Redis
+ * and answered when it replies (within cluster.op_timeout_ms, else with
+ * this replica's own view). admin_http keeps req until the answer. */
+enum { V_FAIRSHARE, V_CLUSTER, V_TENANT };
+
+typedef struct fleet_ask {
+  struct fleet_ask *next, *prev;
+  ob_admin_t *a;            /* NULL once the admin API is gone (shutdown) */
+  admin_req_t *req;
+  int view;
+  char *name;
+} fleet_ask_t;
+
+static void fleet_answer(ob_admin_t *a, admin_req_t *req, int view, const char *name, const ob_cluster_info_t *info,
+                         const int64_t *budgets, size_t n) {
+  ob_buf_t b;
+  ob_buf_init(&b);
+  ob_proxy_fleet_state_t fs;
+  ob_proxy_fleet_state(a->proxy, &fs);
+  if (view == V_FAIRSHARE) {
+    if (fs.enabled) ob_proxy_write_fairshare_fleet(a->proxy, info, &b);
+    else ob_proxy_write_fairshare(a->proxy, &b);
+  } else if (view == V_CLUSTER) {
+    ob_proxy_write_cluster(a->proxy, info, &b);
+  } else if (!ob_proxy_write_tenant_fleet(a->proxy, name, budgets, n, &b)) {
+    ob_buf_dispose(&b);
+    reply_error(req, 404, "no such tenant");
+    return;
+  }
+  reply_buf(req, 200, "application/json", &b);
+  ob_buf_dispose(&b);
+}
+
+static void on_fleet_view(void *arg, const ob_cluster_info_t *info, const int64_t *budgets, size_t n) {
+  fleet_ask_t *q = arg;
+  if (q->a) {
+    if (q->prev) q->prev->next = q->next;
+    else q->a->asks = q->next;
+    if (q->next) q->next->prev = q->prev;
+    fleet_answer(q->a, q->req, q->view, q->name, info, budgets, n);
+  }
+  free(q->name);
+  free(q);
+}
+
+static bool ask_fleet(ob_admin_t *a, admin_req_t *req, int view, const char *name) {
+  fleet_ask_t *q = ob_xcalloc(1, sizeof *q);
+  *q = (fleet_ask_t){.a = a, .req = req, .view = view, .name = name ? ob_xstrdup(name) : NULL};
+  bool ok = view == V_TENANT ? ob_proxy_fleet_budgets(a->proxy, name, on_fleet_view, q)
+                             : ob_proxy_fleet_info(a->proxy, on_fleet_view, q);
+  if (!ok) {
+    free(q->name);
+    free(q);
+    return false;
+  }
+  q->next = a->asks;
+  if (a->asks) a->asks->prev = q;
+  a->asks = q;
+  return true;
 }
 
 /* Methods are case-sensitive (RFC 9110 9.1); HEAD is answered as GET. */
@@ -284,21 +366,15 @@ static void handle(admin_req_t *req, void *arg) {
     reply_buf(req, 200, "text/plain; version=0.0.4", &b);
     ob_buf_dispose(&b);
   } else if (strcmp(path, "/admin/fairshare") == 0 && is_get(req)) {
-    ob_buf_t b;
-    ob_buf_init(&b);
-    ob_proxy_write_fairshare(a->proxy, &b);
-    reply_buf(req, 200, "application/json", &b);
-    ob_buf_dispose(&b);
+    if (!ask_fleet(a, req, V_FAIRSHARE, NULL)) fleet_answer(a, req, V_FAIRSHARE, NULL, NULL, NULL, 0);
+  } else if (strcmp(path, "/admin/cluster") == 0 && is_get(req)) {
+    if (!ask_fleet(a, req, V_CLUSTER, NULL)) fleet_answer(a, req, V_CLUSTER, NULL, NULL, NULL, 0);
   } else if (strncmp(path, "/admin/tenants/", 15) == 0 && path[15]) {
     const char *name = path + 15;
     if (is_method(req, "PUT")) {
       put_tenant(a, req, name);
     } else if (is_get(req)) {
-      ob_buf_t b;
-      ob_buf_init(&b);
-      if (ob_proxy_write_tenant(a->proxy, name, &b)) reply_buf(req, 200, "application/json", &b);
-      else reply_error(req, 404, "no such tenant");
-      ob_buf_dispose(&b);
+      if (!ask_fleet(a, req, V_TENANT, name)) fleet_answer(a, req, V_TENANT, name, NULL, NULL, 0);
     } else {
       reply_error(req, 405, "use GET or PUT");
     }
@@ -325,6 +401,7 @@ ob_admin_t *ob_admin_create(struct event_base *base, ob_config_t *cfg, ob_proxy_
   a->proxy = proxy;
   a->cache = cache;
   static const ob_admin_http_cbs_t cbs = {.on_head = on_head, .on_request = handle};
+  ob_proxy_set_purge_hook(proxy, on_fleet_purge, a);
   unsigned port = 0;
   a->http = ob_admin_http_create(base, cfg, &cbs, a, &port);
   if (!a->http) {
@@ -347,6 +424,8 @@ void ob_admin_set_config(ob_admin_t *a, ob_config_t *cfg) {
 
 void ob_admin_destroy(ob_admin_t *a) {
   if (!a) return;
+  ob_proxy_set_purge_hook(a->proxy, NULL, NULL);
+  for (fleet_ask_t *q = a->asks; q; q = q->next) q->a = NULL; /* their answers find nobody to tell */
   ob_admin_http_destroy(a->http);
   ob_config_release(a->cfg);
   free(a);

@@ -30,7 +30,7 @@ static ob_fs_mode_t fs_mode(ob_admission_mode_t m) {
 /* Locked. Every worker that queues a request arms its own timer for the
  * earliest deadline, and one that fires re-arms for the next, so some
  * timer is always due by the earliest queued deadline. */
-static void arm_expiry(ob_proxy_t *p) {
+void ob_proxy_arm_expiry(ob_proxy_t *p) {
   uint64_t d = ob_fs_next_deadline(p->sh->fs);
   if (!d) {
     evtimer_del(p->expiry);
@@ -51,7 +51,7 @@ void ob_proxy_wake(ob_proxy_t *w) {
   ob_waker_wake(w->waker);
 }
 
-static void inbox_post(ob_exchange_t *x, int kind) {
+void ob_proxy_inbox_post(ob_exchange_t *x, int kind) {
   ob_proxy_t *w = x->proxy;
   x->in_kind = kind;
   x->in_next = NULL;
@@ -74,17 +74,18 @@ void ob_proxy_inbox_remove(ob_exchange_t *x) {
 }
 
 /* Locked: give every slot the scheduler can grant now to its exchange. */
-static void pump_locked(ob_proxy_t *p) {
+void ob_proxy_pump_locked(ob_proxy_t *p) {
   ob_fs_req_t *r;
   uint64_t now = ob_clock_us();
   while ((r = ob_fs_next_grant(p->sh->fs, now))) {
     ob_exchange_t *x = r->user;
     x->fs_state = FS_GRANTED;
+    ob_fleet_local_grant(x);
     x->queue_us = now - x->queue_start_us;
     x->admission = "queued";
-    inbox_post(x, INBOX_GRANT);
+    ob_proxy_inbox_post(x, INBOX_GRANT);
   }
-  arm_expiry(p);
+  ob_proxy_arm_expiry(p);
 }
 
 static void retry_after_header(ob_exchange_t *x, uint64_t ms, ob_http_header_t *h, size_t *k) {
@@ -94,7 +95,7 @@ static void retry_after_header(ob_exchange_t *x, uint64_t ms, ob_http_header_t *
 }
 
 /* On x's own loop: it waited past its deadline. */
-static void answer_expired(ob_exchange_t *x) {
+void ob_proxy_answer_expired(ob_exchange_t *x) {
   uint64_t now = ob_clock_us();
   if (x->grpc && x->deadline_us && now >= x->deadline_us) {
     /* The client's own deadline ran out, not the gateway's patience. */
@@ -118,6 +119,7 @@ void ob_proxy_drain_inbox(ob_proxy_t *p) {
    * thread that this read misses has also written to the wake pipe. */
   if (!__atomic_load_n(&p->pending, __ATOMIC_RELAXED)) return;
   p->draining = true;
+  ob_fleet_flush(p); /* calls other workers posted for the Redis link */
   for (;;) {
     ob_proxy_lock(p);
     ob_proxy_call_t *c = p->calls;
@@ -141,11 +143,14 @@ void ob_proxy_drain_inbox(ob_proxy_t *p) {
       break;
     } else if (kind == INBOX_GRANT) {
       ob_proxy_forward(x);
+    } else if (kind == INBOX_FLEET) {
+      ob_fleet_verdict(x);
     } else {
-      answer_expired(x);
+      ob_proxy_answer_expired(x);
     }
   }
   p->draining = false;
+  ob_fleet_flush(p);
 }
 
 static void on_wake(void *arg) {
@@ -167,16 +172,17 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg) {
     x->fs_state = FS_DONE;
     x->queue_us = now - x->queue_start_us;
     x->admission = "queued";
-    inbox_post(x, INBOX_EXPIRED);
+    ob_proxy_inbox_post(x, INBOX_EXPIRED);
   }
-  pump_locked(p);
+  ob_proxy_pump_locked(p);
   ob_proxy_unlock(p);
   ob_proxy_drain_inbox(p);
 }
 
-static ob_fs_params_t fs_params(const ob_config_t *c) {
-  const ob_config_admission_t *a = &c->admission;
-  return (ob_fs_params_t){fs_mode(a->mode), a->max_inflight, a->max_queue, a->quantum};
+ob_fs_params_t ob_proxy_fs_params(const ob_proxy_t *p) {
+  const ob_config_admission_t *a = &p->gen->cfg->admission;
+  return (ob_fs_params_t){fs_mode(a->mode), ob_fleet_cap(p->sh, a->max_inflight), ob_fleet_cap(p->sh, a->max_queue),
+                          a->quantum};
 }
 
 static int cmp_tstate_name(const void *a, const void *b) {
@@ -210,10 +216,10 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
     if (k == p->sh->num_pools) {
       p->sh->pool_names = ob_xrealloc(p->sh->pool_names, (p->sh->num_pools + 1) * sizeof *p->sh->pool_names);
       p->sh->pool_names[p->sh->num_pools++] = ob_xstrdup(c->upstreams[i].name);
-      gen->pool_of[i] = ob_fs_pool_add(p->sh->fs, c->upstreams[i].name, c->upstreams[i].max_inflight);
+      gen->pool_of[i] = ob_fs_pool_add(p->sh->fs, c->upstreams[i].name, ob_fleet_cap(p->sh, c->upstreams[i].max_inflight));
     } else {
       gen->pool_of[i] = (ob_fs_pool_id)k; /* pools are numbered in the order they were added */
-      ob_fs_pool_set(p->sh->fs, gen->pool_of[i], c->upstreams[i].max_inflight);
+      ob_fs_pool_set(p->sh->fs, gen->pool_of[i], ob_fleet_cap(p->sh, c->upstreams[i].max_inflight));
     }
   }
   for (size_t i = 0; i < c->num_groups; i++) group_of(p, c->groups[i].name, c->groups[i].weight, true);
@@ -231,15 +237,16 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
   uint64_t now = ob_clock_us();
   for (size_t i = 0; i < c->num_tenants; i++) {
     const ob_config_tenant_t *t = &c->tenants[i];
-    ob_fs_tenant_params_t tp = {group_of(p, t->group, 1, false), t->weight ? t->weight : 1, t->max_inflight,
-                                t->max_queue};
+    ob_fs_tenant_params_t tp = {group_of(p, t->group, 1, false), t->weight ? t->weight : 1,
+                                ob_fleet_cap(p->sh, t->max_inflight), ob_fleet_cap(p->sh, t->max_queue)};
+    uint64_t rpm = ob_fleet_rate(p->sh, t->rpm), tpm = ob_fleet_rate(p->sh, t->tpm);
     if (gen->tstate_of[i] != UINT32_MAX) {
       ob_tstate_t *ts = &p->sh->tstates[gen->tstate_of[i]];
       ob_fs_tenant_set(p->sh->fs, ts->fs, &tp);
       /* A changed limit starts a fresh bucket; an unchanged one keeps what
        * the tenant has used this minute. */
-      if (ts->rpm.per_minute != t->rpm) ob_fs_bucket_init(&ts->rpm, t->rpm, now);
-      if (ts->tpm.per_minute != t->tpm) ob_fs_bucket_init(&ts->tpm, t->tpm, now);
+      if (ts->rpm.per_minute != rpm) ob_fs_bucket_init(&ts->rpm, rpm, now);
+      if (ts->tpm.per_minute != tpm) ob_fs_bucket_init(&ts->tpm, tpm, now);
       ts->disabled = false; /* the file says whether it is disabled */
       continue;
     }
@@ -251,8 +258,8 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
     memset(ts, 0, sizeof *ts);
     ts->name = ob_xstrdup(t->name);
     ts->fs = ob_fs_tenant_add(p->sh->fs, t->name, &tp);
-    ob_fs_bucket_init(&ts->rpm, t->rpm, now);
-    ob_fs_bucket_init(&ts->tpm, t->tpm, now);
+    ob_fs_bucket_init(&ts->rpm, rpm, now);
+    ob_fs_bucket_init(&ts->tpm, tpm, now);
     gen->tstate_of[i] = (uint32_t)p->sh->num_tstates++;
   }
   if (c->num_tenants == 0 && !p->sh->has_anonymous) {
@@ -270,8 +277,8 @@ void ob_proxy_admission_share(ob_proxy_t *p, ob_proxy_t *first) {
     sh = p->sh = ob_xcalloc(1, sizeof *sh);
     pthread_mutex_init(&sh->mu, NULL);
     pthread_cond_init(&sh->called, NULL);
-    ob_fs_params_t fp = fs_params(p->gen->cfg);
-    sh->fs = ob_fs_create(&fp);
+    sh->fs = ob_fs_create(&(ob_fs_params_t){fs_mode(p->gen->cfg->admission.mode), p->gen->cfg->admission.max_inflight,
+                                            p->gen->cfg->admission.max_queue, p->gen->cfg->admission.quantum});
   }
   ob_proxy_lock(p);
   p->index = sh->num_workers;
@@ -287,10 +294,10 @@ void ob_proxy_admission_init(ob_proxy_t *p, struct event_base *base) {
 }
 
 void ob_proxy_admission_changed(ob_proxy_t *p) {
-  ob_fs_params_t fp = fs_params(p->gen->cfg);
   ob_proxy_lock(p);
+  ob_fs_params_t fp = ob_proxy_fs_params(p);
   ob_fs_set_params(p->sh->fs, &fp);
-  pump_locked(p);
+  ob_proxy_pump_locked(p);
   ob_proxy_unlock(p);
   ob_proxy_drain_inbox(p);
 }
@@ -397,6 +404,15 @@ static size_t ratelimit_headers(ob_exchange_t *x, ob_http_header_t *h) {
   uint64_t v[2][3] = {{ts->rpm.per_minute, ob_fs_bucket_remaining(&ts->rpm, now), ob_fs_bucket_full_ms(&ts->rpm, now)},
                       {ts->tpm.per_minute, ob_fs_bucket_remaining(&ts->tpm, now), ob_fs_bucket_full_ms(&ts->tpm, now)}};
   ob_proxy_unlock(x->proxy);
+  if (x->fleet_rl) {
+    /* Admitted by the fleet: its buckets are the ones that count. */
+    const uint64_t lim[2] = {x->who.tenant->rpm, x->who.tenant->tpm};
+    for (int i = 0; i < 2; i++) {
+      v[i][0] = lim[i];
+      if (x->fleet_v[1 + i] >= 0) v[i][1] = (uint64_t)x->fleet_v[1 + i];
+      v[i][2] = lim[i] && v[i][1] < lim[i] ? (lim[i] - v[i][1]) * 60000 / lim[i] : 0;
+    }
+  }
   static const char *const names[2][3] = {
       {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"},
       {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"}};
@@ -419,7 +435,7 @@ size_t ob_proxy_admission_headers(ob_exchange_t *x, ob_http_header_t *h) {
   return k + ratelimit_headers(x, h + k);
 }
 
-static void reject_rate(ob_exchange_t *x, uint64_t wait_ms, const char *what) {
+void ob_proxy_reject_rate(ob_exchange_t *x, uint64_t wait_ms, const char *what) {
   ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
   size_t k = 0;
   retry_after_header(x, wait_ms, h, &k);
@@ -440,28 +456,14 @@ uint64_t ob_proxy_budget_used(ob_proxy_t *p, ob_budget_kind_t kind, const char *
   return ob_budgets_used(p->budgets, kind, name, id);
 }
 
-/* Answer 429 insufficient_quota when the tenant's or the key's budget for
- * the current period is used up. Requests already admitted finish and are
- * charged, so a budget can be overshot by what was in flight when it ran
- * out; that is the price of charging actual usage rather than estimates. */
-static bool budget_refused(ob_exchange_t *x) {
-  ob_proxy_t *p = x->proxy;
+/* Answer 429 insufficient_quota: the tenant's (or the key's) budget for
+ * the current period cannot take this request. reserved: tokens held by
+ * requests in flight across the fleet (cluster mode; 0 otherwise). */
+void ob_proxy_reject_budget(ob_exchange_t *x, bool tenant, uint64_t limit, uint64_t used, uint64_t reserved) {
   const ob_config_tenant_t *t = x->who.tenant;
   const ob_config_key_t *k = x->who.key;
-  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return false;
+  ob_budget_period_t period = tenant || !k ? t->budget_period : k->budget_period;
   int64_t now = (int64_t)time(NULL);
-  bool tenant;
-  uint64_t limit, used;
-  ob_budget_period_t period;
-  if (t->budget_tokens &&
-      (used = ob_proxy_budget_used(p, OB_BUDGET_TENANT, t->name, t->budget_period, now)) >= t->budget_tokens) {
-    tenant = true, limit = t->budget_tokens, period = t->budget_period;
-  } else if (k && k->budget_tokens &&
-             (used = ob_proxy_budget_used(p, OB_BUDGET_KEY, k->id, k->budget_period, now)) >= k->budget_tokens) {
-    tenant = false, limit = k->budget_tokens, period = k->budget_period;
-  } else {
-    return false;
-  }
   char renews[64] = "it does not renew";
   int64_t end = ob_budget_period_end(period, now);
   if (end) {
@@ -470,12 +472,15 @@ static bool budget_refused(ob_exchange_t *x) {
     gmtime_r(&e, &tm);
     strftime(renews, sizeof renews, "it renews at %Y-%m-%dT%H:%M:%SZ", &tm);
   }
-  char msg[256];
+  char msg[320], held[120] = "";
+  if (used < limit)
+    snprintf(held, sizeof held, ", %llu reserved by requests in flight, and this request may use up to %llu",
+             (unsigned long long)reserved, (unsigned long long)(x->prompt_tokens_est + x->max_tokens));
   snprintf(msg, sizeof msg,
-           "You exceeded your current quota: this %s's budget of %llu tokens %s is used up (%llu used); %s.",
+           "You exceeded your current quota: this %s's budget of %llu tokens %s is used up (%llu used%s); %s.",
            tenant ? "tenant" : "API key", (unsigned long long)limit,
            period == OB_BUDGET_TOTAL ? "in total" : period == OB_BUDGET_DAY ? "per day" : "per month",
-           (unsigned long long)used, renews);
+           (unsigned long long)used, held, renews);
   /* The log line says whose budget it was (a 429 alone could be any limit). */
   size_t nl = (x->note ? strlen(x->note) + 1 : 0) + sizeof "budget=tenant";
   char *note = ob_arena_alloc(x->arena, nl);
@@ -486,7 +491,31 @@ static bool budget_refused(ob_exchange_t *x) {
    * header and give up at once instead of backing off. */
   ob_http_header_t h[1] = {{OB_IOV_LIT("x-should-retry"), OB_IOV_LIT("false")}};
   ob_proxy_reply_error_h(x, 429, msg, "insufficient_quota", "insufficient_quota", h, 1);
-  return true;
+}
+
+/* Answer 429 insufficient_quota when the tenant's or the key's budget for
+ * the current period is used up. Requests already admitted finish and are
+ * charged, so a budget can be overshot by what was in flight when it ran
+ * out; that is the price of charging actual usage rather than estimates
+ * (cluster mode reserves estimates instead: cluster.lua). */
+static bool budget_refused(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  const ob_config_tenant_t *t = x->who.tenant;
+  const ob_config_key_t *k = x->who.key;
+  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return false;
+  int64_t now = (int64_t)time(NULL);
+  uint64_t used;
+  if (t->budget_tokens &&
+      (used = ob_proxy_budget_used(p, OB_BUDGET_TENANT, t->name, t->budget_period, now)) >= t->budget_tokens) {
+    ob_proxy_reject_budget(x, true, t->budget_tokens, used, 0);
+    return true;
+  }
+  if (k && k->budget_tokens &&
+      (used = ob_proxy_budget_used(p, OB_BUDGET_KEY, k->id, k->budget_period, now)) >= k->budget_tokens) {
+    ob_proxy_reject_budget(x, false, k->budget_tokens, used, 0);
+    return true;
+  }
+  return false;
 }
 
 /* Charge what a finished exchange used to its tenant's and key's budgets.
@@ -494,17 +523,17 @@ static bool budget_refused(ob_exchange_t *x) {
  * successful answer (a stream without a usage chunk, or cut short before
  * it), so leaving out stream_options or hanging up early does not make
  * requests free; errors that reported nothing cost nothing. */
-static void budget_charge(ob_exchange_t *x, uint64_t estimate) {
+static uint64_t budget_charge(ob_exchange_t *x, uint64_t estimate) {
   ob_proxy_t *p = x->proxy;
   const ob_config_tenant_t *t = x->who.tenant;
   const ob_config_key_t *k = x->who.key;
-  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return;
+  if (!p->budgets || !t || !(t->budget_tokens || (k && k->budget_tokens))) return 0;
   if (x->cache_outcome && (strcmp(x->cache_outcome, "hit") == 0 || strcmp(x->cache_outcome, "coalesced") == 0))
-    return; /* answered without the upstream */
+    return 0; /* answered without the upstream */
   uint64_t tokens = x->usage_prompt + x->usage_completion;
   int status = x->req ? x->req->status : 0;
   if (!tokens && status >= 200 && status < 300) tokens = estimate;
-  if (!tokens) return;
+  if (!tokens) return 0;
   int64_t now = (int64_t)time(NULL);
   char id[OB_BUDGET_PERIOD_ID_MAX];
   if (t->budget_tokens) {
@@ -515,6 +544,7 @@ static void budget_charge(ob_exchange_t *x, uint64_t estimate) {
     ob_budget_period_id(k->budget_period, now, id);
     ob_budgets_charge(p->budgets, OB_BUDGET_KEY, k->id, id, tokens);
   }
+  return tokens;
 }
 
 /* The client's own deadline, from x-request-timeout-ms or grpc-timeout;
@@ -548,7 +578,6 @@ void ob_proxy_admit(ob_exchange_t *x) {
     ob_proxy_forward(x);
     return;
   }
-  if (budget_refused(x)) return;
   int kind = x->route->cost >= 0 ? x->route->cost : (cls->cost_tokens_default ? (int)a->cost : OB_COST_REQUESTS);
   x->cost_tokens = kind == OB_COST_TOKENS;
   x->cost = x->cost_tokens ? x->prompt_tokens_est + x->max_tokens : 1;
@@ -560,14 +589,23 @@ void ob_proxy_admit(ob_exchange_t *x) {
   uint64_t client = client_deadline_us(x);
   if (client && client < deadline) deadline = client;
   x->fsr.deadline_us = deadline;
+  ob_tstate_t *tsu = x->who.tenant ? ob_proxy_tstate(p, x->gen, x->who.tenant_index) : NULL;
+  x->fsr.tenant = tsu ? tsu->fs : p->sh->anonymous;
+  if (ob_fleet_admit(x)) return; /* cluster mode, shared: the fleet decides */
+  ob_proxy_admit_local(x);
+}
+
+/* The local scheduler decides (a single process, or cluster fallback). */
+void ob_proxy_admit_local(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  if (budget_refused(x)) return;
   /* Decided under the lock; answered or forwarded after it. */
   enum { RATE_REQUESTS, RATE_TOKENS, GRANTED, QUEUED, FULL } out;
   uint64_t wait_ms = 0;
   ob_proxy_lock(p);
   uint64_t now = ob_clock_us();
-  x->queue_start_us = now;
+  if (!x->queue_start_us) x->queue_start_us = now; /* a fleet request keeps its wait so far */
   ob_tstate_t *ts = x->who.tenant ? ob_proxy_tstate(p, x->gen, x->who.tenant_index) : NULL;
-  x->fsr.tenant = ts ? ts->fs : p->sh->anonymous;
   uint64_t want = 0;
   if (ts && !ob_fs_bucket_take(&ts->rpm, 1, now)) {
     out = RATE_REQUESTS, wait_ms = ob_fs_bucket_wait_ms(&ts->rpm, 1, now);
@@ -580,11 +618,13 @@ void ob_proxy_admit(ob_exchange_t *x) {
     switch (ob_fs_submit(p->sh->fs, &x->fsr, now)) {
     case OB_FS_GRANTED:
       x->fs_state = FS_GRANTED;
+      ob_fleet_track(x, true);
       out = GRANTED;
       break;
     case OB_FS_QUEUED:
       x->fs_state = FS_QUEUED;
-      arm_expiry(p);
+      ob_fleet_track(x, false);
+      ob_proxy_arm_expiry(p);
       out = QUEUED;
       break;
     default: /* OB_FS_TENANT_QUEUE_FULL, OB_FS_QUEUE_FULL */
@@ -599,23 +639,24 @@ void ob_proxy_admit(ob_exchange_t *x) {
   }
   ob_proxy_unlock(p);
   switch (out) {
-  case RATE_REQUESTS: reject_rate(x, wait_ms, "requests"); return;
-  case RATE_TOKENS: reject_rate(x, wait_ms, "tokens"); return;
+  case RATE_REQUESTS: ob_proxy_reject_rate(x, wait_ms, "requests"); return;
+  case RATE_TOKENS: ob_proxy_reject_rate(x, wait_ms, "tokens"); return;
   case GRANTED:
     x->admission = "fast";
     ob_proxy_forward(x);
     return;
   case QUEUED: return;
-  case FULL: {
-    ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
-    size_t k = 0;
-    retry_after_header(x, wait_ms, h, &k);
-    x->admission = "rejected";
-    ob_proxy_reply_error_h(x, 429, "Too many requests are waiting for capacity; retry later.", "rate_limit_error",
-                           "queue_full", h, k);
-    return;
+  case FULL: ob_proxy_reject_queue_full(x, wait_ms); return;
   }
-  }
+}
+
+void ob_proxy_reject_queue_full(ob_exchange_t *x, uint64_t wait_ms) {
+  ob_http_header_t h[OB_PROXY_ADMISSION_HEADERS + 1];
+  size_t k = 0;
+  retry_after_header(x, wait_ms, h, &k);
+  x->admission = "rejected";
+  ob_proxy_reply_error_h(x, 429, "Too many requests are waiting for capacity; retry later.", "rate_limit_error",
+                         "queue_full", h, k);
 }
 
 /* ---------------------------------------------------------------- release */
@@ -630,10 +671,12 @@ void ob_proxy_release(ob_exchange_t *x, bool completed) {
   if (st == FS_QUEUED) {
     /* The client went away while waiting: leave the queue at once. */
     ob_fs_cancel(p->sh->fs, &x->fsr);
-    pump_locked(p);
+    ob_proxy_pump_locked(p);
   }
   ob_proxy_unlock(p);
   if (st != FS_GRANTED) {
+    /* Never forwarded: a fleet slot granted meanwhile goes back unused. */
+    ob_fleet_release(x, 0, 0, (int64_t)x->tpm_taken);
     if (st == FS_QUEUED) ob_proxy_drain_inbox(p);
     return;
   }
@@ -641,14 +684,17 @@ void ob_proxy_release(ob_exchange_t *x, bool completed) {
   uint64_t used = cls->actual_tokens ? cls->actual_tokens(x, completed) : 0;
   uint64_t actual = x->cost;
   if (x->cost_tokens && cls->actual_tokens) actual = used ? used : 1;
-  budget_charge(x, used);
+  uint64_t tokens = budget_charge(x, used);
+  if (!p->budgets && x->who.tenant && (x->who.tenant->budget_tokens || (x->who.key && x->who.key->budget_tokens)))
+    tokens = x->usage_prompt + x->usage_completion;
   ob_proxy_lock(p);
   uint64_t now = ob_clock_us();
   if (x->who.tenant && x->cost_tokens)
     ob_fs_bucket_adjust(&ob_proxy_tstate(p, x->gen, x->who.tenant_index)->tpm, (int64_t)x->tpm_taken - (int64_t)actual,
                         now);
   ob_fs_release(p->sh->fs, &x->fsr, actual, now);
-  pump_locked(p);
+  ob_proxy_pump_locked(p);
   ob_proxy_unlock(p);
+  ob_fleet_release(x, actual, tokens, x->cost_tokens ? (int64_t)x->tpm_taken - (int64_t)actual : 0);
   ob_proxy_drain_inbox(p);
 }

@@ -766,6 +766,7 @@ void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g) {
   p->cfg = gen->cfg;
   ob_proxy_gen_release(old);
   ob_proxy_admission_changed(p);
+  ob_fleet_config_changed(p);
 }
 
 void ob_proxy_destroy(ob_proxy_t *p) {

@@ -135,6 +135,12 @@ struct ob_exchange {
   int grpc_status;            /* gRPC: the status the call ended with, -1 = not seen */
   ob_fs_req_t fsr;
   int fs_state;
+  struct ob_fleet_ticket *ticket; /* cluster mode: this exchange's slot or queue entry in the fleet (fleet.c) */
+  int fleet_code;             /* cluster mode: the fleet's verdict, acted on from the inbox */
+  int64_t fleet_v[3];         /* its numbers (wait ms; budget used, limit, reserved) */
+  bool fleet_queued;          /* it waited in the fleet's queue */
+  bool fleet_rl;              /* admitted by the fleet: fleet_v[1], [2] are its rpm / tpm remaining (-1: none) */
+  struct event *fleet_deadline; /* queued in the fleet: when it gives up (queue_timeout_ms) */
   bool cost_tokens;
   uint64_t cost;
   uint64_t tpm_taken;
@@ -297,6 +303,10 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *out);
  * "budget" and its "keys" with theirs); false when there is no such
  * tenant. */
 bool ob_proxy_write_tenant(ob_proxy_t *p, const char *name, ob_buf_t *out);
+/* The same with the fleet's budget counts (cluster mode; what
+ * ob_proxy_fleet_budgets answered: n used / reserved pairs); budgets NULL:
+ * this process's own. */
+bool ob_proxy_write_tenant_fleet(ob_proxy_t *p, const char *name, const int64_t *budgets, size_t n, ob_buf_t *out);
 /* Live changes, applied to the running scheduler at once (queued requests
  * keep their place). False when there is no such tenant or group. */
 bool ob_proxy_set_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight);
@@ -304,5 +314,52 @@ bool ob_proxy_set_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled
 bool ob_proxy_set_group_weight(ob_proxy_t *p, const char *name, uint32_t weight);
 /* Whether some upstream endpoint is not in connection back-off. */
 bool ob_proxy_ready(ob_proxy_t *p);
+
+/* ---- cluster mode (docs/cluster.md; fleet.c) ---- */
+
+/* Join the fleet named by the config's cluster block (nothing without
+ * one): on the first worker, after ob_proxy_attach, before serving. False
+ * with *why (static) when this replica must not start (its replica_id is
+ * in use by a live replica). */
+bool ob_proxy_cluster_start(ob_proxy_t *p, const char **why);
+/* Leave the fleet (what this replica holds is given back at once); before
+ * ob_proxy_destroy. */
+void ob_proxy_cluster_stop(ob_proxy_t *p);
+
+/* What the admin API shows of the fleet. Strings borrowed until the next call. */
+typedef struct ob_proxy_fleet_state {
+  bool enabled;              /* a cluster block is configured */
+  bool shared;               /* shared mode (else fallback) */
+  bool fallback_local;       /* fallback is "local" (else "split") */
+  uint32_t replicas, digests;
+  uint64_t fallbacks;
+  int64_t epoch;
+  double latency_s;          /* the last heartbeat's round trip */
+  const char *replica_id;
+  const char *digest;        /* of this replica's caps and weights */
+} ob_proxy_fleet_state_t;
+void ob_proxy_fleet_state(ob_proxy_t *p, ob_proxy_fleet_state_t *out);
+
+struct ob_cluster_info;
+/* An answer from the fleet: info (the info query) or budgets (used,
+ * reserved pairs, n of them: the tenant's budget, then each key's), NULL
+ * when Redis did not answer. Both borrowed for the call. */
+typedef void (*ob_proxy_fleet_view_cb)(void *arg, const struct ob_cluster_info *info, const int64_t *budgets, size_t n);
+/* Ask the fleet; false (cb never called) when not in shared mode. cb runs
+ * on the first worker's loop, later. */
+bool ob_proxy_fleet_info(ob_proxy_t *p, ob_proxy_fleet_view_cb cb, void *arg);
+bool ob_proxy_fleet_budgets(ob_proxy_t *p, const char *tenant, ob_proxy_fleet_view_cb cb, void *arg);
+/* /admin/fairshare with the fleet's counts ("fleet"), and /admin/cluster;
+ * info NULL: Redis did not answer (or fallback). */
+void ob_proxy_write_fairshare_fleet(ob_proxy_t *p, const struct ob_cluster_info *info, ob_buf_t *out);
+void ob_proxy_write_cluster(ob_proxy_t *p, const struct ob_cluster_info *info, ob_buf_t *out);
+/* Append the cluster metrics (nothing without a cluster block). */
+void ob_proxy_write_cluster_metrics(ob_proxy_t *p, ob_buf_t *out);
+
+/* A cache purge another replica asked for (tenant NULL: everything). */
+typedef void (*ob_proxy_purge_cb)(void *arg, const char *tenant);
+void ob_proxy_set_purge_hook(ob_proxy_t *p, ob_proxy_purge_cb cb, void *arg);
+/* This replica purged its cache: tell the others (tenant NULL: everything). */
+void ob_proxy_cluster_purged(ob_proxy_t *p, const char *tenant);
 
 #endif /* OB_PROXY_H */

@@ -6,7 +6,10 @@
 
 #include <pthread.h>
 
-enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE };
+/* FS_FLEET: cluster mode, the fleet's scheduler decides (fleet.c). */
+enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE, FS_FLEET };
+
+typedef struct ob_fleet ob_fleet_t;
 
 /* metrics.c: counters of finished exchanges. */
 #define OB_METRIC_CLASSES 6 /* inference, passthrough, grpc, mcp, grpc_health, none (no route) */
@@ -79,9 +82,10 @@ typedef struct ob_proxy_shared {
   ob_proxy_t **workers;        /* every proxy sharing this, by worker index */
   size_t num_workers;
   uint64_t lock_taken, lock_contended; /* mu acquisitions; those that had to wait */
+  ob_fleet_t *fleet;           /* cluster mode (fleet.c); NULL without a cluster block */
 } ob_proxy_shared_t;
 
-enum { INBOX_NONE, INBOX_GRANT, INBOX_EXPIRED };
+enum { INBOX_NONE, INBOX_GRANT, INBOX_EXPIRED, INBOX_FLEET };
 
 struct ob_proxy {
   ob_proxy_gen_t *gen;         /* counted: the current generation */
@@ -142,6 +146,48 @@ void ob_proxy_metrics_record(ob_proxy_t *p, const ob_exchange_t *x, const ob_sre
 
 /* ledger.c */
 void ob_ledger_record(ob_ledger_t *l, const ob_exchange_t *x, const ob_sreq_t *s, uint64_t now_us, bool completed);
+
+/* admission.c: what fleet.c shares with the local path. */
+void ob_proxy_inbox_post(ob_exchange_t *x, int kind); /* locked */
+void ob_proxy_arm_expiry(ob_proxy_t *p);              /* locked */
+void ob_proxy_pump_locked(ob_proxy_t *p);             /* locked */
+ob_fs_params_t ob_proxy_fs_params(const ob_proxy_t *p); /* locked: with the caps of the current mode */
+void ob_proxy_admit_local(ob_exchange_t *x);
+void ob_proxy_answer_expired(ob_exchange_t *x);
+void ob_proxy_reject_rate(ob_exchange_t *x, uint64_t wait_ms, const char *what);
+void ob_proxy_reject_queue_full(ob_exchange_t *x, uint64_t wait_ms);
+void ob_proxy_reject_budget(ob_exchange_t *x, bool tenant, uint64_t limit, uint64_t used, uint64_t reserved);
+
+/* fleet.c: cluster mode. Every function is a no-op without a cluster block. */
+/* A cap the local scheduler enforces in the current mode: 0 (none) in
+ * shared mode, the fallback's share otherwise (locked). */
+uint32_t ob_fleet_cap(const ob_proxy_shared_t *sh, uint32_t v);
+/* A rate limit's local bucket: whole in shared mode (the fleet's own
+ * buckets decide; the local one only labels headers), split in fallback. */
+uint64_t ob_fleet_rate_of(const ob_proxy_shared_t *sh, uint64_t v);
+static inline uint64_t ob_fleet_rate(const ob_proxy_shared_t *sh, uint64_t v) {
+  return sh->fleet ? ob_fleet_rate_of(sh, v) : v;
+}
+/* Shared mode: send x to the fleet (true); false: decide locally. */
+bool ob_fleet_admit(ob_exchange_t *x);
+/* INBOX_FLEET: act on the fleet's verdict on x's own loop. */
+void ob_fleet_verdict(ob_exchange_t *x);
+/* Locked: x was admitted locally, held (granted) or queued. */
+void ob_fleet_track(ob_exchange_t *x, bool held);
+/* Locked: a locally queued x was granted. */
+void ob_fleet_local_grant(ob_exchange_t *x);
+/* x is over: give back what the fleet counts for it (not locked). */
+void ob_fleet_release(ob_exchange_t *x, uint64_t actual, uint64_t tokens, int64_t tpm_refund);
+/* First worker: send what other workers posted for the Redis link. */
+void ob_fleet_flush(ob_proxy_t *p);
+/* A reload or admin change: send this replica's caps and weights. */
+void ob_fleet_config_changed(ob_proxy_t *p);
+/* Publish an admin change to the other replicas. */
+void ob_fleet_broadcast(ob_proxy_t *p, const char *kind, const char *name, const char *value);
+/* control.c: apply a change without broadcasting it (one that came from another replica). */
+bool ob_proxy_apply_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight);
+bool ob_proxy_apply_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled);
+bool ob_proxy_apply_group_weight(ob_proxy_t *p, const char *name, uint32_t weight);
 
 /* admission.c */
 /* Join first's shared state (NULL: create it) and bind p's generation. */

@@ -99,7 +99,10 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
     if (i) ob_buf_append(b, ",", 1);
     ob_buf_append_str(b, "{\"name\":");
     json_str(b, c->upstreams[i].name);
-    ob_buf_printf(b, ",\"slots\":%u,\"inflight\":%u,\"queued\":%u}", ps.max_inflight, ps.inflight, ps.queued);
+    /* The configured slots (the local scheduler's cap is off in cluster
+     * mode's shared mode, and a share of it in fallback). */
+    ob_buf_printf(b, ",\"slots\":%u,\"inflight\":%u,\"queued\":%u}", c->upstreams[i].max_inflight, ps.inflight,
+                  ps.queued);
   }
   ob_buf_append_str(b, "],\"groups\":[");
   for (size_t g = 0; g < ob_fs_num_groups(p->sh->fs); g++) {

@@ -272,6 +272,7 @@ static ob_err_t prepare(ob_exchange_t *x, void *data) {
     st->stream_counted = true;
     st->stream_slot = slot;
     x->not_admitted = true;
+    x->stream_cap = max; /* cluster mode: the cap is also checked fleet-wide */
     x->long_lived = true;
     x->note = "mcp=GET-stream";
     return OB_OK;

@@ -575,6 +575,7 @@ void ob_proxy_admit(ob_exchange_t *x) {
   if (!cls->admitted || x->not_admitted) {
     /* Authenticated but never queued. */
     x->admission = "fast";
+    if (x->stream_cap && ob_fleet_stream_open(x)) return; /* the fleet counts it first */
     ob_proxy_forward(x);
     return;
   }

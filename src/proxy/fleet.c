@@ -44,6 +44,7 @@ typedef struct ob_fleet_ticket {
   ob_exchange_t *x;           /* NULL once the exchange is gone */
   int state;
   bool known;
+  bool stream;                /* counts an open stream (stream op), not a slot */
   bool granted_early;         /* a grant arrived before the admit's own reply */
   /* The admit's arguments, kept so a re-admit needs no exchange. */
   const char *pool, *tenant;  /* borrowed from the shared state (kept for the process's life) */
@@ -84,7 +85,8 @@ struct ob_fleet {
 /* Verdicts, as x->fleet_code (0..7 are cluster.lua's admit answers). */
 enum {
   FC_GRANTED = 0, FC_QUEUED = 1, FC_RATE_REQUESTS = 2, FC_RATE_TOKENS = 3, FC_TENANT_QUEUE_FULL = 4,
-  FC_QUEUE_FULL = 5, FC_BUDGET_TENANT = 6, FC_BUDGET_KEY = 7, FC_LOCAL = 100
+  FC_QUEUE_FULL = 5, FC_BUDGET_TENANT = 6, FC_BUDGET_KEY = 7, FC_LOCAL = 100, FC_STREAM_OK = 101,
+  FC_STREAM_FULL = 102
 };
 
 static const ob_cluster_result_t failed_result = {0};
@@ -462,6 +464,68 @@ static void on_cancel(void *arg, const ob_cluster_result_t *r) {
 
 static void on_release(void *arg, const ob_cluster_result_t *r) { (void)arg, (void)r; }
 
+static void stream_args(ob_cluster_args_t *a, const ticket_t *t, int delta, uint32_t cap) {
+  ob_cluster_args_str(a, t->tenant);
+  ob_cluster_args_i64(a, delta);
+  ob_cluster_args_u64(a, cap);
+}
+
+static void on_stream(void *arg, const ob_cluster_result_t *r) {
+  ticket_t *t = arg;
+  ob_fleet_t *f = t->f;
+  ob_proxy_t *p = f->p0;
+  bool close = false;
+  ob_proxy_lock(p);
+  ob_exchange_t *x = t->x;
+  bool counted = r->ok && r->ints[0] == 1;
+  if (!x) {
+    close = counted; /* the client left meanwhile */
+    if (!close) ticket_free(f, t);
+  } else if (counted || !r->ok) {
+    t->state = T_HELD; /* !ok: fallback, the class's local count decides */
+    t->known = counted;
+    post(x, FC_STREAM_OK);
+  } else {
+    ticket_free(f, t);
+    post(x, FC_STREAM_FULL);
+  }
+  ob_proxy_unlock(p);
+  if (close) {
+    ob_cluster_args_t a;
+    ob_cluster_args_init(&a);
+    stream_args(&a, t, -1, 0);
+    fleet_send(p, "stream", &a, NULL, NULL);
+    ob_proxy_lock(p);
+    ticket_free(f, t);
+    ob_proxy_unlock(p);
+  }
+  ob_proxy_drain_inbox(p);
+}
+
+bool ob_fleet_stream_open(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  ob_fleet_t *f = p->sh->fleet;
+  if (!f || !x->who.tenant) return false;
+  ob_cluster_args_t a;
+  ob_cluster_args_init(&a);
+  ob_proxy_lock(p);
+  if (!f->shared) {
+    ob_proxy_unlock(p);
+    return false;
+  }
+  ticket_t *t = ticket_new(f);
+  t->x = x;
+  t->stream = true;
+  t->state = T_ADMIT;
+  t->tenant = ob_proxy_tstate(p, x->gen, x->who.tenant_index)->name;
+  x->ticket = t;
+  x->fs_state = FS_FLEET;
+  stream_args(&a, t, 1, x->stream_cap);
+  ob_proxy_unlock(p);
+  fleet_send(p, "stream", &a, on_stream, t);
+  return true;
+}
+
 /* A grant for one of this replica's fleet-queued requests. */
 static void on_grant(void *user, const char *s, size_t n) {
   ob_proxy_t *p = user;
@@ -552,6 +616,19 @@ void ob_fleet_verdict(ob_exchange_t *x) {
       evtimer_add(x->fleet_deadline, &tv);
     }
     return;
+  case FC_STREAM_OK:
+    x->fs_state = FS_NONE;
+    ob_proxy_forward(x);
+    return;
+  case FC_STREAM_FULL: {
+    x->fs_state = FS_DONE;
+    char msg[160];
+    snprintf(msg, sizeof msg, "Too many open MCP event streams for this tenant across the fleet (max_streams %u).",
+             x->stream_cap);
+    x->admission = "rejected";
+    ob_exchange_reply_error(x, 429, msg, "rate_limit_error", "too_many_streams");
+    return;
+  }
   case FC_LOCAL:
     stop_deadline(x);
     x->fs_state = FS_NONE;
@@ -626,7 +703,15 @@ void ob_fleet_release(ob_exchange_t *x, uint64_t actual, uint64_t tokens, int64_
   }
   ob_proxy_unlock(p);
   if (cancel) send_cancel(p, t);
-  if (release) {
+  if (release && t->stream) {
+    ob_cluster_args_t a;
+    ob_cluster_args_init(&a);
+    stream_args(&a, t, -1, 0);
+    fleet_send(p, "stream", &a, NULL, NULL);
+    ob_proxy_lock(p);
+    ticket_free(f, t);
+    ob_proxy_unlock(p);
+  } else if (release) {
     send_release(p, t, actual, tokens, refund);
     ob_proxy_lock(p);
     ticket_free(f, t);
@@ -720,12 +805,21 @@ static void join_args(void *user, ob_cluster_args_t *a) {
     ob_cluster_args_mem(a, pairs.bytes.base + start, pairs.ends[i] - start);
   }
   ob_cluster_args_dispose(&pairs);
-  ob_cluster_args_u64(a, 0); /* open streams: counted locally (docs/cluster.md) */
-  /* Re-assert every slot held now; Redis forgets whatever else it
-   * thought this replica held. */
+  /* Re-assert every open stream and every slot held now; Redis forgets
+   * whatever else it thought this replica held. */
+  size_t ns = 0;
+  for (size_t i = 0; i < f->cap; i++) ns += f->tab[i] && f->tab[i]->state == T_HELD && f->tab[i]->stream;
+  ob_cluster_args_u64(a, ns);
   for (size_t i = 0; i < f->cap; i++) {
     ticket_t *t = f->tab[i];
-    if (!t || t->state != T_HELD) continue;
+    if (!t || t->state != T_HELD || !t->stream) continue;
+    t->known = true;
+    ob_cluster_args_str(a, t->tenant);
+    ob_cluster_args_u64(a, 1);
+  }
+  for (size_t i = 0; i < f->cap; i++) {
+    ticket_t *t = f->tab[i];
+    if (!t || t->state != T_HELD || t->stream) continue;
     t->known = true;
     args_id(a, t);
     ob_cluster_args_str(a, t->pool);

@@ -126,6 +126,8 @@ struct ob_exchange {
   int gone_status;            /* answer this (not 502/503) when the pinned endpoint cannot be reached */
   bool long_lived;            /* an event stream: no upstream idle timeout */
   bool not_admitted;          /* skips admission although the class is admitted (not counted as work) */
+  uint32_t stream_cap;        /* with not_admitted: a long-lived stream the tenant may hold at most this many
+                                 of (checked by the class; in cluster mode also across the fleet); 0 = none */
   bool parked;                /* the class answers later by itself (a coalesced cache follower): no upstream */
   const char *note;           /* appended to the log line, e.g. "mcp=tools/call:echo" (arena) */
   size_t endpoint_index;      /* in on_response_head: the endpoint that answered */

@@ -170,6 +170,9 @@ static inline uint64_t ob_fleet_rate(const ob_proxy_shared_t *sh, uint64_t v) {
 }
 /* Shared mode: send x to the fleet (true); false: decide locally. */
 bool ob_fleet_admit(ob_exchange_t *x);
+/* Shared mode: count x's long-lived stream fleet-wide against x->stream_cap
+ * (true: the answer comes through the inbox); false: go on locally. */
+bool ob_fleet_stream_open(ob_exchange_t *x);
 /* INBOX_FLEET: act on the fleet's verdict on x's own loop. */
 void ob_fleet_verdict(ob_exchange_t *x);
 /* Locked: x was admitted locally, held (granted) or queued. */

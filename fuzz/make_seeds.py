@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Write the hand-made seeds of the h2_server and upstream_response fuzz
-targets into fuzz/corpus/. The files are committed; run this again only to
-change a seed (libFuzzer's merged finds sit next to them and are kept).
+"""Write the hand-made seeds of the h2_server, upstream_response and
+redis_reply fuzz targets into fuzz/corpus/. The files are committed; run
+this again only to change a seed (libFuzzer's merged finds sit next to
+them and are kept).
 
 h2_server inputs are the frames a client sends after the connection preface
 and an empty SETTINGS frame (the driver writes those). upstream_response
@@ -242,6 +243,73 @@ def upstream_seeds():
     return s
 
 
+# redis_reply inputs are RESP2 as Redis sends it (hiredis reads it); the
+# shapes are cluster.lua's answers and what a broken or hostile peer sends.
+def resp(v):
+    if v is None:
+        return b"$-1\r\n"
+    if isinstance(v, int):
+        return b":%d\r\n" % v
+    if isinstance(v, (bytes, str)):
+        b = v.encode() if isinstance(v, str) else v
+        return b"$%d\r\n" % len(b) + b + b"\r\n"
+    return b"*%d\r\n" % len(v) + b"".join(resp(x) for x in v)
+
+
+def redis_reply_seeds():
+    s = {}
+    counters = ["a", "3", "q", "2", "p\0default", "2", "p\0big", "1", "pq\0default", "2", "t\0alice", "2",
+                "tq\0bob", "2", "s\0alice", "1"]
+    s["info_two_replicas"] = resp([[["r1", 12, "d41d8c", ["default", "2", "big", "1"]], ["r2", 480, "d41d8c", []]],
+                                   counters])
+    s["info_idle"] = resp([[], []])
+    s["info_int_values"] = resp([[["r1", -3, "", ["p", 7]]], ["a", 1, "t\0", -1]])
+    s["info_non_numeric"] = resp([[["r1", "12", "d", ["default", "two"]]],
+                                  ["a", "", "q", "-", "p\0x", "+5", "t\0y", "1e3", "s\0z", " 1"]])
+    s["info_huge_numbers"] = resp([[["r1", "99999999999999999999", "d", []]],
+                                   ["a", "9223372036854775807", "q", "-9223372036854775808", "t\0y", "9223372036854775808",
+                                    "tq\0y", "-0", "pq\0y", "18446744073709551616"]])
+    s["info_nul_in_id"] = resp([[["r\0x", 1, "d", []]], []])
+    s["info_nul_in_pool"] = resp([[["r1", 1, "d", ["de\0fault", "1"]]], []])
+    s["info_nul_in_counter"] = resp([[], ["t\0a\0b", "1", "\0", "2", "t\0a", "3", "t\0a", "4"]])
+    s["info_odd_counters"] = resp([[], ["a", "1", "q"]])
+    s["info_odd_pools"] = resp([[["r1", 1, "d", ["default"]]], []])
+    s["info_short_replica"] = resp([[["r1", 1, "d"]], []])
+    s["info_nil_digest"] = resp([[["r1", 1, None, []]], []])
+    s["info_status_id"] = b"*2\r\n*1\r\n*4\r\n+r1\r\n:1\r\n+d\r\n*0\r\n*2\r\n+a\r\n+1\r\n"
+    s["info_error_inside"] = b"*2\r\n*0\r\n*2\r\n$1\r\na\r\n-ERR no\r\n"
+    s["budget_reply"] = resp([[10, 2], [0, 0]])
+    s["admit_granted"] = b"*4\r\n:0\r\n:0\r\n:-1\r\n:-1\r\n"
+    s["admit_queued"] = resp([1, 0, 2, -1])
+    s["admit_rpm_wait"] = resp([2, 20000, 0, -1])
+    s["release"] = resp([1])
+    s["join"] = resp([7, 2])
+    s["join_conflict"] = resp([-2, 1234])
+    s["not_registered"] = resp([-1])
+    s["ints_nine"] = resp(list(range(9)))
+    s["ints_extremes"] = resp([9223372036854775807, -9223372036854775808, 0, -1])
+    s["ints_overflow"] = b"*2\r\n:99999999999999999999\r\n:-99999999999999999999\r\n"
+    s["ints_with_bulk"] = resp([0, "1"])
+    s["ints_with_nil"] = resp([0, None])
+    s["nested"] = resp([[1], 2])
+    s["deep"] = b"*1\r\n" * 10 + b":1\r\n"
+    s["error"] = b"-ERR obleth: unknown operation nope\r\n"
+    s["noscript"] = b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
+    s["status"] = b"+OK\r\n"
+    s["nil_bulk"] = b"$-1\r\n"
+    s["nil_array"] = b"*-1\r\n"
+    s["negative_counts"] = b"*-2\r\n$-5\r\n"
+    s["huge_bulk"] = b"$9223372036854775807\r\nab\r\n"
+    s["huge_bulk_2g"] = b"$2147483648\r\nab"
+    s["huge_array"] = b"*2147483647\r\n:1\r\n"
+    s["huge_array_over_int"] = b"*2147483648\r\n"
+    s["bad_type"] = b"?3\r\n"
+    s["bad_line"] = b":12a\r\n*x\r\n"
+    s["several"] = resp([0, 0, -1, -1]) + resp([[], ["a", "1"]]) + b"+OK\r\n" + resp([1])
+    s["truncated"] = resp([[["r1", 12, "d", []]], ["a", "1"]])[:-5]
+    return s
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -254,3 +322,4 @@ def write(target, seeds):
 if __name__ == "__main__":
     write("h2_server", h2_server_seeds())
     write("upstream_response", upstream_seeds())
+    write("redis_reply", redis_reply_seeds())

@@ -211,11 +211,27 @@ uint64_t ob_fleet_rate_of(const ob_proxy_shared_t *sh, uint64_t v) {
   return (v + f->replicas - 1) / f->replicas;
 }
 
-/* Locked: the local scheduler's caps for the current mode. */
+/* Locked: the local scheduler's caps and rate limits for the current mode
+ * (weights stay as they are: an admin change is not undone). */
 static void apply_caps(ob_proxy_t *p) {
-  ob_proxy_gen_bind(p, p->gen);
+  const ob_config_t *c = p->gen->cfg;
+  ob_proxy_shared_t *sh = p->sh;
+  for (size_t i = 0; i < c->num_upstreams; i++)
+    ob_fs_pool_set(sh->fs, p->gen->pool_of[i], ob_fleet_cap(sh, c->upstreams[i].max_inflight));
+  uint64_t now = ob_clock_us();
+  for (size_t i = 0; i < c->num_tenants; i++) {
+    const ob_config_tenant_t *t = &c->tenants[i];
+    ob_tstate_t *ts = ob_proxy_tstate(p, p->gen, i);
+    ob_fs_tenant_stats_t st;
+    ob_fs_tenant_stats(sh->fs, ts->fs, &st);
+    ob_fs_tenant_params_t tp = {st.group, st.weight, ob_fleet_cap(sh, t->max_inflight), ob_fleet_cap(sh, t->max_queue)};
+    ob_fs_tenant_set(sh->fs, ts->fs, &tp);
+    uint64_t rpm = ob_fleet_rate(sh, t->rpm), tpm = ob_fleet_rate(sh, t->tpm);
+    if (ts->rpm.per_minute != rpm) ob_fs_bucket_init(&ts->rpm, rpm, now);
+    if (ts->tpm.per_minute != tpm) ob_fs_bucket_init(&ts->tpm, tpm, now);
+  }
   ob_fs_params_t fp = ob_proxy_fs_params(p);
-  ob_fs_set_params(p->sh->fs, &fp);
+  ob_fs_set_params(sh->fs, &fp);
 }
 
 /* ---------------------------------------------------------------- config pairs */
@@ -589,6 +605,15 @@ void ob_fleet_verdict(ob_exchange_t *x) {
     /* Counted locally too: this replica's view, and the base of fallback.
      * In shared mode the local caps are off, so this is a grant. */
     ob_fs_verdict_t v = ob_fs_submit(p->sh->fs, &x->fsr, now);
+    if (v == OB_FS_TENANT_QUEUE_FULL || v == OB_FS_QUEUE_FULL) {
+      /* Fallback began meanwhile and its share of the queue is full. */
+      x->fs_state = FS_DONE;
+      t->known = false;
+      uint64_t ms = ob_fs_retry_after_ms(p->sh->fs, x->fsr.pool, x->fsr.tenant, now);
+      ob_proxy_unlock(p);
+      ob_proxy_reject_queue_full(x, ms);
+      return;
+    }
     if (v == OB_FS_QUEUED) {
       /* Fallback began between the fleet's grant and now: the local
        * scheduler decides, and the fleet forgets the slot when this

@@ -6,6 +6,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import net from 'node:net';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
@@ -110,6 +111,43 @@ export async function startObleth(config, { files = {} } = {}) {
   const ports = [];
   for (let i = 0; i < n; i++) ports.push(Number(match[2 + i * 2]));
   return { proc, port: ports[0], ports, url: `http://127.0.0.1:${ports[0]}`, output, dir, configPath: path };
+}
+
+// A loopback port nothing listens on now (the kernel's pick; closed again
+// at once, so another process could take it before the caller binds it).
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// Debian's redis-server on a loopback port, persisting nothing (so a restart
+// on the same port starts empty), tracked and killed on exit like the other
+// children. port: reuse one (a restart); password: --requirepass, which
+// cli() passes too. Resolves once redis-cli ping answers PONG, with
+// {proc, port, url, password, cli(args) -> stdout}.
+export async function startRedis({ port, password } = {}) {
+  port ??= await freePort();
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+  if (password !== undefined) args.push('--requirepass', password);
+  const p = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(p);
+  p.output = { text: '' };
+  p.stdout.on('data', (c) => { p.output.text += c.toString(); });
+  p.stderr.on('data', (c) => { p.output.text += c.toString(); });
+  p.on('exit', (code, sig) => { children.delete(p); p.exitInfo = { code, sig }; });
+  const auth = password !== undefined ? ['--no-auth-warning', '-a', password] : [];
+  const cli = async (a) => (await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...auth, ...a])).stdout;
+  await waitFor(async () => {
+    if (p.exitInfo) throw new Error(`redis-server exited (${p.exitInfo.code ?? p.exitInfo.sig}):\n${p.output.text}`);
+    return (await cli(['ping'])).trim() === 'PONG';
+  }, () => `redis-server on port ${port} to answer PONG:\n${p.output.text}`);
+  return { proc: p, port, url: `redis://127.0.0.1:${port}/0`, password, cli };
 }
 
 // Stop a child. A sanitizer report in its output, or obleth not exiting 0

@@ -22,6 +22,7 @@ import { tmpdir, cpus, totalmem } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { now, TenantLoad, getJson, driveLoad, scoreRun, printWindows, f1, f4, fmtMs as ms, FAIR, simArgs } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const OBLETH = process.env.OBLETH || resolve(here, '../build/obleth');
@@ -64,20 +65,13 @@ const opts = parseArgs(process.argv.slice(2));
 
 // ---------------------------------------------------------------- workload constants
 
-const SLOTS = 8;
-const TTFT_MS = 50;
-const ITL_MS = 10;
-const MAX_TOKENS = 64;
-// Scenarios 2-4 draw each request's max_tokens uniformly from this range
-// (mean 64). With one fixed length the deterministic simulator phase-locks
-// the slots (see README: "Why variable lengths"). --fixed-length turns it off.
-const VAR_TOKENS = [32, 96];
-const SAMPLE_MS = 100;           // /sim/stats and backlog sampling period
-const DRAIN_MS = 15000;          // after the run: how long streaming requests may finish
-const STAGGER_MS = TTFT_MS + (MAX_TOKENS - 1) * ITL_MS; // spread stream starts over one service time
-const LIGHT_THINK_MS = [100, 300]; // uniform think time of the light tenant
-
-const TARGETS = { shareErrPp: 3, jain: 0.99, util: 0.97, lightP99Ratio: 2 };
+// The simulator, the lengths, the think time and the targets are FAIR in
+// lib.mjs (shared with cluster.mjs). Scenarios 2-4 draw each request's
+// max_tokens uniformly from VAR_TOKENS (mean 64). With one fixed length the
+// deterministic simulator phase-locks the slots (see README: "Why variable
+// lengths"). --fixed-length turns it off.
+const { slots: SLOTS, ttftMs: TTFT_MS, itlMs: ITL_MS, maxTokens: MAX_TOKENS, varTokens: VAR_TOKENS, sampleMs: SAMPLE_MS,
+  drainMs: DRAIN_MS, staggerMs: STAGGER_MS, lightThinkMs: LIGHT_THINK_MS, targets: TARGETS } = FAIR;
 
 // One tenant of a scenario. group weight = the tenant's weight (one tenant per
 // group, hierarchical mode), so the group weights are what the scheduler uses.
@@ -87,7 +81,6 @@ const TARGETS = { shareErrPp: 3, jain: 0.99, util: 0.97, lightP99Ratio: 2 };
 function tenant(name, weight, streams, think = null) {
   return { name, weight, streams, think, backlogged: !think };
 }
-const meanTokens = (sc) => (sc.tokens[0] + sc.tokens[1]) / 2;
 
 const SCENARIOS = [
   {
@@ -128,8 +121,6 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => { cleanup(); process.exit(130); });
 process.on('SIGTERM', () => { cleanup(); process.exit(143); });
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const now = () => performance.now();
 
 function startAndWait(cmd, args, re, which) {
   return new Promise((resolveP, reject) => {
@@ -185,8 +176,7 @@ function procCpuS(pid) {
 }
 
 async function startSim() {
-  const args = ['--listen', '127.0.0.1:0', '--slots', String(SLOTS), '--ttft-ms', String(TTFT_MS),
-    '--itl-ms', String(ITL_MS), '--max-tokens', String(MAX_TOKENS)];
+  const args = ['--listen', '127.0.0.1:0', ...simArgs()];
   const { proc, match } = await startAndWait(OBLETH_SIM, args, /listening on (\S+):(\d+)/, 'stdout');
   return { proc, port: Number(match[2]), args };
 }
@@ -217,276 +207,27 @@ async function startObleth(cfg) {
   return { proc, port: Number(match[2]), configPath: path };
 }
 
-// ---------------------------------------------------------------- stats helpers
-
-function pct(sorted, p) {
-  if (!sorted.length) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))];
-}
-
-// Weighted max-min fair allocation of `capacity` (water-filling): items
-// {weight, demand}; a demand below the current level is met in full and the
-// rest is shared again among the others in proportion to weight.
-function waterfill(capacity, items) {
-  const alloc = items.map(() => 0);
-  let active = items.map((_, i) => i).filter((i) => items[i].demand > 0 && items[i].weight > 0);
-  let remaining = capacity;
-  while (active.length && remaining > 1e-9) {
-    const W = active.reduce((s, i) => s + items[i].weight, 0);
-    const level = remaining / W;
-    const sat = active.filter((i) => items[i].demand <= items[i].weight * level);
-    if (!sat.length) {
-      for (const i of active) alloc[i] = items[i].weight * level;
-      break;
-    }
-    for (const i of sat) { alloc[i] = items[i].demand; remaining -= items[i].demand; }
-    active = active.filter((i) => !sat.includes(i));
-  }
-  return alloc;
-}
-
-// Hierarchical water-filling: across groups by group weight (a group's demand
-// is the sum of its tenants'), then inside each group by tenant weight. The
-// bench uses one tenant per group, so this equals the flat version; it is
-// written out so that multi-tenant groups can be added to SCENARIOS.
-function fairAlloc(capacity, tenants /* {group, gweight, weight, demand} */) {
-  const groups = [...new Set(tenants.map((t) => t.group))];
-  const gItems = groups.map((g) => {
-    const ts = tenants.filter((t) => t.group === g);
-    return { weight: ts[0].gweight, demand: ts.reduce((s, t) => s + t.demand, 0) };
-  });
-  const gAlloc = waterfill(capacity, gItems);
-  const out = tenants.map(() => 0);
-  groups.forEach((g, gi) => {
-    const idx = tenants.map((t, i) => (t.group === g ? i : -1)).filter((i) => i >= 0);
-    const a = waterfill(gAlloc[gi], idx.map((i) => ({ weight: tenants[i].weight, demand: tenants[i].demand })));
-    idx.forEach((i, k) => { out[i] = a[k]; });
-  });
-  return out;
-}
-
-function jain(xs) {
-  const n = xs.length;
-  if (!n) return NaN;
-  const s = xs.reduce((a, b) => a + b, 0);
-  const s2 = xs.reduce((a, b) => a + b * b, 0);
-  return s2 > 0 ? (s * s) / (n * s2) : NaN;
-}
-
-// ---------------------------------------------------------------- clients
-
-// The request body: same prompt for every tenant (so prompt tokens are equal
-// and the scheduler's cost estimate, prompt + max_tokens, is the same).
-function bodyFor(maxTokens) {
-  const b = Buffer.from(JSON.stringify({
-    model: 'sim-model',
-    messages: [{ role: 'user', content: 'Write a short paragraph about fair queueing.' }],
-    max_tokens: maxTokens,
-    stream: true,
-    stream_options: { include_usage: true },
-  }));
-  b.maxTokens = maxTokens;
-  return b;
-}
-
-// Parse the usage chunk from the last bytes of an SSE body.
-function usageFrom(tail) {
-  const s = Buffer.concat(tail).toString('utf8');
-  const i = s.lastIndexOf('"usage"');
-  if (i < 0) return null;
-  const start = s.lastIndexOf('data: ', i);
-  const end = s.indexOf('\n', i);
-  try {
-    const u = JSON.parse(s.slice(start + 6, end < 0 ? undefined : end)).usage;
-    return u && typeof u.completion_tokens === 'number' ? u : null;
-  } catch { return null; }
-}
-
-class TenantLoad {
-  constructor(spec, port, run) {
-    this.spec = spec;
-    this.port = port;
-    this.run = run;
-    this.agent = new http.Agent({ keepAlive: true, maxSockets: spec.streams, maxFreeSockets: spec.streams });
-    // one prepared body per possible max_tokens: no JSON work per request
-    this.lengths = run.tokens;
-    this.bodies = [];
-    for (let n = run.tokens[0]; n <= run.tokens[1]; n++) this.bodies.push(bodyFor(n));
-    this.auth = `Bearer sk-bench-${spec.name}`;
-    this.live = new Set();     // requests in progress
-    this.waiting = 0;          // sent, response head not yet received (queued in the gateway)
-    this.done = [];            // finished request records
-    this.errors = new Map();   // status or error text -> count
-    this.sent = [];            // [send time, max_tokens] of every request: the offered load
-  }
-
-  error(what) { this.errors.set(what, (this.errors.get(what) || 0) + 1); }
-
-  one() {
-    return new Promise((resolveP) => {
-      const body = this.bodies[Math.floor(Math.random() * this.bodies.length)];
-      const rec = { tSent: now(), tHead: 0, tFirst: 0, tEnd: 0, status: 0, admission: null, queueMs: NaN, usage: null, tail: [], tailLen: 0 };
-      this.sent.push([rec.tSent, body.maxTokens]);
-      this.waiting++;
-      let headSeen = false;
-      let settled = false;
-      const finish = (ok) => {
-        if (settled) return;
-        settled = true;
-        if (!headSeen) this.waiting--;
-        this.live.delete(rec);
-        rec.tail = null;
-        if (ok) this.done.push(rec);
-        resolveP(rec);
-      };
-      const req = http.request({ host: '127.0.0.1', port: this.port, method: 'POST', path: '/v1/chat/completions',
-        agent: this.agent, headers: { 'content-type': 'application/json', 'content-length': String(body.length), authorization: this.auth } });
-      rec.req = req;
-      this.live.add(rec);
-      req.on('response', (res) => {
-        headSeen = true;
-        this.waiting--;
-        rec.tHead = now();
-        rec.status = res.statusCode;
-        rec.admission = res.headers['x-obleth-admission'] || null;
-        rec.queueMs = Number(res.headers['x-obleth-queue-ms']);
-        res.on('data', (chunk) => {
-          if (!rec.tFirst) rec.tFirst = now();
-          // keep only the last few KB: the usage chunk is at the very end
-          rec.tail.push(chunk);
-          rec.tailLen += chunk.length;
-          while (rec.tail.length > 1 && rec.tailLen - rec.tail[0].length >= 4096) rec.tailLen -= rec.tail.shift().length;
-        });
-        res.on('end', () => {
-          rec.tEnd = now();
-          if (rec.status !== 200) {
-            this.error(`HTTP ${rec.status}`);
-            finish(false);
-            return;
-          }
-          rec.usage = usageFrom(rec.tail);
-          if (!rec.usage) { this.error('no usage chunk'); finish(false); return; }
-          finish(true);
-        });
-        res.on('error', () => { if (!this.run.stopping) this.error('response error'); finish(false); });
-        res.on('aborted', () => { if (!this.run.stopping) this.error('response aborted'); finish(false); });
-      });
-      req.on('error', (e) => { if (!this.run.stopping) this.error(e.code || e.message); finish(false); });
-      req.end(body);
-    });
-  }
-
-  async worker(startDelay) {
-    await sleep(startDelay);
-    while (!this.run.stopping) {
-      await this.one();
-      if (this.run.stopping) break;
-      if (this.spec.think) {
-        const [lo, hi] = this.spec.think;
-        await sleep(lo + Math.random() * (hi - lo));
-      }
-    }
-  }
-
-  start() {
-    this.workers = [];
-    for (let i = 0; i < this.spec.streams; i++) {
-      // spread the starts over one service time so the streams do not complete in lockstep
-      this.workers.push(this.worker(this.spec.streams > 1 ? Math.random() * STAGGER_MS : 0));
-    }
-  }
-
-  // At the end of the run: requests that have produced no token yet are
-  // cancelled (they cannot add service inside the measured windows); the
-  // ones that are streaming finish, so their tokens before the end count.
-  cancelUnstarted() {
-    for (const rec of this.live) if (!rec.tFirst) rec.req.destroy();
-  }
-
-  cancelAll() {
-    for (const rec of this.live) rec.req.destroy();
-  }
-}
-
 // ---------------------------------------------------------------- one scenario
-
-async function getJson(agent, port, path) {
-  return new Promise((resolveP, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path, agent }, (res) => {
-      const parts = [];
-      res.on('data', (c) => parts.push(c));
-      res.on('end', () => { try { resolveP(JSON.parse(Buffer.concat(parts).toString())); } catch (e) { reject(e); } });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.setTimeout(2000, () => req.destroy(new Error('timeout')));
-  });
-}
 
 async function runScenario(sc) {
   const W = opts.window * 1000;
   const nWin = Math.floor(opts.duration / opts.window);
-  const durationMs = nWin * W;
   const sim = await startSim();
   const cfg = gatewayConfig(sc, sim.port);
   let gw;
   try { gw = await startObleth(cfg); } catch (e) { await stopProc(sim.proc); throw e; }
 
-  const run = { stopping: false, tokens: sc.tokens };
-  const loads = sc.tenants.map((t) => new TenantLoad(t, gw.port, run));
+  const run = { stopping: false, tokens: sc.tokens, staggerMs: STAGGER_MS };
+  const loads = sc.tenants.map((t) => new TenantLoad(t, [gw.port], run));
   const statsAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-
-  // per window: utilisation samples, sim queued max, per-tenant backlog samples
-  const win = Array.from({ length: nWin }, () => ({ utilSum: 0, utilN: 0, simQueuedMax: 0, backlog: sc.tenants.map(() => 0), samples: 0 }));
-  const statErrors = [];
   const simStart = await getJson(statsAgent, sim.port, '/sim/stats');
 
   const cpu0 = { gw: procCpuS(gw.proc.pid), sim: procCpuS(sim.proc.pid), me: process.cpuUsage() };
   const lag = monitorEventLoopDelay({ resolution: 10 });
   lag.enable();
-
-  const t0 = now();
-  const widx = (t) => Math.floor((t - t0) / W);
-  for (const l of loads) l.start();
-
-  // sampler: /sim/stats every 100 ms, and each tenant's "something queued" flag
-  let sampling = true;
-  const sampler = (async () => {
-    let next = t0 + SAMPLE_MS / 2;
-    while (sampling) {
-      await sleep(Math.max(0, next - now()));
-      next += SAMPLE_MS;
-      const t = now();
-      const w = widx(t);
-      if (w >= nWin) break;
-      const backlogged = loads.map((l) => l.waiting > 0);
-      try {
-        const st = await getJson(statsAgent, sim.port, '/sim/stats');
-        const wi = win[w];
-        wi.utilSum += st.in_flight / SLOTS;
-        wi.utilN++;
-        wi.simQueuedMax = Math.max(wi.simQueuedMax, st.queued);
-        wi.samples++;
-        backlogged.forEach((b, i) => { if (b) wi.backlog[i]++; });
-      } catch (e) { statErrors.push(e.message); }
-    }
-  })();
-
-  // progress dots to stderr so a long run visibly lives
-  while (now() - t0 < durationMs) {
-    await sleep(Math.min(1000, durationMs - (now() - t0)));
-    process.stderr.write('.');
-  }
-  process.stderr.write('\n');
-  const tStop = now();
-  run.stopping = true;
-  sampling = false;
-  await sampler;
-  for (const l of loads) l.cancelUnstarted();
-  const drain = Promise.all(loads.flatMap((l) => l.workers));
-  const drained = await Promise.race([drain.then(() => true), sleep(DRAIN_MS).then(() => false)]);
-  if (!drained) for (const l of loads) l.cancelAll();
-  await drain;
+  // per window: utilisation samples, sim queued max, per-tenant backlog samples
+  const { t0, tStop, win, statErrors } = await driveLoad({ loads, run, simPort: sim.port, slots: SLOTS, W, nWin, statsAgent,
+    sampleMs: SAMPLE_MS, drainMs: DRAIN_MS });
 
   lag.disable();
   const wall = (now() - t0) / 1000;
@@ -505,98 +246,8 @@ async function runScenario(sc) {
   const simExit = await stopProc(sim.proc);
   const sanitizer = /(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:)/.test(gw.proc.out.text);
 
-  // ---- per-window accounting
-  const T = sc.tenants.length;
-  const tokens = Array.from({ length: nWin }, () => new Array(T).fill(0));
-  const waits = Array.from({ length: nWin }, () => Array.from({ length: T }, () => []));
-  const heads = Array.from({ length: nWin }, () => Array.from({ length: T }, () => []));
-  const fast = Array.from({ length: nWin }, () => new Array(T).fill(0));
-  const count = Array.from({ length: nWin }, () => new Array(T).fill(0));
-  const headerIssues = [];
-  loads.forEach((l, ti) => {
-    for (const r of l.done) {
-      const n = r.usage.completion_tokens;
-      // token k (1..n) is credited at tFirst + (k-1)/(n-1) * (tEnd - tFirst):
-      // the simulator emits one token per ITL between the first data chunk and the usage chunk.
-      const span = n > 1 ? (r.tEnd - r.tFirst) / (n - 1) : 0;
-      for (let k = 0; k < n; k++) {
-        const w = widx(r.tFirst + k * span);
-        if (w >= 0 && w < nWin && r.tFirst + k * span < tStop) tokens[w][ti]++;
-      }
-      if (!Number.isFinite(r.queueMs) || !r.admission) {
-        if (headerIssues.length < 5) headerIssues.push(`${sc.tenants[ti].name}: admission=${r.admission} queue-ms=${r.queueMs}`);
-        continue;
-      }
-      // queue wait is attributed to the window of the grant (sent + wait)
-      const w = widx(r.tSent + r.queueMs);
-      if (w >= 0 && w < nWin) {
-        waits[w][ti].push(r.queueMs);
-        heads[w][ti].push(r.tHead - r.tSent);
-        count[w][ti]++;
-        if (r.admission === 'fast') fast[w][ti]++;
-      }
-    }
-  });
-
-  // Demand. A backlogged tenant: infinite. A tenant that is not: the tokens it
-  // asked for, placed where they would have been produced had every request
-  // been granted on arrival (token k of a request sent at s at
-  // s + TTFT + (k-1) * ITL). Its service can only fall short of that by what
-  // is still queued, so a scheduler that serves it promptly scores ~0 error.
-  const demand = Array.from({ length: nWin }, () => sc.tenants.map((t) => (t.backlogged ? Infinity : 0)));
-  loads.forEach((l, ti) => {
-    if (sc.tenants[ti].backlogged) return;
-    for (const [s, n] of l.sent) for (let k = 0; k < n; k++) {
-      const t = s + TTFT_MS + k * ITL_MS;
-      const w = widx(t);
-      if (w >= 0 && w < nWin && t < tStop) demand[w][ti]++;
-    }
-  });
-  // what a light tenant would get per window if it never waited: max_tokens
-  // per (service time + mean think time); to report its throughput loss
-  const serviceMs = TTFT_MS + (meanTokens(sc) - 1) * ITL_MS;
-  const nominal = sc.tenants.map((t) => (t.backlogged ? Infinity
-    : (meanTokens(sc) * t.streams * W) / (serviceMs + (t.think[0] + t.think[1]) / 2)));
-
-  const windows = [];
-  for (let w = 0; w < nWin; w++) {
-    const total = tokens[w].reduce((a, b) => a + b, 0);
-    const alloc = fairAlloc(total, sc.tenants.map((t, i) => ({ group: `g-${t.name}`, gweight: t.weight, weight: 1, demand: demand[w][i] })));
-    const rows = sc.tenants.map((t, i) => {
-      const share = total ? tokens[w][i] / total : NaN;
-      const fair = total ? alloc[i] / total : NaN;
-      const ws = waits[w][i].slice().sort((a, b) => a - b);
-      const hs = heads[w][i].slice().sort((a, b) => a - b);
-      return {
-        tenant: t.name, weight: t.weight, demand: demand[w][i], nominal: nominal[i], tokens: tokens[w][i], share, fair,
-        errPp: Math.abs(share - fair) * 100,
-        relErr: fair > 0 ? Math.abs(share - fair) / fair : NaN,
-        n: count[w][i], fast: fast[w][i],
-        qP50: pct(ws, 0.5), qP99: pct(ws, 0.99), headP50: pct(hs, 0.5), headP99: pct(hs, 0.99),
-        backlog: win[w].samples ? win[w].backlog[i] / win[w].samples : NaN,
-      };
-    });
-    const xs = rows.filter((r) => r.fair > 0).map((r) => r.share / r.fair);
-    windows.push({
-      index: w, warmup: w === 0, total, rows, jain: jain(xs),
-      util: win[w].utilN ? win[w].utilSum / win[w].utilN : NaN, simQueuedMax: win[w].simQueuedMax, samples: win[w].samples,
-    });
-  }
-
-  // per tenant over all measured windows (warm-up excluded)
-  const overall = sc.tenants.map((t, i) => {
-    const ws = [], hs = [];
-    let n = 0, f = 0;
-    for (let w = 1; w < nWin; w++) { ws.push(...waits[w][i]); hs.push(...heads[w][i]); n += count[w][i]; f += fast[w][i]; }
-    ws.sort((a, b) => a - b);
-    hs.sort((a, b) => a - b);
-    return {
-      tenant: t.name, n, fast: f, qP50: pct(ws, 0.5), qP99: pct(ws, 0.99), qMax: ws.length ? ws[ws.length - 1] : NaN,
-      headP50: pct(hs, 0.5), headP99: pct(hs, 0.99),
-      errors: Object.fromEntries(loads[i].errors),
-    };
-  });
-
+  const { windows, overall, headerIssues } = scoreRun({ tenants: sc.tenants, loads, t0, tStop, W, nWin, win,
+    ttftMs: TTFT_MS, itlMs: ITL_MS, tokens: sc.tokens });
   return {
     name: sc.name, mode: sc.mode, what: sc.what, maxTokens: sc.tokens, tenants: sc.tenants, windows, overall, cpu,
     simRequests: simEnd ? simEnd.requests - simStart.requests : null,
@@ -608,33 +259,10 @@ async function runScenario(sc) {
 
 // ---------------------------------------------------------------- output
 
-const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '-');
-const f4 = (x) => (Number.isFinite(x) ? x.toFixed(4) : '-');
-const ms = (x) => (Number.isFinite(x) ? String(Math.round(x)) : '-');
-const pad = (s, n) => String(s).padStart(n);
-const padr = (s, n) => String(s).padEnd(n);
-
 function printScenario(r) {
   const mt = r.maxTokens[0] === r.maxTokens[1] ? `max_tokens ${r.maxTokens[0]}` : `max_tokens uniform ${r.maxTokens[0]}..${r.maxTokens[1]}`;
   console.log(`\n== ${r.name} (mode ${r.mode}): ${r.what}; ${mt}`);
-  console.log(`   ${pad('win', 3)} ${padr('tenant', 6)} ${pad('w', 2)} ${pad('demand', 7)} ${pad('tokens', 6)} ${pad('share%', 6)} ${pad('fair%', 6)} ${pad('err pp', 6)} ` +
-    `${pad('reqs', 4)} ${pad('fast', 4)} ${pad('q p50', 6)} ${pad('q p99', 6)} ${pad('backlog', 7)}`);
-  for (const w of r.windows) {
-    const label = `${w.index * opts.window}-${(w.index + 1) * opts.window}s`;
-    w.rows.forEach((t, i) => {
-      console.log(`   ${pad(i === 0 ? w.index : '', 3)} ${padr(t.tenant, 6)} ${pad(t.weight, 2)} ${pad(Number.isFinite(t.demand) ? Math.round(t.demand) : 'inf', 7)} ` +
-        `${pad(t.tokens, 6)} ${pad(f1(t.share * 100), 6)} ${pad(f1(t.fair * 100), 6)} ${pad(f1(t.errPp), 6)} ` +
-        `${pad(t.n, 4)} ${pad(t.fast, 4)} ${pad(ms(t.qP50), 6)} ${pad(ms(t.qP99), 6)} ${pad(f1(t.backlog * 100) + '%', 7)}`);
-    });
-    console.log(`   ${pad('', 3)} ${label}${w.warmup ? ' (warm-up, not scored)' : ''}: ${w.total} tokens, Jain ${f4(w.jain)}, ` +
-      `utilisation ${f1(w.util * 100)}% (${w.samples} samples), sim queued max ${w.simQueuedMax}`);
-  }
-  console.log('   whole run (windows 1..): tenant  reqs  fast  queue-ms p50/p99/max  client head-latency p50/p99  errors');
-  for (const o of r.overall) {
-    const errs = Object.entries(o.errors).map(([k, v]) => `${k} x${v}`).join(', ') || '-';
-    console.log(`   ${pad('', 24)} ${padr(o.tenant, 6)} ${pad(o.n, 5)} ${pad(o.fast, 5)}  ${pad(`${ms(o.qP50)}/${ms(o.qP99)}/${ms(o.qMax)}`, 20)}  ` +
-      `${pad(`${ms(o.headP50)}/${ms(o.headP99)}`, 26)}  ${errs}`);
-  }
+  printWindows(r, opts.window);
   const c = r.cpu;
   const pc = (x) => (x == null ? '?' : `${Math.round(x * 100)}%`);
   console.log(`   CPU (of one core): obleth ${pc(c.gw)}, obleth-sim ${pc(c.sim)}, bench client ${pc(c.me)}; ` +

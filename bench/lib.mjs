@@ -1,8 +1,9 @@
 // Helpers shared by the benchmarks in this folder (Node 20, no npm
 // packages): a scratch folder and child processes that are cleaned up at
 // exit, readiness polling, h2load runs and their output, one-off HTTP/2
-// requests, CPU and memory readings from /proc, percentiles and the
-// machine line printed at the top of every report.
+// requests, CPU and memory readings from /proc, percentiles, the machine
+// line printed at the top of every report, and the fair-share load and its
+// per-window scoring (fairness.mjs, cluster.mjs).
 //
 // Every process started here is recorded and killed (by its pid) when the
 // benchmark exits, however it exits; the scratch folders are removed.
@@ -12,6 +13,7 @@ import { tmpdir, cpus, totalmem, availableParallelism } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
+import http from 'node:http';
 import http2 from 'node:http2';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -389,4 +391,428 @@ export const median = (xs) => pct([...xs].sort((a, b) => a - b), 0.5);
 export function mdTable(head, rows) {
   const line = (cells) => `| ${cells.join(' | ')} |`;
   return [line(head), line(head.map(() => '---')), ...rows.map(line)].join('\n');
+}
+
+// ---- fair-share load and its scoring (fairness.mjs, cluster.mjs) ----
+//
+// Closed-loop streaming chat tenants against one or more gateways, the
+// simulator sampled every 100 ms, and the service each tenant got scored
+// per window against its weighted max-min fair share. bench/README.md,
+// "Fairness benchmark", describes the method.
+
+export const now = () => performance.now();
+
+// The fairness set-up: obleth-sim with `slots` slots, ttftMs to the first
+// token and itlMs per further token (a 64-token request holds its slot
+// 680 ms); lengths fixed at maxTokens or drawn from varTokens (mean 64); the
+// light tenant's think time; the sampling period; how long streams may
+// finish after a run; stream starts spread over one service time; and the
+// targets of issue 16 / the fairness benchmark.
+export const FAIR = {
+  slots: 8, ttftMs: 50, itlMs: 10, maxTokens: 64, varTokens: [32, 96], lightThinkMs: [100, 300],
+  sampleMs: 100, drainMs: 15000, staggerMs: 50 + 63 * 10,
+  targets: { shareErrPp: 3, jain: 0.99, util: 0.97, lightP99Ratio: 2 },
+};
+export const simArgs = () => ['--slots', String(FAIR.slots), '--ttft-ms', String(FAIR.ttftMs), '--itl-ms', String(FAIR.itlMs),
+  '--max-tokens', String(FAIR.maxTokens)];
+
+// Weighted max-min fair allocation of `capacity` (water-filling): items
+// {weight, demand}; a demand below the current level is met in full and the
+// rest is shared again among the others in proportion to weight.
+export function waterfill(capacity, items) {
+  const alloc = items.map(() => 0);
+  let active = items.map((_, i) => i).filter((i) => items[i].demand > 0 && items[i].weight > 0);
+  let remaining = capacity;
+  while (active.length && remaining > 1e-9) {
+    const W = active.reduce((s, i) => s + items[i].weight, 0);
+    const level = remaining / W;
+    const sat = active.filter((i) => items[i].demand <= items[i].weight * level);
+    if (!sat.length) {
+      for (const i of active) alloc[i] = items[i].weight * level;
+      break;
+    }
+    for (const i of sat) { alloc[i] = items[i].demand; remaining -= items[i].demand; }
+    active = active.filter((i) => !sat.includes(i));
+  }
+  return alloc;
+}
+
+// Hierarchical water-filling: across groups by group weight (a group's demand
+// is the sum of its tenants'), then inside each group by tenant weight. The
+// benchmarks use one tenant per group, so this equals the flat version; it is
+// written out so that multi-tenant groups can be added to their scenarios.
+export function fairAlloc(capacity, tenants /* {group, gweight, weight, demand} */) {
+  const groups = [...new Set(tenants.map((t) => t.group))];
+  const gItems = groups.map((g) => {
+    const ts = tenants.filter((t) => t.group === g);
+    return { weight: ts[0].gweight, demand: ts.reduce((s, t) => s + t.demand, 0) };
+  });
+  const gAlloc = waterfill(capacity, gItems);
+  const out = tenants.map(() => 0);
+  groups.forEach((g, gi) => {
+    const idx = tenants.map((t, i) => (t.group === g ? i : -1)).filter((i) => i >= 0);
+    const a = waterfill(gAlloc[gi], idx.map((i) => ({ weight: tenants[i].weight, demand: tenants[i].demand })));
+    idx.forEach((i, k) => { out[i] = a[k]; });
+  });
+  return out;
+}
+
+// Jain's index (Σx)² / (n Σx²).
+export function jain(xs) {
+  const n = xs.length;
+  if (!n) return NaN;
+  const s = xs.reduce((a, b) => a + b, 0);
+  const s2 = xs.reduce((a, b) => a + b * b, 0);
+  return s2 > 0 ? (s * s) / (n * s2) : NaN;
+}
+
+// The request body: same prompt for every tenant (so prompt tokens are equal
+// and the scheduler's cost estimate, prompt + max_tokens, is the same).
+export function streamBody(maxTokens) {
+  const b = Buffer.from(JSON.stringify({
+    model: 'sim-model',
+    messages: [{ role: 'user', content: 'Write a short paragraph about fair queueing.' }],
+    max_tokens: maxTokens,
+    stream: true,
+    stream_options: { include_usage: true },
+  }));
+  b.maxTokens = maxTokens;
+  return b;
+}
+
+// Parse the usage chunk from the last bytes of an SSE body.
+export function usageFrom(tail) {
+  const s = Buffer.concat(tail).toString('utf8');
+  const i = s.lastIndexOf('"usage"');
+  if (i < 0) return null;
+  const start = s.lastIndexOf('data: ', i);
+  const end = s.indexOf('\n', i);
+  try {
+    const u = JSON.parse(s.slice(start + 6, end < 0 ? undefined : end)).usage;
+    return u && typeof u.completion_tokens === 'number' ? u : null;
+  } catch { return null; }
+}
+
+// One tenant's closed-loop load: spec {name, streams, think: [min, max] ms
+// or null}; its key is `sk-bench-<name>`. Stream i sends to gateway port
+// ports[i % ports.length] (several ports: replicas of one gateway). run:
+// {stopping, tokens: [min, max] max_tokens drawn uniformly per request,
+// staggerMs: stream starts are spread over this long}.
+export class TenantLoad {
+  constructor(spec, ports, run) {
+    this.spec = spec;
+    this.ports = ports;
+    this.run = run;
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: spec.streams, maxFreeSockets: spec.streams });
+    // one prepared body per possible max_tokens: no JSON work per request
+    this.bodies = [];
+    for (let n = run.tokens[0]; n <= run.tokens[1]; n++) this.bodies.push(streamBody(n));
+    this.auth = `Bearer sk-bench-${spec.name}`;
+    this.live = new Set();     // requests in progress
+    this.waiting = 0;          // sent, response head not yet received (queued in the gateway)
+    this.done = [];            // finished request records
+    this.errors = new Map();   // status or error text -> count
+    this.sent = [];            // [send time, max_tokens] of every request: the offered load
+    this.dead = new Set();     // ports of replicas killed on purpose (drop)
+    this.lost = 0;             // requests that failed because their replica was killed
+  }
+
+  error(what) { this.errors.set(what, (this.errors.get(what) || 0) + 1); }
+
+  one(port) {
+    return new Promise((resolveP) => {
+      const body = this.bodies[Math.floor(Math.random() * this.bodies.length)];
+      const rec = { port, tSent: now(), tHead: 0, tFirst: 0, tEnd: 0, status: 0, admission: null, queueMs: NaN, usage: null, tail: [], tailLen: 0 };
+      this.sent.push([rec.tSent, body.maxTokens]);
+      this.waiting++;
+      let headSeen = false;
+      let settled = false;
+      const finish = (ok) => {
+        if (settled) return;
+        settled = true;
+        if (!headSeen) this.waiting--;
+        this.live.delete(rec);
+        rec.tail = null;
+        if (ok) this.done.push(rec);
+        resolveP(rec);
+      };
+      // a transport failure: expected after stop (cancelled) or on a killed replica
+      const broken = (what) => {
+        if (this.dead.has(port)) this.lost++;
+        else if (!this.run.stopping) this.error(what);
+        finish(false);
+      };
+      const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/chat/completions',
+        agent: this.agent, headers: { 'content-type': 'application/json', 'content-length': String(body.length), authorization: this.auth } });
+      rec.req = req;
+      this.live.add(rec);
+      req.on('response', (res) => {
+        headSeen = true;
+        this.waiting--;
+        rec.tHead = now();
+        rec.status = res.statusCode;
+        rec.admission = res.headers['x-obleth-admission'] || null;
+        rec.queueMs = Number(res.headers['x-obleth-queue-ms']);
+        res.on('data', (chunk) => {
+          if (!rec.tFirst) rec.tFirst = now();
+          // keep only the last few KB: the usage chunk is at the very end
+          rec.tail.push(chunk);
+          rec.tailLen += chunk.length;
+          while (rec.tail.length > 1 && rec.tailLen - rec.tail[0].length >= 4096) rec.tailLen -= rec.tail.shift().length;
+        });
+        res.on('end', () => {
+          rec.tEnd = now();
+          if (rec.status !== 200) {
+            this.error(`HTTP ${rec.status}`);
+            finish(false);
+            return;
+          }
+          rec.usage = usageFrom(rec.tail);
+          if (!rec.usage) { if (this.dead.has(port)) { this.lost++; finish(false); return; } this.error('no usage chunk'); finish(false); return; }
+          finish(true);
+        });
+        res.on('error', () => broken('response error'));
+        res.on('aborted', () => broken('response aborted'));
+      });
+      req.on('error', (e) => broken(e.code || e.message));
+      req.end(body);
+    });
+  }
+
+  async worker(startDelay, port) {
+    await sleep(startDelay);
+    while (!this.run.stopping && !this.dead.has(port)) {
+      await this.one(port);
+      if (this.run.stopping) break;
+      if (this.spec.think) {
+        const [lo, hi] = this.spec.think;
+        await sleep(lo + Math.random() * (hi - lo));
+      }
+    }
+  }
+
+  start() {
+    this.workers = [];
+    for (let i = 0; i < this.spec.streams; i++) {
+      // spread the starts over one service time so the streams do not complete in lockstep
+      this.workers.push(this.worker(this.spec.streams > 1 ? Math.random() * this.run.staggerMs : 0, this.ports[i % this.ports.length]));
+    }
+  }
+
+  // The replica on `port` is about to be killed: its streams stop, and
+  // their requests that fail count as lost, not as errors.
+  drop(port) { this.dead.add(port); }
+
+  // At the end of the run: requests that have produced no token yet are
+  // cancelled (they cannot add service inside the measured windows); the
+  // ones that are streaming finish, so their tokens before the end count.
+  cancelUnstarted() {
+    for (const rec of this.live) if (!rec.tFirst) rec.req.destroy();
+  }
+
+  cancelAll() {
+    for (const rec of this.live) rec.req.destroy();
+  }
+}
+
+// GET a JSON document over `agent` (2 s timeout).
+export async function getJson(agent, port, path) {
+  return new Promise((resolveP, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent }, (res) => {
+      const parts = [];
+      res.on('data', (c) => parts.push(c));
+      res.on('end', () => { try { resolveP(JSON.parse(Buffer.concat(parts).toString())); } catch (e) { reject(e); } });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.setTimeout(2000, () => req.destroy(new Error('timeout')));
+  });
+}
+
+// Run `loads` (TenantLoads sharing `run`) for nWin windows of W ms: sample
+// the simulator's /sim/stats every sampleMs into per-window utilisation
+// (in_flight / slots), its queued maximum and mean, and each tenant's
+// "something queued in the gateway" flag; print a dot a second to stderr;
+// then stop: requests without a token yet are cancelled, streaming ones may
+// finish (at most drainMs). Returns {t0, tStop, win, statErrors}.
+export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgent, sampleMs = 100, drainMs = 15000 }) {
+  const win = Array.from({ length: nWin }, () => ({ utilSum: 0, utilN: 0, simQueuedMax: 0, simQueuedSum: 0, backlog: loads.map(() => 0), samples: 0 }));
+  const statErrors = [];
+  const t0 = now();
+  const widx = (t) => Math.floor((t - t0) / W);
+  for (const l of loads) l.start();
+  let sampling = true;
+  const sampler = (async () => {
+    let next = t0 + sampleMs / 2;
+    while (sampling) {
+      await sleep(Math.max(0, next - now()));
+      next += sampleMs;
+      const w = widx(now());
+      if (w >= nWin) break;
+      const backlogged = loads.map((l) => l.waiting > 0);
+      try {
+        const st = await getJson(statsAgent, simPort, '/sim/stats');
+        const wi = win[w];
+        wi.utilSum += st.in_flight / slots;
+        wi.utilN++;
+        wi.simQueuedMax = Math.max(wi.simQueuedMax, st.queued);
+        wi.simQueuedSum += st.queued;
+        wi.samples++;
+        backlogged.forEach((b, i) => { if (b) wi.backlog[i]++; });
+      } catch (e) { statErrors.push(e.message); }
+    }
+  })();
+  const durationMs = nWin * W;
+  while (now() - t0 < durationMs) {
+    await sleep(Math.min(1000, durationMs - (now() - t0)));
+    process.stderr.write('.');
+  }
+  process.stderr.write('\n');
+  const tStop = now();
+  run.stopping = true;
+  sampling = false;
+  await sampler;
+  for (const l of loads) l.cancelUnstarted();
+  const drain = Promise.all(loads.flatMap((l) => l.workers));
+  const drained = await Promise.race([drain.then(() => true), sleep(drainMs).then(() => false)]);
+  if (!drained) for (const l of loads) l.cancelAll();
+  await drain;
+  return { t0, tStop, win, statErrors };
+}
+
+// Score a driveLoad run per window. tenants: {name, weight (its group's),
+// streams, think, backlogged}, in the order of `loads`; each is alone in
+// group g-<name>. Service is output tokens, each credited to the window it
+// was produced in; the fair share is water-filled over the demands (inf
+// for a backlogged tenant, else what it asked for, placed where it would
+// have been produced without waiting: token k of a request sent at s at
+// s + ttftMs + (k-1) * itlMs). tokens: the run's [min, max] max_tokens.
+// Returns {windows, overall}; window 0 is the warm-up.
+export function scoreRun({ tenants, loads, t0, tStop, W, nWin, win, ttftMs, itlMs, tokens: range }) {
+  const widx = (t) => Math.floor((t - t0) / W);
+  const T = tenants.length;
+  const tokens = Array.from({ length: nWin }, () => new Array(T).fill(0));
+  const waits = Array.from({ length: nWin }, () => Array.from({ length: T }, () => []));
+  const heads = Array.from({ length: nWin }, () => Array.from({ length: T }, () => []));
+  const firsts = Array.from({ length: nWin }, () => Array.from({ length: T }, () => []));
+  const fast = Array.from({ length: nWin }, () => new Array(T).fill(0));
+  const count = Array.from({ length: nWin }, () => new Array(T).fill(0));
+  const headerIssues = [];
+  loads.forEach((l, ti) => {
+    for (const r of l.done) {
+      const n = r.usage.completion_tokens;
+      // token k (1..n) is credited at tFirst + (k-1)/(n-1) * (tEnd - tFirst):
+      // the simulator emits one token per ITL between the first data chunk and the usage chunk.
+      const span = n > 1 ? (r.tEnd - r.tFirst) / (n - 1) : 0;
+      for (let k = 0; k < n; k++) {
+        const w = widx(r.tFirst + k * span);
+        if (w >= 0 && w < nWin && r.tFirst + k * span < tStop) tokens[w][ti]++;
+      }
+      if (!Number.isFinite(r.queueMs) || !r.admission) {
+        if (headerIssues.length < 5) headerIssues.push(`${tenants[ti].name}: admission=${r.admission} queue-ms=${r.queueMs}`);
+        continue;
+      }
+      // queue wait is attributed to the window of the grant (sent + wait)
+      const w = widx(r.tSent + r.queueMs);
+      if (w >= 0 && w < nWin) {
+        waits[w][ti].push(r.queueMs);
+        heads[w][ti].push(r.tHead - r.tSent);
+        firsts[w][ti].push(r.tFirst - r.tSent);
+        count[w][ti]++;
+        if (r.admission === 'fast') fast[w][ti]++;
+      }
+    }
+  });
+
+  // Demand. A backlogged tenant: infinite. A tenant that is not: the tokens it
+  // asked for, placed where they would have been produced had every request
+  // been granted on arrival. Its service can only fall short of that by what
+  // is still queued, so a scheduler that serves it promptly scores ~0 error.
+  const demand = Array.from({ length: nWin }, () => tenants.map((t) => (t.backlogged ? Infinity : 0)));
+  loads.forEach((l, ti) => {
+    if (tenants[ti].backlogged) return;
+    for (const [s, n] of l.sent) for (let k = 0; k < n; k++) {
+      const t = s + ttftMs + k * itlMs;
+      const w = widx(t);
+      if (w >= 0 && w < nWin && t < tStop) demand[w][ti]++;
+    }
+  });
+  // what a light tenant would get per window if it never waited: max_tokens
+  // per (service time + mean think time); to report its throughput loss
+  const meanTok = (range[0] + range[1]) / 2;
+  const serviceMs = ttftMs + (meanTok - 1) * itlMs;
+  const nominal = tenants.map((t) => (t.backlogged ? Infinity
+    : (meanTok * t.streams * W) / (serviceMs + (t.think[0] + t.think[1]) / 2)));
+
+  const windows = [];
+  for (let w = 0; w < nWin; w++) {
+    const total = tokens[w].reduce((a, b) => a + b, 0);
+    const alloc = fairAlloc(total, tenants.map((t, i) => ({ group: `g-${t.name}`, gweight: t.weight, weight: 1, demand: demand[w][i] })));
+    const rows = tenants.map((t, i) => {
+      const share = total ? tokens[w][i] / total : NaN;
+      const fair = total ? alloc[i] / total : NaN;
+      const ws = waits[w][i].slice().sort((a, b) => a - b);
+      const hs = heads[w][i].slice().sort((a, b) => a - b);
+      return {
+        tenant: t.name, weight: t.weight, demand: demand[w][i], nominal: nominal[i], tokens: tokens[w][i], share, fair,
+        errPp: Math.abs(share - fair) * 100,
+        relErr: fair > 0 ? Math.abs(share - fair) / fair : NaN,
+        n: count[w][i], fast: fast[w][i],
+        qP50: pct(ws, 0.5), qP99: pct(ws, 0.99), headP50: pct(hs, 0.5), headP99: pct(hs, 0.99),
+        backlog: win[w].samples ? win[w].backlog[i] / win[w].samples : NaN,
+      };
+    });
+    const xs = rows.filter((r) => r.fair > 0).map((r) => r.share / r.fair);
+    windows.push({
+      index: w, warmup: w === 0, total, rows, jain: jain(xs),
+      util: win[w].utilN ? win[w].utilSum / win[w].utilN : NaN, simQueuedMax: win[w].simQueuedMax,
+      simQueuedMean: win[w].samples ? win[w].simQueuedSum / win[w].samples : NaN, samples: win[w].samples,
+    });
+  }
+
+  // per tenant over all measured windows (warm-up excluded)
+  const overall = tenants.map((t, i) => {
+    const ws = [], hs = [], fs = [];
+    let n = 0, f = 0;
+    for (let w = 1; w < nWin; w++) { ws.push(...waits[w][i]); hs.push(...heads[w][i]); fs.push(...firsts[w][i]); n += count[w][i]; f += fast[w][i]; }
+    ws.sort((a, b) => a - b);
+    hs.sort((a, b) => a - b);
+    fs.sort((a, b) => a - b);
+    return {
+      tenant: t.name, n, fast: f, qP50: pct(ws, 0.5), qP99: pct(ws, 0.99), qMax: ws.length ? ws[ws.length - 1] : NaN,
+      headP50: pct(hs, 0.5), headP99: pct(hs, 0.99), firstP50: pct(fs, 0.5), firstP99: pct(fs, 0.99),
+      errors: Object.fromEntries(loads[i].errors), lost: loads[i].lost,
+    };
+  });
+  return { windows, overall, headerIssues };
+}
+
+// Number formats of the reports ('-' for NaN): one decimal, four, whole ms.
+export const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '-');
+export const f4 = (x) => (Number.isFinite(x) ? x.toFixed(4) : '-');
+export const fmtMs = (x) => (Number.isFinite(x) ? String(Math.round(x)) : '-');
+const padl = (s, n) => String(s).padStart(n);
+const padr = (s, n) => String(s).padEnd(n);
+
+// Print a scored run (scoreRun's windows and overall): one row per tenant
+// and window, a line per window, then per tenant over the scored windows.
+export function printWindows(r, windowS) {
+  console.log(`   ${padl('win', 3)} ${padr('tenant', 6)} ${padl('w', 2)} ${padl('demand', 7)} ${padl('tokens', 6)} ${padl('share%', 6)} ${padl('fair%', 6)} ${padl('err pp', 6)} ` +
+    `${padl('reqs', 4)} ${padl('fast', 4)} ${padl('q p50', 6)} ${padl('q p99', 6)} ${padl('backlog', 7)}`);
+  for (const w of r.windows) {
+    const label = `${w.index * windowS}-${(w.index + 1) * windowS}s`;
+    w.rows.forEach((t, i) => {
+      console.log(`   ${padl(i === 0 ? w.index : '', 3)} ${padr(t.tenant, 6)} ${padl(t.weight, 2)} ${padl(Number.isFinite(t.demand) ? Math.round(t.demand) : 'inf', 7)} ` +
+        `${padl(t.tokens, 6)} ${padl(f1(t.share * 100), 6)} ${padl(f1(t.fair * 100), 6)} ${padl(f1(t.errPp), 6)} ` +
+        `${padl(t.n, 4)} ${padl(t.fast, 4)} ${padl(fmtMs(t.qP50), 6)} ${padl(fmtMs(t.qP99), 6)} ${padl(f1(t.backlog * 100) + '%', 7)}`);
+    });
+    console.log(`   ${padl('', 3)} ${label}${w.warmup ? ' (warm-up, not scored)' : ''}: ${w.total} tokens, Jain ${f4(w.jain)}, ` +
+      `utilisation ${f1(w.util * 100)}% (${w.samples} samples), sim queued max ${w.simQueuedMax}`);
+  }
+  console.log('   whole run (windows 1..): tenant  reqs  fast  queue-ms p50/p99/max  client head-latency p50/p99  errors');
+  for (const o of r.overall) {
+    const errs = Object.entries(o.errors).map(([k, v]) => `${k} x${v}`).join(', ') || '-';
+    console.log(`   ${padl('', 24)} ${padr(o.tenant, 6)} ${padl(o.n, 5)} ${padl(o.fast, 5)}  ${padl(`${fmtMs(o.qP50)}/${fmtMs(o.qP99)}/${fmtMs(o.qMax)}`, 20)}  ` +
+      `${padl(`${fmtMs(o.headP50)}/${fmtMs(o.headP99)}`, 26)}  ${errs}`);
+  }
 }

@@ -16,8 +16,10 @@
 -- keep their arrival order). A tenant or group that becomes backlogged
 -- starts at least at the virtual time of the last one served, so idling
 -- banks no credit. Sorted sets make every choice O(log n): a queued request
--- costs O(log n), never a scan of every tenant. src/fairshare/fairshare_vt.c
--- is the same law in C, which the unit tests drive (tests/fairshare).
+-- costs O(log n), never a scan of every tenant. The long-run shares are
+-- those of the single process's deficit round robin (src/fairshare);
+-- tests/integration/test_cluster_lua.mjs drives this script in a real
+-- redis-server, decision by decision.
 --
 -- Names are joined with "\0" (a C string never holds one), so a tenant or
 -- pool name can be anything.

@@ -211,14 +211,14 @@ local function pump(pool, mine)
   end
 end
 
--- After slots were freed in pool: that pool first, then (under a global
--- cap) every other pool with a backlog.
+-- After slots were freed in pool: that pool first, then every other pool
+-- with an eligible backlog (a global cap frees a slot for every pool, and
+-- a tenant back under its max_inflight may be servable in any of them).
+-- QP holds only pools with a request that may run: a few at most.
 local function pump_all(pool, mine)
   if pool then pump(pool, mine) end
-  if hget(CFG, 'cap') > 0 or not pool then
-    for _, p in ipairs(redis.call('ZRANGE', QP, 0, -1)) do
-      if p ~= pool then pump(p, mine) end
-    end
+  for _, p in ipairs(redis.call('ZRANGE', QP, 0, -1)) do
+    if p ~= pool then pump(p, mine) end
   end
 end
 
@@ -503,6 +503,7 @@ if op == 'config' then
         local g = group_of(qt)
         if redis.call('ZREM', tkey(pool, g), qt) == 1 and redis.call('ZCARD', tkey(pool, g)) == 0 then
           redis.call('ZREM', gkey(pool), g)
+          if redis.call('ZCARD', gkey(pool)) == 0 then redis.call('ZREM', QP, pool) end
         end
       end
       moved[#moved + 1] = qt

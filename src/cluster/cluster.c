@@ -445,6 +445,7 @@ static redisAsyncContext *open_ctx(ob_cluster_t *c, const char *ip) {
     return NULL;
   }
   ac->data = c;
+  ob_cluster_reader_bound(ac->c.reader);
   redisLibeventAttach(ac, c->base);
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -558,6 +559,7 @@ static redisContext *connect_blocking(const ob_config_cluster_t *cfg) {
                                     : redisConnectWithTimeout(cfg->host, cfg->port, tv);
   if (!rc) return NULL;
   if (rc->err || redisSetTimeout(rc, tv) != REDIS_OK) goto fail;
+  ob_cluster_reader_bound(rc->reader);
   redisReply *r;
   if (cfg->password) {
     const char *argv[3];

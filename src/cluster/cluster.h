@@ -60,6 +60,14 @@ void ob_cluster_args_pair(ob_cluster_args_t *a, const char *kind, const char *na
  */
 bool ob_cluster_reply_ints(const redisReply *r, int64_t *out, size_t max, size_t *n);
 
+/* Bound what one reply may make the reader allocate: arrays of at most
+ * OB_CLUSTER_MAX_ELEMENTS, strings of at most OB_CLUSTER_MAX_STRING bytes
+ * (more: the reader fails). rd: a reader with hiredis's default object
+ * functions; every one gets the same bounds. */
+#define OB_CLUSTER_MAX_ELEMENTS 65536
+#define OB_CLUSTER_MAX_STRING (1u << 20)
+void ob_cluster_reader_bound(redisReader *rd);
+
 /* One replica as the info operation reports it. */
 typedef struct ob_cluster_replica_info {
   char *id;

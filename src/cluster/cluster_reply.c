@@ -57,6 +57,35 @@ void ob_cluster_args_pair(ob_cluster_args_t *a, const char *kind, const char *na
   ob_cluster_args_mem(a, "", 0); /* the bytes are in; record where they end */
 }
 
+/* hiredis 0.14 allocates an array's element vector as soon as it reads
+ * "*<count>", so "*2000000000" from a hostile or broken peer would be a
+ * 16 GB allocation; newer hiredis has a maxelements setting, this one
+ * does not. The reader's own object functions, wrapped with bounds: above
+ * them the reader fails ("out of memory"), which the link treats as any
+ * other broken reply. */
+static redisReplyObjectFunctions bounded;
+static void *(*base_array)(const redisReadTask *, int);
+static void *(*base_string)(const redisReadTask *, char *, size_t);
+
+static void *bounded_array(const redisReadTask *t, int n) {
+  return n > OB_CLUSTER_MAX_ELEMENTS ? NULL : base_array(t, n);
+}
+
+static void *bounded_string(const redisReadTask *t, char *s, size_t n) {
+  return n > OB_CLUSTER_MAX_STRING ? NULL : base_string(t, s, n);
+}
+
+void ob_cluster_reader_bound(redisReader *rd) {
+  if (!base_array) { /* the first link, at start-up, before any other thread */
+    bounded = *rd->fn;
+    base_array = bounded.createArray;
+    base_string = bounded.createString;
+    bounded.createArray = bounded_array;
+    bounded.createString = bounded_string;
+  }
+  rd->fn = &bounded;
+}
+
 bool ob_cluster_reply_ints(const redisReply *r, int64_t *out, size_t max, size_t *n) {
   *n = 0;
   if (!r || r->type != REDIS_REPLY_ARRAY || r->elements > max) return false;

@@ -58,6 +58,26 @@ local function split(s)
   end
 end
 
+-- A member's record: pool, tenant, cost, replica, reserved, and the two
+-- budget keys ('' or "kind \0 name \0 period": they hold NULs of their own,
+-- so they come last, after their lengths).
+local function encode(d)
+  return table.concat({d[1], d[2], d[3], d[4], d[5], #d[6], #d[7]}, Z) .. Z .. d[6] .. d[7]
+end
+local function record(s)
+  local out, i = {}, 1
+  for k = 1, 7 do
+    local j = string.find(s, Z, i, true)
+    if not j then return {'', '', '0', '', '0', '', ''} end -- cannot happen: every record is encode()'s
+    out[k] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+  local l1, l2 = tonumber(out[6]) or 0, tonumber(out[7]) or 0
+  out[6] = string.sub(s, i, i + l1 - 1)
+  out[7] = string.sub(s, i + l1, i + l1 + l2 - 1)
+  return out
+end
+
 local function fifo() return redis.call('HGET', CFG, 'mode') == 'fifo' end
 -- In weighted mode every tenant is in one group; in fifo mode one pseudo
 -- tenant per pool holds every request in arrival order.
@@ -83,7 +103,7 @@ local function eligible(pool, qt)
   local head = redis.call('ZRANGE', qkey(pool, qt), 0, 0)[1]
   if not head then return false end
   local tenant = qt
-  if qt == '' then tenant = split(redis.call('HGET', E, head))[2] end
+  if qt == '' then tenant = record(redis.call('HGET', E, head))[2] end
   local cap = tcap(tenant)
   return cap == 0 or hget(N, 't' .. Z .. tenant) < cap
 end
@@ -197,7 +217,7 @@ local function pump(pool, mine)
     if #tz == 0 then redis.call('ZREM', gkey(pool), g) break end -- cannot happen: refresh keeps them in step
     local qt, tv = tz[1], tonumber(tz[2])
     local member = redis.call('ZRANGE', qkey(pool, qt), 0, 0)[1]
-    local d = split(redis.call('HGET', E, member))
+    local d = record(redis.call('HGET', E, member))
     dequeue(d, member)
     hold(d, member, 1)
     redis.call('HSET', V, 'lt' .. Z .. pool .. Z .. g, fmt(tv))
@@ -241,7 +261,7 @@ local function reap(r, charge_reserved)
   for _, m in ipairs(redis.call('SMEMBERS', P .. 'qm:' .. r)) do
     local s = redis.call('HGET', E, m)
     if s then
-      local d = split(s)
+      local d = record(s)
       dequeue(d, m)
       settle(d, 0)
       redis.call('HDEL', E, m)
@@ -252,7 +272,7 @@ local function reap(r, charge_reserved)
   for _, m in ipairs(redis.call('SMEMBERS', P .. 'gm:' .. r)) do
     local s = redis.call('HGET', E, m)
     if s then
-      local d = split(s)
+      local d = record(s)
       hold(d, m, -1)
       settle(d, charge_reserved and num(d[5]) or 0)
       redis.call('HDEL', E, m)
@@ -342,7 +362,7 @@ if op == 'join' then
   while i + 6 <= #ARGV do
     local member = rid .. Z .. ARGV[i]
     local d = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], rid, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]}
-    redis.call('HSET', E, member, table.concat(d, Z))
+    redis.call('HSET', E, member, encode(d))
     hold(d, member, 1)
     if num(d[5]) ~= 0 then
       for j = 6, 7 do if d[j] ~= '' then incr(P .. 'b' .. Z .. d[j], 'r', num(d[5])) end end
@@ -404,7 +424,7 @@ if op == 'admit' then
   if rpm > 0 then rl = rl - 1; bucket_put(P .. 'rl' .. Z .. tenant, 'r', rl); rrem = math.floor(rl) end
   if tpm > 0 and take > 0 then tl = tl - take; bucket_put(P .. 'rl' .. Z .. tenant, 't', tl); trem = math.floor(math.max(tl, 0)) end
   local d = {pool, tenant, cost, rid, reserve, ARGV[13], ARGV[15]}
-  redis.call('HSET', E, member, table.concat(d, Z))
+  redis.call('HSET', E, member, encode(d))
   settle({pool, tenant, cost, rid, -reserve, ARGV[13], ARGV[15]}, 0)
   if code == 0 then
     hold(d, member, 1)
@@ -433,7 +453,7 @@ if op == 'release' then
   local member = rid .. Z .. ARGV[5]
   local s = redis.call('HGET', E, member)
   if not s or redis.call('SISMEMBER', P .. 'gm:' .. rid, member) == 0 then return {0} end
-  local d = split(s)
+  local d = record(s)
   unhold(member, d, tonumber(ARGV[6]), tonumber(ARGV[7]))
   local refund = tonumber(ARGV[8])
   if refund ~= 0 then
@@ -454,7 +474,7 @@ if op == 'cancel' then
   local member = rid .. Z .. ARGV[5]
   local s = redis.call('HGET', E, member)
   if not s then return {0} end
-  local d = split(s)
+  local d = record(s)
   local mine = {}
   if redis.call('SISMEMBER', P .. 'qm:' .. rid, member) == 1 then
     dequeue(d, member)

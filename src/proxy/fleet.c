@@ -24,8 +24,12 @@
  *   HELD     holds a slot (the fleet's when `known`, else a local one)
  *   LQUEUED  queued in the local scheduler (fallback)
  *   CANCEL   the exchange left; a cancel is out, its reply frees the ticket
+ *   RELEASING  the exchange ended while a join that re-asserts its slot
+ *            was out: the release goes to Redis once the join succeeded
+ *            (the next join forgets it if this one failed)
  * known: Redis counts this ticket's slot (granted there, or re-asserted
- * when this replica joined again), so its release goes to Redis.
+ * by a join), so its release goes to Redis. Fallback clears it: what Redis
+ * thinks this replica holds is replaced at the next join anyway.
  */
 #include "proxy_int.h"
 
@@ -36,7 +40,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-enum { T_NONE, T_ADMIT, T_RQUEUED, T_HELD, T_LQUEUED, T_CANCEL };
+enum { T_NONE, T_ADMIT, T_RQUEUED, T_HELD, T_LQUEUED, T_CANCEL, T_RELEASING };
 
 typedef struct ob_fleet_ticket {
   struct ob_fleet *f;
@@ -52,6 +56,8 @@ typedef struct ob_fleet_ticket {
   char *bkey[2];              /* budget keys ("t\0name\0period", "k\0id\0period") or NULL */
   size_t bkey_len[2];
   uint64_t blimit[2];
+  uint64_t rel_actual, rel_tokens; /* RELEASING: what the release will say */
+  int64_t rel_refund;
 } ticket_t;
 
 /* An operation posted by another worker for the first worker's loop. */
@@ -351,6 +357,7 @@ static char *budget_key(char kind, const char *name, ob_budget_period_t period, 
   return s;
 }
 
+static void give_back(ob_proxy_t *p, struct ob_fleet_ticket *t, uint64_t actual, uint64_t tokens, int64_t refund);
 static void on_admit(void *arg, const ob_cluster_result_t *r);
 static void on_cancel(void *arg, const ob_cluster_result_t *r);
 static void on_release(void *arg, const ob_cluster_result_t *r);
@@ -723,25 +730,35 @@ void ob_fleet_release(ob_exchange_t *x, uint64_t actual, uint64_t tokens, int64_
   switch (t->state) {
   case T_ADMIT: break; /* on_admit finishes it */
   case T_RQUEUED: t->state = T_CANCEL, cancel = true; break;
-  case T_HELD: release = t->known && f->shared; if (!release) ticket_free(f, t); break;
+  case T_HELD:
+    release = t->known && f->shared;
+    if (!release && t->known) { /* a join re-asserting it is out */
+      t->state = T_RELEASING;
+      t->rel_actual = actual, t->rel_tokens = tokens, t->rel_refund = refund;
+    } else if (!release) {
+      ticket_free(f, t);
+    }
+    break;
   default: ticket_free(f, t); break;
   }
   ob_proxy_unlock(p);
   if (cancel) send_cancel(p, t);
-  if (release && t->stream) {
+  if (release) give_back(p, t, actual, tokens, refund);
+}
+
+/* Send a held ticket's release (or a stream's close) and free it. */
+static void give_back(ob_proxy_t *p, ticket_t *t, uint64_t actual, uint64_t tokens, int64_t refund) {
+  if (t->stream) {
     ob_cluster_args_t a;
     ob_cluster_args_init(&a);
     stream_args(&a, t, -1, 0);
     fleet_send(p, "stream", &a, NULL, NULL);
-    ob_proxy_lock(p);
-    ticket_free(f, t);
-    ob_proxy_unlock(p);
-  } else if (release) {
+  } else {
     send_release(p, t, actual, tokens, refund);
-    ob_proxy_lock(p);
-    ticket_free(f, t);
-    ob_proxy_unlock(p);
   }
+  ob_proxy_lock(p);
+  ticket_free(t->f, t);
+  ob_proxy_unlock(p);
 }
 
 /* Locked: a locally queued request got its local slot. */
@@ -757,19 +774,25 @@ static void on_mode(void *user, bool shared) {
   ob_cluster_args_t *re = NULL;
   ticket_t **readmit = NULL;
   size_t n = 0;
+  ticket_t **rel = NULL;
+  size_t nrel = 0;
   ob_proxy_lock(p);
   f->shared = shared;
   if (!shared) {
     /* Requests waiting in the fleet's queue wait in the local one now. */
     for (size_t i = 0; i < f->cap; i++) {
       ticket_t *t = f->tab[i];
+      if (t) t->known = false;
       if (t && t->state == T_RQUEUED && t->x) {
         t->state = T_NONE;
-        t->known = false;
         post(t->x, FC_LOCAL);
       }
     }
   } else {
+    /* Slots the join re-asserted whose requests ended meanwhile. */
+    rel = ob_xcalloc(f->used + 1, sizeof *rel);
+    for (size_t i = 0; i < f->cap; i++)
+      if (f->tab[i] && f->tab[i]->state == T_RELEASING) rel[nrel++] = f->tab[i];
     /* Requests in the local queue go back to the fleet's, so the local
      * scheduler, uncapped from now on, never grants them by itself. */
     readmit = ob_xcalloc(f->used + 1, sizeof *readmit);
@@ -793,6 +816,8 @@ static void on_mode(void *user, bool shared) {
     }
   }
   ob_proxy_unlock(p);
+  for (size_t i = 0; i < nrel; i++) give_back(p, rel[i], rel[i]->rel_actual, rel[i]->rel_tokens, rel[i]->rel_refund);
+  free(rel);
   for (size_t i = 0; i < n; i++) fleet_send(p, "admit", &re[i], on_admit, readmit[i]);
   free(re);
   free(readmit);
@@ -833,7 +858,11 @@ static void join_args(void *user, ob_cluster_args_t *a) {
   /* Re-assert every open stream and every slot held now; Redis forgets
    * whatever else it thought this replica held. */
   size_t ns = 0;
-  for (size_t i = 0; i < f->cap; i++) ns += f->tab[i] && f->tab[i]->state == T_HELD && f->tab[i]->stream;
+  for (size_t i = 0; i < f->cap; i++) {
+    ticket_t *t = f->tab[i];
+    if (t && t->state == T_RELEASING) ticket_free(f, t); /* a failed join's: not re-asserted now */
+    else ns += t && t->state == T_HELD && t->stream;
+  }
   ob_cluster_args_u64(a, ns);
   for (size_t i = 0; i < f->cap; i++) {
     ticket_t *t = f->tab[i];

@@ -3,7 +3,7 @@
 // port) in front of one obleth-sim. Each test checks what a user of the
 // fleet sees: the pool's, a tenant's and the queues' caps hold fleet-wide;
 // the fleet grants slots in weighted fair order whatever replica a request
-// came through; rpm and token budgets count fleet-wide; admin changes made
+// came through; rpm and token budgets (a tenant's, a key's) count fleet-wide; admin changes made
 // on one replica reach the others within a second; replicas whose configs
 // disagree say so; a replica killed while holding slots gives them back
 // within its lease; Redis killed, frozen or restarted empty costs no
@@ -464,6 +464,94 @@ fleetTest('token budgets count fleet-wide: concurrent requests through 3 replica
     const r = await chat(gw, 'sk-metered', { body });
     assert.equal(r.status, 429, `${gw.id}: ${r.text}`);
     assert.equal(r.json.error.code, 'insufficient_quota');
+  }
+});
+
+// A key's budget (the tenant has none): the same reservations, counted
+// under the key's id; the tenant's other key is not charged or refused.
+fleetTest('key budgets count fleet-wide: a key with budget_tokens 100 through 3 replicas concurrently never overshoots, later requests with it get 429 insufficient_quota, the tenant\'s other key still works', {
+  tenants: [...TENANTS, {
+    name: 'keyed', keys: [
+      { id: 'keyed-1', secret: 'sk-keyed-1', budget_tokens: 100, budget_period: 'day' },
+      { id: 'keyed-2', secret: 'sk-keyed-2' },
+    ],
+  }],
+  upstream: { max_inflight: 0 },
+}, async (f) => {
+  const body = chatBody({ max_tokens: 4 });
+  const keyBudget = async (gw, id = 'keyed-1') => (await tenantView(gw, 'keyed')).keys.find((k) => k.id === id).budget;
+  // one request held: what it reserves shows on every replica
+  const first = chat(f.gws[0], 'sk-keyed-1', { body, headers: { 'x-sim-delay-ms': '500' } });
+  let view;
+  await waitFor(async () => (view = await keyBudget(f.gws[2])).reserved > 0, 'the reservation visible on r3');
+  const reserve = view.reserved;
+  assert.equal(view.scope, 'fleet');
+  assert.equal(view.tokens, 100);
+  assert.equal(view.period, 'day');
+  assert.equal(view.used, 0);
+  assert.equal(view.remaining, 100 - reserve);
+  const tv = await tenantView(f.gws[2], 'keyed');
+  assert.equal(tv.budget, null, 'the tenant has no budget of its own');
+  assert.equal(tv.keys.find((k) => k.id === 'keyed-2').budget, null, 'nor its other key');
+  const r0 = await first;
+  assert.equal(r0.status, 200, r0.text);
+  const usage0 = r0.json.usage.total_tokens;
+  await waitFor(async () => (view = await keyBudget(f.gws[1])).used === usage0 && view.reserved === 0,
+    () => `the first request settled (used ${usage0}, nothing reserved) in r2's view: ${JSON.stringify(view)}`, 5000);
+  // then 24 at once, 8 through each replica, each held 400 ms upstream
+  let maxHeld = 0, polls = 0, stopped = false;
+  const poll = (async () => {
+    for (let i = 0; !stopped; i++) {
+      const b = await keyBudget(f.gws[i % 3]);
+      maxHeld = Math.max(maxHeld, b.used + b.reserved);
+      polls++;
+      await sleep(5);
+    }
+  })();
+  const rs = await Promise.all(Array.from({ length: 24 }, (_, i) =>
+    chat(f.gws[i % 3], 'sk-keyed-1', { body, headers: { 'x-sim-delay-ms': '400' } })));
+  stopped = true;
+  await poll;
+  const served = [r0, ...rs.filter((r) => r.status === 200)];
+  const refused = rs.filter((r) => r.status === 429);
+  assert.equal(served.length + refused.length, 25, rs.map((r) => r.status).join(','));
+  for (const r of refused) {
+    assert.equal(r.json.error.code, 'insufficient_quota', r.text);
+    assert.match(r.json.error.message, /API key's budget of 100 tokens per day/, r.text);
+  }
+  const used = served.reduce((a, r) => a + r.json.usage.total_tokens, 0);
+  const estimateError = served.reduce((a, r) => a + Math.max(0, r.json.usage.total_tokens - reserve), 0);
+  console.log(`keyed-1: reserve ${reserve} per request, ${served.length} served (${used} tokens used), ${refused.length} refused, ` +
+    `used + reserved at most ${maxHeld} in ${polls} polls`);
+  assert.ok(polls > 10, `the key's budget was watched (${polls} polls)`);
+  assert.ok(maxHeld <= 100, `used + reserved never above the key's budget (max ${maxHeld})`);
+  assert.ok(used <= 100 + estimateError, `used ${used} <= 100 + estimate error ${estimateError} (reserve ${reserve}, ${served.length} served)`);
+  assert.equal(served.length, 1 + Math.floor((100 - usage0) / reserve),
+    `as many served as reservations fit (the first used ${usage0}, then reserve ${reserve} each)`);
+  for (const gw of f.gws) {
+    let b;
+    await waitFor(async () => (b = await keyBudget(gw)).used === used && b.reserved === 0,
+      () => `${gw.id} to show the fleet's used count ${used} for keyed-1 and nothing reserved: ${JSON.stringify(b)}`, 5000);
+    assert.equal(b.scope, 'fleet', gw.id);
+    assert.equal(b.remaining, 100 - used, gw.id);
+  }
+  assert.ok(100 - used < reserve, 'what is left cannot take another request');
+  // later requests with that key: refused on every replica, naming the key's budget
+  for (const gw of f.gws) {
+    const r = await chat(gw, 'sk-keyed-1', { body });
+    assert.equal(r.status, 429, `${gw.id}: ${r.text}`);
+    assert.equal(r.json.error.code, 'insufficient_quota');
+    assert.match(r.json.error.message, /API key/, `${gw.id}: ${r.text}`);
+    assert.equal(r.headers.get('x-should-retry'), 'false', gw.id);
+  }
+  // the tenant's other key: served on every replica, and not charged to keyed-1
+  for (const gw of f.gws) {
+    const r = await chat(gw, 'sk-keyed-2', { body });
+    assert.equal(r.status, 200, `${gw.id}: the other key of the tenant: ${r.text}`);
+  }
+  for (const gw of f.gws) {
+    const b = await keyBudget(gw);
+    assert.deepEqual([b.used, b.reserved], [used, 0], `${gw.id}: keyed-1's count unchanged by keyed-2's requests`);
   }
 });
 

@@ -12,10 +12,11 @@
 // refused before anything is forwarded and never forwarded, session
 // affinity across two instances with wrapped session ids and 404 for ids
 // the gateway cannot route, -32700 for bodies that are not JSON, the
-// per-tenant cap on open GET streams, and the mcp= part of the log line.
+// per-tenant cap on open GET streams (also fleet-wide across two replicas in
+// cluster mode, on a real redis-server), and the mcp= part of the log line.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { startObleth, stop, clientRequire, sleep } from './lib.mjs';
+import { startObleth, startRedis, stop, clientRequire, sleep } from './lib.mjs';
 import { WAIT_MS, waitFor } from './lib.mjs';
 import { startEverything } from '../mcp/everything.mjs';
 import { startRecorder } from '../mcp/recorder.mjs';
@@ -800,6 +801,98 @@ test('GET streams: at most max_streams per tenant (429 beyond, before the server
     }
   } finally {
     await env.close();
+  }
+});
+
+// ---------------------------------------------------------------- 6b
+
+// Cluster mode (docs/cluster.md): max_streams is fleet-wide. Each replica
+// counts its own streams first (mcp/route.c, 2 each here, never reached),
+// then asks the fleet (the "stream" op of cluster.lua) before forwarding,
+// so one stream through each replica fills alice's 2.
+test('cluster mode: max_streams counts a tenant\'s open GET streams across replicas', { timeout: 30000 }, async () => {
+  const env = rig();
+  const redis = await startRedis();
+  const open = [];
+  const replicas = [];
+  try {
+    const ev = await env.everything();
+    for (const id of ['m1', 'm2']) {
+      const gw = await env.gateway(mcpConfig([ev], { extra: { cluster: { redis: redis.url, replica_id: id } } }));
+      gw.id = id;
+      gw.mcp = `${gw.url}/mcp`;
+      await waitFor(() => /cluster: joined the fleet as/.test(gw.output.text), () => `${id} to join the fleet:\n${gw.output.text}`);
+      replicas.push(gw);
+    }
+    const [m1, m2] = replicas;
+    // What Redis counts: alice's open streams fleet-wide (field "s\0alice"
+    // of obleth:n, a name no argv carries, so a script reads it) and per
+    // replica (obleth:s:<id>).
+    const fleetCount = async () => (await redis.cli(['EVAL', "return redis.call('HGET', 'obleth:n', 's' .. string.char(0) .. 'alice') or '0'", '0'])).trim();
+    const replicaCount = async (gw) => (await redis.cli(['HGET', `obleth:s:${gw.id}`, 'alice'])).trim();
+    // one session per GET (server-everything allows one GET stream per
+    // session): two for the streams, one per replica for the refused ones
+    const s1 = await rawSession(m1.mcp, 'sk-alice', 'fleet-streams-1');
+    const s2 = await rawSession(m2.mcp, 'sk-alice', 'fleet-streams-2');
+    const s3 = await rawSession(m1.mcp, 'sk-alice', 'fleet-streams-3');
+    const s4 = await rawSession(m2.mcp, 'sk-alice', 'fleet-streams-4');
+    const sid = (name) => initRecord(ev.rec, name).resSessionId;
+    const reached = (name) => ev.rec.records.filter((r) => r.method === 'GET' && r.sessionId === sid(name));
+
+    for (const [gw, s, name] of [[m1, s1, 'fleet-streams-1'], [m2, s2, 'fleet-streams-2']]) {
+      const g = await openGet(gw.mcp, { key: 'sk-alice', sid: s.sid, version: s.version });
+      open.push(g);
+      assert.equal(g.status, 200, `${gw.id}: alice's stream: ${g.status} ${g.text}`);
+      assert.match(g.contentType, /^text\/event-stream/);
+      assert.ok(await ev.rec.waitFor((r) => r.method === 'GET' && r.sessionId === sid(name) && r.status === 200), `${gw.id}: the stream reached the server`);
+    }
+    assert.equal(await fleetCount(), '2', 'Redis counts alice\'s 2 streams fleet-wide');
+    assert.equal(await replicaCount(m1), '1', 'one held by m1');
+    assert.equal(await replicaCount(m2), '1', 'one held by m2');
+
+    // a third, through either replica (each holds only 1 of its local 2): 429 from the fleet
+    for (const [gw, s, name] of [[m1, s3, 'fleet-streams-3'], [m2, s4, 'fleet-streams-4']]) {
+      const g = await openGet(gw.mcp, { key: 'sk-alice', sid: s.sid, version: s.version });
+      open.push(g);
+      assert.equal(g.status, 429, `${gw.id}: a third stream for alice: ${g.status} ${g.text}`);
+      const e = JSON.parse(g.text);
+      assert.equal(e.error?.code, 'too_many_streams', `${gw.id}: ${g.text}`);
+      assert.match(e.error.message, /across the fleet/, `${gw.id}: refused by the fleet's count, not the replica's: ${g.text}`);
+      await marker(gw.mcp, [ev.rec]);
+      assert.deepEqual(reached(name), [], `${gw.id}: the refused GET never reached the server`);
+    }
+    assert.equal(await fleetCount(), '2', 'refused streams are not counted');
+
+    // closing m1's stream frees the place for a stream through m2 (whose own count is still 1)
+    open[0].close();
+    const again = await waitFor(async () => {
+      const g = await openGet(m2.mcp, { key: 'sk-alice', sid: s4.sid, version: s4.version });
+      if (g.status === 200) return g;
+      assert.equal(g.status, 429, `while m1's stream is being closed: ${g.status} ${g.text}`);
+      return null;
+    }, 'a new stream for alice through m2 once m1\'s is closed');
+    open.push(again);
+    assert.match(again.contentType, /^text\/event-stream/);
+    assert.ok(await ev.rec.waitFor((r) => r.method === 'GET' && r.sessionId === sid('fleet-streams-4') && r.status === 200), 'it reached the server');
+    assert.equal(await fleetCount(), '2');
+    assert.equal(await replicaCount(m1), '', 'm1 holds none (a field at zero is deleted)');
+    assert.equal(await replicaCount(m2), '2', 'm2 holds two');
+
+    // every stream closed: the fleet's counters go back to zero
+    for (const g of open) g.close();
+    let n = '';
+    await waitFor(async () => (n = (await redis.cli(['HGETALL', 'obleth:n'])).trim()) === '',
+      () => `HGETALL obleth:n empty once every stream is closed: ${JSON.stringify(n)}`, 5000);
+    // and stay there once the replicas leave (SIGTERM)
+    for (const gw of replicas.reverse()) await stop(gw.proc);
+    assert.equal((await redis.cli(['HGETALL', 'obleth:n'])).trim(), '', 'HGETALL obleth:n after both replicas stopped');
+    assert.equal((await redis.cli(['KEYS', 'obleth:s:*'])).trim(), '', 'no replica holds a stream');
+  } catch (e) {
+    for (const gw of replicas) console.log(`--- ${gw.id} log ---\n${gw.output.text.split('\n').slice(-40).join('\n')}`);
+    throw e;
+  } finally {
+    for (const g of open) g.close();
+    try { await env.close(); } finally { await stop(redis.proc); }
   }
 });
 

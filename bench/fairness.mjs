@@ -22,7 +22,7 @@ import { tmpdir, cpus, totalmem } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { now, TenantLoad, getJson, driveLoad, scoreRun, printWindows, f1, f4, fmtMs as ms, FAIR, simArgs } from './lib.mjs';
+import { now, TenantLoad, getJson, driveLoad, scoreRun, printWindows, f1, f4, fmtMs as ms, FAIR, simArgs, fairConfig } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const OBLETH = process.env.OBLETH || resolve(here, '../build/obleth');
@@ -181,23 +181,6 @@ async function startSim() {
   return { proc, port: Number(match[2]), args };
 }
 
-function gatewayConfig(sc, simPort) {
-  return {
-    listeners: [{ address: '127.0.0.1:0' }],
-    upstreams: [{ name: 'sim', endpoints: [`http://127.0.0.1:${simPort}`], max_inflight: SLOTS }],
-    routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
-    groups: sc.tenants.map((t) => ({ name: `g-${t.name}`, weight: t.weight })),
-    tenants: sc.tenants.map((t) => ({
-      name: t.name, group: `g-${t.name}`, weight: 1,
-      keys: [{ id: `${t.name}-key`, secret: `sk-bench-${t.name}` }],
-    })),
-    admission: {
-      mode: sc.mode, cost: 'tokens', default_max_tokens: MAX_TOKENS,
-      queue_timeout_ms: 120000, // nothing may time out: FIFO waits are seconds long
-    },
-  };
-}
-
 async function startObleth(cfg) {
   const dir = mkdtempSync(join(tmpdir(), 'obleth-bench-'));
   tmpdirs.add(dir);
@@ -213,7 +196,7 @@ async function runScenario(sc) {
   const W = opts.window * 1000;
   const nWin = Math.floor(opts.duration / opts.window);
   const sim = await startSim();
-  const cfg = gatewayConfig(sc, sim.port);
+  const cfg = fairConfig({ tenants: sc.tenants, simUrl: `http://127.0.0.1:${sim.port}`, mode: sc.mode });
   let gw;
   try { gw = await startObleth(cfg); } catch (e) { await stopProc(sim.proc); throw e; }
 

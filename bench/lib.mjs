@@ -416,6 +416,23 @@ export const FAIR = {
 export const simArgs = () => ['--slots', String(FAIR.slots), '--ttft-ms', String(FAIR.ttftMs), '--itl-ms', String(FAIR.itlMs),
   '--max-tokens', String(FAIR.maxTokens)];
 
+// The gateway of the fairness set-up: one upstream (the simulator at
+// simUrl, max_inflight = its slots unless told), hierarchical mode with
+// every tenant alone in group g-<name> whose weight is the tenant's (so the
+// group-level scheduler is what is measured), key sk-bench-<name>, cost in
+// tokens, and a queue timeout nothing reaches (FIFO waits are seconds long).
+export const fairConfig = ({ tenants, simUrl, mode = 'hierarchical', maxInflight = FAIR.slots }) => ({
+  listeners: [{ address: '127.0.0.1:0' }],
+  upstreams: [{ name: 'sim', endpoints: [simUrl], max_inflight: maxInflight }],
+  routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
+  groups: tenants.map((t) => ({ name: `g-${t.name}`, weight: t.weight })),
+  tenants: tenants.map((t) => ({
+    name: t.name, group: `g-${t.name}`, weight: 1,
+    keys: [{ id: `${t.name}-key`, secret: `sk-bench-${t.name}` }],
+  })),
+  admission: { mode, cost: 'tokens', default_max_tokens: FAIR.maxTokens, queue_timeout_ms: 120000 },
+});
+
 // Weighted max-min fair allocation of `capacity` (water-filling): items
 // {weight, demand}; a demand below the current level is met in full and the
 // rest is shared again among the others in proportion to weight.
@@ -634,13 +651,17 @@ export async function getJson(agent, port, path) {
 // (in_flight / slots), its queued maximum and mean, and each tenant's
 // "something queued in the gateway" flag; print a dot a second to stderr;
 // then stop: requests without a token yet are cancelled, streaming ones may
-// finish (at most drainMs). Returns {t0, tStop, win, statErrors}.
-export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgent, sampleMs = 100, drainMs = 15000 }) {
+// finish (at most drainMs). Optional hooks: afterWarmup() runs when window
+// 0 ends, beforeStop() when the last one does (before anything is
+// cancelled). Returns {t0, tStop, win, statErrors}.
+export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgent, sampleMs = 100, drainMs = 15000,
+  afterWarmup = null, beforeStop = null }) {
   const win = Array.from({ length: nWin }, () => ({ utilSum: 0, utilN: 0, simQueuedMax: 0, simQueuedSum: 0, backlog: loads.map(() => 0), samples: 0 }));
   const statErrors = [];
   const t0 = now();
   const widx = (t) => Math.floor((t - t0) / W);
   for (const l of loads) l.start();
+  const warm = afterWarmup ? sleep(W).then(afterWarmup) : null;
   let sampling = true;
   const sampler = (async () => {
     let next = t0 + sampleMs / 2;
@@ -669,6 +690,8 @@ export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgen
   }
   process.stderr.write('\n');
   const tStop = now();
+  await warm;
+  if (beforeStop) await beforeStop();
   run.stopping = true;
   sampling = false;
   await sampler;

@@ -190,6 +190,7 @@ local function dequeue(d, member)
   local qt = qtenant(d[2])
   local qk = qkey(d[1], qt)
   redis.call('ZREM', qk, member)
+  redis.call('ZREM', P .. 'pk:' .. d[4], member)
   if redis.call('ZCARD', qk) == 0 then redis.call('SREM', tpkey(qt), d[1]) end
   unqueue_count(d, member)
 end
@@ -208,6 +209,28 @@ end
 
 -- Grant every slot pool can give now, in fair order; the owners hear of it
 -- on their channel. Returns the grants that went to the caller.
+-- A replica that missed two heartbeats is probably dead: its lease has
+-- not run out yet, but a slot granted to one of its queued requests would
+-- sit unused until it does. Such requests are parked (out of their
+-- tenant's queue, still counted as queued) instead of granted, and go back
+-- to their places (same arrival sequence) as soon as it is heard from.
+local function suspect(owner)
+  if owner == rid then return false end
+  local s = redis.call('ZSCORE', REPS, owner)
+  local lease = hget(CFG, 'lease')
+  if lease <= 0 then lease = 3000 end
+  return not s or tonumber(s) < now - lease * 2 / 3
+end
+
+local function park(pool, qt, member, owner)
+  local qk = qkey(pool, qt)
+  local seq = redis.call('ZSCORE', qk, member)
+  redis.call('ZREM', qk, member)
+  if redis.call('ZCARD', qk) == 0 then redis.call('SREM', tpkey(qt), pool) end
+  redis.call('ZADD', P .. 'pk:' .. owner, seq, member)
+  refresh(pool, qt)
+end
+
 local function pump(pool, mine)
   while pool_free(pool) do
     local gz = redis.call('ZRANGE', gkey(pool), 0, 0, 'WITHSCORES')
@@ -218,16 +241,20 @@ local function pump(pool, mine)
     local qt, tv = tz[1], tonumber(tz[2])
     local member = redis.call('ZRANGE', qkey(pool, qt), 0, 0)[1]
     local d = record(redis.call('HGET', E, member))
-    dequeue(d, member)
-    hold(d, member, 1)
-    redis.call('HSET', V, 'lt' .. Z .. pool .. Z .. g, fmt(tv))
-    redis.call('HSET', V, 'lg' .. Z .. pool, fmt(gv))
-    charge(pool, d[2], num(d[3]))
-    refresh_tenant(d[2])
-    refresh(pool, qt)
-    local reqid = string.sub(member, #d[4] + 2)
-    if d[4] == rid then mine[#mine + 1] = reqid
-    else redis.call('PUBLISH', P .. 'w:' .. d[4], reqid) end
+    if suspect(d[4]) then
+      park(pool, qt, member, d[4])
+    else
+      dequeue(d, member)
+      hold(d, member, 1)
+      redis.call('HSET', V, 'lt' .. Z .. pool .. Z .. g, fmt(tv))
+      redis.call('HSET', V, 'lg' .. Z .. pool, fmt(gv))
+      charge(pool, d[2], num(d[3]))
+      refresh_tenant(d[2])
+      refresh(pool, qt)
+      local reqid = string.sub(member, #d[4] + 2)
+      if d[4] == rid then mine[#mine + 1] = reqid
+      else redis.call('PUBLISH', P .. 'w:' .. d[4], reqid) end
+    end
   end
 end
 
@@ -280,7 +307,7 @@ local function reap(r, charge_reserved)
       pools[d[1]] = true
     end
   end
-  redis.call('DEL', P .. 'qm:' .. r, P .. 'gm:' .. r, P .. 'h:' .. r, P .. 's:' .. r, P .. 'rep:' .. r)
+  redis.call('DEL', P .. 'qm:' .. r, P .. 'gm:' .. r, P .. 'h:' .. r, P .. 's:' .. r, P .. 'rep:' .. r, P .. 'pk:' .. r)
   redis.call('ZREM', REPS, r)
   return pools
 end
@@ -309,7 +336,26 @@ local function registered()
   return redis.call('HGET', P .. 'rep:' .. rid, 'epoch') == epoch
 end
 
-local function touch() redis.call('ZADD', REPS, now, rid) end
+-- The caller is alive: its parked requests go back to their places.
+local function touch()
+  redis.call('ZADD', REPS, now, rid)
+  local pk = P .. 'pk:' .. rid
+  if redis.call('EXISTS', pk) == 0 then return end
+  local z = redis.call('ZRANGE', pk, 0, -1, 'WITHSCORES')
+  redis.call('DEL', pk)
+  local pools = {}
+  for i = 1, #z, 2 do
+    local d = record(redis.call('HGET', E, z[i]))
+    local qt = qtenant(d[2])
+    redis.call('ZADD', qkey(d[1], qt), z[i + 1], z[i])
+    redis.call('SADD', tpkey(qt), d[1])
+    refresh(d[1], qt)
+    pools[d[1]] = true
+  end
+  local mine = {}
+  for pool in pairs(pools) do pump(pool, mine) end
+  for _, q in ipairs(mine) do redis.call('PUBLISH', P .. 'w:' .. rid, q) end
+end
 
 -- Token bucket (rpm, tpm): per_minute tokens a minute, at most per_minute.
 local function bucket(tenant, which, per_minute)

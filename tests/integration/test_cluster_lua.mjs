@@ -485,6 +485,30 @@ test('(h) reap: a replica past its lease is reaped by another\'s beat', async ()
   await assertAtRest(f);
 });
 
+test('(h2) a replica that missed two heartbeats gets no grant: its queued requests are parked, and back in place once it is heard from', async () => {
+  const lease = 900; // suspect after 600 ms without a call, reaped after 900
+  const f = await fleet({ [`p${Z}P`]: 1 }, { lease });
+  const { A, B } = f;
+  assert.deepEqual(await A.admit('a1', 'P', 'u'), GRANT);
+  assert.deepEqual(await B.admit('b1', 'P', 't'), QUEUED, 'B queues first');
+  assert.deepEqual(await A.admit('a2', 'P', 'u'), QUEUED);
+  await sleep(650); // B silent: suspect, not yet reaped
+  assert.deepEqual(await A.release('a1'), [1]);
+  assert.deepEqual(await B.granted(), [], 'no slot is granted to a replica that is probably dead');
+  assert.deepEqual(await A.granted(), ['a2'], 'the next request of a live replica got it');
+  assert.deepEqual(await counters(f.ns), { a: 1, [`p${Z}P`]: 1, [`t${Z}u`]: 1, q: 1, [`pq${Z}P`]: 1, [`tq${Z}t`]: 1 },
+    'the parked request still counts as queued');
+  // B is heard from again (any call): its request is back in line, first
+  assert.deepEqual(await B.beat(), [2, 1]);
+  assert.deepEqual(await A.admit('a3', 'P', 'u'), QUEUED);
+  assert.deepEqual(await A.release('a2'), [1]);
+  assert.deepEqual(await B.granted(), ['b1'], 'B\'s request kept its place (it arrived before a3)');
+  assert.deepEqual(await B.release('b1'), [1]);
+  assert.deepEqual(await A.granted(), ['a3']);
+  assert.deepEqual(await A.release('a3'), [1]);
+  await assertAtRest(f);
+});
+
 test('(i) join under a live id with another nonce answers -2; the same nonce re-joins', async () => {
   const f = await fleet();
   const { A, ns } = f;

@@ -209,13 +209,16 @@ end
 
 -- Grant every slot pool can give now, in fair order; the owners hear of it
 -- on their channel. Returns the grants that went to the caller.
--- A replica that missed two heartbeats is probably dead: its lease has
--- not run out yet, but a slot granted to one of its queued requests would
--- sit unused until it does. Such requests are parked (out of their
--- tenant's queue, still counted as queued) instead of granted, and go back
--- to their places (same arrival sequence) as soon as it is heard from.
+-- A replica that cannot hear its grants (its subscription is gone: killed,
+-- or reconnecting) or that missed two heartbeats is probably dead: its
+-- lease has not run out yet, but a slot granted to one of its queued
+-- requests would sit unused until it does. Such requests are parked (out
+-- of their tenant's queue, still counted as queued) instead of granted,
+-- and go back to their places (same arrival sequence) as soon as it is
+-- heard from. Its held slots stay its own until its lease runs out.
 local function suspect(owner)
   if owner == rid then return false end
+  if redis.call('PUBSUB', 'NUMSUB', P .. 'w:' .. owner)[2] == 0 then return true end
   local s = redis.call('ZSCORE', REPS, owner)
   local lease = hget(CFG, 'lease')
   if lease <= 0 then lease = 3000 end

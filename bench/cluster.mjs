@@ -421,7 +421,7 @@ async function killSection() {
   };
   console.log(`\n== kill: 3 replicas in cluster mode (lease_ms ${KILL_LEASE_MS}), A (w1) and B (w2) 12 streams each on r1-r3, max_tokens 32..96; SIGKILL ${victim.id}`);
   console.log(`   ${victim.id} held ${held} of ${S} slots at the kill (fleet queue ${queuedFleet}); utilisation in the second before ${f1(r.preUtil * 100)}%; ` +
-    `slots the fleet counted as ${victim.id}'s between the kill and its reaping: up to ${heldMax} (grants to its queued requests)`);
+    `slots the fleet counted as ${victim.id}'s between the kill and its reaping: up to ${heldMax} (${heldMax - held} granted to its queue after the kill)`);
   console.log(`   simulator in_flight (mean per 250 ms, 10 ms samples) from 0.5 s before the kill:\n     ` +
     buckets.map((b) => `${b.from >= 0 ? '+' : ''}${(b.from / 1000).toFixed(2)}s ${f1(b.mean)}`).join('  '));
   console.log(`   pool below full from +${fmtMs(r.dipMs)} ms (min in_flight ${r.minInFlight}); full again (1 s at >= ${T.util * 100}%) from +${fmtMs(r.fullMs)} ms; ` +
@@ -590,8 +590,8 @@ function summary(res) {
     const k = res.kill;
     line(k.fullMs <= k.leaseMs + 1000 && k.errors === 0,
       `replica SIGKILL (held ${k.held} slots): pool full again within lease_ms + 1 s = ${k.leaseMs + 1000} ms — ${fmtMs(k.fullMs)} ms; errors elsewhere ${k.errors}`);
-    info(`until the dead replica is reaped the fleet keeps granting to its queued requests: it was counted as holding up to ${k.heldMax} slots, ` +
-      `the simulator's in_flight fell to ${k.minInFlight} (of ${FAIR.slots})`);
+    line(k.heldMax <= k.held, `its queue blocks nobody: no slot granted to the dead replica's queued requests (counted at ${k.heldMax}, ` +
+      `it held ${k.held}); the simulator's in_flight fell to ${k.minInFlight} (of ${FAIR.slots}) until its lease ran out`);
   }
   if (res.redis) {
     const x = res.redis;

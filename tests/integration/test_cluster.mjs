@@ -259,6 +259,26 @@ fleetTest('global caps: an upstream max_inflight of 4 holds across 3 replicas (t
   }
 });
 
+fleetTest('global caps hold with "workers": 2 per replica (every worker\'s requests go through the first worker\'s Redis link)', {
+  sim: ['--slots', '4', '--ttft-ms', '100'],
+  extra: () => ({ workers: 2 }),
+}, async (f) => {
+  const w = watchSim(f.sim);
+  const keys = ['sk-a', 'sk-b', 'sk-c'];
+  // many short-lived connections, so the kernel spreads them over both workers (SO_REUSEPORT)
+  const rs = await Promise.all(Array.from({ length: 48 }, (_, i) =>
+    chat(f.gws[i % 3], keys[i % 3], { headers: { connection: 'close' } })));
+  const seen = await w.stop();
+  assert.deepEqual(rs.map((r) => r.status), Array(48).fill(200), rs.find((r) => r.status !== 200)?.text);
+  assert.ok(seen.in_flight <= 4, `the simulator's in_flight never above the pool of 4 (max ${seen.in_flight})`);
+  assert.equal(seen.queued, 0, 'the simulator never had to queue a request');
+  for (const gw of f.gws) {
+    let fs;
+    await waitFor(async () => (fs = await fairshare(gw)).fleet.pools[0].inflight === 0,
+      () => `${gw.id}'s view of the fleet's pool back to 0: ${JSON.stringify(fs?.fleet)}`, 5000);
+  }
+});
+
 fleetTest('global caps: a tenant max_inflight of 2 holds fleet-wide when its requests arrive on all 3 replicas', {
   tenants: [...TENANTS, { name: 'capped', max_inflight: 2, keys: [{ id: 'capped-1', secret: 'sk-capped' }] }],
   upstream: { max_inflight: 0 },

@@ -223,7 +223,7 @@ void ob_proxy_capacity_on_ttft(ob_exchange_t *x) {
   ob_fs_pool_stats(sh->fs, x->fsr.pool, &ps);
   /* in flight at the endpoint when it was sent: the pool's now, shared by its endpoints */
   uint32_t inflight = (uint32_t)(ps.inflight / cp->n + 1);
-  ob_cap_on_ttft(&cp->eps[x->endpoint_index].ctl, x->ttfb_us - sent, inflight, ob_clock_us());
+  ob_cap_on_ttft(&cp->eps[x->endpoint_index].ctl, x->ttfb_us - sent, inflight, x->ttfb_us); /* now: when it came */
   apply_pool(cp);
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Write the hand-made seeds of the h2_server, upstream_response and
-redis_reply fuzz targets into fuzz/corpus/. The files are committed; run
+"""Write the hand-made seeds of the h2_server, upstream_response,
+redis_reply and prom fuzz targets into fuzz/corpus/. The files are committed; run
 this again only to change a seed (libFuzzer's merged finds sit next to
 them and are kept).
 
@@ -12,7 +12,10 @@ gateway has answered what came before it.
 
 HPACK here is literal fields without indexing and without Huffman coding:
 every decoder must take it, and the fuzzer mutates names and values in
-place."""
+place.
+
+prom inputs are /metrics bodies as vLLM and SGLang serve them, and the
+malformed lines the reader must refuse."""
 import os
 import struct
 import sys
@@ -310,6 +313,88 @@ def redis_reply_seeds():
     return s
 
 
+def prom_seeds():
+    m = 'model_name="meta-llama/Llama-3.1-8B-Instruct"'
+
+    def gauge(name, helptext, series):
+        out = "# HELP %s %s\n# TYPE %s gauge\n" % (name, helptext, name)
+        return out + "".join("%s{%s} %s\n" % (name, labels, v) for labels, v in series)
+
+    def histogram(name, labels, buckets, total):
+        out = "# HELP %s Histogram.\n# TYPE %s histogram\n" % (name, name)
+        for le, n in buckets:
+            out += "%s_bucket{%s,le=\"%s\"} %s\n" % (name, labels, le, n)
+        out += "%s_count{%s} %s\n%s_sum{%s} %s\n" % (name, labels, buckets[-1][1], name, labels, total)
+        return out
+
+    s = {}
+    s["vllm_v1"] = (
+        "# HELP python_gc_objects_collected_total Objects collected during gc\n"
+        "# TYPE python_gc_objects_collected_total counter\n"
+        'python_gc_objects_collected_total{generation="0"} 12345.0\n'
+        "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+        "# TYPE process_virtual_memory_bytes gauge\n"
+        "process_virtual_memory_bytes 1.4368825344e+011\n"
+        + gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
+                [('engine="0",' + m, "3.0"), ('engine="1",' + m, "4.0")])
+        + gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                [('engine="0",' + m, "0.0"), ('engine="1",' + m, "2.0")])
+        + gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                [('engine="0",' + m, "0.25"), ('engine="1",' + m, "0.5")])
+        + gauge("vllm:lora_requests_info", "Running stats on lora requests.",
+                [('max_lora="0",running_lora_adapters="",waiting_lora_adapters=""', "1.7187654e+09")])
+        + "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        "vllm:prompt_tokens_total{engine=\"0\",%s} 120435.0\n" % m
+        + histogram("vllm:time_to_first_token_seconds", 'engine="0",' + m,
+                    [("0.001", "0.0"), ("0.02", "12.0"), ("0.1", "80.0"), ("+Inf", "97.0")], "4.85"))
+    s["vllm_v0"] = (
+        gauge("vllm:num_requests_running", "Number of requests currently running on GPU.",
+              [('model_name="llama"', "5.0"), ('model_name="qwen"', "11.0")])
+        + gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                [('model_name="llama"', "1.0"), ('model_name="m"', "6.0")])
+        + gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.",
+                [('model_name="llama"', "0.9712"), ('model_name="m"', "0.31")]))
+    q = 'model_name="Qwen/Qwen2.5-7B-Instruct",tp_rank="0"'
+    s["sglang"] = (
+        gauge("sglang:num_running_reqs", "The number of running requests.", [(q, "17.0")])
+        + gauge("sglang:token_usage", "The token usage.", [(q, "0.73")])
+        + gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.", [(q, "3.0")])
+        + gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", [(q, "NaN")])
+        + histogram("sglang:e2e_request_latency_seconds", 'model_name="m"', [("0.1", "0.0"), ("+Inf", "1021.0")],
+                    "2154.6"))[:-1]  # no final LF
+    s["values"] = "".join("a %s\n" % v for v in [
+        "1", "-1", "+1", "1.", ".5", "1e3", "1E-3", "1.5e+2", "00012.500", "-0", "NaN", "+Inf", "-Inf", "inf",
+        "Infinity", "4.9e-324", "1.7976931348623157e308", "123456789012345678901234567890", "1e-400"])
+    s["value_first"] = "0.30000000000000004\n"
+    s["value_inf_first"] = "-Infinity\n"
+    s["timestamps"] = "a 1 1712345678901\nb{} 2 0\nx_bucket{le=\"+Inf\"} 3 9223372036854775807\n"
+    s["blanks"] = "\n  \n\t\n  a  { b = \"1\" ,\tc=\"2\", }  3  \n\tb{}4\t 1712345678901 \n"
+    s["comments"] = ("#\n# \n#HELP not metadata \\x\n# plain \\x\n# HELPX a b\n# HELP a\n"
+                     "# HELP a line\\nbreak \\\\ caf\u00e9\n#\tTYPE\ta\tgauge\t\n# TYPE b counter\n"
+                     "# TYPE c histogram\n# TYPE d summary\n# TYPE e untyped\n")
+    s["escapes"] = 'a{p="C:\\\\models\\\"x\\"\\nnext",q="}{,=",m="\u6a21\u578b \U0001f999"} 5\n'
+    s["names"] = "_a 1\n:b 2\na_b:c_9 3\n__name__ 5\nx{__reserved=\"1\",_u=\"2\"} 6\n"
+    s["labels_64"] = "a{" + "".join('l%d="%d",' % (i, i) for i in range(64)) + "} 1\n"
+    s["labels_65"] = "a{" + "".join('l%d="%d",' % (i, i) for i in range(65)) + "} 1\n"
+    s["sum_overflow"] = 'a{x="1"} 1.7e308\na{x="2"} 1.7e308\nb 1\n'
+    s["bad_crlf"] = "a 1\r\nb 2\r\n"
+    s["bad_escape"] = 'a{b="\\t"} 1\n'
+    s["bad_unterminated"] = 'a 1\na{b="c} 1\n'
+    s["bad_duplicate_label"] = 'a{b="1",c="2",b="3"} 1\n'
+    s["bad_missing_comma"] = 'a{b="c" d="e"} 1\n'
+    s["bad_no_value"] = 'a{b="c"}\n'
+    s["bad_timestamp"] = "a 1 123 x\n"
+    s["bad_name"] = "vllm-x 1\n"
+    s["bad_type"] = "# TYPE a gauge counter\n"
+    s["bad_help_escape"] = "# HELP a bad \\t\n"
+    s["bad_value"] = "a 0x1p-2\nb 1_000\n"
+    seeds = {k: v.encode("utf-8") for k, v in s.items()}
+    seeds["bad_utf8"] = b'a{b="\xc0\xaf"} 1\n'
+    seeds["bad_nul"] = b"a 1\n\x00\n"
+    return seeds
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -323,3 +408,4 @@ if __name__ == "__main__":
     write("h2_server", h2_server_seeds())
     write("upstream_response", upstream_seeds())
     write("redis_reply", redis_reply_seeds())
+    write("prom", prom_seeds())

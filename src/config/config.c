@@ -642,9 +642,10 @@ typedef struct upstream_state {
   size_t index;
   ob_config_upstream_t *u;
   bool has_protocol; /* "protocol" present and valid */
+  bool has_capacity; /* "capacity" present */
 } upstream_state_t;
 
-enum { U_NAME, U_ENDPOINTS, U_PROTOCOL, U_MAX_INFLIGHT, U_TLS_VERIFY, U_TLS_CA, U_CREDENTIAL };
+enum { U_NAME, U_ENDPOINTS, U_PROTOCOL, U_MAX_INFLIGHT, U_TLS_VERIFY, U_TLS_CA, U_CREDENTIAL, U_CAPACITY };
 static const field_t upstream_fields[] = {
   [U_NAME] = {.key = "name", .required = true},
   [U_ENDPOINTS] = {.key = "endpoints", .required = true},
@@ -653,7 +654,56 @@ static const field_t upstream_fields[] = {
   [U_TLS_VERIFY] = {.key = "tls_verify"},
   [U_TLS_CA] = {.key = "tls_ca"},
   [U_CREDENTIAL] = {.key = "credential"},
+  [U_CAPACITY] = {.key = "capacity"},
 };
+
+enum { CAP_MIN, CAP_MAX, CAP_METRICS_PATH, CAP_INTERVAL_MS, CAP_TARGET_WAITING, CAP_KV_HIGH };
+static const field_t capacity_fields[] = {
+  [CAP_MIN] = {.key = "min"},
+  [CAP_MAX] = {.key = "max"},
+  [CAP_METRICS_PATH] = {.key = "metrics_path"},
+  [CAP_INTERVAL_MS] = {.key = "interval_ms"},
+  [CAP_TARGET_WAITING] = {.key = "target_waiting"},
+  [CAP_KV_HIGH] = {.key = "kv_high"},
+};
+
+/* A finite JSON number in [min, max]. */
+static bool want_number(ctx_t *cx, const cJSON *v, double min, double max, bool min_open, double *out) {
+  if (cJSON_IsNumber(v) && v->valuedouble <= max && (min_open ? v->valuedouble > min : v->valuedouble >= min)) {
+    *out = v->valuedouble;
+    return true;
+  }
+  errf(cx, "expected a number %s %g and <= %g", min_open ? ">" : ">=", min, max);
+  return false;
+}
+
+static void on_capacity_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
+  ob_config_capacity_t *c = target;
+  uint64_t n;
+  switch (idx) {
+  case CAP_MIN:
+    if (want_uint(cx, v, 1, 1000000, &n)) c->min = (uint32_t)n;
+    break;
+  case CAP_MAX:
+    if (want_uint(cx, v, 1, 1000000, &n)) c->max = (uint32_t)n;
+    break;
+  case CAP_METRICS_PATH: {
+    const char *s = want_abs_path(cx, v);
+    if (s && strpbrk(s, " \t\r\n?#")) errf(cx, "must be a plain path (no spaces, query or fragment)");
+    else if (s) free(c->metrics_path), c->metrics_path = ob_xstrdup(s);
+    break;
+  }
+  case CAP_INTERVAL_MS:
+    if (want_uint(cx, v, 50, 60000, &n)) c->interval_ms = (uint32_t)n;
+    break;
+  case CAP_TARGET_WAITING:
+    want_number(cx, v, 0, 1000000, false, &c->target_waiting);
+    break;
+  case CAP_KV_HIGH:
+    want_number(cx, v, 0, 1, true, &c->kv_high);
+    break;
+  }
+}
 
 /* RFC 9110 tchar: what a header field name is made of. */
 static bool is_tchar(unsigned char ch) {
@@ -770,9 +820,24 @@ static void on_upstream_field(ctx_t *cx, size_t idx, const cJSON *v, void *targe
   }
   case U_MAX_INFLIGHT: {
     uint64_t n;
-    if (want_uint(cx, v, 0, UINT32_MAX, &n)) u->max_inflight = (uint32_t)n;
+    if (cJSON_IsString(v) && v->valuestring && strcmp(v->valuestring, "auto") == 0)
+      u->max_inflight_auto = true;
+    else if (cJSON_IsString(v))
+      errf(cx, "expected a non-negative integer or \"auto\"");
+    else if (want_uint(cx, v, 0, UINT32_MAX, &n))
+      u->max_inflight = (uint32_t)n;
     break;
   }
+  case U_CAPACITY:
+    if (!cJSON_IsObject(v)) {
+      errf(cx, "expected an object");
+      return;
+    }
+    st->has_capacity = true;
+    walk_object(cx, v, capacity_fields, sizeof capacity_fields / sizeof capacity_fields[0], on_capacity_field,
+                &u->capacity);
+    if (u->capacity.min > u->capacity.max) errf(cx, "min (%u) is above max (%u)", u->capacity.min, u->capacity.max);
+    break;
   case U_TLS_VERIFY:
     want_bool(cx, v, &u->tls_verify);
     break;
@@ -793,7 +858,14 @@ static void on_upstream_field(ctx_t *cx, size_t idx, const cJSON *v, void *targe
 static void on_upstream(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   upstream_state_t st = {.index = i, .u = &cx->c->upstreams[i]};
   st.u->tls_verify = true;
+  st.u->capacity = (ob_config_capacity_t){.min = 1, .max = 512, .metrics_path = ob_xstrdup("/metrics"),
+                                          .interval_ms = 250, .target_waiting = 0, .kv_high = 0.95};
   walk_object(cx, obj, upstream_fields, sizeof upstream_fields / sizeof upstream_fields[0], on_upstream_field, &st);
+  if (st.has_capacity && !st.u->max_inflight_auto) {
+    size_t m = path_key(cx, "capacity");
+    errf(cx, "only used with \"max_inflight\": \"auto\"");
+    path_pop(cx, m);
+  }
 
   /* Scheme and protocol must agree; without "protocol" the scheme decides
    * (h2 when every endpoint is https://, else http1, which speaks both). */
@@ -2124,7 +2196,7 @@ static void free_config(ob_config_t *c) {
       ob_config_endpoint_t *ep = &u->endpoints[j];
       free(ep->url), free(ep->host), free(ep->authority), free(ep->base_path);
     }
-    free(u->endpoints), free(u->name), free(u->tls_ca);
+    free(u->endpoints), free(u->name), free(u->tls_ca), free(u->capacity.metrics_path);
     if (u->credential_value) OPENSSL_cleanse(u->credential_value, strlen(u->credential_value));
     free(u->credential_header), free(u->credential_value);
   }

@@ -46,12 +46,25 @@ typedef struct ob_config_endpoint {
   char *base_path; /* path prefix of the URL without trailing '/', "" when none */
 } ob_config_endpoint_t;
 
+/* "capacity": how "max_inflight": "auto" is tuned (docs/fairshare.md,
+ * "Capacity from the backend"). */
+typedef struct ob_config_capacity {
+  uint32_t min;             /* "min", default 1: the limit of each endpoint never goes below */
+  uint32_t max;             /* "max", default 512, >= min */
+  char *metrics_path;       /* "metrics_path", default "/metrics": scraped on each endpoint (after its URL's path) */
+  uint32_t interval_ms;     /* "interval_ms", default 250, 50..60000 */
+  double target_waiting;    /* "target_waiting", default 0: requests the backend may keep queued itself */
+  double kv_high;           /* "kv_high", default 0.95, in (0, 1]: KV usage above which the limit stops growing */
+} ob_config_capacity_t;
+
 typedef struct ob_config_upstream {
   char *name;
   ob_config_endpoint_t *endpoints;
   size_t num_endpoints;
   ob_upstream_proto_t protocol;  /* default: http1 for http://, h2 for https:// */
-  uint32_t max_inflight;         /* 0 = unlimited */
+  uint32_t max_inflight;         /* 0 = unlimited; with max_inflight_auto: 0 until the first limit is known */
+  bool max_inflight_auto;        /* "max_inflight": "auto": each endpoint's limit follows what it reports */
+  ob_config_capacity_t capacity; /* defaults filled in with "auto" */
   bool tls_verify;               /* "tls_verify", default true; false for self-signed test upstreams */
   char *tls_ca;                  /* "tls_ca": CA bundle path, NULL = system default */
   /* "credential": {"header": NAME, "value": VALUE}: sent upstream in place of

@@ -204,4 +204,160 @@ uint64_t ob_fs_bucket_wait_ms(ob_fs_bucket_t *b, uint64_t n, uint64_t now_us);
 /* Milliseconds until the bucket is full again. */
 uint64_t ob_fs_bucket_full_ms(ob_fs_bucket_t *b, uint64_t now_us);
 
+/* ---------------------------------------------------------------- capacity */
+
+/*
+ * Capacity controller: the `max_inflight` of one upstream endpoint whose
+ * config says "auto", worked out from what the backend reports. One
+ * controller per endpoint (an upstream's endpoints may be different GPUs);
+ * the pool's capacity is the sum of its endpoints' ob_cap_limit.
+ *
+ * Pure like the rest of this module: the caller feeds it events (a scrape of
+ * the endpoint's metrics, a failed scrape, a request's time to first token,
+ * the endpoint going down or coming back), each with `now_us`, and reads the
+ * limit back. Nothing here scrapes, parses, logs or reads a clock; a source
+ * change is seen by comparing ob_cap_source before and after a call.
+ *
+ * Signals, best first: the backend's metrics (running, waiting, KV usage:
+ * OB_CAP_METRICS); without them, time to first token (OB_CAP_LATENCY);
+ * before either has said anything, the initial limit (OB_CAP_STATIC). The
+ * control law, its constants and why are in fairshare_capacity.c.
+ *
+ * Down: while the endpoint is down ob_cap_limit is 0, so the endpoint adds
+ * nothing to its pool and is never chosen; the limit it had is kept and
+ * comes back with ob_cap_on_up. Every other time the limit is in
+ * [min, max], never 0. Events other than ob_cap_on_up are ignored while
+ * down (a scrape or a first token racing the failure says nothing useful).
+ *
+ * Time: `now_us` should not run backwards; an older `now_us` is taken as the
+ * newest one seen. Caller storage: an ob_cap_t holds no pointers and needs
+ * no dispose; copying one copies the controller. Every `c` below is that
+ * storage, borrowed for the call.
+ */
+
+typedef struct ob_cap_params {
+  uint32_t min;              /* lowest limit while up; 0 is taken as 1 */
+  uint32_t max;              /* highest limit; below min is taken as min */
+  uint32_t interval_ms;      /* scrape interval, the controller's step; 0 = 250 */
+  double target_waiting;     /* backend queue to hold (requests); < 0 or NaN = 0 */
+  double kv_high;            /* KV usage (0..1) at which growth stops; <= 0 or NaN = 0.95 */
+} ob_cap_params_t;
+
+typedef enum { OB_CAP_METRICS, OB_CAP_LATENCY, OB_CAP_STATIC } ob_cap_source_t;
+
+/* Buckets of the time-to-first-token baseline window (see the .c file). */
+#define OB_CAP_BASE_BUCKETS 6
+
+/* Caller storage; every field is private. */
+typedef struct ob_cap {
+  ob_cap_params_t p;
+  double limit;              /* real-valued limit, always in [min, max] */
+  ob_cap_source_t source;
+  bool down;
+  uint64_t now_us;           /* newest time seen */
+  /* metrics */
+  uint64_t ok_us;            /* last good scrape (or init, or up) */
+  uint64_t scrape_us;        /* last good scrape, for the EWMA step */
+  uint64_t step_us;          /* last control step */
+  uint64_t hold_until_us;    /* no growth before this */
+  uint32_t fails, oks;       /* consecutive failed / good scrapes */
+  bool have_scrape, have_step, raised, congested_once;
+  double running, waiting, kv;     /* last good scrape, raw */
+  double run_hist[4];        /* running in the last 4 good scrapes (a ring) */
+  uint32_t run_next;
+  double waiting_s, kv_s;          /* smoothed */
+  double ceiling;            /* level where the backend last queued; 0 = none yet */
+  double grow_step;
+  /* latency */
+  double ttft_s;             /* smoothed time to first token (us); 0 = none yet */
+  double lat_sum;            /* fresh samples (sent since lat_epoch_us) ... */
+  uint32_t lat_n;            /* ... since the last latency step */
+  uint32_t lat_inflight;     /* most in flight at send among them */
+  uint64_t lat_epoch_us;     /* last change of the limit by the latency law */
+  uint64_t lat_step_us;      /* last latency step */
+  uint64_t lat_feed_us;      /* last baseline bucket feed */
+  uint32_t lat_high;         /* consecutive steps with ttft above tolerance */
+  uint64_t next_probe_us;    /* the periodic baseline re-probe */
+  uint64_t probe_start_us, probe_end_us;
+  bool probing;
+  uint32_t probe_limit, probe_n;
+  double probe_sum;
+  double probe_pre;          /* smoothed ttft when the probe started */
+  struct ob_cap_bucket {
+    uint64_t epoch;          /* window bucket number + 1; 0 = empty */
+    double sum;              /* smoothed ttft, added once per interval ... */
+    uint32_t n;              /* ... and how many */
+    double probe;            /* lowest re-probe mean in the bucket; 0 = none */
+  } base[OB_CAP_BASE_BUCKETS];
+} ob_cap_t;
+
+/* A snapshot for /admin and the metrics. */
+typedef struct ob_cap_stats {
+  uint32_t limit;            /* as ob_cap_limit (0 while down) */
+  uint32_t held;             /* the controller's own limit, not lowered by down
+                                or a re-probe (what on_up restores) */
+  ob_cap_source_t source;
+  bool down;
+  bool probing;              /* a latency baseline re-probe is running */
+  uint32_t failed_scrapes;   /* consecutive */
+  double running, waiting, kv_usage; /* last good scrape; NaN before one (kv: or not exposed) */
+  double ttft_us;            /* smoothed time to first token; NaN before a sample */
+  double ttft_baseline_us;   /* its baseline; NaN before one */
+} ob_cap_stats_t;
+
+/* Fill p with the defaults: min 1, max 512, interval 250 ms, target_waiting 0,
+ * kv_high 0.95. */
+void ob_cap_params_default(ob_cap_params_t *p);
+
+/* Start a controller at `initial` (clamped to [min, max]), source
+ * OB_CAP_STATIC, up. p: borrowed for the call (copied); NULL = defaults. */
+void ob_cap_init(ob_cap_t *c, const ob_cap_params_t *p, uint32_t initial, uint64_t now_us);
+
+/* A good scrape of the endpoint's metrics: requests running and waiting in
+ * the backend, its KV cache usage 0..1 (NaN when not exposed), and what
+ * obleth had in flight to the endpoint when the scrape was answered. A
+ * running or waiting that is NaN or negative makes it a failed scrape. The
+ * first good scrape (or, out of latency mode, the second in a row) makes
+ * the source OB_CAP_METRICS; in that mode at most one control step is taken
+ * per 3/4 interval, whatever the scrape rate. */
+void ob_cap_on_metrics(ob_cap_t *c, double running, double waiting, double kv_usage, uint32_t inflight,
+                       uint64_t now_us);
+
+/* A scrape failed or was useless (404, timeout, too big, malformed, none of
+ * the known names). The limit is kept; after 3 in a row, or once the last
+ * good scrape is older than 4 intervals, the source becomes OB_CAP_LATENCY. */
+void ob_cap_on_metrics_failed(ob_cap_t *c, uint64_t now_us);
+
+/* A request's time to first token (us) and how many requests obleth had in
+ * flight to the endpoint when it was sent, that one included; now_us is
+ * when the first token arrived (so now_us - ttft_us is when it was sent).
+ * Tracked in every mode, so the latency signal is warm when it is needed;
+ * it moves the limit only in OB_CAP_LATENCY. */
+void ob_cap_on_ttft(ob_cap_t *c, uint64_t ttft_us, uint32_t inflight, uint64_t now_us);
+
+/* Timers without an event: metrics staleness, the latency baseline re-probe
+ * and its timeout. Call once per interval (the scrape timer, before it
+ * scrapes); without it they are noticed at the next event. */
+void ob_cap_tick(ob_cap_t *c, uint64_t now_us);
+
+/* The endpoint is down (connection refused, reset on connect) / reachable
+ * again. on_up restores the limit held before on_down, holds growth for 8
+ * intervals while the backend refills, and counts metrics staleness from
+ * then; repeated calls of either are no-ops. */
+void ob_cap_on_down(ob_cap_t *c, uint64_t now_us);
+void ob_cap_on_up(ob_cap_t *c, uint64_t now_us);
+
+/* Requests the endpoint may have in flight now: in [min, max] while up, 0
+ * while down; during a latency re-probe, the lowered probe limit. */
+uint32_t ob_cap_limit(const ob_cap_t *c);
+ob_cap_source_t ob_cap_source(const ob_cap_t *c);
+/* "metrics", "latency" or "static" (the metrics label); never NULL. */
+const char *ob_cap_source_name(ob_cap_source_t s);
+/* Last good scrape's waiting and KV usage, for display; NaN before the first
+ * good scrape (KV: also when not exposed). */
+double ob_cap_waiting(const ob_cap_t *c);
+double ob_cap_kv_usage(const ob_cap_t *c);
+/* Fill *out (caller storage) with a snapshot; every field is a copy. */
+void ob_cap_stats(const ob_cap_t *c, ob_cap_stats_t *out);
+
 #endif /* OB_FAIRSHARE_H */

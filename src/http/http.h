@@ -1,6 +1,8 @@
 /*
  * http: the protocol-neutral message model and the HTTP/1.1 codec
- * (RFC 9110 / RFC 9112). No sockets, no libevent: bytes in, parsed views out.
+ * (RFC 9110 / RFC 9112), gRPC framing helpers, and a reader of the
+ * Prometheus text format (an inference server's /metrics). No sockets, no
+ * libevent: bytes in, parsed views out.
  *
  * Ownership: every ob_iov_t a parser produces points into the caller's input
  * buffer and is valid only while that buffer is unchanged. Callers that keep
@@ -218,6 +220,114 @@ void ob_grpc_append_frame(ob_buf_t *out, ob_iov_t msg);
  * wins): 1 and *out (pointing into msg) when present, 0 when absent, -1 when
  * the message is malformed. Unknown fields of every wire type are skipped. */
 int ob_pb_find_bytes(ob_iov_t msg, uint32_t field, ob_iov_t *out);
+
+/* ---------------------------------------------------------------- Prometheus text format */
+
+/*
+ * A strict, bounded reader of the Prometheus text exposition format, version
+ * 0.0.4 (what vLLM's and SGLang's /metrics serve), that picks out a few
+ * metrics by name. It reads, it does not keep: no allocation, no state
+ * between calls, nothing points into the text afterwards.
+ *
+ * What it accepts (the grammar of prometheus.io's "Exposition formats" as
+ * the Prometheus server reads it, checked for the whole text, not only the
+ * wanted lines):
+ *  - lines end with LF; the last one may lack it. A line ending in CR LF is
+ *    malformed (Prometheus fails such a scrape too: CR is not a blank).
+ *    Blank lines and lines of blanks (SP, HTAB) are skipped; leading and
+ *    trailing blanks are ignored; tokens are separated by blanks.
+ *  - "#" then a blank then HELP or TYPE is metadata: "# HELP name text",
+ *    the text escaped with \\ and \n only and valid UTF-8;
+ *    "# TYPE name type", exactly a name and one of counter, gauge,
+ *    histogram, summary, untyped; either without a name is malformed. Any
+ *    other "#" line ("#HELP" too, as for Prometheus) is a comment, ignored.
+ *    Placement and uniqueness of HELP / TYPE lines, and duplicate series,
+ *    are not checked: that would need memory for every name in the text.
+ *  - a sample: name [ "{" label="value" { "," label="value" } [","] "}" ]
+ *    value [ timestamp ]. Names [a-zA-Z_:][a-zA-Z0-9_:]*, label names
+ *    [a-zA-Z_][a-zA-Z0-9_]* (at most once each per sample), label values in
+ *    double quotes with the escapes \\, \" and \n only, valid UTF-8.
+ *    Blanks may stand between the tokens inside the braces. The value is a
+ *    decimal float ([+-] digits [. digits] [e [+-] digits], or ".5", "5."),
+ *    or NaN, Inf, +Inf, -Inf, Infinity (any case; NaN unsigned): Go's
+ *    ParseFloat without hex floats and underscores, as Prometheus does. A
+ *    decimal beyond the double range is malformed, as it is for Go. Values
+ *    are converted without the C locale's say (see prom.c). The timestamp
+ *    is 1 to 19 digits within int64; it is checked, not used.
+ *  - Quoted (UTF-8) metric names, exemplars and OpenMetrics are not 0.0.4
+ *    and are malformed here. So is a NUL byte anywhere.
+ * Bounds: a line of at most OB_PROM_MAX_LINE bytes (LF excluded), at most
+ * OB_PROM_MAX_LABELS labels in a sample, a value token of at most
+ * OB_PROM_MAX_VALUE bytes, and at most max_samples sample lines. Time is
+ * linear in len (plus labels squared per sample, for the duplicate check).
+ * A body cut short may still be well-formed ("a 12" cut to "a 1"): that the
+ * body is complete is for the caller's HTTP framing to say.
+ */
+#define OB_PROM_MAX_LINE 65536
+#define OB_PROM_MAX_LABELS 64
+#define OB_PROM_MAX_VALUE 128
+#define OB_PROM_MAX_SAMPLES 65536 /* max_samples when opts leave it 0 */
+
+/*
+ * One metric the caller wants, and what was found for it. The caller fills
+ * name; ob_prom_parse fills the rest (and resets it first).
+ *
+ * Every sample whose metric name is exactly name (and which passes the
+ * label filter of ob_prom_opts_t) is counted: vLLM exposes one series per
+ * model_name (and per engine when data-parallel), so the series are summed.
+ * For a fraction such as vllm:kv_cache_usage_perc or sglang:token_usage, a
+ * sum over engines is no fraction: use max (the fullest engine) or
+ * value / samples (the mean) instead.
+ *
+ * NaN and +-Inf are legal values, but not a usable signal: a wanted metric
+ * with a non-finite sample among its matches (or whose sum overflows) is
+ * reported not found, with nonfinite set, so the caller falls back as it
+ * does for a metric that is absent.
+ *
+ * Histograms and summaries need nothing more: their parts are ordinary
+ * names. Wanting "x_sum" and "x_count" gives the mean since the server
+ * started, and their differences between two scrapes the mean in between;
+ * one bucket ("x_bucket" with label le) can be had with the label filter.
+ */
+typedef struct ob_prom_want {
+  const char *name; /* in: metric name, NUL-terminated (borrowed for the call); NULL matches nothing */
+  double value;     /* out: sum of the matching samples' values; 0 unless found */
+  double max;       /* out: the largest of them; 0 unless found */
+  size_t samples;   /* out: matching samples, non-finite ones included */
+  bool found;       /* out: samples > 0, every value finite and the sum finite */
+  bool nonfinite;   /* out: a matching value was NaN or +-Inf, or the sum overflowed */
+} ob_prom_want_t;
+
+/* Options of ob_prom_parse; NULL means all zero. */
+typedef struct ob_prom_opts {
+  /* When label_name is set, only samples that carry label label_name with
+   * exactly the value label_value (after unescaping) count towards a want:
+   * e.g. "model_name" and the model an upstream serves. Both borrowed for
+   * the call, NUL-terminated (label_value NULL is ""); a label_name that no
+   * label can have matches nothing. */
+  const char *label_name;
+  const char *label_value;
+  /* Sample lines accepted (wanted or not) before the text is refused as too
+   * large; 0 means OB_PROM_MAX_SAMPLES. */
+  size_t max_samples;
+} ob_prom_opts_t;
+
+/*
+ * Read text[0..len) (not NUL-terminated; nothing past len is read; text may
+ * be NULL when len is 0) and fill want[0..n_want) (caller's array, borrowed
+ * for the call). opts: borrowed for the call, may be NULL.
+ *
+ * Returns 0 when the whole text is well-formed. Otherwise the whole scrape
+ * is to be ignored, and every want is left reset (not found): a malformed
+ * line is OB_ERR_BAD_RESPONSE; a line above OB_PROM_MAX_LINE, a sample with
+ * more than OB_PROM_MAX_LABELS labels, a value token above
+ * OB_PROM_MAX_VALUE bytes or more than max_samples samples is
+ * OB_ERR_TOO_LARGE. On error *why (static text) says what was wrong and
+ * *err_line (when err_line is not NULL) which line, counted from 1; both are
+ * left alone on success.
+ */
+int ob_prom_parse(const char *text, size_t len, const ob_prom_opts_t *opts, ob_prom_want_t *want, size_t n_want,
+                  size_t *err_line, const char **why);
 
 /* ---------------------------------------------------------------- checks */
 

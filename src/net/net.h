@@ -231,6 +231,13 @@ bool ob_ureq_head_ends(const ob_ureq_t *u);
 size_t ob_ureq_endpoint_index(const ob_ureq_t *u);
 size_t ob_upstream_num_endpoints(const ob_upstream_t *up);
 
+/* Per-endpoint limits (max_inflight "auto"): from now on the pool prefers
+ * the endpoint with the most headroom (limit minus requests in flight) and
+ * skips one whose limit is 0 (down) while another can take the request.
+ * limits: one per endpoint, borrowed for the pool's life; another thread
+ * may change the values at any time (they are read as relaxed atomics). */
+void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits);
+
 /* "host:port" of the endpoint serving the request (borrowed from the pool),
  * or "-" before one was chosen. */
 const char *ob_ureq_endpoint(const ob_ureq_t *u);

@@ -198,6 +198,13 @@ static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *av
     ob_endpoint_t *ep = &up->eps[i];
     if (ep == avoid && n > 1) continue;
     if (ep->backoff_until_ms > now) continue;
+    if (up->limits) {
+      /* The most headroom; an endpoint whose limit is 0 (down) only when nothing else is left. */
+      int64_t room = (int64_t)__atomic_load_n(&up->limits[i], __ATOMIC_RELAXED) - ep->inflight;
+      int64_t best_room = best ? (int64_t)__atomic_load_n(&up->limits[best_i], __ATOMIC_RELAXED) - best->inflight : 0;
+      if (!best || room > best_room) best = ep, best_i = i;
+      continue;
+    }
     if (!best || ep->inflight < best->inflight) best = ep, best_i = i;
   }
   if (!best) {
@@ -211,6 +218,8 @@ static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *av
   up->rr = (best_i + 1) % n;
   return best;
 }
+
+void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits) { up->limits = limits; }
 
 /* ================================================================ connections */
 

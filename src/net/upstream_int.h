@@ -173,6 +173,7 @@ struct ob_upstream {
   ob_endpoint_t *eps;
   size_t num_eps;
   size_t rr;                      /* round-robin cursor for ties */
+  const uint32_t *limits;         /* per endpoint, or NULL: ob_upstream_set_limits */
   ob_ureq_t *ureqs;
   bool h2;
   bool destroying;

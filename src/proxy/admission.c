@@ -216,10 +216,10 @@ void ob_proxy_gen_bind(ob_proxy_t *p, ob_proxy_gen_t *gen) {
     if (k == p->sh->num_pools) {
       p->sh->pool_names = ob_xrealloc(p->sh->pool_names, (p->sh->num_pools + 1) * sizeof *p->sh->pool_names);
       p->sh->pool_names[p->sh->num_pools++] = ob_xstrdup(c->upstreams[i].name);
-      gen->pool_of[i] = ob_fs_pool_add(p->sh->fs, c->upstreams[i].name, ob_fleet_cap(p->sh, c->upstreams[i].max_inflight));
+      gen->pool_of[i] = ob_fs_pool_add(p->sh->fs, c->upstreams[i].name, ob_fleet_cap(p->sh, ob_proxy_pool_slots(p->sh, &c->upstreams[i])));
     } else {
       gen->pool_of[i] = (ob_fs_pool_id)k; /* pools are numbered in the order they were added */
-      ob_fs_pool_set(p->sh->fs, gen->pool_of[i], ob_fleet_cap(p->sh, c->upstreams[i].max_inflight));
+      ob_fs_pool_set(p->sh->fs, gen->pool_of[i], ob_fleet_cap(p->sh, ob_proxy_pool_slots(p->sh, &c->upstreams[i])));
     }
   }
   for (size_t i = 0; i < c->num_groups; i++) group_of(p, c->groups[i].name, c->groups[i].weight, true);
@@ -307,6 +307,7 @@ void ob_proxy_admission_dispose(ob_proxy_t *p) {
   ob_waker_free(p->waker);
   ob_proxy_shared_t *sh = p->sh;
   if (!sh || p->index != 0) return; /* the first worker owns the shared state and goes last */
+  ob_proxy_capacity_dispose(sh);
   ob_fs_destroy(sh->fs);
   for (size_t i = 0; i < sh->num_pools; i++) free(sh->pool_names[i]);
   free(sh->pool_names);
@@ -690,6 +691,7 @@ void ob_proxy_release(ob_exchange_t *x, bool completed) {
     tokens = x->usage_prompt + x->usage_completion;
   ob_proxy_lock(p);
   uint64_t now = ob_clock_us();
+  ob_proxy_capacity_on_ttft(x);
   if (x->who.tenant && x->cost_tokens)
     ob_fs_bucket_adjust(&ob_proxy_tstate(p, x->gen, x->who.tenant_index)->tpm, (int64_t)x->tpm_taken - (int64_t)actual,
                         now);

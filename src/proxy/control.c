@@ -101,8 +101,10 @@ void ob_proxy_write_fairshare(ob_proxy_t *p, ob_buf_t *b) {
     json_str(b, c->upstreams[i].name);
     /* The configured slots (the local scheduler's cap is off in cluster
      * mode's shared mode, and a share of it in fallback). */
-    ob_buf_printf(b, ",\"slots\":%u,\"inflight\":%u,\"queued\":%u}", c->upstreams[i].max_inflight, ps.inflight,
-                  ps.queued);
+    ob_buf_printf(b, ",\"slots\":%u,\"inflight\":%u,\"queued\":%u", ob_proxy_pool_slots(p->sh, &c->upstreams[i]),
+                  ps.inflight, ps.queued);
+    ob_proxy_write_capacity_json(p, c->upstreams[i].name, b);
+    ob_buf_append(b, "}", 1);
   }
   ob_buf_append_str(b, "],\"groups\":[");
   for (size_t g = 0; g < ob_fs_num_groups(p->sh->fs); g++) {
@@ -232,7 +234,7 @@ void ob_proxy_write_fairshare_fleet(ob_proxy_t *p, const ob_cluster_info_t *in, 
   for (size_t i = 0; i < c->num_upstreams; i++) {
     ob_buf_append_str(b, i ? ",{\"name\":" : "{\"name\":");
     json_str(b, c->upstreams[i].name);
-    ob_buf_printf(b, ",\"slots\":%u,", c->upstreams[i].max_inflight);
+    ob_buf_printf(b, ",\"slots\":%u,", ob_proxy_pool_slots(p->sh, &c->upstreams[i]));
     fleet_counts(b, in, "p", "pq", c->upstreams[i].name);
     ob_buf_append(b, "}", 1);
   }

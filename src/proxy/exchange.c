@@ -754,6 +754,8 @@ void ob_proxy_attach(ob_proxy_t *p, ob_net_t *net, struct event_base *base) {
   p->base = base;
   p->log_flush = evtimer_new(base, on_log_flush, p);
   ob_proxy_admission_init(p, base);
+  if (p->index == 0) ob_proxy_capacity_bind(p);
+  ob_proxy_capacity_attach(p);
 }
 
 void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g) {
@@ -766,6 +768,8 @@ void ob_proxy_reload(ob_proxy_t *p, const ob_proxy_gen_spec_t *g) {
   p->cfg = gen->cfg;
   ob_proxy_gen_release(old);
   ob_proxy_admission_changed(p);
+  if (p->index == 0) ob_proxy_capacity_bind(p);
+  ob_proxy_capacity_attach(p);
   ob_fleet_config_changed(p);
 }
 

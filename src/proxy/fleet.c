@@ -223,7 +223,7 @@ static void apply_caps(ob_proxy_t *p) {
   const ob_config_t *c = p->gen->cfg;
   ob_proxy_shared_t *sh = p->sh;
   for (size_t i = 0; i < c->num_upstreams; i++)
-    ob_fs_pool_set(sh->fs, p->gen->pool_of[i], ob_fleet_cap(sh, c->upstreams[i].max_inflight));
+    ob_fs_pool_set(sh->fs, p->gen->pool_of[i], ob_fleet_cap(sh, ob_proxy_pool_slots(sh, &c->upstreams[i])));
   uint64_t now = ob_clock_us();
   for (size_t i = 0; i < c->num_tenants; i++) {
     const ob_config_tenant_t *t = &c->tenants[i];
@@ -247,8 +247,10 @@ static const char *mode_name(ob_admission_mode_t m) {
 }
 
 /* Locked: this replica's caps and weights, as cluster.lua's cfg fields
- * (current weights, so an admin change is included). */
-static size_t config_pairs(ob_proxy_t *p, ob_cluster_args_t *a) {
+ * (current weights, so an admin change is included). for_digest: an "auto"
+ * pool's slots read "auto" (they move with what its backend reports, and
+ * replicas scrape at different moments: not a disagreement). */
+static size_t config_pairs_of(ob_proxy_t *p, ob_cluster_args_t *a, bool for_digest) {
   const ob_config_t *c = p->cfg;
   size_t n = 0;
   ob_cluster_args_str(a, "mode"), ob_cluster_args_str(a, mode_name(c->admission.mode)), n++;
@@ -256,7 +258,8 @@ static size_t config_pairs(ob_proxy_t *p, ob_cluster_args_t *a) {
   ob_cluster_args_str(a, "qcap"), ob_cluster_args_u64(a, c->admission.max_queue), n++;
   for (size_t i = 0; i < c->num_upstreams; i++, n++) {
     ob_cluster_args_pair(a, "p", c->upstreams[i].name);
-    ob_cluster_args_u64(a, c->upstreams[i].max_inflight);
+    if (for_digest && c->upstreams[i].max_inflight_auto) ob_cluster_args_str(a, "auto");
+    else ob_cluster_args_u64(a, ob_proxy_pool_slots(p->sh, &c->upstreams[i]));
   }
   for (size_t g = 0; g < ob_fs_num_groups(p->sh->fs); g++, n++) {
     ob_fs_group_stats_t gs;
@@ -281,6 +284,8 @@ static size_t config_pairs(ob_proxy_t *p, ob_cluster_args_t *a) {
   return n;
 }
 
+static size_t config_pairs(ob_proxy_t *p, ob_cluster_args_t *a) { return config_pairs_of(p, a, false); }
+
 /* Locked: FNV-1a of the pairs; equal configs (and admin changes) give
  * equal digests on every replica. */
 static const char *digest(ob_proxy_t *p) {
@@ -288,7 +293,7 @@ static const char *digest(ob_proxy_t *p) {
   if (!f->digest_dirty && f->digest[0]) return f->digest;
   ob_cluster_args_t a;
   ob_cluster_args_init(&a);
-  config_pairs(p, &a);
+  config_pairs_of(p, &a, true);
   uint64_t h = 1469598103934665603ULL;
   for (size_t i = 0; i < a.bytes.len; i++) h = (h ^ (unsigned char)a.bytes.base[i]) * 1099511628211ULL;
   for (size_t i = 0; i < a.argc; i++) h = (h ^ a.ends[i]) * 1099511628211ULL;
@@ -312,6 +317,19 @@ void ob_fleet_config_changed(ob_proxy_t *p) {
   ob_proxy_unlock(p);
   if (shared) fleet_send(p, "config", &a, NULL, NULL);
   ob_cluster_args_dispose(&a);
+}
+
+void ob_fleet_pool_slots(ob_proxy_t *p, const char *upstream, uint32_t slots) {
+  ob_fleet_t *f = p->sh->fleet;
+  if (!f || !ob_cluster_shared(f->cl)) return;
+  ob_cluster_args_t a;
+  ob_cluster_args_init(&a);
+  ob_proxy_lock(p);
+  ob_cluster_args_str(&a, digest(p));
+  ob_proxy_unlock(p);
+  ob_cluster_args_pair(&a, "p", upstream);
+  ob_cluster_args_u64(&a, slots);
+  fleet_send(p, "config", &a, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------- admit */

@@ -353,4 +353,5 @@ void ob_proxy_write_metrics(ob_proxy_t *p, ob_buf_t *b) {
   free(ns.e);
   free(ns.per_worker);
   ob_proxy_write_cluster_metrics(p, b);
+  ob_proxy_write_capacity_metrics(p, b);
 }

@@ -10,6 +10,7 @@
 enum { FS_NONE, FS_QUEUED, FS_GRANTED, FS_DONE, FS_FLEET };
 
 typedef struct ob_fleet ob_fleet_t;
+typedef struct ob_capacity ob_capacity_t;
 
 /* metrics.c: counters of finished exchanges. */
 #define OB_METRIC_CLASSES 6 /* inference, passthrough, grpc, mcp, grpc_health, none (no route) */
@@ -83,6 +84,7 @@ typedef struct ob_proxy_shared {
   size_t num_workers;
   uint64_t lock_taken, lock_contended; /* mu acquisitions; those that had to wait */
   ob_fleet_t *fleet;           /* cluster mode (fleet.c); NULL without a cluster block */
+  ob_capacity_t *capacity;     /* max_inflight "auto" (capacity.c); NULL when no upstream has it */
 } ob_proxy_shared_t;
 
 enum { INBOX_NONE, INBOX_GRANT, INBOX_EXPIRED, INBOX_FLEET };
@@ -191,6 +193,24 @@ void ob_fleet_broadcast(ob_proxy_t *p, const char *kind, const char *name, const
 bool ob_proxy_apply_tenant_weight(ob_proxy_t *p, const char *name, uint32_t weight);
 bool ob_proxy_apply_tenant_disabled(ob_proxy_t *p, const char *name, bool disabled);
 bool ob_proxy_apply_group_weight(ob_proxy_t *p, const char *name, uint32_t weight);
+
+/* capacity.c: max_inflight "auto". */
+/* The slots of upstream u now: its max_inflight, or for "auto" the sum of
+ * its endpoints' limits (locked). */
+uint32_t ob_proxy_pool_slots(const ob_proxy_shared_t *sh, const ob_config_upstream_t *u);
+uint32_t ob_proxy_capacity_slots(const ob_proxy_shared_t *sh, const char *upstream);
+/* First worker: (re)build the controllers (start-up, reload); not locked. */
+void ob_proxy_capacity_bind(ob_proxy_t *p);
+/* Each worker: point its net's pools at the limits; not locked. */
+void ob_proxy_capacity_attach(ob_proxy_t *p);
+/* Locked, at release of a granted exchange: its time to first token. */
+void ob_proxy_capacity_on_ttft(ob_exchange_t *x);
+void ob_proxy_capacity_dispose(ob_proxy_shared_t *sh);
+/* ,"capacity":[...] of one upstream's endpoints (nothing unless "auto"); locked. */
+void ob_proxy_write_capacity_json(ob_proxy_t *p, const char *upstream, ob_buf_t *b);
+void ob_proxy_write_capacity_metrics(ob_proxy_t *p, ob_buf_t *b);
+/* fleet.c: an "auto" pool's slots changed: tell the fleet (not locked). */
+void ob_fleet_pool_slots(ob_proxy_t *p, const char *upstream, uint32_t slots);
 
 /* admission.c */
 /* Join first's shared state (NULL: create it) and bind p's generation. */

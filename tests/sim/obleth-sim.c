@@ -2,26 +2,45 @@
  * obleth-sim: an honest stand-in for a vLLM OpenAI-compatible server, used by
  * every obleth test and benchmark as the upstream. This file owns the flags,
  * the worker threads and their listeners, the global slot pool (vLLM's
- * max_num_seqs with its FIFO waiting queue) and the counters behind
- * /sim/stats. The endpoints live in sim_api.c, the wire protocols in
- * sim_h1.c and sim_h2.c.
+ * scheduler: max_num_seqs, the KV cache, the FIFO waiting queue and
+ * preemption) and the counters behind /sim/stats. The endpoints live in
+ * sim_api.c, /metrics in sim_metrics.c, the wire protocols in sim_h1.c and
+ * sim_h2.c.
  *
  * Threads: --threads N runs N event loops, each with its own SO_REUSEPORT
  * listener on the same port; the kernel spreads connections over them. The
- * slot pool and its queue are global (one mutex), so --slots means the same
- * thing whatever the thread count. A slot freed on one thread is handed to the
- * head waiter, which may live on another thread: the grant goes into that
- * worker's mailbox and its eventfd wakes it.
+ * slot pool and its queue are global (one mutex), so --slots and
+ * --kv-tokens mean the same thing whatever the thread count. A slot freed on
+ * one thread is handed to the head waiter, which may live on another thread:
+ * the grant goes into that worker's mailbox and its eventfd wakes it.
  *
- * Counters (/sim/stats): "requests" counts every non-/sim request once it is
- * fully received; each then ends as exactly one of "completed" (last byte
- * handed to the connection, error responses included), "aborted"
- * (--fail-rate or x-sim-abort-after) or "client_gone" (connection closed or
- * stream reset before the end, including while waiting for a slot).
- * "in_flight" is slots held, "queued" is waiters. /sim/reset zeroes the
- * counters and the request sequence that feeds ids and --fail-rate, so a
- * fresh sequence of requests replays the same abort decisions (with several
- * threads the order across threads is up to the scheduler).
+ * KV cache (--kv-tokens N, 0 unlimited; in tokens, no blocks): a running
+ * sequence holds its prompt (sim_api.c's estimate, ~4 characters a token)
+ * plus every token generated so far. A sequence starts when a slot is free
+ * and its prompt fits; otherwise it waits FIFO, and a head that does not fit
+ * blocks those behind it, as vLLM's FCFS scheduler does. When a token would
+ * overflow the cache, the newest running sequence is preempted (recompute):
+ * it drops its KV, goes back to the head of the queue and later restarts
+ * when its prompt plus its generated tokens fit again, with a new prefill
+ * (--ttft-ms) before its next token. POST /sim/config changes --slots and
+ * --kv-tokens at run time; lowering either preempts the newest sequences
+ * until the running fit, raising admits waiters. The waiting queue is not
+ * bounded by the cache: a sequence that cannot fit in the whole cache
+ * (after a lowering) waits until the capacity is raised again, blocking
+ * those behind it.
+ *
+ * Counters (/sim/stats): "requests" counts every non-/sim request (and not
+ * GET /metrics) once it is fully received; each then ends as exactly one of
+ * "completed" (last byte handed to the connection, error responses
+ * included), "aborted" (--fail-rate or x-sim-abort-after) or "client_gone"
+ * (connection closed or stream reset before the end, including while
+ * waiting for a slot). "in_flight" (= "running") is sequences holding a
+ * slot, "queued" (= "waiting") is waiters, preempted ones included.
+ * /sim/reset zeroes the counters (preemptions and token totals too, so
+ * /metrics counters restart from zero as after a process restart) and the
+ * request sequence that feeds ids and --fail-rate, so a fresh sequence of
+ * requests replays the same abort decisions (with several threads the order
+ * across threads is up to the scheduler).
  */
 #include <errno.h>
 #include <netdb.h>
@@ -41,6 +60,7 @@
 
 sim_config_t sim_cfg = {
   .slots = 256,
+  .kv_tokens = 0,
   .ttft_ms = 0,
   .itl_ms = 0,
   .max_tokens = 16,
@@ -53,14 +73,21 @@ sim_config_t sim_cfg = {
 };
 
 sim_stats_t sim_stats;
+atomic_bool sim_metrics_on = true;
 
 /* ---------------------------------------------------------------- slots */
 
 static struct {
   pthread_mutex_t mu;
-  int64_t used;             /* held + granted */
-  int64_t queued;
-  sim_ex_t *head, *tail;    /* FIFO of waiters */
+  int64_t slots;            /* cap on running sequences */
+  int64_t kv_total;         /* KV capacity in tokens; 0 unlimited */
+  int64_t running;          /* GRANTED + HELD */
+  int64_t waiting;          /* QUEUED */
+  int64_t kv_used;          /* sum of kv_held over the running */
+  uint64_t preemptions;
+  sim_ex_t *head, *tail;    /* waiting FIFO (qprev/qnext) */
+  sim_ex_t *rhead, *rtail;  /* running, in (re)admission order: the tail is
+                               the newest, the one preempted first */
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void list_unlink(sim_ex_t **head, sim_ex_t **tail, sim_ex_t *ex) {
@@ -79,81 +106,163 @@ static void list_append(sim_ex_t **head, sim_ex_t **tail, sim_ex_t *ex) {
   *tail = ex;
 }
 
-bool sim_slot_acquire(sim_ex_t *ex) {
+static void list_prepend(sim_ex_t **head, sim_ex_t **tail, sim_ex_t *ex) {
+  ex->qprev = NULL;
+  ex->qnext = *head;
+  if (*head) (*head)->qprev = ex;
+  else *tail = ex;
+  *head = ex;
+}
+
+static void wake(sim_worker_t *w) {
+  uint64_t one = 1;
+  ssize_t n = write(w->wake_fd, &one, sizeof one);
+  (void)n; /* EAGAIN means the counter is already non-zero: wakes anyway */
+}
+
+/* All *_locked functions run with pool.mu held. */
+
+static bool fits_locked(const sim_ex_t *ex) {
+  if (pool.running >= pool.slots) return false;
+  return pool.kv_total == 0 || pool.kv_used + ex->kv_held + ex->kv_extra <= pool.kv_total;
+}
+
+/* ex starts (or restarts) running: it takes a slot and its KV and becomes
+ * the newest running sequence. */
+static void run_locked(sim_ex_t *ex, int state) {
+  ex->slot = state;
+  ex->kv_extra = 0;
+  pool.running++;
+  pool.kv_used += ex->kv_held;
+  ex->rnext = NULL;
+  ex->rprev = pool.rtail;
+  if (pool.rtail) pool.rtail->rnext = ex;
+  else pool.rhead = ex;
+  pool.rtail = ex;
+}
+
+/* ex (GRANTED or HELD) stops running: slot and KV go back to the pool. */
+static void stop_locked(sim_ex_t *ex) {
+  if (ex->slot == SIM_SLOT_GRANTED) list_unlink(&ex->w->mbox_head, &ex->w->mbox_tail, ex);
+  if (ex->rprev) ex->rprev->rnext = ex->rnext;
+  else pool.rhead = ex->rnext;
+  if (ex->rnext) ex->rnext->rprev = ex->rprev;
+  else pool.rtail = ex->rprev;
+  ex->rprev = ex->rnext = NULL;
+  pool.running--;
+  pool.kv_used -= ex->kv_held;
+}
+
+/* vLLM's recompute preemption: the sequence drops its KV and goes back to
+ * the head of the waiting queue, keeping kv_held (prompt + generated so far)
+ * as what it must recompute to run again. Preempting the newest first and
+ * prepending each keeps the waiting order the admission order. */
+static void preempt_locked(sim_ex_t *ex) {
+  stop_locked(ex);
+  list_prepend(&pool.head, &pool.tail, ex);
+  pool.waiting++;
+  ex->slot = SIM_SLOT_QUEUED;
+  pool.preemptions++;
+}
+
+/* Grant every head waiter that fits, in order, stopping at the first that
+ * does not (FIFO: nobody overtakes it). The grant goes into the waiter's
+ * worker mailbox; the eventfd write happens under the mutex, which is fine
+ * (non-blocking, and the worker takes the mutex only after reading it). */
+static void grant_waiters_locked(void) {
+  while (pool.head && fits_locked(pool.head)) {
+    sim_ex_t *ex = pool.head;
+    list_unlink(&pool.head, &pool.tail, ex);
+    pool.waiting--;
+    run_locked(ex, SIM_SLOT_GRANTED);
+    sim_worker_t *w = ex->w;
+    bool was_empty = w->mbox_head == NULL;
+    list_append(&w->mbox_head, &w->mbox_tail, ex);
+    if (was_empty) wake(w);
+  }
+}
+
+bool sim_slot_acquire(sim_ex_t *ex, int64_t tokens) {
   pthread_mutex_lock(&pool.mu);
-  bool got = pool.used < sim_cfg.slots && pool.head == NULL;
+  ex->kv_held = tokens;
+  ex->kv_extra = 0;
+  bool got = pool.head == NULL && fits_locked(ex);
   if (got) {
-    pool.used++;
-    ex->slot = SIM_SLOT_HELD;
+    run_locked(ex, SIM_SLOT_HELD);
   } else {
     list_append(&pool.head, &pool.tail, ex);
-    pool.queued++;
+    pool.waiting++;
     ex->slot = SIM_SLOT_QUEUED;
   }
   pthread_mutex_unlock(&pool.mu);
   return got;
 }
 
-/* Called with the mutex held: hand one slot to the head waiter or free it.
- * Returns the worker to wake, if any. */
-static sim_worker_t *pass_slot_locked(void) {
-  sim_ex_t *next = pool.head;
-  if (!next) {
-    pool.used--;
-    return NULL;
-  }
-  list_unlink(&pool.head, &pool.tail, next);
-  pool.queued--;
-  next->slot = SIM_SLOT_GRANTED;
-  sim_worker_t *w = next->w;
-  bool was_empty = w->mbox_head == NULL;
-  list_append(&w->mbox_head, &w->mbox_tail, next);
-  return was_empty ? w : NULL;
-}
-
-static void wake(sim_worker_t *w) {
-  if (!w) return;
-  uint64_t one = 1;
-  ssize_t n = write(w->wake_fd, &one, sizeof one);
-  (void)n; /* EAGAIN means the counter is already non-zero: wakes anyway */
-}
-
 void sim_slot_release(sim_ex_t *ex) {
-  if (ex->slot != SIM_SLOT_HELD) return;
-  pthread_mutex_lock(&pool.mu);
-  ex->slot = SIM_SLOT_NONE;
-  sim_worker_t *w = pass_slot_locked();
-  pthread_mutex_unlock(&pool.mu);
-  wake(w);
-}
-
-void sim_slot_cancel(sim_ex_t *ex) {
-  sim_worker_t *w = NULL;
   pthread_mutex_lock(&pool.mu);
   switch (ex->slot) {
   case SIM_SLOT_QUEUED:
     list_unlink(&pool.head, &pool.tail, ex);
-    pool.queued--;
+    pool.waiting--;
     break;
   case SIM_SLOT_GRANTED:
-    list_unlink(&ex->w->mbox_head, &ex->w->mbox_tail, ex);
-    w = pass_slot_locked();
-    break;
   case SIM_SLOT_HELD:
-    w = pass_slot_locked();
+    stop_locked(ex);
     break;
   default:
-    break;
+    pthread_mutex_unlock(&pool.mu);
+    return;
   }
   ex->slot = SIM_SLOT_NONE;
+  ex->kv_held = 0;
+  /* Also after a waiter left: it may have been the head that blocked. */
+  grant_waiters_locked();
   pthread_mutex_unlock(&pool.mu);
-  wake(w);
 }
 
-void sim_slot_counts(int64_t *in_flight, int64_t *queued) {
+int64_t sim_kv_grow(sim_ex_t *ex, int64_t want) {
+  int64_t got = 0;
   pthread_mutex_lock(&pool.mu);
-  *in_flight = pool.used;
-  *queued = pool.queued;
+  while (got < want && ex->slot == SIM_SLOT_HELD) {
+    if (pool.kv_total && pool.kv_used + 1 > pool.kv_total) {
+      sim_ex_t *victim = pool.rtail;
+      /* Alone in a cache it fills (the capacity was lowered under it):
+       * restarting with what it holds would only preempt it again, so it
+       * waits until there is room for one more token. */
+      if (victim == ex && pool.rhead == ex) ex->kv_extra = 1;
+      preempt_locked(victim); /* ex itself when it is the newest */
+      continue;
+    }
+    /* As many as fit now; the next one, if any, preempts. */
+    int64_t n = want - got;
+    if (pool.kv_total && pool.kv_used + n > pool.kv_total) n = pool.kv_total - pool.kv_used;
+    ex->kv_held += n;
+    pool.kv_used += n;
+    got += n;
+  }
+  pthread_mutex_unlock(&pool.mu);
+  return got;
+}
+
+void sim_pool_stat(sim_pool_stat_t *out) {
+  pthread_mutex_lock(&pool.mu);
+  out->slots = pool.slots;
+  out->kv_total = pool.kv_total;
+  out->running = pool.running;
+  out->waiting = pool.waiting;
+  out->kv_used = pool.kv_used;
+  out->preemptions = pool.preemptions;
+  pthread_mutex_unlock(&pool.mu);
+}
+
+void sim_pool_configure(int64_t slots, int64_t kv_total) {
+  pthread_mutex_lock(&pool.mu);
+  if (slots >= 0) pool.slots = slots;
+  if (kv_total >= 0) pool.kv_total = kv_total;
+  while (pool.rtail &&
+         (pool.running > pool.slots || (pool.kv_total && pool.kv_used > pool.kv_total)))
+    preempt_locked(pool.rtail);
+  grant_waiters_locked();
   pthread_mutex_unlock(&pool.mu);
 }
 
@@ -166,6 +275,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
   ssize_t n = read(fd, &v, sizeof v);
   (void)n;
   for (;;) {
+    /* Once HELD and unlocked, ex may be preempted again before
+     * sim_ex_on_grant() runs; its next sim_kv_grow() says so. */
     pthread_mutex_lock(&pool.mu);
     sim_ex_t *ex = w->mbox_head;
     if (ex) {
@@ -242,6 +353,13 @@ void sim_stats_reset(void) {
   atomic_store(&sim_stats.aborted, 0);
   atomic_store(&sim_stats.client_gone, 0);
   atomic_store(&sim_stats.seq, 0);
+  atomic_store(&sim_stats.prompt_tokens, 0);
+  atomic_store(&sim_stats.generation_tokens, 0);
+  atomic_store(&sim_stats.metrics_scrapes, 0);
+  pthread_mutex_lock(&pool.mu);
+  pool.preemptions = 0;
+  pthread_mutex_unlock(&pool.mu);
+  sim_metrics_reset();
   for (size_t i = 0; i < N_KNOWN; i++) atomic_store(&known_count[i], 0);
   pthread_mutex_lock(&other.mu);
   other.n = 0;
@@ -341,8 +459,16 @@ static void usage(FILE *f) {
     "\n"
     "  --listen HOST:PORT   address to listen on (default 127.0.0.1:0; port 0 picks\n"
     "                       one); prints 'listening on HOST:PORT' once bound\n"
-    "  --slots N            concurrent sequences (default 256); more wait FIFO\n"
-    "  --ttft-ms N          slot acquired -> first token (default 0)\n"
+    "  --slots N            running sequences (default 256); more wait FIFO\n"
+    "  --kv-tokens N        KV cache capacity in tokens (default 0: unlimited). A\n"
+    "                       running sequence holds its prompt (~4 characters a\n"
+    "                       token) plus its generated tokens; a new one starts\n"
+    "                       only when its prompt fits, else it waits FIFO; when a\n"
+    "                       token would overflow the cache the newest running\n"
+    "                       sequence is preempted, re-queued at the head and\n"
+    "                       recomputed later. Caps --max-model-len at N\n"
+    "  --ttft-ms N          slot acquired -> first token (default 0); also the\n"
+    "                       recompute of a preempted sequence before its next one\n"
     "  --itl-ms N           delay per further token (default 0)\n"
     "  --max-tokens N       output length when the request sets none (default 16)\n"
     "  --max-model-len N    prompt + output token bound, 400 above (default 131072)\n"
@@ -351,10 +477,19 @@ static void usage(FILE *f) {
     "  --seed N             seed for --fail-rate decisions (default 0)\n"
     "  --h2c                speak HTTP/2 with prior knowledge instead of HTTP/1.1\n"
     "  --threads N          event loops sharing the port via SO_REUSEPORT (default 1)\n"
+    "  --no-metrics         answer 404 to GET /metrics (a backend without metrics)\n"
     "  --help               this text\n"
     "\n"
     "Request headers: x-sim-abort-after: N, x-sim-delay-ms: N, x-sim-status: NNN.\n"
-    "Hooks: GET /sim/stats, POST /sim/reset, ANY /sim/echo[/...].\n");
+    "Metrics: GET /metrics, Prometheus text in vLLM's names (model_name label):\n"
+    "  vllm:num_requests_running, vllm:num_requests_waiting,\n"
+    "  vllm:kv_cache_usage_perc (and vllm:gpu_cache_usage_perc; 0..1, 0 when the\n"
+    "  cache is unlimited), vllm:num_preemptions_total, vllm:prompt_tokens_total,\n"
+    "  vllm:generation_tokens_total, vllm:time_to_first_token_seconds.\n"
+    "Hooks: GET /sim/stats, POST /sim/reset, ANY /sim/echo[/...],\n"
+    "  GET /sim/config, POST /sim/config {\"slots\": N, \"kv_tokens\": N,\n"
+    "  \"metrics\": BOOL} (any subset): lowering slots or kv_tokens preempts\n"
+    "  the newest running sequences until the rest fit; raising admits waiters.\n");
 }
 
 static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
@@ -379,6 +514,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--h2c")) {
       sim_cfg.h2c = true;
       takes = false;
+    } else if (!strcmp(a, "--no-metrics")) {
+      atomic_store(&sim_metrics_on, false);
+      takes = false;
     } else if (!v) {
       ok = false;
     } else if (!strcmp(a, "--listen")) {
@@ -386,6 +524,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--slots")) {
       ok = parse_i64(v, 1, 1 << 24, &n);
       sim_cfg.slots = (int)n;
+    } else if (!strcmp(a, "--kv-tokens")) {
+      ok = parse_i64(v, 0, INT32_MAX, &n);
+      sim_cfg.kv_tokens = n;
     } else if (!strcmp(a, "--ttft-ms")) {
       ok = parse_i64(v, 0, 86400000, &n);
       sim_cfg.ttft_ms = (uint64_t)n;
@@ -422,6 +563,12 @@ int main(int argc, char **argv) {
     }
     if (takes) i++;
   }
+
+  /* vLLM refuses a max_model_len its KV cache cannot hold; the sim lowers
+   * it instead, so every request it accepts can run alone in the cache. */
+  if (sim_cfg.kv_tokens > 0 && sim_cfg.kv_tokens < sim_cfg.max_model_len)
+    sim_cfg.max_model_len = sim_cfg.kv_tokens;
+  sim_pool_configure(sim_cfg.slots, sim_cfg.kv_tokens);
 
   char host[256];
   const char *portstr;

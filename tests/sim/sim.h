@@ -1,8 +1,10 @@
 /*
- * obleth-sim internals shared by its four files: obleth-sim.c (flags,
- * workers, listeners, the global slot pool and the counters), sim_api.c (the
- * OpenAI-compatible endpoints and the /sim/ hooks, protocol-neutral),
- * sim_h1.c and sim_h2.c (the two wire protocols).
+ * obleth-sim internals shared by its five files: obleth-sim.c (flags,
+ * workers, listeners, the global slot pool with its KV cache, and the
+ * counters), sim_api.c (the OpenAI-compatible endpoints and the /sim/ hooks,
+ * protocol-neutral), sim_metrics.c (the token counters, the time to first
+ * token histogram and the Prometheus text of GET /metrics), sim_h1.c and
+ * sim_h2.c (the two wire protocols).
  *
  * The protocol layers own connections and exchanges; the api layer owns what
  * happens between "request complete" (sim_ex_dispatch) and the response's
@@ -27,13 +29,17 @@
 
 /* ---------------------------------------------------------------- config */
 
-/* Filled once by main() before any worker starts; read-only afterwards. */
+/* Filled once by main() before any worker starts; read-only afterwards.
+ * slots and kv_tokens are only the start values: POST /sim/config changes
+ * the pool's copies (sim_pool_configure), which are what counts. */
 typedef struct sim_config {
-  int slots;             /* --slots: concurrent sequences (global) */
+  int slots;             /* --slots: running sequences (global) */
+  int64_t kv_tokens;     /* --kv-tokens: KV cache capacity in tokens; 0 unlimited */
   uint64_t ttft_ms;      /* --ttft-ms */
   uint64_t itl_ms;       /* --itl-ms */
   int64_t max_tokens;    /* --max-tokens: default output length */
-  int64_t max_model_len; /* --max-model-len: prompt + output bound (400 above) */
+  int64_t max_model_len; /* --max-model-len: prompt + output bound (400 above);
+                            lowered to --kv-tokens when that is smaller */
   double fail_rate;      /* --fail-rate: 0..1 */
   uint64_t seed;         /* --seed */
   bool h2c;              /* --h2c */
@@ -118,9 +124,13 @@ struct sim_ex {
   bool counted;           /* counted in "requests": disposal before the end
                              counts as client_gone */
   struct event *timer;
-  /* slot pool links; guarded by the slot mutex */
+  /* slot pool fields; guarded by the slot mutex */
   int slot;               /* SIM_SLOT_* */
-  sim_ex_t *qprev, *qnext;
+  sim_ex_t *qprev, *qnext; /* the waiting queue, or a worker's mailbox */
+  sim_ex_t *rprev, *rnext; /* the running list (GRANTED and HELD) */
+  int64_t kv_held;        /* KV tokens held while running; while waiting,
+                             the tokens to recompute before it can run */
+  int64_t kv_extra;       /* 1: also needs room for its next token to start */
   struct sim_gen *gen;    /* generation state, arena-allocated */
 };
 
@@ -146,28 +156,79 @@ const char *sim_reason(int status);
 
 /* ---------------------------------------------------------------- slots */
 
-/* Take a slot now (true) or join the FIFO queue (false; sim_ex_on_grant()
- * follows on ex's worker once a slot frees up). */
-bool sim_slot_acquire(sim_ex_t *ex);
-/* Give a held slot back; the head waiter, if any, inherits it. */
+/*
+ * The pool is vLLM's scheduler in miniature: a sequence runs when a slot is
+ * free (running < slots) and its KV fits (kv_used + its tokens <= kv_total,
+ * or kv_total 0), and only if nobody waits ahead of it (FIFO, head of line
+ * blocks). A running sequence holds its prompt plus the tokens generated so
+ * far. Every function here takes the slot mutex; ex->slot and the other
+ * pool fields are read and written only under it.
+ *
+ * Admission: sim_slot_acquire() runs ex at once (true) or queues it (false).
+ * A queued ex is later GRANTED: it counts as running, its KV is reserved, it
+ * sits in its worker's mailbox and sim_ex_on_grant() follows on that worker.
+ *
+ * Preemption: a running sequence can be preempted by another thread (a
+ * sim_kv_grow() that needed room, or sim_pool_configure()). It then is
+ * QUEUED again at the head of the waiting queue; its owner learns of it
+ * when its own next sim_kv_grow() returns false, and resumes at its next
+ * sim_ex_on_grant().
+ */
+
+/* Run ex now (true) or queue it (false). tokens: the prompt's KV. */
+bool sim_slot_acquire(sim_ex_t *ex, int64_t tokens);
+/* Leave the queue or give back a granted/held slot and its KV (whatever ex
+ * has at the time, preempted or not); admits waiters that now fit. No-op for
+ * an exchange without a slot. */
 void sim_slot_release(sim_ex_t *ex);
-/* Leave the queue, or give back a granted/held slot; no-op otherwise. */
-void sim_slot_cancel(sim_ex_t *ex);
-void sim_slot_counts(int64_t *in_flight, int64_t *queued);
+/* KV for up to `want` more tokens of a running sequence, one token at a
+ * time as far as the cache goes: each that would overflow it preempts the
+ * newest running sequence first. Returns how many tokens got their KV; fewer
+ * than `want` means ex is not running (preempted earlier, or just now
+ * because it was the newest itself): generate only those, then wait for
+ * sim_ex_on_grant(). */
+int64_t sim_kv_grow(sim_ex_t *ex, int64_t want);
+
+typedef struct sim_pool_stat {
+  int64_t slots, kv_total;   /* current limits; kv_total 0 is unlimited */
+  int64_t running, waiting;  /* sequences holding a slot / in the queue */
+  int64_t kv_used;           /* tokens held by running sequences */
+  uint64_t preemptions;      /* since start or the last /sim/reset */
+} sim_pool_stat_t;
+
+/* A consistent snapshot of the pool. */
+void sim_pool_stat(sim_pool_stat_t *out);
+/* New limits (a negative value keeps the current one). Lowering preempts
+ * the newest running sequences until running <= slots and kv_used <=
+ * kv_total; raising admits waiters. */
+void sim_pool_configure(int64_t slots, int64_t kv_total);
 
 /* ---------------------------------------------------------------- counters */
 
 typedef struct sim_stats {
   atomic_uint_fast64_t requests, completed, aborted, client_gone;
   atomic_uint_fast64_t seq; /* request counter feeding ids and --fail-rate */
+  atomic_uint_fast64_t prompt_tokens;     /* once per sequence, at its first start */
+  atomic_uint_fast64_t generation_tokens; /* every token generated */
+  atomic_uint_fast64_t metrics_scrapes;   /* GET /metrics answered 200 */
 } sim_stats_t;
 
 extern sim_stats_t sim_stats;
+extern atomic_bool sim_metrics_on; /* --no-metrics, /sim/config "metrics" */
 
 /* Count one request for "by_path" (path without the query). */
 void sim_stats_count_path(ob_iov_t path);
 /* Append the "by_path" object. */
 void sim_stats_by_path_json(ob_buf_t *b);
 void sim_stats_reset(void);
+
+/* ---------------------------------------------------------------- metrics */
+
+/* Record one time to first token (request received -> first token). */
+void sim_metrics_ttft(uint64_t us);
+/* Append the Prometheus text (format 0.0.4) of GET /metrics. */
+void sim_metrics_render(ob_buf_t *b);
+/* Zero the histogram (with /sim/reset). */
+void sim_metrics_reset(void);
 
 #endif /* OB_SIM_H */

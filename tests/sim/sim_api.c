@@ -6,12 +6,24 @@
  *
  * Life of a generation request (chat, completions, embeddings):
  *   dispatch -> [x-sim-delay-ms timer] -> validate -> (stream: send headers)
- *   -> acquire a slot (or wait FIFO) -> ttft timer -> one timer per token
- *   (itl) -> release the slot -> finish / abort.
+ *   -> acquire a slot and the prompt's KV (or wait FIFO) -> ttft timer ->
+ *   one timer per token (itl) -> release the slot -> finish / abort.
  * Streaming headers go out before the slot is taken, as vLLM's
  * StreamingResponse does: a queued streaming request has a 200 and no bytes.
- * A non-streaming response is sent whole when its last token is "generated".
- * One timer per exchange drives every step.
+ * A non-streaming response is sent whole when its last token is "generated";
+ * its tokens are generated one by one on the same timeline as a stream's
+ * (all due tokens at once when the timer fires late or --itl-ms is 0), so
+ * both grow their KV alike. One timer per exchange drives every step.
+ *
+ * KV and preemption: each token first takes one KV token (sim_kv_grow()).
+ * When that says the sequence is no longer running (another thread
+ * preempted it, or it preempted itself), the token is not generated and the
+ * exchange idles, still ST_RUN, until sim_ex_on_grant() resumes it: a new
+ * run starts then, with its own prefill (--ttft-ms) before the next token,
+ * then --itl-ms per token. A stream shows a preemption as a pause, nothing
+ * else; the tokens are the same. The timer may still be armed while
+ * preempted; it finds the sequence not running and does nothing, or the
+ * resume re-arms it first.
  *
  * Determinism: the output tokens depend only on the prompt (chat: roles and
  * message texts; completions: the prompt; not on "stream", "model" or
@@ -19,7 +31,10 @@
  * hash of the body and a per-process request counter, so it differs between
  * otherwise identical requests; "created" is the wall clock.
  * prompt_tokens = ceil(characters / 4) (characters counted as UTF-8 code
- * points) plus the number of token ids given as integers, at least 1.
+ * points; chat: the message texts, not the roles) plus the number of token
+ * ids given as integers, at least 1 (per input for embeddings, summed). That
+ * estimate is also what the prompt holds in the KV cache, so a long-context
+ * request really costs more.
  */
 #include <math.h>
 #include <stdio.h>
@@ -42,9 +57,13 @@ typedef struct sim_gen {
   int64_t n;               /* tokens to generate */
   int64_t prompt_tokens;
   int64_t abort_at;        /* abort after this many tokens; -1 never */
-  int64_t sent;            /* tokens emitted so far */
+  int64_t sent;            /* tokens generated (and, streaming, emitted) */
+  int64_t base;            /* tokens generated before this run began */
+  bool started;            /* ran once: prompt tokens counted */
+  bool ttft_seen;          /* first token recorded in the histogram */
   long long created;
-  uint64_t t0_us;          /* slot acquired: the token timeline starts */
+  uint64_t arrival_us;     /* validated: time to first token counts from here */
+  uint64_t t0_us;          /* slot acquired (again): this run's timeline starts */
   char id[64];
   ob_iov_t prefix;         /* SSE chunk prefix up to "choices":[ */
   uint64_t *inputs;        /* embeddings: one hash per input */
@@ -226,9 +245,9 @@ void sim_ex_dispose(sim_ex_t *ex) {
     event_free(ex->timer);
     ex->timer = NULL;
   }
-  /* Only QUEUED and RUN can hold a queue place or a slot; checking the api
-   * state (ours alone) avoids reading ex->slot, which other threads write. */
-  if (ex->st == ST_QUEUED || ex->st == ST_RUN) sim_slot_cancel(ex);
+  /* Only QUEUED and RUN can hold a queue place or a slot (a preempted RUN
+   * is queued); the pool sorts out which under its mutex. */
+  if (ex->st == ST_QUEUED || ex->st == ST_RUN) sim_slot_release(ex);
   if (ex->counted && ex->st != ST_DONE) atomic_fetch_add(&sim_stats.client_gone, 1);
   free(ex->hdrs);
   ex->hdrs = NULL;
@@ -258,13 +277,34 @@ static void arm_us(sim_ex_t *ex, uint64_t us) {
 
 static void arm(sim_ex_t *ex, uint64_t ms) { arm_us(ex, ms * 1000); }
 
-/* Arm for an absolute point on the token timeline, so per-token processing
- * does not accumulate as drift: token k is due at t0 + ttft + (k-1) * itl. */
+/* The token timeline of one run, absolute so that per-token processing
+ * does not accumulate as drift: token k (k > base) is due at
+ * t0 + ttft + (k - base - 1) * itl. */
+static uint64_t token_due(const sim_gen_t *g, int64_t k) {
+  return g->t0_us + (sim_cfg.ttft_ms + (uint64_t)(k - g->base - 1) * sim_cfg.itl_ms) * 1000;
+}
+
 static void arm_token(sim_ex_t *ex, int64_t k) {
-  const sim_gen_t *g = ex->gen;
-  uint64_t due = g->t0_us + (sim_cfg.ttft_ms + (uint64_t)(k - 1) * sim_cfg.itl_ms) * 1000;
+  uint64_t due = token_due(ex->gen, k);
   uint64_t now = ob_clock_us();
   arm_us(ex, due > now ? due - now : 0);
+}
+
+/* Generate up to `want` tokens after sent: take their KV, count them.
+ * False when fewer were generated because the sequence is not running
+ * (preempted); it then waits for its resume. */
+static bool gen_tokens(sim_ex_t *ex, int64_t want) {
+  sim_gen_t *g = ex->gen;
+  int64_t got = sim_kv_grow(ex, want);
+  if (got > 0) {
+    g->sent += got;
+    atomic_fetch_add(&sim_stats.generation_tokens, (uint_fast64_t)got);
+    if (!g->ttft_seen) {
+      g->ttft_seen = true;
+      sim_metrics_ttft(ob_clock_us() - g->arrival_us);
+    }
+  }
+  return got == want;
 }
 
 /* The three ways a response ends; each is the api's last touch of ex. */
@@ -323,22 +363,116 @@ static void sim_echo(sim_ex_t *ex) {
   reply(ex, 200, "application/json", b);
 }
 
+/* "in_flight"/"queued" are the historical names of "running"/"waiting";
+ * "kv_tokens_total" 0 means unlimited. The pool fields come from one
+ * snapshot, as in /metrics. */
 static void sim_stats_reply(sim_ex_t *ex) {
-  int64_t in_flight, queued;
-  sim_slot_counts(&in_flight, &queued);
+  sim_pool_stat_t ps;
+  sim_pool_stat(&ps);
   ob_buf_t *b = &ex->w->scratch;
   ob_buf_reset(b);
   ob_buf_printf(b,
                 "{\"requests\":%llu,\"in_flight\":%lld,\"queued\":%lld,\"completed\":%llu,"
-                "\"aborted\":%llu,\"client_gone\":%llu,\"slots\":%d,\"threads\":%d,\"by_path\":",
-                (unsigned long long)atomic_load(&sim_stats.requests), (long long)in_flight,
-                (long long)queued, (unsigned long long)atomic_load(&sim_stats.completed),
+                "\"aborted\":%llu,\"client_gone\":%llu,\"slots\":%lld,\"threads\":%d,"
+                "\"running\":%lld,\"waiting\":%lld,\"kv_tokens_used\":%lld,"
+                "\"kv_tokens_total\":%lld,\"preemptions\":%llu,\"prompt_tokens\":%llu,"
+                "\"generation_tokens\":%llu,\"metrics_scrapes\":%llu,\"by_path\":",
+                (unsigned long long)atomic_load(&sim_stats.requests), (long long)ps.running,
+                (long long)ps.waiting, (unsigned long long)atomic_load(&sim_stats.completed),
                 (unsigned long long)atomic_load(&sim_stats.aborted),
-                (unsigned long long)atomic_load(&sim_stats.client_gone), sim_cfg.slots,
-                sim_cfg.threads);
+                (unsigned long long)atomic_load(&sim_stats.client_gone), (long long)ps.slots,
+                sim_cfg.threads, (long long)ps.running, (long long)ps.waiting,
+                (long long)ps.kv_used, (long long)ps.kv_total,
+                (unsigned long long)ps.preemptions,
+                (unsigned long long)atomic_load(&sim_stats.prompt_tokens),
+                (unsigned long long)atomic_load(&sim_stats.generation_tokens),
+                (unsigned long long)atomic_load(&sim_stats.metrics_scrapes));
   sim_stats_by_path_json(b);
   ob_buf_append_str(b, "}");
   reply(ex, 200, "application/json", b);
+}
+
+static void sim_config_json(ob_buf_t *b) {
+  sim_pool_stat_t ps;
+  sim_pool_stat(&ps);
+  ob_buf_printf(b, "{\"slots\":%lld,\"kv_tokens\":%lld,\"metrics\":%s}", (long long)ps.slots,
+                (long long)ps.kv_total, atomic_load(&sim_metrics_on) ? "true" : "false");
+}
+
+/* An integer member of /sim/config in [lo, hi]; *out untouched when absent. */
+static bool config_int(const cJSON *it, int64_t lo, int64_t hi, int64_t *out) {
+  if (!cJSON_IsNumber(it)) return false;
+  double v = it->valuedouble;
+  if (!(v == floor(v)) || v < (double)lo || v > (double)hi) return false;
+  *out = (int64_t)v;
+  return true;
+}
+
+/* GET: the current values. POST: a JSON object with any of "slots" (1 ..
+ * 2^24), "kv_tokens" (0 .. 2^31-1, 0 unlimited) and "metrics" (bool); all
+ * are checked before anything changes, unknown members are a 400 (a typo in
+ * a test must not pass silently). Answers the values now in force. */
+static void sim_config(sim_ex_t *ex) {
+  bool get = ob_iov_eq(ex->method, OB_IOV_LIT("GET"));
+  if (!get && !ob_iov_eq(ex->method, OB_IOV_LIT("POST"))) {
+    reply_error(ex, 405, "Method Not Allowed");
+    return;
+  }
+  if (!get) {
+    cJSON *j = cJSON_ParseWithLength(ex->body.base ? ex->body.base : "", ex->body.len);
+    const char *err = NULL;
+    int64_t slots = -1, kv = -1;
+    int metrics = -1;
+    if (!cJSON_IsObject(j)) {
+      err = "/sim/config wants a JSON object";
+    } else {
+      const cJSON *it;
+      cJSON_ArrayForEach(it, j) {
+        if (!strcmp(it->string, "slots")) {
+          if (!config_int(it, 1, 1 << 24, &slots)) err = "'slots' must be an integer >= 1";
+        } else if (!strcmp(it->string, "kv_tokens")) {
+          if (!config_int(it, 0, INT32_MAX, &kv))
+            err = "'kv_tokens' must be an integer >= 0 (0: unlimited)";
+        } else if (!strcmp(it->string, "metrics")) {
+          if (!cJSON_IsBool(it)) err = "'metrics' must be true or false";
+          else metrics = cJSON_IsTrue(it);
+        } else {
+          err = "unknown member; /sim/config takes slots, kv_tokens and metrics";
+        }
+        if (err) break;
+      }
+    }
+    cJSON_Delete(j);
+    if (err) {
+      reply_error(ex, 400, err);
+      return;
+    }
+    if (metrics >= 0) atomic_store(&sim_metrics_on, metrics == 1);
+    if (slots >= 0 || kv >= 0) sim_pool_configure(slots, kv);
+  }
+  ob_buf_t *b = &ex->w->scratch;
+  ob_buf_reset(b);
+  sim_config_json(b);
+  reply(ex, 200, "application/json", b);
+}
+
+/* GET /metrics: like vLLM's, not a generation request, so it is not counted
+ * in "requests" (a gateway scraping it must not disturb request counts);
+ * "metrics_scrapes" counts it instead. */
+static void metrics_reply(sim_ex_t *ex) {
+  if (!atomic_load(&sim_metrics_on)) {
+    reply_error(ex, 404, "The path /metrics was not found.");
+    return;
+  }
+  if (!ob_iov_eq(ex->method, OB_IOV_LIT("GET"))) {
+    reply_error(ex, 405, "Method Not Allowed");
+    return;
+  }
+  atomic_fetch_add(&sim_stats.metrics_scrapes, 1);
+  ob_buf_t *b = &ex->w->scratch;
+  ob_buf_reset(b);
+  sim_metrics_render(b);
+  reply(ex, 200, "text/plain; version=0.0.4; charset=utf-8", b);
 }
 
 static void handle_sim(sim_ex_t *ex, ob_iov_t path) {
@@ -349,6 +483,8 @@ static void handle_sim(sim_ex_t *ex, ob_iov_t path) {
     sim_echo(ex);
   } else if (ob_iov_eq(path, OB_IOV_LIT("/sim/stats"))) {
     sim_stats_reply(ex);
+  } else if (ob_iov_eq(path, OB_IOV_LIT("/sim/config"))) {
+    sim_config(ex);
   } else if (ob_iov_eq(path, OB_IOV_LIT("/sim/reset"))) {
     sim_stats_reset();
     ob_buf_t *b = &ex->w->scratch;
@@ -614,6 +750,7 @@ static void stream_step(sim_ex_t *ex) {
     end_abort(ex);
     return;
   }
+  if (!gen_tokens(ex, 1)) return; /* preempted: resumes on a grant */
   ob_buf_reset(b);
   ob_buf_append_iov(b, g->prefix);
   ob_buf_printf(b,
@@ -621,9 +758,8 @@ static void stream_step(sim_ex_t *ex) {
                        "\"finish_reason\":null}]}\n\n"
                      : "{\"index\":0,\"text\":\" %s\",\"logprobs\":null,"
                        "\"finish_reason\":null,\"stop_reason\":null}]}\n\n",
-                token_at(g->phash, g->sent));
+                token_at(g->phash, g->sent - 1));
   send_event(ex, b);
-  g->sent++;
   if (g->abort_at == g->sent) {
     end_abort(ex);
     return;
@@ -671,32 +807,45 @@ static void complete_full(sim_ex_t *ex) {
   end_finish(ex);
 }
 
-static void gen_start(sim_ex_t *ex) {
+/* Non-streaming: generate every token due by now, then answer once the
+ * last one (or the abort point; embeddings: none, just the prefill) is
+ * reached. The first token of a run is due when the timer fires (the
+ * prefill is over); a firing a little early for a later token only re-arms. */
+static void full_step(sim_ex_t *ex) {
+  sim_gen_t *g = ex->gen;
+  int64_t upto = g->kind == EP_EMBEDDINGS ? 0 : g->abort_at >= 0 ? g->abort_at : g->n;
+  uint64_t now = ob_clock_us();
+  int64_t due = g->sent;
+  while (due < upto && (due == g->base || token_due(g, due + 1) <= now)) {
+    if (sim_cfg.itl_ms == 0) due = upto;
+    else due++;
+  }
+  if (!gen_tokens(ex, due - g->sent)) return; /* preempted: resumes on a grant */
+  if (g->sent >= upto) complete_full(ex);
+  else arm_token(ex, g->sent + 1);
+}
+
+/* A run begins: first start or resume after a preemption. */
+static void gen_run(sim_ex_t *ex) {
   sim_gen_t *g = ex->gen;
   ex->st = ST_RUN;
-  if (g->stream) {
-    g->t0_us = ob_clock_us();
-    arm_token(ex, 1);
-    return;
+  if (!g->started) {
+    g->started = true;
+    atomic_fetch_add(&sim_stats.prompt_tokens, (uint_fast64_t)g->prompt_tokens);
   }
-  /* Non-streaming: one timer for prefill plus all decode steps (or up to the
-   * abort point). */
-  uint64_t steps = 0;
-  if (g->kind != EP_EMBEDDINGS) {
-    int64_t upto = g->abort_at >= 0 ? g->abort_at : g->n;
-    steps = upto > 1 ? (uint64_t)(upto - 1) : 0;
-  }
-  uint64_t ms = sim_cfg.ttft_ms + steps * sim_cfg.itl_ms;
-  if (ms == 0) complete_full(ex);
-  else arm(ex, ms);
+  g->t0_us = ob_clock_us();
+  g->base = g->sent;
+  /* A non-streaming answer due at once is sent at once (ttft 0). */
+  if (!g->stream && sim_cfg.ttft_ms == 0) full_step(ex);
+  else arm_token(ex, g->sent + 1);
 }
 
 void sim_ex_on_grant(sim_ex_t *ex) {
-  if (ex->st != ST_QUEUED) { /* cannot happen; give the slot back */
+  if (ex->st != ST_QUEUED && ex->st != ST_RUN) { /* cannot happen */
     sim_slot_release(ex);
     return;
   }
-  gen_start(ex);
+  gen_run(ex);
 }
 
 static void gen_begin(sim_ex_t *ex, int kind) {
@@ -714,6 +863,7 @@ static void gen_begin(sim_ex_t *ex, int kind) {
            kind == EP_CHAT ? "chatcmpl-" : kind == EP_COMPLETIONS ? "cmpl-" : "embd-",
            (unsigned long long)idh, (unsigned long long)mix64(idh));
   g->created = (long long)time(NULL);
+  g->arrival_us = ob_clock_us();
 
   int64_t limit = kind == EP_EMBEDDINGS ? 0 : g->n;
   uint64_t abort_after;
@@ -734,7 +884,7 @@ static void gen_begin(sim_ex_t *ex, int kind) {
     g->prefix = ob_arena_dup(&ex->arena, ob_buf_iov(b));
     ex->ops->head(ex, 200, "text/event-stream; charset=utf-8", -1);
   }
-  if (sim_slot_acquire(ex)) gen_start(ex);
+  if (sim_slot_acquire(ex, g->prompt_tokens)) gen_run(ex);
   else ex->st = ST_QUEUED;
 }
 
@@ -802,7 +952,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     break;
   case ST_RUN:
     if (ex->gen->stream) stream_step(ex);
-    else complete_full(ex);
+    else full_step(ex);
     break;
   default:
     break;
@@ -815,6 +965,10 @@ void sim_ex_dispatch(sim_ex_t *ex) {
   if (q) path.len = (size_t)(q - path.base);
   if (ob_iov_eq(path, OB_IOV_LIT("/sim")) || ob_iov_starts_with(path, OB_IOV_LIT("/sim/"))) {
     handle_sim(ex, path);
+    return;
+  }
+  if (ob_iov_eq(path, OB_IOV_LIT("/metrics"))) {
+    metrics_reply(ex);
     return;
   }
   ex->counted = true;

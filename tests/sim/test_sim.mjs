@@ -683,3 +683,512 @@ describe('threads', () => {
     assert.ok(Date.now() - t0 >= 290, `three rounds of 100 ms (${Date.now() - t0} ms)`);
   });
 });
+
+// ---------------------------------------------------------------- KV cache
+
+// A chat body whose prompt is exactly `tokens` tokens by the sim's estimate
+// (ceil(characters / 4) over the message texts).
+const kvBody = (tokens, extra = {}) => ({
+  model: 'test-model',
+  messages: [{ role: 'user', content: 'abcd'.repeat(tokens) }],
+  ...extra,
+});
+
+async function simConfig(base, body) {
+  const res = await fetch(base + '/sim/config', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  return { status: res.status, json: await res.json() };
+}
+
+// A streaming request read to its end; resolves { text, error, end } with
+// the time its last byte arrived.
+async function streamAll(base, body, signal) {
+  const res = await fetch(base + '/v1/chat/completions', {
+    method: 'POST',
+    body: JSON.stringify({ ...body, stream: true }),
+    signal,
+  });
+  const out = await readAll(res);
+  return { ...out, status: res.status, end: Date.now() };
+}
+
+const contentOf = (text) =>
+  sseData(text)
+    .filter((d) => d !== '[DONE]')
+    .map((d) => JSON.parse(d))
+    .filter((c) => c.choices.length && c.choices[0].delta.content)
+    .map((c) => c.choices[0].delta.content)
+    .join('');
+
+// A request held in the sim until aborted (long --ttft-ms); resolves when
+// the sim has counted it as running or waiting.
+function holdRequest(base, body) {
+  const ac = new AbortController();
+  const done = fetch(base + '/v1/chat/completions', {
+    method: 'POST',
+    body: JSON.stringify(body),
+    signal: ac.signal,
+  }).catch((e) => e);
+  return { abort: () => ac.abort(), done };
+}
+
+describe('KV cache: admission, FIFO waiting, long prompts', () => {
+  let sim;
+  before(async () => {
+    sim = await startSim(['--kv-tokens', '100', '--slots', '8', '--ttft-ms', '400', '--max-tokens', '4']);
+  });
+  after(async () => sim.stop());
+
+  test('a sequence starts only when its prompt fits; the others wait FIFO', async () => {
+    await fetch(sim.base + '/sim/reset', { method: 'POST' });
+    const t = {};
+    const post = (name, tokens) =>
+      postJSON(sim.base, '/v1/chat/completions', kvBody(tokens)).then((r) => {
+        t[name] = Date.now();
+        return r;
+      });
+    const a = post('a', 60);
+    await waitFor(async () => (await stats(sim.base)).running === 1, 'A running');
+    const b = post('b', 50); // 60 + 50 > 100: waits although 7 slots are free
+    await waitFor(async () => (await stats(sim.base)).waiting === 1, 'B waiting');
+    const c = post('c', 10); // would fit, but B is ahead of it
+    await waitFor(async () => (await stats(sim.base)).waiting === 2, 'C waiting');
+    const s = await stats(sim.base);
+    assert.equal(s.running, 1, 'C did not overtake B');
+    assert.equal(s.in_flight, s.running);
+    assert.equal(s.queued, s.waiting);
+    assert.equal(s.kv_tokens_used, 60, 'A holds its prompt during prefill');
+    assert.equal(s.kv_tokens_total, 100);
+    assert.equal(s.slots, 8);
+    const ra = await a;
+    assert.equal(ra.json.usage.prompt_tokens, 60);
+    assert.equal(ra.json.usage.completion_tokens, 4);
+    // A's KV (64 by its end) is freed: B and C both fit now, in order.
+    const s2 = await waitFor(async () => {
+      const st = await stats(sim.base);
+      return st.running === 2 && st;
+    }, 'B and C running');
+    assert.equal(s2.waiting, 0);
+    assert.ok(s2.kv_tokens_used >= 60 && s2.kv_tokens_used <= 68, `kv ${s2.kv_tokens_used}`);
+    const [rb, rc] = await Promise.all([b, c]);
+    assert.equal(rb.json.usage.prompt_tokens, 50);
+    assert.equal(rc.json.usage.prompt_tokens, 10);
+    assert.ok(t.c - t.a >= 380, `C waited for A's whole generation (${t.c - t.a} ms)`);
+    const s3 = await stats(sim.base);
+    assert.deepEqual([s3.running, s3.waiting, s3.kv_tokens_used, s3.preemptions], [0, 0, 0, 0]);
+    assert.equal(s3.prompt_tokens, 120);
+    assert.equal(s3.generation_tokens, 12);
+  });
+
+  test('long prompts take more KV: 8 short ones run at once, 10x longer ones two by two', async () => {
+    for (const [tokens, running] of [[10, 8], [40, 2]]) {
+      await fetch(sim.base + '/sim/reset', { method: 'POST' });
+      const reqs = [];
+      for (let i = 0; i < 8; i++) reqs.push(postJSON(sim.base, '/v1/chat/completions', kvBody(tokens)));
+      const s = await waitFor(async () => {
+        const st = await stats(sim.base);
+        return st.running + st.waiting === 8 && st;
+      }, 'all eight in the sim');
+      assert.equal(s.running, running, `${tokens}-token prompts: ${JSON.stringify(s)}`);
+      assert.equal(s.kv_tokens_used, running * tokens);
+      const out = await Promise.all(reqs);
+      assert.ok(out.every((r) => r.json.usage.prompt_tokens === tokens));
+    }
+    // completions prompts are estimated alike
+    const p = postJSON(sim.base, '/v1/completions', { prompt: 'wxyz'.repeat(30), max_tokens: 2 });
+    const s = await waitFor(async () => {
+      const st = await stats(sim.base);
+      return st.running === 1 && st;
+    }, 'the completion running');
+    assert.equal(s.kv_tokens_used, 30);
+    assert.equal((await p).json.usage.prompt_tokens, 30);
+  });
+
+  test('--max-model-len is capped at --kv-tokens: a request that could never fit is a 400', async () => {
+    const models = await (await fetch(sim.base + '/v1/models')).json();
+    assert.equal(models.data[0].max_model_len, 100);
+    const r = await postJSON(sim.base, '/v1/chat/completions', kvBody(98, { max_tokens: 4 }));
+    assert.equal(r.res.status, 400);
+    assert.match(r.json.message, /maximum context length is 100 tokens/);
+  });
+});
+
+describe('KV cache: preemption', () => {
+  let sim;
+  before(async () => {
+    sim = await startSim(['--kv-tokens', '100', '--slots', '8', '--ttft-ms', '20', '--itl-ms', '10']);
+  });
+  after(async () => sim.stop());
+
+  test('the newest sequence is preempted, re-queued at the head and recomputed', async () => {
+    await fetch(sim.base + '/sim/reset', { method: 'POST' });
+    // A (oldest, streaming) and B (newest, not streaming): 40 + 40 prompt
+    // tokens, 40 tokens each; the cache overflows after 20 generated tokens.
+    const a = streamAll(sim.base, kvBody(40, { max_tokens: 40 }));
+    await waitFor(async () => (await stats(sim.base)).running === 1, 'A running');
+    const b = postJSON(sim.base, '/v1/chat/completions', kvBody(40, { max_tokens: 40 })).then((r) => ({
+      ...r,
+      end: Date.now(),
+    }));
+    const s = await waitFor(async () => {
+      const st = await stats(sim.base);
+      return st.preemptions === 1 && st;
+    }, 'a preemption');
+    assert.equal(s.running, 1);
+    assert.equal(s.waiting, 1, 'the preempted sequence waits');
+    assert.ok(s.kv_tokens_used <= 100);
+    const m = await scrape(sim.base);
+    assert.equal(m.value('vllm:num_preemptions_total'), 1);
+    const [ra, rb] = await Promise.all([a, b]);
+    // B (the newest) was preempted: it can run again only after A is done
+    // (B needs 40 + its generated tokens, A holds up to 80).
+    assert.ok(ra.end <= rb.end, 'A, never preempted, finished first');
+    assert.equal(ra.error, null);
+    assert.equal(sseData(ra.text).at(-1), '[DONE]');
+    assert.equal(contentOf(ra.text).match(/ [a-z]+/g).length, 40);
+    assert.equal(rb.res.status, 200);
+    assert.equal(rb.json.usage.completion_tokens, 40);
+    assert.equal(rb.json.usage.prompt_tokens, 40);
+    const s2 = await stats(sim.base);
+    assert.deepEqual([s2.running, s2.waiting, s2.kv_tokens_used], [0, 0, 0]);
+    assert.equal(s2.preemptions, 1, 'alone, each of them fits');
+    assert.equal(s2.prompt_tokens, 80, 'a recomputed prompt is counted once');
+    assert.equal(s2.generation_tokens, 80);
+    assert.equal(s2.completed, 2);
+    // the answers are those of an undisturbed run
+    const ref = await postJSON(sim.base, '/v1/chat/completions', kvBody(40, { max_tokens: 40 }));
+    assert.equal(rb.json.choices[0].message.content, ref.json.choices[0].message.content);
+    assert.equal(contentOf(ra.text), ref.json.choices[0].message.content);
+  });
+
+  test('a sequence alone in a cache lowered under it waits for room instead of spinning', async () => {
+    await fetch(sim.base + '/sim/reset', { method: 'POST' });
+    const a = streamAll(sim.base, kvBody(50, { max_tokens: 30 }));
+    await waitFor(async () => (await stats(sim.base)).kv_tokens_used >= 55, 'A generating');
+    assert.equal((await simConfig(sim.base, { kv_tokens: 60 })).status, 200);
+    const s = await waitFor(async () => {
+      const st = await stats(sim.base);
+      return st.waiting === 1 && st;
+    }, 'A preempted');
+    assert.equal(s.running, 0);
+    await sleep(200); // 20 prefills' worth: a spinning restart would show here
+    const s2 = await stats(sim.base);
+    assert.equal(s2.preemptions, 1);
+    assert.equal(s2.waiting, 1);
+    assert.equal((await simConfig(sim.base, { kv_tokens: 100 })).status, 200);
+    const ra = await a;
+    assert.equal(contentOf(ra.text).match(/ [a-z]+/g).length, 30);
+    assert.equal(sseData(ra.text).at(-1), '[DONE]');
+    const s3 = await stats(sim.base);
+    assert.deepEqual([s3.running, s3.waiting, s3.kv_tokens_used], [0, 0, 0]);
+  });
+});
+
+describe('KV cache under threads', () => {
+  let sim;
+  before(async () => {
+    sim = await startSim(['--threads', '3', '--kv-tokens', '300', '--slots', '6', '--ttft-ms', '5', '--itl-ms', '2']);
+  });
+  after(async () => sim.stop());
+
+  test('one cache for all threads: bounds hold, preemptions happen, every answer is whole', async () => {
+    await fetch(sim.base + '/sim/reset', { method: 'POST' });
+    // Six running need at least 6 * (30 + 30) > 300: preemption is certain.
+    const shapes = [];
+    for (let i = 0; i < 30; i++) shapes.push({ prompt: 30 + ((i * 7) % 21), n: 30 + ((i * 11) % 21), stream: i % 3 !== 0 });
+    const reqs = shapes.map((sh) =>
+      sh.stream
+        ? streamAll(sim.base, kvBody(sh.prompt, { max_tokens: sh.n }))
+        : postJSON(sim.base, '/v1/chat/completions', kvBody(sh.prompt, { max_tokens: sh.n })),
+    );
+    let done = false;
+    const all = Promise.all(reqs).finally(() => (done = true));
+    const seen = { kv: 0, running: 0 };
+    while (!done) {
+      const st = await stats(sim.base);
+      seen.kv = Math.max(seen.kv, st.kv_tokens_used);
+      seen.running = Math.max(seen.running, st.running);
+      await sleep(3);
+    }
+    const out = await all;
+    assert.ok(seen.kv <= 300, `kv never above the cache (${seen.kv})`);
+    assert.ok(seen.running <= 6, `running never above the slots (${seen.running})`);
+    out.forEach((r, i) => {
+      if (shapes[i].stream) {
+        assert.equal(r.error, null);
+        assert.equal(contentOf(r.text).match(/ [a-z]+/g).length, shapes[i].n);
+      } else {
+        assert.equal(r.json.usage.completion_tokens, shapes[i].n);
+      }
+    });
+    const s = await stats(sim.base);
+    assert.deepEqual([s.running, s.waiting, s.kv_tokens_used], [0, 0, 0]);
+    assert.ok(s.preemptions >= 1, `preemptions ${s.preemptions}`);
+    assert.equal(s.prompt_tokens, shapes.reduce((a, sh) => a + sh.prompt, 0));
+    assert.equal(s.generation_tokens, shapes.reduce((a, sh) => a + sh.n, 0));
+    const m = await scrape(sim.base);
+    assert.equal(m.value('vllm:num_preemptions_total'), s.preemptions);
+    assert.equal(m.value('vllm:time_to_first_token_seconds_count'), 30);
+  });
+});
+
+describe('/sim/config', () => {
+  let sim;
+  before(async () => {
+    sim = await startSim(['--kv-tokens', '1000', '--slots', '8', '--ttft-ms', '60000']);
+  });
+  after(async () => sim.stop());
+
+  test('lowering capacity preempts the newest, raising admits the waiters', async () => {
+    await fetch(sim.base + '/sim/reset', { method: 'POST' });
+    assert.deepEqual(await (await fetch(sim.base + '/sim/config')).json(), {
+      slots: 8, kv_tokens: 1000, metrics: true,
+    });
+    const held = [];
+    for (let i = 1; i <= 4; i++) {
+      held.push(holdRequest(sim.base, kvBody(100)));
+      await waitFor(async () => (await stats(sim.base)).running === i, `request ${i} running`);
+    }
+    const check = async (want, what) => {
+      const s = await stats(sim.base);
+      const got = Object.fromEntries(Object.keys(want).map((k) => [k, s[k]]));
+      assert.deepEqual(got, want, what);
+    };
+    let r = await simConfig(sim.base, { kv_tokens: 250 });
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.json, { slots: 8, kv_tokens: 250, metrics: true });
+    await check({ running: 2, waiting: 2, kv_tokens_used: 200, kv_tokens_total: 250, preemptions: 2 }, 'a smaller cache');
+    r = await simConfig(sim.base, { kv_tokens: 1000 });
+    await check({ running: 4, waiting: 0, kv_tokens_used: 400, preemptions: 2 }, 'the cache back');
+    r = await simConfig(sim.base, { slots: 1 });
+    assert.deepEqual(r.json, { slots: 1, kv_tokens: 1000, metrics: true });
+    await check({ running: 1, waiting: 3, kv_tokens_used: 100, slots: 1, preemptions: 5 }, 'one slot');
+    r = await simConfig(sim.base, { slots: 8, kv_tokens: 0 });
+    await check({ running: 4, waiting: 0, kv_tokens_used: 400, kv_tokens_total: 0 }, 'unlimited');
+    const m = await scrape(sim.base);
+    assert.equal(m.value('vllm:kv_cache_usage_perc'), 0, 'an unlimited cache reads 0');
+    assert.equal(m.value('vllm:num_requests_running'), 4);
+
+    // a sequence larger than the whole cache waits until the cache grows
+    await simConfig(sim.base, { kv_tokens: 450 });
+    held.push(holdRequest(sim.base, kvBody(100)));
+    await waitFor(async () => (await stats(sim.base)).waiting === 1, 'the fifth waiting');
+    await check({ running: 4, waiting: 1, kv_tokens_used: 400 }, 'no room for a fifth');
+    await simConfig(sim.base, { kv_tokens: 500 });
+    await check({ running: 5, waiting: 0, kv_tokens_used: 500 }, 'room for the fifth');
+
+    for (const h of held) h.abort();
+    await Promise.all(held.map((h) => h.done));
+    await waitFor(async () => (await stats(sim.base)).client_gone === 5, 'the aborts seen');
+    await check({ running: 0, waiting: 0, kv_tokens_used: 0 }, 'all gone');
+    await simConfig(sim.base, { kv_tokens: 1000 });
+  });
+
+  test('a bad body is a 400 and changes nothing', async () => {
+    const before = await (await fetch(sim.base + '/sim/config')).json();
+    for (const body of [
+      '{"slots": ',
+      '[1]',
+      '"x"',
+      '',
+      { slots: 0 },
+      { slots: 2.5 },
+      { slots: '4' },
+      { kv_tokens: -1 },
+      { kv_tokens: 1e12 },
+      { metrics: 1 },
+      { slot: 4 },
+      { slots: 4, kv_tokens: -5 }, // all or nothing
+    ]) {
+      const r = await simConfig(sim.base, body);
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal(r.json.object, 'error');
+      assert.equal(r.json.code, 400);
+    }
+    assert.deepEqual(await (await fetch(sim.base + '/sim/config')).json(), before);
+    const del = await fetch(sim.base + '/sim/config', { method: 'DELETE' });
+    assert.equal(del.status, 405);
+    assert.deepEqual((await simConfig(sim.base, {})).json, before, 'an empty object changes nothing');
+  });
+});
+
+// ---------------------------------------------------------------- /metrics
+
+// A strict reader of the Prometheus text format 0.0.4 as the sim writes it:
+// every sample belongs to a family announced by # HELP then # TYPE, names
+// and label names are valid, values are numbers. Returns the families, the
+// samples and value(name, labels) (the one sample matching).
+function parseMetrics(text) {
+  assert.ok(text.endsWith('\n'), 'ends with a newline');
+  const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+  const families = new Map();
+  const samples = [];
+  let cur = null;
+  for (const line of text.slice(0, -1).split('\n')) {
+    let m;
+    if ((m = /^# HELP (\S+) (.+)$/.exec(line))) {
+      assert.match(m[1], NAME);
+      assert.ok(!families.has(m[1]), `family ${m[1]} once`);
+      cur = { name: m[1], help: m[2], type: null };
+      families.set(m[1], cur);
+    } else if ((m = /^# TYPE (\S+) (counter|gauge|histogram|summary|untyped)$/.exec(line))) {
+      assert.equal(m[1], cur?.name, `# TYPE follows its # HELP: ${line}`);
+      assert.equal(cur.type, null);
+      cur.type = m[2];
+    } else {
+      m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+      assert.ok(m, `sample line: ${JSON.stringify(line)}`);
+      const [, name, lab = '', val] = m;
+      assert.ok(cur?.type, `sample after # TYPE: ${line}`);
+      const suffixes = cur.type === 'histogram' ? ['_bucket', '_sum', '_count'] : [''];
+      assert.ok(suffixes.some((s) => name === cur.name + s), `${name} belongs to ${cur.name}`);
+      const labels = {};
+      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/gy;
+      let lm;
+      let pos = 0;
+      while (pos < lab.length && (lm = re.exec(lab))) {
+        labels[lm[1]] = lm[2].replace(/\\(.)/g, (_, c) => (c === 'n' ? '\n' : c));
+        pos = re.lastIndex;
+      }
+      assert.equal(pos, lab.length, `labels parse: ${lab}`);
+      const value = val === '+Inf' ? Infinity : val === '-Inf' ? -Infinity : Number(val);
+      assert.ok(!Number.isNaN(value) || val === 'NaN', `value ${val}`);
+      samples.push({ name, labels, value });
+    }
+  }
+  const value = (name, labels = {}) => {
+    const hit = samples.filter(
+      (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+    );
+    assert.equal(hit.length, 1, `one sample ${name} ${JSON.stringify(labels)}`);
+    return hit[0].value;
+  };
+  return { families, samples, value };
+}
+
+async function scrape(base) {
+  const res = await fetch(base + '/metrics');
+  assert.equal(res.status, 200);
+  return { ...parseMetrics(await res.text()), res };
+}
+
+// promtool check metrics: exit 0, or 3 (lint problems) when the only
+// problem is the colon in vLLM's own names, which promtool's linter flags
+// on real vLLM too. A parse error exits 1.
+function promtool(text) {
+  return new Promise((resolve, reject) => {
+    const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, out }));
+    p.stdin.end(text);
+  });
+}
+
+describe('/metrics', () => {
+  let sim;
+  const model = 'org/model "v1"\\x';
+  before(async () => {
+    sim = await startSim(['--kv-tokens', '500', '--ttft-ms', '300', '--max-tokens', '5', '--model', model]);
+  });
+  after(async () => sim.stop());
+
+  test("vLLM's names, types and label; promtool parses it", async () => {
+    const m = await scrape(sim.base);
+    assert.equal(m.res.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8');
+    const want = {
+      'vllm:num_requests_running': 'gauge',
+      'vllm:num_requests_waiting': 'gauge',
+      'vllm:kv_cache_usage_perc': 'gauge',
+      'vllm:gpu_cache_usage_perc': 'gauge',
+      'vllm:num_preemptions_total': 'counter',
+      'vllm:prompt_tokens_total': 'counter',
+      'vllm:generation_tokens_total': 'counter',
+      'vllm:time_to_first_token_seconds': 'histogram',
+    };
+    for (const [name, type] of Object.entries(want)) {
+      assert.equal(m.families.get(name)?.type, type, name);
+      assert.ok(m.families.get(name).help.length > 0);
+    }
+    assert.ok(m.samples.every((s) => s.labels.model_name === model), 'model_name on every sample');
+    const r = await promtool((await (await fetch(sim.base + '/metrics')).text()));
+    const problems = r.out.split('\n').filter((l) => l.trim() && !/should not contain ':'/.test(l));
+    assert.ok(r.code === 0 || (r.code === 3 && problems.length === 0), `promtool exited ${r.code}:\n${r.out}`);
+  });
+
+  test('consistent with /sim/stats and with what the clients got', async () => {
+    await fetch(sim.base + '/sim/reset', { method: 'POST' });
+    const t0 = Date.now();
+    const p = postJSON(sim.base, '/v1/chat/completions', kvBody(125));
+    const s = await waitFor(async () => {
+      const st = await stats(sim.base);
+      return st.running === 1 && st;
+    }, 'the request in prefill');
+    let m = await scrape(sim.base);
+    assert.equal(m.value('vllm:num_requests_running'), s.running);
+    assert.equal(m.value('vllm:num_requests_waiting'), s.waiting);
+    assert.equal(m.value('vllm:kv_cache_usage_perc'), 125 / 500);
+    assert.equal(m.value('vllm:gpu_cache_usage_perc'), 125 / 500);
+    const first = await p;
+    const took = (Date.now() - t0) / 1000;
+    const stream = await streamAll(sim.base, kvBody(7, { max_tokens: 3 }));
+    const emb = await postJSON(sim.base, '/v1/embeddings', { input: 'abcdefgh' });
+    assert.equal(emb.json.usage.prompt_tokens, 2);
+    const st = await stats(sim.base);
+    m = await scrape(sim.base);
+    assert.equal(st.prompt_tokens, 125 + 7 + 2);
+    assert.equal(m.value('vllm:prompt_tokens_total'), st.prompt_tokens);
+    assert.equal(st.generation_tokens, first.json.usage.completion_tokens + contentOf(stream.text).match(/ [a-z]+/g).length);
+    assert.equal(m.value('vllm:generation_tokens_total'), st.generation_tokens);
+    assert.equal(m.value('vllm:num_preemptions_total'), st.preemptions);
+    assert.equal(m.value('vllm:kv_cache_usage_perc'), 0);
+    // the histogram: cumulative buckets, +Inf = count = two generations
+    const h = 'vllm:time_to_first_token_seconds';
+    const buckets = m.samples.filter((x) => x.name === `${h}_bucket`);
+    assert.ok(buckets.length > 10);
+    for (let i = 1; i < buckets.length; i++) {
+      assert.ok(buckets[i].value >= buckets[i - 1].value, 'cumulative');
+      const le = (b) => (b.labels.le === '+Inf' ? Infinity : Number(b.labels.le));
+      assert.ok(le(buckets[i]) > le(buckets[i - 1]), 'le ascending');
+    }
+    assert.equal(buckets.at(-1).labels.le, '+Inf');
+    assert.equal(m.value(`${h}_count`), 2);
+    assert.equal(m.value(`${h}_bucket`, { le: '+Inf' }), 2);
+    assert.equal(m.value(`${h}_bucket`, { le: '0.25' }), 0, 'both waited a 300 ms prefill');
+    assert.equal(m.value(`${h}_bucket`, { le: '2.5' }), 2);
+    const sum = m.value(`${h}_sum`);
+    assert.ok(sum >= 0.59 && sum <= took + 1.5, `ttft sum ${sum}`);
+    // scrapes are not requests
+    assert.equal(st.requests, 3);
+    assert.ok(st.metrics_scrapes >= 1);
+    assert.equal(st.by_path['/metrics'], undefined);
+    const post = await fetch(sim.base + '/metrics', { method: 'POST' });
+    assert.equal(post.status, 405);
+  });
+});
+
+describe('--no-metrics', () => {
+  let sim;
+  before(async () => {
+    sim = await startSim(['--no-metrics']);
+  });
+  after(async () => sim.stop());
+
+  test('/metrics answers 404 until /sim/config turns it on', async () => {
+    const res = await fetch(sim.base + '/metrics');
+    assert.equal(res.status, 404);
+    const j = await res.json();
+    assert.equal(j.object, 'error');
+    assert.equal(j.type, 'NotFoundError');
+    assert.equal((await stats(sim.base)).metrics_scrapes, 0);
+    assert.equal((await simConfig(sim.base, { metrics: true })).json.metrics, true);
+    assert.equal((await fetch(sim.base + '/metrics')).status, 200);
+    assert.equal((await simConfig(sim.base, { metrics: false })).json.metrics, false);
+    assert.equal((await fetch(sim.base + '/metrics')).status, 404);
+  });
+});

@@ -485,10 +485,11 @@ export function jain(xs) {
 
 // The request body: same prompt for every tenant (so prompt tokens are equal
 // and the scheduler's cost estimate, prompt + max_tokens, is the same).
-export function streamBody(maxTokens) {
+// `content` is the user message (obleth-sim counts ~4 characters a token).
+export function streamBody(maxTokens, content = 'Write a short paragraph about fair queueing.') {
   const b = Buffer.from(JSON.stringify({
     model: 'sim-model',
-    messages: [{ role: 'user', content: 'Write a short paragraph about fair queueing.' }],
+    messages: [{ role: 'user', content }],
     max_tokens: maxTokens,
     stream: true,
     stream_options: { include_usage: true },
@@ -514,7 +515,9 @@ export function usageFrom(tail) {
 // or null}; its key is `sk-bench-<name>`. Stream i sends to gateway port
 // ports[i % ports.length] (several ports: replicas of one gateway). run:
 // {stopping, tokens: [min, max] max_tokens drawn uniformly per request,
-// staggerMs: stream starts are spread over this long}.
+// staggerMs: stream starts are spread over this long, and optionally
+// body(): the next request's body (a streamBody), which then replaces the
+// uniform draw, so a run can change its workload as it goes}.
 export class TenantLoad {
   constructor(spec, ports, run) {
     this.spec = spec;
@@ -532,14 +535,16 @@ export class TenantLoad {
     this.sent = [];            // [send time, max_tokens] of every request: the offered load
     this.dead = new Set();     // ports of replicas killed on purpose (drop)
     this.lost = 0;             // requests that failed because their replica was killed
+    this.cancelled = 0;        // requests cancelled on purpose while queued (cancelQueued)
   }
 
   error(what) { this.errors.set(what, (this.errors.get(what) || 0) + 1); }
 
   one(port) {
     return new Promise((resolveP) => {
-      const body = this.bodies[Math.floor(Math.random() * this.bodies.length)];
-      const rec = { port, tSent: now(), tHead: 0, tFirst: 0, tEnd: 0, status: 0, admission: null, queueMs: NaN, usage: null, tail: [], tailLen: 0 };
+      const body = this.run.body ? this.run.body() : this.bodies[Math.floor(Math.random() * this.bodies.length)];
+      const rec = { port, tSent: now(), tHead: 0, tFirst: 0, tEnd: 0, status: 0, admission: null, queueMs: NaN, usage: null, tail: [], tailLen: 0,
+        cancelled: false };
       this.sent.push([rec.tSent, body.maxTokens]);
       this.waiting++;
       let headSeen = false;
@@ -555,7 +560,8 @@ export class TenantLoad {
       };
       // a transport failure: expected after stop (cancelled) or on a killed replica
       const broken = (what) => {
-        if (this.dead.has(port)) this.lost++;
+        if (rec.cancelled) this.cancelled++;
+        else if (this.dead.has(port)) this.lost++;
         else if (!this.run.stopping) this.error(what);
         finish(false);
       };
@@ -630,6 +636,14 @@ export class TenantLoad {
   cancelAll() {
     for (const rec of this.live) rec.req.destroy();
   }
+
+  // Cancel the requests still queued in the gateway (no response head yet),
+  // counted in `cancelled`, not as errors; their streams send the next
+  // request at once. The workload changes without waiting for a queue of
+  // the old requests to drain.
+  cancelQueued() {
+    for (const rec of this.live) if (!rec.tHead) { rec.cancelled = true; rec.req.destroy(); }
+  }
 }
 
 // GET a JSON document over `agent` (2 s timeout).
@@ -653,15 +667,18 @@ export async function getJson(agent, port, path) {
 // then stop: requests without a token yet are cancelled, streaming ones may
 // finish (at most drainMs). Optional hooks: afterWarmup() runs when window
 // 0 ends, beforeStop() when the last one does (before anything is
-// cancelled). Returns {t0, tStop, win, statErrors}.
+// cancelled); events [{at: ms after the start, fn}] run at their times;
+// onSample(stats, t) gets every /sim/stats sample (awaited, in order).
+// Returns {t0, tStop, win, statErrors}.
 export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgent, sampleMs = 100, drainMs = 15000,
-  afterWarmup = null, beforeStop = null }) {
+  afterWarmup = null, beforeStop = null, events = [], onSample = null }) {
   const win = Array.from({ length: nWin }, () => ({ utilSum: 0, utilN: 0, simQueuedMax: 0, simQueuedSum: 0, backlog: loads.map(() => 0), samples: 0 }));
   const statErrors = [];
   const t0 = now();
   const widx = (t) => Math.floor((t - t0) / W);
   for (const l of loads) l.start();
   const warm = afterWarmup ? sleep(W).then(afterWarmup) : null;
+  const timed = Promise.all(events.map((e) => sleep(e.at).then(e.fn)));
   let sampling = true;
   const sampler = (async () => {
     let next = t0 + sampleMs / 2;
@@ -672,7 +689,9 @@ export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgen
       if (w >= nWin) break;
       const backlogged = loads.map((l) => l.waiting > 0);
       try {
+        const t = now();
         const st = await getJson(statsAgent, simPort, '/sim/stats');
+        if (onSample) await onSample(st, t);
         const wi = win[w];
         wi.utilSum += st.in_flight / slots;
         wi.utilN++;
@@ -691,6 +710,7 @@ export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgen
   process.stderr.write('\n');
   const tStop = now();
   await warm;
+  await timed;
   if (beforeStop) await beforeStop();
   run.stopping = true;
   sampling = false;
@@ -710,8 +730,12 @@ export async function driveLoad({ loads, run, simPort, slots, W, nWin, statsAgen
 // for a backlogged tenant, else what it asked for, placed where it would
 // have been produced without waiting: token k of a request sent at s at
 // s + ttftMs + (k-1) * itlMs). tokens: the run's [min, max] max_tokens.
+// unit 'total' counts service as prompt + completion tokens (what cost
+// "tokens" charges), a response's prompt spread over its output tokens;
+// only for backlogged tenants (a light tenant's demand is in output tokens).
 // Returns {windows, overall}; window 0 is the warm-up.
-export function scoreRun({ tenants, loads, t0, tStop, W, nWin, win, ttftMs, itlMs, tokens: range }) {
+export function scoreRun({ tenants, loads, t0, tStop, W, nWin, win, ttftMs, itlMs, tokens: range, unit = 'output' }) {
+  if (unit === 'total' && tenants.some((t) => !t.backlogged)) throw new Error("scoreRun: unit 'total' needs backlogged tenants");
   const widx = (t) => Math.floor((t - t0) / W);
   const T = tenants.length;
   const tokens = Array.from({ length: nWin }, () => new Array(T).fill(0));
@@ -727,9 +751,10 @@ export function scoreRun({ tenants, loads, t0, tStop, W, nWin, win, ttftMs, itlM
       // token k (1..n) is credited at tFirst + (k-1)/(n-1) * (tEnd - tFirst):
       // the simulator emits one token per ITL between the first data chunk and the usage chunk.
       const span = n > 1 ? (r.tEnd - r.tFirst) / (n - 1) : 0;
+      const each = unit === 'total' && n > 0 ? (n + (r.usage.prompt_tokens || 0)) / n : 1;
       for (let k = 0; k < n; k++) {
         const w = widx(r.tFirst + k * span);
-        if (w >= 0 && w < nWin && r.tFirst + k * span < tStop) tokens[w][ti]++;
+        if (w >= 0 && w < nWin && r.tFirst + k * span < tStop) tokens[w][ti] += each;
       }
       if (!Number.isFinite(r.queueMs) || !r.admission) {
         if (headerIssues.length < 5) headerIssues.push(`${tenants[ti].name}: admission=${r.admission} queue-ms=${r.queueMs}`);

@@ -398,24 +398,34 @@ static void send_release(ob_proxy_t *p, const ticket_t *t, uint64_t actual, uint
   fleet_send(p, "release", &a, on_release, NULL);
 }
 
-bool ob_fleet_admit(ob_exchange_t *x) {
+/* In shared mode: a new ticket for x, whose call is about to go out, with
+ * the lock held (the caller fills it in and unlocks); NULL (unlocked) in
+ * fallback or without a cluster block. */
+static ticket_t *fleet_ticket(ob_exchange_t *x) {
   ob_proxy_t *p = x->proxy;
   ob_fleet_t *f = p->sh->fleet;
-  if (!f) return false;
-  const ob_config_tenant_t *tc = x->who.tenant;
-  const ob_config_key_t *kc = x->who.key;
-  ob_cluster_args_t a;
-  ob_cluster_args_init(&a);
+  if (!f) return NULL;
   ob_proxy_lock(p);
   if (!f->shared) {
     ob_proxy_unlock(p);
-    return false;
+    return NULL;
   }
   ticket_t *t = ticket_new(f);
   t->x = x;
   t->state = T_ADMIT;
   x->ticket = t;
   x->fs_state = FS_FLEET;
+  return t;
+}
+
+bool ob_fleet_admit(ob_exchange_t *x) {
+  ob_proxy_t *p = x->proxy;
+  const ob_config_tenant_t *tc = x->who.tenant;
+  const ob_config_key_t *kc = x->who.key;
+  ticket_t *t = fleet_ticket(x);
+  if (!t) return false;
+  ob_cluster_args_t a;
+  ob_cluster_args_init(&a);
   x->queue_start_us = ob_clock_us();
   t->pool = p->sh->pool_names[x->fsr.pool];
   ob_tstate_t *ts = tc ? ob_proxy_tstate(p, x->gen, x->who.tenant_index) : NULL;
@@ -545,22 +555,13 @@ static void on_stream(void *arg, const ob_cluster_result_t *r) {
 
 bool ob_fleet_stream_open(ob_exchange_t *x) {
   ob_proxy_t *p = x->proxy;
-  ob_fleet_t *f = p->sh->fleet;
-  if (!f || !x->who.tenant) return false;
+  if (!x->who.tenant) return false;
+  ticket_t *t = fleet_ticket(x);
+  if (!t) return false;
   ob_cluster_args_t a;
   ob_cluster_args_init(&a);
-  ob_proxy_lock(p);
-  if (!f->shared) {
-    ob_proxy_unlock(p);
-    return false;
-  }
-  ticket_t *t = ticket_new(f);
-  t->x = x;
   t->stream = true;
-  t->state = T_ADMIT;
   t->tenant = ob_proxy_tstate(p, x->gen, x->who.tenant_index)->name;
-  x->ticket = t;
-  x->fs_state = FS_FLEET;
   stream_args(&a, t, 1, x->stream_cap);
   ob_proxy_unlock(p);
   fleet_send(p, "stream", &a, on_stream, t);
@@ -727,10 +728,10 @@ void ob_fleet_track(ob_exchange_t *x, bool held) {
   t->state = held ? T_HELD : T_LQUEUED;
 }
 
-/* The exchange is over (x's loop). Returns true when the fleet handled it
- * completely (it never held a local slot). For a held slot, actual /
- * tokens / refund are what the release charges. Locked. Sends nothing:
- * what must go to Redis is left in *send for ob_fleet_release_send. */
+/* The exchange is over (x's loop, not locked): give back what the fleet
+ * counts for it, exactly once. For a held slot, actual / tokens / refund
+ * are what the release charges; a queued request is cancelled; an admit
+ * still out is finished by its reply (on_admit). */
 void ob_fleet_release(ob_exchange_t *x, uint64_t actual, uint64_t tokens, int64_t refund) {
   ob_proxy_t *p = x->proxy;
   ob_fleet_t *f = p->sh->fleet;
@@ -954,10 +955,6 @@ static void on_message(void *user, const char *msg, size_t len) {
   ob_proxy_lock(p);
   f->digest_dirty = true;
   ob_proxy_unlock(p);
-  if (0) {
-    ob_log_info("cluster: cache purge %s from replica %.*s", *name ? name : "(all)", (int)plen[0], part[0]);
-    f->purge(f->purge_arg, *name ? name : NULL);
-  }
   free(name);
   free(value);
 }

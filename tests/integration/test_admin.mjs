@@ -11,11 +11,10 @@
 // lines, so gw.port is the client side.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSim, startObleth, stop, curl, run, simStats, chatBody, sseData, sleep, tempDir, OBLETH } from './lib.mjs';
-import { waitFor, holdSlot } from './lib.mjs';
+import { waitFor, holdSlot, freePort } from './lib.mjs';
 
 const TOKEN = 'adm-7c1d9e0b5a';
 const json = ['-H', 'content-type: application/json'];
@@ -24,17 +23,6 @@ const hdr = (raw, name) => (raw.match(new RegExp(`^${name}: *(.*?)\\r?$`, 'im'))
 const bodyOf = (r) => r.body.slice(r.body.indexOf('\r\n\r\n') + 4);
 
 // ---- set-up ----
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 // obleth with an admin block on an ephemeral loopback port. token: the admin
 // token (null: none). Resolves with gw.port / gw.url for the client

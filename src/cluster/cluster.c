@@ -45,7 +45,8 @@
 #include "cluster_lua.h" /* ob_cluster_lua, ob_cluster_lua_len: cluster.lua, generated at build time */
 
 const char *const ob_cluster_op_names[OB_CLUSTER_OPS] = {"connect", "join",   "admit", "release", "cancel", "beat",
-                                                         "config",  "stream", "info",  "budget",  "leave",  "publish"};
+                                                         "config",  "stream", "info",  "budget",  "leave",  "publish",
+                                                         "capacity"};
 const char *const ob_cluster_result_names[OB_CLUSTER_RESULTS] = {"ok", "error", "timeout"};
 const double ob_cluster_bucket_le[OB_CLUSTER_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                                          0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   1.0 / 0.0};

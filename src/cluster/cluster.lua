@@ -589,6 +589,46 @@ if op == 'config' then
   return {1}
 end
 
+if op == 'capacity' then
+  -- ARGV: 5 pool, 6 lease ms, 7 the pool's slots, 8.. each endpoint's
+  -- limit. A pool with max_inflight "auto" has one controller for the whole
+  -- fleet: every replica scrapes the same backends and runs its own (so a
+  -- successor is warm), but only the replica holding this lease, renewed
+  -- every interval, sets the pool's slots and the endpoints' limits; the
+  -- others adopt what it set. Answer: {1 if the caller owns it, the pool's
+  -- requests in flight fleet-wide, the limits in force...}; a follower gets
+  -- {0, in flight} alone until the owner has set any. In flight counts the
+  -- live replicas only: a killed one's slots stay held until its lease runs
+  -- out, but its requests are gone from the backend, and counting them
+  -- would tell the controller its limit binds when it does not. O(replicas).
+  local pool, lease = ARGV[5], tonumber(ARGV[6])
+  local k = P .. 'cap' .. Z .. pool
+  local inflight = 0
+  for _, r in ipairs(redis.call('ZRANGE', REPS, 0, -1)) do
+    if not suspect(r) then inflight = inflight + hget(P .. 'h:' .. r, pool) end
+  end
+  local owner = redis.call('HGET', k, 'o')
+  if owner and owner ~= rid then
+    local out = {0, inflight}
+    for v in string.gmatch(redis.call('HGET', k, 'l') or '', '%d+') do out[#out + 1] = tonumber(v) end
+    return out
+  end
+  local l, out = {}, {1, inflight}
+  for i = 8, #ARGV do
+    l[#l + 1] = ARGV[i]
+    out[#out + 1] = tonumber(ARGV[i])
+  end
+  redis.call('HSET', k, 'o', rid, 'l', table.concat(l, ','))
+  redis.call('PEXPIRE', k, lease)
+  if redis.call('HGET', CFG, 'p' .. Z .. pool) ~= ARGV[7] then
+    redis.call('HSET', CFG, 'p' .. Z .. pool, ARGV[7])
+    local mine = {}
+    pump_all(pool, mine)
+    for _, q in ipairs(mine) do redis.call('PUBLISH', P .. 'w:' .. rid, q) end
+  end
+  return out
+end
+
 if op == 'stream' then
   -- ARGV: 5 tenant, 6 +1 / -1, 7 max_streams (0 = no cap). Open MCP event
   -- streams, fleet-wide. 1: counted; 0: at the cap.

@@ -866,6 +866,11 @@ static void on_upstream(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
     errf(cx, "only used with \"max_inflight\": \"auto\"");
     path_pop(cx, m);
   }
+  if (st.u->max_inflight_auto && st.u->num_endpoints > OB_CONFIG_AUTO_ENDPOINTS_MAX) {
+    size_t m = path_key(cx, "endpoints");
+    errf(cx, "at most %d endpoints with \"max_inflight\": \"auto\"", OB_CONFIG_AUTO_ENDPOINTS_MAX);
+    path_pop(cx, m);
+  }
 
   /* Scheme and protocol must agree; without "protocol" the scheme decides
    * (h2 when every endpoint is https://, else http1, which speaks both). */

@@ -57,13 +57,17 @@ typedef struct ob_config_capacity {
   double kv_high;           /* "kv_high", default 0.95, in (0, 1]: KV usage above which the limit stops growing */
 } ob_config_capacity_t;
 
+/* An "auto" upstream's endpoints travel in one cluster call (fleet.c). */
+#define OB_CONFIG_AUTO_ENDPOINTS_MAX 256
+
 typedef struct ob_config_upstream {
   char *name;
   ob_config_endpoint_t *endpoints;
   size_t num_endpoints;
   ob_upstream_proto_t protocol;  /* default: http1 for http://, h2 for https:// */
   uint32_t max_inflight;         /* 0 = unlimited; with max_inflight_auto: 0 until the first limit is known */
-  bool max_inflight_auto;        /* "max_inflight": "auto": each endpoint's limit follows what it reports */
+  bool max_inflight_auto;        /* "max_inflight": "auto": each endpoint's limit follows what it reports
+                                    (at most OB_CONFIG_AUTO_ENDPOINTS_MAX endpoints) */
   ob_config_capacity_t capacity; /* defaults filled in with "auto" */
   bool tls_verify;               /* "tls_verify", default true; false for self-signed test upstreams */
   char *tls_ca;                  /* "tls_ca": CA bundle path, NULL = system default */

@@ -232,8 +232,10 @@ size_t ob_ureq_endpoint_index(const ob_ureq_t *u);
 size_t ob_upstream_num_endpoints(const ob_upstream_t *up);
 
 /* Per-endpoint limits (max_inflight "auto"): from now on the pool prefers
- * the endpoint with the most headroom (limit minus requests in flight) and
- * skips one whose limit is 0 (down) while another can take the request.
+ * the endpoint with the most headroom for its limit (the lowest requests in
+ * flight / limit: proportional, so that several workers or replicas, each
+ * counting its own requests, together keep every endpoint at its limit)
+ * and skips one whose limit is 0 (down) while another can take the request.
  * limits: one per endpoint, borrowed for the pool's life; another thread
  * may change the values at any time (they are read as relaxed atomics). */
 void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits);

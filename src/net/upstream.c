@@ -199,10 +199,17 @@ static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *av
     if (ep == avoid && n > 1) continue;
     if (ep->backoff_until_ms > now) continue;
     if (up->limits) {
-      /* The most headroom; an endpoint whose limit is 0 (down) only when nothing else is left. */
-      int64_t room = (int64_t)__atomic_load_n(&up->limits[i], __ATOMIC_RELAXED) - ep->inflight;
-      int64_t best_room = best ? (int64_t)__atomic_load_n(&up->limits[best_i], __ATOMIC_RELAXED) - best->inflight : 0;
-      if (!best || room > best_room) best = ep, best_i = i;
+      /* The most headroom for its limit: the lowest inflight / limit. Every
+       * worker (and, in cluster mode, every replica) counts only its own
+       * requests against the whole limits, so spreading in proportion to
+       * them is what keeps each endpoint's total at its limit; an endpoint
+       * whose limit is 0 (down) only when nothing else is left. */
+      uint64_t l = __atomic_load_n(&up->limits[i], __ATOMIC_RELAXED);
+      uint64_t bl = best ? __atomic_load_n(&up->limits[best_i], __ATOMIC_RELAXED) : 0;
+      bool better = !best || (l && !bl) ||
+                    (l && bl && (uint64_t)ep->inflight * bl < (uint64_t)best->inflight * l) ||
+                    (!l && !bl && ep->inflight < best->inflight);
+      if (better) best = ep, best_i = i;
       continue;
     }
     if (!best || ep->inflight < best->inflight) best = ep, best_i = i;

@@ -44,10 +44,16 @@ typedef struct cap_pool {
   ob_config_capacity_t cfg;   /* metrics_path: own copy */
   cap_ep_t *eps;
   size_t n;
-  uint32_t *limits;           /* per endpoint; see the file comment */
+  uint32_t *limits;           /* per endpoint, in force; see the file comment */
   uint32_t sum;
-  bool changed;               /* sum changed since the fleet was told */
+  bool changed;               /* limits changed since the fleet was told */
   struct event *timer;
+  /* Cluster mode: the fleet's controller (cluster.lua's capacity op). */
+  uint32_t *fleet;            /* per endpoint: the owner's limits, in force while fleet_until_us */
+  uint64_t fleet_until_us;    /* 0: this replica's own limits are in force */
+  uint64_t fleet_inflight;    /* the pool's requests in flight fleet-wide, at the last answer */
+  uint64_t fleet_seen_us;     /* when that was */
+  int owner;                  /* -1 not in shared mode (or no answer yet), 0 follower, 1 owner */
 } cap_pool_t;
 
 struct ob_capacity {
@@ -63,12 +69,41 @@ static cap_pool_t *find_pool(const ob_capacity_t *cap, const char *name) {
   return NULL;
 }
 
+/* Locked: the scheduler's pool of this upstream, or -1. */
+static long pool_id(const cap_pool_t *cp) {
+  const ob_proxy_shared_t *sh = cp->p->sh;
+  for (size_t k = 0; k < sh->num_pools; k++)
+    if (strcmp(sh->pool_names[k], cp->name) == 0) return (long)k;
+  return -1;
+}
+
+/* How long a follower keeps the owner's limits without a fresh answer:
+ * past it (Redis slow, the owner gone and nobody answering) its own
+ * controller, which has run on the same signals all along, takes over. */
+static uint64_t fleet_lease_us(const cap_pool_t *cp) {
+  uint64_t l = 4ull * cp->cfg.interval_ms * 1000u;
+  return l < 1000000u ? 1000000u : l;
+}
+
+static bool fleet_in_force(const cap_pool_t *cp, uint64_t now) { return cp->fleet_until_us > now; }
+
+/* Locked: an endpoint's limit in force (the fleet's while a follower). */
+static uint32_t limit_of(const cap_pool_t *cp, size_t i, uint64_t now) {
+  if (fleet_in_force(cp, now)) {
+    /* down is this replica's own finding: it sends nothing there either way */
+    return cp->eps[i].down ? 0 : cp->fleet[i];
+  }
+  return ob_cap_limit(&cp->eps[i].ctl);
+}
+
 /* Locked: the pool's slots from its endpoints' limits. */
 static void apply_pool(cap_pool_t *cp) {
   ob_proxy_t *p = cp->p;
+  uint64_t now = ob_clock_us();
   uint32_t sum = 0;
   for (size_t i = 0; i < cp->n; i++) {
-    uint32_t l = ob_cap_limit(&cp->eps[i].ctl);
+    uint32_t l = limit_of(cp, i, now);
+    if (l != cp->limits[i]) cp->changed = true;
     __atomic_store_n(&cp->limits[i], l, __ATOMIC_RELAXED);
     sum += l;
   }
@@ -78,9 +113,32 @@ static void apply_pool(cap_pool_t *cp) {
   if (sum == cp->sum) return;
   cp->sum = sum;
   cp->changed = true;
-  for (size_t k = 0; k < p->sh->num_pools; k++)
-    if (strcmp(p->sh->pool_names[k], cp->name) == 0) ob_fs_pool_set(p->sh->fs, (ob_fs_pool_id)k, ob_fleet_cap(p->sh, sum));
+  long k = pool_id(cp);
+  if (k >= 0) ob_fs_pool_set(p->sh->fs, (ob_fs_pool_id)k, ob_fleet_cap(p->sh, sum));
   ob_proxy_pump_locked(p);
+}
+
+/* Locked: requests in flight at endpoint i from every worker and, in
+ * cluster mode, every replica: the controller's evidence that the limit
+ * binds. A worker's net counts only its own, and the scheduler counts per
+ * pool, so an endpoint gets the pool's count in proportion to its limit
+ * (exact for one endpoint); in shared mode the pool's count is the fleet's,
+ * from the last capacity answer. local: what the first worker's net sees. */
+static uint32_t endpoint_inflight(const cap_pool_t *cp, size_t i, uint32_t local, uint64_t now) {
+  uint64_t pool = 0;
+  if (cp->owner >= 0 && now - cp->fleet_seen_us <= fleet_lease_us(cp)) {
+    pool = cp->fleet_inflight;
+  } else {
+    long k = pool_id(cp);
+    if (k >= 0) {
+      ob_fs_pool_stats_t ps;
+      ob_fs_pool_stats(cp->p->sh->fs, (ob_fs_pool_id)k, &ps);
+      pool = (uint64_t)ps.inflight * ob_fleet_local_share(cp->p->sh);
+    }
+  }
+  uint64_t est = cp->sum && cp->sum != UINT32_MAX ? (pool * cp->limits[i] + cp->sum - 1) / cp->sum : pool;
+  if (est < local) est = local;
+  return est > UINT32_MAX ? UINT32_MAX : (uint32_t)est;
 }
 
 uint32_t ob_proxy_capacity_slots(const ob_proxy_shared_t *sh, const char *upstream) {
@@ -102,6 +160,71 @@ static void log_source(cap_ep_t *e) {
                 ob_cap_source_name((ob_cap_source_t)s), e->why ? "; the last scrape: " : "", e->why ? e->why : "",
                 ob_cap_limit(&e->ctl));
   e->last_source = s;
+}
+
+/* ---------------------------------------------------------------- the fleet's controller */
+
+typedef struct cap_call {
+  ob_proxy_t *p;
+  size_t n;
+  char name[];
+} cap_call_t;
+
+static void on_fleet(void *arg, bool answered, bool owner, uint64_t inflight, const uint32_t *limits) {
+  cap_call_t *c = arg;
+  ob_proxy_t *p = c->p;
+  uint64_t now = ob_clock_us();
+  ob_proxy_lock(p);
+  cap_pool_t *cp = find_pool(p->sh->capacity, c->name);
+  bool drain = false;
+  if (cp && cp->n == c->n && answered) {
+    if ((int)owner != cp->owner)
+      ob_log_info("capacity: upstream %s: %s", cp->name,
+                  owner ? "this replica's controller now sets the fleet's limits"
+                        : "this replica follows the fleet's limits (another replica's controller sets them)");
+    cp->owner = owner;
+    cp->fleet_inflight = inflight, cp->fleet_seen_us = now;
+    if (!owner && limits) {
+      memcpy(cp->fleet, limits, cp->n * sizeof *cp->fleet);
+      cp->fleet_until_us = now + fleet_lease_us(cp);
+    } else {
+      cp->fleet_until_us = 0;
+    }
+    apply_pool(cp);
+    cp->changed = false;
+    drain = true;
+  } else if (cp && !answered && cp->owner >= 0 && now - cp->fleet_seen_us > fleet_lease_us(cp)) {
+    cp->owner = -1; /* the fleet is out of reach: this replica's own limits, as fallback divides them */
+    cp->fleet_until_us = 0;
+    apply_pool(cp);
+  }
+  ob_proxy_unlock(p);
+  free(c);
+  if (drain) ob_proxy_drain_inbox(p);
+}
+
+/* First worker, not locked: offer this replica's own limits to the fleet;
+ * the answer says whose are in force. Outside shared mode, its own are. */
+static void fleet_offer(cap_pool_t *cp) {
+  ob_proxy_t *p = cp->p;
+  uint32_t own[OB_FLEET_CAPACITY_MAX];
+  uint32_t sum = 0;
+  ob_proxy_lock(p);
+  for (size_t i = 0; i < cp->n && i < OB_FLEET_CAPACITY_MAX; i++) sum += own[i] = ob_cap_limit(&cp->eps[i].ctl);
+  if (sum < cp->cfg.min) sum = cp->cfg.min;
+  ob_proxy_unlock(p);
+  size_t len = strlen(cp->name) + 1;
+  cap_call_t *c = ob_xcalloc(1, sizeof *c + len);
+  c->p = p, c->n = cp->n;
+  memcpy(c->name, cp->name, len);
+  if (ob_fleet_capacity(p, cp->name, sum, own, cp->n, (uint32_t)(fleet_lease_us(cp) / 1000), on_fleet, c)) return;
+  free(c);
+  ob_proxy_lock(p);
+  if (cp->owner >= 0 || cp->fleet_until_us) {
+    cp->owner = -1, cp->fleet_until_us = 0;
+    apply_pool(cp);
+  }
+  ob_proxy_unlock(p);
 }
 
 /* ---------------------------------------------------------------- scraping */
@@ -141,15 +264,13 @@ static void scrape_done(cap_ep_t *e, const char *why) {
   if (refused && !e->down) ob_cap_on_down(&e->ctl, now);
   else if (!refused && e->down) ob_cap_on_up(&e->ctl, now);
   e->down = refused;
-  if (!why) ob_cap_on_metrics(&e->ctl, running, waiting, kv, es.inflight, now);
+  if (!why) ob_cap_on_metrics(&e->ctl, running, waiting, kv, endpoint_inflight(cp, e->index, es.inflight, now), now);
   else if (!refused) ob_cap_on_metrics_failed(&e->ctl, now);
   apply_pool(cp);
   log_source(e);
-  bool changed = cp->changed;
-  cp->changed = false;
-  uint32_t sum = cp->sum;
+  bool offer = cp->changed && cp->owner != 0; /* an owner's change reaches the fleet at once */
   ob_proxy_unlock(p);
-  if (changed) ob_fleet_pool_slots(p, cp->name, sum);
+  if (offer) fleet_offer(cp);
   ob_proxy_drain_inbox(p); /* a larger pool may have granted queued requests */
 }
 
@@ -206,6 +327,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     ob_ureq_spec_t spec = {.method = OB_IOV_LIT("GET"), .path = ob_iov_str(cp->cfg.metrics_path), .endpoint = i + 1};
     e->scrape = ob_upstream_request(up, &spec, &scrape_handler, e);
   }
+  fleet_offer(cp); /* every interval: the owner's lease, a follower's copy */
   struct timeval tv = {(time_t)(cp->cfg.interval_ms / 1000), (suseconds_t)((cp->cfg.interval_ms % 1000) * 1000)};
   evtimer_add(cp->timer, &tv);
 }
@@ -219,10 +341,8 @@ void ob_proxy_capacity_on_ttft(ob_exchange_t *x) {
   if (!cp || x->endpoint_index >= cp->n || !x->req) return;
   uint64_t sent = x->req->start_us + x->queue_us;
   if (x->ttfb_us <= sent) return;
-  ob_fs_pool_stats_t ps;
-  ob_fs_pool_stats(sh->fs, x->fsr.pool, &ps);
-  /* in flight at the endpoint when it was sent: the pool's now, shared by its endpoints */
-  uint32_t inflight = (uint32_t)(ps.inflight / cp->n + 1);
+  /* in flight at the endpoint when it was sent: its share of the pool's now, this one included */
+  uint32_t inflight = endpoint_inflight(cp, x->endpoint_index, 1, ob_clock_us());
   ob_cap_on_ttft(&cp->eps[x->endpoint_index].ctl, x->ttfb_us - sent, inflight, x->ttfb_us); /* now: when it came */
   apply_pool(cp);
 }
@@ -236,6 +356,7 @@ static void pool_dispose(cap_pool_t *cp) {
     free(cp->eps[i].authority);
   }
   if (cp->timer) event_free(cp->timer);
+  free(cp->fleet);
   free(cp->eps);
   free(cp->name);
   free(cp->cfg.metrics_path);
@@ -271,6 +392,13 @@ void ob_proxy_capacity_bind(ob_proxy_t *p) {
     cp->n = u->num_endpoints;
     cp->eps = ob_xcalloc(cp->n, sizeof *cp->eps);
     cp->limits = ob_xcalloc(cp->n, sizeof *cp->limits);
+    cp->fleet = ob_xcalloc(cp->n, sizeof *cp->fleet);
+    cp->owner = -1;
+    if (was_pool && was_pool->n == cp->n) { /* the fleet's answer stays in force across a reload */
+      memcpy(cp->fleet, was_pool->fleet, cp->n * sizeof *cp->fleet);
+      cp->fleet_until_us = was_pool->fleet_until_us, cp->owner = was_pool->owner;
+      cp->fleet_inflight = was_pool->fleet_inflight, cp->fleet_seen_us = was_pool->fleet_seen_us;
+    }
     cap->retired = ob_xrealloc(cap->retired, (cap->num_retired + 1) * sizeof *cap->retired);
     cap->retired[cap->num_retired++] = cp->limits;
     ob_cap_params_t params = {u->capacity.min, u->capacity.max, u->capacity.interval_ms, u->capacity.target_waiting,
@@ -345,8 +473,10 @@ void ob_proxy_write_capacity_json(ob_proxy_t *p, const char *upstream, ob_buf_t 
     ob_cap_stats(&cp->eps[i].ctl, &st);
     ob_buf_append_str(b, i ? ",{\"endpoint\":" : "{\"endpoint\":");
     ob_buf_append_json_str(b, ob_iov_str(cp->eps[i].authority));
-    ob_buf_printf(b, ",\"limit\":%u,\"source\":\"%s\",\"down\":%s", st.limit, ob_cap_source_name(st.source),
+    ob_buf_printf(b, ",\"limit\":%u,\"source\":\"%s\",\"down\":%s", cp->limits[i], ob_cap_source_name(st.source),
                   st.down ? "true" : "false");
+    if (cp->owner < 0) ob_buf_append_str(b, ",\"fleet\":null");
+    else ob_buf_printf(b, ",\"fleet\":{\"owner\":%s,\"own_limit\":%u}", cp->owner ? "true" : "false", st.limit);
     const double v[4] = {st.running, st.waiting, st.kv_usage, st.ttft_us / 1000.0};
     const char *k[4] = {"running", "waiting", "kv_usage", "ttft_ms"};
     for (int j = 0; j < 4; j++) {
@@ -388,7 +518,7 @@ void ob_proxy_write_capacity_metrics(ob_proxy_t *p, ob_buf_t *b) {
         ob_cap_stats_t st;
         ob_cap_stats(&cp->eps[j].ctl, &st);
         for (int s = 0; s < (k == 3 ? 3 : 1); s++) {
-          double v = k == 0 ? st.limit : k == 1 ? st.waiting : k == 2 ? st.kv_usage : (double)(st.source == (ob_cap_source_t)s);
+          double v = k == 0 ? cp->limits[j] : k == 1 ? st.waiting : k == 2 ? st.kv_usage : (double)(st.source == (ob_cap_source_t)s);
           if (k != 3 && k != 0 && !isfinite(v)) continue;
           ob_buf_printf(b, "%s{upstream=\"", m[k].name);
           label_str(b, cp->name);

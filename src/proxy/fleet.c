@@ -63,7 +63,7 @@ typedef struct ob_fleet_ticket {
 /* An operation posted by another worker for the first worker's loop. */
 typedef struct fop {
   struct fop *next;
-  char op[8];
+  char op[16];
   ob_cluster_args_t args;
   ob_cluster_cb cb;
   void *arg;
@@ -319,17 +319,50 @@ void ob_fleet_config_changed(ob_proxy_t *p) {
   ob_cluster_args_dispose(&a);
 }
 
-void ob_fleet_pool_slots(ob_proxy_t *p, const char *upstream, uint32_t slots) {
+typedef struct capacity_call {
+  ob_fleet_capacity_cb cb;
+  void *arg;
+  size_t n;
+} capacity_call_t;
+
+static void on_capacity(void *arg, const ob_cluster_result_t *r) {
+  capacity_call_t *c = arg;
+  int64_t v[2 + OB_FLEET_CAPACITY_MAX];
+  size_t got = 0;
+  bool ok = r->ok && ob_cluster_reply_ints(r->reply, v, 2 + c->n, &got) && got >= 2 && (v[0] == 0 || v[0] == 1) &&
+            v[1] >= 0 && (got == 2 || got == 2 + c->n);
+  uint32_t limits[OB_FLEET_CAPACITY_MAX];
+  for (size_t i = 2; ok && i < got; i++) {
+    ok = v[i] >= 0 && v[i] <= UINT32_MAX;
+    limits[i - 2] = ok ? (uint32_t)v[i] : 0;
+  }
+  if (ok) c->cb(c->arg, true, v[0] == 1, (uint64_t)v[1], got > 2 ? limits : NULL);
+  else c->cb(c->arg, false, false, 0, NULL);
+  free(c);
+}
+
+bool ob_fleet_capacity(ob_proxy_t *p, const char *upstream, uint32_t slots, const uint32_t *limits, size_t n,
+                       uint32_t lease_ms, ob_fleet_capacity_cb cb, void *arg) {
   ob_fleet_t *f = p->sh->fleet;
-  if (!f || !ob_cluster_shared(f->cl)) return;
+  if (!f || p != f->p0 || !ob_cluster_shared(f->cl) || n > OB_FLEET_CAPACITY_MAX) return false;
   ob_cluster_args_t a;
   ob_cluster_args_init(&a);
-  ob_proxy_lock(p);
-  ob_cluster_args_str(&a, digest(p));
-  ob_proxy_unlock(p);
-  ob_cluster_args_pair(&a, "p", upstream);
+  ob_cluster_args_str(&a, upstream);
+  ob_cluster_args_u64(&a, lease_ms);
   ob_cluster_args_u64(&a, slots);
-  fleet_send(p, "config", &a, NULL, NULL);
+  for (size_t i = 0; i < n; i++) ob_cluster_args_u64(&a, limits[i]);
+  capacity_call_t *c = ob_xcalloc(1, sizeof *c);
+  *c = (capacity_call_t){cb, arg, n};
+  bool sent = ob_cluster_call(f->cl, "capacity", &a, false, on_capacity, c);
+  ob_cluster_args_dispose(&a);
+  if (!sent) free(c);
+  return sent;
+}
+
+uint32_t ob_fleet_local_share(const ob_proxy_shared_t *sh) {
+  const ob_fleet_t *f = sh->fleet;
+  if (!f || f->shared || f->cfg.fallback == OB_CLUSTER_LOCAL || f->replicas <= 1) return 1;
+  return f->replicas;
 }
 
 /* ---------------------------------------------------------------- admit */

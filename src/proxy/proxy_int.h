@@ -209,8 +209,23 @@ void ob_proxy_capacity_dispose(ob_proxy_shared_t *sh);
 /* ,"capacity":[...] of one upstream's endpoints (nothing unless "auto"); locked. */
 void ob_proxy_write_capacity_json(ob_proxy_t *p, const char *upstream, ob_buf_t *b);
 void ob_proxy_write_capacity_metrics(ob_proxy_t *p, ob_buf_t *b);
-/* fleet.c: an "auto" pool's slots changed: tell the fleet (not locked). */
-void ob_fleet_pool_slots(ob_proxy_t *p, const char *upstream, uint32_t slots);
+/* fleet.c, for an "auto" pool (first worker, not locked): offer this
+ * replica's slots and per-endpoint limits to the fleet (cluster.lua's
+ * capacity op: one replica's controller is in force fleet-wide). cb gets,
+ * once, whether Redis answered, whether this replica owns the pool's
+ * controller, the pool's requests in flight fleet-wide, and the limits in
+ * force (NULL before an owner set any; n of them, valid for the call).
+ * false (cb not called) when not in shared mode or n is over
+ * OB_FLEET_CAPACITY_MAX (the config refuses more). limits: borrowed for the call. */
+#define OB_FLEET_CAPACITY_MAX OB_CONFIG_AUTO_ENDPOINTS_MAX
+typedef void (*ob_fleet_capacity_cb)(void *arg, bool answered, bool owner, uint64_t fleet_inflight,
+                                     const uint32_t *limits);
+bool ob_fleet_capacity(ob_proxy_t *p, const char *upstream, uint32_t slots, const uint32_t *limits, size_t n,
+                       uint32_t lease_ms, ob_fleet_capacity_cb cb, void *arg);
+/* How many replicas' worth of requests the local scheduler's count stands
+ * for: the replica count in fallback "split" (each replica runs 1/N of
+ * every cap), 1 otherwise. */
+uint32_t ob_fleet_local_share(const ob_proxy_shared_t *sh);
 
 /* admission.c */
 /* Join first's shared state (NULL: create it) and bind p's generation. */

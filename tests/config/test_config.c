@@ -335,6 +335,15 @@ static void test_upstream_errors(void) {
               "upstreams[0].tls_verify: expected true or false",
               "upstreams[0].max_inflight: expected a non-negative integer", "upstreams[0].tls_ca: expected a string",
               "upstreams[0].weight: unknown key");
+
+  /* "auto" endpoints travel to the fleet in one call: bounded */
+  char json[16384];
+  int n = snprintf(json, sizeof json, "{" LISTENERS ", \"upstreams\": [{\"name\": \"a\", \"max_inflight\": \"auto\", \"endpoints\": [");
+  for (int i = 0; i < OB_CONFIG_AUTO_ENDPOINTS_MAX + 1; i++)
+    n += snprintf(json + n, sizeof json - (size_t)n, "%s\"http://h%d\"", i ? "," : "", i);
+  snprintf(json + n, sizeof json - (size_t)n, "]}]}");
+  EXPECT_ERRS("too many endpoints with max_inflight auto", json,
+              "upstreams[0].endpoints: at most 256 endpoints with \"max_inflight\": \"auto\"");
 }
 
 static void test_grpc_keys(void) {

@@ -202,3 +202,32 @@ test('an endpoint that goes down leaves the pool, and comes back into it', { tim
     await stop(b.proc);
   }
 });
+
+test('"workers": 2 and two endpoints of 12 and 4 slots: each endpoint\'s limit follows its own slots, and both workers together keep each one busy without a queue', { timeout: 60000 }, async () => {
+  const a = await startSim(['--slots', '12', '--ttft-ms', '40', '--itl-ms', '5', '--max-tokens', '16']);
+  const b = await startSim(['--slots', '4', '--ttft-ms', '40', '--itl-ms', '5', '--max-tokens', '16']);
+  const gw = await startObleth({ ...config([a.url, b.url]), workers: 2 });
+  const wa = watch(a), wb = watch(b);
+  const l = load(gw, 32);
+  try {
+    await waitFor(async () => (await pool(gw)).capacity.every((c) => c.source === 'metrics'), 'both endpoints measured');
+    await sleep(3500);
+    const t0 = Date.now();
+    await sleep(1500);
+    const p = await pool(gw);
+    const [ma, mb] = [wa.since(t0), wb.since(t0)];
+    assert.ok(p.capacity[0].limit >= 11 && p.capacity[0].limit <= 14, `the 12-slot endpoint's limit: ${JSON.stringify(p.capacity)}`);
+    assert.ok(p.capacity[1].limit >= 3 && p.capacity[1].limit <= 6, `the 4-slot endpoint's limit: ${JSON.stringify(p.capacity)}`);
+    assert.equal(p.slots, p.capacity[0].limit + p.capacity[1].limit, 'the pool is their sum');
+    assert.ok(ma.in >= 0.85 * 12 && mb.in >= 0.85 * 4, `both busy: mean in_flight ${ma.in.toFixed(2)} of 12, ${mb.in.toFixed(2)} of 4`);
+    assert.ok(ma.q <= 1 && mb.q <= 1, `no backend queue: mean ${ma.q.toFixed(2)} and ${mb.q.toFixed(2)}`);
+  } finally {
+    const st = await l.stop();
+    await wa.stop();
+    await wb.stop();
+    assert.deepEqual(Object.keys(st), ['200'], `every request served: ${JSON.stringify(st)}`);
+    await stop(gw.proc);
+    await stop(a.proc);
+    await stop(b.proc);
+  }
+});

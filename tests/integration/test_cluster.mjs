@@ -343,6 +343,66 @@ fleetTest('global caps: admission.max_queue and a tenant max_queue count the que
   assert.deepEqual(rs.map((x) => x.status), [200, 200, 200], 'the queued ones are served once the slot is free');
 });
 
+// ---- 1b. max_inflight "auto" ----
+
+const FAST = { lease_ms: 1500, op_timeout_ms: 200 };
+
+// Mean in_flight and queued of the simulator over ms (sampled every 20 ms).
+async function simMeans(sim, ms) {
+  const s = [];
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    const x = await simStats(sim);
+    s.push(x);
+    await sleep(20);
+  }
+  return { in: s.reduce((a, x) => a + x.in_flight, 0) / s.length, q: s.reduce((a, x) => a + x.queued, 0) / s.length };
+}
+
+fleetTest('max_inflight "auto" across 2 replicas: one controller\'s limit is the fleet\'s, it grows on load sent through the other replica, and a killed owner is replaced within 2 s', {
+  n: 2,
+  cluster: FAST,
+  upstream: { max_inflight: 'auto', capacity: { min: 1, max: 64, interval_ms: 100 } },
+  sim: ['--slots', '8', '--ttft-ms', '40', '--itl-ms', '5', '--max-tokens', '16'],
+}, async (f) => {
+  const cap = async (gw) => (await fairshare(gw)).pools[0].capacity[0];
+  let cs;
+  await waitFor(async () => {
+    cs = await Promise.all(f.gws.map(cap));
+    return cs.every((c) => c.fleet && c.source === 'metrics') && cs.filter((c) => c.fleet.owner).length === 1;
+  }, () => `one replica to own the controller: ${JSON.stringify(cs)}`);
+  const ownerAt = cs.findIndex((c) => c.fleet.owner);
+  const owner = f.gws[ownerAt], other = f.gws[1 - ownerAt];
+  assert.match(owner.output.text, /capacity: upstream sim: this replica's controller now sets the fleet's limits/);
+  assert.match(other.output.text, /capacity: upstream sim: this replica follows the fleet's limits/);
+  // All the load goes through the follower: the owner's controller sees
+  // the fleet's requests in flight (not its own replica's, which are none),
+  // so the limit grows to the backend's 8 slots, and no further.
+  const tr = traffic([other], ['sk-a', 'sk-b', 'sk-c'], { perReplica: 16 });
+  await sleep(3000);
+  let m = await simMeans(f.sim, 1500);
+  cs = await Promise.all(f.gws.map(cap));
+  for (const c of cs) assert.ok(c.limit >= 7 && c.limit <= 10, `limit near the 8 slots: ${JSON.stringify(cs)}`);
+  assert.ok(Math.abs(cs[0].limit - cs[1].limit) <= 1, `both replicas apply the owner's limit: ${JSON.stringify(cs)}`);
+  assert.ok(m.in >= 0.9 * 8, `the backend is kept busy: mean in_flight ${m.in.toFixed(2)} of 8`);
+  assert.ok(m.q <= 1, `the backend's own queue stays near empty: mean ${m.q.toFixed(2)}`);
+  for (const gw of f.gws) assert.match(await metricsText(gw), /obleth_upstream_capacity\{upstream="sim",endpoint="127\.0\.0\.1:\d+"\} ([789]|10)\n/);
+
+  const t0 = Date.now();
+  await stop(owner.proc, 'SIGKILL');
+  await waitFor(async () => (await cap(other)).fleet?.owner === true, `${other.id} to take the controller over`, 3000);
+  const took = Date.now() - t0;
+  console.log(`${other.id} owns the capacity controller ${took} ms after ${owner.id}'s SIGKILL`);
+  assert.ok(took <= 2000, `taken over ${took} ms after the kill (lease 1 s + one interval)`);
+  assert.match(other.output.text, /capacity: upstream sim: this replica's controller now sets the fleet's limits/);
+  await sleep(1500);
+  m = await simMeans(f.sim, 1500);
+  const c = await cap(other);
+  assert.ok(c.limit >= 7 && c.limit <= 10, `limit near the 8 slots after the take-over: ${JSON.stringify(c)}`);
+  assert.ok(m.in >= 0.9 * 8, `busy after the take-over: mean in_flight ${m.in.toFixed(2)} of 8`);
+  assert.ok(m.q <= 1, `no backend queue after the take-over: mean ${m.q.toFixed(2)}`);
+  assertAllServed(await tr.finish(), `through ${other.id}`);
+});
+
 // ---- 2. global fairness ----
 
 // Completions of each tenant in every 5 s window (sliding by 250 ms) from
@@ -660,8 +720,6 @@ fleetTest('replicas whose caps and weights differ say so: /admin/cluster configs
 });
 
 // ---- 6. faults ----
-
-const FAST = { lease_ms: 1500, op_timeout_ms: 200 };
 
 fleetTest('a replica killed with SIGKILL while holding slots and queued requests: within lease_ms + 1 s the others get the slots', {
   cluster: FAST,

@@ -7,7 +7,8 @@
 // tenant across replicas, weighted and hierarchical shares, cost
 // correction, tenant max_inflight (in one pool and across pools),
 // max_queue answers, cancel, reaping a replica whose lease ran out, a
-// second replica under a live id, rpm / tpm buckets, budgets, and that a
+// second replica under a live id, rpm / tpm buckets, budgets, the
+// capacity controller's lease (max_inflight "auto"), and that a
 // fleet at rest leaves no counter behind. Grants to another replica are
 // seen both in gm:<id> and on the <ns>:w:<id> channel (a second connection
 // subscribes). Each test runs in its own namespace, so none sees another's
@@ -570,6 +571,37 @@ test('(j) rpm and tpm buckets; budgets reserve at admit and settle at release', 
   assert.deepEqual(await A.cancel('m3'), [2], 'a cancelled grant drops its reservation, charges nothing');
   assert.deepEqual(await A.budget('bt', 'bk'), [[130, 0], [0, 0]]);
   for (const [r, id] of [[A, 'r1'], [B, 'r2'], [A, 'r3'], [A, 'k3']]) assert.deepEqual(await r.release(id), [1]);
+  await assertAtRest(f);
+});
+
+test('(l) capacity: one replica\'s limits are in force fleet-wide, by lease; growing slots grant the queue', async () => {
+  const f = await fleet({ [`p${Z}P`]: 1 });
+  const { A, B, ns } = f;
+  const capacity = (r, slots, limits, lease = 300) => r.op('capacity', 'P', lease, slots, ...limits);
+  assert.deepEqual(await A.admit('a1', 'P', 't'), GRANT);
+  assert.deepEqual(await B.admit('b1', 'P', 't'), QUEUED);
+  assert.deepEqual(await B.admit('b2', 'P', 't'), QUEUED);
+  // A asks first: it owns the controller; its slots are the pool's now,
+  // and the queue is granted up to them at once
+  assert.deepEqual(await capacity(A, 3, [2, 1]), [1, 1, 2, 1], 'A: owner, 1 in flight, its limits in force');
+  assert.equal(await conn.call('HGET', `${ns}:cfg`, `p${Z}P`), '3');
+  assert.deepEqual(await B.granted(), ['b1', 'b2'], 'the larger pool granted both queued requests');
+  await waitFor(() => f.heard.length === 2, () => `2 grants heard, ${JSON.stringify(f.heard)}`);
+  // B asks with other numbers: it follows, and is told A's and the fleet's in flight
+  assert.deepEqual(await capacity(B, 9, [5, 4]), [0, 3, 2, 1], 'B: follower, 3 in flight fleet-wide, A\'s limits');
+  assert.equal(await conn.call('HGET', `${ns}:cfg`, `p${Z}P`), '3', 'a follower does not set the slots');
+  // A renews and lowers: a lower pool grants nothing and takes nothing back
+  assert.deepEqual(await capacity(A, 2, [1, 1]), [1, 3, 1, 1]);
+  assert.deepEqual(await capacity(B, 9, [5, 4]), [0, 3, 1, 1]);
+  const ttl = await conn.call('PTTL', `${ns}:cap${Z}P`);
+  assert.ok(ttl > 0 && ttl <= 300, `the lease expires (${ttl} ms)`);
+  // A stops renewing (killed): once the lease lapses, the next to ask owns it
+  await sleep(350);
+  assert.equal(await conn.call('EXISTS', `${ns}:cap${Z}P`), 0, 'the lease lapsed');
+  assert.deepEqual(await capacity(B, 9, [5, 4]), [1, 3, 5, 4], 'B took over');
+  assert.equal(await conn.call('HGET', `${ns}:cfg`, `p${Z}P`), '9');
+  assert.deepEqual(await capacity(A, 2, [1, 1]), [0, 3, 5, 4], 'A, back, follows B');
+  for (const [r, id] of [[A, 'a1'], [B, 'b1'], [B, 'b2']]) assert.deepEqual(await r.release(id), [1]);
   await assertAtRest(f);
 });
 

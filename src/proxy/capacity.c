@@ -264,7 +264,16 @@ static void scrape_done(cap_ep_t *e, const char *why) {
   if (refused && !e->down) ob_cap_on_down(&e->ctl, now);
   else if (!refused && e->down) ob_cap_on_up(&e->ctl, now);
   e->down = refused;
-  if (!why) ob_cap_on_metrics(&e->ctl, running, waiting, kv, endpoint_inflight(cp, e->index, es.inflight, now), now);
+  if (!why) {
+    uint32_t inflight = endpoint_inflight(cp, e->index, es.inflight, now);
+    /* What obleth counts and the backend does not (granted and not yet
+     * arrived, answered and not yet released: longer on a busy host) is no
+     * evidence that the backend could take more: without this the limit
+     * crept 2-3 above the slots of a backend that was full with no queue. */
+    double seen = running + waiting;
+    if (seen >= 0 && seen < inflight) inflight = (uint32_t)ceil(seen);
+    ob_cap_on_metrics(&e->ctl, running, waiting, kv, inflight, now);
+  }
   else if (!refused) ob_cap_on_metrics_failed(&e->ctl, now);
   apply_pool(cp);
   log_source(e);

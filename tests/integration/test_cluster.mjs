@@ -378,29 +378,34 @@ fleetTest('max_inflight "auto" across 2 replicas: one controller\'s limit is the
   // the fleet's requests in flight (not its own replica's, which are none),
   // so the limit grows to the backend's 8 slots, and no further.
   const tr = traffic([other], ['sk-a', 'sk-b', 'sk-c'], { perReplica: 16 });
-  await sleep(3000);
-  let m = await simMeans(f.sim, 1500);
-  cs = await Promise.all(f.gws.map(cap));
-  for (const c of cs) assert.ok(c.limit >= 7 && c.limit <= 10, `limit near the 8 slots: ${JSON.stringify(cs)}`);
-  assert.ok(Math.abs(cs[0].limit - cs[1].limit) <= 1, `both replicas apply the owner's limit: ${JSON.stringify(cs)}`);
-  assert.ok(m.in >= 0.9 * 8, `the backend is kept busy: mean in_flight ${m.in.toFixed(2)} of 8`);
-  assert.ok(m.q <= 1, `the backend's own queue stays near empty: mean ${m.q.toFixed(2)}`);
-  for (const gw of f.gws) assert.match(await metricsText(gw), /obleth_upstream_capacity\{upstream="sim",endpoint="127\.0\.0\.1:\d+"\} ([789]|10)\n/);
+  let done;
+  try {
+    await sleep(3000);
+    let m = await simMeans(f.sim, 1500);
+    cs = await Promise.all(f.gws.map(cap));
+    for (const c of cs) assert.ok(c.limit >= 7 && c.limit <= 10, `limit near the 8 slots: ${JSON.stringify(cs)}`);
+    assert.ok(Math.abs(cs[0].limit - cs[1].limit) <= 1, `both replicas apply the owner's limit: ${JSON.stringify(cs)}`);
+    assert.ok(m.in >= 0.9 * 8, `the backend is kept busy: mean in_flight ${m.in.toFixed(2)} of 8`);
+    assert.ok(m.q <= 1, `the backend's own queue stays near empty: mean ${m.q.toFixed(2)}`);
+    for (const gw of f.gws) assert.match(await metricsText(gw), /obleth_upstream_capacity\{upstream="sim",endpoint="127\.0\.0\.1:\d+"\} ([789]|10)\n/);
 
-  const t0 = Date.now();
-  await stop(owner.proc, 'SIGKILL');
-  await waitFor(async () => (await cap(other)).fleet?.owner === true, `${other.id} to take the controller over`, 3000);
-  const took = Date.now() - t0;
-  console.log(`${other.id} owns the capacity controller ${took} ms after ${owner.id}'s SIGKILL`);
-  assert.ok(took <= 2000, `taken over ${took} ms after the kill (lease 1 s + one interval)`);
-  assert.match(other.output.text, /capacity: upstream sim: this replica's controller now sets the fleet's limits/);
-  await sleep(1500);
-  m = await simMeans(f.sim, 1500);
-  const c = await cap(other);
-  assert.ok(c.limit >= 7 && c.limit <= 10, `limit near the 8 slots after the take-over: ${JSON.stringify(c)}`);
-  assert.ok(m.in >= 0.9 * 8, `busy after the take-over: mean in_flight ${m.in.toFixed(2)} of 8`);
-  assert.ok(m.q <= 1, `no backend queue after the take-over: mean ${m.q.toFixed(2)}`);
-  assertAllServed(await tr.finish(), `through ${other.id}`);
+    const t0 = Date.now();
+    await stop(owner.proc, 'SIGKILL');
+    await waitFor(async () => (await cap(other)).fleet?.owner === true, `${other.id} to take the controller over`, 3000);
+    const took = Date.now() - t0;
+    console.log(`${other.id} owns the capacity controller ${took} ms after ${owner.id}'s SIGKILL`);
+    assert.ok(took <= 2000, `taken over ${took} ms after the kill (lease 1 s + one interval)`);
+    assert.match(other.output.text, /capacity: upstream sim: this replica's controller now sets the fleet's limits/);
+    await sleep(1500);
+    m = await simMeans(f.sim, 1500);
+    const c = await cap(other);
+    assert.ok(c.limit >= 7 && c.limit <= 10, `limit near the 8 slots after the take-over: ${JSON.stringify(c)}`);
+    assert.ok(m.in >= 0.9 * 8, `busy after the take-over: mean in_flight ${m.in.toFixed(2)} of 8`);
+    assert.ok(m.q <= 1, `no backend queue after the take-over: mean ${m.q.toFixed(2)}`);
+  } finally {
+    done = await tr.finish(); // also when an assertion failed: the client loops must end
+  }
+  assertAllServed(done, `through ${other.id}`);
 });
 
 // ---- 2. global fairness ----

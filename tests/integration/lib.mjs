@@ -47,6 +47,49 @@ export async function waitFor(cond, what = 'the condition', ms = WAIT_MS) {
   }
 }
 
+// Poll cond() every step ms like waitFor, but answer false instead of
+// failing when ms passes (for a test that asserts on the outcome itself, or
+// that something did not happen).
+export async function until(cond, ms = WAIT_MS, step = 5) {
+  for (const end = Date.now() + ms; ; await sleep(step)) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() >= end) return false;
+  }
+}
+
+// What a test starts, stopped at its end in reverse order, whatever failed
+// in between: r.sim(args) and r.gateway(config, opts) start obleth-sim and
+// obleth (a gateway with an admin listener gets adminUrl); r.defer(fn)
+// registers any other clean-up (a server's close, a client's). close()
+// runs them all and throws the first error.
+export function rig() {
+  const closers = [];
+  const r = {
+    defer(fn) { closers.push(fn); },
+    async sim(args) { const s = await startSim(args); r.defer(() => stop(s.proc)); return s; },
+    async gateway(config, opts) {
+      const g = await startObleth(config, opts);
+      r.defer(() => stop(g.proc));
+      const a = g.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
+      if (a) g.adminUrl = `http://127.0.0.1:${a[1]}`;
+      g.cfg = config;
+      return g;
+    },
+    server(s) { r.defer(() => s.close()); return s; },
+    async close() {
+      let first = null;
+      for (const f of closers.splice(0).reverse()) { try { await f(); } catch (e) { first ??= e; } }
+      if (first) throw first;
+    },
+  };
+  return r;
+}
+
+// curl's arguments for an API key, and a header of a raw (curl -i) answer.
+export const bearer = (k) => ['-H', `authorization: Bearer ${k}`];
+export const header = (raw, name) => (raw.match(new RegExp(`^${name}: *(.*?)\\r?$`, 'im')) || [])[1];
+
 // A chat request that holds an upstream slot until release(): the
 // simulator delays it far beyond any test, and release() hangs up (the
 // gateway gives the slot back when its client goes). Tests queue others

@@ -15,7 +15,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
-import { startSim, startObleth, stop, curl, simStats, sleep } from './lib.mjs';
+import { startSim, startObleth, stop, curl, simStats, sleep, rig } from './lib.mjs';
 import { until, rawConnect, T, F, E, PREFACE, frame, settingsFrame, rstFrame, hpLit, hpLitIndexed, hpIndexed, requestBlock, h2Connect,
   summary } from './h2raw.mjs';
 
@@ -42,24 +42,6 @@ function rssBounded(t, pid, rss0, label, peak = rss(pid)) {
   const grew = (peak - rss0) / MiB;
   t.diagnostic(`${label}: RSS ${(rss0 / MiB).toFixed(1)} MiB at the start, ${grew >= 0 ? '+' : ''}${grew.toFixed(1)} MiB`);
   assert.ok(peak - rss0 < RSS_BOUND, `${label}: RSS grew by ${grew.toFixed(1)} MiB`);
-}
-
-// Everything a test starts, stopped in reverse order; a sanitizer report or
-// an unclean exit fails the test.
-function rig() {
-  const procs = [];
-  const servers = [];
-  return {
-    async sim(args) { const s = await startSim(args); procs.push(s.proc); return s; },
-    async gateway(cfg) { const g = await startObleth(cfg); procs.push(g.proc); return g; },
-    server(s) { servers.push(s); return s; },
-    async close() {
-      let first = null;
-      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
-      for (const s of servers) s.close();
-      if (first) throw first;
-    },
-  };
 }
 
 // A short grace period: should a test fail with a hostile connection still

@@ -14,12 +14,10 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSim, startObleth, stop, curl, run, simStats, chatBody, sseData, sleep, tempDir, OBLETH } from './lib.mjs';
-import { waitFor, holdSlot, freePort } from './lib.mjs';
+import { waitFor, holdSlot, freePort, rig, bearer, header } from './lib.mjs';
 
 const TOKEN = 'adm-7c1d9e0b5a';
 const json = ['-H', 'content-type: application/json'];
-const key = (k) => ['-H', `authorization: Bearer ${k}`];
-const hdr = (raw, name) => (raw.match(new RegExp(`^${name}: *(.*?)\\r?$`, 'im')) || [])[1];
 const bodyOf = (r) => r.body.slice(r.body.indexOf('\r\n\r\n') + 4);
 
 // ---- set-up ----
@@ -37,19 +35,11 @@ async function gateway(config, { token = TOKEN } = {}) {
   return gw;
 }
 
-// Everything a test starts, stopped in reverse order (also when starting
-// failed half-way); a sanitizer report or an unclean exit fails the test.
-function rig() {
-  const procs = [];
-  return {
-    async sim(args) { const s = await startSim(args); procs.push(s.proc); return s; },
-    async gateway(cfg, opts) { const g = await gateway(cfg, opts); procs.push(g.proc); return g; },
-    async close() {
-      let first = null;
-      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
-      if (first) throw first;
-    },
-  };
+// lib's rig, whose gateways have an admin listener (gateway() above).
+function adminRig() {
+  const r = rig();
+  r.gateway = async (cfg, opts) => { const g = await gateway(cfg, opts); r.defer(() => stop(g.proc)); return g; };
+  return r;
 }
 
 const TENANTS = [
@@ -88,7 +78,7 @@ async function admin(gw, path, { method = 'GET', token = TOKEN, body, headers = 
 }
 
 const chat = (gw, k, body = chatBody(), extra = []) =>
-  curl(['--http1.1', '-i', ...json, ...(k ? key(k) : []), ...extra, '--data-binary', JSON.stringify(body), gw.url + '/v1/chat/completions']);
+  curl(['--http1.1', '-i', ...json, ...(k ? bearer(k) : []), ...extra, '--data-binary', JSON.stringify(body), gw.url + '/v1/chat/completions']);
 
 // ---- Prometheus text ----
 
@@ -139,7 +129,7 @@ function checkHistogram(ss, name) {
 // ---- tests ----
 
 test('healthz and readyz need no token; readyz is 503 while the only endpoint is in back-off', { timeout: 30000 }, async () => {
-  const r$ = rig();
+  const r$ = adminRig();
   try {
     const dead = await freePort(); // nothing listens there: connections are refused
     const gw = await r$.gateway({
@@ -166,7 +156,7 @@ test('healthz and readyz need no token; readyz is 503 while the only endpoint is
     await r$.close();
   }
 
-  const r2 = rig();
+  const r2 = adminRig();
   try {
     const sim = await r2.sim();
     const gw = await r2.gateway(config(sim));
@@ -179,7 +169,7 @@ test('healthz and readyz need no token; readyz is 503 while the only endpoint is
 });
 
 test('a wrong or missing admin token is answered 401 with a JSON error, and changes nothing', { timeout: 30000 }, async () => {
-  const r$ = rig();
+  const r$ = adminRig();
   try {
     const sim = await r$.sim();
     const gw = await r$.gateway(config(sim));
@@ -251,7 +241,7 @@ test('--check-config: a non-loopback admin address needs a token', { timeout: 30
 });
 
 test('/metrics passes promtool and its counters match what the clients did', { timeout: 30000 }, async () => {
-  const r$ = rig();
+  const r$ = adminRig();
   try {
     const sim = await r$.sim();
     const gw = await r$.gateway(config(sim));
@@ -266,7 +256,7 @@ test('/metrics passes promtool and its counters match what the clients did', { t
       usage.completion += u.completion_tokens;
     }
     // h2, streamed, with the usage chunk
-    const s = await curl(['--http2-prior-knowledge', '-N', ...json, ...key('sk-alice'), '--data-binary',
+    const s = await curl(['--http2-prior-knowledge', '-N', ...json, ...bearer('sk-alice'), '--data-binary',
       JSON.stringify(chatBody({ max_tokens: 7, stream: true, stream_options: { include_usage: true } })), gw.url + '/v1/chat/completions']);
     assert.equal(s.status, 200, s.body);
     assert.equal(s.httpVersion, '2');
@@ -277,7 +267,7 @@ test('/metrics passes promtool and its counters match what the clients did', { t
     // h1 401 (no key), h2 404 (no route)
     const u = await chat(gw, null);
     assert.equal(u.status, 401);
-    const n = await curl(['--http2-prior-knowledge', ...key('sk-alice'), gw.url + '/nowhere']);
+    const n = await curl(['--http2-prior-knowledge', ...bearer('sk-alice'), gw.url + '/nowhere']);
     assert.equal(n.status, 404);
     assert.equal(n.httpVersion, '2');
     assert.equal((await simStats(sim)).requests, 3);
@@ -368,7 +358,7 @@ const share = (events, from, to, tenant) => {
 };
 
 test('a weight change under load takes effect at once (no reload)', { timeout: 60000 }, async (tc) => {
-  const r$ = rig();
+  const r$ = adminRig();
   const done = { stop: false };
   let load;
   try {
@@ -411,7 +401,7 @@ test('a weight change under load takes effect at once (no reload)', { timeout: 6
 });
 
 test('a tenant disabled through the API is refused 403, re-enabled it is served; 404 and 400', { timeout: 30000 }, async () => {
-  const r$ = rig();
+  const r$ = adminRig();
   try {
     const sim = await r$.sim();
     const gw = await r$.gateway(config(sim));
@@ -483,7 +473,7 @@ test('a tenant disabled through the API is refused 403, re-enabled it is served;
 });
 
 test('/admin/fairshare and the pool gauges show requests in flight and queued while a load runs', { timeout: 30000 }, async () => {
-  const r$ = rig();
+  const r$ = adminRig();
   try {
     const sim = await r$.sim(['--ttft-ms', '600']);
     const gw = await r$.gateway(config(sim, { upstream: { max_inflight: 1 } }));
@@ -551,7 +541,7 @@ test('/admin/fairshare and the pool gauges show requests in flight and queued wh
 });
 
 test('cache purge through the admin API: a hit, purge, a miss (per tenant and all), each at once', { timeout: 30000 }, async () => {
-  const r$ = rig();
+  const r$ = adminRig();
   try {
     const sim = await r$.sim();
     // Two workers: the purge (admin loop), the stores and the lookups run on different threads.
@@ -560,7 +550,7 @@ test('cache purge through the admin API: a hit, purge, a miss (per tenant and al
     const ask = async (k, b = body) => {
       const r = await chat(gw, k, b);
       assert.equal(r.status, 200, r.body);
-      return hdr(r.body, 'x-obleth-cache');
+      return header(r.body, 'x-obleth-cache');
     };
     // A completed response is readable at once: no waiting for the store's writer.
     assert.equal(await ask('sk-alice'), 'miss');
@@ -619,7 +609,7 @@ test('cache purge through the admin API: a hit, purge, a miss (per tenant and al
     assert.equal(r.status, 200, r.text);
     const l = await lead;
     assert.equal(l.status, 200);
-    assert.equal(hdr(l.body, 'x-obleth-cache'), 'miss');
+    assert.equal(header(l.body, 'x-obleth-cache'), 'miss');
     assert.equal(await ask('sk-alice', slow), 'miss', 'the answer begun before the purge was not stored');
     assert.equal(await ask('sk-alice', slow), 'hit');
     m = await metrics(gw);
@@ -633,7 +623,7 @@ test('per-tenant series are capped at metrics.max_tenants', { timeout: 30000 }, 
   const families = ['obleth_tenant_inflight', 'obleth_tenant_queued', 'obleth_tenant_service_total',
     'obleth_tenant_service_share', 'obleth_tenant_weight_share'];
   for (const [metricsCfg, want] of [[{ per_tenant: true, max_tenants: 1 }, 1], [{ per_tenant: true }, 3]]) {
-    const r$ = rig();
+    const r$ = adminRig();
     try {
       const sim = await r$.sim();
       const gw = await r$.gateway(config(sim, { extra: { metrics: metricsCfg } }));

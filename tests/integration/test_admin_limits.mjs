@@ -13,18 +13,19 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startSim, startObleth, stop, curl, run, chatBody, tempDir, OBLETH } from './lib.mjs';
+import { startSim, startObleth, stop, curl, run, chatBody, tempDir, OBLETH, rig } from './lib.mjs';
 
 const TOKEN = 'adm-41f0c2';
 const AUTH = `Authorization: Bearer ${TOKEN}\r\n`;
 
 const TENANTS = [{ name: 'alice', group: 'team', keys: [{ id: 'alice-1', secret: 'sk-alice' }] }];
 
-async function rig(admin = {}, extra = {}) {
-  const sim = await startSim();
-  let gw;
+// The simulator and obleth with an admin listener (lib's rig stops them).
+async function fixture(admin = {}, extra = {}) {
+  const r = rig();
   try {
-    gw = await startObleth({
+    const sim = await r.sim();
+    const gw = await r.gateway({
       upstreams: [{ name: 'sim', endpoints: [sim.url] }],
       routes: [{ prefix: '/v1/', class: 'inference', upstream: 'sim' }],
       groups: [{ name: 'team', weight: 1 }],
@@ -32,18 +33,13 @@ async function rig(admin = {}, extra = {}) {
       admin: { address: '127.0.0.1:0', token: TOKEN, ...admin },
       ...extra,
     });
+    assert.ok(gw.adminUrl, `admin listener logged:\n${gw.output.text}`);
+    gw.adminPort = Number(new URL(gw.adminUrl).port);
+    return { sim, gw, close: r.close };
   } catch (e) {
-    await stop(sim.proc);
+    await r.close();
     throw e;
   }
-  const a = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
-  assert.ok(a, `admin listener logged:\n${gw.output.text}`);
-  gw.adminPort = Number(a[1]);
-  gw.adminUrl = `http://127.0.0.1:${gw.adminPort}`;
-  return {
-    sim, gw,
-    async close() { try { await stop(gw.proc); } finally { await stop(sim.proc); } },
-  };
 }
 
 const chat = (gw) => curl(['--http1.1', '-i', '-H', 'content-type: application/json', '-H', 'authorization: Bearer sk-alice',
@@ -123,7 +119,7 @@ const cpuTicks = (pid) => {
 };
 
 test('a request head streamed without end is refused 431 in JSON; memory and CPU stay bounded, proxying goes on', { timeout: 60000 }, async () => {
-  const r = await rig();
+  const r = await fixture();
   try {
     const pid = r.gw.proc.pid;
     assert.equal((await chat(r.gw)).status, 200);
@@ -160,7 +156,7 @@ test('a request head streamed without end is refused 431 in JSON; memory and CPU
 });
 
 test('a head trickled a byte at a time is answered 408 and closed after admin.header_timeout_ms, a body after admin.body_timeout_ms; an idle connection is closed silently', { timeout: 60000 }, async () => {
-  const r = await rig({ header_timeout_ms: 1000, body_timeout_ms: 1000 });
+  const r = await fixture({ header_timeout_ms: 1000, body_timeout_ms: 1000 });
   try {
     const pid = r.gw.proc.pid;
     const c = connect(r.gw.adminPort);
@@ -202,7 +198,7 @@ test('a head trickled a byte at a time is answered 408 and closed after admin.he
 });
 
 test('a request without the admin token is refused 401 at its head: the body is never read', { timeout: 30000 }, async () => {
-  const r = await rig();
+  const r = await fixture();
   try {
     for (const [len, expect] of [[100, ''], [10 << 20, ''], [100, 'Expect: 100-continue\r\n']]) {
       const c = connect(r.gw.adminPort);
@@ -224,7 +220,7 @@ test('a request without the admin token is refused 401 at its head: the body is 
 });
 
 test('an admin body above admin.max_body_bytes is answered 413 in JSON; a body under it is read', { timeout: 30000 }, async () => {
-  const r = await rig({ max_body_bytes: 4096 });
+  const r = await fixture({ max_body_bytes: 4096 });
   try {
     // Content-Length above the limit: refused before a body byte is read
     let c = connect(r.gw.adminPort);
@@ -263,7 +259,7 @@ test('an admin body above admin.max_body_bytes is answered 413 in JSON; a body u
 });
 
 test('malformed heads get a JSON 400; pipelined requests are answered in order', { timeout: 30000 }, async () => {
-  const r = await rig();
+  const r = await fixture();
   try {
     let c = connect(r.gw.adminPort);
     await c.connected;
@@ -295,7 +291,7 @@ test('malformed heads get a JSON 400; pipelined requests are answered in order',
 test('past admin.max_connections open connections a new one is answered 503 and closed', { timeout: 30000 }, async () => {
   // A gateway of its own: no connection of another test may still be
   // closing on the server side.
-  const r = await rig({ max_connections: 3 });
+  const r = await fixture({ max_connections: 3 });
   try {
     // three open connections (the limit), each answered once, and a fourth
     const held = [];
@@ -316,7 +312,7 @@ test('past admin.max_connections open connections a new one is answered 503 and 
 });
 
 test('PUT bodies are parsed strictly (trailing data, repeated keys: 400); the purged tenant name is escaped', { timeout: 30000 }, async () => {
-  const r = await rig({}, { cache: { path: join(tempDir(), 'cache.mdb') } });
+  const r = await fixture({}, { cache: { path: join(tempDir(), 'cache.mdb') } });
   try {
     const put = async (body) => {
       const res = await fetch(`${r.gw.adminUrl}/admin/tenants/alice`, {
@@ -351,7 +347,7 @@ test('PUT bodies are parsed strictly (trailing data, repeated keys: 400); the pu
 });
 
 test('a purge query other than none or one ?tenant=NAME is 400 and purges nothing', { timeout: 30000 }, async () => {
-  const r = await rig({}, { cache: { path: join(tempDir(), 'cache.mdb') } });
+  const r = await fixture({}, { cache: { path: join(tempDir(), 'cache.mdb') } });
   try {
     const ask = async () => {
       const res = await curl(['--http1.1', '-i', '-H', 'content-type: application/json', '-H', 'authorization: Bearer sk-alice',

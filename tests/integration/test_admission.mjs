@@ -7,12 +7,10 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import http2 from 'node:http2';
-import { startSim, startObleth, stop, curl, simStats, chatBody, sseData, sleep } from './lib.mjs';
+import { startSim, startObleth, stop, curl, simStats, chatBody, sseData, sleep, bearer, header, until } from './lib.mjs';
 import { WAIT_MS, holdSlot } from './lib.mjs';
 
 const json = ['-H', 'content-type: application/json'];
-const key = (k) => ['-H', `authorization: Bearer ${k}`];
-const hdr = (raw, name) => (raw.match(new RegExp(`^${name}: *(.*?)\\r?$`, 'im')) || [])[1];
 
 function tenants(extra = {}) {
   return [
@@ -52,14 +50,8 @@ async function inflight(gw) {
   return (await (await fetch(`http://127.0.0.1:${m[1]}/admin/fairshare`)).json()).inflight;
 }
 
-// Poll until cond() holds (a loaded machine starts curl late); false after ms.
-async function until(cond, ms = WAIT_MS) {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await cond()) return true;
-  return false;
-}
-
 const chat = (gw, k, body = chatBody(), extra = []) =>
-  curl(['--http1.1', '-i', ...json, ...(k ? key(k) : []), ...extra, '--data-binary', JSON.stringify(body), gw.url + '/v1/chat/completions']);
+  curl(['--http1.1', '-i', ...json, ...(k ? bearer(k) : []), ...extra, '--data-binary', JSON.stringify(body), gw.url + '/v1/chat/completions']);
 const bodyOf = (r) => r.body.slice(r.body.indexOf('\r\n\r\n') + 4);
 
 test('identity: missing, unknown, disabled keys and models outside the allow-list', async () => {
@@ -95,12 +87,12 @@ test('the tenant key is never forwarded; an upstream credential replaces it', as
   const sim = await startSim();
   const gw = await gateway(sim);
   try {
-    let r = await curl(['--http1.1', ...key('sk-alice'), '-H', 'x-api-key: sk-alice', gw.url + '/echo/sim/echo/x']);
+    let r = await curl(['--http1.1', ...bearer('sk-alice'), '-H', 'x-api-key: sk-alice', gw.url + '/echo/sim/echo/x']);
     assert.equal(r.status, 200);
     let h = JSON.parse(r.body).headers.map(([n, v]) => [n.toLowerCase(), v]);
     assert.deepEqual(h.filter(([n]) => n === 'authorization'), [['authorization', 'Bearer upstream-secret']]);
     assert.equal(h.find(([n]) => n === 'x-api-key'), undefined);
-    r = await curl(['--http1.1', ...json, ...key('sk-alice'), '--data-binary', JSON.stringify(chatBody()), gw.url + '/plain/v1/chat/completions']);
+    r = await curl(['--http1.1', ...json, ...bearer('sk-alice'), '--data-binary', JSON.stringify(chatBody()), gw.url + '/plain/v1/chat/completions']);
     h = JSON.parse(r.body).headers.map(([n]) => n.toLowerCase());
     assert.ok(!h.includes('authorization'), 'stripped without a credential');
     const plain = await curl(['--http1.1', gw.url + '/echo/sim/echo/x']);
@@ -118,10 +110,10 @@ test('fast and queued admission are visible in the response headers', async () =
     assert.ok(await until(async () => (await simStats(sim)).in_flight === 1), 'the first request holds the slot');
     const second = await chat(gw, 'sk-alice');
     const a = await first;
-    assert.equal(hdr(a.body, 'x-obleth-admission'), 'fast');
-    assert.equal(hdr(a.body, 'x-obleth-queue-ms'), '0');
-    assert.equal(hdr(second.body, 'x-obleth-admission'), 'queued');
-    assert.ok(Number(hdr(second.body, 'x-obleth-queue-ms')) >= 100, hdr(second.body, 'x-obleth-queue-ms'));
+    assert.equal(header(a.body, 'x-obleth-admission'), 'fast');
+    assert.equal(header(a.body, 'x-obleth-queue-ms'), '0');
+    assert.equal(header(second.body, 'x-obleth-admission'), 'queued');
+    assert.ok(Number(header(second.body, 'x-obleth-queue-ms')) >= 100, header(second.body, 'x-obleth-queue-ms'));
     const st = await simStats(sim);
     assert.equal(st.requests, 2);
   } finally {
@@ -139,11 +131,11 @@ test('a full queue answers 429 with Retry-After; a long wait answers 503', async
     assert.ok(await until(async () => (await queued(gw)) === 1), 'the waiter is queued');
     const full = await chat(gw, 'sk-alice');
     assert.equal(full.status, 429);
-    assert.ok(Number(hdr(full.body, 'retry-after')) >= 1);
+    assert.ok(Number(header(full.body, 'retry-after')) >= 1);
     assert.equal(JSON.parse(bodyOf(full)).error.type, 'rate_limit_error');
     const w = await waiter;
     assert.equal(w.status, 503, 'waited past queue_timeout_ms');
-    assert.ok(Number(hdr(w.body, 'retry-after')) >= 1);
+    assert.ok(Number(header(w.body, 'retry-after')) >= 1);
     assert.equal(JSON.parse(bodyOf(w)).error.code, 'queue_timeout');
     assert.equal((await holder).status, 200);
     // a client deadline shortens the wait
@@ -152,7 +144,7 @@ test('a full queue answers 429 with Retry-After; a long wait answers 503', async
     const d = await chat(gw, 'sk-bob', chatBody(), ['-H', 'x-request-timeout-ms: 100']);
     assert.equal(d.status, 503);
     // the gateway's own count of the wait (curl's start-up is not in it)
-    const q = Number(hdr(d.body, 'x-obleth-queue-ms'));
+    const q = Number(header(d.body, 'x-obleth-queue-ms'));
     assert.ok(q < 350, `deadline honoured: ${q} ms in the queue, where queue_timeout_ms is 400`);
     await h2;
   } finally {
@@ -167,20 +159,20 @@ test('rpm and tpm limits answer 429 with OpenAI rate-limit headers', async () =>
     assert.equal((await chat(gw, 'sk-alice')).status, 200);
     const ok = await chat(gw, 'sk-alice');
     assert.equal(ok.status, 200);
-    assert.equal(hdr(ok.body, 'x-ratelimit-limit-requests'), '2');
+    assert.equal(header(ok.body, 'x-ratelimit-limit-requests'), '2');
     const r = await chat(gw, 'sk-alice');
     assert.equal(r.status, 429);
-    assert.equal(hdr(r.body, 'x-ratelimit-limit-requests'), '2');
-    assert.equal(hdr(r.body, 'x-ratelimit-remaining-requests'), '0');
-    assert.match(hdr(r.body, 'x-ratelimit-reset-requests'), /^\d+(\.\d+)?(ms|s)$|^\d+m\d+s$/);
-    assert.ok(Number(hdr(r.body, 'retry-after')) >= 1);
+    assert.equal(header(r.body, 'x-ratelimit-limit-requests'), '2');
+    assert.equal(header(r.body, 'x-ratelimit-remaining-requests'), '0');
+    assert.match(header(r.body, 'x-ratelimit-reset-requests'), /^\d+(\.\d+)?(ms|s)$|^\d+m\d+s$/);
+    assert.ok(Number(header(r.body, 'retry-after')) >= 1);
     assert.equal(JSON.parse(bodyOf(r)).error.code, 'rate_limit_exceeded');
     // bob: a request estimated above what is left of 100 tokens/minute
     const big = await chat(gw, 'sk-bob', chatBody({ max_tokens: 90 }));
     assert.equal(big.status, 200);
     const again = await chat(gw, 'sk-bob', chatBody({ max_tokens: 90 }));
     assert.equal(again.status, 429);
-    assert.equal(hdr(again.body, 'x-ratelimit-limit-tokens'), '100');
+    assert.equal(header(again.body, 'x-ratelimit-limit-tokens'), '100');
   } finally {
     await stop(gw.proc); await stop(sim.proc);
   }
@@ -210,7 +202,7 @@ test('a client that disconnects while queued leaves the queue and never reaches 
     session.close();
     const next = await chat(gw, 'sk-alice');
     assert.equal(next.status, 200);
-    assert.equal(hdr(next.body, 'x-obleth-admission'), 'queued');
+    assert.equal(header(next.body, 'x-obleth-admission'), 'queued');
     await holder;
     const st = await simStats(sim);
     assert.equal(st.requests, 2, 'the two clients that left never reached the simulator');
@@ -225,20 +217,20 @@ test('the slot is released on every path: complete, client gone (h1, h2), upstre
   const fast = async (why) => {
     const r = await chat(gw, 'sk-alice', chatBody({ max_tokens: 1 }));
     assert.equal(r.status, 200, why);
-    assert.equal(hdr(r.body, 'x-obleth-admission'), 'fast', `slot free after ${why}`);
+    assert.equal(header(r.body, 'x-obleth-admission'), 'fast', `slot free after ${why}`);
   };
   const stream = JSON.stringify(chatBody({ stream: true, max_tokens: 100 }));
   try {
     await fast('start');
-    await curl(['--http1.1', '--max-time', '0.3', ...json, ...key('sk-alice'), '--data-binary', stream, gw.url + '/v1/chat/completions']);
+    await curl(['--http1.1', '--max-time', '0.3', ...json, ...bearer('sk-alice'), '--data-binary', stream, gw.url + '/v1/chat/completions']);
     assert.ok(await until(async () => (await inflight(gw)) === 0), 'the slot came back');
     await fast('h1 client gone mid-stream');
-    await curl(['--http2-prior-knowledge', '--max-time', '0.3', ...json, ...key('sk-alice'), '--data-binary', stream, gw.url + '/v1/chat/completions']);
+    await curl(['--http2-prior-knowledge', '--max-time', '0.3', ...json, ...bearer('sk-alice'), '--data-binary', stream, gw.url + '/v1/chat/completions']);
     assert.ok(await until(async () => (await inflight(gw)) === 0), 'the slot came back');
     await fast('h2 client reset mid-stream');
-    await curl(['--http1.1', ...json, ...key('sk-alice'), '-H', 'x-sim-abort-after: 2', '--data-binary', stream, gw.url + '/v1/chat/completions']);
+    await curl(['--http1.1', ...json, ...bearer('sk-alice'), '-H', 'x-sim-abort-after: 2', '--data-binary', stream, gw.url + '/v1/chat/completions']);
     await fast('upstream abort');
-    const e = await curl(['--http1.1', ...json, ...key('sk-alice'), '-H', 'x-sim-status: 500', '--data-binary', stream, gw.url + '/v1/chat/completions']);
+    const e = await curl(['--http1.1', ...json, ...bearer('sk-alice'), '-H', 'x-sim-status: 500', '--data-binary', stream, gw.url + '/v1/chat/completions']);
     assert.equal(e.status, 500);
     await fast('upstream error status');
   } finally {
@@ -256,7 +248,7 @@ test('the slot is released on every path: complete, client gone (h1, h2), upstre
     for (let i = 0; i < 2; i++) {
       const r = await chat(gw2, 'sk-alice');
       assert.equal(r.status, 504);
-      assert.equal(hdr(r.body, 'x-obleth-admission'), 'fast', 'the timed-out request gave its slot back');
+      assert.equal(header(r.body, 'x-obleth-admission'), 'fast', 'the timed-out request gave its slot back');
     }
   } finally {
     await stop(gw2.proc);
@@ -282,7 +274,7 @@ async function grantOrder(sim, gw, plan) {
   const all = [];
   for (const [k, tag] of plan) {
     const before = await queued();
-    all.push(curl(['--http1.1', ...key(k), gw.url + `/plain/sim/echo/${tag}`]));
+    all.push(curl(['--http1.1', ...bearer(k), gw.url + `/plain/sim/echo/${tag}`]));
     assert.ok(await until(async () => (await queued()) > before), `${tag} queued`);
   }
   assert.equal(await queued(), plan.length, 'every request of the plan waited behind the holder');

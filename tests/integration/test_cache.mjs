@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSim, startObleth, stop, curl, run, simStats, chatBody, sseData, sleep, tempDir, clientRequire, OBLETH } from './lib.mjs';
-import { waitFor } from './lib.mjs';
+import { waitFor, rig, header } from './lib.mjs';
 
 const OpenAI = clientRequire('openai').default ?? clientRequire('openai');
 
@@ -41,25 +41,8 @@ function config(sim, { path, cache = {}, routes, upstream = {}, extra = {} } = {
   };
 }
 
-// Everything a test starts, stopped in reverse order at its end (also when
-// starting something failed half-way). A sanitizer report or an unclean
-// exit seen by stop() fails the test.
-function rig() {
-  const procs = [];
-  return {
-    async sim(args) { const s = await startSim(args); procs.push(s.proc); return s; },
-    async gateway(cfg) { const g = await startObleth(cfg); procs.push(g.proc); return g; },
-    async close() {
-      let first = null;
-      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
-      if (first) throw first;
-    },
-  };
-}
-
 // ---- clients ----
 
-const hdr = (raw, name) => (raw.match(new RegExp(`^${name}: *(.*?)\\r?$`, 'im')) || [])[1];
 const text = (b) => (typeof b === 'string' ? b : JSON.stringify(b));
 
 // POST a body (an object, or a string sent as is) with curl -i. proto:
@@ -73,7 +56,7 @@ async function post(gw, body, { proto = 'h1', key = 'sk-alice', headers = [], pa
   const r = await curl(args);
   const i = r.body.indexOf('\r\n\r\n');
   const head = i >= 0 ? r.body.slice(0, i) : r.body;
-  return { ...r, head, payload: i >= 0 ? r.body.slice(i + 4) : '', cache: hdr(head, 'x-obleth-cache') };
+  return { ...r, head, payload: i >= 0 ? r.body.slice(i + 4) : '', cache: header(head, 'x-obleth-cache') };
 }
 
 const requests = async (sim) => (await simStats(sim)).requests;
@@ -157,7 +140,7 @@ test('a repeated request is a hit over HTTP/1.1 and h2, with the same body, and 
       assert.equal(hit.cache, 'hit', `${proto}: the repeated request is answered from the cache`);
       assert.equal(seen, 0, `${proto}: the simulator did not see the hit`);
       assertRepeats(hit.payload, [miss, ...misses].map((m) => m.payload), `${proto}: the hit repeats the original body byte for byte`);
-      assert.match(hdr(hit.head, 'content-type'), /^application\/json/);
+      assert.match(header(hit.head, 'content-type'), /^application\/json/);
       // The other protocol reads the same entry.
       const other = await post(gw, body, { proto: proto === 'h2' ? 'h1' : 'h2' });
       assert.equal(other.cache, 'hit', 'h1 and h2 share entries');
@@ -192,12 +175,12 @@ test('a streamed hit repeats the original SSE bytes (curl h1 and h2, the OpenAI 
       const miss = await post(gw, body, { proto });
       assert.equal(miss.status, 200, miss.stderr);
       assert.equal(miss.cache, 'miss');
-      assert.match(hdr(miss.head, 'content-type'), /^text\/event-stream/);
+      assert.match(header(miss.head, 'content-type'), /^text\/event-stream/);
       assert.equal(sseData(miss.payload).at(-1), '[DONE]');
       const { r: hit, seen, misses } = await untilHit(sim, () => post(gw, body, { proto }));
       assert.equal(hit.cache, 'hit', `${proto}: streamed hit`);
       assert.equal(seen, 0);
-      assert.match(hdr(hit.head, 'content-type'), /^text\/event-stream/);
+      assert.match(header(hit.head, 'content-type'), /^text\/event-stream/);
       assertRepeats(hit.payload, [miss, ...misses].map((m) => m.payload), `${proto}: the replayed stream is byte-identical`);
       assert.equal(sseData(hit.payload).length, 12 + 3, 'role chunk, 12 tokens, finish chunk, [DONE]');
     }
@@ -726,7 +709,7 @@ test('a hit is answered before admission: it needs no free slot', { timeout: 200
     assert.equal(r.status, 200);
     assert.equal(r.cache, 'hit');
     assert.equal(slowDone, false, 'the hit was answered while the holder still had the slot');
-    assert.notEqual(hdr(r.head, 'x-obleth-admission'), 'queued');
+    assert.notEqual(header(r.head, 'x-obleth-admission'), 'queued');
     const s = await slow;
     assert.equal(s.status, 200);
     assert.equal(s.cache, 'miss');
@@ -985,10 +968,10 @@ test('an upstream that compresses for one client is asked for identity: the entr
     assert.equal(gz.cache, 'miss');
     assert.equal(asked.length, 1);
     assert.ok(!/gzip/.test(asked[0] ?? ''), `the upstream was asked for identity, not ${asked[0]}`);
-    assert.equal(hdr(gz.head, 'content-encoding'), undefined, gz.head);
+    assert.equal(header(gz.head, 'content-encoding'), undefined, gz.head);
     const plain = await post(gw, body);
     assert.equal(plain.cache, 'hit');
-    assert.equal(hdr(plain.head, 'content-encoding'), undefined, plain.head);
+    assert.equal(header(plain.head, 'content-encoding'), undefined, plain.head);
     assert.match(JSON.parse(plain.payload).choices[0].message.content, /^answer to /, 'plain JSON for a client that asked for no coding');
   } finally {
     try { await r$.close(); } finally { up.close(); up.closeAllConnections?.(); }

@@ -11,7 +11,7 @@ import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startObleth, stop, curl, makeCerts, clientRequire, sleep } from './lib.mjs';
+import { startObleth, stop, curl, makeCerts, clientRequire, sleep, rig } from './lib.mjs';
 import { waitFor, WAIT_MS } from './lib.mjs';
 
 const grpc = clientRequire('@grpc/grpc-js');
@@ -83,22 +83,14 @@ async function closedPort() {
   return port;
 }
 
-// Everything a test starts, stopped in reverse order at its end (also when
-// starting something failed half-way). A sanitizer report or an unclean
-// exit seen by stop() fails the test.
-function rig() {
-  const procs = [], clients = [];
-  return {
-    async echo(args) { const e = await startEcho(args); procs.push(e.proc); return e; },
-    async gateway(echo, opts) { const g = await gateway(echo, opts); procs.push(g.proc); return g; },
-    client(c) { clients.push(c); return c; },
-    async close() {
-      for (const c of clients) c.close();
-      let first = null;
-      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
-      if (first) throw first;
-    },
-  };
+// lib's rig, with the gRPC echo server and clients (closed before what
+// they talk to: everything is stopped in reverse order).
+function grpcRig() {
+  const r = rig();
+  r.echo = async (args) => { const e = await startEcho(args); r.defer(() => stop(e.proc)); return e; };
+  r.gateway = async (echo, opts) => { const g = await gateway(echo, opts); r.defer(() => stop(g.proc)); return g; };
+  r.client = (c) => { r.defer(() => c.close()); return c; };
+  return r;
 }
 
 // ---- client helpers ----
@@ -200,7 +192,7 @@ function frame(msg) {
 // ---- tests ----
 
 test('sanity: the grpc-js client and echo server work directly, without obleth', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const client = env.client(echoClient(echo.port));
@@ -220,7 +212,7 @@ test('sanity: the grpc-js client and echo server work directly, without obleth',
 });
 
 test('the four RPC kinds stream through obleth: unary, server stream, client stream, bidi ping-pong', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo, { upstream: { max_inflight: 4 } });
@@ -269,7 +261,7 @@ test('the four RPC kinds stream through obleth: unary, server stream, client str
 });
 
 test('request metadata, response metadata and trailers (binary too) arrive intact; the API key does not reach the upstream', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -295,7 +287,7 @@ test('request metadata, response metadata and trailers (binary too) arrive intac
 });
 
 test('an upstream error status, non-ASCII message and binary trailers are preserved exactly', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -331,7 +323,7 @@ test('an upstream error status, non-ASCII message and binary trailers are preser
 // empty server stream. The trailers (and their grpc-status) must still be
 // forwarded. Repeated, since how the frames fall into reads varies.
 test('headers followed directly by trailers (no message) keep their trailers', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -356,7 +348,7 @@ test('headers followed directly by trailers (no message) keep their trailers', {
 });
 
 test('identity: missing or unknown key is UNAUTHENTICATED; disabled tenant or a route excluding it is PERMISSION_DENIED', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo, {
@@ -381,7 +373,7 @@ test('identity: missing or unknown key is UNAUTHENTICATED; disabled tenant or a 
 });
 
 test('no route for the path is UNIMPLEMENTED', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -392,7 +384,7 @@ test('no route for the path is UNIMPLEMENTED', { timeout: 20000 }, async () => {
 });
 
 test('a full tenant queue and the rpm limit are RESOURCE_EXHAUSTED with retry-after and grpc-retry-pushback-ms', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo, { extra: { admin: { address: '127.0.0.1:0' } } });
@@ -425,7 +417,7 @@ test('a full tenant queue and the rpm limit are RESOURCE_EXHAUSTED with retry-af
 });
 
 test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Only from the gateway', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -457,7 +449,7 @@ test('the client deadline bounds the queue wait: DEADLINE_EXCEEDED, Trailers-Onl
 });
 
 test('UNAVAILABLE when the queue wait passes queue_timeout_ms and when the upstream refuses connections', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const dead = await closedPort();
@@ -481,7 +473,7 @@ test('UNAVAILABLE when the queue wait passes queue_timeout_ms and when the upstr
 });
 
 test('deadlines propagate: the upstream sees the client deadline less the time spent queued in the gateway', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -505,7 +497,7 @@ test('deadlines propagate: the upstream sees the client deadline less the time s
 });
 
 test('a cancelled call releases its slot and cancels the upstream call', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -539,7 +531,7 @@ test('a cancelled call releases its slot and cancels the upstream call', { timeo
 });
 
 test('an h2 upstream over TLS carries a unary call', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const certs = await makeCerts();
     const echo = await env.echo(['--tls', certs.cert, certs.key]);
@@ -555,7 +547,7 @@ test('an h2 upstream over TLS carries a unary call', { timeout: 20000 }, async (
 });
 
 test('the gateway answers grpc.health.v1.Health/Check without an API key', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const dead = await closedPort();
@@ -585,7 +577,7 @@ test('the gateway answers grpc.health.v1.Health/Check without an API key', { tim
 });
 
 test('application/grpc over HTTP/1.1 is 505; a non-gRPC content-type on a grpc route over h2 is 415', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = grpcRig();
   try {
     const echo = await env.echo();
     const gw = await env.gateway(echo);
@@ -617,7 +609,7 @@ test('the gateway ends a call at its deadline when the upstream ignores grpc-tim
     stream.on('close', () => { rec.closedBy = stream.rstCode; });
   });
   await new Promise((r) => up.listen(0, '127.0.0.1', r));
-  const env = rig();
+  const env = grpcRig();
   try {
     const gw = await env.gateway({ port: up.address().port });
     const r = await rawGrpc(gw.port, '/obleth.test.Echo/Unary', { 'grpc-timeout': '400m', authorization: 'Bearer sk-alice' }, frame({ text: 'x' }));

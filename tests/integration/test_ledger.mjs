@@ -6,9 +6,8 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { startSim, startObleth, stop, curl, chatBody } from './lib.mjs';
+import { startSim, startObleth, stop, curl, chatBody, bearer } from './lib.mjs';
 
-const key = (k) => ['-H', `authorization: Bearer ${k}`];
 const json = ['-H', 'content-type: application/json'];
 
 function config(sim, ledger) {
@@ -33,20 +32,20 @@ test('ledger lines match what the clients saw, and are all written by exit', asy
   const seen = [];
   try {
     for (let i = 0; i < 3; i++) {
-      const r = await curl(['-s', ...key('sk-alice'), ...json, '-d', JSON.stringify(chatBody({ max_tokens: 4 + i })), `${gw.url}/v1/chat/completions`]);
+      const r = await curl(['-s', ...bearer('sk-alice'), ...json, '-d', JSON.stringify(chatBody({ max_tokens: 4 + i })), `${gw.url}/v1/chat/completions`]);
       seen.push({ status: r.status, usage: JSON.parse(r.body).usage });
     }
     // the same request again: a cache hit (writes are asynchronous: retry
     // until the answer is stored, however long a loaded machine takes)
     let hit = null;
     for (const end = Date.now() + 30000; !hit && Date.now() < end;) {
-      const r = await curl(['-s', '-D', '-', ...key('sk-alice'), ...json, '-d', JSON.stringify(chatBody({ max_tokens: 4 })), `${gw.url}/v1/chat/completions`]);
+      const r = await curl(['-s', '-D', '-', ...bearer('sk-alice'), ...json, '-d', JSON.stringify(chatBody({ max_tokens: 4 })), `${gw.url}/v1/chat/completions`]);
       seen.push({ status: r.status, cache: /x-obleth-cache: (\w+)/i.exec(r.body)?.[1] });
       if (/x-obleth-cache: hit/i.test(r.body)) hit = r;
       else await new Promise((res) => setTimeout(res, 50));
     }
     assert.ok(hit, 'a hit');
-    const bad = await curl(['-s', ...key('sk-nope'), ...json, '-d', JSON.stringify(chatBody()), `${gw.url}/v1/chat/completions`]);
+    const bad = await curl(['-s', ...bearer('sk-nope'), ...json, '-d', JSON.stringify(chatBody()), `${gw.url}/v1/chat/completions`]);
     seen.push({ status: bad.status });
   } finally {
     await stop(gw.proc);
@@ -89,7 +88,7 @@ test('the ledger rotates by size and keeps max_files old files', async () => {
   const path = join(gw.dir, 'ledger.jsonl');
   try {
     for (let i = 0; i < 40; i++)
-      await curl(['-s', '-o', '/dev/null', ...key('sk-alice'), ...json, '-H', 'cache-control: no-store', '-d', JSON.stringify(chatBody({ max_tokens: 2 })), `${gw.url}/v1/chat/completions`]);
+      await curl(['-s', '-o', '/dev/null', ...bearer('sk-alice'), ...json, '-H', 'cache-control: no-store', '-d', JSON.stringify(chatBody({ max_tokens: 2 })), `${gw.url}/v1/chat/completions`]);
   } finally {
     await stop(gw.proc);
     await stop(sim.proc);

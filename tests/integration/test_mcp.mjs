@@ -16,7 +16,7 @@
 // cluster mode, on a real redis-server), and the mcp= part of the log line.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { startObleth, startRedis, stop, clientRequire, sleep } from './lib.mjs';
+import { startObleth, startRedis, stop, clientRequire, sleep, until, rig } from './lib.mjs';
 import { WAIT_MS, waitFor } from './lib.mjs';
 import { startEverything } from '../mcp/everything.mjs';
 import { startRecorder } from '../mcp/recorder.mjs';
@@ -36,42 +36,29 @@ const T = { timeout: WAIT_MS };
 
 // ---- the rig: everything a test starts, stopped in reverse order ----
 
-function rig() {
-  const closers = [];
-  const clients = [];
-  return {
-    // One server-everything instance behind its own recorder.
-    async everything() {
-      const ev = await startEverything();
-      closers.push(() => stop(ev.proc));
-      const rec = await startRecorder(ev.port, { name: `everything:${ev.port}` });
-      const r = { ...ev, rec, closed: false };
-      closers.push(() => { if (!r.closed) return rec.close(); });
-      // Stop the server and its recorder: the endpoint is gone.
-      r.kill = async () => { r.closed = true; await rec.close(); await stop(ev.proc); };
-      return r;
-    },
-    // The SDK's own server in JSON-answer mode behind a recorder.
-    async jsonServer() {
-      const js = await startJsonServer();
-      closers.push(() => js.close());
-      const rec = await startRecorder(js.port, { name: `json:${js.port}` });
-      closers.push(() => rec.close());
-      return { ...js, rec };
-    },
-    async gateway(config) {
-      const g = await startObleth(config);
-      closers.push(() => stop(g.proc));
-      return g;
-    },
-    track(c) { clients.push(c); return c; },
-    async close() {
-      for (const c of clients) { try { await c.close(); } catch {} }
-      let first = null;
-      for (const f of closers.reverse()) { try { await f(); } catch (e) { first ??= e; } }
-      if (first) throw first;
-    },
+function mcpRig() {
+  const r = rig();
+  // One server-everything instance behind its own recorder.
+  r.everything = async () => {
+    const ev = await startEverything();
+    r.defer(() => stop(ev.proc));
+    const rec = await startRecorder(ev.port, { name: `everything:${ev.port}` });
+    const x = { ...ev, rec, closed: false };
+    r.defer(() => { if (!x.closed) return rec.close(); });
+    // Stop the server and its recorder: the endpoint is gone.
+    x.kill = async () => { x.closed = true; await rec.close(); await stop(ev.proc); };
+    return x;
   };
+  // The SDK's own server in JSON-answer mode behind a recorder.
+  r.jsonServer = async () => {
+    const js = await startJsonServer();
+    r.defer(() => js.close());
+    const rec = await startRecorder(js.port, { name: `json:${js.port}` });
+    r.defer(() => rec.close());
+    return { ...js, rec };
+  };
+  r.track = (c) => { r.defer(async () => { try { await c.close(); } catch {} }); return c; };
+  return r;
 }
 
 // mcp_tools is keyed by upstream name, and the config refuses names of
@@ -221,19 +208,6 @@ async function rawSession(url, key, name, version = '2025-06-18') {
   return { sid: init.sid, version, init };
 }
 
-// Poll pred until it returns a truthy value, which is returned; falsy after
-// a bound that ms only raises (the waits are for events, and a loaded
-// machine may take many times the usual latency to show them).
-async function until(pred, ms = WAIT_MS, step = 20) {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() - t0 > Math.max(ms, WAIT_MS)) return v;
-    await sleep(step);
-  }
-}
-
 // ---- record helpers ----
 
 // A sync point for "nothing (else) reached the server": an initialize sent
@@ -273,7 +247,7 @@ const toolNames = (list) => list.map((t) => t.name).sort();
 // ---------------------------------------------------------------- sanity
 
 test('sanity, without obleth: the SDK client and server-everything as the gateway will meet them', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const c = await sdk(`${ev.rec.url}/mcp`, undefined, { name: 'sanity', env });
@@ -324,7 +298,7 @@ test('sanity, without obleth: the SDK client and server-everything as the gatewa
 // ---------------------------------------------------------------- 1
 
 test('a whole session through obleth with the SDK client: tools, live progress and log notifications, resumption, DELETE', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev]));
@@ -359,7 +333,7 @@ test('a whole session through obleth with the SDK client: tools, live progress a
     const before = c.notes.length;
     const tog = await c.client.callTool({ name: 'toggle-simulated-logging', arguments: {} }, undefined, T);
     assert.match(tog.content[0].text, /Started simulated/);
-    const log = await until(() => c.notes.slice(before).find((n) => n.method === 'notifications/message'), 3000);
+    const log = await until(() => c.notes.slice(before).find((n) => n.method === 'notifications/message'));
     assert.ok(log, `a log notification came over the GET stream: ${JSON.stringify(c.notes)}`);
     assert.match(log.params.data, new RegExp(`SessionId ${serverSid}`));
 
@@ -372,7 +346,7 @@ test('a whole session through obleth with the SDK client: tools, live progress a
     try {
       assert.equal(resumed.status, 200, resumed.text);
       assert.match(resumed.contentType, /^text\/event-stream/);
-      const replay = await until(() => resumed.text.includes('Echo: through obleth'), 3000);
+      const replay = await until(() => resumed.text.includes('Echo: through obleth'));
       assert.ok(replay, `replayed events arrived: ${JSON.stringify(resumed.text)}`);
       const rg = ev.rec.records.find((r) => r.method === 'GET' && r.lastEventId === prime);
       assert.ok(rg, 'the server received Last-Event-ID');
@@ -413,7 +387,7 @@ test('a whole session through obleth with the SDK client: tools, live progress a
 // ---------------------------------------------------------------- 2
 
 test('tool policy: a denied tools/call is answered by the gateway (-32602, same id) and never reaches the server; tools/list filtered on SSE answers', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev]));
@@ -483,7 +457,7 @@ test('tool policy: a denied tools/call is answered by the gateway (-32602, same 
 });
 
 test('tool policy: tools/list filtered on application/json answers too (the SDK server in JSON mode)', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const js = await env.jsonServer();
     const gw = await env.gateway(mcpConfig([js], { name: 'jsonmcp' }));
@@ -515,7 +489,7 @@ test('tool policy: tools/list filtered on application/json answers too (the SDK 
 // ---------------------------------------------------------------- 3
 
 test('identity: a missing or unknown key is 401 before anything reaches the server; keys are never forwarded', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev]));
@@ -557,7 +531,7 @@ test('identity: a missing or unknown key is 401 before anything reaches the serv
 // ---------------------------------------------------------------- 4
 
 test('affinity: six sessions over two instances each stay on the instance that created them; unreadable or gone sessions are 404', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const a = await env.everything();
     const b = await env.everything();
@@ -655,7 +629,7 @@ test('affinity: six sessions over two instances each stay on the instance that c
 // ---------------------------------------------------------------- 5
 
 test('a body that is not JSON is 400 with a -32700 JSON-RPC error from the gateway; the gateway keeps serving', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev]));
@@ -687,7 +661,7 @@ test('a body that is not JSON is 400 with a -32700 JSON-RPC error from the gatew
 // server run another. Each is 400 with a -32600 JSON-RPC error and reaches
 // no server; the session keeps working.
 test('ambiguous JSON-RPC bodies (duplicate keys, also escaped, in a message, its params or a batch; \\u0000) are 400 -32600 and never reach the server', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev]));
@@ -733,7 +707,7 @@ test('ambiguous JSON-RPC bodies (duplicate keys, also escaped, in a message, its
 // ---------------------------------------------------------------- 6
 
 test('GET streams: at most max_streams per tenant (429 beyond, before the server), freed on close; not counted as in-flight, while POSTs are', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev], { upstream: { max_inflight: 2 } }));
@@ -792,7 +766,7 @@ test('GET streams: at most max_streams per tenant (429 beyond, before the server
         if (g.status === 200) return g;
         g.close();
         return null;
-      }, 3000, 100);
+      }, WAIT_MS, 100);
       assert.ok(fourth, 'after closing a stream alice may open another');
       open.push(fourth);
       assert.ok(await ev.rec.waitFor((r) => r.method === 'GET' && r.sessionId === sid(2) && r.status === 200, 2000), 'it reached the server');
@@ -811,7 +785,7 @@ test('GET streams: at most max_streams per tenant (429 beyond, before the server
 // then asks the fleet (the "stream" op of cluster.lua) before forwarding,
 // so one stream through each replica fills alice's 2.
 test('cluster mode: max_streams counts a tenant\'s open GET streams across replicas', { timeout: 30000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   const redis = await startRedis();
   const open = [];
   const replicas = [];
@@ -899,7 +873,7 @@ test('cluster mode: max_streams counts a tenant\'s open GET streams across repli
 // ---------------------------------------------------------------- 7
 
 test('the log line of each request names its JSON-RPC methods, and tools/call its tool (a batch, several)', { timeout: 20000 }, async () => {
-  const env = rig();
+  const env = mcpRig();
   try {
     const ev = await env.everything();
     const gw = await env.gateway(mcpConfig([ev]));

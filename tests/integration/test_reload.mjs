@@ -13,30 +13,9 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import { writeFileSync } from 'node:fs';
 import { startSim, startObleth, stop, curl, chatBody, sseData, sleep } from './lib.mjs';
-import { simStats, waitFor, WAIT_MS, holdSlot } from './lib.mjs';
+import { simStats, waitFor, WAIT_MS, holdSlot, rig } from './lib.mjs';
 
 const TOKEN = 'adm-reload-3f9a';
-
-function rig() {
-  const procs = [];
-  return {
-    async sim(args) { const s = await startSim(args); procs.push(s.proc); return s; },
-    async gateway(cfg) {
-      const gw = await startObleth(cfg);
-      procs.push(gw.proc);
-      const a = gw.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
-      assert.ok(a, `admin listener logged:\n${gw.output.text}`);
-      gw.adminUrl = `http://127.0.0.1:${a[1]}`;
-      gw.cfg = cfg;
-      return gw;
-    },
-    async close() {
-      let first = null;
-      for (const p of procs.reverse()) { try { await stop(p); } catch (e) { first ??= e; } }
-      if (first) throw first;
-    },
-  };
-}
 
 const tenant = (name, group, ...secrets) => ({ name, group, keys: secrets.map((s, i) => ({ id: `${name}-${i + 1}`, secret: s })) });
 

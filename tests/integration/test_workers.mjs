@@ -7,12 +7,11 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startSim, startObleth, stop, curl, simStats, chatBody, sleep } from './lib.mjs';
+import { startSim, startObleth, stop, curl, simStats, chatBody, sleep, bearer, until } from './lib.mjs';
 import { WAIT_MS, holdSlot } from './lib.mjs';
 import { writeFileSync } from 'node:fs';
 
 const json = ['-H', 'content-type: application/json'];
-const key = (k) => ['-H', `authorization: Bearer ${k}`];
 
 function config(sim, over = {}) {
   return {
@@ -60,11 +59,6 @@ function fresh(gw, k, extraHeaders = {}, body = chatBody({ max_tokens: 1 })) {
   });
 }
 
-async function until(cond, ms = WAIT_MS) {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await cond()) return true;
-  return false;
-}
-
 test('two workers share one listener: connections spread over both, metrics add up', async () => {
   const sim = await startSim();
   const gw = await startObleth(config(sim, { upstreams: [{ name: 'sim', endpoints: [sim.url] }] }));
@@ -74,7 +68,7 @@ test('two workers share one listener: connections spread over both, metrics add 
     const rs = await Promise.all(Array.from({ length: n }, (_, i) => fresh(gw, i % 2 ? 'sk-alice' : 'sk-bob')));
     for (const r of rs) assert.equal(r.status, 200, r.text);
     // HTTP/2 (h2c prior knowledge) is served by the workers too.
-    const h2 = await curl(['--http2-prior-knowledge', ...json, ...key('sk-bob'), '--data-binary', JSON.stringify(chatBody()), gw.url + '/v1/chat/completions']);
+    const h2 = await curl(['--http2-prior-knowledge', ...json, ...bearer('sk-bob'), '--data-binary', JSON.stringify(chatBody()), gw.url + '/v1/chat/completions']);
     assert.equal(h2.status, 200, h2.body);
     assert.equal(h2.httpVersion, '2');
     const m = await metrics(gw);

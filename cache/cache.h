@@ -18,8 +18,10 @@
 
 /* The canonical form of a JSON text appended to out (see canon.c): keys
  * sorted, no white space, numbers and strings as written, top-level members
- * named in skip left out. False (out unchanged) when the text is not JSON,
- * has a duplicate key or nests deeper than 64. */
+ * named in skip (borrowed for the call) left out. False (out unchanged)
+ * when the text is not JSON as core's tokenizer reads it (core.h: RFC
+ * 8259, nesting at most OB_JSON_MAX_DEPTH) or an object in it has two keys
+ * equal once decoded. */
 bool ob_cache_canonical(ob_iov_t json, const char *const *skip, size_t nskip, ob_buf_t *out);
 
 typedef struct ob_cache_key {

@@ -50,7 +50,7 @@ static void check_strict(ob_iov_t in) {
   if (ob_json_check(in, 2, NULL, NULL, NULL) == 0 && r1 != 0) abort();
   if (r1 != 0) return;
   cJSON *root = cJSON_ParseWithLength(in.base, in.len);
-  if (!root) return; /* lone surrogates: grammatical, cJSON refuses them */
+  if (!root) abort(); /* strict JSON (lone surrogates are refused now): cJSON reads it */
   if (cJSON_IsObject(root)) {
     for (const cJSON *a = root->child; a; a = a->next)
       for (const cJSON *b = a->next; b; b = b->next)

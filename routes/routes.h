@@ -62,14 +62,14 @@ typedef struct ob_json_member {
 int ob_json_find_member(ob_iov_t json, ob_iov_t key, ob_json_member_t *out);
 
 /*
- * What the inference class reads from a request body, found in one strict
- * pass over the raw text (RFC 8259: no trailing bytes, only the four
- * white-space characters, depth bounded) instead of a cJSON tree. Returns
- * false when the text is not plainly valid or holds something the pass
- * does not decode (an escaped top-level key, "content" or "text" key, an
- * escaped model name, \u0000, a number longer than 63 characters) or two
- * equal top-level keys; the caller then checks the text (ob_json_check)
- * and parses it with cJSON, which decide. Spans point into the input.
+ * What the inference class reads from a request body, found in one pass of
+ * core's tokenizer over the raw text (core.h: strict RFC 8259, nesting at
+ * most OB_JSON_MAX_DEPTH) instead of a cJSON tree. Returns false when the
+ * text is not JSON or holds something the pass does not decode (an
+ * escaped key at any level, \u0000 in any string, a number longer than 63
+ * characters) or two equal top-level keys; the caller then checks the text
+ * (ob_json_check) and parses it with cJSON, which decide. Spans point into
+ * the input (borrowed).
  */
 typedef struct ob_infer_scan {
   int model_count;         /* top-level "model" members (0 or 1: keys are unique) */

@@ -364,27 +364,6 @@ static uint64_t clock_ms(clockid_t id) {
 uint64_t ob_clock_ms(void) { return clock_ms(CLOCK_MONOTONIC_COARSE); }
 uint64_t ob_clock_wall_ms(void) { return clock_ms(CLOCK_REALTIME_COARSE); }
 
-/* ---------------------------------------------------------------- JSON numbers */
-
-static const char *json_digits(const char *p, const char *end) {
-  const char *s = p;
-  while (p < end && *p >= '0' && *p <= '9') p++;
-  return p > s ? p : NULL;
-}
-
-const char *ob_json_num_end(const char *p, const char *end) {
-  if (p < end && *p == '-') p++;
-  if (p < end && *p == '0') p++;
-  else if (!(p = json_digits(p, end))) return NULL;
-  if (p < end && *p == '.' && !(p = json_digits(p + 1, end))) return NULL;
-  if (p < end && (*p == 'e' || *p == 'E')) {
-    p++;
-    if (p < end && (*p == '+' || *p == '-')) p++;
-    if (!(p = json_digits(p, end))) return NULL;
-  }
-  return p;
-}
-
 /* ---------------------------------------------------------------- background thread */
 
 static void *bg_main(void *arg) {

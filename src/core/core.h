@@ -126,16 +126,52 @@ static inline ob_iov_t ob_buf_iov(const ob_buf_t *b) { return (ob_iov_t){b->base
 /* Append a JSON string literal (with quotes) escaping as RFC 8259 requires. */
 void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s);
 
-/* A JSON number (RFC 8259 grammar) starting at p: the byte after it, or
- * NULL when p..end does not start with one. */
-const char *ob_json_num_end(const char *p, const char *end);
+/* ---------------------------------------------------------------- strict JSON */
 
 /*
- * Inside a JSON string: the first byte at or after p (before end) that is a
- * quote, a backslash or a control character, or end. Eight bytes per step:
- * string contents (prompts, messages) are most of a request body, and
- * every scanner over bodies (routes, cache keys) walks them.
+ * One strict JSON tokenizer (core_jsontok.c) under every reader of a body
+ * the gateway decides policy on or keys a cache entry by: ob_json_check
+ * (below), routes' member finder and inference scan, the cache's canonical
+ * form. They are small walkers over its tokens, so they agree on what JSON
+ * is. The rules are exactly RFC 8259:
+ *  - one value, with only the four white-space characters (SP, HTAB, LF,
+ *    CR) around tokens and nothing after it (no BOM, no comments);
+ *  - true / false / null exactly; numbers by the grammar (-? int frac? exp?,
+ *    no leading zero, no '+', no ".5", no "1.", an exponent needs digits),
+ *    of any length and magnitude (readers decide what they can convert);
+ *  - strings: only the escapes \" \\ \/ \b \f \n \r \t and \uXXXX; a raw
+ *    byte below 0x20 is refused; \u escapes for surrogates must come as a
+ *    high-low pair (a lone or misordered one is refused);
+ *  - the text must be UTF-8 (RFC 3629: no overlong forms, no encoded
+ *    surrogates, nothing above U+10FFFF) inside strings; outside strings
+ *    only ASCII can appear anyway;
+ *  - containers nest at most OB_JSON_MAX_DEPTH deep.
+ * Duplicate keys are grammatical: the tokenizer reports every key and
+ * leaves duplicates to the walkers (ob_json_check calls them ambiguous
+ * where it reads, the canonical form refuses them, see each).
+ *
+ * The \u0000 policy, decided here once: \u0000 is valid JSON (RFC 8259,
+ * and the upstreams' parsers, JSON.parse and json.loads, accept it), so
+ * the tokenizer accepts it and flags the string (OB_JSON_NUL); decoding
+ * keeps it as a 0 byte in a span with a length. A reader that would hold
+ * the string as a C string (cJSON, and every key or member value the
+ * gateway reads to decide policy) must refuse a flagged string, since it
+ * would read it cut short while the upstream reads it whole: ob_json_check
+ * calls it ambiguous where it reads, the inference scan falls back. Where
+ * the gateway only forwards (message contents, a tool's arguments) or
+ * hashes the text as written (cache keys), it passes unchanged: refusing
+ * it there would turn away requests every upstream takes.
  */
+
+/* Containers nested in one another, at most. Bodies of inference and MCP
+ * requests have been read this deep since the start (docs/config.md);
+ * walkers recurse at most this deep. */
+#define OB_JSON_MAX_DEPTH 128
+
+/* Inside a JSON string: the first byte at or after p (before end) that is a
+ * quote, a backslash, a control character or not ASCII (the tokenizer
+ * checks UTF-8 there), or end. Eight bytes per step: string contents
+ * (prompts, messages) are most of a request body. */
 static inline const char *ob_json_str_run(const char *p, const char *end) {
   const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
   while (end - p >= 8) {
@@ -143,42 +179,87 @@ static inline const char *ob_json_str_run(const char *p, const char *end) {
     memcpy(&w, p, 8);
     q = w ^ (ones * '"');
     b = w ^ (ones * '\\');
-    /* A zero byte in q or b, or a byte below 0x20 in w (bytes >= 0x80 never
-     * count: ~w clears their high bit). */
-    if (((q - ones) & ~q & highs) | ((b - ones) & ~b & highs) | ((w - ones * 0x20) & ~w & highs)) break;
+    /* A zero byte in q or b, a byte below 0x20 in w, or a high bit. */
+    if (((q - ones) & ~q & highs) | ((b - ones) & ~b & highs) | ((w - ones * 0x20) & ~w & highs) | (w & highs)) break;
     p += 8;
   }
-  while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+  while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x80) p++;
   return p;
 }
 
-/* ---------------------------------------------------------------- strict JSON */
+enum {
+  OB_JSON_TOK_ERROR = -1,    /* not JSON: see the lexer's why and offset */
+  OB_JSON_TOK_END = 0,       /* the value is complete and only white space follows */
+  OB_JSON_TOK_OBJECT,        /* '{' */
+  OB_JSON_TOK_OBJECT_END,    /* '}' */
+  OB_JSON_TOK_ARRAY,         /* '[' */
+  OB_JSON_TOK_ARRAY_END,     /* ']' */
+  OB_JSON_TOK_KEY,           /* a member's key (its ':' is read with the next token) */
+  OB_JSON_TOK_STRING,
+  OB_JSON_TOK_NUMBER,
+  OB_JSON_TOK_TRUE,
+  OB_JSON_TOK_FALSE,
+  OB_JSON_TOK_NULL,
+};
+
+/* Flags of a KEY or STRING token. */
+#define OB_JSON_ESC 1u /* holds at least one escape: decode before comparing */
+#define OB_JSON_NUL 2u /* holds \u0000 (see the policy above) */
 
 /*
- * The strict JSON pieces shared by every scanner that reads a body the
- * gateway decides policy on (core_json.c). Keys are compared decoded: the
- * upstream decodes "mod\u0065l" to "model".
+ * One token. Every span is borrowed from the text given to
+ * ob_json_lexer_init and lives as long as that text does.
  */
+typedef struct ob_json_tok {
+  int type;       /* OB_JSON_TOK_* */
+  ob_iov_t raw;   /* the token as written (a string with its quotes); empty for END and ERROR */
+  ob_iov_t text;  /* KEY, STRING: the contents between the quotes, escapes as written; else = raw */
+  size_t dlen;    /* KEY, STRING: length of the decoded contents (UTF-8) */
+  unsigned flags; /* KEY, STRING: OB_JSON_ESC, OB_JSON_NUL */
+} ob_json_tok_t;
 
-/* The four hex digits of a "\u" escape at p (p must have four bytes):
- * 0..0xFFFF, or -1 when one is not a hex digit. */
-int ob_json_hex4(const char *p);
+/*
+ * The pull tokenizer: caller storage, no allocation, one pass over the
+ * text (borrowed; it must outlive the lexer and its tokens). Each
+ * ob_json_next returns the next token's type and fills *t; the grammar
+ * (member and element order, commas, colons, matching brackets, one value)
+ * is checked as it goes, so a walker sees only well-formed sequences until
+ * ERROR. After ERROR or END every call returns the same again. The fields
+ * are read-only for callers: pos is the byte after the last token
+ * returned (after ERROR: where the error is), depth the containers open.
+ */
+typedef struct ob_json_lexer {
+  const char *base, *pos, *end;
+  const char *why; /* after ERROR: a static description */
+  int depth;
+  int state;
+  uint8_t in_object[OB_JSON_MAX_DEPTH / 8]; /* bit per open container */
+} ob_json_lexer_t;
 
-/* A JSON string token at p (on its opening quote): the byte after its
- * closing quote, or NULL when it is not RFC 8259 (unterminated, a raw
- * control character, an unknown escape, \u without four hex digits). Lone
- * surrogates are grammatical and pass. *nul (when not NULL) is set when the
- * string holds \u0000, and left alone otherwise. */
-const char *ob_json_str_end(const char *p, const char *end, bool *nul);
+void ob_json_lexer_init(ob_json_lexer_t *lx, ob_iov_t json);
+int ob_json_next(ob_json_lexer_t *lx, ob_json_tok_t *t);
+/* Byte offset of lx->pos in the text (after ERROR: the offending byte). */
+static inline size_t ob_json_lexer_offset(const ob_json_lexer_t *lx) { return (size_t)(lx->pos - lx->base); }
+/* The rest of the value t begins (t: the token just returned): nothing for
+ * a scalar, up to the matching end for a container. OB_JSON_TOK_ERROR or 0. */
+int ob_json_skip(ob_json_lexer_t *lx, const ob_json_tok_t *t);
+/* Whether json is one RFC 8259 value, as above: 0, or OB_JSON_INVALID with
+ * *why (static) and *off (byte offset) when not NULL. */
+int ob_json_validate(ob_iov_t json, const char **why, size_t *off);
 
-/* Order two string contents (the bytes between the quotes, escapes as
- * written, valid as ob_json_str_end checks) by their decoded UTF-8 bytes: a
- * surrogate pair counts as its code point, so "\u00e9" equals "é" and
- * "mod\u0065l" equals "model". Like memcmp: <0, 0, >0. */
+/* Decode string contents (a KEY or STRING token's text) into out, which
+ * has room for the token's dlen bytes: UTF-8, a surrogate pair joined into
+ * its code point, \u0000 as a 0 byte. Returns the bytes written (= dlen).
+ * out is not terminated. */
+size_t ob_json_str_decode(ob_iov_t text, char *out);
+
+/* Order two string contents (as a token's text) by their decoded UTF-8
+ * bytes: "\u00e9" equals "é" and "mod\u0065l" equals "model". Like
+ * memcmp: <0, 0, >0. */
 int ob_json_str_cmp(ob_iov_t a, ob_iov_t b);
 
-/* A key of an object (string contents, as for ob_json_str_cmp, borrowed
- * from the text) with a summary of its decoded form (ob_json_keys_add). */
+/* A key of an object (a token's text, borrowed from the text) with a
+ * summary of its decoded form (ob_json_keys_add). */
 typedef struct ob_json_key {
   ob_iov_t raw;
   size_t dlen;   /* decoded length */
@@ -206,7 +287,6 @@ static inline void ob_json_keys_init(ob_json_keys_t *ks) {
 void ob_json_keys_add(ob_json_keys_t *ks, ob_iov_t key);
 void ob_json_keys_dispose(ob_json_keys_t *ks);
 
-#define OB_JSON_MAX_DEPTH 128 /* containers nested in one another */
 #define OB_JSON_INVALID (-1)   /* not JSON (RFC 8259) */
 #define OB_JSON_AMBIGUOUS (-2) /* JSON that parsers would read differently */
 
@@ -216,17 +296,17 @@ void ob_json_keys_dispose(ob_json_keys_t *ks);
 typedef void ob_json_member_cb(void *ud, ob_iov_t key, ob_iov_t value);
 
 /*
- * Check that json is one strict RFC 8259 value (exact literals, the number
- * grammar, valid escapes, only the four white-space characters, nothing
- * after it, nesting at most OB_JSON_MAX_DEPTH) and that no object nested at
- * most `levels` objects deep (1: the top-level object, or each object of a
- * top-level array; arrays do not count) holds two keys equal decoded, a key
- * with \u0000, or a string member value with \u0000 (which cJSON, the
- * gateway's tree, would read cut short). cb (may be NULL) sees the members
- * of a top-level object as the walk passes them, before the walk has
- * decided. Returns 0, OB_JSON_INVALID or OB_JSON_AMBIGUOUS with *why (when
- * not NULL) a static description. Allocates only for more than 32 keys on
- * the checked path.
+ * A walker over the tokenizer for text the gateway reads and forwards:
+ * whether json is JSON (above) that no two parsers read differently where
+ * the gateway reads it: no object nested at most `levels` objects deep
+ * (1: the top-level object, or each object of a top-level array; arrays do
+ * not count) holds two keys equal decoded, a key with \u0000, or a string
+ * member value with \u0000 (which cJSON, the gateway's tree, would read
+ * cut short). cb (may be NULL) sees the members of a top-level object as
+ * the walk passes them, before the walk has decided, and none after an
+ * ambiguity. Returns 0, OB_JSON_INVALID (also when the text is both: not
+ * JSON wins) or OB_JSON_AMBIGUOUS, with *why (when not NULL) a static
+ * description. Allocates only for more than 32 keys on the checked path.
  */
 int ob_json_check(ob_iov_t json, int levels, ob_json_member_cb *cb, void *ud, const char **why);
 

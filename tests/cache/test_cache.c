@@ -37,12 +37,22 @@ static void test_canonical(void) {
   TAP_EQ_STR(canon("{\"a\":01}", NULL, 0), "(invalid)", "leading zero: invalid");
   TAP_EQ_STR(canon("{\"a\":1} x", NULL, 0), "(invalid)", "trailing garbage: invalid");
   TAP_EQ_STR(canon("", NULL, 0), "(invalid)", "empty: invalid");
-  char deep[200];
-  memset(deep, '[', 100);
-  memset(deep + 100, ']', 100);
-  deep[199] = '\0';
-  deep[99] = ']';
-  TAP_EQ_STR(canon(deep, NULL, 0), "(invalid)", "nesting deeper than 64: invalid");
+  /* The tokenizer's cap (core.h), one for every walker: 128 containers
+   * nest, 129 do not. (This test used to hold unbalanced brackets.) */
+  char deep[300];
+  memset(deep, '[', 129);
+  memset(deep + 129, ']', 129);
+  deep[258] = '\0';
+  TAP_EQ_STR(canon(deep, NULL, 0), "(invalid)", "nesting deeper than 128: invalid");
+  deep[257] = '\0';
+  TAP_EQ_STR(canon(deep + 1, NULL, 0), deep + 1, "nesting 128 deep: canonical");
+  TAP_EQ_STR(canon("{\"x\":{\"a\":1,\"\\u0061\":2}}", NULL, 0), "(invalid)",
+             "keys equal once decoded, at any level: not cached (they sorted to one form for two requests)");
+  TAP_EQ_STR(canon("{\"user\":1,\"user\":2}", skip, 2), "(invalid)", "a duplicate of an excluded key: not cached");
+  TAP_EQ_STR(canon("{\"a\":\"\\u0000\",\"b\":\"\\ud83d\\ude00\"}", NULL, 0),
+             "{\"a\":\"\\u0000\",\"b\":\"\\ud83d\\ude00\"}", "\\u0000 and a surrogate pair: kept as written");
+  TAP_EQ_STR(canon("{\"a\":\"\\udc00\"}", NULL, 0), "(invalid)", "a lone surrogate: invalid (was cached before)");
+  TAP_EQ_STR(canon("{\"a\":\"\xff\"}", NULL, 0), "(invalid)", "invalid UTF-8: invalid (was cached before)");
   const char *once = canon("{\"z\":[3,2,1],\"a\":{\"y\":\"\",\"b\":-0.5E+2}}", NULL, 0);
   char copy[128];
   snprintf(copy, sizeof copy, "%s", once);

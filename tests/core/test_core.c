@@ -1,6 +1,7 @@
 /* Unit tests for src/core: slices, buffers, JSON string escaping, arena,
  * background thread. */
 #include "core.h"
+#include "core/json_cases.h"
 #include "tap.h"
 
 #include <stdlib.h>
@@ -50,7 +51,7 @@ static void test_arena(void) {
 }
 
 /* ob_json_str_run against a byte-by-byte scan: every special byte (and
- * some that are not: 0x20, 0x7f, 0x80, 0xff) at every position of strings
+ * some that are not: 0x20, 0x7f) at every position of strings
  * up to 40 bytes, so each 8-byte step and the tail are covered. */
 static void test_json_str_run(void) {
   static const unsigned char probes[] = {'"', '\\', 0x00, 0x01, 0x1f, 0x20, 'a', 0x7f, 0x80, 0xa2, 0xdc, 0xff};
@@ -62,10 +63,12 @@ static void test_json_str_run(void) {
         memset(buf, 'x', sizeof buf);
         if (len) buf[pos] = (char)probes[k];
         const char *want = buf;
-        while (want < buf + len && *want != '"' && *want != '\\' && (unsigned char)*want >= 0x20) want++;
+        while (want < buf + len && *want != '"' && *want != '\\' && (unsigned char)*want >= 0x20 &&
+               (unsigned char)*want < 0x80)
+          want++;
         if (ob_json_str_run(buf, buf + len) != want) bad++;
       }
-  TAP_EQ_INT(bad, 0, "json_str_run: stops at the first quote, backslash or control byte, never past the end");
+  TAP_EQ_INT(bad, 0, "json_str_run: stops at the first quote, backslash, control or non-ASCII byte, never past the end");
 }
 
 /* The strict walk and decoded key comparison (core_json.c). */
@@ -135,6 +138,125 @@ static void test_json_check(void) {
   ob_buf_dispose(&big);
 }
 
+/* The tokenizer (core_jsontok.c): every RFC 8259 case of json_cases.h,
+ * then the token stream, spans, flags, decoding, the depth cap, errors. */
+static int nest(ob_buf_t *b, int depth, char open, char close) {
+  ob_buf_reset(b);
+  for (int i = 0; i < depth; i++) ob_buf_append(b, &open, 1);
+  for (int i = 0; i < depth; i++) ob_buf_append(b, &close, 1);
+  return ob_json_validate(ob_buf_iov(b), NULL, NULL);
+}
+
+static void test_jsontok(void) {
+  int wrong = 0, disagree = 0;
+  for (size_t i = 0; i < JSON_CASES; i++) {
+    const json_case_t *c = &json_cases[i];
+    ob_iov_t in = ob_iov(c->json, json_case_len(c));
+    const char *why = NULL;
+    int v = ob_json_validate(in, &why, NULL);
+    bool ok = (v == 0) == ((c->want & JC_V) != 0) && (v == 0 || why);
+    if (!ok) printf("#   tokenizer: %s (%s)\n", c->name, why ? why : "valid"), wrong++;
+    /* The check walker at level 0 reads nothing: exactly the tokenizer's verdict. */
+    if (ob_json_check(in, 0, NULL, NULL, NULL) != v) printf("#   check: %s\n", c->name), disagree++;
+    TAP_CHECK(ok, "RFC 8259: %s: %s", c->want & JC_V ? "valid" : "invalid", c->name);
+  }
+  TAP_EQ_INT(wrong, 0, "tokenizer: every conformance case");
+  TAP_EQ_INT(disagree, 0, "check at level 0 agrees with the tokenizer on every case");
+
+  /* The token stream of one text, with spans and flags. */
+  const char *doc = " {\"k\\u0065y\" : [1.5e3, \"a\\u0000b\", true, false, null, {}], \"p\":\"\xc3\xa9\"} ";
+  ob_json_lexer_t lx;
+  ob_json_tok_t t;
+  ob_json_lexer_init(&lx, ob_iov_str(doc));
+  static const int want[] = {OB_JSON_TOK_OBJECT, OB_JSON_TOK_KEY, OB_JSON_TOK_ARRAY, OB_JSON_TOK_NUMBER,
+                             OB_JSON_TOK_STRING, OB_JSON_TOK_TRUE, OB_JSON_TOK_FALSE, OB_JSON_TOK_NULL,
+                             OB_JSON_TOK_OBJECT, OB_JSON_TOK_OBJECT_END, OB_JSON_TOK_ARRAY_END, OB_JSON_TOK_KEY,
+                             OB_JSON_TOK_STRING, OB_JSON_TOK_OBJECT_END, OB_JSON_TOK_END, OB_JSON_TOK_END};
+  ob_json_tok_t toks[16];
+  bool seq = true;
+  for (size_t i = 0; i < 16; i++) seq = seq && ob_json_next(&lx, &toks[i]) == want[i];
+  TAP_CHECK(seq, "tokens: begin/end object and array, key, number, string, literals, END (and END again)");
+  TAP_CHECK(ob_iov_eq(toks[1].text, OB_IOV_LIT("k\\u0065y")) && ob_iov_eq(toks[1].raw, OB_IOV_LIT("\"k\\u0065y\"")) &&
+                toks[1].dlen == 3 && toks[1].flags == OB_JSON_ESC,
+            "key: contents and raw spans into the input, decoded length, escaped");
+  TAP_CHECK(ob_iov_eq(toks[3].text, OB_IOV_LIT("1.5e3")), "number: the span as written");
+  TAP_CHECK(toks[4].dlen == 3 && toks[4].flags == (OB_JSON_ESC | OB_JSON_NUL), "\\u0000: valid, flagged, one decoded byte");
+  TAP_CHECK(toks[12].dlen == 2 && toks[12].flags == 0, "plain UTF-8: two bytes, no flags");
+  char out[8];
+  TAP_CHECK(ob_json_str_decode(toks[1].text, out) == 3 && memcmp(out, "key", 3) == 0, "decode: key");
+  TAP_CHECK(ob_json_str_decode(toks[4].text, out) == 3 && memcmp(out, "a\0b", 3) == 0, "decode: \\u0000 is a 0 byte");
+  ob_iov_t pair = OB_IOV_LIT("x\\ud83d\\ude00\\u00e9\\n");
+  TAP_CHECK(ob_json_str_decode(pair, out) == 8 && memcmp(out, "x\xf0\x9f\x98\x80\xc3\xa9\n", 8) == 0,
+            "decode: a surrogate pair joined into one four-byte character, short escapes");
+  /* dlen equals what decoding writes, for every string token of the valid cases. */
+  int bad = 0;
+  for (size_t i = 0; i < JSON_CASES; i++) {
+    if (!(json_cases[i].want & JC_V)) continue;
+    ob_json_lexer_init(&lx, ob_iov(json_cases[i].json, json_case_len(&json_cases[i])));
+    while (ob_json_next(&lx, &t) > OB_JSON_TOK_END) {
+      if (t.type != OB_JSON_TOK_STRING && t.type != OB_JSON_TOK_KEY) continue;
+      char *d = malloc(t.dlen + 1);
+      if (ob_json_str_decode(t.text, d) != t.dlen || ((t.flags & OB_JSON_ESC) != 0) != (memchr(t.text.base, '\\', t.text.len) != NULL))
+        bad++;
+      free(d);
+    }
+  }
+  TAP_EQ_INT(bad, 0, "decode writes dlen bytes and ESC says whether there is an escape, for every valid case");
+
+  /* Depth: OB_JSON_MAX_DEPTH containers nest, one more does not. */
+  ob_buf_t b;
+  ob_buf_init(&b);
+  TAP_EQ_INT(nest(&b, OB_JSON_MAX_DEPTH, '[', ']'), 0, "depth: 128 nested arrays are valid");
+  TAP_EQ_INT(nest(&b, OB_JSON_MAX_DEPTH + 1, '[', ']'), OB_JSON_INVALID, "depth: 129 are not");
+  ob_buf_reset(&b);
+  for (int i = 0; i < OB_JSON_MAX_DEPTH; i++) ob_buf_append_str(&b, "{\"a\":");
+  ob_buf_append_str(&b, "1");
+  for (int i = 0; i < OB_JSON_MAX_DEPTH; i++) ob_buf_append_str(&b, "}");
+  TAP_EQ_INT(ob_json_validate(ob_buf_iov(&b), NULL, NULL), 0, "depth: 128 nested objects are valid");
+  const char *why = NULL;
+  size_t off = 0;
+  TAP_EQ_INT(nest(&b, 300, '[', ']'), OB_JSON_INVALID, "depth: 300 are not");
+  TAP_CHECK(ob_json_validate(ob_buf_iov(&b), &why, &off) == OB_JSON_INVALID && strcmp(why, "nested too deep") == 0 &&
+                off == OB_JSON_MAX_DEPTH,
+            "depth: the reason and the offset of the first bracket too deep");
+  ob_buf_dispose(&b);
+
+  /* Errors: offset of the offending byte and a reason; ERROR sticks. */
+  TAP_CHECK(ob_json_validate(OB_IOV_LIT("[1, tru]"), &why, &off) == OB_JSON_INVALID && off == 4 &&
+                strcmp(why, "bad literal") == 0,
+            "error: offset and reason (bad literal at 4)");
+  TAP_CHECK(ob_json_validate(OB_IOV_LIT("{\"a\":\"\\uDE00\"}"), &why, &off) == OB_JSON_INVALID && off == 5 &&
+                strcmp(why, "lone low surrogate") == 0,
+            "error: a string's error is at its opening quote");
+  TAP_CHECK(ob_json_validate(OB_IOV_LIT("{} x"), &why, &off) == OB_JSON_INVALID && off == 3, "error: trailing bytes at 3");
+  ob_json_lexer_init(&lx, OB_IOV_LIT("[1,]"));
+  while (ob_json_next(&lx, &t) > OB_JSON_TOK_END) {
+  }
+  TAP_CHECK(t.type == OB_JSON_TOK_ERROR && ob_json_next(&lx, &t) == OB_JSON_TOK_ERROR, "error: every later call is ERROR");
+
+  /* skip: the rest of a container, as one step. */
+  ob_json_lexer_init(&lx, OB_IOV_LIT("[[1,{\"a\":[2]}],3]"));
+  ob_json_next(&lx, &t);
+  ob_json_next(&lx, &t);
+  TAP_CHECK(ob_json_skip(&lx, &t) == 0 && ob_json_next(&lx, &t) == OB_JSON_TOK_NUMBER && ob_iov_eq(t.text, OB_IOV_LIT("3")),
+            "skip: past a nested container to its next sibling");
+  ob_json_lexer_init(&lx, OB_IOV_LIT("[[1,}"));
+  ob_json_next(&lx, &t);
+  ob_json_next(&lx, &t);
+  TAP_EQ_INT(ob_json_skip(&lx, &t), OB_JSON_TOK_ERROR, "skip: an error inside is reported");
+
+  /* Implementation-defined, as ob_json_check reads: duplicates and \u0000
+   * are valid JSON, ambiguous where read. */
+  TAP_EQ_INT(ob_json_check(OB_IOV_LIT("{\"a\":1,\"a\":2}"), 1, NULL, NULL, NULL), OB_JSON_AMBIGUOUS,
+             "check: duplicate keys where read are ambiguous");
+  TAP_EQ_INT(ob_json_check(OB_IOV_LIT("{\"a\":1,\"a\":2} x"), 1, NULL, NULL, NULL), OB_JSON_INVALID,
+             "check: not JSON wins over ambiguous");
+  TAP_EQ_INT(ob_json_check(OB_IOV_LIT("{\"a\":\"\\uDE00\"}"), 1, NULL, NULL, NULL), OB_JSON_INVALID,
+             "check: a lone surrogate is not JSON (was passed before the tokenizer)");
+  TAP_EQ_INT(ob_json_check(OB_IOV_LIT("{\"a\":\"\xff\"}"), 1, NULL, NULL, NULL), OB_JSON_INVALID,
+             "check: invalid UTF-8 is not JSON (was passed before the tokenizer)");
+}
+
 /* A background thread's owner: items queued under the lock, summed by the
  * rounds. */
 typedef struct {
@@ -200,6 +322,7 @@ int main(void) {
   test_buf();
   test_arena();
   test_json_str_run();
+  test_jsontok();
   test_json_check();
   test_bg();
   return tap_done();

@@ -1,9 +1,12 @@
 /* Unit tests for routes/: longest-prefix matching and the raw JSON member
  * scanner used to patch the model name in place. */
+#include "cache.h"
+#include "core/json_cases.h"
 #include "routes.h"
 #include "tap.h"
 
 #include <cjson/cJSON.h>
+#include <stdlib.h>
 
 static void test_scan(void) {
   ob_json_member_t m;
@@ -152,7 +155,72 @@ static void test_infer_scan(void) {
   TAP_CHECK(!ob_json_infer_scan(ob_iov_str(doc), &sc), "nesting beyond the bound: give up");
 }
 
+/*
+ * The walkers over core's tokenizer agree on every conformance case of
+ * tests/core/json_cases.h, alone and as the value of a member "a": the
+ * strict check, the member finder, the inference scan and the canonical
+ * form say invalid exactly when the tokenizer does, and cJSON parses
+ * whatever it calls valid (cJSON also takes some invalid text: see
+ * fuzz/fuzz_json_diff.c).
+ */
+static int walkers_agree(ob_iov_t in, int want, bool wrapped) {
+  bool valid = want & JC_V;
+  int bad = 0;
+  bad += (ob_json_validate(in, NULL, NULL) == 0) != valid;
+  bad += (ob_json_check(in, 0, NULL, NULL, NULL) == 0) != valid;
+  ob_buf_t b;
+  ob_buf_init(&b);
+  bad += ob_cache_canonical(in, NULL, 0, &b) != (valid && !(want & JC_DUP));
+  ob_buf_dispose(&b);
+  cJSON *root = cJSON_ParseWithLength(in.base, in.len);
+  if (valid && !root) bad++;
+  cJSON_Delete(root);
+  if (wrapped) {
+    ob_json_member_t m;
+    /* \u0000 in a top-level string member is ambiguous to the finder. */
+    bad += ob_json_find_member(in, OB_IOV_LIT("a"), &m) != (valid && !(want & JC_NUL) ? 1 : -1);
+    ob_infer_scan_t sc;
+    /* It gives up on \u0000 and escaped keys (the tree decides), so only
+     * "invalid: no" and "plain valid: yes" are its to say. */
+    bool r = ob_json_infer_scan(in, &sc);
+    bad += valid ? !(want & (JC_NUL | JC_DUP)) && !r : r;
+  }
+  return bad;
+}
+
+static void test_json_agreement(void) {
+  int bad = 0;
+  for (size_t i = 0; i < JSON_CASES; i++) {
+    const json_case_t *c = &json_cases[i];
+    ob_iov_t in = ob_iov(c->json, json_case_len(c));
+    ob_buf_t w;
+    ob_buf_init(&w);
+    ob_buf_append_str(&w, "{\"a\":");
+    ob_buf_append_iov(&w, in);
+    ob_buf_append_str(&w, "}");
+    int n = walkers_agree(in, c->want, false) + walkers_agree(ob_buf_iov(&w), c->want, true);
+    if (n) printf("#   walkers disagree: %s\n", c->name);
+    bad += n;
+    ob_buf_dispose(&w);
+  }
+  TAP_EQ_INT(bad, 0, "check, finder, inference scan, canonical form and cJSON agree on every conformance case");
+  /* The depth cap is one for all: 128 containers nest, 129 do not. */
+  for (int depth = OB_JSON_MAX_DEPTH; depth <= OB_JSON_MAX_DEPTH + 1; depth++) {
+    ob_buf_t d;
+    ob_buf_init(&d);
+    ob_buf_append_str(&d, "{\"a\":");
+    for (int i = 1; i < depth; i++) ob_buf_append_str(&d, "[");
+    for (int i = 1; i < depth; i++) ob_buf_append_str(&d, "]");
+    ob_buf_append_str(&d, "}");
+    bool fits = depth <= OB_JSON_MAX_DEPTH;
+    TAP_EQ_INT(walkers_agree(ob_buf_iov(&d), fits ? JC_V : JC_I, true), 0,
+               fits ? "depth 128: every walker reads it" : "depth 129: every walker refuses it");
+    ob_buf_dispose(&d);
+  }
+}
+
 int main(void) {
+  test_json_agreement();
   test_infer_scan();
   test_usage();
   test_scan();

@@ -345,14 +345,19 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 
 void ob_proxy_capacity_on_ttft(ob_exchange_t *x) {
   ob_proxy_shared_t *sh = x->proxy->sh;
-  if (!sh->capacity || !x->ttfb_us || !x->upstream_name) return;
+  /* The first body byte, not the head: a streaming backend (vLLM, the
+   * simulator) sends its head before the request gets a slot, so the head's
+   * time is blind to the backend's queue; the first byte is the first token
+   * when streamed, the whole answer when not. */
+  uint64_t first = x->first_byte_us;
+  if (!sh->capacity || !first || !x->upstream_name) return;
   cap_pool_t *cp = find_pool(sh->capacity, x->upstream_name);
   if (!cp || x->endpoint_index >= cp->n || !x->req) return;
   uint64_t sent = x->req->start_us + x->queue_us;
-  if (x->ttfb_us <= sent) return;
+  if (first <= sent) return;
   /* in flight at the endpoint when it was sent: its share of the pool's now, this one included */
   uint32_t inflight = endpoint_inflight(cp, x->endpoint_index, 1, ob_clock_us());
-  ob_cap_on_ttft(&cp->eps[x->endpoint_index].ctl, x->ttfb_us - sent, inflight, x->ttfb_us); /* now: when it came */
+  ob_cap_on_ttft(&cp->eps[x->endpoint_index].ctl, first - sent, inflight, first); /* now: when it came */
   apply_pool(cp);
 }
 

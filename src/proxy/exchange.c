@@ -362,6 +362,7 @@ static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t
 
 static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
   ob_exchange_t *x = data;
+  if (!x->first_byte_us && evbuffer_get_length(buf)) x->first_byte_us = ob_clock_us();
   void (*look)(ob_exchange_t *, const char *, size_t) = x->route->cls->on_response_data;
   if (look) {
     /* Let the route class read the spans in place (usage accounting). */

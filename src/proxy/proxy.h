@@ -151,6 +151,7 @@ struct ob_exchange {
   ob_ureq_t *u;
   const char *endpoint;
   uint64_t ttfb_us;
+  uint64_t first_byte_us;      /* the upstream answer's first body byte (streamed: the first token), 0 before */
   bool paused;
   bool answered;
   bool prepared;              /* prepare ran: on_finish is owed */

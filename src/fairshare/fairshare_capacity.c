@@ -12,35 +12,71 @@
  * scrape updates an EWMA of waiting and KV usage (half-life one interval;
  * one scrape weighs at most half) and a ring of the last 4 running counts.
  * Then at most one step per 3/4 interval, whatever the scrape rate:
- *   - Decrease when the backend queues: raw waiting above target and either
- *     the smoothed waiting above target + WAIT_BAND (0.75: a single scrape
- *     that catches one or two requests between scheduler steps is not a
- *     queue; two in a row are) or the last step was an increase (a probe
- *     that failed is answered at once). The limit goes to an absolute level,
- *     so a queue that takes a while to drain is never cut twice:
- *       a big excess (> 2 and > 1/8 of the limit: capacity really dropped):
- *         running + target, or obleth's inflight minus the excess when that
- *         is lower (a backend shared with clients obleth does not see);
+ *   - A KV-bound queue first. When the KV cache is full (fewer than
+ *     KV_FULL_SEQS = 3 sequences of today's mean size, running / kv -
+ *     running, would still fit), a request waiting in the backend is most
+ *     likely a prompt that does not fit yet (vLLM admits first come first
+ *     served, so it blocks those behind it) or a sequence preempted when
+ *     the running ones grew: the KV cache overflowed, the backend did not
+ *     lose capacity. Then, unless the excess is above 2 and above
+ *     KV_BIG_EXCESS = 1/4 of the limit, the limit loses one sequence
+ *     (never below running + target), sets no ceiling and holds growth for
+ *     KV_HOLD = 2 intervals; the trim is taken when the last step was an
+ *     increase, when the backend preempted since the last step, or when
+ *     the queue lingers (then at most every KV_TRIM_GAP = 4 intervals), so
+ *     a burst that drains over several scrapes costs one, not one a
+ *     scrape. (The old answer, a cut to the running count held 2 s, kept
+ *     the mixed phase at 65-94 % of the best static setting and made the
+ *     short phase saw-tooth 24..33 on preemption bursts.) A preemption is
+ *     the backend's counter rising (ob_cap_on_preemptions, vLLM's
+ *     vllm:num_preemptions_total) or, without it, running falling while
+ *     waiting rises with the KV cache full.
+ *   - Decrease when the backend queues otherwise: raw waiting above target
+ *     and either the smoothed waiting above target + WAIT_BAND (0.75: a
+ *     single scrape that catches one or two requests between scheduler
+ *     steps is not a queue; two in a row are), the last step was an
+ *     increase (a probe that failed is answered at once) or the backend
+ *     preempted. The limit goes to an absolute level, so a queue that
+ *     takes a while to drain is never cut twice:
+ *       a big excess (> 2 and > 1/8 of the limit, > 1/4 with the KV cache
+ *         full: capacity really dropped): running + target, or obleth's
+ *         inflight minus the excess when that is lower (a backend shared
+ *         with clients obleth does not see);
  *       a small excess: the most running seen in the last 4 scrapes +
  *         target, because a scrape caught mid-step shows running one or two
  *         short (without this, 30 % of such scrapes walked the limit to 1).
  *     One step removes at most MD_MAX = 25 % (one wild scrape cannot empty
  *     the endpoint), so a halving is answered in 3 steps (0.75 s) and a drop
- *     to an eighth in 8 (2 s). The level becomes the ceiling, and growth is
- *     held for HOLD = 8 intervals (2 s) while the backend drains.
+ *     to an eighth in 8 (2 s). The level becomes the ceiling (not with the
+ *     KV cache full: the count that fits moves with the mix of requests),
+ *     and growth is held for HOLD = 8 intervals (2 s; KV_HOLD with the KV
+ *     cache full, where the KV room gates growth) while the backend drains.
  *   - Increase only when nothing queues (raw waiting <= target, smoothed
  *     within the band), obleth saturates the endpoint (inflight within 10 %
  *     of the limit: otherwise there is no evidence the backend could take
  *     more, and an idle endpoint must not drift up), KV usage is below
  *     kv_high (vLLM's real limit is its KV cache: past it more sequences
- *     mean preemptions, not throughput), and the hold is over. The step
- *     starts at 1 and doubles after each increase the backend took without
- *     queueing, capped at half the limit before the backend ever queued
- *     (slow start, log time) and at a quarter after (grown capacity is
- *     re-found in seconds; the overshoot is at most one step). It stops at
- *     the ceiling when coming from below (and holds there again), and at
+ *     mean preemptions, not throughput), the hold is over, and the backend
+ *     has not preempted for PREEMPT_QUIET = 2 intervals (PREEMPT_HOLD = 4
+ *     while the backend's waiting mean over the last seconds, an EWMA with
+ *     a half-life of WAIT_SLOW_HL = 8 intervals, is above target +
+ *     WAIT_SLOW_BAND = 0.3: each preempted sequence is a waiting one, and
+ *     that mean is the budget). The step starts at 1 and doubles after
+ *     each increase the backend took without queueing, capped at half the
+ *     limit before the backend ever queued (slow start, log time) and at a
+ *     quarter after (grown capacity is re-found in seconds; the overshoot is
+ *     at most one step), and stays 1 within 2 * KV_FULL_SEQS mean sequences
+ *     of a full KV cache (its usage swings with every completion there; a
+ *     doubled step overshot into preemptions). It stops at the ceiling when
+ *     coming from below (and holds there again), and at the KV room,
  *     running * kv_high / kv, where KV would reach kv_high at today's usage
  *     per sequence (long prompts find their level without overshooting).
+ *     When the room is less than one more sequence but half a mean
+ *     sequence still fits (running / kv >= limit + KV_PROBE_ROOM), one more
+ *     is tried at most every KV_PROBE = 4 intervals and not while the
+ *     waiting budget is spent: the mean hides an uneven mix (a short request
+ *     fits beside long ones), and a prompt that does not fit is answered by
+ *     the KV trim above.
  * At steady state this is one +1 probe every HOLD + 1 intervals, answered
  * by the next scrape: the limit moves between S and S + 1 and the backend
  * holds one request too many for one scrape in nine (waiting mean ~0.11).

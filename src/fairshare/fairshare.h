@@ -266,8 +266,15 @@ typedef struct ob_cap {
   double run_hist[4];        /* running in the last 4 good scrapes (a ring) */
   uint32_t run_next;
   double waiting_s, kv_s;          /* smoothed */
+  double waiting_l;          /* waiting, smoothed over seconds */
   double ceiling;            /* level where the backend last queued; 0 = none yet */
   double grow_step;
+  double preempt_total;      /* last preemption counter seen; NaN = not exposed */
+  double preempt_new;        /* preemptions since the last control step */
+  bool preempt_known;        /* the counter was seen in the last good scrape */
+  uint64_t preempt_us;       /* last step that saw the backend overflow its KV cache */
+  uint64_t trim_us;          /* last KV trim */
+  uint64_t kv_probe_us;      /* no step above the KV room before this */
   /* latency */
   double ttft_s;             /* smoothed time to first token (us); 0 = none yet */
   double lat_sum;            /* fresh samples (sent since lat_epoch_us) ... */
@@ -322,6 +329,15 @@ void ob_cap_init(ob_cap_t *c, const ob_cap_params_t *p, uint32_t initial, uint64
  * per 3/4 interval, whatever the scrape rate. */
 void ob_cap_on_metrics(ob_cap_t *c, double running, double waiting, double kv_usage, uint32_t inflight,
                        uint64_t now_us);
+
+/* The backend's preemption counter (vLLM's vllm:num_preemptions_total)
+ * from the scrape about to be given to ob_cap_on_metrics: call this first,
+ * with the same now_us. Optional: without it (or with NaN or a negative
+ * value, "not exposed") a preemption is inferred from running falling while
+ * waiting rises with the KV cache full. A counter lower than the last one
+ * (a restart) counts from there. What it feeds is described in
+ * fairshare_capacity.c. */
+void ob_cap_on_preemptions(ob_cap_t *c, double total, uint64_t now_us);
 
 /* A scrape failed or was useless (404, timeout, too big, malformed, none of
  * the known names). The limit is kept; after 3 in a row, or once the last

@@ -12,35 +12,71 @@
  * scrape updates an EWMA of waiting and KV usage (half-life one interval;
  * one scrape weighs at most half) and a ring of the last 4 running counts.
  * Then at most one step per 3/4 interval, whatever the scrape rate:
- *   - Decrease when the backend queues: raw waiting above target and either
- *     the smoothed waiting above target + WAIT_BAND (0.75: a single scrape
- *     that catches one or two requests between scheduler steps is not a
- *     queue; two in a row are) or the last step was an increase (a probe
- *     that failed is answered at once). The limit goes to an absolute level,
- *     so a queue that takes a while to drain is never cut twice:
- *       a big excess (> 2 and > 1/8 of the limit: capacity really dropped):
- *         running + target, or obleth's inflight minus the excess when that
- *         is lower (a backend shared with clients obleth does not see);
+ *   - A KV-bound queue first. When the KV cache is full (fewer than
+ *     KV_FULL_SEQS = 3 sequences of today's mean size, running / kv -
+ *     running, would still fit), a request waiting in the backend is most
+ *     likely a prompt that does not fit yet (vLLM admits first come first
+ *     served, so it blocks those behind it) or a sequence preempted when
+ *     the running ones grew: the KV cache overflowed, the backend did not
+ *     lose capacity. Then, unless the excess is above 2 and above
+ *     KV_BIG_EXCESS = 1/4 of the limit, the limit loses one sequence
+ *     (never below running + target), sets no ceiling and holds growth for
+ *     KV_HOLD = 2 intervals; the trim is taken when the last step was an
+ *     increase, when the backend preempted since the last step, or when
+ *     the queue lingers (then at most every KV_TRIM_GAP = 4 intervals), so
+ *     a burst that drains over several scrapes costs one, not one a
+ *     scrape. (The old answer, a cut to the running count held 2 s, kept
+ *     the mixed phase at 65-94 % of the best static setting and made the
+ *     short phase saw-tooth 24..33 on preemption bursts.) A preemption is
+ *     the backend's counter rising (ob_cap_on_preemptions, vLLM's
+ *     vllm:num_preemptions_total) or, without it, running falling while
+ *     waiting rises with the KV cache full.
+ *   - Decrease when the backend queues otherwise: raw waiting above target
+ *     and either the smoothed waiting above target + WAIT_BAND (0.75: a
+ *     single scrape that catches one or two requests between scheduler
+ *     steps is not a queue; two in a row are), the last step was an
+ *     increase (a probe that failed is answered at once) or the backend
+ *     preempted. The limit goes to an absolute level, so a queue that
+ *     takes a while to drain is never cut twice:
+ *       a big excess (> 2 and > 1/8 of the limit, > 1/4 with the KV cache
+ *         full: capacity really dropped): running + target, or obleth's
+ *         inflight minus the excess when that is lower (a backend shared
+ *         with clients obleth does not see);
  *       a small excess: the most running seen in the last 4 scrapes +
  *         target, because a scrape caught mid-step shows running one or two
  *         short (without this, 30 % of such scrapes walked the limit to 1).
  *     One step removes at most MD_MAX = 25 % (one wild scrape cannot empty
  *     the endpoint), so a halving is answered in 3 steps (0.75 s) and a drop
- *     to an eighth in 8 (2 s). The level becomes the ceiling, and growth is
- *     held for HOLD = 8 intervals (2 s) while the backend drains.
+ *     to an eighth in 8 (2 s). The level becomes the ceiling (not with the
+ *     KV cache full: the count that fits moves with the mix of requests),
+ *     and growth is held for HOLD = 8 intervals (2 s; KV_HOLD with the KV
+ *     cache full, where the KV room gates growth) while the backend drains.
  *   - Increase only when nothing queues (raw waiting <= target, smoothed
  *     within the band), obleth saturates the endpoint (inflight within 10 %
  *     of the limit: otherwise there is no evidence the backend could take
  *     more, and an idle endpoint must not drift up), KV usage is below
  *     kv_high (vLLM's real limit is its KV cache: past it more sequences
- *     mean preemptions, not throughput), and the hold is over. The step
- *     starts at 1 and doubles after each increase the backend took without
- *     queueing, capped at half the limit before the backend ever queued
- *     (slow start, log time) and at a quarter after (grown capacity is
- *     re-found in seconds; the overshoot is at most one step). It stops at
- *     the ceiling when coming from below (and holds there again), and at
+ *     mean preemptions, not throughput), the hold is over, and the backend
+ *     has not preempted for PREEMPT_QUIET = 2 intervals (PREEMPT_HOLD = 4
+ *     while the backend's waiting mean over the last seconds, an EWMA with
+ *     a half-life of WAIT_SLOW_HL = 8 intervals, is above target +
+ *     WAIT_SLOW_BAND = 0.3: each preempted sequence is a waiting one, and
+ *     that mean is the budget). The step starts at 1 and doubles after
+ *     each increase the backend took without queueing, capped at half the
+ *     limit before the backend ever queued (slow start, log time) and at a
+ *     quarter after (grown capacity is re-found in seconds; the overshoot is
+ *     at most one step), and stays 1 within 2 * KV_FULL_SEQS mean sequences
+ *     of a full KV cache (its usage swings with every completion there; a
+ *     doubled step overshot into preemptions). It stops at the ceiling when
+ *     coming from below (and holds there again), and at the KV room,
  *     running * kv_high / kv, where KV would reach kv_high at today's usage
  *     per sequence (long prompts find their level without overshooting).
+ *     When the room is less than one more sequence but half a mean
+ *     sequence still fits (running / kv >= limit + KV_PROBE_ROOM), one more
+ *     is tried at most every KV_PROBE = 4 intervals and not while the
+ *     waiting budget is spent: the mean hides an uneven mix (a short request
+ *     fits beside long ones), and a prompt that does not fit is answered by
+ *     the KV trim above.
  * At steady state this is one +1 probe every HOLD + 1 intervals, answered
  * by the next scrape: the limit moves between S and S + 1 and the backend
  * holds one request too many for one scrape in nine (waiting mean ~0.11).
@@ -96,6 +132,16 @@
 #define SLOW_START_CAP 0.5     /* growth step cap before the first queue ... */
 #define PROBE_CAP 0.25         /* ... and after, as a fraction of the limit */
 #define STEP_EVERY 0.75        /* control steps at most once per 3/4 interval */
+#define KV_FULL_SEQS 3         /* KV full: fewer than this many more average sequences fit */
+#define KV_BIG_EXCESS 0.25     /* with the KV cache full, a capacity drop is above 1/4 */
+#define KV_TRIM_GAP 4          /* intervals between two trims of a lingering KV queue */
+#define KV_HOLD 2              /* intervals without growth after a KV trim ... */
+#define PREEMPT_QUIET 2        /* ... and after the backend last preempted, */
+#define WAIT_SLOW_HL 8         /* half-life (intervals) of the slow waiting mean ... */
+#define WAIT_SLOW_BAND 0.3     /* ... above target + this: */
+#define PREEMPT_HOLD 4         /* growth waits this long after a preemption, and no KV probe */
+#define KV_PROBE 4             /* intervals between two steps above the KV room */
+#define KV_PROBE_ROOM 0.5      /* ... taken when this many mean sequences still fit */
 #define FAILS_TO_LATENCY 3
 #define STALE_INTERVALS 4
 #define OKS_TO_METRICS 2
@@ -285,15 +331,49 @@ static bool kv_blocks(const ob_cap_t *c) {
   return (!isnan(c->kv) && c->kv >= c->p.kv_high) || (!isnan(c->kv_s) && c->kv_s >= c->p.kv_high);
 }
 
+/* The KV cache, not the request count, is what binds: fewer than
+ * KV_FULL_SEQS more sequences of today's mean size would fit. A request
+ * waiting then is most likely a prompt that does not fit yet (vLLM admits
+ * first come first served, so it blocks those behind it) or a sequence
+ * preempted when the running ones grew: neither means the backend lost
+ * capacity. */
+static double kv_spare(double running, double kv) {
+  if (isnan(kv) || !(kv > 0) || !(running >= 1)) return INFINITY;
+  return running / kv - running;
+}
+
+static bool kv_full(double running, double kv) { return kv_spare(running, kv) < KV_FULL_SEQS; }
+
 static void metrics_step(ob_cap_t *c, uint32_t inflight, uint64_t now_us) {
   double tgt = c->p.target_waiting;
   double l = c->limit;
   double excess = c->waiting - tgt;
-  bool queueing = excess > 0 && (c->waiting_s > tgt + WAIT_BAND || c->raised);
+  bool kvf = kv_full(c->running, c->kv);
+  bool preempted = c->preempt_new > 0;
+  c->preempt_new = 0;
+  if (preempted) c->preempt_us = now_us;
+  bool queueing = excess > 0 && (c->waiting_s > tgt + WAIT_BAND || c->raised || preempted);
 
+  if (queueing && kvf && !(excess > BIG_EXCESS_MIN && excess > KV_BIG_EXCESS * l)) {
+    /* The KV cache overflowed (a preemption) or a prompt waits for room:
+     * one sequence fewer, no ceiling, growth held only briefly (it is
+     * gated by the KV room below). A queue that lingers without a new
+     * event is trimmed again at most every KV_TRIM_GAP intervals. */
+    bool event = c->raised || preempted || now_us - c->trim_us >= KV_TRIM_GAP * interval_us(c);
+    c->raised = false;
+    c->grow_step = 1;
+    c->congested_once = true;
+    if (!event) return;
+    double level = (double)whole(c) - 1;
+    if (level < c->running + tgt) level = c->running + tgt;
+    c->trim_us = now_us;
+    c->hold_until_us = now_us + KV_HOLD * interval_us(c);
+    if (level < l) set_limit(c, level);
+    return;
+  }
   if (queueing) {
     double level;
-    if (excess > BIG_EXCESS_MIN && excess > BIG_EXCESS * l) {
+    if (excess > BIG_EXCESS_MIN && excess > (kvf ? KV_BIG_EXCESS : BIG_EXCESS) * l) {
       /* A real drop: what runs now, or less when obleth's own share is
        * smaller (clients obleth does not see also queue there). */
       level = c->running + tgt;
@@ -315,9 +395,12 @@ static void metrics_step(ob_cap_t *c, uint32_t inflight, uint64_t now_us) {
     if (!(level < l)) return; /* nothing to take back */
     double floor_ = l * (1 - MD_MAX);
     set_limit(c, level > floor_ ? level : floor_);
-    c->ceiling = level > c->p.min ? level : c->p.min;
+    /* With the KV cache full the count that fits moves with the mix of
+     * requests: no ceiling, the KV room gates growth instead. */
+    c->ceiling = kvf ? 0 : level > c->p.min ? level : c->p.min;
     c->congested_once = true;
-    c->hold_until_us = now_us + HOLD_INTERVALS * interval_us(c);
+    /* With the KV cache full, growth is gated by the KV room: no long hold. */
+    c->hold_until_us = now_us + (kvf ? KV_HOLD : HOLD_INTERVALS) * interval_us(c);
     return;
   }
   c->raised = false;
@@ -327,6 +410,11 @@ static void metrics_step(ob_cap_t *c, uint32_t inflight, uint64_t now_us) {
     return;
   }
   if (now_us < c->hold_until_us) return;
+  /* After a preemption growth waits a little, or a full hold while the
+   * backend's queue over the last seconds is above its budget (each
+   * preemption is a sequence waiting: the mean counts them). */
+  bool over = c->waiting_l > tgt + WAIT_SLOW_BAND;
+  if (c->preempt_us && now_us - c->preempt_us < (over ? PREEMPT_HOLD : PREEMPT_QUIET) * interval_us(c)) return;
 
   double step = c->grow_step;
   double next = l + step;
@@ -341,8 +429,19 @@ static void metrics_step(ob_cap_t *c, uint32_t inflight, uint64_t now_us) {
   if (!isnan(c->kv) && c->kv > 0 && c->running >= 1) {
     double room = c->running * c->p.kv_high / c->kv;
     if (next > room) {
-      next = room > l ? room : l;
       kv_capped = true;
+      if (room >= l + 1) {
+        next = room;
+      } else if (c->running / c->kv >= (double)whole(c) + KV_PROBE_ROOM && now_us >= c->kv_probe_us && !over) {
+        /* The mean says no, but half a mean sequence still fits and the
+         * mix may be uneven (a short request beside long ones): one more,
+         * at most once per KV_PROBE intervals. A prompt that does not fit
+         * is answered by a trim of one. */
+        next = (double)whole(c) + 1;
+        c->kv_probe_us = now_us + KV_PROBE * interval_us(c);
+      } else {
+        next = l;
+      }
     }
   }
   set_limit(c, next);
@@ -351,6 +450,10 @@ static void metrics_step(ob_cap_t *c, uint32_t inflight, uint64_t now_us) {
     c->grow_step = 1;
   } else if (at_ceiling) {
     c->hold_until_us = now_us + HOLD_INTERVALS * interval_us(c);
+    c->grow_step = 1;
+  } else if (kv_spare(c->running, c->kv_s > c->kv ? c->kv_s : c->kv) < 2 * KV_FULL_SEQS) {
+    /* Near a full KV cache its usage swings with every completion: one
+     * sequence at a time (a doubled step overshot into preemptions). */
     c->grow_step = 1;
   } else {
     double cap = c->limit * (c->congested_once ? PROBE_CAP : SLOW_START_CAP);
@@ -384,6 +487,7 @@ void ob_cap_init(ob_cap_t *c, const ob_cap_params_t *p, uint32_t initial, uint64
   c->lat_feed_us = now_us;
   c->next_probe_us = now_us + REPROBE_US;
   c->running = c->waiting = c->kv = c->waiting_s = c->kv_s = NAN;
+  c->preempt_total = NAN;
   c->grow_step = 1;
   set_limit(c, initial);
 }
@@ -400,15 +504,26 @@ void ob_cap_on_metrics(ob_cap_t *c, double running, double waiting, double kv_us
   waiting = clamp_signal(waiting);
   if (!isnan(kv_usage)) kv_usage = kv_usage < 0 ? 0 : kv_usage > 1 ? 1 : kv_usage;
 
+  /* Without the counter: running down and waiting up together, with the
+   * KV cache full, is sequences preempted. */
+  if (!c->preempt_known && c->have_scrape && kv_full(running, kv_usage) && running < c->running &&
+      waiting > c->waiting) {
+    double moved = c->running - running < waiting - c->waiting ? c->running - running : waiting - c->waiting;
+    c->preempt_new += moved;
+  }
+  c->preempt_known = false;
+
   /* EWMA with a half-life of one interval; a scrape after a longer gap is
    * still one observation and weighs no more than half. */
   if (c->have_scrape && !isnan(c->waiting_s)) {
     double a = 1 - exp2(-(double)(now_us - c->scrape_us) / (double)interval_us(c));
     if (a > 0.5) a = 0.5;
     c->waiting_s += a * (waiting - c->waiting_s);
+    double al = 1 - exp2(-(double)(now_us - c->scrape_us) / (double)(WAIT_SLOW_HL * interval_us(c)));
+    c->waiting_l += (al < 0.5 ? al : 0.5) * (waiting - c->waiting_l);
     c->kv_s = isnan(kv_usage) || isnan(c->kv_s) ? kv_usage : c->kv_s + a * (kv_usage - c->kv_s);
   } else {
-    c->waiting_s = waiting;
+    c->waiting_s = c->waiting_l = waiting;
     c->kv_s = kv_usage;
   }
   c->running = running;
@@ -431,6 +546,19 @@ void ob_cap_on_metrics(ob_cap_t *c, double running, double waiting, double kv_us
   c->have_step = true;
   c->step_us = now_us;
   metrics_step(c, inflight, now_us);
+}
+
+void ob_cap_on_preemptions(ob_cap_t *c, double total, uint64_t now_us) {
+  advance(c, now_us);
+  if (c->down) return;
+  if (!(total >= 0)) {
+    c->preempt_known = false;
+    return;
+  }
+  total = clamp_signal(total);
+  if (!isnan(c->preempt_total) && total > c->preempt_total) c->preempt_new += total - c->preempt_total;
+  c->preempt_total = total;
+  c->preempt_known = true;
 }
 
 void ob_cap_on_metrics_failed(ob_cap_t *c, uint64_t now_us) {

@@ -234,19 +234,20 @@ static void scrape_done(cap_ep_t *e, const char *why) {
   ob_proxy_t *p = cp->p;
   uint64_t now = ob_clock_us();
   e->scrape = NULL;
-  double running = NAN, waiting = NAN, kv = NAN;
+  double running = NAN, waiting = NAN, kv = NAN, preempted = NAN;
   if (!why) {
-    ob_prom_want_t w[7] = {{.name = "vllm:num_requests_running"}, {.name = "vllm:num_requests_waiting"},
+    ob_prom_want_t w[8] = {{.name = "vllm:num_requests_running"}, {.name = "vllm:num_requests_waiting"},
                            {.name = "vllm:kv_cache_usage_perc"},  {.name = "vllm:gpu_cache_usage_perc"},
                            {.name = "sglang:num_running_reqs"},   {.name = "sglang:num_queue_reqs"},
-                           {.name = "sglang:token_usage"}};
+                           {.name = "sglang:token_usage"},        {.name = "vllm:num_preemptions_total"}};
     const char *perr = NULL;
-    if (ob_prom_parse(e->body.base, e->body.len, NULL, w, 7, NULL, &perr) != 0) {
+    if (ob_prom_parse(e->body.base, e->body.len, NULL, w, 8, NULL, &perr) != 0) {
       why = "malformed metrics";
     } else if (w[0].found && w[1].found) {
       running = w[0].value, waiting = w[1].value;
       /* a fraction: the fullest engine, not a sum over engines */
       kv = w[2].found ? w[2].max : w[3].found ? w[3].max : NAN;
+      preempted = w[7].found ? w[7].value : NAN; /* a counter: summed */
     } else if (w[4].found && w[5].found) {
       running = w[4].value, waiting = w[5].value;
       kv = w[6].found ? w[6].max : NAN;
@@ -272,6 +273,7 @@ static void scrape_done(cap_ep_t *e, const char *why) {
      * crept 2-3 above the slots of a backend that was full with no queue. */
     double seen = running + waiting;
     if (seen >= 0 && seen < inflight) inflight = (uint32_t)ceil(seen);
+    ob_cap_on_preemptions(&e->ctl, preempted, now);
     ob_cap_on_metrics(&e->ctl, running, waiting, kv, inflight, now);
   }
   else if (!refused) ob_cap_on_metrics_failed(&e->ctl, now);

@@ -179,24 +179,38 @@ void ob_buf_consume(ob_buf_t *b, size_t n) {
 
 void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s) {
   static const char hex[] = "0123456789abcdef";
+  const unsigned char *p = (const unsigned char *)s.base, *end = p + s.len;
   ob_buf_append(b, "\"", 1);
-  size_t run = 0;
-  for (size_t i = 0; i < s.len; i++) {
-    unsigned char c = (unsigned char)s.base[i];
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
+  size_t run = 0, i = 0;
+  while (i < s.len) {
+    unsigned char c = p[i];
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+      i++;
+      continue;
+    }
+    if (c >= 0x80) {
+      size_t n = ob_utf8_seq_len(p + i, end);
+      if (n) {
+        i += n;
+        continue;
+      }
+    }
     ob_buf_append(b, s.base + run, i - run);
-    run = i + 1;
     switch (c) {
     case '"': ob_buf_append(b, "\\\"", 2); break;
     case '\\': ob_buf_append(b, "\\\\", 2); break;
     case '\n': ob_buf_append(b, "\\n", 2); break;
     case '\r': ob_buf_append(b, "\\r", 2); break;
     case '\t': ob_buf_append(b, "\\t", 2); break;
-    default: {
-      char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      ob_buf_append(b, esc, 6);
+    default:
+      if (c >= 0x80) {
+        ob_buf_append(b, "\\ufffd", 6);
+      } else {
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        ob_buf_append(b, esc, 6);
+      }
     }
-    }
+    run = ++i;
   }
   ob_buf_append(b, s.base + run, s.len - run);
   ob_buf_append(b, "\"", 1);

@@ -123,8 +123,14 @@ void ob_buf_printf(ob_buf_t *b, const char *fmt, ...) __attribute__((format(prin
 void ob_buf_consume(ob_buf_t *b, size_t n);
 static inline void ob_buf_reset(ob_buf_t *b) { b->len = 0; }
 static inline ob_iov_t ob_buf_iov(const ob_buf_t *b) { return (ob_iov_t){b->base, b->len}; }
-/* Append a JSON string literal (with quotes) escaping as RFC 8259 requires. */
+/* Append a JSON string literal (with quotes) escaping as RFC 8259 requires.
+ * Bytes that are not well-formed UTF-8 become U+FFFD, so the output is
+ * always valid JSON whatever s holds (a request path, a peer's bytes). */
 void ob_buf_append_json_str(ob_buf_t *b, ob_iov_t s);
+/* Length (2..4) of the well-formed UTF-8 sequence starting at p, a byte
+ * >= 0x80 before end; 0 when it is not one (RFC 3629: no overlong forms, no
+ * encoded surrogates, nothing above U+10FFFF, no truncated sequence). */
+size_t ob_utf8_seq_len(const unsigned char *p, const unsigned char *end);
 
 /* ---------------------------------------------------------------- strict JSON */
 

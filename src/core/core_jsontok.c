@@ -39,9 +39,7 @@ static int hex4(const char *p) {
   return v;
 }
 
-/* Length of the well-formed UTF-8 sequence at p (a byte >= 0x80), 0 when
- * it is not one (RFC 3629, table 3-7 of Unicode). */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
+size_t ob_utf8_seq_len(const unsigned char *p, const unsigned char *end) {
   unsigned char c = p[0];
   size_t n;
   unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
@@ -92,7 +90,7 @@ static const char *string(const char *p, const char *end, ob_json_tok_t *t, cons
     unsigned char c = (unsigned char)*p;
     if (c == '"') break;
     if (c >= 0x80) {
-      size_t n = utf8_len((const unsigned char *)p, (const unsigned char *)end);
+      size_t n = ob_utf8_seq_len((const unsigned char *)p, (const unsigned char *)end);
       if (!n) {
         *why = "invalid UTF-8 in a string";
         return NULL;

@@ -31,6 +31,12 @@ static void test_buf(void) {
   ob_buf_append_json_str(&b, OB_IOV_LIT("a\"b\\c\n\x01"));
   TAP_CHECK(b.len == 17 && memcmp(b.base, "\"a\\\"b\\\\c\\n\\u0001\"", 17) == 0, "json escaping");
   ob_buf_reset(&b);
+  /* well-formed UTF-8 passes as is; anything else becomes U+FFFD, a byte at a time */
+  ob_buf_append_json_str(&b, OB_IOV_LIT("\xc3\xa9\xf0\x9f\x98\x80|\xff|\xc0\xaf|\xed\xa0\x80|\xe2\x82"));
+  static const char want[] = "\"\xc3\xa9\xf0\x9f\x98\x80|\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd\\ufffd|\\ufffd\\ufffd\"";
+  TAP_CHECK(b.len == sizeof want - 1 && memcmp(b.base, want, b.len) == 0, "json escaping: invalid UTF-8 as U+FFFD (%.*s)",
+            (int)b.len, b.base);
+  ob_buf_reset(&b);
   char big[600];
   memset(big, 'x', sizeof big);
   ob_buf_printf(&b, "%.*s", (int)sizeof big, big);

@@ -339,7 +339,7 @@ void sim_stats_by_path_json(ob_buf_t *b) {
   pthread_mutex_lock(&other.mu);
   for (int i = 0; i < other.n; i++) {
     ob_buf_append_str(b, ",");
-    sim_json_str(b, ob_iov_str(other.path[i]));
+    ob_buf_append_json_str(b, ob_iov_str(other.path[i]));
     ob_buf_printf(b, ":%llu", (unsigned long long)other.count[i]);
   }
   if (other.rest) ob_buf_printf(b, ",\"other\":%llu", (unsigned long long)other.rest);

@@ -21,7 +21,8 @@
 
 #include <event2/event.h>
 
-#include "core.h"
+#include "core.h" /* ob_buf_append_json_str: JSON strings, invalid UTF-8 as U+FFFD */
+#include "http.h" /* ob_http_reason */
 
 #define SIM_MAX_BODY ((size_t)32 << 20) /* request bodies above this get 413 */
 #define SIM_MAX_HEAD ((size_t)64 << 10) /* request header block; 431 above */
@@ -147,12 +148,8 @@ void sim_ex_dispatch(sim_ex_t *ex);
 void sim_ex_dispose(sim_ex_t *ex);
 /* A queued exchange got its slot (called by the worker, on its thread). */
 void sim_ex_on_grant(sim_ex_t *ex);
-/* Append a JSON string literal; invalid UTF-8 becomes U+FFFD. */
-void sim_json_str(ob_buf_t *b, ob_iov_t s);
 /* Append a vLLM-shaped error object. */
 void sim_error_json(ob_buf_t *b, int status, const char *msg);
-/* The reason phrase for a status code ("Not Found"). */
-const char *sim_reason(int status);
 
 /* ---------------------------------------------------------------- slots */
 

@@ -109,107 +109,17 @@ static const char *token_at(uint64_t phash, int64_t i) {
 
 /* ---------------------------------------------------------------- JSON out */
 
-/* A JSON string literal; invalid UTF-8 becomes U+FFFD so the output always
- * parses (echoed bodies may be arbitrary bytes). */
-void sim_json_str(ob_buf_t *b, ob_iov_t s) {
-  static const char hex[] = "0123456789abcdef";
-  const unsigned char *p = (const unsigned char *)s.base;
-  size_t run = 0, i = 0;
-  ob_buf_append(b, "\"", 1);
-  while (i < s.len) {
-    unsigned c = p[i];
-    size_t len = 1;
-    bool bad = false;
-    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-      i++;
-      continue;
-    }
-    if (c >= 0x80) {
-      unsigned lo = 0x80, hi = 0xbf;
-      if (c >= 0xc2 && c <= 0xdf) len = 2;
-      else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        if (c == 0xe0) lo = 0xa0;
-        if (c == 0xed) hi = 0x9f;
-      } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        if (c == 0xf0) lo = 0x90;
-        if (c == 0xf4) hi = 0x8f;
-      } else bad = true;
-      if (!bad && i + len > s.len) bad = true;
-      for (size_t k = 1; !bad && k < len; k++) {
-        unsigned d = p[i + k];
-        if (k == 1 ? (d < lo || d > hi) : (d < 0x80 || d > 0xbf)) bad = true;
-      }
-      if (!bad) {
-        i += len;
-        continue;
-      }
-    }
-    ob_buf_append(b, s.base + run, i - run);
-    switch (c) {
-    case '"': ob_buf_append(b, "\\\"", 2); break;
-    case '\\': ob_buf_append(b, "\\\\", 2); break;
-    case '\n': ob_buf_append(b, "\\n", 2); break;
-    case '\r': ob_buf_append(b, "\\r", 2); break;
-    case '\t': ob_buf_append(b, "\\t", 2); break;
-    default:
-      if (c >= 0x80) ob_buf_append(b, "\\ufffd", 6);
-      else {
-        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-        ob_buf_append(b, esc, 6);
-      }
-    }
-    i++;
-    run = i;
-  }
-  ob_buf_append(b, s.base + run, s.len - run);
-  ob_buf_append(b, "\"", 1);
-}
-
-const char *sim_reason(int status) {
-  switch (status) {
-  case 100: return "Continue";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 304: return "Not Modified";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 402: return "Payment Required";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 411: return "Length Required";
-  case 413: return "Payload Too Large";
-  case 415: return "Unsupported Media Type";
-  case 422: return "Unprocessable Entity";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return status < 400 ? "OK" : status < 500 ? "Client Error" : "Server Error";
-  }
-}
-
 void sim_error_json(ob_buf_t *b, int status, const char *msg) {
   /* vLLM's ErrorResponse; the type is the reason phrase in CamelCase plus
    * "Error" (404 -> NotFoundError, 400 -> BadRequestError). */
   char type[64];
   size_t n = 0;
-  for (const char *r = sim_reason(status); *r && n < sizeof type - 6; r++)
+  for (const char *r = ob_http_reason(status); *r && n < sizeof type - 6; r++)
     if ((*r >= 'A' && *r <= 'Z') || (*r >= 'a' && *r <= 'z')) type[n++] = *r;
   type[n] = '\0';
   if (n < 5 || strcmp(type + n - 5, "Error") != 0) memcpy(type + n, "Error", 6);
   ob_buf_append_str(b, "{\"object\":\"error\",\"message\":");
-  sim_json_str(b, ob_iov_str(msg));
+  ob_buf_append_json_str(b, ob_iov_str(msg));
   ob_buf_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}", type, status);
 }
 
@@ -342,23 +252,23 @@ static void sim_echo(sim_ex_t *ex) {
   ob_buf_t *b = &ex->w->scratch;
   ob_buf_reset(b);
   ob_buf_append_str(b, "{\"method\":");
-  sim_json_str(b, ex->method);
+  ob_buf_append_json_str(b, ex->method);
   ob_buf_append_str(b, ",\"path\":");
-  sim_json_str(b, ex->path);
+  ob_buf_append_json_str(b, ex->path);
   ob_buf_append_str(b, ",\"authority\":");
-  sim_json_str(b, ex->authority);
+  ob_buf_append_json_str(b, ex->authority);
   ob_buf_append_str(b, ",\"protocol\":");
-  sim_json_str(b, ob_iov_str(ex->protocol));
+  ob_buf_append_json_str(b, ob_iov_str(ex->protocol));
   ob_buf_append_str(b, ",\"headers\":[");
   for (size_t i = 0; i < ex->nhdrs; i++) {
     ob_buf_append_str(b, i ? ",[" : "[");
-    sim_json_str(b, ex->hdrs[i].name);
+    ob_buf_append_json_str(b, ex->hdrs[i].name);
     ob_buf_append_str(b, ",");
-    sim_json_str(b, ex->hdrs[i].value);
+    ob_buf_append_json_str(b, ex->hdrs[i].value);
     ob_buf_append_str(b, "]");
   }
   ob_buf_append_str(b, "],\"body\":");
-  sim_json_str(b, ob_buf_iov(&ex->body));
+  ob_buf_append_json_str(b, ob_buf_iov(&ex->body));
   ob_buf_append_str(b, "}");
   reply(ex, 200, "application/json", b);
 }
@@ -684,7 +594,7 @@ static const char *finish_reason(const sim_gen_t *g) {
 static void head_json(ob_buf_t *b, const sim_gen_t *g, const char *object) {
   ob_buf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", g->id,
                 object, g->created);
-  sim_json_str(b, g->model);
+  ob_buf_append_json_str(b, g->model);
 }
 
 static void build_full(ob_buf_t *b, const sim_gen_t *g) {
@@ -894,9 +804,9 @@ static void reply_models(sim_ex_t *ex) {
   long long now = (long long)time(NULL);
   ob_iov_t m = ob_iov_str(sim_cfg.model);
   ob_buf_append_str(b, "{\"object\":\"list\",\"data\":[{\"id\":");
-  sim_json_str(b, m);
+  ob_buf_append_json_str(b, m);
   ob_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"vllm\",\"root\":", now);
-  sim_json_str(b, m);
+  ob_buf_append_json_str(b, m);
   ob_buf_printf(b,
                 ",\"parent\":null,\"max_model_len\":%lld,\"permission\":[{\"id\":"
                 "\"modelperm-%016llx\",\"object\":\"model_permission\",\"created\":%lld,"

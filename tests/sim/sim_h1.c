@@ -130,7 +130,7 @@ static void fail(h1conn_t *c, int status, const char *msg) {
   evbuffer_add_printf(c->out,
                       "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                       "content-length: %zu\r\nconnection: close\r\n\r\n",
-                      status, sim_reason(status), b->len);
+                      status, ob_http_reason(status), b->len);
   evbuffer_add(c->out, b->base, b->len);
   if (c->ex_live) {
     sim_ex_dispose(&c->ex);
@@ -146,7 +146,7 @@ static void fail(h1conn_t *c, int status, const char *msg) {
 static void op_head(sim_ex_t *ex, int status, const char *ctype, int64_t clen) {
   h1conn_t *c = ex->proto;
   evbuffer_add_printf(c->out, "HTTP/1.%d %d %s\r\ncontent-type: %s\r\n", c->http10 ? 0 : 1,
-                      status, sim_reason(status), ctype);
+                      status, ob_http_reason(status), ctype);
   if (clen >= 0) {
     evbuffer_add_printf(c->out, "content-length: %lld\r\n", (long long)clen);
   } else if (!c->http10) {

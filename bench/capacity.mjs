@@ -55,7 +55,9 @@ const opt = parseArgs({ phase: 12, window: 3, warmup: 12, only: SETTINGS, json: 
   '--help': () => { console.log(`usage: ${USAGE}`); process.exit(0); },
 }, USAGE);
 if (opt.quick) { opt.phase = 6; opt.window = 2; opt.warmup = 2; }
-for (const s of opt.only) if (!SETTINGS.includes(s)) fail(`--only: known settings are ${SETTINGS.join(', ')}`);
+// static-N: any other static max_inflight, to see what each value trades (a sweep)
+const isStaticN = (s) => /^static-[1-9][0-9]*$/.test(s);
+for (const s of opt.only) if (!SETTINGS.includes(s) && !isStaticN(s)) fail(`--only: known settings are ${SETTINGS.join(', ')}, static-N`);
 if (!(opt.window > 0) || opt.phase < 2 * opt.window || (opt.phase * 1000) % (opt.window * 1000))
   fail('--phase must be a whole number of windows, at least two (the first of each phase is not scored)');
 if (!(opt.warmup >= 0) || (opt.warmup * 1000) % (opt.window * 1000)) fail('--warmup must be a whole number of windows');
@@ -97,6 +99,10 @@ const CONFIGS = {
   auto: { maxInflight: 'auto', metrics: true, what: 'max_inflight "auto", capacity defaults, the simulator\'s /metrics' },
   'auto-latency': { maxInflight: 'auto', metrics: false, what: 'max_inflight "auto", capacity defaults, obleth-sim --no-metrics (latency only)' },
 };
+for (const s of opt.only.filter(isStaticN)) {
+  const n = Number(s.slice(7));
+  CONFIGS[s] = { maxInflight: n, metrics: true, what: `static max_inflight ${n}` };
+}
 
 const TARGETS = {
   auto: { util: 0.95, waitingMean: 0.5, shareErrPp: 3, jain: 0.99, reconvergeMs: 2000 },
@@ -367,7 +373,7 @@ console.log(`requests: streaming chat, max_tokens ${TOKENS[0]}..${TOKENS[1]}, pr
   `${FIT_SHORT} short or ${FIT_LONG} long sequences fit the KV cache; tenants ${TENANTS.map((t) => `${t.name} (w${t.weight})`).join(', ')}, ${STREAMS} streams each`);
 console.log(`binaries: ${OBLETH}\n          ${OBLETH_SIM}`);
 const res = [];
-for (const s of SETTINGS) if (opt.only.includes(s)) res.push(await runSetting(s));
+for (const s of [...SETTINGS, ...opt.only.filter(isStaticN)]) if (opt.only.includes(s)) res.push(await runSetting(s));
 const verdicts = summary(res);
 console.log(`\nwall time ${((Date.now() - started) / 1000).toFixed(0)} s`);
 if (opt.json) {

@@ -115,7 +115,7 @@ static void warn_keys(const ob_config_t *cfg) {
 static parts_t *parts_build(ob_config_t *cfg, ob_cache_store_t *cache, const ob_mcp_t *prev_mcp,
                             ob_proxy_gen_spec_t *spec) {
   parts_t *g = ob_xcalloc(1, sizeof *g);
-  g->tenants = ob_tenants_create(cfg);
+  g->tenants = ob_tenants_create(cfg->tenants, cfg->num_tenants);
   g->mcp = ob_mcp_create_after(cfg, prev_mcp);
   const ob_route_binding_t bindings[] = {{&ob_mcp_class, g->mcp}};
   g->routes = ob_routes_create(cfg, bindings, sizeof bindings / sizeof bindings[0]);

@@ -69,7 +69,7 @@ typedef struct op {
 
 struct ob_cluster {
   struct event_base *base;
-  ob_config_cluster_t cfg; /* strings owned here */
+  ob_cluster_config_t cfg; /* strings owned here */
   ob_cluster_hooks_t h;
   redisAsyncContext *ac, *sub;
   int state;
@@ -553,7 +553,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg) {
 
 /* ---------------------------------------------------------------- start-up check */
 
-static redisContext *connect_blocking(const ob_config_cluster_t *cfg) {
+static redisContext *connect_blocking(const ob_cluster_config_t *cfg) {
   struct timeval tv = {(time_t)(cfg->op_timeout_ms / 1000), (suseconds_t)((cfg->op_timeout_ms % 1000) * 1000)};
   if (tv.tv_sec == 0 && tv.tv_usec < 100000) tv.tv_usec = 100000; /* connecting is slower than a call */
   redisContext *rc = cfg->unix_path ? redisConnectUnixWithTimeout(cfg->unix_path, tv)
@@ -589,7 +589,7 @@ fail:
 
 /* How long ago the replica registered as id was last heard from: -1 when
  * it is not registered, -2 when Redis cannot be asked. */
-static int64_t id_age_ms(redisContext *rc, const ob_config_cluster_t *cfg) {
+static int64_t id_age_ms(redisContext *rc, const ob_cluster_config_t *cfg) {
   char key[128];
   snprintf(key, sizeof key, "%s:reps", cfg->ns);
   redisReply *t = redisCommand(rc, "TIME");
@@ -610,7 +610,7 @@ static int64_t id_age_ms(redisContext *rc, const ob_config_cluster_t *cfg) {
 
 static char *dup_or_null(const char *s) { return s ? ob_xstrdup(s) : NULL; }
 
-ob_cluster_t *ob_cluster_create(struct event_base *base, const ob_config_cluster_t *cfg,
+ob_cluster_t *ob_cluster_create(struct event_base *base, const ob_cluster_config_t *cfg,
                                 const ob_cluster_hooks_t *hooks, const char **why) {
   *why = NULL;
   redisContext *rc = connect_blocking(cfg);

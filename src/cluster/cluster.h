@@ -6,8 +6,10 @@
  * with EVALSHA), the replica's registration and heartbeat, and the switch
  * between shared mode and fallback. It knows nothing of exchanges, tenants
  * or configs beyond the cluster block: the proxy builds each operation's
- * arguments and reads its integers (src/proxy/fleet.c). Uses core, config
- * (the cluster block), libevent and hiredis; never blocks the loop, except
+ * arguments and reads its integers (src/proxy/fleet.c). Uses core,
+ * libevent and hiredis; its settings come as ob_cluster_config_t, a type of
+ * this module that the config parses into (config depends on cluster, not
+ * the reverse); never blocks the loop, except
  * in ob_cluster_create, which runs before the loop serves anything.
  *
  * Modes: shared (registered, every call goes to Redis) and fallback (Redis
@@ -22,10 +24,34 @@
 #ifndef OB_CLUSTER_H
 #define OB_CLUSTER_H
 
-#include "config.h"
 #include "core.h"
 
 #include <hiredis/hiredis.h>
+
+/* What the cluster is given: the "cluster" block of the config file, which
+ * the config (one layer up) parses into this type (docs/cluster.md: several
+ * replicas share caps, queues, limits and budgets through one Redis; absent
+ * = a single process, no Redis). Strings are owned by whoever filled it;
+ * ob_cluster_create copies what it keeps. */
+typedef enum { OB_CLUSTER_SPLIT = 0, OB_CLUSTER_LOCAL } ob_cluster_fallback_t;
+typedef struct ob_cluster_config {
+  bool enabled;             /* the key is present */
+  char *redis;              /* "redis" as written, with any password replaced by "***" (safe to log) */
+  char *host;               /* redis://: host without brackets; NULL for unix: */
+  uint16_t port;            /* redis://: explicit or 6379 */
+  char *unix_path;          /* unix:/path: the socket, resolved against the config's folder; NULL for redis:// */
+  uint32_t db;              /* redis://.../db, default 0 (unix: "?db=N" is not supported) */
+  char *username;           /* redis://user:pass@...: ACL user; NULL = default user */
+  char *password;           /* from the URL or "password_file" (first line, trailing newline dropped);
+                               NULL = none. Secret: never logged, wiped on free */
+  char *password_file;      /* "password_file", resolved; NULL when absent */
+  char *ns;                 /* "namespace": key prefix, default "obleth"; 1..64 of [A-Za-z0-9_.:-] */
+  char *replica_id;         /* "replica_id": default "<hostname>:<pid>"; 1..128 printable ASCII, no spaces */
+  uint32_t lease_ms;        /* "lease_ms", default 3000, 300..600000 */
+  uint32_t op_timeout_ms;   /* "op_timeout_ms", default 200, 10..60000 and at most lease_ms / 3 */
+  ob_cluster_fallback_t fallback; /* "fallback": "split" (default) | "local" */
+} ob_cluster_config_t;
+
 
 struct event_base;
 typedef struct ob_cluster ob_cluster_t;
@@ -142,7 +168,7 @@ typedef void (*ob_cluster_cb)(void *arg, const ob_cluster_result_t *r);
  * NULL with *why set (static text) when one does. When Redis cannot be
  * reached it logs that, starts in fallback and keeps trying.
  */
-ob_cluster_t *ob_cluster_create(struct event_base *base, const ob_config_cluster_t *cfg,
+ob_cluster_t *ob_cluster_create(struct event_base *base, const ob_cluster_config_t *cfg,
                                 const ob_cluster_hooks_t *hooks, const char **why);
 /* Leave the fleet (what this replica holds is given back at once, when
  * Redis answers within op_timeout_ms) and free everything. Pending calls'

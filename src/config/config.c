@@ -9,9 +9,15 @@
  * position in a global, which nothing here reads); ob_config_parse touches
  * no file at all, and the cJSON tree lives only inside it.
  *
+ * The parser is split along the schema's sections: config_walk.c (the
+ * JSON path, the error list, the value helpers and walkers), config_net.c
+ * (listeners, upstreams, limits, timeouts), config_tenants.c (groups,
+ * tenants, keys, budgets) and this file (the rest, the top level, load and
+ * free). config_int.h is what they share.
+ *
  * How validation works: every object is walked child by child in document
- * order through walk_object(), which knows the object's keys from a static
- * field table, reports unknown and repeated keys, hands known ones to a
+ * order through ob_config_walk_object() (config_walk.c), which knows the
+ * object's keys from a static field table, reports unknown and repeated keys, hands known ones to a
  * per-object callback and finally reports missing required keys. A JSON
  * path (`a.b[3].c`) is kept in one buffer that grows and shrinks as the walk
  * descends, so every error carries its exact location. Cross references
@@ -33,7 +39,7 @@
  * freed, never appears in an error line, and "redis" is stored with it
  * masked.
  */
-#include "config.h"
+#include "config_int.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -55,11 +61,6 @@
  * (or /dev/zero) and is refused before it is read into memory. */
 #define MAX_FILE_BYTES ((size_t)16 << 20)
 
-/* 2^53: every integer up to here is exact in the double cJSON stores, so the
- * 64-bit fields stop there rather than silently rounding. */
-#define MAX_EXACT_INT ((uint64_t)1 << 53)
-#define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
-
 /* ---------------------------------------------------------------- route classes */
 
 /*
@@ -79,819 +80,6 @@ static const struct route_class {
 #define NUM_ROUTE_CLASSES (sizeof route_classes / sizeof route_classes[0])
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
-
-/* The group a tenant without "group" belongs to; it exists implicitly (weight
- * 1) unless the file declares it. */
-#define DEFAULT_GROUP "default"
-
-/* ---------------------------------------------------------------- seen sets */
-
-/*
- * A set of byte strings for repeat detection during one parse: open
- * addressing, linear probing, FNV-1a. Keys are borrowed (they point into the
- * snapshot, which outlives the set); a and b remember where an entry came
- * from (tenant index, key index) so a repeat can name its first occurrence.
- */
-typedef struct seen_entry {
-  const void *key; /* NULL = empty slot */
-  size_t len;
-  uint64_t hash;
-  size_t a, b;
-} seen_entry_t;
-
-typedef struct seen_set {
-  seen_entry_t *slots;
-  size_t cap, len; /* cap is 0 or a power of two */
-} seen_set_t;
-
-static uint64_t fnv1a(const void *p, size_t n) {
-  const unsigned char *s = p;
-  uint64_t h = 14695981039346656037ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
-  return h;
-}
-
-static void seen_put(seen_set_t *s, seen_entry_t e) {
-  size_t i = (size_t)e.hash & (s->cap - 1);
-  while (s->slots[i].key) i = (i + 1) & (s->cap - 1);
-  s->slots[i] = e;
-  s->len++;
-}
-
-/* Add key unless an equal one is there; returns that earlier entry, or NULL
- * after adding. */
-static const seen_entry_t *seen_add(seen_set_t *s, const void *key, size_t len, size_t a, size_t b) {
-  uint64_t h = fnv1a(key, len);
-  if (s->cap) {
-    for (size_t i = (size_t)h & (s->cap - 1); s->slots[i].key; i = (i + 1) & (s->cap - 1)) {
-      const seen_entry_t *e = &s->slots[i];
-      if (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0) return e;
-    }
-  }
-  if ((s->len + 1) * 2 > s->cap) { /* keep the load at or under one half */
-    seen_set_t bigger = {.cap = s->cap ? s->cap * 2 : 16};
-    bigger.slots = ob_xcalloc(bigger.cap, sizeof *bigger.slots);
-    for (size_t i = 0; i < s->cap; i++)
-      if (s->slots[i].key) seen_put(&bigger, s->slots[i]);
-    free(s->slots);
-    *s = bigger;
-  }
-  seen_put(s, (seen_entry_t){.key = key, .len = len, .hash = h, .a = a, .b = b});
-  return NULL;
-}
-
-static void seen_dispose(seen_set_t *s) {
-  free(s->slots);
-  *s = (seen_set_t){0};
-}
-
-/* ---------------------------------------------------------------- parse context */
-
-typedef struct ctx {
-  ob_buf_t path;        /* current JSON path, kept NUL-terminated; empty = "$" */
-  char **errs;          /* lines found by this parse, moved to the caller at the end */
-  size_t num_errs, cap_errs;
-  const char *base_dir; /* borrowed; NULL = leave relative paths as written */
-  ob_config_t *c;       /* the snapshot being built */
-  const char **up_names;/* upstream names from the pre-pass, borrowed from the cJSON tree */
-  size_t num_up_names;
-  const char **group_names; /* group names from the pre-pass, likewise */
-  size_t num_group_names;
-  const char **tenant_names_pre; /* tenant names from the pre-pass, likewise */
-  size_t num_tenant_names_pre;
-  seen_set_t tenant_names;  /* strings owned by the snapshot */
-  seen_set_t key_ids;       /* a = tenant index, b = key index */
-  seen_set_t key_digests;   /* 32-byte digests in the snapshot; a, b as above */
-} ctx_t;
-
-static void path_terminate(ctx_t *cx) {
-  *ob_buf_reserve(&cx->path, 1) = '\0';
-}
-
-static const char *path_str(ctx_t *cx) {
-  return cx->path.len ? cx->path.base : "$";
-}
-
-/* A key that can be written after a dot without ambiguity. */
-static bool plain_key(const char *k) {
-  if (!*k) return false;
-  for (; *k; k++) {
-    unsigned char ch = (unsigned char)*k;
-    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
-      return false;
-  }
-  return true;
-}
-
-/* Descend into key; returns the mark path_pop() restores. Keys that are not
- * plain identifiers are written ["like this"], JSON-escaped, so an error line
- * never contains a raw newline or quote. */
-static size_t path_key(ctx_t *cx, const char *key) {
-  size_t mark = cx->path.len;
-  if (plain_key(key)) {
-    if (mark) ob_buf_append(&cx->path, ".", 1);
-    ob_buf_append_str(&cx->path, key);
-  } else {
-    ob_buf_append(&cx->path, "[", 1);
-    ob_buf_append_json_str(&cx->path, ob_iov_str(key));
-    ob_buf_append(&cx->path, "]", 1);
-  }
-  path_terminate(cx);
-  return mark;
-}
-
-static size_t path_index(ctx_t *cx, size_t i) {
-  size_t mark = cx->path.len;
-  ob_buf_printf(&cx->path, "[%zu]", i);
-  path_terminate(cx);
-  return mark;
-}
-
-static void path_pop(ctx_t *cx, size_t mark) {
-  cx->path.len = mark;
-  path_terminate(cx);
-}
-
-static void push_err(ctx_t *cx, char *line) {
-  if (cx->num_errs == cx->cap_errs) {
-    cx->cap_errs = cx->cap_errs ? cx->cap_errs * 2 : 8;
-    cx->errs = ob_xrealloc(cx->errs, cx->cap_errs * sizeof *cx->errs);
-  }
-  cx->errs[cx->num_errs++] = line;
-}
-
-/* Record "<current path>: <message>". */
-__attribute__((format(printf, 2, 3))) static void errf(ctx_t *cx, const char *fmt, ...) {
-  char *msg = NULL;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vasprintf(&msg, fmt, ap);
-  va_end(ap);
-  if (n < 0) {
-    fprintf(stderr, "obleth: out of memory formatting a config error\n");
-    abort();
-  }
-  ob_buf_t line;
-  ob_buf_init(&line);
-  ob_buf_append_str(&line, path_str(cx));
-  ob_buf_append(&line, ": ", 2);
-  ob_buf_append(&line, msg, (size_t)n);
-  *ob_buf_reserve(&line, 1) = '\0';
-  free(msg);
-  push_err(cx, line.base); /* ownership of the bytes moves to the list */
-}
-
-/* s as a JSON string literal with quotes; the caller frees it. Used to show
- * user values inside messages without letting them break the line. */
-static char *quote(const char *s) {
-  ob_buf_t b;
-  ob_buf_init(&b);
-  ob_buf_append_json_str(&b, ob_iov_str(s));
-  *ob_buf_reserve(&b, 1) = '\0';
-  return b.base;
-}
-
-void ob_config_errors_dispose(ob_config_errors_t *e) {
-  if (!e) return;
-  for (size_t i = 0; i < e->len; i++) free(e->items[i]);
-  free(e->items);
-  e->items = NULL;
-  e->len = 0;
-}
-
-/* Move this parse's errors to the end of the caller's list (or drop them). */
-static void flush_errs(ctx_t *cx, ob_config_errors_t *out) {
-  if (out && cx->num_errs) {
-    out->items = ob_xrealloc(out->items, (out->len + cx->num_errs) * sizeof *out->items);
-    memcpy(out->items + out->len, cx->errs, cx->num_errs * sizeof *cx->errs);
-    out->len += cx->num_errs;
-  } else {
-    for (size_t i = 0; i < cx->num_errs; i++) free(cx->errs[i]);
-  }
-  free(cx->errs);
-  cx->errs = NULL;
-  cx->num_errs = cx->cap_errs = 0;
-}
-
-/* ---------------------------------------------------------------- value checks */
-
-/* A string value, or NULL after reporting why not. nonempty rejects "". */
-static const char *want_string(ctx_t *cx, const cJSON *v, bool nonempty) {
-  if (!cJSON_IsString(v) || !v->valuestring) {
-    errf(cx, "expected a string");
-    return NULL;
-  }
-  if (nonempty && !v->valuestring[0]) {
-    errf(cx, "must not be empty");
-    return NULL;
-  }
-  return v->valuestring;
-}
-
-/* A string that must start with '/' (route prefixes and rewrites). */
-static const char *want_abs_path(ctx_t *cx, const cJSON *v) {
-  const char *s = want_string(cx, v, false);
-  if (s && s[0] != '/') {
-    errf(cx, "must start with \"/\"");
-    return NULL;
-  }
-  return s;
-}
-
-static bool want_bool(ctx_t *cx, const cJSON *v, bool *out) {
-  if (!cJSON_IsBool(v)) {
-    errf(cx, "expected true or false");
-    return false;
-  }
-  *out = cJSON_IsTrue(v);
-  return true;
-}
-
-/*
- * An integral JSON number in [min, max] (max <= 2^53). "1e3" and "5.0" are
- * integers; "1.5", "-1", "1e400" and non-numbers are not. The message names
- * the accepted set so the reader knows what to write instead.
- */
-static bool want_uint(ctx_t *cx, const cJSON *v, uint64_t min, uint64_t max, uint64_t *out) {
-  if (cJSON_IsNumber(v)) {
-    double d = v->valuedouble;
-    if (d >= (double)min && d <= (double)max && d == (double)(uint64_t)d) {
-      *out = (uint64_t)d;
-      return true;
-    }
-  }
-  char what[64];
-  if (min == 0)
-    snprintf(what, sizeof what, "a non-negative integer");
-  else if (min == 1)
-    snprintf(what, sizeof what, "a positive integer");
-  else
-    snprintf(what, sizeof what, "an integer >= %llu", (unsigned long long)min);
-  if (cJSON_IsNumber(v) && v->valuedouble > (double)max)
-    errf(cx, "expected %s no larger than %llu", what, (unsigned long long)max);
-  else
-    errf(cx, "expected %s", what);
-  return false;
-}
-
-/* s resolved against the config file's folder when relative; a new string. */
-static char *resolve_path(ctx_t *cx, const char *s) {
-  if (s[0] == '/' || !cx->base_dir || !cx->base_dir[0]) return ob_xstrdup(s);
-  ob_buf_t b;
-  ob_buf_init(&b);
-  ob_buf_append_str(&b, cx->base_dir);
-  if (b.base[b.len - 1] != '/') ob_buf_append(&b, "/", 1);
-  ob_buf_append_str(&b, s);
-  *ob_buf_reserve(&b, 1) = '\0';
-  return b.base;
-}
-
-/* A file path, resolved against the config file's folder when relative. */
-static char *want_file(ctx_t *cx, const cJSON *v) {
-  const char *s = want_string(cx, v, true);
-  return s ? resolve_path(cx, s) : NULL;
-}
-
-static bool name_in(const char *const *names, size_t n, const char *name) {
-  for (size_t i = 0; i < n; i++)
-    if (strcmp(names[i], name) == 0) return true;
-  return false;
-}
-
-static bool upstream_known(ctx_t *cx, const char *name) {
-  return name_in(cx->up_names, cx->num_up_names, name);
-}
-
-/* A reference to an upstream by name: must be one the file defines. */
-static char *want_upstream_ref(ctx_t *cx, const cJSON *v) {
-  const char *s = want_string(cx, v, true);
-  if (!s) return NULL;
-  if (!upstream_known(cx, s)) {
-    char *q = quote(s);
-    errf(cx, "no upstream named %s", q);
-    free(q);
-    return NULL;
-  }
-  return ob_xstrdup(s);
-}
-
-/* ---------------------------------------------------------------- objects */
-
-/*
- * One key of an object. Integer fields of "limits" and "timeouts" also carry
- * where they live in the snapshot, their range and their default, so those
- * two objects are entirely table driven.
- */
-typedef struct field {
-  const char *key;
-  bool required;
-  size_t off;      /* integer fields: offset in ob_config_limits_t / _timeouts_t */
-  bool wide;       /* uint64_t rather than uint32_t */
-  uint64_t min, max, def;
-} field_t;
-
-typedef void field_fn(ctx_t *cx, size_t idx, const cJSON *v, void *target);
-
-/*
- * Walk obj's members in document order. Unknown keys and repeats of a known
- * key are errors (cJSON keeps both copies of a repeated key, and silently
- * using one would hide a typo). Missing required keys are reported last, at
- * the object's own path. Returns a bit set of the keys that were present.
- */
-static uint32_t walk_object(ctx_t *cx, const cJSON *obj, const field_t *fields, size_t n, field_fn *fn, void *target) {
-  uint32_t seen = 0;
-  for (const cJSON *it = obj->child; it; it = it->next) {
-    const char *key = it->string ? it->string : "";
-    size_t mark = path_key(cx, key);
-    size_t i = 0;
-    while (i < n && strcmp(fields[i].key, key) != 0) i++;
-    if (i == n) {
-      errf(cx, "unknown key");
-    } else if (seen & (1u << i)) {
-      errf(cx, "duplicate key");
-    } else {
-      seen |= 1u << i;
-      fn(cx, i, it, target);
-    }
-    path_pop(cx, mark);
-  }
-  for (size_t i = 0; i < n; i++)
-    if (fields[i].required && !(seen & (1u << i))) errf(cx, "missing required key \"%s\"", fields[i].key);
-  return seen;
-}
-
-/* Walk an array whose elements must be objects; calls item(cx, i, elem, target). */
-typedef void item_fn(ctx_t *cx, size_t i, const cJSON *elem, void *target);
-
-static void walk_array(ctx_t *cx, const cJSON *arr, item_fn *item, void *target) {
-  size_t i = 0;
-  for (const cJSON *it = arr->child; it; it = it->next, i++) {
-    size_t mark = path_index(cx, i);
-    if (!cJSON_IsObject(it))
-      errf(cx, "expected an object");
-    else
-      item(cx, i, it, target);
-    path_pop(cx, mark);
-  }
-}
-
-static size_t array_len(const cJSON *arr) {
-  size_t n = 0;
-  for (const cJSON *it = arr->child; it; it = it->next) n++;
-  return n;
-}
-
-/* ---------------------------------------------------------------- host:port */
-
-static bool is_host_char(unsigned char ch) {
-  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' ||
-         ch == '_';
-}
-
-/*
- * Split "host:port", "[v6]:port", "host" or "[v6]" (len bytes, not
- * NUL-terminated). *port is -1 when absent. Returns NULL on success, or a
- * static reason. On success *host is a new string without brackets.
- */
-static const char *split_host_port(const char *s, size_t len, char **host, long *port) {
-  const char *h, *rest;
-  size_t hlen;
-  *port = -1;
-  if (len && s[0] == '[') {
-    const char *close = memchr(s, ']', len);
-    if (!close) return "unclosed \"[\"";
-    h = s + 1;
-    hlen = (size_t)(close - h);
-    char tmp[INET6_ADDRSTRLEN];
-    struct in6_addr a6;
-    if (hlen == 0 || hlen >= sizeof tmp) return "bad IPv6 address";
-    memcpy(tmp, h, hlen);
-    tmp[hlen] = '\0';
-    if (inet_pton(AF_INET6, tmp, &a6) != 1) return "bad IPv6 address";
-    rest = close + 1;
-    if (rest < s + len && *rest != ':') return "unexpected text after \"]\"";
-  } else {
-    const char *colon = memchr(s, ':', len);
-    h = s;
-    hlen = colon ? (size_t)(colon - s) : len;
-    rest = colon ? colon : s + len;
-    if (colon && memchr(colon + 1, ':', len - hlen - 1)) return "IPv6 addresses need brackets, as in [::1]:8080";
-    if (hlen == 0) return "missing host";
-    if (hlen > 253) return "host name too long";
-    bool dotted = true;
-    for (size_t i = 0; i < hlen; i++) {
-      unsigned char ch = (unsigned char)h[i];
-      if (!is_host_char(ch)) return "bad host name";
-      if (!(ch == '.' || (ch >= '0' && ch <= '9'))) dotted = false;
-    }
-    if (dotted) { /* looks like IPv4: must be one */
-      char tmp[INET_ADDRSTRLEN];
-      struct in_addr a4;
-      if (hlen >= sizeof tmp) return "bad IPv4 address";
-      memcpy(tmp, h, hlen);
-      tmp[hlen] = '\0';
-      if (inet_pton(AF_INET, tmp, &a4) != 1) return "bad IPv4 address";
-    }
-  }
-  if (rest < s + len) { /* ":port" */
-    const char *p = rest + 1;
-    size_t plen = (size_t)(s + len - p);
-    if (plen == 0 || plen > 5) return "port must be 0..65535";
-    long v = 0;
-    for (size_t i = 0; i < plen; i++) {
-      if (p[i] < '0' || p[i] > '9') return "port must be 0..65535";
-      v = v * 10 + (p[i] - '0');
-    }
-    if (v > 65535) return "port must be 0..65535";
-    *port = v;
-  }
-  *host = ob_xstrndup(h, hlen);
-  return NULL;
-}
-
-static char *make_authority(const char *host, unsigned port) {
-  ob_buf_t b;
-  ob_buf_init(&b);
-  if (strchr(host, ':'))
-    ob_buf_printf(&b, "[%s]:%u", host, port);
-  else
-    ob_buf_printf(&b, "%s:%u", host, port);
-  *ob_buf_reserve(&b, 1) = '\0';
-  return b.base;
-}
-
-/*
- * "http(s)://host[:port][/base]". No userinfo, query or fragment; the path
- * is printable ASCII without spaces (it is copied into request lines as
- * is). Fills ep only on success.
- */
-static bool parse_url(const char *s, ob_config_endpoint_t *ep) {
-  bool tls;
-  const char *p;
-  if (strncasecmp(s, "http://", 7) == 0)
-    tls = false, p = s + 7;
-  else if (strncasecmp(s, "https://", 8) == 0)
-    tls = true, p = s + 8;
-  else
-    return false;
-  size_t alen = strcspn(p, "/");
-  if (memchr(p, '@', alen)) return false;
-  const char *path = p + alen;
-  for (const char *q = path; *q; q++) {
-    unsigned char ch = (unsigned char)*q;
-    if (ch <= 0x20 || ch >= 0x7f || ch == '?' || ch == '#') return false; /* non-ASCII must be %-encoded */
-  }
-  /* '?' or '#' right after the authority is caught by the host check. */
-  char *host = NULL;
-  long port;
-  if (split_host_port(p, alen, &host, &port) != NULL) return false;
-  if (port == 0) {
-    free(host);
-    return false;
-  }
-  size_t plen = strlen(path);
-  while (plen && path[plen - 1] == '/') plen--;
-  ep->url = ob_xstrdup(s);
-  ep->tls = tls;
-  ep->host = host;
-  ep->port = (uint16_t)(port > 0 ? port : tls ? 443 : 80);
-  ep->authority = make_authority(host, ep->port);
-  ep->base_path = ob_xstrndup(path, plen);
-  return true;
-}
-
-/* ---------------------------------------------------------------- listeners */
-
-enum { TLS_CERT, TLS_KEY };
-static const field_t tls_fields[] = {
-  [TLS_CERT] = {.key = "cert", .required = true},
-  [TLS_KEY] = {.key = "key", .required = true},
-};
-
-static void on_tls_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  ob_config_listener_t *l = target;
-  char *path = want_file(cx, v);
-  if (idx == TLS_CERT)
-    l->tls_cert = path;
-  else
-    l->tls_key = path;
-}
-
-enum { L_ADDRESS, L_TLS, L_XFF };
-static const field_t listener_fields[] = {
-  [L_ADDRESS] = {.key = "address", .required = true},
-  [L_TLS] = {.key = "tls"},
-  [L_XFF] = {.key = "x_forwarded_for"},
-};
-
-static void on_listener_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  ob_config_listener_t *l = target;
-  if (idx == L_ADDRESS) {
-    const char *s = want_string(cx, v, false);
-    if (!s) return;
-    long port;
-    const char *why = split_host_port(s, strlen(s), &l->host, &port);
-    if (!why && port < 0) {
-      free(l->host);
-      l->host = NULL;
-      why = "missing port; expected HOST:PORT";
-    }
-    if (why) {
-      char *q = quote(s);
-      errf(cx, "invalid address %s (%s)", q, why);
-      free(q);
-      return;
-    }
-    l->address = ob_xstrdup(s);
-    l->port = (uint16_t)port;
-  } else if (idx == L_TLS) {
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
-    l->tls = true;
-    walk_object(cx, v, tls_fields, sizeof tls_fields / sizeof tls_fields[0], on_tls_field, l);
-  } else if (idx == L_XFF) {
-    const char *s = cJSON_IsString(v) ? v->valuestring : "";
-    if (strcmp(s, "replace") == 0)
-      l->xff_replace = true;
-    else if (strcmp(s, "append") != 0)
-      errf(cx, "expected \"append\" or \"replace\"");
-  }
-}
-
-static void on_listener(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
-  walk_object(cx, obj, listener_fields, sizeof listener_fields / sizeof listener_fields[0], on_listener_field,
-              &cx->c->listeners[i]);
-}
-
-/* ---------------------------------------------------------------- upstreams */
-
-static bool valid_name(const char *s) {
-  if (!*s) return false;
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
-          ch == '-'))
-      return false;
-  }
-  return true;
-}
-
-typedef struct upstream_state {
-  size_t index;
-  ob_config_upstream_t *u;
-  bool has_protocol; /* "protocol" present and valid */
-  bool has_capacity; /* "capacity" present */
-} upstream_state_t;
-
-enum { U_NAME, U_ENDPOINTS, U_PROTOCOL, U_MAX_INFLIGHT, U_TLS_VERIFY, U_TLS_CA, U_CREDENTIAL, U_CAPACITY };
-static const field_t upstream_fields[] = {
-  [U_NAME] = {.key = "name", .required = true},
-  [U_ENDPOINTS] = {.key = "endpoints", .required = true},
-  [U_PROTOCOL] = {.key = "protocol"},
-  [U_MAX_INFLIGHT] = {.key = "max_inflight"},
-  [U_TLS_VERIFY] = {.key = "tls_verify"},
-  [U_TLS_CA] = {.key = "tls_ca"},
-  [U_CREDENTIAL] = {.key = "credential"},
-  [U_CAPACITY] = {.key = "capacity"},
-};
-
-enum { CAP_MIN, CAP_MAX, CAP_METRICS_PATH, CAP_INTERVAL_MS, CAP_TARGET_WAITING, CAP_KV_HIGH };
-static const field_t capacity_fields[] = {
-  [CAP_MIN] = {.key = "min"},
-  [CAP_MAX] = {.key = "max"},
-  [CAP_METRICS_PATH] = {.key = "metrics_path"},
-  [CAP_INTERVAL_MS] = {.key = "interval_ms"},
-  [CAP_TARGET_WAITING] = {.key = "target_waiting"},
-  [CAP_KV_HIGH] = {.key = "kv_high"},
-};
-
-/* A finite JSON number in [min, max]. */
-static bool want_number(ctx_t *cx, const cJSON *v, double min, double max, bool min_open, double *out) {
-  if (cJSON_IsNumber(v) && v->valuedouble <= max && (min_open ? v->valuedouble > min : v->valuedouble >= min)) {
-    *out = v->valuedouble;
-    return true;
-  }
-  errf(cx, "expected a number %s %g and <= %g", min_open ? ">" : ">=", min, max);
-  return false;
-}
-
-static void on_capacity_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  ob_config_capacity_t *c = target;
-  uint64_t n;
-  switch (idx) {
-  case CAP_MIN:
-    if (want_uint(cx, v, 1, 1000000, &n)) c->min = (uint32_t)n;
-    break;
-  case CAP_MAX:
-    if (want_uint(cx, v, 1, 1000000, &n)) c->max = (uint32_t)n;
-    break;
-  case CAP_METRICS_PATH: {
-    const char *s = want_abs_path(cx, v);
-    if (s && strpbrk(s, " \t\r\n?#")) errf(cx, "must be a plain path (no spaces, query or fragment)");
-    else if (s) free(c->metrics_path), c->metrics_path = ob_xstrdup(s);
-    break;
-  }
-  case CAP_INTERVAL_MS:
-    if (want_uint(cx, v, 50, 60000, &n)) c->interval_ms = (uint32_t)n;
-    break;
-  case CAP_TARGET_WAITING:
-    want_number(cx, v, 0, 1000000, false, &c->target_waiting);
-    break;
-  case CAP_KV_HIGH:
-    want_number(cx, v, 0, 1, true, &c->kv_high);
-    break;
-  }
-}
-
-/* RFC 9110 tchar: what a header field name is made of. */
-static bool is_tchar(unsigned char ch) {
-  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-         (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
-/*
- * Header names a credential may not use: they frame the message or belong
- * to the hop, and obleth writes them itself. Letting a credential replace
- * one would corrupt the request rather than authenticate it.
- */
-static const char *const reserved_headers[] = {
-  "host", "content-length", "transfer-encoding", "connection", "keep-alive",
-  "proxy-connection", "te", "trailer", "upgrade",
-};
-
-enum { CRED_HEADER, CRED_VALUE };
-static const field_t credential_fields[] = {
-  [CRED_HEADER] = {.key = "header", .required = true},
-  [CRED_VALUE] = {.key = "value", .required = true},
-};
-
-static void on_credential_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  ob_config_upstream_t *u = target;
-  const char *s = want_string(cx, v, true);
-  if (!s) return;
-  if (idx == CRED_HEADER) {
-    for (const char *p = s; *p; p++) {
-      if (!is_tchar((unsigned char)*p)) {
-        char *q = quote(s);
-        errf(cx, "invalid header name %s", q);
-        free(q);
-        return;
-      }
-    }
-    char *lower = ob_xstrdup(s);
-    for (char *p = lower; *p; p++)
-      if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
-    for (size_t k = 0; k < sizeof reserved_headers / sizeof reserved_headers[0]; k++) {
-      if (strcmp(lower, reserved_headers[k]) == 0) {
-        errf(cx, "header \"%s\" cannot carry a credential", lower);
-        free(lower);
-        return;
-      }
-    }
-    u->credential_header = lower;
-  } else {
-    /* The value is a secret: never echoed in a message. */
-    if (strpbrk(s, "\r\n")) {
-      errf(cx, "must not contain CR or LF");
-      return;
-    }
-    u->credential_value = ob_xstrdup(s);
-  }
-}
-
-static const char *proto_name(ob_upstream_proto_t p) {
-  return p == OB_PROTO_H2 ? "h2" : p == OB_PROTO_H2C ? "h2c" : "http1";
-}
-
-static void on_upstream_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  upstream_state_t *st = target;
-  ob_config_upstream_t *u = st->u;
-  switch (idx) {
-  case U_NAME: {
-    const char *s = want_string(cx, v, true);
-    if (!s) return;
-    char *q = quote(s);
-    if (!valid_name(s)) {
-      errf(cx, "invalid name %s (use letters, digits, \"_\", \".\" and \"-\")", q);
-    } else {
-      bool dup = false;
-      for (size_t k = 0; k < st->index && !dup; k++)
-        dup = cx->c->upstreams[k].name && strcmp(cx->c->upstreams[k].name, s) == 0;
-      if (dup)
-        errf(cx, "duplicate upstream name %s", q);
-      else
-        u->name = ob_xstrdup(s);
-    }
-    free(q);
-    break;
-  }
-  case U_ENDPOINTS: {
-    if (!cJSON_IsArray(v) || !v->child) {
-      errf(cx, "expected a non-empty array");
-      return;
-    }
-    u->num_endpoints = array_len(v);
-    u->endpoints = ob_xcalloc(u->num_endpoints, sizeof *u->endpoints);
-    size_t j = 0;
-    for (const cJSON *it = v->child; it; it = it->next, j++) {
-      size_t mark = path_index(cx, j);
-      const char *s = want_string(cx, it, false);
-      if (s && !parse_url(s, &u->endpoints[j])) errf(cx, "not an http:// or https:// URL");
-      path_pop(cx, mark);
-    }
-    break;
-  }
-  case U_PROTOCOL: {
-    const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
-    if (s && strcmp(s, "http1") == 0)
-      u->protocol = OB_PROTO_HTTP1;
-    else if (s && strcmp(s, "h2c") == 0)
-      u->protocol = OB_PROTO_H2C;
-    else if (s && strcmp(s, "h2") == 0)
-      u->protocol = OB_PROTO_H2;
-    else {
-      errf(cx, "expected \"http1\", \"h2c\" or \"h2\"");
-      return;
-    }
-    st->has_protocol = true;
-    break;
-  }
-  case U_MAX_INFLIGHT: {
-    uint64_t n;
-    if (cJSON_IsString(v) && v->valuestring && strcmp(v->valuestring, "auto") == 0)
-      u->max_inflight_auto = true;
-    else if (cJSON_IsString(v))
-      errf(cx, "expected a non-negative integer or \"auto\"");
-    else if (want_uint(cx, v, 0, UINT32_MAX, &n))
-      u->max_inflight = (uint32_t)n;
-    break;
-  }
-  case U_CAPACITY:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
-    st->has_capacity = true;
-    walk_object(cx, v, capacity_fields, sizeof capacity_fields / sizeof capacity_fields[0], on_capacity_field,
-                &u->capacity);
-    if (u->capacity.min > u->capacity.max) errf(cx, "min (%u) is above max (%u)", u->capacity.min, u->capacity.max);
-    break;
-  case U_TLS_VERIFY:
-    want_bool(cx, v, &u->tls_verify);
-    break;
-  case U_TLS_CA:
-    u->tls_ca = want_file(cx, v);
-    break;
-  case U_CREDENTIAL:
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object");
-      return;
-    }
-    walk_object(cx, v, credential_fields, sizeof credential_fields / sizeof credential_fields[0], on_credential_field,
-                u);
-    break;
-  }
-}
-
-static void on_upstream(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
-  upstream_state_t st = {.index = i, .u = &cx->c->upstreams[i]};
-  st.u->tls_verify = true;
-  st.u->capacity = (ob_config_capacity_t){.min = 1, .max = 512, .metrics_path = ob_xstrdup("/metrics"),
-                                          .interval_ms = 250, .target_waiting = 0, .kv_high = 0.95};
-  walk_object(cx, obj, upstream_fields, sizeof upstream_fields / sizeof upstream_fields[0], on_upstream_field, &st);
-  if (st.has_capacity && !st.u->max_inflight_auto) {
-    size_t m = path_key(cx, "capacity");
-    errf(cx, "only used with \"max_inflight\": \"auto\"");
-    path_pop(cx, m);
-  }
-  if (st.u->max_inflight_auto && st.u->num_endpoints > OB_CONFIG_AUTO_ENDPOINTS_MAX) {
-    size_t m = path_key(cx, "endpoints");
-    errf(cx, "at most %d endpoints with \"max_inflight\": \"auto\"", OB_CONFIG_AUTO_ENDPOINTS_MAX);
-    path_pop(cx, m);
-  }
-
-  /* Scheme and protocol must agree; without "protocol" the scheme decides
-   * (h2 when every endpoint is https://, else http1, which speaks both). */
-  bool all_tls = st.u->num_endpoints > 0;
-  for (size_t j = 0; j < st.u->num_endpoints; j++) {
-    const ob_config_endpoint_t *ep = &st.u->endpoints[j];
-    if (!ep->url) continue; /* already reported */
-    all_tls = all_tls && ep->tls;
-    if (!st.has_protocol) continue;
-    bool bad = (st.u->protocol == OB_PROTO_H2 && !ep->tls) || (st.u->protocol == OB_PROTO_H2C && ep->tls);
-    if (bad) {
-      size_t m1 = path_key(cx, "endpoints");
-      size_t m2 = path_index(cx, j);
-      errf(cx, "protocol \"%s\" needs an %s URL", proto_name(st.u->protocol),
-           st.u->protocol == OB_PROTO_H2 ? "https://" : "http://");
-      path_pop(cx, m2);
-      path_pop(cx, m1);
-    }
-  }
-  if (!st.has_protocol) st.u->protocol = all_tls ? OB_PROTO_H2 : OB_PROTO_HTTP1;
-}
 
 /* ---------------------------------------------------------------- routes */
 
@@ -923,13 +111,13 @@ static void on_route_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *ta
   ob_config_route_t *r = target;
   uint64_t n;
   if (idx == RC_TTL) {
-    if (want_uint(cx, v, 1, UINT32_MAX, &n)) r->cache_ttl_s = (uint32_t)n;
+    if (ob_config_want_uint(cx, v, 1, UINT32_MAX, &n)) r->cache_ttl_s = (uint32_t)n;
   } else {
     const char *s = cJSON_IsString(v) ? v->valuestring : NULL;
     if (s && (strcmp(s, "tenant") == 0 || strcmp(s, "group") == 0 || strcmp(s, "global") == 0))
       r->cache_scope = ob_xstrdup(s);
     else
-      errf(cx, "expected \"tenant\", \"group\" or \"global\"");
+      ob_config_errf(cx, "expected \"tenant\", \"group\" or \"global\"");
   }
 }
 
@@ -937,12 +125,12 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
   route_state_t *st = target;
   switch (idx) {
   case R_PREFIX: {
-    const char *s = want_abs_path(cx, v);
+    const char *s = ob_config_want_abs_path(cx, v);
     if (!s) return;
     for (size_t k = 0; k < st->index; k++) {
       if (cx->c->routes[k].prefix && strcmp(cx->c->routes[k].prefix, s) == 0) {
-        char *q = quote(s);
-        errf(cx, "duplicate prefix %s", q);
+        char *q = ob_config_quote(s);
+        ob_config_errf(cx, "duplicate prefix %s", q);
         free(q);
         return;
       }
@@ -951,7 +139,7 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
     break;
   }
   case R_CLASS: {
-    const char *s = want_string(cx, v, false);
+    const char *s = ob_config_want_string(cx, v, false);
     if (!s) return;
     for (size_t k = 0; k < NUM_ROUTE_CLASSES; k++) {
       if (strcmp(route_classes[k].name, s) == 0) {
@@ -967,18 +155,18 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
       ob_buf_append_str(&names, route_classes[k].name);
     }
     *ob_buf_reserve(&names, 1) = '\0';
-    char *q = quote(s);
-    errf(cx, "unknown route class %s (expected %s)", q, names.base);
+    char *q = ob_config_quote(s);
+    ob_config_errf(cx, "unknown route class %s (expected %s)", q, names.base);
     free(q);
     ob_buf_dispose(&names);
     break;
   }
   case R_UPSTREAM:
     st->has_upstream = true;
-    st->r->upstream = want_upstream_ref(cx, v);
+    st->r->upstream = ob_config_want_upstream_ref(cx, v);
     break;
   case R_REWRITE: {
-    const char *s = want_abs_path(cx, v);
+    const char *s = ob_config_want_abs_path(cx, v);
     if (s) st->r->rewrite = ob_xstrdup(s);
     break;
   }
@@ -987,7 +175,7 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
     if (s && (strcmp(s, "requests") == 0 || strcmp(s, "tokens") == 0))
       st->r->cost = ob_xstrdup(s);
     else
-      errf(cx, "expected \"requests\" or \"tokens\"");
+      ob_config_errf(cx, "expected \"requests\" or \"tokens\"");
     break;
   }
   case R_CACHE:
@@ -995,30 +183,30 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
       st->r->cache = cJSON_IsTrue(v) ? 1 : 0;
     } else if (cJSON_IsObject(v)) {
       st->r->cache = 1;
-      walk_object(cx, v, route_cache_fields, NFIELDS(route_cache_fields), on_route_cache_field, st->r);
+      ob_config_walk_object(cx, v, route_cache_fields, NFIELDS(route_cache_fields), on_route_cache_field, st->r);
     } else {
-      errf(cx, "expected true, false or an object");
+      ob_config_errf(cx, "expected true, false or an object");
     }
     break;
   case R_TENANTS: {
     if (!cJSON_IsArray(v)) {
-      errf(cx, "expected an array of tenant names");
+      ob_config_errf(cx, "expected an array of tenant names");
       return;
     }
-    size_t n = array_len(v), j = 0;
+    size_t n = ob_config_array_len(v), j = 0;
     st->r->tenants = ob_xcalloc(n ? n : 1, sizeof *st->r->tenants);
     st->r->has_tenants = true;
     for (const cJSON *it = v->child; it; it = it->next, j++) {
-      size_t mark = path_index(cx, j);
-      const char *s = want_string(cx, it, true);
-      if (s && !name_in(cx->tenant_names_pre, cx->num_tenant_names_pre, s)) {
-        char *q = quote(s);
-        errf(cx, "no tenant named %s", q);
+      size_t mark = ob_config_path_index(cx, j);
+      const char *s = ob_config_want_string(cx, it, true);
+      if (s && !ob_config_name_in(cx->tenant_names_pre, cx->num_tenant_names_pre, s)) {
+        char *q = ob_config_quote(s);
+        ob_config_errf(cx, "no tenant named %s", q);
         free(q);
       } else if (s) {
         st->r->tenants[st->r->num_tenants++] = ob_xstrdup(s);
       }
-      path_pop(cx, mark);
+      ob_config_path_pop(cx, mark);
     }
     break;
   }
@@ -1028,8 +216,8 @@ static void on_route_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
 static void on_route(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   route_state_t st = {.index = i, .r = &cx->c->routes[i]};
   st.r->cache = -1;
-  walk_object(cx, obj, route_fields, sizeof route_fields / sizeof route_fields[0], on_route_field, &st);
-  if (st.cls && st.cls->needs_upstream && !st.has_upstream) errf(cx, "missing required key \"upstream\"");
+  ob_config_walk_object(cx, obj, route_fields, sizeof route_fields / sizeof route_fields[0], on_route_field, &st);
+  if (st.cls && st.cls->needs_upstream && !st.has_upstream) ob_config_errf(cx, "missing required key \"upstream\"");
 }
 
 /* ---------------------------------------------------------------- models */
@@ -1049,132 +237,30 @@ static const field_t model_fields[] = {
 static void on_model_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   model_state_t *st = target;
   if (idx == M_NAME) {
-    const char *s = want_string(cx, v, true);
+    const char *s = ob_config_want_string(cx, v, true);
     if (!s) return;
     for (size_t k = 0; k < st->index; k++) {
       if (cx->c->models[k].name && strcmp(cx->c->models[k].name, s) == 0) {
-        char *q = quote(s);
-        errf(cx, "duplicate model name %s", q);
+        char *q = ob_config_quote(s);
+        ob_config_errf(cx, "duplicate model name %s", q);
         free(q);
         return;
       }
     }
     st->m->name = ob_xstrdup(s);
   } else if (idx == M_UPSTREAM) {
-    st->m->upstream = want_upstream_ref(cx, v);
+    st->m->upstream = ob_config_want_upstream_ref(cx, v);
   } else if (idx == M_UPSTREAM_MODEL) {
-    const char *s = want_string(cx, v, true);
+    const char *s = ob_config_want_string(cx, v, true);
     if (s) st->m->upstream_model = ob_xstrdup(s);
   }
 }
 
 static void on_model(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   model_state_t st = {.index = i, .m = &cx->c->models[i]};
-  walk_object(cx, obj, model_fields, sizeof model_fields / sizeof model_fields[0], on_model_field, &st);
+  ob_config_walk_object(cx, obj, model_fields, sizeof model_fields / sizeof model_fields[0], on_model_field, &st);
 }
 
-/* ---------------------------------------------------------------- limits, timeouts */
-
-#define LIM(k, w, lo, hi, d) {.key = #k, .off = offsetof(ob_config_limits_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
-static const field_t limit_fields[] = {
-  LIM(max_body_bytes, true, 0, MAX_EXACT_INT, 16777216),
-  LIM(max_header_bytes, false, 1024, UINT32_MAX, 65536),
-  LIM(max_connections, false, 1, UINT32_MAX, 10000),
-  LIM(max_concurrent_streams, false, 1, INT32_MAX, 128),
-  LIM(stream_window_bytes, false, 16384, INT32_MAX, 262144),
-  LIM(max_client_resets, false, 1, UINT32_MAX, 1000),
-};
-#undef LIM
-
-#define TMO(k, d) {.key = #k, .off = offsetof(ob_config_timeouts_t, k), .min = 1, .max = UINT32_MAX, .def = (d)}
-static const field_t timeout_fields[] = {
-  TMO(connect_ms, 5000),      TMO(first_byte_ms, 300000),        TMO(idle_ms, 60000),   TMO(client_header_ms, 10000),
-  TMO(keepalive_ms, 75000),   TMO(upstream_keepalive_ms, 30000), TMO(backoff_ms, 2000), TMO(grace_ms, 30000),
-  TMO(client_body_ms, 60000),
-};
-#undef TMO
-
-/* noinline: inlined into apply_defaults(&c->ledger, ...) GCC (with ASan,
-   -O2) tracks p as the struct's first member and reports a false
-   -Wstringop-overflow; the offset always comes from offsetof. */
-__attribute__((noinline)) static void set_int(void *base, const field_t *f, uint64_t v) {
-  char *p = (char *)base + f->off;
-  if (f->wide) {
-    uint64_t w = v;
-    memcpy(p, &w, sizeof w);
-  } else {
-    uint32_t n = (uint32_t)v;
-    memcpy(p, &n, sizeof n);
-  }
-}
-
-/* Fields with max == 0 are not integers (tables that mix kinds). */
-static void apply_defaults(void *base, const field_t *fields, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (fields[i].max) set_int(base, &fields[i], fields[i].def);
-}
-
-/* The struct an integer table fills, and the table. */
-typedef struct int_target {
-  void *base;
-  const field_t *fields;
-} int_target_t;
-
-static void on_int_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  const int_target_t *t = target;
-  const field_t *f = &t->fields[idx];
-  uint64_t n;
-  if (want_uint(cx, v, f->min, f->max, &n)) set_int(t->base, f, n);
-}
-
-/* ---------------------------------------------------------------- groups */
-
-/* Integer fields of groups and tenants are table driven like "limits":
- * fields with max == 0 are not integers and are handled by hand. */
-#define INT_FIELD(type, k, w, lo, hi, d) \
-  {.key = #k, .off = offsetof(type, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
-
-enum { G_NAME, G_WEIGHT };
-static const field_t group_fields[] = {
-  [G_NAME] = {.key = "name", .required = true},
-  [G_WEIGHT] = INT_FIELD(ob_config_group_t, weight, false, 1, UINT32_MAX, 1),
-};
-
-typedef struct group_state {
-  size_t index;
-  ob_config_group_t *g;
-} group_state_t;
-
-static void on_group_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  group_state_t *st = target;
-  if (idx != G_NAME) {
-    on_int_field(cx, idx, v, &(int_target_t){st->g, group_fields});
-    return;
-  }
-  const char *s = want_string(cx, v, true);
-  if (!s) return;
-  for (size_t k = 0; k < st->index; k++) {
-    if (cx->c->groups[k].name && strcmp(cx->c->groups[k].name, s) == 0) {
-      char *q = quote(s);
-      errf(cx, "duplicate group name %s", q);
-      free(q);
-      return;
-    }
-  }
-  st->g->name = ob_xstrdup(s);
-}
-
-static void on_group(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
-  group_state_t st = {.index = i, .g = &cx->c->groups[i]};
-  apply_defaults(st.g, group_fields, sizeof group_fields / sizeof group_fields[0]);
-  walk_object(cx, obj, group_fields, sizeof group_fields / sizeof group_fields[0], on_group_field, &st);
-}
-
-/*
- * Tenants without a declared group share DEFAULT_GROUP. Unless the file
- * declares it, it is appended to the snapshot's groups (weight 1) so that
- * every tenant's group can be found by name there.
- */
 /* gRPC needs HTTP/2 end to end (trailers, streamed bodies both ways), so a
  * grpc route's upstream must speak it. Checked once every upstream is
  * known, whatever order the file lists them in. */
@@ -1186,307 +272,16 @@ static void check_grpc_routes(ctx_t *cx) {
     for (size_t k = 0; k < c->num_upstreams; k++) {
       const ob_config_upstream_t *u = &c->upstreams[k];
       if (!u->name || strcmp(u->name, r->upstream) != 0 || u->protocol != OB_PROTO_HTTP1) continue;
-      size_t mark = path_key(cx, "routes");
-      path_index(cx, i);
-      path_key(cx, "upstream");
-      char *q = quote(r->upstream);
-      errf(cx, "a grpc route needs an h2c or h2 upstream; %s speaks http1", q);
+      size_t mark = ob_config_path_key(cx, "routes");
+      ob_config_path_index(cx, i);
+      ob_config_path_key(cx, "upstream");
+      char *q = ob_config_quote(r->upstream);
+      ob_config_errf(cx, "a grpc route needs an h2c or h2 upstream; %s speaks http1", q);
       free(q);
-      path_pop(cx, mark);
+      ob_config_path_pop(cx, mark);
     }
   }
 }
-
-static void add_default_group(ob_config_t *c) {
-  bool used = false;
-  for (size_t i = 0; i < c->num_tenants && !used; i++)
-    used = c->tenants[i].group && strcmp(c->tenants[i].group, DEFAULT_GROUP) == 0;
-  if (!used) return;
-  for (size_t i = 0; i < c->num_groups; i++)
-    if (c->groups[i].name && strcmp(c->groups[i].name, DEFAULT_GROUP) == 0) return;
-  c->groups = ob_xrealloc(c->groups, (c->num_groups + 1) * sizeof *c->groups);
-  c->groups[c->num_groups++] = (ob_config_group_t){.name = ob_xstrdup(DEFAULT_GROUP), .weight = 1};
-}
-
-/* ---------------------------------------------------------------- tenants, keys */
-
-typedef struct tenant_state {
-  size_t index;
-  ob_config_tenant_t *t;
-} tenant_state_t;
-
-typedef struct key_state {
-  size_t tenant, index;
-  ob_config_key_t *k;
-  bool has_digest; /* k->sha256 was filled from a valid "sha256" or "secret" */
-} key_state_t;
-
-enum { K_ID, K_SHA256, K_SECRET, K_DISABLED, K_BUDGET_PERIOD };
-static const field_t key_fields[] = {
-  [K_ID] = {.key = "id", .required = true},
-  [K_SHA256] = {.key = "sha256"},
-  [K_SECRET] = {.key = "secret"},
-  [K_DISABLED] = {.key = "disabled"},
-  [K_BUDGET_PERIOD] = {.key = "budget_period"},
-  INT_FIELD(ob_config_key_t, budget_tokens, true, 0, MAX_EXACT_INT, 0),
-};
-
-/* "budget_period" of a tenant or a key. */
-static void want_budget_period(ctx_t *cx, const cJSON *v, ob_budget_period_t *out) {
-  const char *s = cJSON_IsString(v) ? v->valuestring : "";
-  if (strcmp(s, "month") == 0)
-    *out = OB_BUDGET_MONTH;
-  else if (strcmp(s, "day") == 0)
-    *out = OB_BUDGET_DAY;
-  else if (strcmp(s, "total") == 0)
-    *out = OB_BUDGET_TOTAL;
-  else
-    errf(cx, "expected \"day\", \"month\" or \"total\"");
-}
-
-static bool is_blank(char ch) {
-  return ch == ' ' || ch == '\t';
-}
-
-static int hex_value(unsigned char ch) {
-  if (ch >= '0' && ch <= '9') return ch - '0';
-  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-  return -1;
-}
-
-static void on_key_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  key_state_t *st = target;
-  ob_config_key_t *k = st->k;
-  switch (idx) {
-  case K_ID: {
-    const char *s = want_string(cx, v, true);
-    if (!s) return;
-    k->id = ob_xstrdup(s);
-    if (seen_add(&cx->key_ids, k->id, strlen(k->id), st->tenant, st->index)) {
-      char *q = quote(s);
-      errf(cx, "duplicate key id %s", q);
-      free(q);
-      free(k->id);
-      k->id = NULL;
-    }
-    break;
-  }
-  case K_SHA256: {
-    const char *s = want_string(cx, v, false);
-    if (!s) return;
-    bool ok = strlen(s) == 64;
-    for (size_t i = 0; ok && i < 32; i++) {
-      int hi = hex_value((unsigned char)s[2 * i]), lo = hex_value((unsigned char)s[2 * i + 1]);
-      ok = hi >= 0 && lo >= 0;
-      if (ok) k->sha256[i] = (uint8_t)(hi << 4 | lo);
-    }
-    if (!ok) {
-      errf(cx, "expected 64 hex digits (the SHA-256 of the key, see obleth hash-key)");
-      return;
-    }
-    st->has_digest = true;
-    break;
-  }
-  case K_SECRET: {
-    const char *s = want_string(cx, v, true);
-    if (!s) return;
-    /* cJSON's node is ours for the length of the parse: hash the text in
-     * place, then wipe it (the cast drops a const this file added). */
-    char *plain = ((cJSON *)v)->valuestring;
-    size_t n = strlen(plain);
-    /* A key a request could never present (header values carry no control
-     * characters, and the token is trimmed) is a mistake, not a key. The
-     * message never shows the text. */
-    bool usable = !is_blank(plain[0]) && !is_blank(plain[n - 1]);
-    for (size_t i = 0; usable && i < n; i++) usable = (unsigned char)plain[i] >= 0x20 && plain[i] != 0x7f;
-    if (!usable) {
-      OPENSSL_cleanse(plain, n);
-      errf(cx, "must not contain control characters or start or end with white space");
-      return;
-    }
-    unsigned int mdlen = 0;
-    if (EVP_Digest(plain, n, k->sha256, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
-      fprintf(stderr, "obleth: SHA-256 unavailable\n");
-      abort();
-    }
-    OPENSSL_cleanse(plain, n);
-    k->from_secret = true;
-    st->has_digest = true;
-    break;
-  }
-  case K_DISABLED:
-    want_bool(cx, v, &k->disabled);
-    break;
-  case K_BUDGET_PERIOD:
-    want_budget_period(cx, v, &k->budget_period);
-    break;
-  default:
-    on_int_field(cx, idx, v, &(int_target_t){k, key_fields});
-    break;
-  }
-}
-
-static void on_key(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
-  const tenant_state_t *ts = target;
-  key_state_t st = {.tenant = ts->index, .index = i, .k = &ts->t->keys[i]};
-  uint32_t seen = walk_object(cx, obj, key_fields, sizeof key_fields / sizeof key_fields[0], on_key_field, &st);
-  bool has_sha = seen & (1u << K_SHA256), has_secret = seen & (1u << K_SECRET);
-  if (has_sha && has_secret) {
-    errf(cx, "give \"sha256\" or \"secret\", not both");
-  } else if (!has_sha && !has_secret) {
-    errf(cx, "missing required key \"sha256\" (or \"secret\")");
-  } else if (st.has_digest) {
-    /* Two entries with the same digest are the same key: identification
-     * could not tell which one a request meant. */
-    const seen_entry_t *prev = seen_add(&cx->key_digests, st.k->sha256, sizeof st.k->sha256, st.tenant, i);
-    if (prev) errf(cx, "same key as tenants[%zu].keys[%zu]", prev->a, prev->b);
-  }
-}
-
-enum { TN_NAME, TN_GROUP, TN_MODELS, TN_DISABLED, TN_KEYS, TN_MCP_TOOLS, TN_BUDGET_PERIOD };
-static const field_t tenant_fields[] = {
-  [TN_NAME] = {.key = "name", .required = true},
-  [TN_GROUP] = {.key = "group"},
-  [TN_MODELS] = {.key = "models"},
-  [TN_DISABLED] = {.key = "disabled"},
-  [TN_KEYS] = {.key = "keys", .required = true},
-  [TN_MCP_TOOLS] = {.key = "mcp_tools"},
-  [TN_BUDGET_PERIOD] = {.key = "budget_period"},
-  INT_FIELD(ob_config_tenant_t, max_streams, false, 0, UINT32_MAX, 0),
-  INT_FIELD(ob_config_tenant_t, weight, false, 1, UINT32_MAX, 1),
-  INT_FIELD(ob_config_tenant_t, max_inflight, false, 0, UINT32_MAX, 0),
-  INT_FIELD(ob_config_tenant_t, max_queue, false, 0, UINT32_MAX, 0),
-  INT_FIELD(ob_config_tenant_t, rpm, true, 0, MAX_EXACT_INT, 0),
-  INT_FIELD(ob_config_tenant_t, tpm, true, 0, MAX_EXACT_INT, 0),
-  INT_FIELD(ob_config_tenant_t, budget_tokens, true, 0, MAX_EXACT_INT, 0),
-};
-
-static bool group_known(ctx_t *cx, const char *name) {
-  return strcmp(name, DEFAULT_GROUP) == 0 || name_in(cx->group_names, cx->num_group_names, name);
-}
-
-static void on_tenant_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  tenant_state_t *st = target;
-  ob_config_tenant_t *t = st->t;
-  switch (idx) {
-  case TN_NAME: {
-    const char *s = want_string(cx, v, true);
-    if (!s) return;
-    t->name = ob_xstrdup(s);
-    if (seen_add(&cx->tenant_names, t->name, strlen(t->name), st->index, 0)) {
-      char *q = quote(s);
-      errf(cx, "duplicate tenant name %s", q);
-      free(q);
-      free(t->name);
-      t->name = NULL;
-    }
-    break;
-  }
-  case TN_GROUP: {
-    const char *s = want_string(cx, v, true);
-    if (!s) return;
-    if (!group_known(cx, s)) {
-      char *q = quote(s);
-      errf(cx, "no group named %s", q);
-      free(q);
-      return;
-    }
-    t->group = ob_xstrdup(s);
-    break;
-  }
-  case TN_MODELS: {
-    size_t n;
-    if (!cJSON_IsArray(v)) {
-      errf(cx, "expected an array");
-      return;
-    }
-    n = array_len(v);
-    t->num_models = n;
-    t->models = n ? ob_xcalloc(n, sizeof *t->models) : NULL;
-    size_t j = 0;
-    for (const cJSON *it = v->child; it; it = it->next, j++) {
-      size_t mark = path_index(cx, j);
-      const char *s = want_string(cx, it, true);
-      if (s) {
-        t->models[j] = ob_xstrdup(s);
-        if (strcmp(s, "*") == 0) t->all_models = true;
-      }
-      path_pop(cx, mark);
-    }
-    break;
-  }
-  case TN_DISABLED:
-    want_bool(cx, v, &t->disabled);
-    break;
-  case TN_BUDGET_PERIOD:
-    want_budget_period(cx, v, &t->budget_period);
-    break;
-  case TN_MCP_TOOLS: {
-    /* {"<upstream>": ["tool", ...]}: one allow-list per MCP upstream. */
-    if (!cJSON_IsObject(v)) {
-      errf(cx, "expected an object mapping upstream names to lists of tool names");
-      return;
-    }
-    size_t n = array_len(v), j = 0;
-    t->mcp_tools = ob_xcalloc(n ? n : 1, sizeof *t->mcp_tools);
-    for (const cJSON *it = v->child; it; it = it->next) {
-      size_t mark = path_key(cx, it->string);
-      if (!upstream_known(cx, it->string)) {
-        char *q = quote(it->string);
-        errf(cx, "no upstream named %s", q);
-        free(q);
-      } else if (!cJSON_IsArray(it)) {
-        errf(cx, "expected an array of tool names");
-      } else {
-        ob_config_mcp_tools_t *mt = &t->mcp_tools[j++];
-        mt->upstream = ob_xstrdup(it->string);
-        mt->tools = ob_xcalloc(array_len(it) + 1, sizeof *mt->tools);
-        size_t k = 0;
-        for (const cJSON *tool = it->child; tool; tool = tool->next, k++) {
-          size_t m2 = path_index(cx, k);
-          const char *name = want_string(cx, tool, true);
-          if (name) mt->tools[mt->num_tools++] = ob_xstrdup(name);
-          path_pop(cx, m2);
-        }
-      }
-      path_pop(cx, mark);
-    }
-    t->num_mcp_tools = j;
-    break;
-  }
-  case TN_KEYS: {
-    if (!cJSON_IsArray(v) || !v->child) {
-      errf(cx, "expected a non-empty array");
-      return;
-    }
-    t->num_keys = array_len(v);
-    t->keys = ob_xcalloc(t->num_keys, sizeof *t->keys);
-    walk_array(cx, v, on_key, st);
-    break;
-  }
-  default:
-    on_int_field(cx, idx, v, &(int_target_t){t, tenant_fields});
-    break;
-  }
-}
-
-static void on_tenant(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
-  tenant_state_t st = {.index = i, .t = &cx->c->tenants[i]};
-  apply_defaults(st.t, tenant_fields, sizeof tenant_fields / sizeof tenant_fields[0]);
-  uint32_t seen = walk_object(cx, obj, tenant_fields, sizeof tenant_fields / sizeof tenant_fields[0], on_tenant_field,
-                              &st);
-  if (!(seen & (1u << TN_GROUP))) st.t->group = ob_xstrdup(DEFAULT_GROUP);
-  if (!(seen & (1u << TN_MODELS))) { /* absent = ["*"] */
-    st.t->models = ob_xcalloc(1, sizeof *st.t->models);
-    st.t->models[0] = ob_xstrdup("*");
-    st.t->num_models = 1;
-    st.t->all_models = true;
-  }
-}
-
-#undef INT_FIELD
-
 /* ---------------------------------------------------------------- admission */
 
 enum { A_MODE, A_COST };
@@ -1514,16 +309,16 @@ static void on_admission_field(ctx_t *cx, size_t idx, const cJSON *v, void *targ
     else if (strcmp(s, "fifo") == 0)
       a->mode = OB_ADMIT_FIFO;
     else
-      errf(cx, "expected \"hierarchical\", \"weighted\" or \"fifo\"");
+      ob_config_errf(cx, "expected \"hierarchical\", \"weighted\" or \"fifo\"");
   } else if (idx == A_COST) {
     if (strcmp(s, "tokens") == 0)
       a->cost = OB_COST_TOKENS;
     else if (strcmp(s, "requests") == 0)
       a->cost = OB_COST_REQUESTS;
     else
-      errf(cx, "expected \"tokens\" or \"requests\"");
+      ob_config_errf(cx, "expected \"tokens\" or \"requests\"");
   } else {
-    on_int_field(cx, idx, v, target);
+    ob_config_on_int_field(cx, idx, v, target);
   }
 }
 
@@ -1570,28 +365,28 @@ static void on_cache_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
   ob_config_cache_t *c = target;
   switch (idx) {
   case CA_PATH: {
-    char *p = want_file(cx, v);
+    char *p = ob_config_want_file(cx, v);
     if (p) free(c->path), c->path = p;
     break;
   }
-  case CA_DETERMINISTIC: want_bool(cx, v, &c->deterministic_only); break;
-  case CA_FRESH_ID: want_bool(cx, v, &c->fresh_id); break;
+  case CA_DETERMINISTIC: ob_config_want_bool(cx, v, &c->deterministic_only); break;
+  case CA_FRESH_ID: ob_config_want_bool(cx, v, &c->fresh_id); break;
   case CA_EXCLUDE: {
     if (!cJSON_IsArray(v)) {
-      errf(cx, "expected an array of field names");
+      ob_config_errf(cx, "expected an array of field names");
       return;
     }
-    c->exclude_fields = ob_xcalloc(array_len(v) + 1, sizeof *c->exclude_fields);
+    c->exclude_fields = ob_xcalloc(ob_config_array_len(v) + 1, sizeof *c->exclude_fields);
     size_t j = 0;
     for (const cJSON *it = v->child; it; it = it->next, j++) {
-      size_t mark = path_index(cx, j);
-      const char *s = want_string(cx, it, true);
+      size_t mark = ob_config_path_index(cx, j);
+      const char *s = ob_config_want_string(cx, it, true);
       if (s) c->exclude_fields[c->num_exclude_fields++] = ob_xstrdup(s);
-      path_pop(cx, mark);
+      ob_config_path_pop(cx, mark);
     }
     break;
   }
-  default: on_int_field(cx, idx, v, &(int_target_t){c, cache_fields}); break;
+  default: ob_config_on_int_field(cx, idx, v, &(int_target_t){c, cache_fields}); break;
   }
 }
 
@@ -1608,39 +403,12 @@ static const field_t ledger_fields[] = {
 static void on_ledger_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_ledger_t *l = target;
   if (idx == LG_PATH) {
-    char *p = want_file(cx, v);
+    char *p = ob_config_want_file(cx, v);
     if (p) free(l->path), l->path = p;
   } else {
-    on_int_field(cx, idx, v, &(int_target_t){l, ledger_fields});
+    ob_config_on_int_field(cx, idx, v, &(int_target_t){l, ledger_fields});
   }
 }
-
-enum { BU_PATH };
-static const field_t budgets_fields[] = {
-  [BU_PATH] = {.key = "path"},
-};
-
-static void on_budgets_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
-  ob_config_budgets_t *b = target;
-  if (idx != BU_PATH) return;
-  char *p = want_file(cx, v);
-  if (p) free(b->path), b->path = p;
-}
-
-/* Budgets need a counter file; without "budgets" it sits next to the
- * config, so turning a budget on never needs a second key. */
-static void default_budgets_path(ctx_t *cx, bool key_present) {
-  ob_config_t *c = cx->c;
-  bool any = key_present;
-  for (size_t i = 0; i < c->num_tenants && !any; i++) {
-    any = c->tenants[i].budget_tokens > 0;
-    for (size_t j = 0; j < c->tenants[i].num_keys && !any; j++) any = c->tenants[i].keys[j].budget_tokens > 0;
-  }
-  if (!any || c->budgets.path) return;
-  cJSON def = {.type = cJSON_String, .valuestring = "obleth-budgets.mdb"};
-  c->budgets.path = want_file(cx, &def);
-}
-
 enum { AD_ADDRESS, AD_TOKEN };
 #define ADF(k, w, lo, hi, d) {.key = #k, .off = offsetof(ob_config_admin_t, k), .wide = (w), .min = (lo), .max = (hi), .def = (d)}
 /* The limits follow nginx's defaults for a small API (client_max_body_size
@@ -1664,10 +432,10 @@ static bool is_loopback(const char *host) {
 static void on_admin_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_admin_t *a = target;
   if (idx != AD_ADDRESS && idx != AD_TOKEN) {
-    on_int_field(cx, idx, v, &(int_target_t){a, admin_fields});
+    ob_config_on_int_field(cx, idx, v, &(int_target_t){a, admin_fields});
     return;
   }
-  const char *s = want_string(cx, v, true);
+  const char *s = ob_config_want_string(cx, v, true);
   if (!s) return;
   if (idx == AD_TOKEN) {
     free(a->token);
@@ -1676,12 +444,12 @@ static void on_admin_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) 
   }
   char *host = NULL;
   long port;
-  const char *why = split_host_port(s, strlen(s), &host, &port);
+  const char *why = ob_config_split_host_port(s, strlen(s), &host, &port);
   if (!why && port < 0) why = "missing port; expected HOST:PORT";
   if (why) {
     free(host);
-    char *q = quote(s);
-    errf(cx, "invalid address %s (%s)", q, why);
+    char *q = ob_config_quote(s);
+    ob_config_errf(cx, "invalid address %s (%s)", q, why);
     free(q);
     return;
   }
@@ -1701,8 +469,8 @@ static const field_t metrics_fields[] = {
 
 static void on_metrics_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_metrics_t *m = target;
-  if (idx == ME_PER_TENANT) want_bool(cx, v, &m->per_tenant);
-  else on_int_field(cx, idx, v, &(int_target_t){m, metrics_fields});
+  if (idx == ME_PER_TENANT) ob_config_want_bool(cx, v, &m->per_tenant);
+  else ob_config_on_int_field(cx, idx, v, &(int_target_t){m, metrics_fields});
 }
 
 enum { MC_SESSION_SECRET };
@@ -1713,7 +481,7 @@ static const field_t mcp_fields[] = {
 static void on_mcp_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_t *c = target;
   if (idx != MC_SESSION_SECRET) return;
-  const char *s = want_string(cx, v, true);
+  const char *s = ob_config_want_string(cx, v, true);
   if (s) {
     free(c->mcp_session_secret);
     c->mcp_session_secret = ob_xstrdup(s);
@@ -1727,9 +495,8 @@ static const field_t grpc_fields[] = {
 
 static void on_grpc_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_t *c = target;
-  if (idx == G_HEALTH) want_bool(cx, v, &c->grpc_health);
+  if (idx == G_HEALTH) ob_config_want_bool(cx, v, &c->grpc_health);
 }
-
 
 /* ---------------------------------------------------------------- cluster */
 
@@ -1767,8 +534,8 @@ static char *percent_decode(const char *s, size_t n) {
       out[o++] = s[i];
       continue;
     }
-    int hi = i + 2 < n ? hex_value((unsigned char)s[i + 1]) : -1;
-    int lo = hi >= 0 ? hex_value((unsigned char)s[i + 2]) : -1;
+    int hi = i + 2 < n ? ob_config_hex_value((unsigned char)s[i + 1]) : -1;
+    int lo = hi >= 0 ? ob_config_hex_value((unsigned char)s[i + 2]) : -1;
     if (lo < 0 || (hi | lo) == 0) {
       OPENSSL_cleanse(out, n + 1);
       free(out);
@@ -1806,7 +573,7 @@ static const char *parse_redis_url(ctx_t *cx, const char *s, redis_url_t *u) {
     const char *p = s + 5;
     if (!*p) return "unix: needs a socket path";
     if (strchr(p, '?')) return "a unix: URL takes no query (\"?db=N\" is not supported)";
-    u->unix_path = resolve_path(cx, p);
+    u->unix_path = ob_config_resolve_path(cx, p);
     if (strlen(u->unix_path) >= UNIX_PATH_ROOM) return "unix socket path too long (at most 107 bytes once resolved)";
     u->redacted = ob_xstrdup(s);
     return NULL;
@@ -1827,7 +594,7 @@ static const char *parse_redis_url(ctx_t *cx, const char *s, redis_url_t *u) {
   }
   const char *hp = at ? at + 1 : auth;
   long port;
-  const char *why = split_host_port(hp, (size_t)(auth + alen - hp), &u->host, &port);
+  const char *why = ob_config_split_host_port(hp, (size_t)(auth + alen - hp), &u->host, &port);
   if (why) {
     if (strncmp(why, "port ", 5) == 0) return "invalid redis:// URL (port must be 1..65535)";
     if (strcmp(why, "missing host") == 0) return "invalid redis:// URL (missing host)";
@@ -1922,12 +689,12 @@ static void on_cluster_field(ctx_t *cx, size_t idx, const cJSON *v, void *target
   ob_config_cluster_t *cl = st->cl;
   switch (idx) {
   case CL_REDIS: {
-    const char *s = want_string(cx, v, true);
+    const char *s = ob_config_want_string(cx, v, true);
     if (!s) return;
     redis_url_t u = {0};
     const char *why = parse_redis_url(cx, s, &u);
     if (why) {
-      errf(cx, "%s", why);
+      ob_config_errf(cx, "%s", why);
       redis_url_dispose(&u);
       return;
     }
@@ -1936,22 +703,22 @@ static void on_cluster_field(ctx_t *cx, size_t idx, const cJSON *v, void *target
     break;
   }
   case CL_PASSWORD_FILE:
-    cl->password_file = want_file(cx, v);
+    cl->password_file = ob_config_want_file(cx, v);
     break;
   case CL_NAMESPACE:
   case CL_REPLICA_ID: {
-    const char *s = want_string(cx, v, false);
+    const char *s = ob_config_want_string(cx, v, false);
     if (!s) return;
     bool ns = idx == CL_NAMESPACE;
     if (ns ? valid_namespace(s) : valid_replica_id(s)) {
       *(ns ? &cl->ns : &cl->replica_id) = ob_xstrdup(s);
       return;
     }
-    char *q = quote(s);
+    char *q = ob_config_quote(s);
     if (ns)
-      errf(cx, "invalid namespace %s (use 1..64 letters, digits, \"_\", \".\", \":\" and \"-\")", q);
+      ob_config_errf(cx, "invalid namespace %s (use 1..64 letters, digits, \"_\", \".\", \":\" and \"-\")", q);
     else
-      errf(cx, "invalid replica_id %s (use 1..128 printable ASCII characters, no spaces)", q);
+      ob_config_errf(cx, "invalid replica_id %s (use 1..128 printable ASCII characters, no spaces)", q);
     free(q);
     break;
   }
@@ -1962,15 +729,15 @@ static void on_cluster_field(ctx_t *cx, size_t idx, const cJSON *v, void *target
     else if (strcmp(s, "local") == 0)
       cl->fallback = OB_CLUSTER_LOCAL;
     else
-      errf(cx, "expected \"split\" or \"local\"");
+      ob_config_errf(cx, "expected \"split\" or \"local\"");
     break;
   }
   default: {
     uint64_t n;
     const field_t *f = &cluster_fields[idx];
     if (idx == CL_OP_TIMEOUT_MS) st->op_timeout_given = true;
-    if (want_uint(cx, v, f->min, f->max, &n))
-      set_int(cl, f, n);
+    if (ob_config_want_uint(cx, v, f->min, f->max, &n))
+      ob_config_set_int(cl, f, n);
     else
       st->ints_ok = false;
     break;
@@ -1983,41 +750,28 @@ static void on_cluster(ctx_t *cx, const cJSON *obj) {
   cluster_state_t st = {.cl = cl, .ints_ok = true};
   cl->enabled = true;
   cl->fallback = OB_CLUSTER_SPLIT;
-  apply_defaults(cl, cluster_fields, NFIELDS(cluster_fields));
-  uint32_t seen = walk_object(cx, obj, cluster_fields, NFIELDS(cluster_fields), on_cluster_field, &st);
+  ob_config_apply_defaults(cl, cluster_fields, NFIELDS(cluster_fields));
+  uint32_t seen = ob_config_walk_object(cx, obj, cluster_fields, NFIELDS(cluster_fields), on_cluster_field, &st);
   if (!cl->ns) cl->ns = ob_xstrdup("obleth");
   if (!cl->replica_id) cl->replica_id = default_replica_id();
   if (st.ints_ok && cl->op_timeout_ms > cl->lease_ms / 3) {
-    size_t mark = path_key(cx, "op_timeout_ms");
-    errf(cx,
+    size_t mark = ob_config_path_key(cx, "op_timeout_ms");
+    ob_config_errf(cx,
          "must be at most lease_ms / 3 = %u (it is %u%s), so that a Redis call that times out still leaves time to "
          "renew the lease before it expires",
          (unsigned)(cl->lease_ms / 3), (unsigned)cl->op_timeout_ms, st.op_timeout_given ? "" : ", the default");
-    path_pop(cx, mark);
+    ob_config_path_pop(cx, mark);
   }
   bool has_file = seen & (1u << CL_PASSWORD_FILE);
   if (cl->password && has_file)
-    errf(cx, "give the password in \"redis\" or in \"password_file\", not both");
+    ob_config_errf(cx, "give the password in \"redis\" or in \"password_file\", not both");
   else if (cl->username && !cl->password && !has_file)
-    errf(cx, "the user name in \"redis\" needs a password (in the URL or in \"password_file\")");
-}
-
-_Static_assert(NFIELDS(upstream_fields) <= 32 && NFIELDS(timeout_fields) <= 32 && NFIELDS(top_fields) <= 32 &&
-                   NFIELDS(tenant_fields) <= 32 && NFIELDS(admission_fields) <= 32 && NFIELDS(key_fields) <= 32,
-               "walk_object tracks keys in a 32-bit set");
-
-/* Check that arr is an array (non-empty when asked) and return its length
- * in *n; the caller allocates the snapshot's items, then walks them. */
-static bool want_list(ctx_t *cx, const cJSON *arr, bool nonempty, size_t *n) {
-  if (!cJSON_IsArray(arr) || (nonempty && !arr->child)) {
-    errf(cx, nonempty ? "expected a non-empty array" : "expected an array");
-    return false;
-  }
-  *n = array_len(arr);
-  return true;
+    ob_config_errf(cx, "the user name in \"redis\" needs a password (in the URL or in \"password_file\")");
 }
 
 #define ALLOC_ITEMS(arr, num, n) ((num) = (n), (arr) = (n) ? ob_xcalloc((n), sizeof *(arr)) : NULL)
+
+_Static_assert(NFIELDS(top_fields) <= 32 && NFIELDS(admission_fields) <= 32, "walk_object tracks keys in a 32-bit set");
 
 static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   ob_config_t *c = cx->c;
@@ -2027,85 +781,85 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
                 idx == T_LEDGER || idx == T_BUDGETS || idx == T_ADMIN || idx == T_METRICS || idx == T_CACHE ||
                 idx == T_CLUSTER;
   if (object && !cJSON_IsObject(v)) {
-    errf(cx, "expected an object");
+    ob_config_errf(cx, "expected an object");
     return;
   }
   switch (idx) {
   case T_LISTENERS:
-    if (!want_list(cx, v, true, &n)) return;
+    if (!ob_config_want_list(cx, v, true, &n)) return;
     ALLOC_ITEMS(c->listeners, c->num_listeners, n);
-    walk_array(cx, v, on_listener, NULL);
+    ob_config_walk_array(cx, v, ob_config_on_listener, NULL);
     break;
   case T_UPSTREAMS:
-    if (!want_list(cx, v, false, &n)) return;
+    if (!ob_config_want_list(cx, v, false, &n)) return;
     ALLOC_ITEMS(c->upstreams, c->num_upstreams, n);
-    walk_array(cx, v, on_upstream, NULL);
+    ob_config_walk_array(cx, v, ob_config_on_upstream, NULL);
     break;
   case T_ROUTES:
-    if (!want_list(cx, v, false, &n)) return;
+    if (!ob_config_want_list(cx, v, false, &n)) return;
     ALLOC_ITEMS(c->routes, c->num_routes, n);
-    walk_array(cx, v, on_route, NULL);
+    ob_config_walk_array(cx, v, on_route, NULL);
     break;
   case T_MODELS:
-    if (!want_list(cx, v, false, &n)) return;
+    if (!ob_config_want_list(cx, v, false, &n)) return;
     ALLOC_ITEMS(c->models, c->num_models, n);
-    walk_array(cx, v, on_model, NULL);
+    ob_config_walk_array(cx, v, on_model, NULL);
     break;
   case T_GROUPS:
-    if (!want_list(cx, v, false, &n)) return;
+    if (!ob_config_want_list(cx, v, false, &n)) return;
     ALLOC_ITEMS(c->groups, c->num_groups, n);
-    walk_array(cx, v, on_group, NULL);
+    ob_config_walk_array(cx, v, ob_config_on_group, NULL);
     break;
   case T_TENANTS:
-    if (!want_list(cx, v, false, &n)) return;
+    if (!ob_config_want_list(cx, v, false, &n)) return;
     ALLOC_ITEMS(c->tenants, c->num_tenants, n);
-    walk_array(cx, v, on_tenant, NULL);
+    ob_config_walk_array(cx, v, ob_config_on_tenant, NULL);
     break;
   case T_ADMISSION:
   case T_LIMITS:
   case T_TIMEOUTS:
     if (idx == T_ADMISSION)
-      walk_object(cx, v, admission_fields, NFIELDS(admission_fields), on_admission_field,
+      ob_config_walk_object(cx, v, admission_fields, NFIELDS(admission_fields), on_admission_field,
                   &(int_target_t){&c->admission, admission_fields});
     else if (idx == T_LIMITS)
-      walk_object(cx, v, limit_fields, NFIELDS(limit_fields), on_int_field,
-                  &(int_target_t){&c->limits, limit_fields});
+      ob_config_walk_object(cx, v, ob_config_limit_fields, NFIELDS(ob_config_limit_fields), ob_config_on_int_field,
+                  &(int_target_t){&c->limits, ob_config_limit_fields});
     else
-      walk_object(cx, v, timeout_fields, NFIELDS(timeout_fields), on_int_field,
-                  &(int_target_t){&c->timeouts, timeout_fields});
+      ob_config_walk_object(cx, v, ob_config_timeout_fields, NFIELDS(ob_config_timeout_fields), ob_config_on_int_field,
+                  &(int_target_t){&c->timeouts, ob_config_timeout_fields});
     break;
   case T_GRPC:
-    walk_object(cx, v, grpc_fields, NFIELDS(grpc_fields), on_grpc_field, c);
+    ob_config_walk_object(cx, v, grpc_fields, NFIELDS(grpc_fields), on_grpc_field, c);
     break;
   case T_MCP:
-    walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
+    ob_config_walk_object(cx, v, mcp_fields, NFIELDS(mcp_fields), on_mcp_field, c);
     break;
   case T_LEDGER:
     c->ledger.enabled = true;
-    apply_defaults(&c->ledger, ledger_fields, NFIELDS(ledger_fields));
-    walk_object(cx, v, ledger_fields, NFIELDS(ledger_fields), on_ledger_field, &c->ledger);
+    ob_config_apply_defaults(&c->ledger, ledger_fields, NFIELDS(ledger_fields));
+    ob_config_walk_object(cx, v, ledger_fields, NFIELDS(ledger_fields), on_ledger_field, &c->ledger);
     break;
   case T_BUDGETS:
-    walk_object(cx, v, budgets_fields, NFIELDS(budgets_fields), on_budgets_field, &c->budgets);
+    ob_config_walk_object(cx, v, ob_config_budgets_fields, NFIELDS(ob_config_budgets_fields), ob_config_on_budgets_field, &c->budgets);
     break;
   case T_ADMIN:
   case T_METRICS:
     if (idx == T_METRICS) {
-      walk_object(cx, v, metrics_fields, NFIELDS(metrics_fields), on_metrics_field, &c->metrics);
+      ob_config_walk_object(cx, v, metrics_fields, NFIELDS(metrics_fields), on_metrics_field, &c->metrics);
       break;
     }
     c->admin.enabled = true;
-    walk_object(cx, v, admin_fields, NFIELDS(admin_fields), on_admin_field, &c->admin);
+    ob_config_walk_object(cx, v, admin_fields, NFIELDS(admin_fields), on_admin_field, &c->admin);
     if (!c->admin.loopback && !c->admin.token)
-      errf(cx, "a non-loopback admin address (%s) needs a \"token\"", c->admin.address ? c->admin.address : "?");
+      ob_config_errf(cx, "a non-loopback admin address (%s) needs a \"token\"", c->admin.address ? c->admin.address : "?");
     break;
   case T_CACHE:
     c->cache.enabled = true;
-    apply_defaults(&c->cache, cache_fields, NFIELDS(cache_fields));
-    walk_object(cx, v, cache_fields, NFIELDS(cache_fields), on_cache_field, &c->cache);
+    ob_config_apply_defaults(&c->cache, cache_fields, NFIELDS(cache_fields));
+    ob_config_walk_object(cx, v, cache_fields, NFIELDS(cache_fields), on_cache_field, &c->cache);
     if (!c->cache.path) {
       cJSON def = {.type = cJSON_String, .valuestring = "obleth-cache.mdb"};
-      c->cache.path = want_file(cx, &def);
+      c->cache.path = ob_config_want_file(cx, &def);
     }
     break;
   case T_CLUSTER:
@@ -2113,7 +867,7 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     break;
   case T_WORKERS: {
     uint64_t w;
-    if (want_uint(cx, v, 1, OB_CONFIG_MAX_WORKERS, &w)) c->workers = (uint32_t)w;
+    if (ob_config_want_uint(cx, v, 1, OB_CONFIG_MAX_WORKERS, &w)) c->workers = (uint32_t)w;
     break;
   }
   case T_LOG_LEVEL: {
@@ -2125,7 +879,7 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
         return;
       }
     }
-    errf(cx, "expected \"debug\", \"info\", \"warn\" or \"error\"");
+    ob_config_errf(cx, "expected \"debug\", \"info\", \"warn\" or \"error\"");
     break;
   }
   }
@@ -2139,7 +893,7 @@ static const char **collect_names(const cJSON *root, const char *key, size_t *nu
   const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
   *num = 0;
   if (!cJSON_IsArray(list) || !list->child) return NULL;
-  const char **names = ob_xcalloc(array_len(list), sizeof *names);
+  const char **names = ob_xcalloc(ob_config_array_len(list), sizeof *names);
   for (const cJSON *it = list->child; it; it = it->next) {
     const cJSON *name = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "name") : NULL;
     if (cJSON_IsString(name) && name->valuestring) names[(*num)++] = name->valuestring;
@@ -2260,7 +1014,7 @@ static bool only_space(const char *s, size_t n) {
 ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir, ob_config_errors_t *errs) {
   ctx_t cx = {.base_dir = base_dir};
   ob_buf_init(&cx.path);
-  path_terminate(&cx);
+  ob_config_path_terminate(&cx);
   ob_config_t *c = NULL;
   cJSON *root = NULL;
   char *text = NULL;
@@ -2272,7 +1026,7 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   size_t n = len - skip;
   size_t bad = prescan(len ? json + skip : "", n, &nul_escape);
   if (bad != SIZE_MAX) {
-    errf(&cx, nul_escape ? "unsupported \\u0000 escape near byte %zu" : "invalid JSON near byte %zu", bad + skip);
+    ob_config_errf(&cx, nul_escape ? "unsupported \\u0000 escape near byte %zu" : "invalid JSON near byte %zu", bad + skip);
     goto done;
   }
   /* A NUL-terminated copy, so nothing past len is ever read whatever cJSON
@@ -2284,11 +1038,11 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
     size_t at = end ? (size_t)(end - text) : 0;
     if (root) /* trailing text: point at it, not at the whitespace before it */
       while (at < n && (text[at] == ' ' || text[at] == '\t' || text[at] == '\n' || text[at] == '\r')) at++;
-    errf(&cx, "invalid JSON near byte %zu", at + skip);
+    ob_config_errf(&cx, "invalid JSON near byte %zu", at + skip);
     goto done;
   }
   if (!cJSON_IsObject(root)) {
-    errf(&cx, "expected a JSON object");
+    ob_config_errf(&cx, "expected a JSON object");
     goto done;
   }
 
@@ -2297,25 +1051,25 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   c->dir = ob_xstrdup(base_dir && base_dir[0] ? base_dir : ".");
   c->log_level = ob_xstrdup("info");
   c->workers = 1;
-  apply_defaults(&c->limits, limit_fields, NFIELDS(limit_fields));
-  apply_defaults(&c->timeouts, timeout_fields, NFIELDS(timeout_fields));
+  ob_config_apply_defaults(&c->limits, ob_config_limit_fields, NFIELDS(ob_config_limit_fields));
+  ob_config_apply_defaults(&c->timeouts, ob_config_timeout_fields, NFIELDS(ob_config_timeout_fields));
   c->admission.mode = OB_ADMIT_HIERARCHICAL;
   c->admission.cost = OB_COST_TOKENS;
-  apply_defaults(&c->admission, admission_fields, NFIELDS(admission_fields));
-  apply_defaults(&c->metrics, metrics_fields, NFIELDS(metrics_fields));
+  ob_config_apply_defaults(&c->admission, admission_fields, NFIELDS(admission_fields));
+  ob_config_apply_defaults(&c->metrics, metrics_fields, NFIELDS(metrics_fields));
   c->admin.address = ob_xstrdup("127.0.0.1:9901");
   c->admin.host = ob_xstrdup("127.0.0.1");
   c->admin.port = 9901;
   c->admin.loopback = true;
-  apply_defaults(&c->admin, admin_fields, NFIELDS(admin_fields));
+  ob_config_apply_defaults(&c->admin, admin_fields, NFIELDS(admin_fields));
   cx.c = c;
 
   cx.up_names = collect_names(root, "upstreams", &cx.num_up_names);
   cx.group_names = collect_names(root, "groups", &cx.num_group_names);
   cx.tenant_names_pre = collect_names(root, "tenants", &cx.num_tenant_names_pre);
-  uint32_t top_seen = walk_object(&cx, root, top_fields, NFIELDS(top_fields), on_top_field, NULL);
-  add_default_group(c);
-  default_budgets_path(&cx, top_seen & (1u << T_BUDGETS));
+  uint32_t top_seen = ob_config_walk_object(&cx, root, top_fields, NFIELDS(top_fields), on_top_field, NULL);
+  ob_config_add_default_group(c);
+  ob_config_default_budgets_path(&cx, top_seen & (1u << T_BUDGETS));
   check_grpc_routes(&cx);
 
 done:
@@ -2326,15 +1080,15 @@ done:
   free(cx.up_names);
   free(cx.group_names);
   free(cx.tenant_names_pre);
-  seen_dispose(&cx.tenant_names);
-  seen_dispose(&cx.key_ids);
-  seen_dispose(&cx.key_digests);
+  ob_config_seen_dispose(&cx.tenant_names);
+  ob_config_seen_dispose(&cx.key_ids);
+  ob_config_seen_dispose(&cx.key_digests);
   ob_buf_dispose(&cx.path);
   if (cx.num_errs && c) {
     free_config(c);
     c = NULL;
   }
-  flush_errs(&cx, errs);
+  ob_config_flush_errs(&cx, errs);
   return c;
 }
 
@@ -2344,10 +1098,10 @@ static void file_error(ob_config_errors_t *errs, const char *path, const char *m
   ctx_t cx = {0};
   ob_buf_init(&cx.path);
   ob_buf_append_str(&cx.path, path);
-  path_terminate(&cx);
-  errf(&cx, "%s", msg);
+  ob_config_path_terminate(&cx);
+  ob_config_errf(&cx, "%s", msg);
   ob_buf_dispose(&cx.path);
-  flush_errs(&cx, errs);
+  ob_config_flush_errs(&cx, errs);
 }
 
 /* The folder holding path: realpath'd when possible, else taken from the

@@ -21,6 +21,8 @@
 #define OB_CONFIG_MAX_WORKERS 64
 
 #include "core.h"
+#include "cluster.h"
+#include "tenant.h"
 
 typedef enum { OB_PROTO_HTTP1, OB_PROTO_H2C, OB_PROTO_H2 } ob_upstream_proto_t;
 
@@ -98,53 +100,16 @@ typedef struct ob_config_model {
   char *upstream_model;  /* NULL = send the name unchanged */
 } ob_config_model_t;
 
-/* "budget_period": the UTC calendar period a token budget covers. */
-typedef enum { OB_BUDGET_MONTH = 0, OB_BUDGET_DAY, OB_BUDGET_TOTAL } ob_budget_period_t;
-
-/* An API key. Only its SHA-256 is kept: a plain "secret" in the file is
- * hashed at load and the text is wiped from the parser's memory. */
-typedef struct ob_config_key {
-  char *id;                 /* "id", required, unique across all tenants */
-  uint8_t sha256[32];       /* from "sha256" (64 hex digits) or "secret" */
-  bool from_secret;         /* given as "secret" (start-up warns) */
-  bool disabled;            /* "disabled", default false */
-  uint64_t budget_tokens;   /* "budget_tokens": tokens per budget_period, 0 = no budget */
-  ob_budget_period_t budget_period; /* "budget_period": "month" (default), "day" or "total" */
-} ob_config_key_t;
-
 typedef struct ob_config_group {
   char *name;               /* unique */
   uint32_t weight;          /* "weight", default 1, >= 1 */
 } ob_config_group_t;
 
-/* "mcp_tools": {"<upstream>": [...]}: the tools a tenant may see and call
- * on one MCP upstream. */
-typedef struct ob_config_mcp_tools {
-  char *upstream;
-  char **tools;
-  size_t num_tools;
-} ob_config_mcp_tools_t;
-
-typedef struct ob_config_tenant {
-  char *name;               /* unique */
-  char *group;              /* "group": a group name; default "default" (created implicitly, weight 1) */
-  uint32_t weight;          /* default 1, >= 1 */
-  uint32_t max_inflight;    /* 0 = unlimited */
-  uint32_t max_queue;       /* 0 = unlimited */
-  uint64_t rpm;             /* requests per minute, 0 = unlimited */
-  uint64_t tpm;             /* tokens per minute, 0 = unlimited */
-  char **models;            /* allow-list; absent = ["*"] */
-  size_t num_models;
-  bool all_models;          /* "*" in the list (or the list absent) */
-  bool disabled;
-  ob_config_key_t *keys;
-  size_t num_keys;
-  uint32_t max_streams;     /* open MCP GET event streams at once; 0 = unlimited */
-  ob_config_mcp_tools_t *mcp_tools; /* absent for an upstream: every tool allowed */
-  size_t num_mcp_tools;
-  uint64_t budget_tokens;   /* "budget_tokens": tokens per budget_period, 0 = no budget */
-  ob_budget_period_t budget_period; /* "budget_period": "month" (default), "day" or "total" */
-} ob_config_tenant_t;
+/* The tenants' types are tenant's own (src/tenant/tenant.h); the config
+ * parses straight into them. The old names stay for the layers above. */
+typedef ob_tenant_key_conf_t ob_config_key_t;
+typedef ob_tenant_mcp_tools_t ob_config_mcp_tools_t;
+typedef ob_tenant_conf_t ob_config_tenant_t;
 
 typedef enum { OB_ADMIT_HIERARCHICAL, OB_ADMIT_WEIGHTED, OB_ADMIT_FIFO } ob_admission_mode_t;
 typedef enum { OB_COST_TOKENS, OB_COST_REQUESTS } ob_cost_kind_t;
@@ -231,26 +196,9 @@ typedef struct ob_config_budgets {
                             the key is present or any tenant or key has a budget_tokens; else NULL */
 } ob_config_budgets_t;
 
-/* "cluster": several replicas share caps, queues, limits and budgets
- * through one Redis (docs/cluster.md); absent = a single process, no Redis. */
-typedef enum { OB_CLUSTER_SPLIT = 0, OB_CLUSTER_LOCAL } ob_cluster_fallback_t;
-typedef struct ob_config_cluster {
-  bool enabled;             /* the key is present */
-  char *redis;              /* "redis" as written, with any password replaced by "***" (safe to log) */
-  char *host;               /* redis://: host without brackets; NULL for unix: */
-  uint16_t port;            /* redis://: explicit or 6379 */
-  char *unix_path;          /* unix:/path: the socket, resolved against the config's folder; NULL for redis:// */
-  uint32_t db;              /* redis://.../db, default 0 (unix: "?db=N" is not supported) */
-  char *username;           /* redis://user:pass@...: ACL user; NULL = default user */
-  char *password;           /* from the URL or "password_file" (first line, trailing newline dropped);
-                               NULL = none. Secret: never logged, wiped on free */
-  char *password_file;      /* "password_file", resolved; NULL when absent */
-  char *ns;                 /* "namespace": key prefix, default "obleth"; 1..64 of [A-Za-z0-9_.:-] */
-  char *replica_id;         /* "replica_id": default "<hostname>:<pid>"; 1..128 printable ASCII, no spaces */
-  uint32_t lease_ms;        /* "lease_ms", default 3000, 300..600000 */
-  uint32_t op_timeout_ms;   /* "op_timeout_ms", default 200, 10..60000 and at most lease_ms / 3 */
-  ob_cluster_fallback_t fallback; /* "fallback": "split" (default) | "local" */
-} ob_config_cluster_t;
+/* "cluster": the cluster's own type (src/cluster/cluster.h), parsed into
+ * directly; the old name stays for the layers above. */
+typedef ob_cluster_config_t ob_config_cluster_t;
 
 typedef struct ob_config {
   int refs;                 /* private */

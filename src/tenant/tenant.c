@@ -24,13 +24,14 @@
 #include <stdlib.h>
 
 typedef struct slot {
-  const ob_config_key_t *key; /* NULL = empty */
+  const ob_tenant_key_conf_t *key; /* NULL = empty */
   uint64_t h;                 /* first 8 bytes of key->sha256 */
-  size_t tenant;              /* index in cfg->tenants */
+  size_t tenant;              /* index in t->tenants */
 } slot_t;
 
 struct ob_tenants {
-  const ob_config_t *cfg; /* borrowed */
+  const ob_tenant_conf_t *tenants; /* borrowed */
+  size_t num_tenants;
   uint64_t serial;        /* unique per directory in the process (memos name it) */
   slot_t *slots;
   size_t mask; /* capacity - 1; capacity is a power of two */
@@ -73,19 +74,20 @@ static void sha256(ob_iov_t in, uint8_t out[32]) {
   }
 }
 
-ob_tenants_t *ob_tenants_create(const ob_config_t *cfg) {
+ob_tenants_t *ob_tenants_create(const ob_tenant_conf_t *tenants, size_t num_tenants) {
   static uint64_t serials;
   ob_tenants_t *t = ob_xcalloc(1, sizeof *t);
-  t->cfg = cfg;
+  t->tenants = tenants;
+  t->num_tenants = tenants ? num_tenants : 0;
   t->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
   size_t nkeys = 0;
-  for (size_t i = 0; cfg && i < cfg->num_tenants; i++) nkeys += cfg->tenants[i].num_keys;
+  for (size_t i = 0; i < t->num_tenants; i++) nkeys += tenants[i].num_keys;
   size_t cap = 8;
   while (cap < nkeys * 2) cap *= 2;
   t->slots = ob_xcalloc(cap, sizeof *t->slots);
   t->mask = cap - 1;
-  for (size_t i = 0; cfg && i < cfg->num_tenants; i++) {
-    const ob_config_tenant_t *tn = &cfg->tenants[i];
+  for (size_t i = 0; i < t->num_tenants; i++) {
+    const ob_tenant_conf_t *tn = &tenants[i];
     for (size_t j = 0; j < tn->num_keys; j++) {
       /* The config refuses two keys with one digest, so every key gets
        * its own slot and a lookup can stop at the first full match. */
@@ -106,7 +108,7 @@ void ob_tenants_destroy(ob_tenants_t *t) {
 }
 
 bool ob_tenants_required(const ob_tenants_t *t) {
-  return t && t->cfg && t->cfg->num_tenants > 0;
+  return t && t->num_tenants > 0;
 }
 
 static bool is_ows(char c) {
@@ -160,7 +162,7 @@ ob_auth_t ob_tenants_identify_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, o
   }
   if (!hit) return OB_AUTH_UNKNOWN;
 
-  const ob_config_tenant_t *tn = &t->cfg->tenants[hit->tenant];
+  const ob_tenant_conf_t *tn = &t->tenants[hit->tenant];
   ob_identity_t who = {.tenant = tn, .key = hit->key, .tenant_index = hit->tenant};
   ob_auth_t result = hit->key->disabled || tn->disabled ? OB_AUTH_DISABLED : OB_AUTH_OK;
   if (out) *out = who;
@@ -179,7 +181,7 @@ ob_auth_t ob_tenants_identify_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, o
 
 void ob_tenant_memo_wipe(ob_tenant_memo_t *m) { explicit_bzero(m, sizeof *m); }
 
-bool ob_tenant_allows_model(const ob_config_tenant_t *t, ob_iov_t model) {
+bool ob_tenant_allows_model(const ob_tenant_conf_t *t, ob_iov_t model) {
   if (!t) return false;
   if (t->all_models) return true;
   for (size_t i = 0; i < t->num_models; i++)

@@ -3,13 +3,13 @@
  * resolves the API key of a request (Authorization: Bearer, or x-api-key)
  * to a tenant and key, in O(1) on the key's SHA-256 and with a
  * constant-time comparison of digests. The directory keeps no plaintext
- * key (a connection's memo, below, keeps its own last one). Uses core
- * and config (the config snapshot holds the tenants; this module indexes
- * them).
+ * key (a connection's memo, below, keeps its own last one). Uses only
+ * core: the tenants come as ob_tenant_conf_t, a type of this module, which
+ * the config parses into (config depends on tenant, not the reverse).
  *
- * Ownership: a directory borrows the snapshot it was built from (the caller
- * keeps the snapshot alive at least as long as the directory); identities
- * it returns point into that snapshot.
+ * Ownership: a directory borrows the tenant array it was built from (the
+ * caller keeps it alive at least as long as the directory); identities it
+ * returns point into that array.
  *
  * Also token budgets (budget.c, budget_store.c): the used-token counters of
  * tenants and keys per UTC period, and the LMDB file that keeps them across
@@ -19,15 +19,65 @@
 #ifndef OB_TENANT_H
 #define OB_TENANT_H
 
-#include "config.h"
 #include "core.h"
+
+/*
+ * What the tenant module is given: the tenants as the config file describes
+ * them (the config, one layer up, parses "tenants" straight into these; see
+ * docs/config.md for each key). Every string and array is owned by whoever
+ * built the array (the config snapshot) and is NUL-terminated; this module
+ * only reads them, and never past the life of the directory built on them.
+ */
+/* "budget_period": the UTC calendar period a token budget covers. */
+typedef enum { OB_BUDGET_MONTH = 0, OB_BUDGET_DAY, OB_BUDGET_TOTAL } ob_budget_period_t;
+
+/* An API key. Only its SHA-256 is kept: a plain "secret" in the file is
+ * hashed at load and the text is wiped from the parser's memory. */
+typedef struct ob_tenant_key_conf {
+  char *id;                 /* "id", required, unique across all tenants */
+  uint8_t sha256[32];       /* from "sha256" (64 hex digits) or "secret" */
+  bool from_secret;         /* given as "secret" (start-up warns) */
+  bool disabled;            /* "disabled", default false */
+  uint64_t budget_tokens;   /* "budget_tokens": tokens per budget_period, 0 = no budget */
+  ob_budget_period_t budget_period; /* "budget_period": "month" (default), "day" or "total" */
+} ob_tenant_key_conf_t;
+
+/* "mcp_tools": {"<upstream>": [...]}: the tools a tenant may see and call
+ * on one MCP upstream. */
+typedef struct ob_tenant_mcp_tools {
+  char *upstream;
+  char **tools;
+  size_t num_tools;
+} ob_tenant_mcp_tools_t;
+
+typedef struct ob_tenant_conf {
+  char *name;               /* unique */
+  char *group;              /* "group": a group name; default "default" (created implicitly, weight 1) */
+  uint32_t weight;          /* default 1, >= 1 */
+  uint32_t max_inflight;    /* 0 = unlimited */
+  uint32_t max_queue;       /* 0 = unlimited */
+  uint64_t rpm;             /* requests per minute, 0 = unlimited */
+  uint64_t tpm;             /* tokens per minute, 0 = unlimited */
+  char **models;            /* allow-list; absent = ["*"] */
+  size_t num_models;
+  bool all_models;          /* "*" in the list (or the list absent) */
+  bool disabled;
+  ob_tenant_key_conf_t *keys;
+  size_t num_keys;
+  uint32_t max_streams;     /* open MCP GET event streams at once; 0 = unlimited */
+  ob_tenant_mcp_tools_t *mcp_tools; /* absent for an upstream: every tool allowed */
+  size_t num_mcp_tools;
+  uint64_t budget_tokens;   /* "budget_tokens": tokens per budget_period, 0 = no budget */
+  ob_budget_period_t budget_period; /* "budget_period": "month" (default), "day" or "total" */
+} ob_tenant_conf_t;
+
 
 typedef struct ob_tenants ob_tenants_t;
 
 typedef struct ob_identity {
-  const ob_config_tenant_t *tenant; /* borrowed from the snapshot */
-  const ob_config_key_t *key;
-  size_t tenant_index;              /* index in cfg->tenants */
+  const ob_tenant_conf_t *tenant;   /* borrowed from the directory's tenants */
+  const ob_tenant_key_conf_t *key;
+  size_t tenant_index;              /* index in the directory's tenants */
 } ob_identity_t;
 
 typedef enum {
@@ -38,8 +88,10 @@ typedef enum {
   OB_AUTH_AMBIGUOUS, /* Authorization and x-api-key name different keys: 400 */
 } ob_auth_t;
 
-/* Index cfg's keys (cfg borrowed; must outlive the directory). */
-ob_tenants_t *ob_tenants_create(const ob_config_t *cfg);
+/* Index the keys of tenants[0..num_tenants) (borrowed: the array and all it
+ * points to must outlive the directory; the proxy keeps the config snapshot
+ * that holds them). tenants may be NULL when num_tenants is 0. */
+ob_tenants_t *ob_tenants_create(const ob_tenant_conf_t *tenants, size_t num_tenants);
 void ob_tenants_destroy(ob_tenants_t *t);
 
 /* True when the snapshot has tenants, i.e. requests must carry a key. */
@@ -80,7 +132,7 @@ ob_auth_t ob_tenants_identify_memo(const ob_tenants_t *t, ob_tenant_memo_t *m, o
 void ob_tenant_memo_wipe(ob_tenant_memo_t *m);
 
 /* The tenant's model allow-list admits model ("*" admits all). */
-bool ob_tenant_allows_model(const ob_config_tenant_t *t, ob_iov_t model);
+bool ob_tenant_allows_model(const ob_tenant_conf_t *t, ob_iov_t model);
 
 /* Lower-case hex SHA-256 of secret into out (65 bytes with the NUL); what
  * `obleth hash-key` prints and a key's "sha256" holds. */

@@ -67,9 +67,9 @@ static void check_tenants(const ob_config_t *c) {
 
 static void check_snapshot(const ob_config_t *c) {
   CHECK(c->refs == 1 && c->dir && c->log_level && !c->path);
-  CHECK(c->num_listeners >= 1);
-  for (size_t i = 0; i < c->num_listeners; i++) {
-    const ob_config_listener_t *l = &c->listeners[i];
+  CHECK(c->net.num_listeners >= 1);
+  for (size_t i = 0; i < c->net.num_listeners; i++) {
+    const ob_config_listener_t *l = &c->net.listeners[i];
     CHECK(l->address && l->host);
     CHECK(l->tls ? (l->tls_cert && l->tls_key && l->tls_cert[0] == '/' && l->tls_key[0] == '/')
                  : (!l->tls_cert && !l->tls_key));
@@ -103,9 +103,9 @@ static void check_snapshot(const ob_config_t *c) {
     const ob_config_model_t *m = &c->models[i];
     CHECK(m->name && m->upstream && ob_config_find_upstream(c, m->upstream));
   }
-  CHECK(c->limits.max_header_bytes >= 1024 && c->limits.stream_window_bytes >= 16384);
-  CHECK(c->limits.max_concurrent_streams >= 1 && c->limits.max_concurrent_streams <= INT32_MAX);
-  CHECK(c->timeouts.connect_ms > 0 && c->timeouts.grace_ms > 0);
+  CHECK(c->net.limits.max_header_bytes >= 1024 && c->net.limits.stream_window_bytes >= 16384);
+  CHECK(c->net.limits.max_concurrent_streams >= 1 && c->net.limits.max_concurrent_streams <= INT32_MAX);
+  CHECK(c->net.timeouts.connect_ms > 0 && c->net.timeouts.grace_ms > 0);
   check_tenants(c);
 }
 

@@ -31,6 +31,7 @@
  * sreq and no connection is left, so nothing a connection made can outlive
  * it (ASan's leak check sees per-input leaks as unreachable memory).
  */
+#include "config.h"
 #include "net_int.h"
 
 #include "fuzz_net.h"
@@ -122,7 +123,7 @@ static void on_request(ob_sreq_t *s, void *ctx) {
 
 static void on_writable(ob_sreq_t *s, void *ctx) {
   CHECK(live_index(s) != SIZE_MAX);
-  CHECK(ob_sreq_pending(s) <= cfg->limits.stream_window_bytes / 2);
+  CHECK(ob_sreq_pending(s) <= cfg->net.limits.stream_window_bytes / 2);
   if (path_is(s, "/big") && (uintptr_t)s->handler_data < BIG_PIECES) big_next(s);
 }
 
@@ -164,7 +165,7 @@ static void init_once(void) {
   for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "config: %s\n", errs.items[i]);
   ob_config_errors_dispose(&errs);
   CHECK(cfg);
-  net = ob_net_create(base, cfg, &handler, NULL);
+  net = ob_net_create(base, &cfg->net, &handler, NULL);
   CHECK(net);
   later_ev = event_new(base, -1, 0, on_later, NULL);
 }

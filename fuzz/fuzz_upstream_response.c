@@ -39,6 +39,7 @@
  * head_seen as documented; no hop-by-hop or pseudo field reaches the
  * handler; no body for HEAD; at the end the endpoint has nothing in flight.
  */
+#include "config.h"
 #include "net.h"
 
 #include "fuzz_net.h"
@@ -223,7 +224,7 @@ static void init_once(void) {
   for (size_t i = 0; i < errs.len; i++) fprintf(stderr, "config: %s\n", errs.items[i]);
   ob_config_errors_dispose(&errs);
   CHECK(cfg);
-  net = ob_net_create(base, cfg, &(ob_sreq_handler_t){0}, NULL);
+  net = ob_net_create(base, &cfg->net, &(ob_sreq_handler_t){0}, NULL);
   CHECK(net);
 }
 

@@ -50,7 +50,7 @@ static ob_config_t *load_or_report(const char *path, bool summary) {
 static int check_config(const char *path) {
   ob_config_t *c = load_or_report(path, true);
   if (!c) return 1;
-  if (!ob_net_tls_check(c)) {
+  if (!ob_net_tls_check(&c->net)) {
     ob_config_release(c);
     return 1;
   }
@@ -219,8 +219,8 @@ static void warn_fixed(const ob_config_t *o, const ob_config_t *n) {
     ob_log_warn("reload: the ledger stays as it was (ledger changes need a restart)");
   if (!same(o->budgets.path, n->budgets.path))
     ob_log_warn("reload: the budget file stays as it was (budgets.path changes need a restart)");
-  if (o->workers != n->workers)
-    ob_log_warn("reload: %u worker(s) keep running (workers changes need a restart)", o->workers);
+  if (o->net.workers != n->net.workers)
+    ob_log_warn("reload: %u worker(s) keep running (workers changes need a restart)", o->net.workers);
   const ob_config_cluster_t *oc = &o->cluster, *nc = &n->cluster;
   if (oc->enabled != nc->enabled || !same(oc->redis, nc->redis) || !same(oc->password, nc->password) ||
       !same(oc->ns, nc->ns) || !same(oc->replica_id, nc->replica_id) || oc->lease_ms != nc->lease_ms ||
@@ -240,16 +240,16 @@ typedef struct {
 
 static void worker_reload(void *arg) {
   worker_reload_t *r = arg;
-  r->ok = ob_net_reload_worker(r->w->net, r->cfg, r->first);
+  r->ok = ob_net_reload_worker(r->w->net, &r->cfg->net, r->first);
   if (!r->ok) return;
   ob_proxy_reload(r->w->proxy, &r->spec);
   r->w->mcp = r->parts->mcp;
 }
 
 static void log_listeners(const app_t *a, const ob_config_t *cfg) {
-  for (size_t i = 0; i < cfg->num_listeners; i++)
+  for (size_t i = 0; i < cfg->net.num_listeners; i++)
     ob_log_info("listening on %s (%s)", ob_net_listener_address(a->net, i),
-                cfg->listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
+                cfg->net.listeners[i].tls ? "tls: h2, http/1.1" : "http/1.1, h2c");
 }
 
 /* Parse and validate the file completely, then swap it in; an invalid file
@@ -274,7 +274,7 @@ static bool reload(void *arg, ob_buf_t *why) {
   }
   ob_proxy_gen_spec_t spec;
   parts_t *parts = parts_build(cfg, a->cache, a->workers[0].mcp, &spec);
-  if (!ob_net_reload(a->net, cfg)) {
+  if (!ob_net_reload(a->net, &cfg->net)) {
     ob_log_error("reload of %s refused: a listener or upstream could not be set up (see above); the running "
                  "configuration is unchanged", a->path);
     ob_buf_append_str(why, "a listener or upstream could not be set up; see the gateway's log\n");
@@ -304,7 +304,7 @@ static bool reload(void *arg, ob_buf_t *why) {
   a->cfg = cfg; /* our load reference */
   log_listeners(a, cfg);
   ob_log_info("reloaded %s: %zu listener(s), %zu upstream(s), %zu route(s), %zu tenant(s)", a->path,
-              cfg->num_listeners, cfg->num_upstreams, cfg->num_routes, cfg->num_tenants);
+              cfg->net.num_listeners, cfg->num_upstreams, cfg->num_routes, cfg->num_tenants);
   return true;
 }
 
@@ -339,7 +339,7 @@ static bool worker_create(app_t *a, size_t i) {
   parts_t *parts = parts_build(a->cfg, a->cache, a->workers[0].mcp, &spec);
   w->mcp = parts->mcp;
   w->proxy = ob_proxy_create_worker(a->proxy, &spec);
-  w->net = ob_net_create_worker(w->base, a->cfg, ob_proxy_handler(), w->proxy, a->net);
+  w->net = ob_net_create_worker(w->base, &a->cfg->net, ob_proxy_handler(), w->proxy, a->net);
   if (!w->net) return false;
   ob_proxy_attach(w->proxy, w->net, w->base);
   return true;
@@ -350,7 +350,7 @@ static int run(const char *path) {
   if (!cfg) return 1;
   ob_log_set_level(level_of(cfg->log_level));
   signal(SIGPIPE, SIG_IGN);
-  app_t app = {.path = path, .cfg = cfg, .num_workers = cfg->workers};
+  app_t app = {.path = path, .cfg = cfg, .num_workers = cfg->net.workers};
   app.workers = ob_xcalloc(app.num_workers, sizeof *app.workers);
   worker_t *first = &app.workers[0];
   first->app = &app;
@@ -368,7 +368,7 @@ static int run(const char *path) {
   app.budgets = ob_budgets_create();
   app.budget_store = open_budgets(cfg, app.budgets);
   ob_proxy_set_budgets(app.proxy, app.budgets);
-  app.net = first->net = ob_net_create(app.base, cfg, ob_proxy_handler(), app.proxy);
+  app.net = first->net = ob_net_create(app.base, &cfg->net, ob_proxy_handler(), app.proxy);
   int rc = 0;
   struct event *sigs[3] = {NULL, NULL, NULL};
   if (!app.net) {

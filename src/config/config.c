@@ -787,7 +787,7 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
   switch (idx) {
   case T_LISTENERS:
     if (!ob_config_want_list(cx, v, true, &n)) return;
-    ALLOC_ITEMS(c->listeners, c->num_listeners, n);
+    ALLOC_ITEMS(c->net.listeners, c->net.num_listeners, n);
     ob_config_walk_array(cx, v, ob_config_on_listener, NULL);
     break;
   case T_UPSTREAMS:
@@ -823,10 +823,10 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
                   &(int_target_t){&c->admission, admission_fields});
     else if (idx == T_LIMITS)
       ob_config_walk_object(cx, v, ob_config_limit_fields, NFIELDS(ob_config_limit_fields), ob_config_on_int_field,
-                  &(int_target_t){&c->limits, ob_config_limit_fields});
+                  &(int_target_t){&c->net.limits, ob_config_limit_fields});
     else
       ob_config_walk_object(cx, v, ob_config_timeout_fields, NFIELDS(ob_config_timeout_fields), ob_config_on_int_field,
-                  &(int_target_t){&c->timeouts, ob_config_timeout_fields});
+                  &(int_target_t){&c->net.timeouts, ob_config_timeout_fields});
     break;
   case T_GRPC:
     ob_config_walk_object(cx, v, grpc_fields, NFIELDS(grpc_fields), on_grpc_field, c);
@@ -867,7 +867,7 @@ static void on_top_field(ctx_t *cx, size_t idx, const cJSON *v, void *target) {
     break;
   case T_WORKERS: {
     uint64_t w;
-    if (ob_config_want_uint(cx, v, 1, OB_CONFIG_MAX_WORKERS, &w)) c->workers = (uint32_t)w;
+    if (ob_config_want_uint(cx, v, 1, OB_CONFIG_MAX_WORKERS, &w)) c->net.workers = (uint32_t)w;
     break;
   }
   case T_LOG_LEVEL: {
@@ -943,12 +943,24 @@ static size_t prescan(const char *s, size_t n, bool *is_nul_escape) {
   return SIZE_MAX;
 }
 
+/* c->net.upstreams: what net reads of each upstream, borrowed from
+ * c->upstreams (the proxy's side of the same entries). */
+static void net_view(ob_config_t *c) {
+  c->net.num_upstreams = c->num_upstreams;
+  c->net.upstreams = ob_xcalloc(c->num_upstreams ? c->num_upstreams : 1, sizeof *c->net.upstreams);
+  for (size_t i = 0; i < c->num_upstreams; i++) {
+    const ob_config_upstream_t *u = &c->upstreams[i];
+    c->net.upstreams[i] = (ob_net_upstream_conf_t){.name = u->name, .endpoints = u->endpoints,
+      .num_endpoints = u->num_endpoints, .protocol = u->protocol, .tls_verify = u->tls_verify, .tls_ca = u->tls_ca};
+  }
+}
+
 static void free_config(ob_config_t *c) {
-  for (size_t i = 0; i < c->num_listeners; i++) {
-    ob_config_listener_t *l = &c->listeners[i];
+  for (size_t i = 0; i < c->net.num_listeners; i++) {
+    ob_config_listener_t *l = &c->net.listeners[i];
     free(l->address), free(l->host), free(l->tls_cert), free(l->tls_key);
   }
-  free(c->listeners);
+  free(c->net.listeners);
   for (size_t i = 0; i < c->num_upstreams; i++) {
     ob_config_upstream_t *u = &c->upstreams[i];
     for (size_t j = 0; j < u->num_endpoints; j++) {
@@ -960,6 +972,7 @@ static void free_config(ob_config_t *c) {
     free(u->credential_header), free(u->credential_value);
   }
   free(c->upstreams);
+  free(c->net.upstreams);
   for (size_t i = 0; i < c->num_routes; i++) {
     ob_config_route_t *r = &c->routes[i];
     free(r->prefix), free(r->class_name), free(r->upstream), free(r->rewrite), free(r->cost);
@@ -1050,9 +1063,9 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   c->refs = 1;
   c->dir = ob_xstrdup(base_dir && base_dir[0] ? base_dir : ".");
   c->log_level = ob_xstrdup("info");
-  c->workers = 1;
-  ob_config_apply_defaults(&c->limits, ob_config_limit_fields, NFIELDS(ob_config_limit_fields));
-  ob_config_apply_defaults(&c->timeouts, ob_config_timeout_fields, NFIELDS(ob_config_timeout_fields));
+  c->net.workers = 1;
+  ob_config_apply_defaults(&c->net.limits, ob_config_limit_fields, NFIELDS(ob_config_limit_fields));
+  ob_config_apply_defaults(&c->net.timeouts, ob_config_timeout_fields, NFIELDS(ob_config_timeout_fields));
   c->admission.mode = OB_ADMIT_HIERARCHICAL;
   c->admission.cost = OB_COST_TOKENS;
   ob_config_apply_defaults(&c->admission, admission_fields, NFIELDS(admission_fields));
@@ -1071,6 +1084,7 @@ ob_config_t *ob_config_parse(const char *json, size_t len, const char *base_dir,
   ob_config_add_default_group(c);
   ob_config_default_budgets_path(&cx, top_seen & (1u << T_BUDGETS));
   check_grpc_routes(&cx);
+  net_view(c);
 
 done:
   wipe_strings(root);
@@ -1148,11 +1162,11 @@ static void check_readable(ob_config_errors_t *errs, const char *json_path, cons
 static bool files_readable(const ob_config_t *c, ob_config_errors_t *errs) {
   size_t before = errs->len;
   char jp[64];
-  for (size_t i = 0; i < c->num_listeners; i++) {
+  for (size_t i = 0; i < c->net.num_listeners; i++) {
     snprintf(jp, sizeof jp, "listeners[%zu].tls.cert", i);
-    check_readable(errs, jp, c->listeners[i].tls_cert);
+    check_readable(errs, jp, c->net.listeners[i].tls_cert);
     snprintf(jp, sizeof jp, "listeners[%zu].tls.key", i);
-    check_readable(errs, jp, c->listeners[i].tls_key);
+    check_readable(errs, jp, c->net.listeners[i].tls_key);
   }
   for (size_t i = 0; i < c->num_upstreams; i++) {
     snprintf(jp, sizeof jp, "upstreams[%zu].tls_ca", i);

@@ -2,9 +2,10 @@
  * config: the JSON configuration file, parsed with cJSON, validated and
  * turned into a plain immutable snapshot. It is its own module (not part of
  * main.c) so the loader can be unit-tested and fuzzed without a process.
- * Uses only core.
+ * Uses core, and the type headers of the modules it parses for (tenant,
+ * cluster, net's src/net/conf): it fills their own types.
  *
- * Exception to "uses only core": libcrypto for the SHA-256 of plain key
+ * One more: libcrypto for the SHA-256 of plain key
  * secrets, which are hashed and wiped during the parse.
  *
  * Ownership: ob_config_load/ob_config_parse return a snapshot the caller owns
@@ -22,31 +23,14 @@
 
 #include "core.h"
 #include "cluster.h"
+#include "net_config.h"
 #include "tenant.h"
 
-typedef enum { OB_PROTO_HTTP1, OB_PROTO_H2C, OB_PROTO_H2 } ob_upstream_proto_t;
-
-typedef struct ob_config_listener {
-  char *address;   /* "HOST:PORT" as written; host may be an IPv6 literal in brackets */
-  char *host;      /* host part without brackets, e.g. "127.0.0.1" or "::1" */
-  uint16_t port;   /* 0 = ephemeral */
-  bool tls;
-  char *tls_cert;  /* absolute or config-relative path already resolved; NULL without tls */
-  char *tls_key;
-  /* "x_forwarded_for": "append" (default: the client's values, then the
-   * peer, for a listener behind a trusted edge) or "replace" (the peer
-   * alone, for a listener clients reach directly). */
-  bool xff_replace;
-} ob_config_listener_t;
-
-typedef struct ob_config_endpoint {
-  char *url;       /* as written */
-  bool tls;        /* https:// */
-  char *host;      /* host without brackets */
-  uint16_t port;   /* explicit or 80/443 */
-  char *authority; /* "host:port" as it should appear in Host / :authority */
-  char *base_path; /* path prefix of the URL without trailing '/', "" when none */
-} ob_config_endpoint_t;
+/* The settings net reads are net's own types (src/net/conf/net_config.h);
+ * the config parses straight into them. The old names stay for the layers
+ * above. */
+typedef ob_net_listener_conf_t ob_config_listener_t;
+typedef ob_net_endpoint_conf_t ob_config_endpoint_t;
 
 /* "capacity": how "max_inflight": "auto" is tuned (docs/fairshare.md,
  * "Capacity from the backend"). */
@@ -62,6 +46,9 @@ typedef struct ob_config_capacity {
 /* An "auto" upstream's endpoints travel in one cluster call (fleet.c). */
 #define OB_CONFIG_AUTO_ENDPOINTS_MAX 256
 
+/* One entry of "upstreams", the proxy's view. net's view of the same entry
+ * is c->net.upstreams[i] (name, endpoints, protocol, TLS settings),
+ * borrowed from this one. */
 typedef struct ob_config_upstream {
   char *name;
   ob_config_endpoint_t *endpoints;
@@ -124,26 +111,8 @@ typedef struct ob_config_admission {
   uint64_t quantum;             /* DRR quantum per unit of weight; 0 = automatic (default) */
 } ob_config_admission_t;
 
-typedef struct ob_config_limits {
-  uint64_t max_body_bytes;        /* "max_body_bytes", default 16 MiB */
-  uint32_t max_header_bytes;      /* "max_header_bytes", default 64 KiB */
-  uint32_t max_connections;       /* "max_connections", default 10000 */
-  uint32_t max_concurrent_streams;/* "max_concurrent_streams" (h2 SETTINGS), default 128 */
-  uint32_t stream_window_bytes;   /* "stream_window_bytes": response bytes buffered per stream before the upstream is paused, default 256 KiB */
-  uint32_t max_client_resets;     /* "max_client_resets": h2 streams a client may reset per connection in 10 s, default 1000 */
-} ob_config_limits_t;
-
-typedef struct ob_config_timeouts {
-  uint32_t connect_ms;      /* "connect_ms", default 5000: upstream TCP+TLS connect */
-  uint32_t first_byte_ms;   /* "first_byte_ms", default 300000: request sent -> first response byte */
-  uint32_t idle_ms;         /* "idle_ms", default 60000: no progress on an open stream/connection */
-  uint32_t client_header_ms;/* "client_header_ms", default 10000: a client's request head must arrive within */
-  uint32_t client_body_ms;  /* "client_body_ms", default 60000: a buffered request body must arrive within, after its head */
-  uint32_t keepalive_ms;    /* "keepalive_ms", default 75000: idle client keep-alive connection */
-  uint32_t upstream_keepalive_ms; /* "upstream_keepalive_ms", default 30000: idle pooled upstream connection */
-  uint32_t backoff_ms;      /* "backoff_ms", default 2000: endpoint skipped after a refused connection */
-  uint32_t grace_ms;        /* "grace_ms", default 30000: graceful shutdown */
-} ob_config_timeouts_t;
+typedef ob_net_limits_t ob_config_limits_t;
+typedef ob_net_timeouts_t ob_config_timeouts_t;
 
 /* "cache": the response cache; absent = no cache. */
 typedef struct ob_config_cache {
@@ -204,8 +173,11 @@ typedef struct ob_config {
   int refs;                 /* private */
   char *path;               /* file it came from, NULL for ob_config_parse */
   char *dir;                /* folder relative paths resolve against */
-  ob_config_listener_t *listeners;
-  size_t num_listeners;
+  /* What net reads: listeners, limits, timeouts and workers are parsed
+   * into it; its upstreams[i] is a view of upstreams[i] below (strings and
+   * endpoints borrowed from them). Owned by the snapshot; pass &c->net to
+   * ob_net_create / ob_net_reload, which copy it. */
+  ob_net_config_t net;
   ob_config_upstream_t *upstreams;
   size_t num_upstreams;
   ob_config_route_t *routes;
@@ -217,10 +189,7 @@ typedef struct ob_config {
   ob_config_tenant_t *tenants;  /* empty: no authentication (anonymous access) */
   size_t num_tenants;
   ob_config_admission_t admission;
-  ob_config_limits_t limits;
-  ob_config_timeouts_t timeouts;
   char *log_level;          /* "log_level": "debug"|"info"|"warn"|"error", default "info" */
-  uint32_t workers;         /* "workers": event-loop threads, 1..OB_CONFIG_MAX_WORKERS, default 1 */
   bool grpc_health;         /* "grpc": {"health": true}: answer grpc.health.v1.Health/Check */
   char *mcp_session_secret; /* "mcp": {"session_secret"}: keys the MCP session id wrapper; NULL = random per process */
   ob_config_cache_t cache;

@@ -4,6 +4,8 @@
  * protocol, max_inflight and its "capacity", TLS verification, credential)
  * and the integer tables of "limits" and "timeouts". Moved out of config.c
  * unchanged; error wording and JSON paths are the schema's (docs/config.md).
+ * Listeners, endpoints, limits and timeouts are net's own types
+ * (src/net/conf/net_config.h), parsed into c->net directly.
  */
 #include "config_int.h"
 
@@ -190,7 +192,7 @@ static void on_listener_field(ctx_t *cx, size_t idx, const cJSON *v, void *targe
 
 void ob_config_on_listener(ctx_t *cx, size_t i, const cJSON *obj, void *target) {
   ob_config_walk_object(cx, obj, listener_fields, sizeof listener_fields / sizeof listener_fields[0], on_listener_field,
-              &cx->c->listeners[i]);
+              &cx->c->net.listeners[i]);
 }
 
 /* ---------------------------------------------------------------- upstreams */

@@ -53,7 +53,7 @@ typedef struct h1_conn {
 static const ob_sreq_ops_t h1_ops;
 static void process(h1_conn_t *h);
 
-static ob_config_t *cfg_of(h1_conn_t *h) { return h->c->net->cfg; }
+static ob_net_config_t *cfg_of(h1_conn_t *h) { return h->c->net->cfg; }
 
 /* ms: a configured duration (see ob_net_arm). */
 static void arm_timer(h1_conn_t *h, uint32_t ms) { ob_net_arm(h->c->net, h->timer, ms); }
@@ -242,7 +242,7 @@ static bool read_body(h1_conn_t *h) {
 static void process(h1_conn_t *h) {
   ob_client_conn_t *c = h->c;
   struct evbuffer *in = ob_sock_input(c->sock);
-  ob_config_t *cfg = cfg_of(h);
+  ob_net_config_t *cfg = cfg_of(h);
   for (;;) {
     switch (h->state) {
     case H1_IDLE:

@@ -95,7 +95,7 @@ struct h2_conn {
 
 static const ob_sreq_ops_t h2_ops;
 
-static ob_config_t *cfg_of(h2_conn_t *h) { return h->c->net->cfg; }
+static ob_net_config_t *cfg_of(h2_conn_t *h) { return h->c->net->cfg; }
 static void schedule_flush(h2_conn_t *h) { event_active(h->flush, EV_TIMEOUT, 0); }
 
 static void arm_idle(h2_conn_t *h) { ob_net_arm(h->c->net, h->idle, cfg_of(h)->timeouts.keepalive_ms); }
@@ -176,7 +176,7 @@ static void client_progress(h2_req_t *r) {
 
 static void stream_progress(h2_req_t *r) {
   if (!r->head_done) return;
-  const ob_config_timeouts_t *t = &cfg_of(r->h)->timeouts;
+  const ob_net_timeouts_t *t = &cfg_of(r->h)->timeouts;
   if (!r->remote_ended && !r->s.body_streaming && !r->timed_out) {
     uint64_t now = ob_clock_ms();
     if (r->body_deadline_ms < now + t->idle_ms)
@@ -195,7 +195,7 @@ static void on_stream_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what;
   h2_req_t *r = arg;
   h2_conn_t *h = r->h;
-  const ob_config_timeouts_t *t = &cfg_of(h)->timeouts;
+  const ob_net_timeouts_t *t = &cfg_of(h)->timeouts;
   r->fire_ms = 0;
   if (!r->due_ms) return;
   uint64_t now = ob_clock_ms();

@@ -6,7 +6,8 @@
  * net turns client connections into request streams (ob_sreq_t) and hands
  * them to one handler (the proxy), and offers upstream request streams
  * (ob_ureq_t) on pools (ob_upstream_t). It knows nothing about tenants,
- * routes or admission. Uses http, config and core.
+ * routes or admission. Uses http and core; its settings are its own types
+ * (conf/net_config.h), which config parses into.
  *
  * Threading: everything here runs on the thread of the event_base it was
  * created with.
@@ -14,7 +15,7 @@
 #ifndef OB_NET_H
 #define OB_NET_H
 
-#include "config.h"
+#include "net_config.h"
 #include "core.h"
 #include "http.h"
 
@@ -273,17 +274,18 @@ const char *ob_upstream_name(const ob_upstream_t *up);
 /* ================================================================ the whole */
 
 /*
- * Create listeners and upstream pools for cfg (acquired: the net keeps a
- * reference) on base (borrowed; must outlive the net). handler and ctx are
+ * Create listeners and upstream pools for cfg (borrowed for the call: the
+ * net keeps a copy of its own, strings included, so the caller may free
+ * cfg and the snapshot it came from right after) on base (borrowed; must outlive the net). handler and ctx are
  * borrowed for the life of the net. Returns NULL and logs why when a listener
  * cannot be bound or a TLS certificate cannot be loaded.
  */
-ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx);
+ob_net_t *ob_net_create(struct event_base *base, const ob_net_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx);
 /* The same for a further worker ("workers": N > 1): its listeners are bound
  * to the addresses first's listeners got (so port 0 means first's port),
  * all with SO_REUSEPORT, and the kernel spreads new connections over the
  * workers. first is only read during the call. */
-ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx,
+ob_net_t *ob_net_create_worker(struct event_base *base, const ob_net_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx,
                                const ob_net_t *first);
 
 /* Whether every TLS context cfg (borrowed for the call) asks for can be
@@ -292,30 +294,30 @@ ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const 
  * upstream, file, OpenSSL's reason) and returns false; binds nothing. For
  * --check-config, which would otherwise pass a file that exists but is not
  * a certificate. */
-bool ob_net_tls_check(const ob_config_t *cfg);
+bool ob_net_tls_check(const ob_net_config_t *cfg);
 
 /* The address listener i is bound to ("127.0.0.1:43121"), for ephemeral
  * ports; borrowed from the net. */
 const char *ob_net_listener_address(const ob_net_t *n, size_t i);
 
 /*
- * Reload: make listeners and upstream pools match cfg (acquired on
- * success). Listeners are matched by their address as written: a kept one
+ * Reload: make listeners and upstream pools match cfg (borrowed for the
+ * call; copied, like ob_net_create). Listeners are matched by their address as written: a kept one
  * keeps its socket (a TLS one gets its certificate and key loaded again),
  * a new one is bound, a removed one stops accepting while its connections
  * go on. Pools are matched by name: one whose endpoints, protocol, TLS
  * settings, timeouts and limits are unchanged is kept with its
  * connections; any other is replaced by a new pool, and the old one
  * serves the requests it has until they finish, then is freed. Client
- * connections read limits and timeouts from the new snapshot from now on.
+ * connections read limits and timeouts from the new copy from now on.
  * Everything that can fail (binding, certificates, CA bundles) is done
  * first: on failure nothing changes, the reason is logged and false is
  * returned. Not during shutdown.
  */
-bool ob_net_reload(ob_net_t *n, ob_config_t *cfg);
+bool ob_net_reload(ob_net_t *n, const ob_net_config_t *cfg);
 /* Reload of a further worker, after first's reload succeeded (new
  * listeners bind to first's new addresses). */
-bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first);
+bool ob_net_reload_worker(ob_net_t *n, const ob_net_config_t *cfg, const ob_net_t *first);
 
 /*
  * Graceful shutdown: close listeners, send GOAWAY on h2 connections, close

@@ -31,7 +31,7 @@ static inline uint8_t ob_net_h2_nv_flags(ob_iov_t name) {
 struct ob_net {
   struct event_base *base;
   struct evdns_base *dns;         /* asynchronous name resolution for upstream hosts */
-  ob_config_t *cfg;               /* counted */
+  ob_net_config_t *cfg;           /* counted: net's own copy (net_config.c), replaced by a reload */
   const ob_sreq_handler_t *handler;
   void *ctx;
 
@@ -79,15 +79,15 @@ void ob_net_arm(ob_net_t *n, struct event *ev, uint32_t ms);
 
 /* ---- upstream pools (upstream.c) ---- */
 
-/* Create the pool for one configured upstream; cfg borrowed from n->cfg,
- * which outlives the pool. Returns NULL and logs on failure (bad TLS CA). */
-ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *cfg);
+/* Create the pool for one configured upstream; cfg points into n->cfg,
+ * which the pool acquires (it may outlive n->cfg across a reload). Returns NULL and logs on failure (bad TLS CA). */
+ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_net_upstream_conf_t *cfg);
 /* Close every connection of the pool (requests in flight get on_error) and
  * free it. NULL is a no-op. */
 void ob_net_upstream_destroy(ob_upstream_t *u);
 /* Pool reuse across a reload: same endpoints, protocol, TLS settings,
  * timeouts and limits (credentials and max_inflight are not the pool's). */
-bool ob_net_upstream_same(const ob_upstream_t *u, const ob_config_upstream_t *cfg, const ob_config_t *gcfg);
+bool ob_net_upstream_same(const ob_upstream_t *u, const ob_net_upstream_conf_t *cfg, const ob_net_config_t *gcfg);
 /* A reload replaced u: free it now when no request uses it, else when the
  * last one is done (checked by a timer). Its connections stay until then. */
 void ob_net_upstream_retire(ob_net_t *n, ob_upstream_t *u);
@@ -165,6 +165,17 @@ void ob_net_conn_gone(ob_net_t *n);
 
 /* Whether cfg's TLS client context (its CA bundle) can be built; logs why
  * not. For --check-config; true for an upstream without https endpoints. */
-bool ob_net_up_tls_check(const ob_config_upstream_t *cfg);
+bool ob_net_up_tls_check(const ob_net_upstream_conf_t *cfg);
+
+/* ---- net's own settings (net_config.c) ---- */
+
+/* A counted deep copy of src (borrowed for the call; strings and arrays
+ * copied), refs == 1. */
+ob_net_config_t *ob_net_config_copy(const ob_net_config_t *src);
+/* Counted: each holder (the net, each pool) releases what it acquired;
+ * the last release frees the copy. NULL is a no-op. Only for copies made
+ * by ob_net_config_copy. */
+ob_net_config_t *ob_net_config_acquire(ob_net_config_t *c);
+void ob_net_config_release(ob_net_config_t *c);
 
 #endif /* OB_NET_INT_H */

@@ -272,7 +272,7 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
   return SSL_TLSEXT_ERR_NOACK;
 }
 
-static SSL_CTX *server_tls(const ob_config_listener_t *l) {
+static SSL_CTX *server_tls(const ob_net_listener_conf_t *l) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) return NULL;
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -297,7 +297,7 @@ static SSL_CTX *server_tls(const ob_config_listener_t *l) {
   return ctx;
 }
 
-bool ob_net_tls_check(const ob_config_t *cfg) {
+bool ob_net_tls_check(const ob_net_config_t *cfg) {
   bool ok = true;
   for (size_t i = 0; i < cfg->num_listeners; i++) {
     if (!cfg->listeners[i].tls) continue;
@@ -319,7 +319,7 @@ static unsigned bound_port(const char *addr) {
 
 /* Bind l (on port instead of l's when port is set); on success *out and
  * *addr (the bound address, owned) are set. */
-static bool bind_listener(ob_net_t *n, const ob_config_listener_t *l, unsigned port_override,
+static bool bind_listener(ob_net_t *n, const ob_net_listener_conf_t *l, unsigned port_override,
                           struct evconnlistener **out, char **addr) {
   /* Resolved once at start-up (blocking is fine here: nothing is being
    * served yet). The first address of the name is used. */
@@ -385,16 +385,16 @@ void ob_net_arm(ob_net_t *n, struct event *ev, uint32_t ms) {
   evtimer_add(ev, ob_net_timeout(n, ms, &own));
 }
 
-ob_net_t *ob_net_create(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx) {
+ob_net_t *ob_net_create(struct event_base *base, const ob_net_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx) {
   return ob_net_create_worker(base, cfg, handler, ctx, NULL);
 }
 
-ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const ob_sreq_handler_t *handler, void *ctx,
-                               const ob_net_t *first) {
+ob_net_t *ob_net_create_worker(struct event_base *base, const ob_net_config_t *src, const ob_sreq_handler_t *handler,
+                               void *ctx, const ob_net_t *first) {
   ob_net_t *n = ob_xcalloc(1, sizeof *n);
-  n->reuseport = cfg->workers > 1;
+  n->reuseport = src->workers > 1;
   n->base = base;
-  n->cfg = ob_config_acquire(cfg);
+  ob_net_config_t *cfg = n->cfg = ob_net_config_copy(src); /* the pools point into it */
   n->handler = handler;
   n->ctx = ctx;
   n->staging = evbuffer_new();
@@ -407,7 +407,7 @@ ob_net_t *ob_net_create_worker(struct event_base *base, ob_config_t *cfg, const 
   n->listener_tls = ob_xcalloc(n->num_listeners, sizeof *n->listener_tls);
   n->listener_ssl = ob_xcalloc(n->num_listeners, sizeof *n->listener_ssl);
   for (size_t i = 0; i < cfg->num_listeners; i++) {
-    const ob_config_listener_t *l = &cfg->listeners[i];
+    const ob_net_listener_conf_t *l = &cfg->listeners[i];
     if (l->tls && !(n->listener_ssl[i] = server_tls(l))) goto fail;
     n->listener_tls[i] = l->tls;
     unsigned port = first ? bound_port(ob_net_listener_address(first, i)) : 0;
@@ -451,18 +451,19 @@ static void listener_set_free(listener_set_t *s) {
   free(s->l), free(s->addr), free(s->tls), free(s->ssl);
 }
 
-bool ob_net_reload(ob_net_t *n, ob_config_t *cfg) { return ob_net_reload_worker(n, cfg, NULL); }
+bool ob_net_reload(ob_net_t *n, const ob_net_config_t *cfg) { return ob_net_reload_worker(n, cfg, NULL); }
 
-bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first) {
+bool ob_net_reload_worker(ob_net_t *n, const ob_net_config_t *src, const ob_net_t *first) {
   if (n->shutting_down) return false;
-  ob_config_t *old = n->cfg;
+  ob_net_config_t *old = n->cfg;
+  ob_net_config_t *cfg = ob_net_config_copy(src); /* new pools point into it */
   /* Listeners: kept ones are found by address; new ones bound. */
   listener_set_t next, prev = {n->listeners, n->listener_addrs, n->listener_tls, n->listener_ssl, n->num_listeners};
   listener_set_alloc(&next, cfg->num_listeners);
   size_t *from = ob_xcalloc(cfg->num_listeners + 1, sizeof *from); /* 1 + old index, 0 = new */
   bool ok = true;
   for (size_t j = 0; ok && j < cfg->num_listeners; j++) {
-    const ob_config_listener_t *l = &cfg->listeners[j];
+    const ob_net_listener_conf_t *l = &cfg->listeners[j];
     for (size_t i = 0; i < old->num_listeners && !from[j]; i++) {
       bool taken = false;
       for (size_t k = 0; k < j; k++) taken |= from[k] == i + 1;
@@ -483,7 +484,7 @@ bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first) 
     for (size_t i = 0; i < n->num_upstreams && !ups[j]; i++)
       if (!kept[i] && ob_net_upstream_same(n->upstreams[i], &cfg->upstreams[j], cfg)) ups[j] = n->upstreams[i], kept[i] = true;
     if (!ups[j]) {
-      ob_config_t *cur = n->cfg;
+      ob_net_config_t *cur = n->cfg;
       n->cfg = cfg; /* ob_net_upstream_create takes timeouts and limits from n->cfg */
       ups[j] = ob_net_upstream_create(n, &cfg->upstreams[j]);
       n->cfg = cur;
@@ -498,6 +499,7 @@ bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first) 
     }
     free(ups), free(kept), free(from);
     listener_set_free(&next);
+    ob_net_config_release(cfg);
     return false;
   }
   /* Commit: nothing below fails. */
@@ -515,8 +517,8 @@ bool ob_net_reload_worker(ob_net_t *n, ob_config_t *cfg, const ob_net_t *first) 
   free(n->upstreams);
   n->upstreams = ups;
   n->num_upstreams = cfg->num_upstreams;
-  n->cfg = ob_config_acquire(cfg);
-  ob_config_release(old);
+  n->cfg = cfg;
+  ob_net_config_release(old);
   free(kept), free(from);
   return true;
 }
@@ -585,6 +587,6 @@ void ob_net_destroy(ob_net_t *n) {
   if (n->grace_timer) event_free(n->grace_timer);
   if (n->dns) evdns_base_free(n->dns, 0);
   evbuffer_free(n->staging);
-  ob_config_release(n->cfg);
+  ob_net_config_release(n->cfg);
   free(n);
 }

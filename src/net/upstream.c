@@ -726,7 +726,7 @@ ob_upstream_t *ob_net_upstream(ob_net_t *n, const char *name) {
 
 /* ================================================================ pools */
 
-static SSL_CTX *tls_client_ctx(const ob_config_upstream_t *cfg, bool h2) {
+static SSL_CTX *tls_client_ctx(const ob_net_upstream_conf_t *cfg, bool h2) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
   if (!ctx) {
     ob_log_error("upstream %s: cannot create a TLS context", cfg->name);
@@ -759,7 +759,7 @@ static SSL_CTX *tls_client_ctx(const ob_config_upstream_t *cfg, bool h2) {
   return ctx;
 }
 
-bool ob_net_up_tls_check(const ob_config_upstream_t *cfg) {
+bool ob_net_up_tls_check(const ob_net_upstream_conf_t *cfg) {
   bool tls = false;
   for (size_t i = 0; i < cfg->num_endpoints; i++) tls |= cfg->endpoints[i].tls;
   if (!tls) return true;
@@ -768,11 +768,11 @@ bool ob_net_up_tls_check(const ob_config_upstream_t *cfg) {
   return ctx != NULL;
 }
 
-ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *cfg) {
+ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_net_upstream_conf_t *cfg) {
   ob_upstream_t *up = ob_xcalloc(1, sizeof *up);
   up->net = n;
   up->cfg = cfg;
-  up->gcfg = ob_config_acquire(n->cfg); /* the pool may outlive n->cfg across a reload */
+  up->gcfg = ob_net_config_acquire(n->cfg); /* the pool may outlive n->cfg across a reload */
   up->h2 = cfg->protocol != OB_PROTO_HTTP1;
   up->num_eps = cfg->num_endpoints;
   up->eps = ob_xcalloc(up->num_eps ? up->num_eps : 1, sizeof *up->eps);
@@ -787,7 +787,7 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *c
     goto fail_eps;
   }
   if (tls && !(up->ssl = tls_client_ctx(cfg, up->h2))) goto fail_eps;
-  const ob_config_timeouts_t *t = &n->cfg->timeouts;
+  const ob_net_timeouts_t *t = &n->cfg->timeouts;
   up->tv_connect = pool_timeout(n, t->connect_ms, &up->tv_own[0]);
   up->tv_first_byte = pool_timeout(n, t->first_byte_ms, &up->tv_own[1]);
   up->tv_idle = pool_timeout(n, t->idle_ms, &up->tv_own[2]);
@@ -796,7 +796,7 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_config_upstream_t *c
 
 fail_eps:
   free(up->eps);
-  ob_config_release(up->gcfg);
+  ob_net_config_release(up->gcfg);
   free(up);
   return NULL;
 }
@@ -828,14 +828,14 @@ void ob_net_upstream_destroy(ob_upstream_t *up) {
   }
   SSL_CTX_free(up->ssl);
   free(up->eps);
-  ob_config_release(up->gcfg);
+  ob_net_config_release(up->gcfg);
   free(up);
 }
 
 static bool same_str(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
 
-bool ob_net_upstream_same(const ob_upstream_t *up, const ob_config_upstream_t *cfg, const ob_config_t *gcfg) {
-  const ob_config_upstream_t *o = up->cfg;
+bool ob_net_upstream_same(const ob_upstream_t *up, const ob_net_upstream_conf_t *cfg, const ob_net_config_t *gcfg) {
+  const ob_net_upstream_conf_t *o = up->cfg;
   if (strcmp(o->name, cfg->name) != 0 || o->protocol != cfg->protocol || o->num_endpoints != cfg->num_endpoints ||
       o->tls_verify != cfg->tls_verify || !same_str(o->tls_ca, cfg->tls_ca))
     return false;

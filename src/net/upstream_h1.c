@@ -22,7 +22,7 @@ static void release_ref(const void *data, size_t len, void *extra) { ob_rcbuf_re
 
 void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_upstream_t *up = u->up;
-  const ob_config_endpoint_t *ep = c->ep->cfg;
+  const ob_net_endpoint_conf_t *ep = c->ep->cfg;
   c->ureq = u;
   u->conn = c;
   u->state = U_ACTIVE;

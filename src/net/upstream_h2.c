@@ -313,7 +313,7 @@ static void deliver_touched(ob_uconn_t *c) {
 
 static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   ob_upstream_t *up = u->up;
-  const ob_config_endpoint_t *ep = c->ep->cfg;
+  const ob_net_endpoint_conf_t *ep = c->ep->cfg;
   ob_arena_t *a = &u->arena;
 
   ob_iov_t target = u->path;

@@ -155,7 +155,7 @@ struct ob_uconn {
 
 struct ob_endpoint {
   ob_upstream_t *up;
-  const ob_config_endpoint_t *cfg;
+  const ob_net_endpoint_conf_t *cfg;
   uint32_t inflight;
   uint64_t attempts, failures;    /* for metrics */
   uint64_t backoff_until_ms;      /* 0 = not backed off */
@@ -166,8 +166,8 @@ struct ob_endpoint {
 
 struct ob_upstream {
   ob_net_t *net;
-  const ob_config_upstream_t *cfg;
-  ob_config_t *gcfg;              /* counted: the snapshot cfg lives in; timeouts and limits */
+  const ob_net_upstream_conf_t *cfg;
+  ob_net_config_t *gcfg;          /* counted: net's copy cfg lives in; timeouts and limits */
   ob_upstream_t *retired_next;    /* in ob_net.retired after a reload replaced the pool */
   SSL_CTX *ssl;                   /* NULL when no endpoint uses TLS */
   ob_endpoint_t *eps;

@@ -330,10 +330,17 @@ static void note_grpc_status(ob_exchange_t *x, const ob_http_header_t *h, size_t
   }
 }
 
+/* The endpoint's "host:port", copied: net lends it only while the pool
+ * lives, and a pool a reload replaced is freed once its last request is
+ * done, which may be before this exchange is logged. */
+static const char *endpoint_of(ob_exchange_t *x, const ob_ureq_t *u) {
+  return ob_arena_strdup(x->arena, ob_ureq_endpoint(u));
+}
+
 static void up_head(ob_ureq_t *u, void *data, int status, const ob_http_header_t *headers, size_t n) {
   ob_exchange_t *x = data;
   x->ttfb_us = ob_clock_us();
-  x->endpoint = ob_ureq_endpoint(u);
+  x->endpoint = endpoint_of(x, u);
   int64_t cl = -1;
   ob_http_header_t *out = ob_arena_alloc(x->arena, (n + OB_EXCHANGE_HEAD_EXTRA) * sizeof *out);
   size_t k = 0;
@@ -385,7 +392,7 @@ static void up_data(ob_ureq_t *u, void *data, struct evbuffer *buf) {
     ob_sreq_send_data(x->req, buf, false);
   }
   /* A slow reader pauses the upstream instead of growing our buffers. */
-  if (!x->paused && ob_sreq_pending(x->req) > x->gen->cfg->limits.stream_window_bytes) {
+  if (!x->paused && ob_sreq_pending(x->req) > x->gen->cfg->net.limits.stream_window_bytes) {
     x->paused = true;
     ob_ureq_pause(u, true);
   }
@@ -413,7 +420,7 @@ static void up_end(ob_ureq_t *u, void *data, const ob_http_header_t *trailers, s
 static void up_error(ob_ureq_t *u, void *data, ob_err_t err, int status_hint, bool head_seen) {
   ob_exchange_t *x = data;
   x->u = NULL;
-  if (!x->endpoint) x->endpoint = ob_ureq_endpoint(u);
+  if (!x->endpoint) x->endpoint = endpoint_of(x, u);
   if (x->route->cls->on_response_error)
     x->route->cls->on_response_error(x, x->gone_status && err == OB_ERR_CONN ? x->gone_status
                                         : status_hint                       ? status_hint

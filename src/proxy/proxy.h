@@ -149,7 +149,7 @@ struct ob_exchange {
   uint64_t queue_start_us, queue_us;
   const char *admission;      /* "fast", "queued", "rejected", "budget" (refused: budget used up), NULL = not admitted */
   ob_ureq_t *u;
-  const char *endpoint;
+  const char *endpoint;       /* "host:port" that served the request (copied into arena), NULL before */
   uint64_t ttfb_us;
   uint64_t first_byte_us;      /* the upstream answer's first body byte (streamed: the first token), 0 before */
   bool paused;

@@ -96,16 +96,16 @@ static void test_full(void) {
   TAP_EQ_STR(c->dir, BASE_DIR, "dir is base_dir");
   TAP_CHECK(c->path == NULL, "parse leaves path NULL");
 
-  TAP_EQ_INT(c->num_listeners, 2, "two listeners");
-  TAP_EQ_STR(c->listeners[0].host, "0.0.0.0", "listener 0 host");
-  TAP_EQ_INT(c->listeners[0].port, 8080, "listener 0 port");
-  TAP_CHECK(!c->listeners[0].tls && !c->listeners[0].tls_cert && !c->listeners[0].tls_key, "listener 0 cleartext");
-  TAP_EQ_STR(c->listeners[1].address, "[::1]:8443", "IPv6 listener address as written");
-  TAP_EQ_STR(c->listeners[1].host, "::1", "IPv6 listener host without brackets");
-  TAP_EQ_INT(c->listeners[1].port, 8443, "IPv6 listener port");
-  TAP_CHECK(c->listeners[1].tls, "listener 1 tls");
-  TAP_EQ_STR(c->listeners[1].tls_cert, BASE_DIR "/certs/server.pem", "relative cert joined to base_dir");
-  TAP_EQ_STR(c->listeners[1].tls_key, "/etc/ssl/server.key", "absolute key kept");
+  TAP_EQ_INT(c->net.num_listeners, 2, "two listeners");
+  TAP_EQ_STR(c->net.listeners[0].host, "0.0.0.0", "listener 0 host");
+  TAP_EQ_INT(c->net.listeners[0].port, 8080, "listener 0 port");
+  TAP_CHECK(!c->net.listeners[0].tls && !c->net.listeners[0].tls_cert && !c->net.listeners[0].tls_key, "listener 0 cleartext");
+  TAP_EQ_STR(c->net.listeners[1].address, "[::1]:8443", "IPv6 listener address as written");
+  TAP_EQ_STR(c->net.listeners[1].host, "::1", "IPv6 listener host without brackets");
+  TAP_EQ_INT(c->net.listeners[1].port, 8443, "IPv6 listener port");
+  TAP_CHECK(c->net.listeners[1].tls, "listener 1 tls");
+  TAP_EQ_STR(c->net.listeners[1].tls_cert, BASE_DIR "/certs/server.pem", "relative cert joined to base_dir");
+  TAP_EQ_STR(c->net.listeners[1].tls_key, "/etc/ssl/server.key", "absolute key kept");
 
   TAP_EQ_INT(c->num_upstreams, 3, "three upstreams");
   const ob_config_upstream_t *u = &c->upstreams[0];
@@ -149,17 +149,17 @@ static void test_full(void) {
   TAP_EQ_STR(c->models[0].upstream_model, "meta-llama/Meta-Llama-3-8B", "upstream_model");
   TAP_CHECK(c->models[1].upstream_model == NULL, "upstream_model defaults to NULL");
 
-  TAP_CHECK(c->limits.max_body_bytes == 1048576 && c->limits.max_header_bytes == 32768 &&
-                c->limits.max_connections == 500 && c->limits.max_concurrent_streams == 100 &&
-                c->limits.stream_window_bytes == 65536 && c->limits.max_client_resets == 50,
+  TAP_CHECK(c->net.limits.max_body_bytes == 1048576 && c->net.limits.max_header_bytes == 32768 &&
+                c->net.limits.max_connections == 500 && c->net.limits.max_concurrent_streams == 100 &&
+                c->net.limits.stream_window_bytes == 65536 && c->net.limits.max_client_resets == 50,
             "every limit read");
-  const ob_config_timeouts_t *t = &c->timeouts;
+  const ob_config_timeouts_t *t = &c->net.timeouts;
   TAP_CHECK(t->connect_ms == 1000 && t->first_byte_ms == 2000 && t->idle_ms == 3000 && t->client_header_ms == 4000 &&
                 t->keepalive_ms == 5000 && t->upstream_keepalive_ms == 6000 && t->backoff_ms == 7000 &&
                 t->grace_ms == 8000 && t->client_body_ms == 9000,
             "every timeout read");
   TAP_EQ_STR(c->log_level, "debug", "log_level read");
-  TAP_EQ_INT(c->workers, 4, "workers read");
+  TAP_EQ_INT(c->net.workers, 4, "workers read");
 
   TAP_CHECK(ob_config_find_upstream(c, "openai") == &c->upstreams[1], "find_upstream finds by name");
   TAP_CHECK(ob_config_find_upstream(c, "nope") == NULL, "find_upstream NULL when absent");
@@ -180,25 +180,25 @@ static void test_defaults(void) {
   ob_config_t *c = parse(MINIMAL, &e);
   TAP_CHECK(c && e.len == 0, "minimal config parses");
   if (!c) return;
-  TAP_CHECK(c->limits.max_body_bytes == 16777216 && c->limits.max_header_bytes == 65536 &&
-                c->limits.max_connections == 10000 && c->limits.max_concurrent_streams == 128 &&
-                c->limits.stream_window_bytes == 262144 && c->limits.max_client_resets == 1000,
+  TAP_CHECK(c->net.limits.max_body_bytes == 16777216 && c->net.limits.max_header_bytes == 65536 &&
+                c->net.limits.max_connections == 10000 && c->net.limits.max_concurrent_streams == 128 &&
+                c->net.limits.stream_window_bytes == 262144 && c->net.limits.max_client_resets == 1000,
             "limit defaults");
-  const ob_config_timeouts_t *t = &c->timeouts;
+  const ob_config_timeouts_t *t = &c->net.timeouts;
   TAP_CHECK(t->connect_ms == 5000 && t->first_byte_ms == 300000 && t->idle_ms == 60000 && t->client_header_ms == 10000 &&
                 t->keepalive_ms == 75000 && t->upstream_keepalive_ms == 30000 && t->backoff_ms == 2000 &&
                 t->grace_ms == 30000 && t->client_body_ms == 60000,
             "timeout defaults");
   TAP_EQ_STR(c->log_level, "info", "log_level default");
-  TAP_EQ_INT(c->workers, 1, "workers default");
+  TAP_EQ_INT(c->net.workers, 1, "workers default");
   TAP_CHECK(c->num_routes == 0 && c->routes == NULL && c->num_models == 0, "routes and models optional");
   TAP_EQ_INT(c->upstreams[0].protocol, OB_PROTO_HTTP1, "http:// defaults to http1");
   ob_config_destroy(c);
 
   /* Partial objects keep the defaults of the keys they leave out. */
   c = parse(WITH("\"limits\": {\"max_body_bytes\": 0}, \"timeouts\": {\"grace_ms\": 1}"), &e);
-  TAP_CHECK(c && c->limits.max_body_bytes == 0 && c->limits.max_header_bytes == 65536 && c->timeouts.grace_ms == 1 &&
-                c->timeouts.connect_ms == 5000,
+  TAP_CHECK(c && c->net.limits.max_body_bytes == 0 && c->net.limits.max_header_bytes == 65536 && c->net.timeouts.grace_ms == 1 &&
+                c->net.timeouts.connect_ms == 5000,
             "partial limits/timeouts keep other defaults");
   ob_config_destroy(c);
 
@@ -207,8 +207,8 @@ static void test_defaults(void) {
             "\"max_concurrent_streams\": 2147483647, \"max_header_bytes\": 2e3}, \"timeouts\": {\"idle_ms\": 4294967295, "
             "\"connect_ms\": 5.0}}",
             &e);
-  TAP_CHECK(c && c->limits.max_body_bytes == 9007199254740992ULL && c->limits.max_concurrent_streams == 2147483647 &&
-                c->timeouts.idle_ms == 4294967295u && c->timeouts.connect_ms == 5,
+  TAP_CHECK(c && c->net.limits.max_body_bytes == 9007199254740992ULL && c->net.limits.max_concurrent_streams == 2147483647 &&
+                c->net.timeouts.idle_ms == 4294967295u && c->net.timeouts.connect_ms == 5,
             "range edges, 5.0 and a BOM accepted");
   if (!c) dump_errs(&e);
   ob_config_destroy(c);
@@ -218,11 +218,11 @@ static void test_defaults(void) {
   const char *json = "{\"listeners\": [{\"address\": \"[::]:0\", \"tls\": {\"cert\": \"a.pem\", \"key\": \"k/b.pem\"}}], "
                      "\"upstreams\": []}";
   c = ob_config_parse(json, strlen(json), NULL, &e);
-  TAP_CHECK(c && strcmp(c->listeners[0].tls_cert, "a.pem") == 0 && strcmp(c->dir, ".") == 0, "NULL base_dir");
-  TAP_CHECK(c && c->listeners[0].port == 0 && strcmp(c->listeners[0].host, "::") == 0, "[::]:0 ephemeral");
+  TAP_CHECK(c && strcmp(c->net.listeners[0].tls_cert, "a.pem") == 0 && strcmp(c->dir, ".") == 0, "NULL base_dir");
+  TAP_CHECK(c && c->net.listeners[0].port == 0 && strcmp(c->net.listeners[0].host, "::") == 0, "[::]:0 ephemeral");
   ob_config_destroy(c);
   c = ob_config_parse(json, strlen(json), "/etc/obleth/", &e);
-  TAP_EQ_STR(c ? c->listeners[0].tls_key : NULL, "/etc/obleth/k/b.pem", "base_dir with trailing slash joins once");
+  TAP_EQ_STR(c ? c->net.listeners[0].tls_key : NULL, "/etc/obleth/k/b.pem", "base_dir with trailing slash joins once");
   ob_config_destroy(c);
   ob_config_errors_dispose(&e);
 
@@ -545,7 +545,7 @@ static void test_load(void) {
     TAP_EQ_STR(c->path, path, "path as given");
     TAP_EQ_STR(c->dir, tmpdir, "dir is the file's real folder");
     snprintf(want, sizeof want, "%s/certs/c.pem", tmpdir);
-    TAP_EQ_STR(c->listeners[0].tls_cert, want, "relative cert resolved against the file's folder");
+    TAP_EQ_STR(c->net.listeners[0].tls_cert, want, "relative cert resolved against the file's folder");
   }
   ob_config_destroy(c);
   ob_config_errors_dispose(&e);

@@ -3,6 +3,7 @@
  * HTTP/1.1 server with canned answers and an h2c server built on an nghttp2
  * server session. The net is assembled by hand from net_int.h (base, dns,
  * cfg, upstreams) so the test does not need the client side. */
+#include "config.h"
 #include "net_int.h"
 #include "tap.h"
 
@@ -1134,8 +1135,8 @@ static void test_connect_timeout(void) {
   ob_config_errors_t errs = {0};
   ob_config_t *cfg = ob_config_parse(json, strlen(json), NULL, &errs);
   ob_config_errors_dispose(&errs);
-  ob_net_t n2 = {.base = base, .cfg = cfg, .num_upstreams = 1};
-  ob_upstream_t *up = ob_net_upstream_create(&n2, &cfg->upstreams[0]);
+  ob_net_t n2 = {.base = base, .cfg = ob_net_config_copy(&cfg->net), .num_upstreams = 1};
+  ob_upstream_t *up = ob_net_upstream_create(&n2, &n2.cfg->upstreams[0]);
   n2.upstreams = &up;
 
   rec_t r;
@@ -1152,6 +1153,7 @@ static void test_connect_timeout(void) {
   rec_dispose(&r);
 
   ob_net_upstream_destroy(up);
+  ob_net_config_release(n2.cfg);
   ob_config_release(cfg);
   for (int i = 0; i < 4; i++) close(fillers[i]);
   close(lfd);
@@ -1225,10 +1227,10 @@ int main(void) {
 
   net.base = base;
   net.dns = evdns_base_new(base, 0);
-  net.cfg = cfg;
+  net.cfg = ob_net_config_copy(&cfg->net);
   net.num_upstreams = cfg->num_upstreams;
   net.upstreams = calloc(cfg->num_upstreams, sizeof *net.upstreams);
-  for (size_t i = 0; i < cfg->num_upstreams; i++) net.upstreams[i] = ob_net_upstream_create(&net, &cfg->upstreams[i]);
+  for (size_t i = 0; i < cfg->num_upstreams; i++) net.upstreams[i] = ob_net_upstream_create(&net, &net.cfg->upstreams[i]);
   TAP_CHECK(ob_net_upstream(&net, "h2") != NULL, "lookup by name");
   TAP_CHECK(ob_net_upstream(&net, "nope") == NULL, "lookup of an unknown name");
 
@@ -1266,6 +1268,7 @@ int main(void) {
   rmdir(tls_dir);
   run_for(10);
   evdns_base_free(net.dns, 0);
+  ob_net_config_release(net.cfg);
   ob_config_release(cfg);
   event_base_free(base);
   return tap_done();

@@ -234,12 +234,15 @@ size_t ob_upstream_num_endpoints(const ob_upstream_t *up);
 
 /* Per-endpoint limits (max_inflight "auto"): from now on the pool prefers
  * the endpoint with the most headroom for its limit (the lowest requests in
- * flight / limit: proportional, so that several workers or replicas, each
- * counting its own requests, together keep every endpoint at its limit)
- * and skips one whose limit is 0 (down) while another can take the request.
- * limits: one per endpoint, borrowed for the pool's life; another thread
- * may change the values at any time (they are read as relaxed atomics). */
-void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits);
+ * flight / limit, counted in shared: every worker's pool for the upstream
+ * adds its requests there, so together they keep every endpoint at its
+ * limit; proportional, so that replicas, each counting only its own, do
+ * too) and skips one whose limit is 0 (down) while another can take the
+ * request. limits and shared: one per endpoint, borrowed until every
+ * request counted in shared is over (a reload may hand in new arrays while
+ * requests counted in the old ones run; each gives back to its own); other
+ * threads read and change them (relaxed atomics). */
+void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits, uint32_t *shared);
 
 /* "host:port" of the endpoint serving the request (borrowed from the pool),
  * or "-" before one was chosen. */

@@ -59,6 +59,23 @@ static bool is_ip_literal(const char *host) {
   return inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1;
 }
 
+/* ================================================================ in-flight counts */
+
+/* u goes to ep: counted in ep (this worker) and, with shared limits, in the
+ * count every worker's pool adds to. Given back once by uncount. */
+static void count(ob_ureq_t *u, ob_endpoint_t *ep) {
+  u->ep = ep;
+  ep->inflight++;
+  u->shared_count = u->up->shared ? &u->up->shared[ep - u->up->eps] : NULL;
+  if (u->shared_count) __atomic_add_fetch(u->shared_count, 1, __ATOMIC_RELAXED);
+}
+
+static void uncount(ob_ureq_t *u) {
+  u->ep->inflight--;
+  if (u->shared_count) __atomic_sub_fetch(u->shared_count, 1, __ATOMIC_RELAXED);
+  u->ep = NULL, u->shared_count = NULL;
+}
+
 /* ================================================================ ureq life cycle */
 
 static void ureq_free(ob_ureq_t *u) {
@@ -68,7 +85,7 @@ static void ureq_free(ob_ureq_t *u) {
   else
     up->ureqs = u->next;
   if (u->next) u->next->prev = u->prev;
-  if (u->ep) u->ep->inflight--;
+  if (u->ep) uncount(u);
   ob_net_up_body_unlink(u);
   event_free(u->kick);
   event_free(u->timer);
@@ -188,6 +205,13 @@ static void ureq_timer_cb(evutil_socket_t fd, short what, void *arg) {
 
 /* ================================================================ endpoints */
 
+/* Endpoint i's requests in flight: every worker's when they share limits
+ * (each counting only its own against the whole limits would together
+ * send an endpoint up to one request per worker over it), else this one's. */
+static uint64_t inflight_of(const ob_upstream_t *up, size_t i) {
+  return up->shared ? __atomic_load_n(&up->shared[i], __ATOMIC_RELAXED) : up->eps[i].inflight;
+}
+
 static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *avoid) {
   size_t n = up->num_eps;
   uint64_t now = ob_clock_ms();
@@ -206,9 +230,8 @@ static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *av
        * whose limit is 0 (down) only when nothing else is left. */
       uint64_t l = __atomic_load_n(&up->limits[i], __ATOMIC_RELAXED);
       uint64_t bl = best ? __atomic_load_n(&up->limits[best_i], __ATOMIC_RELAXED) : 0;
-      bool better = !best || (l && !bl) ||
-                    (l && bl && (uint64_t)ep->inflight * bl < (uint64_t)best->inflight * l) ||
-                    (!l && !bl && ep->inflight < best->inflight);
+      uint64_t in = inflight_of(up, i), bin = best ? inflight_of(up, best_i) : 0;
+      bool better = !best || (l && !bl) || (l && bl && in * bl < bin * l) || (!l && !bl && in < bin);
       if (better) best = ep, best_i = i;
       continue;
     }
@@ -226,7 +249,10 @@ static ob_endpoint_t *choose_endpoint(ob_upstream_t *up, const ob_endpoint_t *av
   return best;
 }
 
-void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits) { up->limits = limits; }
+void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits, uint32_t *shared) {
+  up->limits = limits;
+  up->shared = shared;
+}
 
 /* ================================================================ connections */
 
@@ -524,8 +550,7 @@ static ob_uconn_t *conn_new(ob_endpoint_t *ep) {
 /* ================================================================ dispatch */
 
 static void dispatch(ob_ureq_t *u, ob_endpoint_t *ep, bool fresh) {
-  u->ep = ep;
-  ep->inflight++;
+  count(u, ep);
   ep->attempts++;
   u->state = U_NEW;
   if (!u->up->h2) {
@@ -565,8 +590,7 @@ void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
   *spent = true;
   ob_endpoint_t *failed = u->ep;
   if (kind != OB_RETRY_FRESH_CONN) failed->failures++;
-  failed->inflight--;
-  u->ep = NULL;
+  uncount(u);
   ob_endpoint_t *ep = kind == OB_RETRY_FRESH_CONN || u->pinned ? failed : choose_endpoint(up, failed);
   ob_log_debug("upstream %s: retrying on %s", up->cfg->name, ep->cfg->authority);
   dispatch(u, ep, kind == OB_RETRY_FRESH_CONN);

@@ -57,6 +57,8 @@ struct ob_ureq {
   void *data;
   ob_ureq_state_t state;
   ob_endpoint_t *ep;              /* counted in ep->inflight; NULL before the choice */
+  uint32_t *shared_count;         /* the shared counter ep is also counted in, or NULL (it may
+                                     belong to an earlier limits array: a reload swaps them) */
   ob_uconn_t *conn;               /* while U_QUEUED / U_ACTIVE */
   struct event *kick;             /* deferred work: on_error, resume */
   struct event *timer;            /* first byte / idle */
@@ -174,6 +176,7 @@ struct ob_upstream {
   size_t num_eps;
   size_t rr;                      /* round-robin cursor for ties */
   const uint32_t *limits;         /* per endpoint, or NULL: ob_upstream_set_limits */
+  uint32_t *shared;               /* per endpoint: in flight from every worker (atomics), with limits */
   ob_ureq_t *ureqs;
   bool h2;
   bool destroying;

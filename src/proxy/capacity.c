@@ -45,6 +45,7 @@ typedef struct cap_pool {
   cap_ep_t *eps;
   size_t n;
   uint32_t *limits;           /* per endpoint, in force; see the file comment */
+  uint32_t *shared;           /* per endpoint: requests in flight from every worker (net counts) */
   uint32_t sum;
   bool changed;               /* limits changed since the fleet was told */
   struct event *timer;
@@ -59,7 +60,7 @@ typedef struct cap_pool {
 struct ob_capacity {
   cap_pool_t *pools;
   size_t n;
-  uint32_t **retired;         /* every limits array ever made */
+  uint32_t **retired;         /* every limits and shared array ever made */
   size_t num_retired;
 };
 
@@ -137,6 +138,8 @@ static uint32_t endpoint_inflight(const cap_pool_t *cp, size_t i, uint32_t local
     }
   }
   uint64_t est = cp->sum && cp->sum != UINT32_MAX ? (pool * cp->limits[i] + cp->sum - 1) / cp->sum : pool;
+  uint32_t workers = __atomic_load_n(&cp->shared[i], __ATOMIC_RELAXED);
+  if (local < workers) local = workers;
   if (est < local) est = local;
   return est > UINT32_MAX ? UINT32_MAX : (uint32_t)est;
 }
@@ -415,8 +418,13 @@ void ob_proxy_capacity_bind(ob_proxy_t *p) {
       cp->fleet_until_us = was_pool->fleet_until_us, cp->owner = was_pool->owner;
       cp->fleet_inflight = was_pool->fleet_inflight, cp->fleet_seen_us = was_pool->fleet_seen_us;
     }
-    cap->retired = ob_xrealloc(cap->retired, (cap->num_retired + 1) * sizeof *cap->retired);
+    /* the same endpoints keep their counts: requests in flight across the reload are in them */
+    bool same = was_pool && was_pool->n == cp->n;
+    for (size_t j = 0; same && j < cp->n; j++) same = strcmp(was_pool->eps[j].authority, u->endpoints[j].authority) == 0;
+    cp->shared = same ? was_pool->shared : ob_xcalloc(cp->n, sizeof *cp->shared);
+    cap->retired = ob_xrealloc(cap->retired, (cap->num_retired + 2) * sizeof *cap->retired);
     cap->retired[cap->num_retired++] = cp->limits;
+    if (!same) cap->retired[cap->num_retired++] = cp->shared;
     ob_cap_params_t params = {u->capacity.min, u->capacity.max, u->capacity.interval_ms, u->capacity.target_waiting,
                               u->capacity.kv_high};
     for (size_t j = 0; j < cp->n; j++) {
@@ -462,7 +470,7 @@ void ob_proxy_capacity_attach(ob_proxy_t *p) {
   const ob_capacity_t *cap = p->sh->capacity;
   for (size_t k = 0; cap && k < cap->n; k++) {
     ob_upstream_t *up = ob_net_upstream(p->net, cap->pools[k].name);
-    if (up && ob_upstream_num_endpoints(up) == cap->pools[k].n) ob_upstream_set_limits(up, cap->pools[k].limits);
+    if (up && ob_upstream_num_endpoints(up) == cap->pools[k].n) ob_upstream_set_limits(up, cap->pools[k].limits, cap->pools[k].shared);
   }
   ob_proxy_unlock(p);
 }

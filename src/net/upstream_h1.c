@@ -20,7 +20,7 @@ enum { RS_HEAD, RS_BODY };
 
 static void release_ref(const void *data, size_t len, void *extra) { ob_rcbuf_release(extra); }
 
-void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
+static void h1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_upstream_t *up = u->up;
   const ob_net_endpoint_conf_t *ep = c->ep->cfg;
   c->ureq = u;
@@ -264,7 +264,7 @@ static void process(ob_uconn_t *c, ob_ureq_t *u) {
   if (c->eof) on_eof(c, u);
 }
 
-void ob_net_uh1_on_read(ob_uconn_t *c) {
+static void h1_on_read(ob_uconn_t *c) {
   ob_ureq_t *u = c->ureq;
   if (!u || u->state != U_ACTIVE) {
     /* An idle connection has nothing to say: whatever arrives ends it. */
@@ -275,7 +275,7 @@ void ob_net_uh1_on_read(ob_uconn_t *c) {
   process(c, u);
 }
 
-void ob_net_uh1_on_write(ob_uconn_t *c) {
+static void h1_on_write(ob_uconn_t *c) {
   ob_ureq_t *u = c->ureq;
   if (!u || u->state != U_ACTIVE || c->req_written) return;
   if (evbuffer_get_length(ob_sock_output(c->sock)) > 0) return;
@@ -283,8 +283,12 @@ void ob_net_uh1_on_write(ob_uconn_t *c) {
   if (!c->got_bytes && !u->paused) ob_net_up_arm(u->timer, u->up->tv_first_byte);
 }
 
-void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
+static void h1_on_event(ob_uconn_t *c, short what, const char *why) {
   ob_ureq_t *u = c->ureq;
+  /* What it meant for the exchange is said at warn below (or a stale
+   * keep-alive connection is retried quietly); the socket's reason is
+   * detail. */
+  if (u) ob_log_debug("%s: %s", ob_net_up_conn_name(c), why);
   if (!u || u->state != U_ACTIVE) {
     ob_net_up_conn_free(c);
     return;
@@ -302,7 +306,7 @@ void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
   process(c, u);
 }
 
-void ob_net_uh1_resume(ob_ureq_t *u) {
+static void h1_resume(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   if (!c->eof) ob_sock_enable(c->sock, EV_READ);
@@ -310,7 +314,7 @@ void ob_net_uh1_resume(ob_ureq_t *u) {
   process(c, u);
 }
 
-void ob_net_uh1_abort(ob_ureq_t *u) {
+static void h1_abort(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   unpair(c, u);
@@ -322,7 +326,7 @@ void ob_net_uh1_abort(ob_ureq_t *u) {
     ob_net_up_conn_spare(c);
 }
 
-void ob_net_uh1_timeout(ob_ureq_t *u) {
+static void h1_timeout(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   ob_log_warn("%s: %s timeout", ob_net_up_conn_name(c), c->got_bytes ? "idle" : "first byte");
@@ -330,3 +334,77 @@ void ob_net_uh1_timeout(ob_ureq_t *u) {
   ob_net_up_conn_free(c);
   ob_net_up_fail(u, OB_ERR_CONN, 504);
 }
+
+/* ================================================================ the table */
+
+/* An open connection comes from the idle list; one still connecting (new, or
+ * spare) keeps u until it is up. */
+static void h1_attach(ob_uconn_t *c, ob_ureq_t *u) {
+  if (c->state == C_OPEN) {
+    c->reused = true;
+    h1_start(c, u);
+    return;
+  }
+  c->ureq = u;
+  u->conn = c;
+  u->state = U_QUEUED;
+}
+
+static size_t h1_room(const ob_uconn_t *c) { return c->ureq || c->state == C_DEAD ? 0 : 1; }
+
+static void h1_connected(ob_uconn_t *c) {
+  if (c->ureq)
+    h1_start(c, c->ureq);
+  else
+    ob_net_up_conn_idle(c);
+}
+
+static ob_ureq_t *h1_unqueue(ob_uconn_t *c) {
+  ob_ureq_t *u = c->ureq;
+  if (u) unpair(c, u);
+  return u;
+}
+
+static bool h1_unused(const ob_uconn_t *c) { return !c->ureq; }
+
+static void h1_flush(ob_uconn_t *c) { (void)c; }
+
+static void h1_detach_all(ob_uconn_t *c) {
+  if (c->ureq) unpair(c, c->ureq);
+}
+
+static void h1_dispose(ob_uconn_t *c) { (void)c; }
+
+/* What already arrived stays in the input, unparsed, until resume. */
+static void h1_pause(ob_ureq_t *u) { ob_sock_disable(u->conn->sock, EV_READ); }
+
+/* Never called: an h1 pool refuses streamed bodies (streams_body). */
+static void h1_body_ready(ob_ureq_t *u) { (void)u; }
+
+static const unsigned char alpn_h1[] = "\x08http/1.1";
+
+const ob_up_proto_ops_t ob_net_uh1_ops = {
+    .alpn = alpn_h1,
+    .alpn_len = sizeof alpn_h1 - 1,
+    .require_alpn = false,
+    .alpn_name = "http/1.1",
+    .multiplexed = false,
+    .streams_body = false,
+    .write_lowat = 0,
+    .attach = h1_attach,
+    .room = h1_room,
+    .connected = h1_connected,
+    .unqueue = h1_unqueue,
+    .unused = h1_unused,
+    .on_read = h1_on_read,
+    .on_write = h1_on_write,
+    .on_event = h1_on_event,
+    .flush = h1_flush,
+    .detach_all = h1_detach_all,
+    .dispose = h1_dispose,
+    .abort = h1_abort,
+    .pause = h1_pause,
+    .resume = h1_resume,
+    .timeout = h1_timeout,
+    .body_ready = h1_body_ready,
+};

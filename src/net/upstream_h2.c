@@ -23,6 +23,8 @@
 #include <inttypes.h>
 #include <stdio.h>
 
+static void h2_flush(ob_uconn_t *c);
+
 /* ================================================================ lists */
 
 /* The ureq of a stream: nghttp2's stream user data, set at submit and
@@ -373,7 +375,7 @@ static void submit(ob_uconn_t *c, ob_ureq_t *u) {
   ob_net_up_arm(u->timer, up->tv_first_byte);
 }
 
-bool ob_net_uh2_start(ob_uconn_t *c) {
+static bool h2_start(ob_uconn_t *c) {
   ob_upstream_t *up = c->ep->up;
   nghttp2_session_callbacks *cbs;
   nghttp2_option *opt;
@@ -411,11 +413,11 @@ bool ob_net_uh2_start(ob_uconn_t *c) {
     u->conn = NULL;
     submit(c, u);
   }
-  ob_net_uh2_flush(c);
+  h2_flush(c);
   return c->state == C_OPEN;
 }
 
-void ob_net_uh2_add(ob_uconn_t *c, ob_ureq_t *u) {
+static void h2_add(ob_uconn_t *c, ob_ureq_t *u) {
   if (c->state == C_OPEN && c->session) {
     submit(c, u);
     ob_net_up_conn_schedule(c);
@@ -433,7 +435,7 @@ void ob_net_uh2_add(ob_uconn_t *c, ob_ureq_t *u) {
   c->num_pending++;
 }
 
-size_t ob_net_uh2_room(const ob_uconn_t *c) {
+static size_t h2_room(const ob_uconn_t *c) {
   if (c->goaway || c->connect_failed || c->state == C_DEAD) return 0;
   size_t cap = OB_UP_H2_DEFAULT_STREAMS;
   if (c->session) {
@@ -445,7 +447,7 @@ size_t ob_net_uh2_room(const ob_uconn_t *c) {
   return used < cap ? cap - used : 0;
 }
 
-void ob_net_uh2_conn_fail(ob_uconn_t *c, const char *why) {
+static void h2_conn_fail(ob_uconn_t *c, const char *why) {
   if (why && (c->num_streams || c->num_pending))
     ob_log_warn("%s: connection failed: %s", ob_net_up_conn_name(c), why);
   c->goaway = true; /* no retry may land here */
@@ -473,7 +475,7 @@ void ob_net_uh2_conn_fail(ob_uconn_t *c, const char *why) {
   ob_net_up_conn_free(c);
 }
 
-void ob_net_uh2_flush(ob_uconn_t *c) {
+static void h2_flush(ob_uconn_t *c) {
   if (c->state != C_OPEN || !c->session || c->in_nghttp2) return;
   struct evbuffer *out = ob_sock_output(c->sock);
   for (;;) {
@@ -484,7 +486,7 @@ void ob_net_uh2_flush(ob_uconn_t *c) {
       c->in_nghttp2 = false;
       if (n < 0) {
         deliver_touched(c);
-        ob_net_uh2_conn_fail(c, nghttp2_strerror((int)n));
+        h2_conn_fail(c, nghttp2_strerror((int)n));
         return;
       }
       if (n == 0) break;
@@ -503,7 +505,7 @@ void ob_net_uh2_flush(ob_uconn_t *c) {
   }
 }
 
-void ob_net_uh2_on_read(ob_uconn_t *c) {
+static void h2_on_read(ob_uconn_t *c) {
   if (c->state != C_OPEN || !c->session) return;
   struct evbuffer *in = ob_sock_input(c->sock);
   while (evbuffer_get_length(in) > 0) {
@@ -514,25 +516,26 @@ void ob_net_uh2_on_read(ob_uconn_t *c) {
     c->in_nghttp2 = false;
     if (rv < 0) {
       deliver_touched(c);
-      ob_net_uh2_conn_fail(c, nghttp2_strerror((int)rv));
+      h2_conn_fail(c, nghttp2_strerror((int)rv));
       return;
     }
     evbuffer_drain(in, (size_t)rv);
   }
   deliver_touched(c);
-  ob_net_uh2_flush(c);
+  h2_flush(c);
 }
 
-void ob_net_uh2_on_write(ob_uconn_t *c) { ob_net_uh2_flush(c); }
+static void h2_on_write(ob_uconn_t *c) { h2_flush(c); }
 
-void ob_net_uh2_on_event(ob_uconn_t *c, const char *why) {
+static void h2_on_event(ob_uconn_t *c, short what, const char *why) {
+  (void)what;
   /* Anything left in the input was already fed to nghttp2 by the read
    * callback; what it produced is reported before the streams fail. */
   deliver_touched(c);
-  ob_net_uh2_conn_fail(c, why);
+  h2_conn_fail(c, why);
 }
 
-void ob_net_uh2_resume(ob_ureq_t *u) {
+static void h2_resume(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c || u->state != U_ACTIVE) return;
   u->undelivered = u->undelivered || evbuffer_get_length(u->rbody) > 0;
@@ -540,7 +543,7 @@ void ob_net_uh2_resume(ob_ureq_t *u) {
   ob_net_up_conn_schedule(c);
 }
 
-void ob_net_uh2_abort(ob_ureq_t *u) {
+static void h2_abort(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   untouch(c, u);
@@ -555,16 +558,77 @@ void ob_net_uh2_abort(ob_ureq_t *u) {
   u->conn = NULL;
 }
 
-void ob_net_uh2_timeout(ob_ureq_t *u) {
+static void h2_timeout(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   ob_log_warn("%s: stream %" PRId32 " %s timeout", ob_net_up_conn_name(c), u->stream_id,
               u->resp_any ? "idle" : "first byte");
-  ob_net_uh2_abort(u);
+  h2_abort(u);
   ob_net_up_fail(u, OB_ERR_CONN, 504);
 }
 
-void ob_net_uh2_dispose(ob_uconn_t *c) {
+static void h2_dispose(ob_uconn_t *c) {
   if (c->session) nghttp2_session_del(c->session);
   c->session = NULL;
 }
+
+/* ================================================================ the table */
+
+static void h2_connected(ob_uconn_t *c) { h2_start(c); }
+
+static ob_ureq_t *h2_unqueue(ob_uconn_t *c) {
+  ob_ureq_t *u = c->pending;
+  if (!u) return NULL;
+  list_unlink(&c->pending, &c->pending_tail, u);
+  c->num_pending--;
+  u->conn = NULL;
+  return u;
+}
+
+static bool h2_unused(const ob_uconn_t *c) { return c->num_streams == 0 && c->num_pending == 0; }
+
+static void h2_detach_all(ob_uconn_t *c) {
+  for (ob_ureq_t *u = c->streams; u; u = u->snext) u->conn = NULL;
+  for (ob_ureq_t *u = c->pending; u; u = u->snext) u->conn = NULL;
+  c->streams = c->pending = c->pending_tail = c->touched = c->touched_tail = NULL;
+  c->num_streams = c->num_pending = 0;
+}
+
+/* Nothing to stop: the stream's window is given back only while the
+ * handler is not paused (deliver), so the server stops by itself. */
+static void h2_pause(ob_ureq_t *u) { (void)u; }
+
+static void h2_body_ready(ob_ureq_t *u) {
+  ob_uconn_t *c = u->conn;
+  if (!c->session) return;
+  nghttp2_session_resume_data(c->session, u->stream_id);
+  ob_net_up_conn_schedule(c);
+}
+
+static const unsigned char alpn_h2[] = "\x02h2";
+
+const ob_up_proto_ops_t ob_net_uh2_ops = {
+    .alpn = alpn_h2,
+    .alpn_len = sizeof alpn_h2 - 1,
+    .require_alpn = true,
+    .alpn_name = "h2",
+    .multiplexed = true,
+    .streams_body = true,
+    .write_lowat = OB_UP_H2_OUTPUT_HIGH / 4,
+    .attach = h2_add,
+    .room = h2_room,
+    .connected = h2_connected,
+    .unqueue = h2_unqueue,
+    .unused = h2_unused,
+    .on_read = h2_on_read,
+    .on_write = h2_on_write,
+    .on_event = h2_on_event,
+    .flush = h2_flush,
+    .detach_all = h2_detach_all,
+    .dispose = h2_dispose,
+    .abort = h2_abort,
+    .pause = h2_pause,
+    .resume = h2_resume,
+    .timeout = h2_timeout,
+    .body_ready = h2_body_ready,
+};

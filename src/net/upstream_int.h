@@ -28,6 +28,7 @@
 
 typedef struct ob_uconn ob_uconn_t;
 typedef struct ob_endpoint ob_endpoint_t;
+typedef struct ob_up_proto_ops ob_up_proto_ops_t;
 
 /* Output above this is not added to by the h2 sender until it drains. */
 #define OB_UP_H2_OUTPUT_HIGH (64 * 1024)
@@ -121,7 +122,6 @@ struct ob_uconn {
   ob_uconn_t *prev, *next;        /* ep->conns */
   ob_uconn_t *iprev, *inext;      /* on *plist, most recent first */
   ob_uconn_t **plist;             /* &ep->idle, &ep->spare or NULL: h1 connections without a request */
-  bool h2;
   ob_uconn_state_t state;
   ob_sock_t *sock;
   struct event *timer;            /* connect timeout, then keep-alive idle */
@@ -175,7 +175,7 @@ struct ob_upstream {
   size_t rr;                      /* round-robin cursor for ties */
   const uint32_t *limits;         /* per endpoint, or NULL: ob_upstream_set_limits */
   ob_ureq_t *ureqs;
-  bool h2;
+  const ob_up_proto_ops_t *ops;   /* the configured protocol's */
   bool destroying;
   const struct timeval *tv_connect, *tv_first_byte, *tv_idle, *tv_keepalive; /* NULL = no limit */
   struct timeval tv_own[4];
@@ -236,44 +236,74 @@ void ob_net_up_conn_schedule(ob_uconn_t *c);
 /* "upstream NAME endpoint HOST:PORT" for log lines. */
 const char *ob_net_up_conn_name(const ob_uconn_t *c);
 
-/* ---- upstream_h1.c ---- */
+/* ---- the protocols: upstream_h1.c, upstream_h2.c ---- */
 
-/* Write u's request on open connection c and start reading the response. */
-void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u);
-void ob_net_uh1_on_read(ob_uconn_t *c);
-void ob_net_uh1_on_write(ob_uconn_t *c);
-void ob_net_uh1_on_event(ob_uconn_t *c, short what);
-/* Resume reading after a pause (from u->kick). */
-void ob_net_uh1_resume(ob_ureq_t *u);
-/* Detach u from its connection without callbacks; closes the connection
- * when the exchange was unfinished. */
-void ob_net_uh1_abort(ob_ureq_t *u);
-/* First-byte or idle timeout. */
-void ob_net_uh1_timeout(ob_ureq_t *u);
+/*
+ * What upstream.c asks of an upstream protocol: one table per protocol,
+ * chosen once per pool from its configured protocol (as ob_sreq_ops_t is per
+ * client protocol). upstream.c keeps the protocol-neutral pool logic
+ * (endpoint choice, the idle and spare lists, back-off, retries, timers, the
+ * ureq life cycle) and reaches the wire only through this table. A function
+ * that has nothing to do for a protocol is a no-op there, never NULL.
+ */
+struct ob_up_proto_ops {
+  /* TLS: the ALPN list offered (wire format) and whether a connection
+   * fails unless the server selected its one protocol; alpn_name names it
+   * in that failure. */
+  const unsigned char *alpn;
+  size_t alpn_len;
+  bool require_alpn;
+  const char *alpn_name;
+  /* A connection carries many requests at once: dispatch looks for room on
+   * the endpoint's connections (room) before opening another. Otherwise a
+   * connection takes a new request only from the idle or spare list. */
+  bool multiplexed;
+  /* A request body can be sent as it arrives (ob_ureq_spec_t.body_stream). */
+  bool streams_body;
+  /* Write low-water mark of a connection's socket; 0 leaves the default. */
+  size_t write_lowat;
 
-/* ---- upstream_h2.c ---- */
+  /* ---- connections ---- */
+  /* Give u (U_NEW, counted on c->ep) to c: open connections start it now,
+   * connecting ones keep it until connected. */
+  void (*attach)(ob_uconn_t *c, ob_ureq_t *u);
+  /* How many more requests c takes now (multiplexed protocols). */
+  size_t (*room)(const ob_uconn_t *c);
+  /* c is open (ALPN checked): start what waited, or offer c for reuse. */
+  void (*connected)(ob_uconn_t *c);
+  /* c failed to connect: detach one request that waited for it and return
+   * it (u->conn NULL), or NULL when none is left. */
+  ob_ureq_t *(*unqueue)(ob_uconn_t *c);
+  /* No request uses c (its keep-alive expiry frees it). */
+  bool (*unused)(const ob_uconn_t *c);
+  void (*on_read)(ob_uconn_t *c);
+  /* Only while c is open. */
+  void (*on_write)(ob_uconn_t *c);
+  /* The open connection closed or broke: what are the BEV_EVENT_ flags,
+   * why says so for the log. */
+  void (*on_event)(ob_uconn_t *c, short what, const char *why);
+  /* Deferred send (c->flush_ev, ob_net_up_conn_schedule). */
+  void (*flush)(ob_uconn_t *c);
+  /* The pool is being destroyed: forget every request of c, without
+   * callbacks (each gets u->conn = NULL). */
+  void (*detach_all)(ob_uconn_t *c);
+  /* Free the protocol state of a connection being freed (no callbacks). */
+  void (*dispose)(ob_uconn_t *c);
 
-/* The connection is open: create the session and submit the queued requests.
- * Returns false when the connection was failed (and freed). */
-bool ob_net_uh2_start(ob_uconn_t *c);
-/* Submit u on open connection c (or queue it while c is connecting). */
-void ob_net_uh2_add(ob_uconn_t *c, ob_ureq_t *u);
-/* Free capacity of c for new streams (0 when it takes no more). */
-size_t ob_net_uh2_room(const ob_uconn_t *c);
-void ob_net_uh2_on_read(ob_uconn_t *c);
-void ob_net_uh2_on_write(ob_uconn_t *c);
-/* The connection closed or broke after it was open; why: for the log. */
-void ob_net_uh2_on_event(ob_uconn_t *c, const char *why);
-/* Send what nghttp2 has (c->flush_ev). */
-void ob_net_uh2_flush(ob_uconn_t *c);
-void ob_net_uh2_resume(ob_ureq_t *u);
-/* Detach u from its connection without callbacks: unqueue it, or reset its
- * stream (CANCEL). */
-void ob_net_uh2_abort(ob_ureq_t *u);
-void ob_net_uh2_timeout(ob_ureq_t *u);
-/* Connection-level failure: streams fail or retry; c is freed. */
-void ob_net_uh2_conn_fail(ob_uconn_t *c, const char *why);
-/* Free the session of a connection being freed (no callbacks). */
-void ob_net_uh2_dispose(ob_uconn_t *c);
+  /* ---- requests (U_QUEUED or U_ACTIVE with u->conn set) ---- */
+  /* Detach u from its connection without callbacks. */
+  void (*abort)(ob_ureq_t *u);
+  /* The handler paused (U_ACTIVE): stop reading for u where the protocol
+   * can; resume restarts delivery (from u->kick). */
+  void (*pause)(ob_ureq_t *u);
+  void (*resume)(ob_ureq_t *u);
+  /* First-byte or idle timeout (U_ACTIVE). */
+  void (*timeout)(ob_ureq_t *u);
+  /* More of a streamed request body is ready (U_ACTIVE). */
+  void (*body_ready)(ob_ureq_t *u);
+};
+
+extern const ob_up_proto_ops_t ob_net_uh1_ops;
+extern const ob_up_proto_ops_t ob_net_uh2_ops;
 
 #endif /* OB_UPSTREAM_INT_H */

@@ -263,7 +263,6 @@ void ob_net_up_conn_free(ob_uconn_t *c) {
 
 void ob_net_up_conn_idle(ob_uconn_t *c) {
   ob_endpoint_t *ep = c->ep;
-  c->ureq = NULL;
   plist_push(&ep->idle, c);
   /* Keep reading so a close by the server is noticed while idle. */
   ob_sock_enable(c->sock, EV_READ);

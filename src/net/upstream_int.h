@@ -51,6 +51,55 @@ typedef enum {
   C_DEAD,       /* freed; only seen by code that must not touch it further */
 } ob_uconn_state_t;
 
+/* An h2 stream (upstream_h2.c). */
+typedef struct ob_ureq_h2 {
+  int32_t stream_id;
+  ob_ureq_t *sprev, *snext;       /* c->h2.streams or c->h2.pending */
+  ob_ureq_t *tnext;               /* c->h2.touched */
+  bool touched;
+  size_t body_i, body_off;        /* data provider cursor */
+  bool sent_any;                  /* HEADERS went out */
+  bool req_done;                  /* the request's END_STREAM went out */
+  bool resp_any;                  /* a response frame arrived */
+  bool head_ready;                /* final response HEADERS complete */
+  bool closed;                    /* stream closed */
+  bool remote_ended;              /* END_STREAM received */
+  bool bad;                       /* response rejected by us */
+  uint32_t close_code;
+  int status;
+  ob_http_header_t *hdrs;         /* head being collected */
+  size_t num_hdrs;
+  size_t hdr_bytes;
+  uint64_t unconsumed;            /* bytes not yet given back to the stream window */
+} ob_ureq_h2_t;
+
+/* An h1 connection: one exchange at a time (upstream_h1.c). */
+typedef struct ob_uconn_h1 {
+  ob_ureq_t *ureq;                /* the exchange in progress, or the one waiting for connect */
+  bool reused;                    /* taken from the idle pool for this exchange */
+  bool got_bytes;                 /* a response byte arrived */
+  bool req_written;
+  bool eof;
+  int rstate;                     /* reading the head or the body */
+  ob_h1_body_t framing;
+  uint64_t remaining;
+  ob_h1_chunked_t chunked;
+  bool keep_alive;
+} ob_uconn_h1_t;
+
+/* An h2 connection: one nghttp2 session, many streams (upstream_h2.c). */
+typedef struct ob_uconn_h2 {
+  nghttp2_session *session;
+  ob_ureq_t *streams;             /* submitted, not closed */
+  size_t num_streams;
+  ob_ureq_t *pending, *pending_tail; /* queued while connecting */
+  size_t num_pending;
+  ob_ureq_t *touched, *touched_tail; /* to deliver after nghttp2 returns */
+  bool settings_received;
+  bool goaway;
+  bool in_nghttp2;                /* inside mem_recv / mem_send */
+} ob_uconn_h2_t;
+
 struct ob_ureq {
   ob_upstream_t *up;
   ob_ureq_t *prev, *next;         /* up->ureqs: every live ureq */
@@ -95,26 +144,13 @@ struct ob_ureq {
   ob_http_header_t *trailers;     /* U_DONE (h2): for on_end */
   size_t num_trailers;
 
-  /* h2 stream state (upstream_h2.c). */
-  int32_t stream_id;
-  ob_ureq_t *sprev, *snext;       /* c->streams or c->pending */
-  ob_ureq_t *tnext;               /* c->touched */
-  bool touched;
-  size_t body_i, body_off;        /* data provider cursor */
-  bool sent_any;                  /* HEADERS went out */
-  bool req_done;                  /* the request's END_STREAM went out */
-  bool resp_any;                  /* a response frame arrived */
-  bool head_ready;                /* final response HEADERS complete */
-  bool closed;                    /* stream closed */
-  bool remote_ended;              /* END_STREAM received */
-  bool head_ended;                /* ... on the response head itself (Trailers-Only) */
-  bool bad;                       /* response rejected by us */
-  uint32_t close_code;
-  int status;
-  ob_http_header_t *hdrs;         /* head being collected */
-  size_t num_hdrs;
-  size_t hdr_bytes;
-  uint64_t unconsumed;            /* bytes not yet given back to the stream window */
+  bool head_ended;                /* the response ended on its head (h2 Trailers-Only) */
+
+  /* The protocol's own per-request state: only the protocol's file
+   * touches it. h1 keeps its exchange state on the connection. */
+  union {
+    ob_ureq_h2_t h2;
+  };
 };
 
 struct ob_uconn {
@@ -129,28 +165,11 @@ struct ob_uconn {
   bool connect_failed;            /* set with flush_ev when connect failed synchronously */
   const char *fail_reason;
 
-  /* h1 */
-  ob_ureq_t *ureq;                /* the exchange in progress, or the one waiting for connect */
-  bool reused;                    /* taken from the idle pool for this exchange */
-  bool got_bytes;                 /* a response byte arrived */
-  bool req_written;
-  bool eof;
-  int rstate;                     /* upstream_h1.c */
-  ob_h1_body_t framing;
-  uint64_t remaining;
-  ob_h1_chunked_t chunked;
-  bool keep_alive;
-
-  /* h2 */
-  nghttp2_session *session;
-  ob_ureq_t *streams;             /* submitted, not closed */
-  size_t num_streams;
-  ob_ureq_t *pending, *pending_tail; /* queued while connecting */
-  size_t num_pending;
-  ob_ureq_t *touched, *touched_tail; /* to deliver after nghttp2 returns */
-  bool settings_received;
-  bool goaway;
-  bool in_nghttp2;                /* inside mem_recv / mem_send */
+  /* The protocol's own per-connection state: only its file touches it. */
+  union {
+    ob_uconn_h1_t h1;
+    ob_uconn_h2_t h2;
+  };
 };
 
 struct ob_endpoint {

@@ -4,8 +4,10 @@
  * choice of endpoint, connection set-up (asynchronous DNS, TCP, TLS with
  * ALPN), connection and request timers, transparent retries, and the life
  * cycle of a ureq from ob_upstream_request to its one terminal callback.
- * The protocols themselves live in upstream_h1.c and upstream_h2.c; this file
- * never parses or frames a message. It must not touch client connections.
+ * The protocols themselves live in upstream_h1.c and upstream_h2.c, reached
+ * only through the pool's ob_up_proto_ops_t; this file never names a
+ * protocol, parses or frames a message. It must not touch client
+ * connections: a streamed request body is read through ob_net_sreq_body_*.
  *
  * Endpoint choice: the endpoint with the fewest requests in flight among
  * those not backed off, ties broken round robin; when every endpoint is
@@ -548,7 +550,7 @@ static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
   if (spec->body_stream) {
     u->streamed = true;
     u->src = spec->body_stream;
-    u->src->sink_ = u;
+    ob_net_sreq_body_attach(u->src, u);
     return;
   }
   if (spec->body_owner) u->owner = ob_rcbuf_acquire(spec->body_owner);
@@ -650,7 +652,7 @@ void ob_net_up_body_ready(ob_ureq_t *u) {
 }
 
 void ob_net_up_body_unlink(ob_ureq_t *u) {
-  if (u->src) u->src->sink_ = NULL;
+  if (u->src) ob_net_sreq_body_detach(u->src);
   u->src = NULL;
 }
 

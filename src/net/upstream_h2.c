@@ -88,15 +88,11 @@ static ssize_t read_body_cb(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
   ob_ureq_t *u = find_stream(c, stream_id);
   if (!u) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   if (u->streamed) {
-    ob_sreq_t *cs = u->src;
-    if (!cs) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the client went away */
-    int got = evbuffer_remove(cs->body_in_, buf, length);
-    size_t taken = got > 0 ? (size_t)got : 0;
-    if (taken) {
-      u->src_taken = true;
-      cs->ops_->body_consumed(cs, taken);
-    }
-    if (cs->body_ended_ && evbuffer_get_length(cs->body_in_) == 0) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (!u->src) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the client went away */
+    bool eof;
+    size_t taken = ob_net_sreq_body_read(u->src, buf, length, &eof);
+    if (taken) u->src_taken = true;
+    if (eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
     else if (!taken) return NGHTTP2_ERR_DEFERRED;
     return (ssize_t)taken;
   }

@@ -219,8 +219,9 @@ void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits) { up->lim
 
 /* ================================================================ connections */
 
-/* The idle and spare lists share one pair of links: an h1 connection
- * without a request is on one of them at most. */
+/* The idle and spare lists share one pair of links: a connection of a
+ * protocol that is not multiplexed is on one of them at most, and only
+ * while it has no request (its protocol file puts it there). */
 static void plist_push(ob_uconn_t **head, ob_uconn_t *c) {
   c->plist = head;
   c->iprev = NULL;

@@ -373,8 +373,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
   nghttp2_session_consume_connection(s, len);
   h2_req_t *r = nghttp2_session_get_stream_user_data(s, id);
   if (r && r->s.body_streaming && !r->end_queued && !r->reset) {
-    evbuffer_add(r->s.body_in_, data, len);
-    ob_net_sreq_body_arrived(&r->s);
+    ob_net_sreq_body_push(&r->s, data, len);
     return 0;
   }
   nghttp2_session_consume_stream(s, id, len);
@@ -422,7 +421,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
     const ob_sreq_handler_t *hd = h->c->net->handler;
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && hd->stream_body && hd->stream_body(&r->s, h->c->net->ctx)) {
       r->s.body_streaming = true;
-      r->s.body_in_ = evbuffer_new();
+      ob_net_sreq_body_begin(&r->s);
       r->dispatched = true;
       enqueue_ready(h, r);
     }
@@ -430,8 +429,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
   if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
     r->remote_ended = true;
     if (r->s.body_streaming) {
-      r->s.body_ended_ = true;
-      ob_net_sreq_body_arrived(&r->s);
+      ob_net_sreq_body_end(&r->s);
     } else if (!r->bad && !r->dispatched) {
       r->dispatched = true;
       enqueue_ready(h, r);

@@ -69,9 +69,10 @@ struct ob_sreq {
   int status;               /* status sent, 0 before the head */
   uint64_t bytes_out;       /* response body bytes queued */
   const struct ob_sreq_ops *ops_; /* private to net */
-  struct evbuffer *body_in_;      /* private: streamed body bytes not yet sent upstream */
-  bool body_ended_;               /* private: the client ended the request body */
-  struct ob_ureq *sink_;          /* private: the ureq reading body_in_, or NULL */
+  /* Private to server.c, reached only through ob_net_sreq_body_*. */
+  struct evbuffer *body_in_;      /* streamed body bytes not yet sent upstream */
+  bool body_ended_;               /* the client ended the request body */
+  struct ob_ureq *sink_;          /* the ureq reading body_in_, or NULL */
   struct ob_client_conn *conn_;   /* private: the connection it came on */
 };
 

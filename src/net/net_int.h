@@ -146,10 +146,31 @@ void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *op
 /* Free what ob_net_sreq_init and the request parsing allocated. */
 void ob_net_sreq_dispose(ob_sreq_t *s);
 
-/* Streamed request bodies: the client side got body bytes or the end of
- * the body for s; wake the ureq reading it (client_h2.c -> upstream.c). */
-void ob_net_sreq_body_arrived(ob_sreq_t *s);
-/* Link / unlink the ureq reading a streamed body (upstream.c). */
+/*
+ * Streamed request bodies (server.c). The body flows from the client
+ * protocol to the ureq reading it through these calls only; neither side
+ * touches the other's fields, and the sreq's body_in_ / body_ended_ /
+ * sink_ are server.c's alone. The client protocol writes: begin, push,
+ * end. The ureq reads: attach, read, detach, and is told that more is
+ * ready through ob_net_up_body_ready. Bytes read are given back to the
+ * client's flow control through its protocol's body_consumed.
+ */
+/* s's body will be streamed: start buffering it. */
+void ob_net_sreq_body_begin(ob_sreq_t *s);
+/* len bytes of the body arrived (data borrowed for the call: copied). */
+void ob_net_sreq_body_push(ob_sreq_t *s, const void *data, size_t len);
+/* The client ended the body. */
+void ob_net_sreq_body_end(ob_sreq_t *s);
+/* u (borrowed until detach or the sreq's dispose, which unlinks it) reads
+ * s's body. */
+void ob_net_sreq_body_attach(ob_sreq_t *s, struct ob_ureq *u);
+void ob_net_sreq_body_detach(ob_sreq_t *s);
+/* Take up to len bytes into buf; returns how many. *eof is set when the
+ * body ended and nothing of it is left. */
+size_t ob_net_sreq_body_read(ob_sreq_t *s, void *buf, size_t len, bool *eof);
+
+/* The sink side (upstream.c): more of the body of the sreq u reads is
+ * ready; the sreq is going away, forget it. */
 void ob_net_up_body_ready(struct ob_ureq *u);
 void ob_net_up_body_unlink(struct ob_ureq *u);
 

@@ -56,8 +56,33 @@ const ob_http_header_t *ob_sreq_header(const ob_sreq_t *s, const char *name) {
   return NULL;
 }
 
-void ob_net_sreq_body_arrived(ob_sreq_t *s) {
+/* ---------------------------------------------------------------- streamed request bodies */
+
+void ob_net_sreq_body_begin(ob_sreq_t *s) {
+  s->body_in_ = evbuffer_new();
+  if (!s->body_in_) abort();
+}
+
+void ob_net_sreq_body_push(ob_sreq_t *s, const void *data, size_t len) {
+  evbuffer_add(s->body_in_, data, len);
   if (s->sink_) ob_net_up_body_ready(s->sink_);
+}
+
+void ob_net_sreq_body_end(ob_sreq_t *s) {
+  s->body_ended_ = true;
+  if (s->sink_) ob_net_up_body_ready(s->sink_);
+}
+
+void ob_net_sreq_body_attach(ob_sreq_t *s, struct ob_ureq *u) { s->sink_ = u; }
+
+void ob_net_sreq_body_detach(ob_sreq_t *s) { s->sink_ = NULL; }
+
+size_t ob_net_sreq_body_read(ob_sreq_t *s, void *buf, size_t len, bool *eof) {
+  int got = evbuffer_remove(s->body_in_, buf, len);
+  size_t taken = got > 0 ? (size_t)got : 0;
+  if (taken) s->ops_->body_consumed(s, taken);
+  *eof = s->body_ended_ && evbuffer_get_length(s->body_in_) == 0;
+  return taken;
 }
 
 void ob_net_sreq_init(ob_sreq_t *s, ob_client_conn_t *c, const ob_sreq_ops_t *ops, int http_version) {

@@ -4,8 +4,10 @@
  * choice of endpoint, connection set-up (asynchronous DNS, TCP, TLS with
  * ALPN), connection and request timers, transparent retries, and the life
  * cycle of a ureq from ob_upstream_request to its one terminal callback.
- * The protocols themselves live in upstream_h1.c and upstream_h2.c; this file
- * never parses or frames a message. It must not touch client connections.
+ * The protocols themselves live in upstream_h1.c and upstream_h2.c, reached
+ * only through the pool's ob_up_proto_ops_t; this file never names a
+ * protocol, parses or frames a message. It must not touch client
+ * connections: a streamed request body is read through ob_net_sreq_body_*.
  *
  * Endpoint choice: the endpoint with the fewest requests in flight among
  * those not backed off, ties broken round robin; when every endpoint is
@@ -96,12 +98,7 @@ static void ureq_free(ob_ureq_t *u) {
 }
 
 static void cancel_now(ob_ureq_t *u) {
-  if ((u->state == U_QUEUED || u->state == U_ACTIVE) && u->conn) {
-    if (u->up->h2)
-      ob_net_uh2_abort(u);
-    else
-      ob_net_uh1_abort(u);
-  }
+  if ((u->state == U_QUEUED || u->state == U_ACTIVE) && u->conn) u->up->ops->abort(u);
   ureq_free(u);
 }
 
@@ -182,12 +179,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg) {
     deliver_done(u);
     break;
   case U_ACTIVE:
-    if (!u->paused) {
-      if (u->up->h2)
-        ob_net_uh2_resume(u);
-      else
-        ob_net_uh1_resume(u);
-    }
+    if (!u->paused) u->up->ops->resume(u);
     break;
   default:
     break;
@@ -197,10 +189,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg) {
 static void ureq_timer_cb(evutil_socket_t fd, short what, void *arg) {
   ob_ureq_t *u = arg;
   if (u->state != U_ACTIVE) return;
-  if (u->up->h2)
-    ob_net_uh2_timeout(u);
-  else
-    ob_net_uh1_timeout(u);
+  u->up->ops->timeout(u);
 }
 
 /* ================================================================ endpoints */
@@ -256,8 +245,9 @@ void ob_upstream_set_limits(ob_upstream_t *up, const uint32_t *limits, uint32_t 
 
 /* ================================================================ connections */
 
-/* The idle and spare lists share one pair of links: an h1 connection
- * without a request is on one of them at most. */
+/* The idle and spare lists share one pair of links: a connection of a
+ * protocol that is not multiplexed is on one of them at most, and only
+ * while it has no request (its protocol file puts it there). */
 static void plist_push(ob_uconn_t **head, ob_uconn_t *c) {
   c->plist = head;
   c->iprev = NULL;
@@ -293,7 +283,7 @@ static void conn_unlink(ob_uconn_t *c) {
 void ob_net_up_conn_free(ob_uconn_t *c) {
   conn_unlink(c);
   c->state = C_DEAD;
-  if (c->h2) ob_net_uh2_dispose(c);
+  c->ep->up->ops->dispose(c);
   ob_sock_free(c->sock);
   event_free(c->timer);
   event_free(c->flush_ev);
@@ -302,7 +292,6 @@ void ob_net_up_conn_free(ob_uconn_t *c) {
 
 void ob_net_up_conn_idle(ob_uconn_t *c) {
   ob_endpoint_t *ep = c->ep;
-  c->ureq = NULL;
   plist_push(&ep->idle, c);
   /* Keep reading so a close by the server is noticed while idle. */
   ob_sock_enable(c->sock, EV_READ);
@@ -332,22 +321,8 @@ static void conn_connect_failed(ob_uconn_t *c, const char *why, bool timed_out) 
   /* Out of the pool first, so a retry cannot pick this connection again. */
   conn_unlink(c);
   int status = timed_out ? 504 : 502;
-  if (c->h2) {
-    ob_ureq_t *u;
-    while ((u = c->pending)) {
-      c->pending = u->snext;
-      u->snext = u->sprev = NULL;
-      u->conn = NULL;
-      c->num_pending--;
-      ob_net_up_retry(u, OB_RETRY_OTHER_ENDPOINT, status);
-    }
-    c->pending_tail = NULL;
-  } else if (c->ureq) {
-    ob_ureq_t *u = c->ureq;
-    c->ureq = NULL;
-    u->conn = NULL;
-    ob_net_up_retry(u, OB_RETRY_OTHER_ENDPOINT, status);
-  }
+  ob_ureq_t *u;
+  while ((u = up->ops->unqueue(c))) ob_net_up_retry(u, OB_RETRY_OTHER_ENDPOINT, status);
   ob_net_up_conn_free(c);
 }
 
@@ -358,12 +333,16 @@ static void conn_connected(ob_uconn_t *c) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  if (ep->cfg->tls && c->h2) {
+  const ob_up_proto_ops_t *ops = ep->up->ops;
+  if (ep->cfg->tls && ops->require_alpn) {
+    /* ops->alpn is one protocol in wire format: its length, then its name. */
     const unsigned char *alpn = NULL;
     unsigned alpn_len = 0;
     SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(ob_sock_bev(c->sock)), &alpn, &alpn_len);
-    if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
-      conn_connect_failed(c, "server did not select h2 through ALPN", false);
+    if (alpn_len != ops->alpn[0] || memcmp(alpn, ops->alpn + 1, alpn_len) != 0) {
+      char why[64];
+      snprintf(why, sizeof why, "server did not select %s through ALPN", ops->alpn_name);
+      conn_connect_failed(c, why, false);
       return;
     }
   }
@@ -373,13 +352,7 @@ static void conn_connected(ob_uconn_t *c) {
   ep->backoff_until_ms = 0;
   if (!ep->cfg->tls) ob_sock_detach_bev(c->sock);
   ob_sock_enable(c->sock, EV_READ | EV_WRITE);
-  if (c->h2) {
-    ob_net_uh2_start(c);
-  } else if (c->ureq) {
-    ob_net_uh1_start(c, c->ureq);
-  } else {
-    ob_net_up_conn_idle(c);
-  }
+  ops->connected(c);
 }
 
 static void describe_failure(ob_uconn_t *c, int sock_err, char *why, size_t len) {
@@ -411,19 +384,13 @@ static void describe_failure(ob_uconn_t *c, int sock_err, char *why, size_t len)
 
 static void conn_read_cb(ob_sock_t *sock, void *arg) {
   ob_uconn_t *c = arg;
-  if (c->h2)
-    ob_net_uh2_on_read(c);
-  else
-    ob_net_uh1_on_read(c);
+  c->ep->up->ops->on_read(c);
 }
 
 static void conn_write_cb(ob_sock_t *sock, void *arg) {
   ob_uconn_t *c = arg;
   if (c->state != C_OPEN) return;
-  if (c->h2)
-    ob_net_uh2_on_write(c);
-  else
-    ob_net_uh1_on_write(c);
+  c->ep->up->ops->on_write(c);
 }
 
 static void conn_event_cb(ob_sock_t *sock, short what, void *arg) {
@@ -444,14 +411,7 @@ static void conn_event_cb(ob_sock_t *sock, short what, void *arg) {
     describe_failure(c, sock_err, why, sizeof why);
   else
     snprintf(why, sizeof why, "closed by the server");
-  if (c->h2) {
-    ob_net_uh2_on_event(c, why);
-    return;
-  }
-  /* upstream_h1.c says at warn what it meant for the exchange (or retries a
-   * stale keep-alive connection quietly); the socket's reason is detail. */
-  if (c->ureq) ob_log_debug("%s: %s", ob_net_up_conn_name(c), why);
-  ob_net_uh1_on_event(c, what);
+  c->ep->up->ops->on_event(c, what, why);
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
@@ -461,11 +421,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   /* Keep-alive expiry of an unused connection. */
-  if (c->h2) {
-    if (c->num_streams == 0 && c->num_pending == 0) ob_net_up_conn_free(c);
-  } else if (!c->ureq) {
-    ob_net_up_conn_free(c);
-  }
+  if (c->ep->up->ops->unused(c)) ob_net_up_conn_free(c);
 }
 
 static void conn_flush_cb(evutil_socket_t fd, short what, void *arg) {
@@ -474,7 +430,7 @@ static void conn_flush_cb(evutil_socket_t fd, short what, void *arg) {
     conn_connect_failed(c, c->fail_reason, false);
     return;
   }
-  if (c->h2) ob_net_uh2_flush(c);
+  c->ep->up->ops->flush(c);
 }
 
 /* Connect without a resolver: numeric hosts only, so nothing blocks. */
@@ -498,7 +454,6 @@ static ob_uconn_t *conn_new(ob_endpoint_t *ep) {
   struct event_base *base = up->net->base;
   ob_uconn_t *c = ob_xcalloc(1, sizeof *c);
   c->ep = ep;
-  c->h2 = up->h2;
   c->state = C_CONNECTING;
   c->next = ep->conns;
   if (ep->conns) ep->conns->prev = c;
@@ -530,7 +485,7 @@ static ob_uconn_t *conn_new(ob_endpoint_t *ep) {
     c->sock = ob_sock_new_bev(bev);
   }
   ob_sock_setcb(c->sock, conn_read_cb, conn_write_cb, conn_event_cb, c);
-  if (c->h2) ob_sock_setwatermark(c->sock, EV_WRITE, OB_UP_H2_OUTPUT_HIGH / 4, 0);
+  if (up->ops->write_lowat) ob_sock_setwatermark(c->sock, EV_WRITE, up->ops->write_lowat, 0);
   ob_net_up_arm(c->timer, up->tv_connect);
 
   int rv;
@@ -553,26 +508,19 @@ static void dispatch(ob_ureq_t *u, ob_endpoint_t *ep, bool fresh) {
   count(u, ep);
   ep->attempts++;
   u->state = U_NEW;
-  if (!u->up->h2) {
-    ob_uconn_t *c = fresh ? NULL : idle_pop(ep);
-    if (c) {
-      c->reused = true;
-      ob_net_uh1_start(c, u);
-      return;
-    }
-    /* A connection still connecting for a request that was cancelled. */
-    if (!fresh && (c = ep->spare)) plist_remove(c);
-    if (!c) c = conn_new(ep);
-    c->ureq = u;
-    u->conn = c;
-    u->state = U_QUEUED;
-    return;
+  const ob_up_proto_ops_t *ops = u->up->ops;
+  ob_uconn_t *c = NULL;
+  if (!fresh) {
+    /* An open connection nobody uses, then one still connecting for a
+     * request that was cancelled, then room on a shared one. */
+    c = idle_pop(ep);
+    if (!c && (c = ep->spare)) plist_remove(c);
+    if (!c && ops->multiplexed)
+      for (c = ep->conns; c; c = c->next)
+        if (!c->connect_failed && ops->room(c) > 0) break;
   }
-  ob_uconn_t *c;
-  for (c = ep->conns; c; c = c->next)
-    if (!c->connect_failed && ob_net_uh2_room(c) > 0) break;
   if (!c) c = conn_new(ep);
-  ob_net_uh2_add(c, u);
+  ops->attach(c, u);
 }
 
 void ob_net_up_retry(ob_ureq_t *u, ob_retry_t kind, int status_hint) {
@@ -627,7 +575,7 @@ static void copy_spec(ob_ureq_t *u, const ob_ureq_spec_t *spec) {
   if (spec->body_stream) {
     u->streamed = true;
     u->src = spec->body_stream;
-    u->src->sink_ = u;
+    ob_net_sreq_body_attach(u->src, u);
     return;
   }
   if (spec->body_owner) u->owner = ob_rcbuf_acquire(spec->body_owner);
@@ -663,7 +611,7 @@ ob_ureq_t *ob_upstream_request(ob_upstream_t *up, const ob_ureq_spec_t *spec, co
 
   if (up->destroying) {
     ob_net_up_fail(u, OB_ERR_CONN, 502);
-  } else if (u->streamed && !up->h2) {
+  } else if (u->streamed && !up->ops->streams_body) {
     ob_log_warn("upstream %s: a streamed request body needs an HTTP/2 upstream", up->cfg->name);
     ob_net_up_fail(u, OB_ERR_CONN, 502);
   } else if (spec->endpoint) {
@@ -683,7 +631,7 @@ void ob_ureq_pause(ob_ureq_t *u, bool paused) {
   if (paused) {
     if (u->state == U_ACTIVE) {
       event_del(u->timer);
-      if (!u->up->h2 && u->conn) ob_sock_disable(u->conn->sock, EV_READ);
+      if (u->conn) u->up->ops->pause(u);
     }
     return;
   }
@@ -721,18 +669,15 @@ bool ob_upstream_available(const ob_upstream_t *up) {
 }
 
 bool ob_ureq_head_ends(const ob_ureq_t *u) {
-  return u->up->h2 && u->head_ended;
+  return u->head_ended; /* set by protocols that can end a response on its head */
 }
 
 void ob_net_up_body_ready(ob_ureq_t *u) {
-  if (u->up->h2 && u->state == U_ACTIVE && u->conn && u->conn->session) {
-    nghttp2_session_resume_data(u->conn->session, u->stream_id);
-    ob_net_up_conn_schedule(u->conn);
-  }
+  if (u->state == U_ACTIVE && u->conn) u->up->ops->body_ready(u);
 }
 
 void ob_net_up_body_unlink(ob_ureq_t *u) {
-  if (u->src) u->src->sink_ = NULL;
+  if (u->src) ob_net_sreq_body_detach(u->src);
   u->src = NULL;
 }
 
@@ -750,7 +695,11 @@ ob_upstream_t *ob_net_upstream(ob_net_t *n, const char *name) {
 
 /* ================================================================ pools */
 
-static SSL_CTX *tls_client_ctx(const ob_net_upstream_conf_t *cfg, bool h2) {
+static const ob_up_proto_ops_t *proto_ops(const ob_net_upstream_conf_t *cfg) {
+  return cfg->protocol == OB_PROTO_HTTP1 ? &ob_net_uh1_ops : &ob_net_uh2_ops;
+}
+
+static SSL_CTX *tls_client_ctx(const ob_net_upstream_conf_t *cfg) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
   if (!ctx) {
     ob_log_error("upstream %s: cannot create a TLS context", cfg->name);
@@ -774,12 +723,8 @@ static SSL_CTX *tls_client_ctx(const ob_net_upstream_conf_t *cfg, bool h2) {
   } else {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
   }
-  static const unsigned char alpn_h2[] = "\x02h2";
-  static const unsigned char alpn_h1[] = "\x08http/1.1";
-  if (h2)
-    SSL_CTX_set_alpn_protos(ctx, alpn_h2, sizeof alpn_h2 - 1);
-  else
-    SSL_CTX_set_alpn_protos(ctx, alpn_h1, sizeof alpn_h1 - 1);
+  const ob_up_proto_ops_t *ops = proto_ops(cfg);
+  SSL_CTX_set_alpn_protos(ctx, ops->alpn, (unsigned)ops->alpn_len);
   return ctx;
 }
 
@@ -787,7 +732,7 @@ bool ob_net_up_tls_check(const ob_net_upstream_conf_t *cfg) {
   bool tls = false;
   for (size_t i = 0; i < cfg->num_endpoints; i++) tls |= cfg->endpoints[i].tls;
   if (!tls) return true;
-  SSL_CTX *ctx = tls_client_ctx(cfg, false);
+  SSL_CTX *ctx = tls_client_ctx(cfg);
   SSL_CTX_free(ctx);
   return ctx != NULL;
 }
@@ -797,7 +742,7 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_net_upstream_conf_t 
   up->net = n;
   up->cfg = cfg;
   up->gcfg = ob_net_config_acquire(n->cfg); /* the pool may outlive n->cfg across a reload */
-  up->h2 = cfg->protocol != OB_PROTO_HTTP1;
+  up->ops = proto_ops(cfg);
   up->num_eps = cfg->num_endpoints;
   up->eps = ob_xcalloc(up->num_eps ? up->num_eps : 1, sizeof *up->eps);
   bool tls = false;
@@ -810,7 +755,7 @@ ob_upstream_t *ob_net_upstream_create(ob_net_t *n, const ob_net_upstream_conf_t 
     ob_log_error("upstream %s: no endpoints", cfg->name);
     goto fail_eps;
   }
-  if (tls && !(up->ssl = tls_client_ctx(cfg, up->h2))) goto fail_eps;
+  if (tls && !(up->ssl = tls_client_ctx(cfg))) goto fail_eps;
   const ob_net_timeouts_t *t = &n->cfg->timeouts;
   up->tv_connect = pool_timeout(n, t->connect_ms, &up->tv_own[0]);
   up->tv_first_byte = pool_timeout(n, t->first_byte_ms, &up->tv_own[1]);
@@ -833,11 +778,7 @@ void ob_net_upstream_destroy(ob_upstream_t *up) {
     ob_endpoint_t *ep = &up->eps[i];
     ob_uconn_t *c;
     while ((c = ep->conns)) {
-      if (c->ureq) c->ureq->conn = NULL, c->ureq = NULL;
-      for (ob_ureq_t *u = c->streams; u; u = u->snext) u->conn = NULL;
-      for (ob_ureq_t *u = c->pending; u; u = u->snext) u->conn = NULL;
-      c->streams = c->pending = c->pending_tail = c->touched = c->touched_tail = NULL;
-      c->num_streams = c->num_pending = 0;
+      up->ops->detach_all(c);
       ob_net_up_conn_free(c);
     }
   }

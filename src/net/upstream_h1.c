@@ -20,14 +20,14 @@ enum { RS_HEAD, RS_BODY };
 
 static void release_ref(const void *data, size_t len, void *extra) { ob_rcbuf_release(extra); }
 
-void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
+static void h1_start(ob_uconn_t *c, ob_ureq_t *u) {
   ob_upstream_t *up = u->up;
   const ob_net_endpoint_conf_t *ep = c->ep->cfg;
-  c->ureq = u;
+  c->h1.ureq = u;
   u->conn = c;
   u->state = U_ACTIVE;
-  c->rstate = RS_HEAD;
-  c->got_bytes = c->req_written = c->eof = c->keep_alive = false;
+  c->h1.rstate = RS_HEAD;
+  c->h1.got_bytes = c->h1.req_written = c->h1.eof = c->h1.keep_alive = false;
 
   ob_iov_t target = u->path;
   size_t bl = strlen(ep->base_path);
@@ -91,7 +91,7 @@ void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u) {
 
 /* Detach u and c from each other. */
 static void unpair(ob_uconn_t *c, ob_ureq_t *u) {
-  c->ureq = NULL;
+  c->h1.ureq = NULL;
   u->conn = NULL;
 }
 
@@ -104,12 +104,12 @@ static void fail(ob_uconn_t *c, ob_ureq_t *u, ob_err_t err, const char *why) {
 
 /* The response is complete on the wire. */
 static void finish(ob_uconn_t *c, ob_ureq_t *u) {
-  bool written = c->req_written || evbuffer_get_length(ob_sock_output(c->sock)) == 0;
-  bool reuse = c->keep_alive && written && !c->eof && c->framing != OB_H1_BODY_UNTIL_CLOSE &&
+  bool written = c->h1.req_written || evbuffer_get_length(ob_sock_output(c->sock)) == 0;
+  bool reuse = c->h1.keep_alive && written && !c->h1.eof && c->h1.framing != OB_H1_BODY_UNTIL_CLOSE &&
                evbuffer_get_length(ob_sock_input(c->sock)) == 0;
   unpair(c, u);
   if (reuse) {
-    c->reused = false;
+    c->h1.reused = false;
     ob_net_up_conn_idle(c);
   } else {
     ob_net_up_conn_free(c);
@@ -149,10 +149,10 @@ static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
     evbuffer_drain(in, (size_t)rv);
     return 1;
   }
-  c->framing = resp.body;
-  c->remaining = resp.content_length;
-  c->keep_alive = resp.keep_alive;
-  if (c->framing == OB_H1_BODY_CHUNKED) ob_h1_chunked_init(&c->chunked);
+  c->h1.framing = resp.body;
+  c->h1.remaining = resp.content_length;
+  c->h1.keep_alive = resp.keep_alive;
+  if (c->h1.framing == OB_H1_BODY_CHUNKED) ob_h1_chunked_init(&c->h1.chunked);
 
   /* Hop-by-hop fields, including those any Connection field names; judged
    * before the in-place filtering moves a Connection field away. */
@@ -161,7 +161,7 @@ static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
   size_t k = 0;
   for (size_t i = 0; i < resp.num_headers; i++)
     if (!hop[i]) hdrs[k++] = hdrs[i];
-  c->rstate = RS_BODY;
+  c->h1.rstate = RS_BODY;
   /* The fields point into the input buffer: drain only after on_head. */
   if (!ob_net_up_call_head(u, resp.status, hdrs, k)) return -1;
   evbuffer_drain(in, (size_t)rv);
@@ -172,18 +172,18 @@ static int read_head(ob_uconn_t *c, ob_ureq_t *u) {
  * complete, 0 when more is to come, -1 when u and c are gone. */
 static int read_body(ob_uconn_t *c, ob_ureq_t *u) {
   struct evbuffer *in = ob_sock_input(c->sock);
-  switch (c->framing) {
+  switch (c->h1.framing) {
   case OB_H1_BODY_NONE:
     return 1;
   case OB_H1_BODY_LENGTH: {
     size_t avail = evbuffer_get_length(in);
-    size_t n = avail < c->remaining ? avail : (size_t)c->remaining;
+    size_t n = avail < c->h1.remaining ? avail : (size_t)c->h1.remaining;
     if (n) {
       evbuffer_remove_buffer(in, u->rbody, n);
-      c->remaining -= n;
+      c->h1.remaining -= n;
       u->undelivered = true;
     }
-    return c->remaining == 0;
+    return c->h1.remaining == 0;
   }
   case OB_H1_BODY_UNTIL_CLOSE:
     if (evbuffer_get_length(in)) {
@@ -192,12 +192,12 @@ static int read_body(ob_uconn_t *c, ob_ureq_t *u) {
     }
     return 0;
   case OB_H1_BODY_CHUNKED:
-    while (!c->chunked.done && evbuffer_get_length(in) > 0) {
+    while (!c->h1.chunked.done && evbuffer_get_length(in) > 0) {
       struct evbuffer_iovec v;
       if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) break;
       size_t data_len = 0;
       const char *why = NULL;
-      int rv = ob_h1_chunked_step(&c->chunked, v.iov_base, v.iov_len, &data_len, &why);
+      int rv = ob_h1_chunked_step(&c->h1.chunked, v.iov_base, v.iov_len, &data_len, &why);
       if (rv < 0) {
         char msg[160];
         snprintf(msg, sizeof msg, "bad chunked body: %s", why ? why : ob_err_name(rv));
@@ -213,7 +213,7 @@ static int read_body(ob_uconn_t *c, ob_ureq_t *u) {
         break;
       }
     }
-    return c->chunked.done;
+    return c->h1.chunked.done;
   }
   return 0;
 }
@@ -221,13 +221,13 @@ static int read_body(ob_uconn_t *c, ob_ureq_t *u) {
 /* The server closed (or the connection broke) and everything readable was
  * consumed. */
 static void on_eof(ob_uconn_t *c, ob_ureq_t *u) {
-  if (c->rstate == RS_BODY && c->framing == OB_H1_BODY_UNTIL_CLOSE) {
+  if (c->h1.rstate == RS_BODY && c->h1.framing == OB_H1_BODY_UNTIL_CLOSE) {
     unpair(c, u);
     ob_net_up_conn_free(c);
     ob_net_up_complete(u);
     return;
   }
-  if (c->reused && !c->got_bytes && !u->retried_stale) {
+  if (c->h1.reused && !c->h1.got_bytes && !u->retried_stale) {
     /* The keep-alive race: the server closed the idle connection as we
      * reused it. Nothing was processed; once more on a fresh connection. */
     ob_log_debug("%s: reused connection was closed, retrying", ob_net_up_conn_name(c));
@@ -237,18 +237,18 @@ static void on_eof(ob_uconn_t *c, ob_ureq_t *u) {
     return;
   }
   fail(c, u, OB_ERR_CONN,
-       c->rstate == RS_HEAD ? "connection closed before the response head" : "connection closed mid-body");
+       c->h1.rstate == RS_HEAD ? "connection closed before the response head" : "connection closed mid-body");
 }
 
 static void process(ob_uconn_t *c, ob_ureq_t *u) {
   if (u->paused) return;
-  if (c->got_bytes) ob_net_up_arm(u->timer, ob_net_up_idle_tv(u));
-  while (c->rstate == RS_HEAD) {
+  if (c->h1.got_bytes) ob_net_up_arm(u->timer, ob_net_up_idle_tv(u));
+  while (c->h1.rstate == RS_HEAD) {
     int r = read_head(c, u);
     if (r < 0) return;
     if (r == 0) break;
   }
-  if (c->rstate == RS_BODY) {
+  if (c->h1.rstate == RS_BODY) {
     if (u->paused) return;
     int r = read_body(c, u);
     if (r < 0) return;
@@ -261,30 +261,34 @@ static void process(ob_uconn_t *c, ob_ureq_t *u) {
       if (u->paused) return;
     }
   }
-  if (c->eof) on_eof(c, u);
+  if (c->h1.eof) on_eof(c, u);
 }
 
-void ob_net_uh1_on_read(ob_uconn_t *c) {
-  ob_ureq_t *u = c->ureq;
+static void h1_on_read(ob_uconn_t *c) {
+  ob_ureq_t *u = c->h1.ureq;
   if (!u || u->state != U_ACTIVE) {
     /* An idle connection has nothing to say: whatever arrives ends it. */
     ob_net_up_conn_free(c);
     return;
   }
-  if (evbuffer_get_length(ob_sock_input(c->sock)) > 0) c->got_bytes = true;
+  if (evbuffer_get_length(ob_sock_input(c->sock)) > 0) c->h1.got_bytes = true;
   process(c, u);
 }
 
-void ob_net_uh1_on_write(ob_uconn_t *c) {
-  ob_ureq_t *u = c->ureq;
-  if (!u || u->state != U_ACTIVE || c->req_written) return;
+static void h1_on_write(ob_uconn_t *c) {
+  ob_ureq_t *u = c->h1.ureq;
+  if (!u || u->state != U_ACTIVE || c->h1.req_written) return;
   if (evbuffer_get_length(ob_sock_output(c->sock)) > 0) return;
-  c->req_written = true;
-  if (!c->got_bytes && !u->paused) ob_net_up_arm(u->timer, u->up->tv_first_byte);
+  c->h1.req_written = true;
+  if (!c->h1.got_bytes && !u->paused) ob_net_up_arm(u->timer, u->up->tv_first_byte);
 }
 
-void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
-  ob_ureq_t *u = c->ureq;
+static void h1_on_event(ob_uconn_t *c, short what, const char *why) {
+  ob_ureq_t *u = c->h1.ureq;
+  /* What it meant for the exchange is said at warn below (or a stale
+   * keep-alive connection is retried quietly); the socket's reason is
+   * detail. */
+  if (u) ob_log_debug("%s: %s", ob_net_up_conn_name(c), why);
   if (!u || u->state != U_ACTIVE) {
     ob_net_up_conn_free(c);
     return;
@@ -298,19 +302,19 @@ void ob_net_uh1_on_event(ob_uconn_t *c, short what) {
     ob_sock_disable(c->sock, EV_WRITE);
     return;
   }
-  c->eof = true;
+  c->h1.eof = true;
   process(c, u);
 }
 
-void ob_net_uh1_resume(ob_ureq_t *u) {
+static void h1_resume(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
-  if (!c->eof) ob_sock_enable(c->sock, EV_READ);
-  ob_net_up_arm(u->timer, c->got_bytes ? ob_net_up_idle_tv(u) : u->up->tv_first_byte);
+  if (!c->h1.eof) ob_sock_enable(c->sock, EV_READ);
+  ob_net_up_arm(u->timer, c->h1.got_bytes ? ob_net_up_idle_tv(u) : u->up->tv_first_byte);
   process(c, u);
 }
 
-void ob_net_uh1_abort(ob_ureq_t *u) {
+static void h1_abort(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
   unpair(c, u);
@@ -322,11 +326,85 @@ void ob_net_uh1_abort(ob_ureq_t *u) {
     ob_net_up_conn_spare(c);
 }
 
-void ob_net_uh1_timeout(ob_ureq_t *u) {
+static void h1_timeout(ob_ureq_t *u) {
   ob_uconn_t *c = u->conn;
   if (!c) return;
-  ob_log_warn("%s: %s timeout", ob_net_up_conn_name(c), c->got_bytes ? "idle" : "first byte");
+  ob_log_warn("%s: %s timeout", ob_net_up_conn_name(c), c->h1.got_bytes ? "idle" : "first byte");
   unpair(c, u);
   ob_net_up_conn_free(c);
   ob_net_up_fail(u, OB_ERR_CONN, 504);
 }
+
+/* ================================================================ the table */
+
+/* An open connection comes from the idle list; one still connecting (new, or
+ * spare) keeps u until it is up. */
+static void h1_attach(ob_uconn_t *c, ob_ureq_t *u) {
+  if (c->state == C_OPEN) {
+    c->h1.reused = true;
+    h1_start(c, u);
+    return;
+  }
+  c->h1.ureq = u;
+  u->conn = c;
+  u->state = U_QUEUED;
+}
+
+static size_t h1_room(const ob_uconn_t *c) { return c->h1.ureq || c->state == C_DEAD ? 0 : 1; }
+
+static void h1_connected(ob_uconn_t *c) {
+  if (c->h1.ureq)
+    h1_start(c, c->h1.ureq);
+  else
+    ob_net_up_conn_idle(c);
+}
+
+static ob_ureq_t *h1_unqueue(ob_uconn_t *c) {
+  ob_ureq_t *u = c->h1.ureq;
+  if (u) unpair(c, u);
+  return u;
+}
+
+static bool h1_unused(const ob_uconn_t *c) { return !c->h1.ureq; }
+
+static void h1_flush(ob_uconn_t *c) { (void)c; }
+
+static void h1_detach_all(ob_uconn_t *c) {
+  if (c->h1.ureq) unpair(c, c->h1.ureq);
+}
+
+static void h1_dispose(ob_uconn_t *c) { (void)c; }
+
+/* What already arrived stays in the input, unparsed, until resume. */
+static void h1_pause(ob_ureq_t *u) { ob_sock_disable(u->conn->sock, EV_READ); }
+
+/* Never called: an h1 pool refuses streamed bodies (streams_body). */
+static void h1_body_ready(ob_ureq_t *u) { (void)u; }
+
+static const unsigned char alpn_h1[] = "\x08http/1.1";
+
+const ob_up_proto_ops_t ob_net_uh1_ops = {
+    .alpn = alpn_h1,
+    .alpn_len = sizeof alpn_h1 - 1,
+    .require_alpn = false,
+    .alpn_name = "http/1.1",
+    .multiplexed = false,
+    .streams_body = false,
+    .write_lowat = 0,
+    .attach = h1_attach,
+    .room = h1_room,
+    .connected = h1_connected,
+    .unqueue = h1_unqueue,
+    .unused = h1_unused,
+    .on_read = h1_on_read,
+    .on_write = h1_on_write,
+    .on_event = h1_on_event,
+    .flush = h1_flush,
+    .detach_all = h1_detach_all,
+    .dispose = h1_dispose,
+    .abort = h1_abort,
+    .pause = h1_pause,
+    .resume = h1_resume,
+    .timeout = h1_timeout,
+    .body_ready = h1_body_ready,
+};

@@ -28,6 +28,7 @@
 
 typedef struct ob_uconn ob_uconn_t;
 typedef struct ob_endpoint ob_endpoint_t;
+typedef struct ob_up_proto_ops ob_up_proto_ops_t;
 
 /* Output above this is not added to by the h2 sender until it drains. */
 #define OB_UP_H2_OUTPUT_HIGH (64 * 1024)
@@ -49,6 +50,55 @@ typedef enum {
   C_OPEN,
   C_DEAD,       /* freed; only seen by code that must not touch it further */
 } ob_uconn_state_t;
+
+/* An h2 stream (upstream_h2.c). */
+typedef struct ob_ureq_h2 {
+  int32_t stream_id;
+  ob_ureq_t *sprev, *snext;       /* c->h2.streams or c->h2.pending */
+  ob_ureq_t *tnext;               /* c->h2.touched */
+  bool touched;
+  size_t body_i, body_off;        /* data provider cursor */
+  bool sent_any;                  /* HEADERS went out */
+  bool req_done;                  /* the request's END_STREAM went out */
+  bool resp_any;                  /* a response frame arrived */
+  bool head_ready;                /* final response HEADERS complete */
+  bool closed;                    /* stream closed */
+  bool remote_ended;              /* END_STREAM received */
+  bool bad;                       /* response rejected by us */
+  uint32_t close_code;
+  int status;
+  ob_http_header_t *hdrs;         /* head being collected */
+  size_t num_hdrs;
+  size_t hdr_bytes;
+  uint64_t unconsumed;            /* bytes not yet given back to the stream window */
+} ob_ureq_h2_t;
+
+/* An h1 connection: one exchange at a time (upstream_h1.c). */
+typedef struct ob_uconn_h1 {
+  ob_ureq_t *ureq;                /* the exchange in progress, or the one waiting for connect */
+  bool reused;                    /* taken from the idle pool for this exchange */
+  bool got_bytes;                 /* a response byte arrived */
+  bool req_written;
+  bool eof;
+  int rstate;                     /* reading the head or the body */
+  ob_h1_body_t framing;
+  uint64_t remaining;
+  ob_h1_chunked_t chunked;
+  bool keep_alive;
+} ob_uconn_h1_t;
+
+/* An h2 connection: one nghttp2 session, many streams (upstream_h2.c). */
+typedef struct ob_uconn_h2 {
+  nghttp2_session *session;
+  ob_ureq_t *streams;             /* submitted, not closed */
+  size_t num_streams;
+  ob_ureq_t *pending, *pending_tail; /* queued while connecting */
+  size_t num_pending;
+  ob_ureq_t *touched, *touched_tail; /* to deliver after nghttp2 returns */
+  bool settings_received;
+  bool goaway;
+  bool in_nghttp2;                /* inside mem_recv / mem_send */
+} ob_uconn_h2_t;
 
 struct ob_ureq {
   ob_upstream_t *up;
@@ -96,26 +146,13 @@ struct ob_ureq {
   ob_http_header_t *trailers;     /* U_DONE (h2): for on_end */
   size_t num_trailers;
 
-  /* h2 stream state (upstream_h2.c). */
-  int32_t stream_id;
-  ob_ureq_t *sprev, *snext;       /* c->streams or c->pending */
-  ob_ureq_t *tnext;               /* c->touched */
-  bool touched;
-  size_t body_i, body_off;        /* data provider cursor */
-  bool sent_any;                  /* HEADERS went out */
-  bool req_done;                  /* the request's END_STREAM went out */
-  bool resp_any;                  /* a response frame arrived */
-  bool head_ready;                /* final response HEADERS complete */
-  bool closed;                    /* stream closed */
-  bool remote_ended;              /* END_STREAM received */
-  bool head_ended;                /* ... on the response head itself (Trailers-Only) */
-  bool bad;                       /* response rejected by us */
-  uint32_t close_code;
-  int status;
-  ob_http_header_t *hdrs;         /* head being collected */
-  size_t num_hdrs;
-  size_t hdr_bytes;
-  uint64_t unconsumed;            /* bytes not yet given back to the stream window */
+  bool head_ended;                /* the response ended on its head (h2 Trailers-Only) */
+
+  /* The protocol's own per-request state: only the protocol's file
+   * touches it. h1 keeps its exchange state on the connection. */
+  union {
+    ob_ureq_h2_t h2;
+  };
 };
 
 struct ob_uconn {
@@ -123,7 +160,6 @@ struct ob_uconn {
   ob_uconn_t *prev, *next;        /* ep->conns */
   ob_uconn_t *iprev, *inext;      /* on *plist, most recent first */
   ob_uconn_t **plist;             /* &ep->idle, &ep->spare or NULL: h1 connections without a request */
-  bool h2;
   ob_uconn_state_t state;
   ob_sock_t *sock;
   struct event *timer;            /* connect timeout, then keep-alive idle */
@@ -131,28 +167,11 @@ struct ob_uconn {
   bool connect_failed;            /* set with flush_ev when connect failed synchronously */
   const char *fail_reason;
 
-  /* h1 */
-  ob_ureq_t *ureq;                /* the exchange in progress, or the one waiting for connect */
-  bool reused;                    /* taken from the idle pool for this exchange */
-  bool got_bytes;                 /* a response byte arrived */
-  bool req_written;
-  bool eof;
-  int rstate;                     /* upstream_h1.c */
-  ob_h1_body_t framing;
-  uint64_t remaining;
-  ob_h1_chunked_t chunked;
-  bool keep_alive;
-
-  /* h2 */
-  nghttp2_session *session;
-  ob_ureq_t *streams;             /* submitted, not closed */
-  size_t num_streams;
-  ob_ureq_t *pending, *pending_tail; /* queued while connecting */
-  size_t num_pending;
-  ob_ureq_t *touched, *touched_tail; /* to deliver after nghttp2 returns */
-  bool settings_received;
-  bool goaway;
-  bool in_nghttp2;                /* inside mem_recv / mem_send */
+  /* The protocol's own per-connection state: only its file touches it. */
+  union {
+    ob_uconn_h1_t h1;
+    ob_uconn_h2_t h2;
+  };
 };
 
 struct ob_endpoint {
@@ -178,7 +197,7 @@ struct ob_upstream {
   const uint32_t *limits;         /* per endpoint, or NULL: ob_upstream_set_limits */
   uint32_t *shared;               /* per endpoint: in flight from every worker (atomics), with limits */
   ob_ureq_t *ureqs;
-  bool h2;
+  const ob_up_proto_ops_t *ops;   /* the configured protocol's */
   bool destroying;
   const struct timeval *tv_connect, *tv_first_byte, *tv_idle, *tv_keepalive; /* NULL = no limit */
   struct timeval tv_own[4];
@@ -239,44 +258,74 @@ void ob_net_up_conn_schedule(ob_uconn_t *c);
 /* "upstream NAME endpoint HOST:PORT" for log lines. */
 const char *ob_net_up_conn_name(const ob_uconn_t *c);
 
-/* ---- upstream_h1.c ---- */
+/* ---- the protocols: upstream_h1.c, upstream_h2.c ---- */
 
-/* Write u's request on open connection c and start reading the response. */
-void ob_net_uh1_start(ob_uconn_t *c, ob_ureq_t *u);
-void ob_net_uh1_on_read(ob_uconn_t *c);
-void ob_net_uh1_on_write(ob_uconn_t *c);
-void ob_net_uh1_on_event(ob_uconn_t *c, short what);
-/* Resume reading after a pause (from u->kick). */
-void ob_net_uh1_resume(ob_ureq_t *u);
-/* Detach u from its connection without callbacks; closes the connection
- * when the exchange was unfinished. */
-void ob_net_uh1_abort(ob_ureq_t *u);
-/* First-byte or idle timeout. */
-void ob_net_uh1_timeout(ob_ureq_t *u);
+/*
+ * What upstream.c asks of an upstream protocol: one table per protocol,
+ * chosen once per pool from its configured protocol (as ob_sreq_ops_t is per
+ * client protocol). upstream.c keeps the protocol-neutral pool logic
+ * (endpoint choice, the idle and spare lists, back-off, retries, timers, the
+ * ureq life cycle) and reaches the wire only through this table. A function
+ * that has nothing to do for a protocol is a no-op there, never NULL.
+ */
+struct ob_up_proto_ops {
+  /* TLS: the ALPN list offered (wire format) and whether a connection
+   * fails unless the server selected its one protocol; alpn_name names it
+   * in that failure. */
+  const unsigned char *alpn;
+  size_t alpn_len;
+  bool require_alpn;
+  const char *alpn_name;
+  /* A connection carries many requests at once: dispatch looks for room on
+   * the endpoint's connections (room) before opening another. Otherwise a
+   * connection takes a new request only from the idle or spare list. */
+  bool multiplexed;
+  /* A request body can be sent as it arrives (ob_ureq_spec_t.body_stream). */
+  bool streams_body;
+  /* Write low-water mark of a connection's socket; 0 leaves the default. */
+  size_t write_lowat;
 
-/* ---- upstream_h2.c ---- */
+  /* ---- connections ---- */
+  /* Give u (U_NEW, counted on c->ep) to c: open connections start it now,
+   * connecting ones keep it until connected. */
+  void (*attach)(ob_uconn_t *c, ob_ureq_t *u);
+  /* How many more requests c takes now (multiplexed protocols). */
+  size_t (*room)(const ob_uconn_t *c);
+  /* c is open (ALPN checked): start what waited, or offer c for reuse. */
+  void (*connected)(ob_uconn_t *c);
+  /* c failed to connect: detach one request that waited for it and return
+   * it (u->conn NULL), or NULL when none is left. */
+  ob_ureq_t *(*unqueue)(ob_uconn_t *c);
+  /* No request uses c (its keep-alive expiry frees it). */
+  bool (*unused)(const ob_uconn_t *c);
+  void (*on_read)(ob_uconn_t *c);
+  /* Only while c is open. */
+  void (*on_write)(ob_uconn_t *c);
+  /* The open connection closed or broke: what are the BEV_EVENT_ flags,
+   * why says so for the log. */
+  void (*on_event)(ob_uconn_t *c, short what, const char *why);
+  /* Deferred send (c->flush_ev, ob_net_up_conn_schedule). */
+  void (*flush)(ob_uconn_t *c);
+  /* The pool is being destroyed: forget every request of c, without
+   * callbacks (each gets u->conn = NULL). */
+  void (*detach_all)(ob_uconn_t *c);
+  /* Free the protocol state of a connection being freed (no callbacks). */
+  void (*dispose)(ob_uconn_t *c);
 
-/* The connection is open: create the session and submit the queued requests.
- * Returns false when the connection was failed (and freed). */
-bool ob_net_uh2_start(ob_uconn_t *c);
-/* Submit u on open connection c (or queue it while c is connecting). */
-void ob_net_uh2_add(ob_uconn_t *c, ob_ureq_t *u);
-/* Free capacity of c for new streams (0 when it takes no more). */
-size_t ob_net_uh2_room(const ob_uconn_t *c);
-void ob_net_uh2_on_read(ob_uconn_t *c);
-void ob_net_uh2_on_write(ob_uconn_t *c);
-/* The connection closed or broke after it was open; why: for the log. */
-void ob_net_uh2_on_event(ob_uconn_t *c, const char *why);
-/* Send what nghttp2 has (c->flush_ev). */
-void ob_net_uh2_flush(ob_uconn_t *c);
-void ob_net_uh2_resume(ob_ureq_t *u);
-/* Detach u from its connection without callbacks: unqueue it, or reset its
- * stream (CANCEL). */
-void ob_net_uh2_abort(ob_ureq_t *u);
-void ob_net_uh2_timeout(ob_ureq_t *u);
-/* Connection-level failure: streams fail or retry; c is freed. */
-void ob_net_uh2_conn_fail(ob_uconn_t *c, const char *why);
-/* Free the session of a connection being freed (no callbacks). */
-void ob_net_uh2_dispose(ob_uconn_t *c);
+  /* ---- requests (U_QUEUED or U_ACTIVE with u->conn set) ---- */
+  /* Detach u from its connection without callbacks. */
+  void (*abort)(ob_ureq_t *u);
+  /* The handler paused (U_ACTIVE): stop reading for u where the protocol
+   * can; resume restarts delivery (from u->kick). */
+  void (*pause)(ob_ureq_t *u);
+  void (*resume)(ob_ureq_t *u);
+  /* First-byte or idle timeout (U_ACTIVE). */
+  void (*timeout)(ob_ureq_t *u);
+  /* More of a streamed request body is ready (U_ACTIVE). */
+  void (*body_ready)(ob_ureq_t *u);
+};
+
+extern const ob_up_proto_ops_t ob_net_uh1_ops;
+extern const ob_up_proto_ops_t ob_net_uh2_ops;
 
 #endif /* OB_UPSTREAM_INT_H */

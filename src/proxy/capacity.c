@@ -124,8 +124,9 @@ static void apply_pool(cap_pool_t *cp) {
  * binds. A worker's net counts only its own, and the scheduler counts per
  * pool, so an endpoint gets the pool's count in proportion to its limit
  * (exact for one endpoint); in shared mode the pool's count is the fleet's,
- * from the last capacity answer. local: what the first worker's net sees. */
-static uint32_t endpoint_inflight(const cap_pool_t *cp, size_t i, uint32_t local, uint64_t now) {
+ * from the last capacity answer. At least what every worker's net counts
+ * there (the shared array). */
+static uint32_t endpoint_inflight(const cap_pool_t *cp, size_t i, uint64_t now) {
   uint64_t pool = 0;
   if (cp->owner >= 0 && now - cp->fleet_seen_us <= fleet_lease_us(cp)) {
     pool = cp->fleet_inflight;
@@ -139,8 +140,7 @@ static uint32_t endpoint_inflight(const cap_pool_t *cp, size_t i, uint32_t local
   }
   uint64_t est = cp->sum && cp->sum != UINT32_MAX ? (pool * cp->limits[i] + cp->sum - 1) / cp->sum : pool;
   uint32_t workers = __atomic_load_n(&cp->shared[i], __ATOMIC_RELAXED);
-  if (local < workers) local = workers;
-  if (est < local) est = local;
+  if (est < workers) est = workers;
   return est > UINT32_MAX ? UINT32_MAX : (uint32_t)est;
 }
 
@@ -210,6 +210,7 @@ static void on_fleet(void *arg, bool answered, bool owner, uint64_t inflight, co
  * the answer says whose are in force. Outside shared mode, its own are. */
 static void fleet_offer(cap_pool_t *cp) {
   ob_proxy_t *p = cp->p;
+  if (!p->sh->fleet) return; /* no cluster block: nobody to offer to */
   uint32_t own[OB_FLEET_CAPACITY_MAX];
   uint32_t sum = 0;
   ob_proxy_lock(p);
@@ -269,7 +270,7 @@ static void scrape_done(cap_ep_t *e, const char *why) {
   else if (!refused && e->down) ob_cap_on_up(&e->ctl, now);
   e->down = refused;
   if (!why) {
-    uint32_t inflight = endpoint_inflight(cp, e->index, es.inflight, now);
+    uint32_t inflight = endpoint_inflight(cp, e->index, now);
     /* What obleth counts and the backend does not (granted and not yet
      * arrived, answered and not yet released: longer on a busy host) is no
      * evidence that the backend could take more: without this the limit
@@ -283,6 +284,7 @@ static void scrape_done(cap_ep_t *e, const char *why) {
   apply_pool(cp);
   log_source(e);
   bool offer = cp->changed && cp->owner != 0; /* an owner's change reaches the fleet at once */
+  cp->changed = false;                        /* told now, or nobody to tell */
   ob_proxy_unlock(p);
   if (offer) fleet_offer(cp);
   ob_proxy_drain_inbox(p); /* a larger pool may have granted queued requests */
@@ -361,7 +363,8 @@ void ob_proxy_capacity_on_ttft(ob_exchange_t *x) {
   uint64_t sent = x->req->start_us + x->queue_us;
   if (first <= sent) return;
   /* in flight at the endpoint when it was sent: its share of the pool's now, this one included */
-  uint32_t inflight = endpoint_inflight(cp, x->endpoint_index, 1, ob_clock_us());
+  uint32_t inflight = endpoint_inflight(cp, x->endpoint_index, ob_clock_us());
+  if (!inflight) inflight = 1;
   ob_cap_on_ttft(&cp->eps[x->endpoint_index].ctl, first - sent, inflight, first); /* now: when it came */
   apply_pool(cp);
 }

@@ -72,6 +72,7 @@ export function rig() {
       const g = await startObleth(config, opts);
       r.defer(() => stop(g.proc));
       const a = g.output.text.match(/admin API on 127\.0\.0\.1:(\d+)/);
+      if (config.admin && !a) throw new Error(`admin listener not logged:\n${g.output.text}`);
       if (a) g.adminUrl = `http://127.0.0.1:${a[1]}`;
       g.cfg = config;
       return g;
